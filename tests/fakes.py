@@ -1,0 +1,109 @@
+"""Shared test doubles for unit tests of the logic above Docker.
+
+``FakeDocker`` stands in for docker-py's ``APIClient`` at the one seam
+DockerSpawner calls (``spawner.client.<method>``). End-to-end tests use the
+real engine instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import docker.errors
+import docker.types
+from jupyterhub.objects import Hub
+
+
+class _Response:
+    def __init__(self, status_code):
+        self.status_code = status_code
+        self.reason = "fake"
+        self.url = "fake://docker"
+
+
+def not_found(what):
+    return docker.errors.NotFound(f"{what} not found", response=_Response(404))
+
+
+class FakeDocker:
+    """Containers as dicts; images as a dict of name -> image config."""
+
+    def __init__(self, images=None):
+        self.images = images or {"lab:1": {"Env": ["HOME=/home/jovyan"], "Cmd": ["jupyterhub-singleuser"]}}
+        self.containers_by_id: dict[str, dict] = {}
+        self.ids = itertools.count(1)
+        self.fail_start = False
+        self.calls: list[str] = []
+
+    # the APIClient methods DockerSpawner and GPUSpawner use
+    def create_host_config(self, **kwargs):
+        return docker.types.HostConfig(version="1.41", **kwargs)
+
+    def inspect_image(self, name):
+        self.calls.append("inspect_image")
+        if name not in self.images:
+            raise not_found(name)
+        return {"Config": self.images[name]}
+
+    def _find(self, name_or_id):
+        for cid, c in self.containers_by_id.items():
+            if name_or_id in (cid, c["Name"]):
+                return c
+        raise not_found(name_or_id)
+
+    def inspect_container(self, name_or_id):
+        self.calls.append("inspect_container")
+        return self._find(name_or_id)
+
+    def create_container(self, image, name, environment, labels=None, host_config=None, **kwargs):
+        self.calls.append("create_container")
+        cid = f"c{next(self.ids):063d}"
+        self.containers_by_id[cid] = {
+            "Id": cid,
+            "Name": name,
+            "Image": image,
+            "Env": environment,
+            "Labels": labels or {},
+            "HostConfig": host_config,
+            "State": {"Running": False, "ExitCode": 0, "Error": "", "FinishedAt": ""},
+        }
+        return {"Id": cid}
+
+    def start(self, cid):
+        self.calls.append("start")
+        if self.fail_start:
+            raise docker.errors.APIError("start failed", response=_Response(500))
+        self._find(cid)["State"]["Running"] = True
+
+    def stop(self, cid):
+        self.calls.append("stop")
+        self._find(cid)["State"]["Running"] = False
+
+    def remove_container(self, cid, **kwargs):
+        self.calls.append("remove_container")
+        self.containers_by_id.pop(self._find(cid)["Id"])
+
+    def containers(self, filters=None, all=False):
+        label = (filters or {}).get("label")
+        return [
+            c
+            for c in self.containers_by_id.values()
+            if (all or c["State"]["Running"]) and (label is None or label in c["Labels"])
+        ]
+
+    def crash(self, cid):
+        self._find(cid)["State"].update(Running=False, ExitCode=1)
+
+
+def fake_user(name="alice"):
+    return SimpleNamespace(name=name, id=hash(name) % 1000, url=f"/user/{name}/", base_url="/", server=None)
+
+
+def make_spawner(spawner_class, fake_docker, user="alice", server_name="", **config):
+    """A spawner of ``spawner_class`` talking to ``fake_docker`` instead of an engine."""
+    cls = type("Fake" + spawner_class.__name__, (spawner_class,), {"client": fake_docker})
+    orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, state=None, server=None)
+    spawner = cls(user=fake_user(user), hub=Hub(), orm_spawner=orm_spawner, **config)
+    spawner.api_token = "token"
+    return spawner
