@@ -1,0 +1,86 @@
+# gpuspawner: the runnable default configuration.
+#
+# `bash deploy/demo.sh` runs this file: a hub at http://127.0.0.1:8000 with a
+# demo login, a CPU profile and a GPU profile. It reads like the config of a
+# small course lab; copy it and change what your lab needs.
+#
+# Every GPUSpawner option is listed in docs/reference/config.md and by
+# `python -m jupyterhub --help-all | grep -A3 GPUSpawner`.
+
+import os
+
+from gpuspawner.gpus.nvml import NVMLUnavailable, read_gpus_as_config
+
+c = get_config()  # noqa: F821 (injected by jupyterhub)
+
+# --- The hub -----------------------------------------------------------------
+# Loopback only: put a TLS-terminating proxy in front for a real class.
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = 8000
+c.JupyterHub.hub_ip = "127.0.0.1"
+
+# Students keep working while the hub restarts (an upgrade, a config change):
+# their servers are left running and their GPU assignments are re-read from Docker.
+c.JupyterHub.cleanup_servers = False
+
+# --- Who may log in (demo) ---------------------------------------------------
+# DEMO ONLY: any user name with this shared password. A lab uses its
+# university login instead (oauthenticator, ldapauthenticator, ...).
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = os.environ.get("GPUSPAWNER_DEMO_PASSWORD", "gpu-lab-demo")
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+
+# --- The spawner ---------------------------------------------------------------
+# "gpu" is gpuspawner.GPUSpawner, a DockerSpawner: its options work here too.
+c.JupyterHub.spawner_class = "gpu"
+
+# The class image: a pinned tag, never `latest`. The demo builds one locally
+# (deploy/testbed/testbed.sh image) and passes its name in GPUSPAWNER_DEMO_IMAGE.
+image = os.environ.get("GPUSPAWNER_DEMO_IMAGE", "gpuspawner-lab:demo")
+
+# The GPUs students may be given. Real NVIDIA GPUs when a driver answers;
+# otherwise a SIMULATED inventory, so the demo runs on any machine (with the
+# test bed's stand-in for the NVIDIA hook, containers get the ids, not a GPU).
+try:
+    gpus = read_gpus_as_config()
+    inventory_note = f"{len(gpus)} real NVIDIA GPU(s)"
+except NVMLUnavailable:
+    gpus = [
+        {"index": i, "uuid": f"GPU-51a11a7e-0000-4000-8000-00000000000{i}",
+         "name": "SIMULATED GPU (no NVIDIA driver found)", "memory": "16G"}
+        for i in range(4)
+    ]
+    inventory_note = "SIMULATED inventory of 4 GPUs: no NVIDIA driver answered"
+c.GPUSpawner.gpus = gpus
+
+# Course profiles: the first is the default when a student chooses none.
+c.GPUSpawner.profiles = [
+    {
+        "slug": "cpu",
+        "display_name": "Python (CPU only)",
+        "description": "For notebooks that need no GPU: data wrangling, plotting, homework.",
+        "image": image,
+        "gpus": 0,
+        "mem_limit": "2G",
+        "cpu_limit": 1,
+    },
+    {
+        "slug": "gpu",
+        "display_name": "Deep learning (1 GPU)",
+        "description": f"One whole GPU for you alone ({inventory_note}).",
+        "image": image,
+        "gpus": 1,
+        "mem_limit": "4G",
+        "cpu_limit": 2,
+        # PyTorch DataLoader workers pass batches through /dev/shm (Docker's default is 64M).
+        "shm_size": "1G",
+    },
+]
+
+# Each student's files live in a Docker volume that outlives their servers.
+c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
+
+# Server start-up is CPU-bound on small hosts: give it time.
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 60

@@ -1,0 +1,221 @@
+"""A real jupyterhub process, with the real configurable-http-proxy, on the test bed's engine.
+
+The test bed (``deploy/testbed/testbed.sh up image``) runs an isolated Docker
+engine and builds the single-user image; this module starts hubs against it and
+drives them through the REST API with a service token, as an admin script would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import requests
+
+TESTBED = Path(os.environ.get("GPUSPAWNER_TESTBED", "/var/lib/gpuspawner-testbed"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TestbedMissing(RuntimeError):
+    pass
+
+
+def testbed_value(name: str) -> str:
+    path = TESTBED / name
+    if not path.exists():
+        raise TestbedMissing(
+            f"{path} is missing: run `bash deploy/testbed/testbed.sh all` first (tests/run.sh does)"
+        )
+    return path.read_text().strip()
+
+
+def docker_host() -> str:
+    sock = TESTBED / "docker.sock"
+    if not sock.exists():
+        raise TestbedMissing(f"no test engine at {sock}: run `bash deploy/testbed/testbed.sh up`")
+    return f"unix://{sock}"
+
+
+def engine() -> docker.DockerClient:
+    return docker.DockerClient(base_url=docker_host(), version="auto")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid1_environ(container) -> dict[str, str]:
+    """The environment of PID 1: where the GPU hook's NVIDIA_VISIBLE_DEVICES lands."""
+    out = container.exec_run(["cat", "/proc/1/environ"]).output.decode()
+    env: dict[str, str] = {}
+    for entry in filter(None, out.split("\0")):
+        key, _, value = entry.partition("=")
+        env[key] = value  # the last of duplicates wins, as getenv sees it
+    return env
+
+
+@dataclass
+class RealHub:
+    """One jupyterhub process and its state directory."""
+
+    workdir: Path
+    config: str
+    hub_port: int = field(default_factory=free_port)
+    proxy_port: int = field(default_factory=free_port)
+    proxy_api_port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/hub/api"
+
+    def write_config(self) -> Path:
+        path = self.workdir / "jupyterhub_config.py"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                c = get_config()  # noqa
+                c.JupyterHub.ip = "127.0.0.1"
+                c.JupyterHub.port = {self.proxy_port}
+                c.JupyterHub.hub_ip = "127.0.0.1"
+                c.JupyterHub.hub_port = {self.hub_port}
+                c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+                c.JupyterHub.db_url = "sqlite:///{self.workdir}/jupyterhub.sqlite"
+                c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
+                c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
+                c.JupyterHub.authenticator_class = "dummy"
+                c.Authenticator.allow_all = True
+                c.JupyterHub.cleanup_servers = False
+                c.JupyterHub.services = [{{"name": "e2e", "api_token": "{self.token}"}}]
+                c.JupyterHub.load_roles = [
+                    {{
+                        "name": "e2e",
+                        "scopes": ["admin:users", "admin:servers", "admin:server_state", "access:servers"],
+                        "services": ["e2e"],
+                    }}
+                ]
+                c.JupyterHub.spawner_class = "gpu"
+                c.Spawner.http_timeout = 90
+                c.Spawner.start_timeout = 120
+                """
+            )
+            + textwrap.dedent(self.config)
+        )
+        return path
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        env = {**os.environ, "DOCKER_HOST": docker_host()}
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        self.log = open(self.workdir / "jupyterhub.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            cwd=self.workdir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyterhub exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.api}/", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"jupyterhub did not answer in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the hub (and the proxy it started); single-user servers keep running."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        path = self.workdir / "jupyterhub.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # --- REST, as an admin script would use it
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.api}{path}", headers=headers, timeout=60, **kwargs)
+
+    def ensure_user(self, name: str) -> None:
+        r = self.request("POST", f"/users/{name}")
+        assert r.status_code in (201, 409), r.text
+
+    def start_server(self, user: str, profile: str | None = None, server: str = "") -> requests.Response:
+        """Request a spawn; returns the REST response (201 started, 202 pending, 4xx/5xx refused)."""
+        self.ensure_user(user)
+        body = {"user_options": {"profile": profile}} if profile else {}
+        return self.request("POST", f"/users/{user}/servers/{server}", data=json.dumps(body))
+
+    def server_model(self, user: str, server: str = "") -> dict | None:
+        r = self.request("GET", f"/users/{user}")
+        r.raise_for_status()
+        return r.json().get("servers", {}).get(server)
+
+    def wait_ready(self, user: str, server: str = "", timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.server_model(user, server)
+            if model and model.get("ready"):
+                return model
+            if model is None:
+                raise AssertionError(f"server {user}/{server} is gone:\n{self.log_tail()}")
+            time.sleep(0.5)
+        raise AssertionError(f"server {user}/{server} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def spawn(self, user: str, profile: str | None = None, server: str = "") -> dict:
+        r = self.start_server(user, profile, server)
+        assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{self.log_tail()}"
+        return self.wait_ready(user, server)
+
+    def stop_server(self, user: str, server: str = "", timeout: float = 60) -> None:
+        r = self.request("DELETE", f"/users/{user}/servers/{server}")
+        assert r.status_code in (202, 204), r.text
+        deadline = time.monotonic() + timeout
+        while self.server_model(user, server) is not None:
+            assert time.monotonic() < deadline, f"{user}/{server} did not stop:\n{self.log_tail()}"
+            time.sleep(0.3)
+
+    def container(self, user: str, server: str = ""):
+        """The running container of one server, found by gpuspawner's labels."""
+        found = engine().containers.list(
+            filters={"label": [f"gpuspawner.user={user}", f"gpuspawner.server={server}"]}
+        )
+        assert len(found) == 1, f"expected one container for {user}/{server}, found {len(found)}"
+        return found[0]
+
+
+def require_tools() -> None:
+    if not shutil.which("configurable-http-proxy"):
+        raise TestbedMissing("configurable-http-proxy is not on PATH: run `bash deploy/testbed/testbed.sh install`")

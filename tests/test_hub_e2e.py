@@ -1,0 +1,172 @@
+"""GPUSpawner end to end: a real jupyterhub process, the real proxy, the test bed's engine.
+
+The engine has a test double of ``nvidia-container-runtime-hook`` on its PATH,
+so Docker's own GPU path runs: the device ids a container gets are the ones
+dockerd writes into its PID-1 environment, as on a GPU host.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import time
+
+import pytest
+
+from .realhub import RealHub, engine, pid1_environ, require_tools, testbed_value
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+RUN = secrets.token_hex(3)  # fresh users (and home volumes) each run
+GPU_IDS = {"GPU-e2e00000-0000-0000-0000-000000000000", "GPU-e2e11111-1111-1111-1111-111111111111"}
+
+
+def user(name: str) -> str:
+    return f"{name}-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    require_tools()
+    image = testbed_value("image")
+    cuda_image = testbed_value("image-cuda")  # sets NVIDIA_VISIBLE_DEVICES=all, as CUDA images do
+    gpus = [
+        {"index": i, "uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"}
+        for i, uuid in enumerate(sorted(GPU_IDS))
+    ]
+    config = f"""
+    c.GPUSpawner.profiles = [
+        {{"slug": "cpu", "display_name": "CPU only", "image": {cuda_image!r},
+          "mem_limit": "1G", "cpu_limit": 1}},
+        {{"slug": "gpu", "display_name": "One GPU", "image": {cuda_image!r}, "gpus": 1,
+          "mem_limit": "1G", "cpu_limit": 1, "shm_size": "256M"}},
+        {{"slug": "plain", "display_name": "Plain image", "image": {image!r}}},
+    ]
+    c.GPUSpawner.gpus = {gpus!r}
+    """
+    h = RealHub(tmp_path_factory.mktemp("hub"), config)
+    h.start()
+    yield h
+    try:
+        for name in list(_users_seen):
+            for server in ("",):
+                if h.proc and h.server_model(name, server):
+                    h.stop_server(name, server)
+    finally:
+        h.stop()
+        client = engine()
+        for c in client.containers.list(all=True, filters={"label": "gpuspawner.user"}):
+            if c.labels["gpuspawner.user"].endswith(RUN):
+                c.remove(force=True)
+        for name in _users_seen:
+            try:
+                client.volumes.get(f"jupyterhub-user-{name}").remove()
+            except Exception:
+                pass
+
+
+_users_seen: set[str] = set()
+
+
+def spawn(hub: RealHub, name: str, profile: str | None = None) -> dict:
+    _users_seen.add(name)
+    return hub.spawn(name, profile)
+
+
+def visible_devices(hub: RealHub, name: str) -> str:
+    return pid1_environ(hub.container(name))["NVIDIA_VISIBLE_DEVICES"]
+
+
+def test_two_students_on_a_gpu_profile_get_different_gpus(hub):
+    alice, bob = user("alice"), user("bob")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda n: spawn(hub, n, "gpu"), [alice, bob]))
+    seen = {visible_devices(hub, alice), visible_devices(hub, bob)}
+    assert seen == GPU_IDS
+    for name in (alice, bob):
+        attrs = hub.container(name).attrs
+        (request,) = attrs["HostConfig"]["DeviceRequests"]
+        assert request["DeviceIDs"] == [visible_devices(hub, name)]
+        assert attrs["HostConfig"]["ShmSize"] == 256 * 1024**2
+        assert attrs["HostConfig"]["NetworkMode"] == "host"
+
+
+def test_no_gpu_free_is_refused_at_once_and_holds_nothing(hub):
+    carol = user("carol")
+    _users_seen.add(carol)
+    started = time.monotonic()
+    r = hub.start_server(carol, "gpu")
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503, r.text
+    assert "No GPU free" in r.json()["message"]
+    assert elapsed < 10  # refused at once, not after start_timeout
+    assert hub.server_model(carol) is None
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={carol}"})
+
+
+def test_unknown_profile_is_a_clear_400(hub):
+    r = hub.start_server(user("dave"), "tpu")
+    assert r.status_code == 400
+    assert "unknown profile 'tpu'; choose one of: cpu, gpu, plain" in r.json()["message"]
+
+
+def test_cpu_profile_gets_void_even_from_a_cuda_image(hub):
+    dave = user("dave")
+    spawn(hub, dave, "cpu")
+    c = hub.container(dave)
+    assert visible_devices(hub, dave) == "void"
+    assert not c.attrs["HostConfig"].get("DeviceRequests")
+    assert c.attrs["HostConfig"]["Memory"] == 1024**3
+    assert c.attrs["HostConfig"]["CpuQuota"] == 100_000
+    assert c.labels["gpuspawner.profile"] == "cpu"
+
+
+def test_default_profile_is_the_first(hub):
+    erin = user("erin")
+    spawn(hub, erin)
+    assert hub.container(erin).labels["gpuspawner.profile"] == "cpu"
+    hub.stop_server(erin)
+
+
+def test_stopping_frees_the_gpu_for_the_next_student(hub):
+    alice, carol = user("alice"), user("carol")
+    freed = visible_devices(hub, alice)
+    hub.stop_server(alice)
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={alice}"})
+    engine().volumes.get(f"jupyterhub-user-{alice}")  # the home is kept
+    spawn(hub, carol, "gpu")
+    assert visible_devices(hub, carol) == freed
+
+
+def test_home_survives_stop_and_start(hub):
+    dave = user("dave")
+    note = f"written by {dave} before the break"
+    contents = f"{hub.url}/user/{dave}/api/contents/notes.txt"
+    headers = {"Authorization": f"token {hub.token}"}
+    import requests
+
+    r = requests.put(contents, headers=headers, timeout=30,
+                     data=json.dumps({"type": "file", "format": "text", "content": note}))
+    assert r.status_code in (200, 201), r.text
+    hub.stop_server(dave)
+    spawn(hub, dave, "plain")  # another profile, the same home
+    r = requests.get(contents, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] == note
+    mounts = {m["Destination"]: m for m in hub.container(dave).attrs["Mounts"]}
+    assert mounts["/home/jovyan"]["Name"] == f"jupyterhub-user-{dave}"
+
+
+def test_hub_restart_loses_no_assignment(hub):
+    bob, carol, frank, grace = user("bob"), user("carol"), user("frank"), user("grace")
+    kept = visible_devices(hub, bob)
+    hub.stop_server(carol)
+    hub.stop()
+    hub.start()
+    assert hub.server_model(bob)["ready"]
+    spawn(hub, frank, "gpu")
+    assert visible_devices(hub, frank) == (GPU_IDS - {kept}).pop()
+    _users_seen.add(grace)
+    assert hub.start_server(grace, "gpu").status_code == 503
+    assert visible_devices(hub, bob) == kept
