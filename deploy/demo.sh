@@ -9,8 +9,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+bash "$repo/deploy/venv.sh" test,docs  # first: the image pins the hub's JupyterHub version
 bash "$repo/deploy/testbed/testbed.sh" all
-bash "$repo/deploy/venv.sh" test,docs
 eval "$(bash "$repo/deploy/testbed/testbed.sh" env)"
 export GPUSPAWNER_DEMO_IMAGE="$GPUSPAWNER_IMAGE"
 

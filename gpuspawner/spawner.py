@@ -83,8 +83,8 @@ class GPUSpawner(DockerSpawner):
 
         The first profile is used when a user chooses none. Empty: one profile
         made of ``DockerSpawner.image`` and no GPU, as in plain DockerSpawner.
-        All profiles are validated when the config is loaded; an error names the
-        profile and the field.
+        The list is validated whenever a spawner loads its config (a broken
+        profile refuses every spawn with an error naming the profile and the field).
         """,
     ).tag(config=True)
 
@@ -155,14 +155,23 @@ class GPUSpawner(DockerSpawner):
 
     @default("use_internal_ip")
     def _default_use_internal_ip(self):
-        if self.network_name == "host":
-            return True  # no port bindings on the host network
-        return super()._default_use_ip()
+        # host: no port bindings; a user-defined network: its internal ip (as DockerSpawner)
+        return self.network_name != "bridge"
 
     @default("remove")
     def _default_remove(self):
-        # A start must be decided fresh (profile, limits, GPUs); volumes are kept.
         return True
+
+    @validate("remove")
+    def _validate_remove(self, proposal):
+        # DockerSpawner with remove=False restarts the old container with its old
+        # GPUs, limits and port, behind the ledger's back: every start must be fresh.
+        if not proposal.value:
+            raise TraitError(
+                "GPUSpawner.remove must be True: each start creates a new container with the"
+                " GPUs, image and limits decided for it. Home volumes are kept either way."
+            )
+        return proposal.value
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -214,6 +223,7 @@ class GPUSpawner(DockerSpawner):
     def clear_state(self):
         super().clear_state()
         self.gpu_ids = ()
+        self.profile = None  # each start resolves the profile again
 
     # --- the hub's shared ledger
 
@@ -261,13 +271,17 @@ class GPUSpawner(DockerSpawner):
 
     # --- the spawn
 
+    _configured: dict | None = None  # the hub-wide values a profile may override
+
     def _apply_profile(self, profile: Profile) -> None:
+        """Set image and limits from ``profile``; what it leaves out comes from config."""
+        if self._configured is None:
+            self._configured = {k: getattr(self, k) for k in ("image", "mem_limit", "cpu_limit")}
         self.profile = profile
         self.image = profile.image
-        if profile.mem_limit is not None:
-            self.mem_limit = profile.mem_limit
-        if profile.cpu_limit is not None:
-            self.cpu_limit = profile.cpu_limit
+        for name in ("mem_limit", "cpu_limit"):
+            value = getattr(profile, name)
+            setattr(self, name, self._configured[name] if value is None else value)
 
     def _choose_port(self) -> int:
         in_use = set(self._shared_lab().ports.values())

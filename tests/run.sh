@@ -8,8 +8,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
+bash deploy/venv.sh test,docs  # first: the image pins the hub's JupyterHub version
 bash deploy/testbed/testbed.sh all
-bash deploy/venv.sh test,docs
 eval "$(bash deploy/testbed/testbed.sh env)"
 export PATH="$repo/.venv/bin:$PATH"
 

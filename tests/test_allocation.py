@@ -33,6 +33,8 @@ def test_zero_gpus_holds_nothing():
 def test_no_gpus_at_all_says_so():
     with pytest.raises(NoGPUAvailable, match="this hub has no GPUs"):
         Ledger([]).assign("alice/", 1)
+    with pytest.raises(NoGPUAvailable, match="needs 3 GPU\\(s\\), and this hub has only 2"):
+        Ledger(inventory(2)).assign("alice/", 3)
 
 
 def test_reassign_gives_up_the_old_gpus_first():

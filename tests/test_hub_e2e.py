@@ -44,7 +44,10 @@ def hub(tmp_path_factory):
         {{"slug": "plain", "display_name": "Plain image", "image": {image!r}}},
     ]
     c.GPUSpawner.gpus = {gpus!r}
+    # DockerSpawner's own options keep working: this label marks the tests' containers.
+    c.GPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: "1"}}}}
     """
+    remove_leftovers()  # of an earlier run that was killed before its clean-up
     h = RealHub(tmp_path_factory.mktemp("hub"), config)
     h.start()
     yield h
@@ -55,10 +58,8 @@ def hub(tmp_path_factory):
                     h.stop_server(name, server)
     finally:
         h.stop()
+        assert not remove_leftovers(), "servers were left running after the hub stopped them"
         client = engine()
-        for c in client.containers.list(all=True, filters={"label": "gpuspawner.user"}):
-            if c.labels["gpuspawner.user"].endswith(RUN):
-                c.remove(force=True)
         for name in _users_seen:
             try:
                 client.volumes.get(f"jupyterhub-user-{name}").remove()
@@ -67,6 +68,14 @@ def hub(tmp_path_factory):
 
 
 _users_seen: set[str] = set()
+E2E_LABEL = "gpuspawner-e2e"
+
+
+def remove_leftovers() -> list[str]:
+    leftovers = engine().containers.list(all=True, filters={"label": E2E_LABEL})
+    for c in leftovers:
+        c.remove(force=True)
+    return [c.name for c in leftovers]
 
 
 def spawn(hub: RealHub, name: str, profile: str | None = None) -> dict:

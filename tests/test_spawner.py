@@ -149,6 +149,23 @@ def test_unknown_profile_is_a_400_naming_the_choices(engine):
     assert "choose one of: cpu, gpu, two" in e.value.log_message
 
 
+async def test_limits_of_one_start_do_not_leak_into_the_next(engine):
+    s = spawner(engine, profile="cpu", mem_limit="8G")
+    await s.start()
+    assert s.mem_limit == 2 * 1024**3
+    await s.stop()
+    s.user_options = {"profile": "gpu"}
+    apply_profile_choice(s, s.user_options)
+    await s.start()
+    assert s.mem_limit == 8 * 1024**3 and not s.cpu_limit  # the hub-wide values again
+    assert container_of(engine, s)["HostConfig"]["Memory"] == 8 * 1024**3
+
+
+def test_remove_false_is_refused(engine):
+    with pytest.raises(TraitError, match="GPUSpawner.remove must be True"):
+        make_spawner(GPUSpawner, engine, remove=False)
+
+
 def test_bad_config_is_refused_when_loaded(engine):
     with pytest.raises(TraitError, match="GPUSpawner.profiles: profile 'x': field 'gpus'"):
         make_spawner(GPUSpawner, engine, profiles=[{"slug": "x", "display_name": "X", "image": "i:1", "gpus": "one"}])

@@ -27,8 +27,9 @@ class NoGPUAvailable(Exception):
 
     @property
     def message(self) -> str:
-        if self.total == 0:
-            return f"This profile needs {self.requested} GPU(s), and this hub has no GPUs."
+        if self.requested > self.total:
+            has = f"only {self.total}" if self.total else "no GPUs"
+            return f"This profile needs {self.requested} GPU(s), and this hub has {has}."
         return (
             f"No GPU free: this profile needs {self.requested} GPU(s),"
             f" and {len(self.free)} of {self.total} are free now."
@@ -62,6 +63,7 @@ class Ledger:
         return {gpu.id for a in self._holders.values() for gpu in a.gpus}
 
     def free(self) -> tuple[GPU, ...]:
+        """The GPUs no server holds, by index."""
         held = self.held_ids()
         return tuple(gpu for gpu in self.inventory if gpu.id not in held)
 

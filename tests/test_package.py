@@ -1,0 +1,32 @@
+"""The public surface: what admins import and name in their config."""
+
+from importlib.metadata import entry_points
+
+import gpuspawner
+from dockerspawner import DockerSpawner
+
+
+def test_exports():
+    assert gpuspawner.__all__ == ["GPUSpawner", "__version__"]
+    assert issubclass(gpuspawner.GPUSpawner, DockerSpawner)
+
+
+def test_spawner_entry_point_is_gpu():
+    (ep,) = [ep for ep in entry_points(group="jupyterhub.spawners") if ep.name == "gpu"]
+    assert ep.load() is gpuspawner.GPUSpawner
+
+
+def test_default_config_loads_and_validates():
+    """The top-level jupyterhub_config.py is valid config for GPUSpawner."""
+    from pathlib import Path
+
+    from traitlets.config import PyFileConfigLoader
+
+    root = Path(__file__).resolve().parent.parent
+    config = PyFileConfigLoader("jupyterhub_config.py", path=str(root)).load_config()
+    assert config.JupyterHub.spawner_class == "gpu"
+    spawner = gpuspawner.GPUSpawner(config=config)
+    slugs = [p.slug for p in spawner.lab_profiles]
+    assert slugs == ["cpu", "gpu"]
+    assert spawner.lab_profiles[1].gpus == 1
+    assert len(spawner.gpus) >= 1
