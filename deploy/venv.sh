@@ -14,6 +14,9 @@ if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
     exit 0
 fi
 echo "[venv] installing gpuspawner[$extras] into $venv" >&2
+if ! "$python" -c "import venv, ensurepip" 2>/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -q && apt-get install -y -q python3-venv python3-pip  # a minimal Debian lacks them
+fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e "$repo[$extras]"

@@ -27,14 +27,14 @@ TESTBED = Path(os.environ.get("GPUSPAWNER_TESTBED", "/var/lib/gpuspawner-testbed
 REPO = Path(__file__).resolve().parent.parent
 
 
-class TestbedMissing(RuntimeError):
+class MissingTestbed(RuntimeError):
     pass
 
 
-def testbed_value(name: str) -> str:
+def read_testbed(name: str) -> str:
     path = TESTBED / name
     if not path.exists():
-        raise TestbedMissing(
+        raise MissingTestbed(
             f"{path} is missing: run `bash deploy/testbed/testbed.sh all` first (tests/run.sh does)"
         )
     return path.read_text().strip()
@@ -43,7 +43,7 @@ def testbed_value(name: str) -> str:
 def docker_host() -> str:
     sock = TESTBED / "docker.sock"
     if not sock.exists():
-        raise TestbedMissing(f"no test engine at {sock}: run `bash deploy/testbed/testbed.sh up`")
+        raise MissingTestbed(f"no test engine at {sock}: run `bash deploy/testbed/testbed.sh up`")
     return f"unix://{sock}"
 
 
@@ -218,4 +218,4 @@ class RealHub:
 
 def require_tools() -> None:
     if not shutil.which("configurable-http-proxy"):
-        raise TestbedMissing("configurable-http-proxy is not on PATH: run `bash deploy/testbed/testbed.sh install`")
+        raise MissingTestbed("configurable-http-proxy is not on PATH: run `bash deploy/testbed/testbed.sh install`")

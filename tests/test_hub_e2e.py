@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .realhub import RealHub, engine, pid1_environ, require_tools, testbed_value
+from .realhub import RealHub, engine, pid1_environ, require_tools, read_testbed
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -29,8 +29,8 @@ def user(name: str) -> str:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     require_tools()
-    image = testbed_value("image")
-    cuda_image = testbed_value("image-cuda")  # sets NVIDIA_VISIBLE_DEVICES=all, as CUDA images do
+    image = read_testbed("image")
+    cuda_image = read_testbed("image-cuda")  # sets NVIDIA_VISIBLE_DEVICES=all, as CUDA images do
     gpus = [
         {"index": i, "uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"}
         for i, uuid in enumerate(sorted(GPU_IDS))
@@ -59,12 +59,9 @@ def hub(tmp_path_factory):
     finally:
         h.stop()
         assert not remove_leftovers(), "servers were left running after the hub stopped them"
-        client = engine()
-        for name in _users_seen:
-            try:
-                client.volumes.get(f"jupyterhub-user-{name}").remove()
-            except Exception:
-                pass
+        for volume in engine().volumes.list():
+            if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(RUN):
+                volume.remove()
 
 
 _users_seen: set[str] = set()
@@ -81,6 +78,12 @@ def remove_leftovers() -> list[str]:
 def spawn(hub: RealHub, name: str, profile: str | None = None) -> dict:
     _users_seen.add(name)
     return hub.spawn(name, profile)
+
+
+def home_volume(container) -> str:
+    (mount,) = [m for m in container.attrs["Mounts"] if m["Destination"] == "/home/jovyan"]
+    assert mount["Type"] == "volume" and mount["RW"]
+    return mount["Name"]
 
 
 def visible_devices(hub: RealHub, name: str) -> str:
@@ -141,9 +144,10 @@ def test_default_profile_is_the_first(hub):
 def test_stopping_frees_the_gpu_for_the_next_student(hub):
     alice, carol = user("alice"), user("carol")
     freed = visible_devices(hub, alice)
+    home = home_volume(hub.container(alice))
     hub.stop_server(alice)
     assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={alice}"})
-    engine().volumes.get(f"jupyterhub-user-{alice}")  # the home is kept
+    engine().volumes.get(home)  # the home is kept
     spawn(hub, carol, "gpu")
     assert visible_devices(hub, carol) == freed
 
@@ -163,8 +167,8 @@ def test_home_survives_stop_and_start(hub):
     r = requests.get(contents, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["content"] == note
-    mounts = {m["Destination"]: m for m in hub.container(dave).attrs["Mounts"]}
-    assert mounts["/home/jovyan"]["Name"] == f"jupyterhub-user-{dave}"
+    # DockerSpawner's escaping of the user name: '-' is '-2d' in a volume name
+    assert home_volume(hub.container(dave)) == f"jupyterhub-user-{dave.replace('-', '-2d')}"
 
 
 def test_hub_restart_loses_no_assignment(hub):
