@@ -42,7 +42,11 @@ def hub(tmp_path_factory):
         {{"slug": "gpu", "display_name": "One GPU", "image": {cuda_image!r}, "gpus": 1,
           "mem_limit": "1G", "cpu_limit": 1, "shm_size": "256M"}},
         {{"slug": "plain", "display_name": "Plain image", "image": {image!r}}},
+        {{"slug": "missing", "display_name": "Image not on this host", "gpus": 2,
+          "image": "gpuspawner-lab-missing:never-built"}},
     ]
+    c.GPUSpawner.pull_policy = "never"  # the test engine has no registry
+    c.Spawner.poll_interval = 2  # notice crashed servers quickly
     c.GPUSpawner.gpus = {gpus!r}
     # DockerSpawner's own options keep working: this label marks the tests' containers.
     c.GPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: "1"}}}}
@@ -88,6 +92,16 @@ def home_volume(container) -> str:
 
 def visible_devices(hub: RealHub, name: str) -> str:
     return pid1_environ(hub.container(name))["NVIDIA_VISIBLE_DEVICES"]
+
+
+def test_a_failed_spawn_holds_no_gpu_and_leaves_no_container(hub):
+    """The ledger assigns both GPUs, then the start fails: both must be free again."""
+    zoe = user("zoe")
+    _users_seen.add(zoe)
+    r = hub.start_server(zoe, "missing")
+    assert r.status_code >= 400, r.text
+    assert hub.server_model(zoe) is None
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={zoe}"})
 
 
 def test_two_students_on_a_gpu_profile_get_different_gpus(hub):
@@ -183,3 +197,17 @@ def test_hub_restart_loses_no_assignment(hub):
     _users_seen.add(grace)
     assert hub.start_server(grace, "gpu").status_code == 503
     assert visible_devices(hub, bob) == kept
+
+
+def test_a_crashed_server_frees_its_gpu_and_keeps_its_home(hub):
+    frank, grace = user("frank"), user("grace")
+    container = hub.container(frank)
+    gpu, home = visible_devices(hub, frank), home_volume(container)
+    container.kill()  # the server dies under the hub; the hub's poll notices
+    deadline = time.monotonic() + 30
+    while hub.server_model(frank) is not None:
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.5)
+    engine().volumes.get(home)
+    spawn(hub, grace, "gpu")
+    assert visible_devices(hub, grace) == gpu
