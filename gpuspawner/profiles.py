@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .gpus.allocation import GPURequest
 from .traits import format_bytes, parse_bytes
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
@@ -28,14 +29,31 @@ class Profile:
     display_name: str
     image: str
     gpus: int = 0
+    gpu_kind: str = "gpu"  # "gpu" whole GPUs, "mig" MIG instances, "any" either
+    gpu_model: str = ""  # a part of the GPU's name, e.g. "A100"
+    gpu_min_memory: int = 0  # bytes
+    mig_profile: str = ""  # e.g. "1g.10gb"
+    shared_gpu: bool = False  # a slot on a GPU shared with other users, instead of whole units
     mem_limit: int | None = None  # bytes; None: the spawner's hub-wide mem_limit
     cpu_limit: float | None = None  # CPUs; None: the spawner's hub-wide cpu_limit
     shm_size: int | None = None  # bytes of /dev/shm; None: the spawner's shm_size
     description: str = ""
 
+    @property
+    def gpu_request(self) -> GPURequest:
+        return GPURequest(
+            count=self.gpus,
+            shared=self.shared_gpu,
+            kind=self.gpu_kind,
+            model=self.gpu_model,
+            min_memory=self.gpu_min_memory,
+            mig_profile=self.mig_profile,
+        )
+
     def summary(self) -> str:
-        """One line for people: '1 GPU, 4 CPUs, 16 GiB RAM'."""
-        parts = [f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else "no GPU"]
+        """One line for people: '1 whole GPU, 4 CPUs, 16 GiB RAM'."""
+        request = self.gpu_request
+        parts = [request.describe() if request.slots else "no GPU"]
         if self.cpu_limit is not None:
             parts.append(f"{self.cpu_limit:g} CPU{'s' if self.cpu_limit != 1 else ''}")
         if self.mem_limit is not None:
@@ -44,7 +62,8 @@ class Profile:
 
 
 _REQUIRED = ("slug", "display_name", "image")
-_KNOWN = {"slug", "display_name", "image", "gpus", "mem_limit", "cpu_limit", "shm_size", "description"}
+_GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
+_KNOWN = {"slug", "display_name", "image", "mem_limit", "cpu_limit", "shm_size", "description"} | _GPU_FIELDS
 
 
 def _field_error(position: int, slug: object, field: str, problem: str) -> ProfileError:
@@ -80,9 +99,29 @@ def parse_profile(position: int, entry: object) -> Profile:
     gpus = entry.get("gpus", 0)
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
         raise error("gpus", f"must be a whole number of GPUs >= 0, got {gpus!r}")
+    shared_gpu = entry.get("shared_gpu", False)
+    if not isinstance(shared_gpu, bool):
+        raise error("shared_gpu", f"must be true or false, got {shared_gpu!r}")
+    if shared_gpu and gpus > 1:
+        raise error("shared_gpu", f"is one slot on one shared GPU; set 'gpus' to 0 or 1, not {gpus}")
+    mig_profile = entry.get("mig_profile", "")
+    if not isinstance(mig_profile, str) or (mig_profile and not re.fullmatch(r"\d+g\.\d+gb(\+me)?", mig_profile)):
+        raise error("mig_profile", f"must be a MIG profile such as '1g.10gb', got {mig_profile!r}")
+    gpu_kind = entry.get("gpu_kind", "mig" if mig_profile else "gpu")
+    if gpu_kind not in ("gpu", "mig", "any"):
+        raise error("gpu_kind", f"must be 'gpu' (whole GPUs), 'mig' (MIG instances) or 'any', got {gpu_kind!r}")
+    if mig_profile and gpu_kind == "gpu":
+        raise error("gpu_kind", "is 'gpu' (whole GPUs), but 'mig_profile' asks for MIG instances")
+    gpu_model = entry.get("gpu_model", "")
+    if not isinstance(gpu_model, str):
+        raise error("gpu_model", f"must be a part of a GPU name such as 'A100', got {gpu_model!r}")
+    asks_gpu = gpus > 0 or shared_gpu
+    for field in sorted(_GPU_FIELDS - {"gpus", "shared_gpu", "gpu_kind"}):
+        if entry.get(field) and not asks_gpu:
+            raise error(field, "constrains GPUs, but this profile asks for none (set 'gpus' or 'shared_gpu')")
 
     sizes = {}
-    for field in ("mem_limit", "shm_size"):
+    for field in ("mem_limit", "shm_size", "gpu_min_memory"):
         value = entry.get(field)
         if value is None:
             sizes[field] = None
@@ -104,7 +143,12 @@ def parse_profile(position: int, entry: object) -> Profile:
         slug=slug,
         display_name=entry["display_name"].strip(),
         image=entry["image"].strip(),
-        gpus=gpus,
+        gpus=1 if shared_gpu else gpus,
+        gpu_kind=gpu_kind,
+        gpu_model=gpu_model.strip(),
+        gpu_min_memory=sizes["gpu_min_memory"] or 0,
+        mig_profile=mig_profile,
+        shared_gpu=shared_gpu,
         mem_limit=sizes["mem_limit"],
         cpu_limit=cpu_limit,
         shm_size=sizes["shm_size"],

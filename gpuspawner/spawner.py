@@ -16,19 +16,32 @@ import jinja2
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
-from jupyterhub.utils import random_port
+from jupyterhub.utils import maybe_future, random_port
 from tornado import web
-from traitlets import Dict, List, TraitError, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 
-from .gpus import GPU, Ledger, NoGPUAvailable, holder_key, parse_static_inventory
+from .gpus import (
+    PACK,
+    SPREAD,
+    Inventory,
+    Ledger,
+    NoCapacity,
+    Policy,
+    Requester,
+    holder_key,
+    parse_static_inventory,
+)
 from .gpus.inventory import InventoryError
+from .gpus.nvml import NVMLUnavailable, discover, discover_auto
 from .profiles import Profile, ProfileError, choose_profile, parse_profiles
 
 #: Labels every gpuspawner container carries: the record a restarted hub rebuilds from.
 LABEL_USER = "gpuspawner.user"
 LABEL_SERVER = "gpuspawner.server"
 LABEL_PROFILE = "gpuspawner.profile"
-LABEL_GPUS = "gpuspawner.gpus"  # comma-separated GPU ids; '' when none
+LABEL_GPUS = "gpuspawner.gpus"  # comma-separated unit ids (GPU-... or MIG-...); '' when none
+LABEL_SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
+LABEL_GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -37,12 +50,13 @@ _templates = jinja2.Environment(
 
 
 class _Lab:
-    """What all spawners of one hub share: the GPU ledger and the ports in use."""
+    """What all spawners of one hub share: the GPU ledger, its lock, the ports in use."""
 
-    def __init__(self, inventory: tuple[GPU, ...]):
-        self.ledger = Ledger(inventory)
+    def __init__(self, inventory: Inventory, policy: Policy):
+        self.inventory = inventory
+        self.ledger = Ledger(inventory.units, policy)
         self.synced = False  # rebuilt from the running containers yet?
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # every decision of every spawner of the hub
         self.ports: dict[str, int] = {}  # holder -> port, while starting or running
 
 
@@ -55,6 +69,13 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
         spawner.profile = choose_profile(spawner.lab_profiles, user_options.get("profile"))
     except ProfileError as e:
         raise web.HTTPError(400, str(e)) from None
+
+
+def _availability_noun(profile: Profile) -> str:
+    """What '3 of 4 ...' counts on the spawn page."""
+    if profile.shared_gpu:
+        return "shared GPUs with a slot"
+    return "MIG instances" if profile.gpu_kind == "mig" else "GPUs" if profile.gpu_kind == "gpu" else "units"
 
 
 class GPUSpawner(DockerSpawner):
@@ -96,24 +117,81 @@ class GPUSpawner(DockerSpawner):
             raise TraitError(f"GPUSpawner.profiles: {e}") from None
         return proposal.value
 
-    gpus = List(
-        Dict(),
-        help="""The GPUs of this host, as a static list.
+    gpus = Union(
+        [Unicode(), List(Dict())],
+        default_value=[],
+        help="""The GPUs of this host: ``"nvml"``, ``"auto"``, or a static list.
 
-        Each GPU is a dict with ``index`` (as ``nvidia-smi`` numbers it),
-        ``uuid`` (``GPU-...``, from ``nvidia-smi -L``), ``name`` and ``memory``
-        (e.g. ``"80G"``). Whole GPUs are given to one server at a time and
-        passed to Docker by uuid.
+        - ``"nvml"``: discover them through NVML (``nvidia-ml-py``) when the hub
+          starts; the hub refuses to spawn GPU profiles if no driver answers.
+        - ``"auto"``: NVML when a driver answers, else no GPUs.
+        - a list of dicts with ``index`` (as ``nvidia-smi`` numbers it), ``uuid``
+          (``GPU-...``, from ``nvidia-smi -L``), ``name`` and ``memory`` (``"80G"``);
+          a MIG instance also has ``mig_profile`` (``"1g.10gb"``) and ``parent_uuid``.
+
+        A GPU in MIG mode is handed out only as its MIG instances, never whole.
+        Units are passed to Docker by uuid.
         """,
     ).tag(config=True)
 
     @validate("gpus")
     def _validate_gpus(self, proposal):
+        value = proposal.value
+        if isinstance(value, str):
+            if value not in ("nvml", "auto"):
+                raise TraitError(f'GPUSpawner.gpus: must be "nvml", "auto" or a list of GPUs, got {value!r}')
+            return value
         try:
-            parse_static_inventory(proposal.value)
+            parse_static_inventory(value)
         except InventoryError as e:
             raise TraitError(f"GPUSpawner.gpus: {e}") from None
-        return proposal.value
+        return value
+
+    placement = CaselessStrEnum(
+        [PACK, SPREAD],
+        default_value=PACK,
+        help="""Where new work goes when several units fit.
+
+        ``"pack"``: fill GPUs that are already in use (MIG instances of a busy
+        GPU, the fullest shared GPU), keeping idle GPUs free for whole-GPU
+        requests. ``"spread"``: prefer idle GPUs. Either way the smallest unit that
+        fits is taken first.
+        """,
+    ).tag(config=True)
+
+    shared_gpu_users = Int(
+        4,
+        min=2,
+        help="""K: how many servers may share one GPU, for profiles with ``shared_gpu``.
+
+        Sharing is time-slicing: it isolates neither memory nor faults. One
+        student can take all of the GPU's memory or crash the CUDA context of
+        the others. Only MIG instances are isolated in hardware.
+        """,
+    ).tag(config=True)
+
+    max_gpus_per_user = Float(
+        None,
+        allow_none=True,
+        help="""The most GPUs one user may hold at once, across all their named servers.
+
+        A MIG instance counts as one GPU, a shared slot as 1/K. None: no limit.
+        """,
+    ).tag(config=True)
+
+    group_gpu_quotas = Dict(
+        value_trait=Float(),
+        help="""GPU quotas of JupyterHub groups: the course's cap, e.g. ``{"ml101": 4}``.
+
+        The GPUs held by all members of a group together stay within its quota;
+        a user in several groups is held to each. Counted as ``max_gpus_per_user``.
+        """,
+    ).tag(config=True)
+
+    quota_exempt_admins = Bool(
+        True,
+        help="JupyterHub admins are exempt from ``max_gpus_per_user`` and ``group_gpu_quotas``.",
+    ).tag(config=True)
 
     home_volume_name = Unicode(
         "jupyterhub-user-{username}",
@@ -195,6 +273,7 @@ class GPUSpawner(DockerSpawner):
 
     profile: Profile | None = None
     gpu_ids: tuple[str, ...] = ()
+    gpu_shared: bool = False
 
     @property
     def lab_profiles(self) -> tuple[Profile, ...]:
@@ -212,6 +291,7 @@ class GPUSpawner(DockerSpawner):
             state["profile"] = self.profile.slug
         if self.gpu_ids:
             state["gpus"] = list(self.gpu_ids)
+            state["gpu_shared"] = self.gpu_shared
         return state
 
     def load_state(self, state):
@@ -219,10 +299,12 @@ class GPUSpawner(DockerSpawner):
         slug = state.get("profile")
         self.profile = next((p for p in self.lab_profiles if p.slug == slug), None)
         self.gpu_ids = tuple(state.get("gpus", ()))
+        self.gpu_shared = bool(state.get("gpu_shared", False))
 
     def clear_state(self):
         super().clear_state()
         self.gpu_ids = ()
+        self.gpu_shared = False
         self.profile = None  # each start resolves the profile again
 
     # --- the hub's shared ledger
@@ -232,8 +314,28 @@ class GPUSpawner(DockerSpawner):
     def _shared_lab(self) -> _Lab:
         cls = GPUSpawner
         if cls._lab is None:
-            cls._lab = _Lab(parse_static_inventory(self.gpus))
+            inventory = self._load_inventory()
+            policy = Policy(
+                placement=self.placement,
+                share_limit=self.shared_gpu_users,
+                max_gpus_per_user=self.max_gpus_per_user,
+                group_quotas=dict(self.group_gpu_quotas),
+            )
+            cls._lab = _Lab(inventory, policy)
+            units = ", ".join(u.describe() for u in inventory.units) or "none"
+            self.log.info("GPU inventory (%s): %s", inventory.source, units)
         return cls._lab
+
+    def _load_inventory(self) -> Inventory:
+        if self.gpus == "auto":
+            return discover_auto()
+        if self.gpus == "nvml":
+            try:
+                return discover()
+            except NVMLUnavailable as e:
+                self.log.error("GPUSpawner.gpus = 'nvml', but %s: no GPU will be assigned", e)
+                return Inventory(source="none")
+        return Inventory(units=parse_static_inventory(self.gpus), source="static")
 
     async def ledger(self) -> Ledger:
         """The hub's GPU ledger, rebuilt from running containers on first use."""
@@ -253,7 +355,13 @@ class GPUSpawner(DockerSpawner):
             if not gpu_ids or LABEL_USER not in labels:
                 continue
             holder = holder_key(labels[LABEL_USER], labels.get(LABEL_SERVER, ""))
-            unknown = ledger.adopt(holder, gpu_ids)
+            unknown = ledger.adopt(
+                holder,
+                gpu_ids,
+                user=labels[LABEL_USER],
+                shared=labels.get(LABEL_SHARED) == "1",
+                groups=[g for g in labels.get(LABEL_GROUPS, "").split(",") if g],
+            )
             self.log.info("Adopted GPUs %s of running server %s", ",".join(gpu_ids), holder)
             if unknown:
                 self.log.warning(
@@ -264,10 +372,8 @@ class GPUSpawner(DockerSpawner):
         lab = self._shared_lab()
         lab.ports.pop(self.holder, None)
         released = lab.ledger.release(self.holder)
-        if released and released.gpus:
-            self.log.info(
-                "Released GPUs %s of %s (%s)", ",".join(g.id for g in released.gpus), self.holder, why
-            )
+        if released and released.units:
+            self.log.info("Released GPUs %s of %s (%s)", ",".join(released.ids), self.holder, why)
 
     # --- the spawn
 
@@ -301,13 +407,21 @@ class GPUSpawner(DockerSpawner):
         self._apply_profile(profile)
 
         ledger = await self.ledger()
-        try:
-            assignment = ledger.assign(self.holder, profile.gpus)
-        except NoGPUAvailable as e:
-            raise SpawnException(e.message, reason="no_gpu", status_code=503) from None
-        self.gpu_ids = tuple(gpu.id for gpu in assignment.gpus)
+        async with self._shared_lab().lock:
+            try:
+                assignment = ledger.assign(self.holder, profile.gpu_request, self.requester)
+            except NoCapacity as e:
+                raise self._refusal(profile, e, ledger) from None
+        self.gpu_ids = assignment.ids
+        self.gpu_shared = assignment.shared
         if self.gpu_ids:
-            self.log.info("Assigned GPUs %s to %s (profile %s)", ",".join(self.gpu_ids), self.holder, profile.slug)
+            self.log.info(
+                "Assigned %s %s to %s (profile %s)",
+                "shared GPU" if assignment.shared else "GPUs",
+                ",".join(self.gpu_ids),
+                self.holder,
+                profile.slug,
+            )
 
         try:
             if self.network_name == "host":
@@ -319,7 +433,27 @@ class GPUSpawner(DockerSpawner):
             await self._discard_container()
             self._release_gpus("spawn failed")
             self.gpu_ids = ()
+            self.gpu_shared = False
             raise
+
+    @property
+    def requester(self) -> Requester:
+        groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
+        exempt = bool(getattr(self.user, "admin", False)) and self.quota_exempt_admins
+        return Requester(self.user.name, groups, exempt)
+
+    def _refusal(self, profile: Profile, e: NoCapacity, ledger: Ledger) -> SpawnException:
+        """A spawn refused at once: what was asked, what is in use, what can start instead."""
+        message = f"{profile.display_name}: {e.message}"
+        startable = [
+            p.display_name
+            for p in self.lab_profiles
+            if p is not profile and ledger.can_fit(p.gpu_request, self.requester, self.holder) is None
+        ]
+        if startable:
+            message += " Can start now: " + "; ".join(startable) + "."
+        status = 503 if e.reason == "no_gpu" else 403
+        return SpawnException(message, reason=e.reason, status_code=status)
 
     async def _discard_container(self) -> None:
         if not self.object_id:
@@ -372,6 +506,8 @@ class GPUSpawner(DockerSpawner):
                 LABEL_SERVER: self.name or "",
                 LABEL_PROFILE: profile.slug if profile else "",
                 LABEL_GPUS: ",".join(self.gpu_ids),
+                LABEL_SHARED: "1" if self.gpu_shared else "",
+                LABEL_GROUPS: ",".join(sorted(self.requester.groups)),
             }
         )
         host_config = create_kwargs["host_config"]
@@ -416,22 +552,35 @@ class GPUSpawner(DockerSpawner):
             self.clear_state()
         self._release_gpus("stopped")
 
+    async def delete_forever(self):
+        """The user (or this named server) is deleted: free what it held; keep the home volume."""
+        self._release_gpus("deleted")
+        await maybe_future(super().delete_forever())
+
     # --- the spawn page
 
     async def render_profile_form(self) -> str:
         """The profile choice shown on JupyterHub's spawn page."""
         ledger = await self.ledger()
-        free = len(ledger.free())
         chosen = self.user_options.get("profile") if self.user_options else None
         profiles = self.lab_profiles
         if chosen not in {p.slug for p in profiles}:
             chosen = profiles[0].slug
-        choices = [
-            {"profile": p, "checked": p.slug == chosen, "free_gpus": free} for p in profiles
-        ]
-        return _templates.get_template("profile_form.html").render(
-            choices=choices, total_gpus=len(ledger.inventory)
-        )
+        choices = []
+        for p in profiles:
+            free, total = ledger.availability(p.gpu_request)
+            refusal = ledger.can_fit(p.gpu_request, self.requester, self.holder)
+            choices.append(
+                {
+                    "profile": p,
+                    "checked": p.slug == chosen,
+                    "free": free,
+                    "total": total,
+                    "unavailable": refusal.message if refusal else "",
+                    "noun": _availability_noun(p),
+                }
+            )
+        return _templates.get_template("profile_form.html").render(choices=choices)
 
 
 __all__ = ["GPUSpawner", "apply_profile_choice"]

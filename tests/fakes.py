@@ -96,8 +96,11 @@ class FakeDocker:
         self._find(cid)["State"].update(Running=False, ExitCode=1)
 
 
-def fake_user(name="alice"):
-    return SimpleNamespace(name=name, id=hash(name) % 1000, url=f"/user/{name}/", base_url="/", server=None)
+def fake_user(name="alice", groups=(), admin=False):
+    return SimpleNamespace(
+        name=name, id=hash(name) % 1000, url=f"/user/{name}/", base_url="/", server=None,
+        groups=[SimpleNamespace(name=g) for g in groups], admin=admin,
+    )
 
 
 def make_spawner(spawner_class, fake_docker, user="alice", server_name="", **config):

@@ -125,7 +125,10 @@ def test_no_gpu_free_is_refused_at_once_and_holds_nothing(hub):
     r = hub.start_server(carol, "gpu")
     elapsed = time.monotonic() - started
     assert r.status_code == 503, r.text
-    assert "No GPU free" in r.json()["message"]
+    assert r.json()["message"] == (
+        "One GPU: Needs 1 whole GPU: all 2 NVIDIA A100-SXM4-80GB GPUs are taken (2/2 in use)."
+        " Can start now: CPU only; Plain image."
+    )
     assert elapsed < 10  # refused at once, not after start_timeout
     assert hub.server_model(carol) is None
     assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={carol}"})

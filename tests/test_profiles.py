@@ -13,7 +13,7 @@ def test_profile_fields_are_parsed():
     )
     assert (p.gpus, p.mem_limit, p.cpu_limit, p.shm_size) == (2, 16 * 1024**3, 4.0, 2 * 1024**3)
     assert p.description == "PyTorch"
-    assert p.summary() == "2 GPUs, 4 CPUs, 16 GiB RAM"
+    assert p.summary() == "2 whole GPUs, 4 CPUs, 16 GiB RAM"
 
 
 def test_defaults_leave_limits_to_the_spawner():
@@ -48,6 +48,39 @@ def test_defaults_leave_limits_to_the_spawner():
 def test_errors_name_profile_and_field(entries, message):
     with pytest.raises(ProfileError, match=message):
         parse_profiles(entries)
+
+
+def test_gpu_request_fields():
+    mig, shared, any_ = parse_profiles(
+        [
+            profile("mig", gpus=1, mig_profile="1g.10gb"),
+            profile("shared", shared_gpu=True, gpu_model="A100"),
+            profile("any", gpus=1, gpu_kind="any", gpu_min_memory="20G"),
+        ]
+    )
+    assert (mig.gpu_request.kind, mig.gpu_request.mig_profile) == ("mig", "1g.10gb")
+    assert mig.summary() == "1 MIG 1g.10gb instance"
+    assert (shared.gpu_request.shared, shared.gpu_request.slots) == (True, 1)
+    assert shared.summary() == "a slot on a shared whole GPU (A100)"
+    assert any_.gpu_request.min_memory == 20 * 1024**3
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"gpus": 2, "shared_gpu": True}, "field 'shared_gpu': is one slot"),
+        ({"shared_gpu": "yes"}, "field 'shared_gpu': must be true or false"),
+        ({"gpus": 1, "mig_profile": "big"}, "field 'mig_profile'"),
+        ({"gpus": 1, "gpu_kind": "tpu"}, "field 'gpu_kind'"),
+        ({"gpus": 1, "gpu_kind": "gpu", "mig_profile": "1g.10gb"}, "field 'gpu_kind': is 'gpu'"),
+        ({"gpu_model": "A100"}, "field 'gpu_model': constrains GPUs, but this profile asks for none"),
+        ({"gpus": 1, "gpu_min_memory": "lots"}, "field 'gpu_min_memory'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_gpu_request_errors(fields, message):
+    with pytest.raises(ProfileError, match=message):
+        parse_profiles([profile(**fields)])
 
 
 def test_choose_profile():

@@ -99,7 +99,10 @@ async def test_two_users_get_different_gpus_and_stop_frees(engine):
     with pytest.raises(SpawnException) as refused:
         await carol.start()
     assert refused.value.status_code == 503
-    assert "0 of 2 are free" in refused.value.message
+    assert refused.value.message == (
+        "GPU: Needs 1 whole GPU: all 2 A100 GPUs are taken (2/2 in use). Can start now: CPU."
+    )
+    assert refused.value.reason == "no_gpu"
     assert carol.gpu_ids == ()
     await alice.stop()
     assert alice.object_id == "" and alice.gpu_ids == ()

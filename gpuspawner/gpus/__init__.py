@@ -1,14 +1,32 @@
 """GPUs: what the host has (inventory) and who holds which (allocation)."""
 
-from .allocation import Assignment, Ledger, NoGPUAvailable, holder_key
-from .inventory import GPU, InventoryError, parse_static_inventory
+from .allocation import (
+    PACK,
+    SPREAD,
+    Assignment,
+    GPURequest,
+    Ledger,
+    NoCapacity,
+    Policy,
+    Requester,
+    decide,
+    holder_key,
+)
+from .inventory import GPU, Inventory, InventoryError, parse_static_inventory
 
 __all__ = [
     "GPU",
+    "PACK",
+    "SPREAD",
     "Assignment",
+    "GPURequest",
+    "Inventory",
     "InventoryError",
     "Ledger",
-    "NoGPUAvailable",
+    "NoCapacity",
+    "Policy",
+    "Requester",
+    "decide",
     "holder_key",
     "parse_static_inventory",
 ]

@@ -1,47 +1,110 @@
-"""The allocation core: which GPUs each server holds.
+"""The allocation core: which units (whole GPUs, MIG instances, shared slots) each server holds.
 
-Pure: no Docker, no NVML, no clock. The spawner asks it for a decision and
-records the outcome on the container; after a hub restart the ledger is rebuilt
-from what the running containers' labels say (``Ledger.adopt``).
+Pure: no Docker, no NVML, no clock. ``decide`` is a function of the inventory,
+the current holdings, a request and the policy; it returns the units to hold or
+raises ``NoCapacity`` saying what is in use and what is free. ``Ledger`` keeps
+the holdings of one hub and applies the decisions. After a hub restart the
+ledger is rebuilt from what the running containers' labels say (``adopt``).
 
-JupyterHub runs spawners on one asyncio loop, and no method here awaits, so a
-check-and-record in ``assign`` cannot interleave with another spawn's.
+The promise it keeps: a unit held exclusively has exactly one holder; a shared
+unit has at most ``share_limit`` holders, all of them shared; quotas hold for
+everyone not exempt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
 
+from ..traits import format_bytes
 from .inventory import GPU
 
+PACK = "pack"
+SPREAD = "spread"
 
-class NoGPUAvailable(Exception):
-    """Not enough free GPUs for a request. Carries what is free, for the message."""
 
-    def __init__(self, requested: int, free: tuple[GPU, ...], total: int):
-        self.requested = requested
-        self.free = free
-        self.total = total
-        super().__init__(self.message)
+@dataclass(frozen=True)
+class GPURequest:
+    """What a profile asks for.
+
+    ``count`` units held exclusively, or (``shared``) one slot on a shared unit.
+    ``kind`` is ``"gpu"`` (whole GPUs), ``"mig"`` (MIG instances) or ``"any"``.
+    """
+
+    count: int = 0
+    shared: bool = False
+    kind: str = "gpu"
+    model: str = ""  # a case-insensitive part of the unit's name, e.g. "A100"
+    min_memory: int = 0  # bytes
+    mig_profile: str = ""  # e.g. "1g.10gb"; implies kind "mig"
 
     @property
-    def message(self) -> str:
-        if self.requested > self.total:
-            has = f"only {self.total}" if self.total else "no GPUs"
-            return f"This profile needs {self.requested} GPU(s), and this hub has {has}."
-        return (
-            f"No GPU free: this profile needs {self.requested} GPU(s),"
-            f" and {len(self.free)} of {self.total} are free now."
-        )
+    def slots(self) -> int:
+        """How many units this request holds: a shared slot is one unit, shared."""
+        return 1 if self.shared else self.count
+
+    def matches(self, unit: GPU) -> bool:
+        if self.kind == "gpu" and unit.is_mig:
+            return False
+        if self.kind == "mig" and not unit.is_mig:
+            return False
+        if self.mig_profile and unit.mig_profile != self.mig_profile:
+            return False
+        if self.model and self.model.lower() not in unit.name.lower():
+            return False
+        return unit.memory >= self.min_memory
+
+    def describe(self) -> str:
+        """'1 whole GPU (A100, >= 40 GiB)' or 'a slot on a shared GPU'."""
+        constraints = []
+        if self.model:
+            constraints.append(self.model)
+        if self.min_memory:
+            constraints.append(f">= {format_bytes(self.min_memory)}")
+        if self.mig_profile:
+            noun = f"MIG {self.mig_profile} instance"
+        else:
+            noun = {"gpu": "whole GPU", "mig": "MIG instance", "any": "GPU or MIG instance"}[self.kind]
+        if self.shared:
+            text = f"a slot on a shared {noun}"
+        else:
+            text = f"{self.count} {noun}{'s' if self.count != 1 else ''}"
+        return text + (f" ({', '.join(constraints)})" if constraints else "")
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks: the user, their groups, and whether quotas apply to them."""
+
+    user: str
+    groups: frozenset[str] = frozenset()
+    exempt: bool = False  # an admin exempted from quotas
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The admin's rules for placement, sharing and quotas."""
+
+    placement: str = PACK  # "pack": fill used GPUs first; "spread": prefer idle GPUs
+    share_limit: int = 4  # K: users per shared unit
+    max_gpus_per_user: float | None = None  # across all of a user's servers
+    group_quotas: Mapping[str, float] = field(default_factory=dict)  # group -> GPUs
 
 
 @dataclass(frozen=True)
 class Assignment:
-    """The GPUs one server holds. ``holder`` is ``"user/server"`` (server '' for the default)."""
+    """The units one server holds. ``holder`` is ``"user/server"`` (server '' for the default)."""
 
     holder: str
-    gpus: tuple[GPU, ...]
+    user: str
+    units: tuple[GPU, ...] = ()
+    shared: bool = False
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(unit.id for unit in self.units)
 
 
 def holder_key(user: str, server: str = "") -> str:
@@ -49,23 +112,185 @@ def holder_key(user: str, server: str = "") -> str:
     return f"{user}/{server}"
 
 
-class Ledger:
-    """Who holds which GPU, for one hub. Whole GPUs are exclusive."""
+class NoCapacity(Exception):
+    """A request that cannot be met now. ``reason`` is 'no_gpu', 'user_quota' or 'group_quota'."""
 
-    def __init__(self, inventory: Iterable[GPU]):
-        self.inventory: tuple[GPU, ...] = tuple(sorted(inventory, key=lambda g: g.index))
-        self._by_id = {gpu.id: gpu for gpu in self.inventory}
+    def __init__(self, reason: str, message: str, *, request: GPURequest, free: tuple[GPU, ...] = ()):
+        self.reason = reason
+        self.message = message
+        self.request = request
+        self.free = free
+        super().__init__(message)
+
+
+def gpus_counted(units: int, shared: bool, share_limit: int) -> Fraction:
+    """What holding ``units`` counts against quotas: 1 per unit, 1/K per shared slot."""
+    return Fraction(units, max(share_limit, 1)) if shared else Fraction(units)
+
+
+def gpus_held(assignment: Assignment, share_limit: int) -> Fraction:
+    return gpus_counted(len(assignment.units), assignment.shared, share_limit)
+
+
+def _fmt(amount: Fraction | float) -> str:
+    return f"{float(amount):g}"
+
+
+def check_quotas(
+    holdings: Iterable[Assignment], request: GPURequest, requester: Requester, policy: Policy, holder: str
+) -> None:
+    """Raise ``NoCapacity`` when the request would take ``requester`` or a group of theirs past its quota."""
+    if requester.exempt or request.slots == 0:
+        return
+    others = [a for a in holdings if a.holder != holder]
+    wanted = gpus_counted(request.slots, request.shared, policy.share_limit)
+    limit = policy.max_gpus_per_user
+    if limit is not None:
+        mine = sum((gpus_held(a, policy.share_limit) for a in others if a.user == requester.user), Fraction(0))
+        if mine + wanted > Fraction(limit).limit_denominator(1000):
+            raise NoCapacity(
+                "user_quota",
+                f"You already hold {_fmt(mine)} GPU(s) across your servers, and the limit is"
+                f" {_fmt(limit)} per user. Stop one of your servers to start this one.",
+                request=request,
+            )
+    for group in sorted(requester.groups):
+        if group not in policy.group_quotas:
+            continue
+        quota = Fraction(policy.group_quotas[group]).limit_denominator(1000)
+        used = sum((gpus_held(a, policy.share_limit) for a in others if group in a.groups), Fraction(0))
+        if used + wanted > quota:
+            raise NoCapacity(
+                "group_quota",
+                f"Your group '{group}' is using {_fmt(used)} of its {_fmt(quota)} GPU(s)."
+                " Try again when a classmate stops a server, or ask your teacher.",
+                request=request,
+            )
+
+
+def _candidates(
+    inventory: tuple[GPU, ...], holdings: list[Assignment], request: GPURequest, policy: Policy
+) -> tuple[list[GPU], list[GPU]]:
+    """(the units that could take ``request`` now, best first; all units that fit it at all)."""
+    holders_of: dict[str, list[Assignment]] = {}
+    for a in holdings:
+        for unit in a.units:
+            holders_of.setdefault(unit.id, []).append(a)
+
+    # How busy each physical GPU is (its units held), for pack/spread.
+    busy: dict[str, int] = {}
+    for unit in inventory:
+        if holders_of.get(unit.id):
+            busy[unit.gpu_uuid] = busy.get(unit.gpu_uuid, 0) + 1
+
+    matching = [u for u in inventory if request.matches(u)]
+    pack = policy.placement == PACK
+    if request.shared:
+
+        def room(unit: GPU) -> bool:
+            holders = holders_of.get(unit.id, [])
+            return all(a.shared for a in holders) and len(holders) < policy.share_limit
+
+        def order(unit: GPU):
+            sharing = len(holders_of.get(unit.id, []))
+            # pack: join the fullest shared unit, keeping idle ones whole for others
+            return (-sharing if pack else sharing, unit.memory, unit.index, unit.mig_index or 0)
+
+    else:
+
+        def room(unit: GPU) -> bool:
+            return not holders_of.get(unit.id)
+
+        def order(unit: GPU):
+            # the smallest unit that fits leaves the most room for others
+            used = busy.get(unit.gpu_uuid, 0)
+            return (unit.memory, -used if pack else used, unit.index, unit.mig_index or 0)
+
+    return sorted((u for u in matching if room(u)), key=order), matching
+
+
+def availability(
+    inventory: tuple[GPU, ...], holdings: Iterable[Assignment], request: GPURequest, policy: Policy
+) -> tuple[int, int]:
+    """(units that could take ``request`` now, units that fit it at all): "3 of 4 free"."""
+    candidates, matching = _candidates(inventory, list(holdings), request, policy)
+    return len(candidates), len(matching)
+
+
+def decide(
+    inventory: tuple[GPU, ...],
+    holdings: Iterable[Assignment],
+    request: GPURequest,
+    requester: Requester,
+    policy: Policy,
+    holder: str,
+) -> tuple[GPU, ...]:
+    """The units ``holder`` should hold for ``request``, or ``NoCapacity``.
+
+    ``holdings`` are everyone's current assignments; ``holder``'s own are
+    ignored, since a server that starts gives up what it held.
+    """
+    if request.slots == 0:
+        return ()
+    holdings = [a for a in holdings if a.holder != holder]
+    check_quotas(holdings, request, requester, policy, holder)
+    candidates, matching = _candidates(inventory, holdings, request, policy)
+    if len(candidates) >= request.slots:
+        chosen = {u.id for u in candidates[: request.slots]}
+        return tuple(u for u in inventory if u.id in chosen)  # in nvidia-smi's order: CUDA device 0 first
+    held = {unit.id for a in holdings for unit in a.units}
+    free = tuple(u for u in inventory if u.id not in held)
+    raise NoCapacity("no_gpu", _no_capacity_message(request, matching, candidates, free), request=request, free=free)
+
+
+def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: list[GPU], free: tuple[GPU, ...]) -> str:
+    want = request.describe()
+    if not matching:
+        return f"This hub has no unit that fits {want}."
+    if not request.shared and request.count > len(matching):
+        return f"Needs {want}, and this hub has only {len(matching)} that fit."
+    names = sorted({u.name for u in matching})
+    kind = "MIG instances" if matching[0].is_mig else "GPUs"
+    what = f"{names[0]} {kind}" if len(names) == 1 else kind
+    in_use = len(matching) - len(candidates)
+    if request.shared:
+        head = f"Needs {want}: all {len(matching)} {what} that fit are full or held whole."
+    elif candidates:
+        head = f"Needs {want}: only {len(candidates)} of {len(matching)} {what} are free."
+    else:
+        head = f"Needs {want}: all {len(matching)} {what} are taken ({in_use}/{len(matching)} in use)."
+    others = [u for u in free if u not in candidates]
+    if others:
+        head += " Free now: " + _count_units(others) + "."
+    return head
+
+
+def _count_units(units: Iterable[GPU]) -> str:
+    counts: dict[str, int] = {}
+    for unit in units:
+        key = f"MIG {unit.mig_profile} instance" if unit.is_mig else f"{unit.name} GPU"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {key}{'s' if n != 1 else ''}" for key, n in sorted(counts.items()))
+
+
+class Ledger:
+    """Who holds which unit, for one hub: the holdings and the decisions applied to them."""
+
+    def __init__(self, inventory: Iterable[GPU], policy: Policy | None = None):
+        self.inventory: tuple[GPU, ...] = tuple(inventory)
+        self.policy = policy or Policy()
+        self._by_id = {unit.id: unit for unit in self.inventory}
         self._holders: dict[str, Assignment] = {}
 
     # --- questions
 
     def held_ids(self) -> set[str]:
-        return {gpu.id for a in self._holders.values() for gpu in a.gpus}
+        return {unit.id for a in self._holders.values() for unit in a.units}
 
     def free(self) -> tuple[GPU, ...]:
-        """The GPUs no server holds, by index."""
+        """The units no server holds, in inventory order."""
         held = self.held_ids()
-        return tuple(gpu for gpu in self.inventory if gpu.id not in held)
+        return tuple(unit for unit in self.inventory if unit.id not in held)
 
     def assignment(self, holder: str) -> Assignment | None:
         return self._holders.get(holder)
@@ -73,21 +298,37 @@ class Ledger:
     def assignments(self) -> tuple[Assignment, ...]:
         return tuple(self._holders.values())
 
+    def holders_of(self, unit_id: str) -> tuple[Assignment, ...]:
+        return tuple(a for a in self._holders.values() if unit_id in a.ids)
+
+    def availability(self, request: GPURequest) -> tuple[int, int]:
+        """(units that could take ``request`` now, units that fit it at all)."""
+        return availability(self.inventory, self._holders.values(), request, self.policy)
+
+    def can_fit(self, request: GPURequest, requester: Requester, holder: str = "") -> NoCapacity | None:
+        """Why ``request`` cannot start now, or None when it can (for the spawn page)."""
+        try:
+            decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
+        except NoCapacity as e:
+            return e
+        return None
+
     # --- decisions
 
-    def assign(self, holder: str, count: int) -> Assignment:
-        """Give ``holder`` ``count`` free GPUs, lowest index first, or raise ``NoGPUAvailable``.
+    def assign(self, holder: str, request: GPURequest | int, requester: Requester | None = None) -> Assignment:
+        """Decide and record what ``holder`` holds, or raise ``NoCapacity`` holding nothing.
 
-        A holder that already holds GPUs gives them up first: a server starts fresh.
+        A holder that already holds units gives them up first: a server starts fresh.
         """
-        if count < 0:
-            raise ValueError(f"GPU count must be >= 0, got {count}")
+        if isinstance(request, int):
+            if request < 0:
+                raise ValueError(f"GPU count must be >= 0, got {request}")
+            request = GPURequest(count=request)
+        requester = requester or Requester(user=holder.split("/", 1)[0])
         self.release(holder)
-        free = self.free()
-        if count > len(free):
-            raise NoGPUAvailable(count, free, len(self.inventory))
-        assignment = Assignment(holder, free[:count])
-        if count:
+        units = decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
+        assignment = Assignment(holder, requester.user, units, request.shared and bool(units), requester.groups)
+        if units:
             self._holders[holder] = assignment
         return assignment
 
@@ -95,19 +336,34 @@ class Ledger:
         """Free what ``holder`` holds; returns it (None when it held nothing)."""
         return self._holders.pop(holder, None)
 
-    def adopt(self, holder: str, gpu_ids: Iterable[str]) -> tuple[str, ...]:
+    def adopt(
+        self,
+        holder: str,
+        unit_ids: Iterable[str],
+        *,
+        user: str | None = None,
+        shared: bool = False,
+        groups: Iterable[str] = (),
+    ) -> tuple[str, ...]:
         """Record what a running container already holds (after a hub restart).
 
-        Ids unknown to the inventory are skipped and returned, so the caller can warn.
-        A GPU recorded for two holders is kept for both: the truth on the host wins
-        over the promise, and the GPU stays out of the free pool until both stop.
+        Ids unknown to the inventory are skipped and returned, so the caller can
+        warn. A unit found held twice stays held by both: the truth on the host
+        wins over the promise, and the unit stays out of the free pool until both stop.
         """
-        known, unknown = [], []
-        for gpu_id in gpu_ids:
-            (known if gpu_id in self._by_id else unknown).append(gpu_id)
+        unit_ids = list(unit_ids)
+        known = [self._by_id[i] for i in unit_ids if i in self._by_id]
+        unknown = tuple(i for i in unit_ids if i not in self._by_id)
         if known:
             previous = self._holders.get(holder)
-            gpus = {g.id: g for g in (previous.gpus if previous else ())}
-            gpus.update((gpu_id, self._by_id[gpu_id]) for gpu_id in known)
-            self._holders[holder] = Assignment(holder, tuple(sorted(gpus.values(), key=lambda g: g.index)))
-        return tuple(unknown)
+            units = {u.id: u for u in (previous.units if previous else ())}
+            units.update((u.id, u) for u in known)
+            order = {u.id: n for n, u in enumerate(self.inventory)}
+            self._holders[holder] = Assignment(
+                holder,
+                user if user is not None else holder.split("/", 1)[0],
+                tuple(sorted(units.values(), key=lambda u: order[u.id])),
+                shared,
+                frozenset(groups),
+            )
+        return unknown
