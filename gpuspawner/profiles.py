@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .gpus.allocation import GPURequest
-from .traits import format_bytes, parse_bytes
+from .traits import format_bytes, is_mig_profile, parse_bytes
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
 
@@ -105,7 +105,7 @@ def parse_profile(position: int, entry: object) -> Profile:
     if shared_gpu and gpus > 1:
         raise error("shared_gpu", f"is one slot on one shared GPU; set 'gpus' to 0 or 1, not {gpus}")
     mig_profile = entry.get("mig_profile", "")
-    if not isinstance(mig_profile, str) or (mig_profile and not re.fullmatch(r"\d+g\.\d+gb(\+me)?", mig_profile)):
+    if not isinstance(mig_profile, str) or (mig_profile and not is_mig_profile(mig_profile)):
         raise error("mig_profile", f"must be a MIG profile such as '1g.10gb', got {mig_profile!r}")
     gpu_kind = entry.get("gpu_kind", "mig" if mig_profile else "gpu")
     if gpu_kind not in ("gpu", "mig", "any"):

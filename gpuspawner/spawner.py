@@ -322,8 +322,9 @@ class GPUSpawner(DockerSpawner):
                 group_quotas=dict(self.group_gpu_quotas),
             )
             cls._lab = _Lab(inventory, policy)
-            units = ", ".join(u.describe() for u in inventory.units) or "none"
-            self.log.info("GPU inventory (%s): %s", inventory.source, units)
+            units = ", ".join(u.describe() for u in inventory.units) or f"none {inventory.note}"
+            cuda = f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""
+            self.log.info("GPU inventory (%s%s): %s", inventory.source, cuda, units)
         return cls._lab
 
     def _load_inventory(self) -> Inventory:
@@ -334,7 +335,7 @@ class GPUSpawner(DockerSpawner):
                 return discover()
             except NVMLUnavailable as e:
                 self.log.error("GPUSpawner.gpus = 'nvml', but %s: no GPU will be assigned", e)
-                return Inventory(source="none")
+                return Inventory(source="none", note=str(e))
         return Inventory(units=parse_static_inventory(self.gpus), source="static")
 
     async def ledger(self) -> Ledger:

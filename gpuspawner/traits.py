@@ -6,6 +6,8 @@ admins in many ways; everything past this module sees plain numbers.
 
 from __future__ import annotations
 
+import re
+
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import TraitError
 
@@ -47,3 +49,11 @@ def format_bytes(size: int) -> str:
             number = size / scale
             return f"{number:.0f} {unit}" if number == int(number) else f"{number:.1f} {unit}"
     return f"{size} B"
+
+
+#: A MIG profile as NVML names it: "1g.10gb", "3g.40gb", "1c.3g.20gb", "1g.10gb+me".
+MIG_PROFILE = re.compile(r"(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?")
+
+
+def is_mig_profile(value: object) -> bool:
+    return isinstance(value, str) and MIG_PROFILE.fullmatch(value) is not None

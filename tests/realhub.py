@@ -7,6 +7,7 @@ drives them through the REST API with a service token, as an admin script would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -49,6 +50,52 @@ def docker_host() -> str:
 
 def engine() -> docker.DockerClient:
     return docker.DockerClient(base_url=docker_host(), version="auto")
+
+
+#: The label every container of the end-to-end hubs carries (set through
+#: DockerSpawner's own extra_create_kwargs), so clean-up touches only those.
+E2E_LABEL = "gpuspawner-e2e"
+E2E_CONFIG = f"""
+c.GPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: "1"}}}}
+c.GPUSpawner.pull_policy = "never"  # the test engine has no registry
+c.Spawner.poll_interval = 2  # notice crashed servers quickly
+"""
+
+
+def remove_leftovers() -> list[str]:
+    """Remove the end-to-end containers still on the engine; returns their names."""
+    leftovers = engine().containers.list(all=True, filters={"label": E2E_LABEL})
+    for c in leftovers:
+        c.remove(force=True)
+    return [c.name for c in leftovers]
+
+
+def home_volume(container) -> str:
+    (mount,) = [m for m in container.attrs["Mounts"] if m["Destination"] == "/home/jovyan"]
+    assert mount["Type"] == "volume" and mount["RW"]
+    return mount["Name"]
+
+
+@contextlib.contextmanager
+def running_hub(workdir: Path, config: str, run: str):
+    """A started RealHub; afterwards every server is stopped through the hub, and
+    the run's containers and home volumes (names ending in ``run``) are removed."""
+    remove_leftovers()  # of an earlier run that was killed before its clean-up
+    hub = RealHub(workdir, E2E_CONFIG + textwrap.dedent(config))
+    hub.start()
+    try:
+        yield hub
+    finally:
+        try:
+            if hub.proc:
+                hub.stop_all_servers()
+        finally:
+            hub.stop()
+            left = remove_leftovers()
+            for volume in engine().volumes.list():
+                if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
+                    volume.remove()
+        assert not left, f"servers left running after the hub stopped them: {left}"
 
 
 def free_port() -> int:
@@ -206,6 +253,22 @@ class RealHub:
         while self.server_model(user, server) is not None:
             assert time.monotonic() < deadline, f"{user}/{server} did not stop:\n{self.log_tail()}"
             time.sleep(0.3)
+
+    def stop_all_servers(self) -> None:
+        users = self.request("GET", "/users").json()
+        for model in users:
+            for server in model.get("servers", {}):
+                self.stop_server(model["name"], server)
+
+    def visible_devices(self, user: str, server: str = "") -> str:
+        """NVIDIA_VISIBLE_DEVICES as the server's PID 1 sees it."""
+        return pid1_environ(self.container(user, server))["NVIDIA_VISIBLE_DEVICES"]
+
+    def kill(self) -> None:
+        """SIGKILL the hub alone, as a crash would: its proxy and servers keep running."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
 
     def container(self, user: str, server: str = ""):
         """The running container of one server, found by gpuspawner's labels."""

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .realhub import RealHub, engine, pid1_environ, require_tools, read_testbed
+from .realhub import RealHub, engine, home_volume, read_testbed, require_tools, running_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -45,59 +45,23 @@ def hub(tmp_path_factory):
         {{"slug": "missing", "display_name": "Image not on this host", "gpus": 2,
           "image": "gpuspawner-lab-missing:never-built"}},
     ]
-    c.GPUSpawner.pull_policy = "never"  # the test engine has no registry
-    c.Spawner.poll_interval = 2  # notice crashed servers quickly
     c.GPUSpawner.gpus = {gpus!r}
-    # DockerSpawner's own options keep working: this label marks the tests' containers.
-    c.GPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: "1"}}}}
     """
-    remove_leftovers()  # of an earlier run that was killed before its clean-up
-    h = RealHub(tmp_path_factory.mktemp("hub"), config)
-    h.start()
-    yield h
-    try:
-        for name in list(_users_seen):
-            for server in ("",):
-                if h.proc and h.server_model(name, server):
-                    h.stop_server(name, server)
-    finally:
-        h.stop()
-        assert not remove_leftovers(), "servers were left running after the hub stopped them"
-        for volume in engine().volumes.list():
-            if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(RUN):
-                volume.remove()
-
-
-_users_seen: set[str] = set()
-E2E_LABEL = "gpuspawner-e2e"
-
-
-def remove_leftovers() -> list[str]:
-    leftovers = engine().containers.list(all=True, filters={"label": E2E_LABEL})
-    for c in leftovers:
-        c.remove(force=True)
-    return [c.name for c in leftovers]
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        yield h
 
 
 def spawn(hub: RealHub, name: str, profile: str | None = None) -> dict:
-    _users_seen.add(name)
     return hub.spawn(name, profile)
 
 
-def home_volume(container) -> str:
-    (mount,) = [m for m in container.attrs["Mounts"] if m["Destination"] == "/home/jovyan"]
-    assert mount["Type"] == "volume" and mount["RW"]
-    return mount["Name"]
-
-
 def visible_devices(hub: RealHub, name: str) -> str:
-    return pid1_environ(hub.container(name))["NVIDIA_VISIBLE_DEVICES"]
+    return hub.visible_devices(name)
 
 
 def test_a_failed_spawn_holds_no_gpu_and_leaves_no_container(hub):
     """The ledger assigns both GPUs, then the start fails: both must be free again."""
     zoe = user("zoe")
-    _users_seen.add(zoe)
     r = hub.start_server(zoe, "missing")
     assert r.status_code >= 400, r.text
     assert hub.server_model(zoe) is None
@@ -120,7 +84,6 @@ def test_two_students_on_a_gpu_profile_get_different_gpus(hub):
 
 def test_no_gpu_free_is_refused_at_once_and_holds_nothing(hub):
     carol = user("carol")
-    _users_seen.add(carol)
     started = time.monotonic()
     r = hub.start_server(carol, "gpu")
     elapsed = time.monotonic() - started
@@ -197,7 +160,6 @@ def test_hub_restart_loses_no_assignment(hub):
     assert hub.server_model(bob)["ready"]
     spawn(hub, frank, "gpu")
     assert visible_devices(hub, frank) == (GPU_IDS - {kept}).pop()
-    _users_seen.add(grace)
     assert hub.start_server(grace, "gpu").status_code == 503
     assert visible_devices(hub, bob) == kept
 

@@ -6,10 +6,9 @@ NVML (``nvml.py``); both yield the same ``GPU`` values.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from ..traits import format_bytes, parse_bytes
+from ..traits import format_bytes, is_mig_profile, parse_bytes
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class Inventory:
     source: str = "static"  # "static", "nvml", or "none" (auto found no driver)
     driver_version: str = ""  # e.g. "550.54.15"
     cuda_version: str = ""  # the highest CUDA the driver supports, e.g. "12.4"
+    note: str = ""  # why there are no units, when discovery found none
 
 
 class InventoryError(ValueError):
@@ -102,7 +102,7 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
         uuid = uuid.strip()
         mig_profile = entry.get("mig_profile", "")
         if mig_profile:
-            if not isinstance(mig_profile, str) or not re.fullmatch(r"\d+g\.\d+gb(\+me)?", mig_profile):
+            if not is_mig_profile(mig_profile):
                 raise InventoryError(f"{where}: field 'mig_profile': must look like '1g.10gb', got {mig_profile!r}")
             if not uuid.startswith("MIG-"):
                 raise InventoryError(f"{where}: field 'uuid': a MIG instance's uuid starts with 'MIG-', got {uuid!r}")

@@ -173,8 +173,8 @@ def discover_auto(nvml: NVML | None = None) -> Inventory:
     """
     try:
         return discover(nvml)
-    except NVMLUnavailable:
-        return Inventory(source="none")
+    except NVMLUnavailable as e:
+        return Inventory(source="none", note=str(e))
 
 
 def read_gpus(nvml: NVML | None = None) -> tuple[GPU, ...]:
