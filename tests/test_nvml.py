@@ -267,7 +267,7 @@ def test_no_driver_is_a_clear_error_and_auto_gives_an_empty_inventory():
     for read in (discover, read_gpus, read_gpus_as_config, read_usage):
         with pytest.raises(NVMLUnavailable, match="NVML did not initialise: Driver Not Loaded"):
             read(fake)
-    assert discover_auto(fake) == Inventory(source="none")
+    assert discover_auto(fake) == Inventory(source="none", note="NVML did not initialise: Driver Not Loaded")
     assert fake.shutdowns == 0  # nothing to shut down after a failed init
     assert discover_auto(host()).source == "nvml"
 
