@@ -1,0 +1,163 @@
+"""The allocation promise on the real hub, proxy and engine: bursts, hub crashes,
+MIG instances, shared slots, quotas, user deletion.
+
+Four simulated whole GPUs and one GPU in MIG mode (two 1g.10gb instances);
+the engine's test double of the NVIDIA hook puts the ids into each container's
+PID-1 environment, as the real toolkit would.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import statistics
+import time
+
+import pytest
+
+from .realhub import RealHub, engine, read_testbed, require_tools, running_hub
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+RUN = secrets.token_hex(3)
+WHOLE = [f"GPU-a110{i:04d}-0000-4000-8000-00000000000{i}" for i in range(4)]
+MIG_PARENT = "GPU-a1100004-0000-4000-8000-000000000004"
+MIGS = [f"MIG-a110{i:04d}-0000-4000-8000-0000000000m{i}" for i in range(2)]
+BURST = 30
+
+
+def user(name: str) -> str:
+    return f"{name}-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    require_tools()
+    image = read_testbed("image")
+    gpus = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(WHOLE)]
+    gpus += [
+        {"index": 4, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "10G",
+         "mig_profile": "1g.10gb", "parent_uuid": MIG_PARENT, "mig_index": i}
+        for i, u in enumerate(MIGS)
+    ]
+    small = {"image": image, "mem_limit": "512M", "cpu_limit": 0.5}
+    config = f"""
+    c.JupyterHub.allow_named_servers = True
+    c.GPUSpawner.gpus = {gpus!r}
+    c.GPUSpawner.profiles = [
+        dict(slug="cpu", display_name="CPU only", **{small!r}),
+        dict(slug="gpu", display_name="One A100", gpus=1, **{small!r}),
+        dict(slug="mig", display_name="A100 slice", gpus=1, mig_profile="1g.10gb", **{small!r}),
+        dict(slug="shared", display_name="Shared A100", shared_gpu=True, gpu_kind="gpu", **{small!r}),
+    ]
+    c.GPUSpawner.shared_gpu_users = 2
+    c.GPUSpawner.max_gpus_per_user = 1
+    c.GPUSpawner.group_gpu_quotas = {{"ml101": 1}}
+    c.JupyterHub.load_groups = {{"ml101": {{"users": [{user("mia")!r}, {user("max")!r}]}}}}
+    """
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        yield h
+
+
+def gpu_holders() -> dict[str, str]:
+    """container name -> the units it holds, for every e2e container on the engine."""
+    return {
+        c.name: c.labels["gpuspawner.gpus"]
+        for c in engine().containers.list(filters={"label": "gpuspawner.gpus"})
+        if c.labels["gpuspawner.user"].endswith(RUN) and c.labels["gpuspawner.gpus"]
+    }
+
+
+def test_a_class_burst_gets_exactly_the_free_gpus_and_clean_refusals(hub: RealHub):
+    names = [user(f"s{i:02d}") for i in range(BURST)]
+    r = hub.request("POST", "/users", data=json.dumps({"usernames": names}))
+    assert r.status_code == 201, r.text
+
+    def request(name):
+        started = time.monotonic()
+        response = hub.start_server(name, "gpu")
+        return name, response, time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
+        results = list(pool.map(request, names))
+
+    started = [n for n, r, _ in results if r.status_code in (201, 202)]
+    refused = [(n, r, t) for n, r, t in results if r.status_code not in (201, 202)]
+    assert len(started) == 4, [(n, r.status_code, r.text) for n, r, _ in results]
+    assert len(refused) == BURST - 4
+    for name, response, _ in refused:
+        assert response.status_code == 503, response.text
+        assert response.json()["message"].startswith(
+            "One A100: Needs 1 whole GPU: all 4 NVIDIA A100-SXM4-80GB GPUs are taken (4/4 in use)."
+        )
+        assert hub.server_model(name) is None
+    seconds = sorted(t for _, _, t in refused)
+    print(f"\nburst of {BURST}: 4 started, {len(refused)} refused;"
+          f" refusal latency median {statistics.median(seconds):.2f}s, max {seconds[-1]:.2f}s")
+    assert seconds[-1] < 10  # refused at once, never after a start timeout
+
+    for name in started:
+        hub.wait_ready(name)
+    holders = gpu_holders()
+    assert len(holders) == 4
+    assert sorted(holders.values()) == sorted(WHOLE)
+    assert sorted(hub.visible_devices(n) for n in started) == sorted(WHOLE)
+
+
+def test_a_killed_hub_restarts_with_the_same_assignments(hub: RealHub):
+    before = gpu_holders()
+    hub.kill()
+    hub.start()
+    for name, units in before.items():
+        owner = engine().containers.get(name).labels["gpuspawner.user"]
+        assert hub.server_model(owner)["ready"]
+    assert gpu_holders() == before
+    started = time.monotonic()
+    r = hub.start_server(user("late"), "gpu")
+    print(f"\none refusal after the restart: {time.monotonic() - started:.3f}s")
+    assert r.status_code == 503, r.text  # no unit handed out twice
+
+
+def test_a_mig_instance_and_the_per_user_cap_across_named_servers(hub: RealHub):
+    mia = user("mia")
+    hub.spawn(mia, "mig")
+    assert hub.visible_devices(mia) == MIGS[0]
+    r = hub.start_server(mia, "cpu", server="notes")
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(mia, "notes")
+    assert hub.visible_devices(mia, "notes") == "void"
+    r = hub.start_server(mia, "mig", server="second")
+    assert r.status_code == 403, r.text
+    assert "You already hold 1 GPU(s) across your servers, and the limit is 1 per user" in r.json()["message"]
+    assert hub.server_model(mia, "second") is None
+
+
+def test_the_course_group_quota(hub: RealHub):
+    r = hub.start_server(user("max"), "mig")  # mia, also in ml101, holds the group's one GPU
+    assert r.status_code == 403, r.text
+    assert "Your group 'ml101' is using 1 of its 1 GPU(s)" in r.json()["message"]
+    hub.spawn(user("noor"), "mig")  # not in ml101
+    assert hub.visible_devices(user("noor")) == MIGS[1]
+
+
+def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
+    holder = next(n for n in (user(f"s{i:02d}") for i in range(BURST)) if hub.server_model(n))
+    freed = hub.visible_devices(holder)
+    hub.stop_server(holder)
+    a, b, c = user("ana"), user("ben"), user("cai")
+    hub.spawn(a, "shared")
+    hub.spawn(b, "shared")
+    assert hub.visible_devices(a) == hub.visible_devices(b) == freed  # K = 2 on one GPU
+    r = hub.start_server(c, "shared")
+    assert r.status_code == 503 and "full or held whole" in r.json()["message"], r.text
+    r = hub.start_server(user("dan"), "gpu")
+    assert r.status_code == 503, r.text  # a shared GPU is not handed out whole
+
+    assert hub.request("DELETE", f"/users/{b}").status_code in (202, 204)  # stops the server first
+    deadline = time.monotonic() + 30
+    while hub.request("GET", f"/users/{b}").status_code != 404:
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.3)
+    hub.spawn(c, "shared")
+    assert hub.visible_devices(c) == freed
