@@ -39,12 +39,13 @@ c.JupyterHub.spawner_class = "gpu"
 # (deploy/testbed/testbed.sh image) and passes its name in GPUSPAWNER_DEMO_IMAGE.
 image = os.environ.get("GPUSPAWNER_DEMO_IMAGE", "gpuspawner-lab:demo")
 
-# The GPUs students may be given. Real NVIDIA GPUs when a driver answers;
-# otherwise a SIMULATED inventory, so the demo runs on any machine (with the
-# test bed's stand-in for the NVIDIA hook, containers get the ids, not a GPU).
+# The GPUs students may be given. Real NVIDIA GPUs (and MIG instances) when a
+# driver answers; otherwise a SIMULATED inventory, so the demo runs on any
+# machine (with the test bed's stand-in for the NVIDIA hook, containers get the
+# ids, not a GPU). On a GPU server, `c.GPUSpawner.gpus = "nvml"` is all you need.
 try:
     gpus = read_gpus_as_config()
-    inventory_note = f"{len(gpus)} real NVIDIA GPU(s)"
+    inventory_note = f"{len(gpus)} real NVIDIA GPU(s) or MIG instance(s)"
 except NVMLUnavailable:
     gpus = [
         {"index": i, "uuid": f"GPU-51a11a7e-0000-4000-8000-00000000000{i}",
@@ -76,7 +77,31 @@ c.GPUSpawner.profiles = [
         # PyTorch DataLoader workers pass batches through /dev/shm (Docker's default is 64M).
         "shm_size": "1G",
     },
+    {
+        "slug": "shared",
+        "display_name": "Small experiments (shared GPU)",
+        "description": "A GPU shared with up to 3 classmates: no memory or fault isolation.",
+        "image": image,
+        "shared_gpu": True,
+        "mem_limit": "2G",
+        "cpu_limit": 1,
+        "shm_size": "512M",
+    },
+    # A MIG slice, where the server has MIG-mode GPUs (isolated memory and faults):
+    # {"slug": "slice", "display_name": "ML101 (A100 slice)", "image": image,
+    #  "gpus": 1, "mig_profile": "1g.10gb", "mem_limit": "4G", "cpu_limit": 2},
 ]
+
+# --- Fair use ------------------------------------------------------------------
+# Shared GPUs: up to 4 servers on one GPU, time-sliced. Only MIG isolates memory.
+c.GPUSpawner.shared_gpu_users = 4
+# "pack" fills GPUs already in use first, keeping idle ones free for whole-GPU work.
+c.GPUSpawner.placement = "pack"
+# At most one GPU per student at a time, across all their servers (admins exempt).
+c.GPUSpawner.max_gpus_per_user = 1
+# A course's cap, for the members of a JupyterHub group:
+# c.GPUSpawner.group_gpu_quotas = {"ml101": 4}
+c.JupyterHub.allow_named_servers = True
 
 # Each student's files live in a Docker volume that outlives their servers.
 c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"

@@ -27,6 +27,6 @@ def test_default_config_loads_and_validates():
     assert config.JupyterHub.spawner_class == "gpu"
     spawner = gpuspawner.GPUSpawner(config=config)
     slugs = [p.slug for p in spawner.lab_profiles]
-    assert slugs == ["cpu", "gpu"]
+    assert slugs == ["cpu", "gpu", "shared"]
     assert spawner.lab_profiles[1].gpus == 1
     assert len(spawner.gpus) >= 1
