@@ -74,7 +74,7 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
 def _availability_noun(profile: Profile) -> str:
     """What '3 of 4 ...' counts on the spawn page."""
     if profile.shared_gpu:
-        return "shared GPUs with a slot"
+        return "GPUs with a free slot"
     return "MIG instances" if profile.gpu_kind == "mig" else "GPUs" if profile.gpu_kind == "gpu" else "units"
 
 

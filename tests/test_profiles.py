@@ -61,7 +61,7 @@ def test_gpu_request_fields():
     assert (mig.gpu_request.kind, mig.gpu_request.mig_profile) == ("mig", "1g.10gb")
     assert mig.summary() == "1 MIG 1g.10gb instance"
     assert (shared.gpu_request.shared, shared.gpu_request.slots) == (True, 1)
-    assert shared.summary() == "a slot on a shared whole GPU (A100)"
+    assert shared.summary() == "a slot on a shared GPU (A100)"
     assert any_.gpu_request.min_memory == 20 * 1024**3
 
 

@@ -67,7 +67,7 @@ class GPURequest:
         else:
             noun = {"gpu": "whole GPU", "mig": "MIG instance", "any": "GPU or MIG instance"}[self.kind]
         if self.shared:
-            text = f"a slot on a shared {noun}"
+            text = f"a slot on a shared {'GPU' if self.kind == 'gpu' else noun}"
         else:
             text = f"{self.count} {noun}{'s' if self.count != 1 else ''}"
         return text + (f" ({', '.join(constraints)})" if constraints else "")
