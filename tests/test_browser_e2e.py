@@ -1,0 +1,77 @@
+"""A student in a real browser: log in, pick the GPU profile on the spawn page, land in JupyterLab.
+
+Headless Chromium (Debian's) driven by Playwright, against the real hub, proxy and engine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+
+import pytest
+
+from .realhub import read_testbed, require_tools, running_hub
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
+
+RUN = secrets.token_hex(3)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+GPU_IDS = ["GPU-b0000000-0000-4000-8000-000000000000", "GPU-b1111111-1111-4000-8000-111111111111"]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    require_tools()
+    image = read_testbed("image")
+    gpus = [{"index": i, "uuid": u, "name": "Tesla T4", "memory": "16G"} for i, u in enumerate(GPU_IDS)]
+    config = f"""
+    c.GPUSpawner.gpus = {gpus!r}
+    c.GPUSpawner.profiles = [
+        {{"slug": "cpu", "display_name": "Python (CPU only)", "image": {image!r}, "mem_limit": "1G"}},
+        {{"slug": "gpu", "display_name": "Deep learning <1 GPU>", "image": {image!r}, "gpus": 1,
+          "mem_limit": "1G", "description": "T4 & friends"}},
+    ]
+    """
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright  # never `playwright install`: Debian's chromium
+
+    assert os.path.exists(CHROMIUM), "Debian's chromium is not installed: run tests/run.sh"
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp_path):
+    name = f"student-{RUN}"
+    page = browser.new_page()
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", "any")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/spawn**")
+
+    cards = page.locator(".gpuspawner-profiles .form-check")
+    assert cards.count() == 2
+    gpu_card = page.locator("label[for=profile-gpu]")
+    assert "Deep learning <1 GPU>" in gpu_card.inner_text()  # escaped, shown as text
+    assert "T4 & friends" in gpu_card.inner_text()
+    assert "2 of 2 GPUs free now" in gpu_card.inner_text()
+    page.screenshot(path=str(tmp_path / "spawn.png"), full_page=True)
+
+    page.check("#profile-gpu")
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url(f"**/user/{name}/lab**", timeout=120_000)
+    page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
+    assert hub.visible_devices(name) in GPU_IDS
+    assert hub.container(name).labels["gpuspawner.profile"] == "gpu"
