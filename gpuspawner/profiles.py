@@ -1,24 +1,49 @@
-"""Course profiles: which image, how many GPUs, how much CPU and RAM.
+"""Course profiles: who may use which image, GPUs, limits, environment and datasets.
 
-Profiles are plain dicts in config (``c.GPUSpawner.profiles``); they are
-validated all at once when the hub loads its config, and every error names the
-profile and the field, so a typo shows at start-up rather than at 9:00 on the
-first day of class.
+Profiles are plain dicts in config (``c.GPUSpawner.profiles``) or in a YAML file
+(``c.GPUSpawner.profiles_file``); they are validated all at once, and every error
+names the profile and the field, so a typo shows before a student meets it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from .gpus.allocation import GPURequest
 from .traits import format_bytes, is_mig_profile, parse_bytes
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
+_MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
+# Set by the spawner, never by a profile: they decide GPUs and the hub connection.
+_RESERVED_ENV = re.compile(r"^(NVIDIA_VISIBLE_DEVICES|CUDA_VISIBLE_DEVICES|JUPYTERHUB_.*|JPY_.*)$")
 
 
 class ProfileError(ValueError):
-    """A profile in config that cannot be used."""
+    """A profile in config that cannot be used, or a choice that cannot be made."""
+
+
+class ProfileForbidden(ProfileError):
+    """A profile that exists but is not for this user."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A dataset (read-only for everyone) or a course share (writable by some groups).
+
+    ``source`` is a host path (absolute) or a Docker volume name; only the admin
+    names sources, in the profile, never a user.
+    """
+
+    name: str  # the folder: ~/datasets/<name> or ~/shared/<name>
+    source: str
+    writable_by: frozenset[str] = frozenset()  # groups; empty: read-only for all
 
 
 @dataclass(frozen=True)
@@ -38,6 +63,18 @@ class Profile:
     cpu_limit: float | None = None  # CPUs; None: the spawner's hub-wide cpu_limit
     shm_size: int | None = None  # bytes of /dev/shm; None: the spawner's shm_size
     description: str = ""
+    environment: dict = field(default_factory=dict, hash=False, compare=False)
+    datasets: tuple[Mount, ...] = ()  # read-only, at ~/datasets/<name>
+    shares: tuple[Mount, ...] = ()  # at ~/shared/<name>, writable by ``writable_by`` groups
+    groups: frozenset[str] = frozenset()  # who may use it; with ``users`` empty too: everyone
+    users: frozenset[str] = frozenset()
+    default: bool = False
+
+    def allows(self, user: str, groups: frozenset[str] | set[str], admin: bool = False) -> bool:
+        """May this user choose this profile? Admins may choose every profile."""
+        if admin or not (self.groups or self.users):
+            return True
+        return user in self.users or bool(self.groups & set(groups))
 
     @property
     def gpu_request(self) -> GPURequest:
@@ -63,7 +100,10 @@ class Profile:
 
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
-_KNOWN = {"slug", "display_name", "image", "mem_limit", "cpu_limit", "shm_size", "description"} | _GPU_FIELDS
+_KNOWN = {
+    "slug", "display_name", "image", "mem_limit", "cpu_limit", "shm_size", "description",
+    "environment", "datasets", "shares", "groups", "users", "default",
+} | _GPU_FIELDS
 
 
 def _field_error(position: int, slug: object, field: str, problem: str) -> ProfileError:
@@ -139,6 +179,40 @@ def parse_profile(position: int, entry: object) -> Profile:
             raise error("cpu_limit", f"must be a number of CPUs > 0, such as 2 or 0.5; got {cpu_limit!r}")
         cpu_limit = float(cpu_limit)
 
+    environment = entry.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise error("environment", f"must be a mapping of NAME: value, got {environment!r}")
+    env = {}
+    for key, value in environment.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise error("environment", f"{key!r} is not a variable name")
+        if _RESERVED_ENV.match(key):
+            raise error("environment", f"{key} is set by gpuspawner and JupyterHub, not by a profile")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise error("environment", f"{key}: must be a string or a number, got {value!r}")
+        env[key] = str(value)
+
+    datasets = _parse_mounts(entry.get("datasets"), "datasets", error, writable=False)
+    shares = _parse_mounts(entry.get("shares"), "shares", error, writable=True)
+    names = [m.name for m in datasets]
+    if len(set(names)) != len(names):
+        raise error("datasets", "two datasets share a name")
+    names = [m.name for m in shares]
+    if len(set(names)) != len(names):
+        raise error("shares", "two shares share a name")
+
+    who = {}
+    for field_name in ("groups", "users"):
+        value = entry.get(field_name) or []
+        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+            raise error(field_name, f"must be a list of names, got {value!r}")
+        if not all(isinstance(v, str) and v for v in value):
+            raise error(field_name, f"must be a list of names, got {value!r}")
+        who[field_name] = frozenset(value)
+    default = entry.get("default", False)
+    if not isinstance(default, bool):
+        raise error("default", f"must be true or false, got {default!r}")
+
     return Profile(
         slug=slug,
         display_name=entry["display_name"].strip(),
@@ -153,7 +227,39 @@ def parse_profile(position: int, entry: object) -> Profile:
         cpu_limit=cpu_limit,
         shm_size=sizes["shm_size"],
         description=description.strip(),
+        environment=env,
+        datasets=datasets,
+        shares=shares,
+        groups=who["groups"],
+        users=who["users"],
+        default=default,
     )
+
+
+def _parse_mounts(value, field_name, error, writable: bool) -> tuple[Mount, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise error(field_name, f"must be a list of {{name, source}}, got {value!r}")
+    known = {"name", "source", "description"} | ({"writable_by"} if writable else set())
+    mounts = []
+    for item in value:
+        if not isinstance(item, dict) or not {"name", "source"} <= item.keys():
+            raise error(field_name, f"each entry needs 'name' and 'source', got {item!r}")
+        if item.keys() - known:
+            raise error(field_name, f"unknown key(s) {sorted(item.keys() - known)}; known: {sorted(known)}")
+        name, source = item["name"], item["source"]
+        if not isinstance(name, str) or not _MOUNT_NAME.match(name):
+            raise error(field_name, f"name {name!r} must be a folder name (letters, digits, '.', '_', '-')")
+        if not isinstance(source, str) or not (
+            (source.startswith("/") and ".." not in Path(source).parts) or _VOLUME_NAME.match(source)
+        ):
+            raise error(field_name, f"{name}: source {source!r} must be an absolute host path or a volume name")
+        writable_by = item.get("writable_by", [])
+        if isinstance(writable_by, str) or not isinstance(writable_by, (list, tuple)):
+            raise error(field_name, f"{name}: writable_by must be a list of groups, got {writable_by!r}")
+        mounts.append(Mount(name, os.path.normpath(source) if source.startswith("/") else source, frozenset(writable_by)))
+    return tuple(mounts)
 
 
 def parse_profiles(entries: object) -> tuple[Profile, ...]:
@@ -166,22 +272,88 @@ def parse_profiles(entries: object) -> tuple[Profile, ...]:
         if profile.slug in seen:
             raise ProfileError(f"profile {profile.slug!r}: field 'slug': two profiles share this slug")
         seen.add(profile.slug)
+    defaults = [p.slug for p in profiles if p.default]
+    if len(defaults) > 1:
+        raise ProfileError(f"profile {defaults[1]!r}: field 'default': only one profile may be the default ({defaults[0]!r} is)")
     return profiles
 
 
-def choose_profile(profiles: tuple[Profile, ...], choice: object) -> Profile:
-    """The profile a user chose (``user_options["profile"]``), or the first when none.
+def allowed_profiles(
+    profiles: tuple[Profile, ...], user: str, groups: frozenset[str] | set[str], admin: bool = False
+) -> tuple[Profile, ...]:
+    """The profiles this user may choose, in config order."""
+    return tuple(p for p in profiles if p.allows(user, groups, admin))
 
-    Raises ``ProfileError`` naming the choices when the slug is unknown.
+
+def choose_profile(
+    profiles: tuple[Profile, ...],
+    choice: object,
+    user: str = "",
+    groups: frozenset[str] | set[str] = frozenset(),
+    admin: bool = True,
+) -> Profile:
+    """The profile a user chose (``user_options["profile"]``), or their default.
+
+    The default is the allowed profile marked ``default``, else the first allowed.
+    Raises ``ProfileError`` (unknown slug, naming the choices) or
+    ``ProfileForbidden`` (a profile that is not for this user).
     """
     if not profiles:
         raise ProfileError("no profiles are configured (c.GPUSpawner.profiles is empty)")
-    if choice is None or choice == "":
-        return profiles[0]
+    mine = allowed_profiles(profiles, user, groups, admin)
     if isinstance(choice, list) and len(choice) == 1:  # a form field, passed through
         choice = choice[0]
+    if choice is None or choice == "":
+        if not mine:
+            raise ProfileForbidden("no profile is available to you: ask your teacher to add you to your course's group")
+        return next((p for p in mine if p.default), mine[0])
+    if not isinstance(choice, str):
+        raise ProfileError(f"profile must be a profile's slug, got {choice!r}")
     for profile in profiles:
         if profile.slug == choice:
+            if profile not in mine:
+                raise ProfileForbidden(f"profile {choice!r} is not available to you")
             return profile
-    choices = ", ".join(p.slug for p in profiles)
+    choices = ", ".join(p.slug for p in mine)
     raise ProfileError(f"unknown profile {choice!r}; choose one of: {choices}")
+
+
+class ProfilesFile:
+    """Profiles read from a YAML file, re-read when it changes.
+
+    A broken edit keeps the last good profiles and logs why, so a teacher's typo
+    never takes the hub's profiles away; the first read must succeed.
+    """
+
+    def __init__(self, path: str, log: logging.Logger | None = None):
+        self.path = Path(path)
+        self.log = log or logging.getLogger("gpuspawner")
+        self._stamp: tuple[int, int] | None = None
+        self._profiles: tuple[Profile, ...] | None = None
+
+    def load(self) -> tuple[Profile, ...]:
+        try:
+            stat = self.path.stat()
+        except OSError as e:
+            return self._keep(f"cannot read {self.path}: {e.strerror}")
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp and self._profiles is not None:
+            return self._profiles
+        try:
+            data = yaml.safe_load(self.path.read_text())
+            if isinstance(data, dict) and "profiles" in data:
+                data = data["profiles"]
+            profiles = parse_profiles(data if data is not None else [])
+        except (OSError, yaml.YAMLError, ProfileError) as e:
+            self._stamp = stamp  # do not re-parse (and re-log) until it changes again
+            return self._keep(f"{self.path}: {e}")
+        if self._profiles is not None:
+            self.log.info("Profiles reloaded from %s: %s", self.path, ", ".join(p.slug for p in profiles))
+        self._stamp, self._profiles = stamp, profiles
+        return profiles
+
+    def _keep(self, why: str) -> tuple[Profile, ...]:
+        if self._profiles is None:
+            raise ProfileError(why)
+        self.log.error("Keeping the last good profiles: %s", why)
+        return self._profiles

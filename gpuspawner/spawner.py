@@ -33,7 +33,15 @@ from .gpus import (
 )
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
-from .profiles import Profile, ProfileError, choose_profile, parse_profiles
+from .profiles import (
+    Profile,
+    ProfileError,
+    ProfileForbidden,
+    ProfilesFile,
+    allowed_profiles,
+    choose_profile,
+    parse_profiles,
+)
 
 #: Labels every gpuspawner container carries: the record a restarted hub rebuilds from.
 LABEL_USER = "gpuspawner.user"
@@ -63,12 +71,36 @@ class _Lab:
 def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
     """The default ``apply_user_options``: resolve ``user_options["profile"]``.
 
-    An unknown profile is refused with HTTP 400 before anything is allocated.
+    The profile is the only thing a user chooses: any other option (an image,
+    GPUs, environment, limits, mounts) is refused with HTTP 400, an unknown
+    profile with 400 and a profile not for this user with 403, before anything
+    is allocated. The form, the REST body and ``/hub/spawn?opt-profile=`` all
+    arrive here.
     """
+    extra = sorted(set(user_options) - {"profile"})
+    if extra:
+        raise web.HTTPError(
+            400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}"
+        )
     try:
-        spawner.profile = choose_profile(spawner.lab_profiles, user_options.get("profile"))
+        spawner.profile = spawner.choose_profile(user_options.get("profile"))
+    except ProfileForbidden as e:
+        raise web.HTTPError(403, str(e)) from None
     except ProfileError as e:
         raise web.HTTPError(400, str(e)) from None
+    orm = getattr(spawner, "orm_spawner", None)
+    if orm is not None and getattr(orm, "user_options", None) is not None:
+        # JupyterHub's admin page shows user_options.profile: record the default too.
+        orm.user_options = {**(orm.user_options or {}), "profile": spawner.profile.slug}
+
+
+def _image_home(config: dict) -> str:
+    """The image's home: its HOME, else its working directory, else /home/jovyan."""
+    for entry in config.get("Env") or []:
+        if entry.startswith("HOME="):
+            return entry.split("=", 1)[1]
+    workdir = config.get("WorkingDir") or ""
+    return workdir if workdir not in ("", "/") else "/home/jovyan"
 
 
 def _availability_noun(profile: Profile) -> str:
@@ -116,6 +148,16 @@ class GPUSpawner(DockerSpawner):
         except ProfileError as e:
             raise TraitError(f"GPUSpawner.profiles: {e}") from None
         return proposal.value
+
+    profiles_file = Unicode(
+        "",
+        help="""A YAML file of profiles, used instead of ``profiles`` when set.
+
+        A list of profile dicts (or a mapping with a ``profiles:`` list), in the
+        same form as ``profiles``. An edit takes effect on the next spawn, without
+        a hub restart; a broken edit keeps the last good profiles and logs why.
+        """,
+    ).tag(config=True)
 
     gpus = Union(
         [Unicode(), List(Dict())],
@@ -224,6 +266,37 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    allow_root = Bool(
+        False,
+        help="""Allow images whose user is root.
+
+        By default a server runs as its image's non-root user, and an image
+        that runs as root is refused with a message saying how to fix it.
+        """,
+    ).tag(config=True)
+
+    no_new_privileges = Bool(
+        True, help="Start servers with ``no-new-privileges``: setuid binaries cannot raise privileges."
+    ).tag(config=True)
+
+    cap_drop = List(
+        Unicode(),
+        ["ALL"],
+        help="""Linux capabilities dropped from every server (default: all of them).
+
+        A Jupyter server running as a non-root user needs none. Set ``[]`` to keep Docker's defaults.
+        """,
+    ).tag(config=True)
+
+    pids_limit = Int(
+        4096,
+        min=0,
+        help="""The most processes and threads one server may run (0: no limit).
+
+        Stops a fork bomb from taking the host; DataLoader workers and their threads fit well within it.
+        """,
+    ).tag(config=True)
+
     # --- DockerSpawner defaults that differ
 
     @default("network_name")
@@ -257,15 +330,20 @@ class GPUSpawner(DockerSpawner):
 
     @default("options_form")
     def _default_options_form(self):
-        if len(self.lab_profiles) <= 1:
-            return ""
         return GPUSpawner.render_profile_form
 
     @default("options_from_form")
     def _default_options_from_form(self):
         def options_from_form(formdata):
-            choice = formdata.get("profile", [""])
-            return {"profile": choice[0]} if choice and choice[0] else {}
+            # Every field is passed on, so that apply_user_options refuses what it does not know.
+            options = {}
+            for key, values in formdata.items():
+                if key == "_xsrf":
+                    continue
+                options[key] = values[0] if isinstance(values, list) and len(values) == 1 else values
+            if options.get("profile") == "":
+                del options["profile"]
+            return options
 
         return options_from_form
 
@@ -275,11 +353,33 @@ class GPUSpawner(DockerSpawner):
     gpu_ids: tuple[str, ...] = ()
     gpu_shared: bool = False
 
+    _profiles_files: dict[str, ProfilesFile] = {}  # one per path, shared by all spawners
+
     @property
     def lab_profiles(self) -> tuple[Profile, ...]:
+        """Every profile of the hub (from ``profiles_file`` or ``profiles``)."""
+        if self.profiles_file:
+            source = self._profiles_files.get(self.profiles_file)
+            if source is None:
+                source = self._profiles_files[self.profiles_file] = ProfilesFile(self.profiles_file, self.log)
+            return source.load()
         if self.profiles:
             return parse_profiles(self.profiles)
         return (Profile(slug="default", display_name="Default", image=self.image),)
+
+    @property
+    def user_profiles(self) -> tuple[Profile, ...]:
+        """The profiles this user may choose; admins see every profile."""
+        r = self.requester
+        return allowed_profiles(self.lab_profiles, r.user, r.groups, self._is_admin)
+
+    @property
+    def _is_admin(self) -> bool:
+        return bool(getattr(self.user, "admin", False))
+
+    def choose_profile(self, choice) -> Profile:
+        r = self.requester
+        return choose_profile(self.lab_profiles, choice, r.user, r.groups, self._is_admin)
 
     @property
     def holder(self) -> str:
@@ -401,11 +501,12 @@ class GPUSpawner(DockerSpawner):
     async def start(self):
         if self.profile is None:  # an admin replaced apply_user_options
             try:
-                self.profile = choose_profile(self.lab_profiles, self.user_options.get("profile"))
+                self.profile = self.choose_profile(self.user_options.get("profile"))
             except ProfileError as e:
                 raise SpawnException(str(e), reason="profile") from None
         profile = self.profile
         self._apply_profile(profile)
+        self._check_image(await self._image_ready())
 
         ledger = await self.ledger()
         async with self._shared_lab().lock:
@@ -437,6 +538,22 @@ class GPUSpawner(DockerSpawner):
             self.gpu_shared = False
             raise
 
+    async def _image_ready(self) -> dict:
+        """The profile's image, pulled if needed, inspected: before any GPU is assigned."""
+        try:
+            await self.pull_image(self.image)
+            return await self.docker("inspect_image", self.image)
+        except docker.errors.NotFound:
+            raise SpawnException(
+                f"The image {self.image} is not on this host, and pulling it is off"
+                f" (pull_policy={self.pull_policy!r}). Ask the admin to pull it.",
+                reason="image_missing",
+            ) from None
+        except docker.errors.APIError as e:
+            raise SpawnException(
+                f"The image {self.image} could not be pulled: {e.explanation or e}", reason="image_pull"
+            ) from None
+
     @property
     def requester(self) -> Requester:
         groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
@@ -448,7 +565,7 @@ class GPUSpawner(DockerSpawner):
         message = f"{profile.display_name}: {e.message}"
         startable = [
             p.display_name
-            for p in self.lab_profiles
+            for p in self.user_profiles
             if p is not profile and ledger.can_fit(p.gpu_request, self.requester, self.holder) is None
         ]
         if startable:
@@ -466,21 +583,20 @@ class GPUSpawner(DockerSpawner):
                 self.log.warning("Could not remove failed container %s: %s", self.object_id[:12], e)
         self.object_id = ""
 
-    async def create_object(self):
-        self._home = await self._home_mount_point()
-        return await super().create_object()
+    _home: str = ""  # where the home volume goes, read from the image before each start
 
-    async def _home_mount_point(self) -> str:
-        if self.home_path:
-            return self.home_path
-        config = (await self.docker("inspect_image", self.image)).get("Config") or {}
-        for entry in config.get("Env") or []:
-            if entry.startswith("HOME="):
-                return entry.split("=", 1)[1]
-        workdir = config.get("WorkingDir") or ""
-        return workdir if workdir not in ("", "/") else "/home/jovyan"
-
-    _home: str = ""
+    def _check_image(self, inspect: dict) -> None:
+        """Refuse an image this host cannot run as configured, before any GPU is assigned."""
+        config = inspect.get("Config") or {}
+        user = (config.get("User") or "").split(":")[0]
+        if user in ("", "root", "0") and not self.allow_root:
+            raise SpawnException(
+                f"The image {self.image} runs as root. Build it with a non-root user"
+                " (for example USER 1000 in its Dockerfile), or an admin may allow root"
+                " images with c.GPUSpawner.allow_root = True.",
+                reason="image_root",
+            )
+        self._home = self.home_path or _image_home(config)
 
     @property
     def volume_binds(self):
@@ -490,6 +606,13 @@ class GPUSpawner(DockerSpawner):
             if self._home not in taken:  # an admin's own mount at the home wins
                 name = self.format_volume_name(self.home_volume_name, self)
                 binds[name] = {"bind": self._home, "mode": "rw"}
+        if self.profile is not None and self._home:
+            groups = self.requester.groups
+            for dataset in self.profile.datasets:
+                binds[dataset.source] = {"bind": f"{self._home}/datasets/{dataset.name}", "mode": "ro"}
+            for share in self.profile.shares:
+                mode = "rw" if share.writable_by & groups else "ro"
+                binds[share.source] = {"bind": f"{self._home}/shared/{share.name}", "mode": mode}
         return binds
 
     def docker(self, method, *args, **kwargs):
@@ -522,10 +645,19 @@ class GPUSpawner(DockerSpawner):
         shm_size = profile.shm_size if profile and profile.shm_size is not None else self.shm_size
         if shm_size is not None:
             host_config["ShmSize"] = int(shm_size)
+        # Hardening, each loosened only by an explicit admin setting.
+        if self.no_new_privileges:
+            host_config["SecurityOpt"] = sorted({*(host_config.get("SecurityOpt") or []), "no-new-privileges"})
+        if self.cap_drop:
+            host_config["CapDrop"] = list(self.cap_drop)
+        if self.pids_limit:
+            host_config["PidsLimit"] = self.pids_limit
         return {**create_kwargs, "labels": labels}
 
     def get_env(self):
         env = super().get_env()
+        if self.profile is not None:
+            env.update(self.profile.environment)
         # Always ours: CUDA images set NVIDIA_VISIBLE_DEVICES=all, which the toolkit would honour.
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids) or "void"
         if self.gpu_ids:
@@ -561,12 +693,14 @@ class GPUSpawner(DockerSpawner):
     # --- the spawn page
 
     async def render_profile_form(self) -> str:
-        """The profile choice shown on JupyterHub's spawn page."""
+        """The profile choice on JupyterHub's spawn page: one card per profile this user may choose."""
         ledger = await self.ledger()
         chosen = self.user_options.get("profile") if self.user_options else None
-        profiles = self.lab_profiles
+        profiles = self.user_profiles
+        if len(profiles) <= 1:
+            return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
         if chosen not in {p.slug for p in profiles}:
-            chosen = profiles[0].slug
+            chosen = next((p for p in profiles if p.default), profiles[0]).slug
         choices = []
         for p in profiles:
             free, total = ledger.availability(p.gpu_request)

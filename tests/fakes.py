@@ -30,7 +30,9 @@ class FakeDocker:
     """Containers as dicts; images as a dict of name -> image config."""
 
     def __init__(self, images=None):
-        self.images = images or {"lab:1": {"Env": ["HOME=/home/jovyan"], "Cmd": ["jupyterhub-singleuser"]}}
+        self.images = images or {
+            "lab:1": {"Env": ["HOME=/home/jovyan"], "User": "jovyan", "Cmd": ["jupyterhub-singleuser"]}
+        }
         self.containers_by_id: dict[str, dict] = {}
         self.ids = itertools.count(1)
         self.fail_start = False
@@ -103,10 +105,10 @@ def fake_user(name="alice", groups=(), admin=False):
     )
 
 
-def make_spawner(spawner_class, fake_docker, user="alice", server_name="", **config):
+def make_spawner(spawner_class, fake_docker, user="alice", server_name="", groups=(), admin=False, **config):
     """A spawner of ``spawner_class`` talking to ``fake_docker`` instead of an engine."""
     cls = type("Fake" + spawner_class.__name__, (spawner_class,), {"client": fake_docker})
     orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, state=None, server=None)
-    spawner = cls(user=fake_user(user), hub=Hub(), orm_spawner=orm_spawner, **config)
+    spawner = cls(user=fake_user(user, groups, admin), hub=Hub(), orm_spawner=orm_spawner, **config)
     spawner.api_token = "token"
     return spawner

@@ -33,8 +33,8 @@ def engine():
     return FakeDocker()
 
 
-def spawner(engine, user="alice", profile=None, **config):
-    s = make_spawner(GPUSpawner, engine, user=user, profiles=PROFILES, gpus=GPUS, **config)
+def spawner(engine, user="alice", profile=None, groups=(), admin=False, profiles=PROFILES, **config):
+    s = make_spawner(GPUSpawner, engine, user=user, groups=groups, admin=admin, profiles=profiles, gpus=GPUS, **config)
     s.user_options = {"profile": profile} if profile else {}
     apply_profile_choice(s, s.user_options)
     return s
@@ -81,7 +81,7 @@ async def test_home_volume_at_the_image_home(engine):
 
 
 async def test_home_from_workdir_and_admin_mount_wins(engine):
-    engine.images["lab:1"] = {"WorkingDir": "/workspace", "Cmd": ["jupyterhub-singleuser"]}
+    engine.images["lab:1"] = {"WorkingDir": "/workspace", "User": "1000", "Cmd": ["jupyterhub-singleuser"]}
     s = spawner(engine)
     await s.start()
     assert "jupyterhub-user-alice:/workspace:rw" in container_of(engine, s)["HostConfig"]["Binds"]
@@ -182,7 +182,7 @@ async def test_without_profiles_it_is_a_dockerspawner(engine):
     await s.start()
     assert s.profile.slug == "default"
     assert container_of(engine, s)["Env"]["NVIDIA_VISIBLE_DEVICES"] == "void"
-    assert s.options_form == ""
+    assert await s.get_options_form() == ""
 
 
 async def test_spawn_page_lists_profiles_escaped(engine):
@@ -193,3 +193,123 @@ async def test_spawn_page_lists_profiles_escaped(engine):
     assert 'value="gpu"' in html and "2 of 2 GPUs free now" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert s.options_from_form({"profile": ["gpu"]}) == {"profile": "gpu"}
+
+
+async def test_hardened_by_default(engine):
+    s = spawner(engine, profile="gpu")
+    await s.start()
+    host = container_of(engine, s)["HostConfig"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["ALL"]
+    assert host["PidsLimit"] == 4096
+
+
+async def test_hardening_loosened_explicitly(engine):
+    s = spawner(engine, no_new_privileges=False, cap_drop=[], pids_limit=0)
+    await s.start()
+    host = container_of(engine, s)["HostConfig"]
+    assert "SecurityOpt" not in host and "CapDrop" not in host and "PidsLimit" not in host
+
+
+async def test_root_image_refused_before_any_gpu_unless_allowed(engine):
+    engine.images["root:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": ""}
+    profiles = [{"slug": "root", "display_name": "Root", "image": "root:1", "gpus": 1}]
+    s = spawner(engine, profiles=profiles)
+    with pytest.raises(SpawnException, match="runs as root") as e:
+        await s.start()
+    assert e.value.reason == "image_root"
+    assert GPUSpawner._lab is None or len(GPUSpawner._lab.ledger.free()) == 2
+    assert engine.containers_by_id == {}
+    s = spawner(engine, "bob", profiles=profiles, allow_root=True)
+    await s.start()
+    assert s.gpu_ids == ("GPU-0000",)
+
+
+async def test_missing_image_is_a_clear_refusal(engine):
+    profiles = [{"slug": "x", "display_name": "X", "image": "nowhere:1", "gpus": 1}]
+    s = spawner(engine, profiles=profiles, pull_policy="never")
+    with pytest.raises(SpawnException, match="not on this host"):
+        await s.start()
+    assert GPUSpawner._lab is None or len(GPUSpawner._lab.ledger.free()) == 2
+
+
+COURSES = [
+    {"slug": "open", "display_name": "Open", "image": "lab:1"},
+    {"slug": "ml101", "display_name": "ML 101", "image": "lab:1", "gpus": 1, "groups": ["ml101", "teachers"],
+     "default": True, "environment": {"COURSE": "ml101", "EPOCHS": 3},
+     "datasets": [{"name": "mnist", "source": "/srv/datasets/mnist"}, {"name": "cifar", "source": "cifar-vol"}],
+     "shares": [{"name": "ml101", "source": "/srv/share/ml101", "writable_by": ["teachers"]}]},
+    {"slug": "cv", "display_name": "CV", "image": "lab:1", "users": ["carol"]},
+]
+
+
+def test_students_see_only_their_courses_profiles_admins_all(engine):
+    def slugs(**kw):
+        return [p.slug for p in spawner(engine, profiles=COURSES, **kw).user_profiles]
+
+    assert slugs(groups=["ml101"]) == ["open", "ml101"]
+    assert slugs(user="carol") == ["open", "cv"]
+    assert slugs(user="dave") == ["open"]
+    assert slugs(user="root", admin=True) == ["open", "ml101", "cv"]
+
+
+@pytest.mark.parametrize(
+    "options, status, message",
+    [
+        ({"profile": "cv"}, 403, "profile 'cv' is not available to you"),
+        ({"profile": "tpu"}, 400, "unknown profile 'tpu'; choose one of: open, ml101"),
+        ({"profile": "ml101", "image": "evil:1"}, 400, "not allowed: image"),
+        ({"gpus": 4}, 400, "not allowed: gpus"),
+        ({"profile": "open", "environment": {"X": "1"}, "mem_limit": "1T"}, 400, "not allowed: environment, mem_limit"),
+        ({"volumes": {"/": "/host"}}, 400, "not allowed: volumes"),
+        ({"profile": ["ml101", "cv"]}, 400, "must be a profile's slug"),
+    ],
+    ids=["other-course", "unknown", "image", "gpus", "env-and-limits", "mounts", "two-profiles"],
+)
+def test_tampering_is_refused(engine, options, status, message):
+    s = spawner(engine, profiles=COURSES, groups=["ml101"])
+    with pytest.raises(web.HTTPError) as e:
+        apply_profile_choice(s, options)
+    assert e.value.status_code == status
+    assert message in e.value.log_message
+
+
+def test_the_default_profile_of_the_course(engine):
+    s = spawner(engine, profiles=COURSES, groups=["ml101"])
+    apply_profile_choice(s, {})
+    assert s.profile.slug == "ml101"
+    s = spawner(engine, "dave", profiles=COURSES)
+    apply_profile_choice(s, {})
+    assert s.profile.slug == "open"
+
+
+async def test_environment_datasets_and_shares(engine):
+    student = spawner(engine, "sam", profile="ml101", profiles=COURSES, groups=["ml101"])
+    await student.start()
+    c = container_of(engine, student)
+    assert c["Env"]["COURSE"] == "ml101" and c["Env"]["EPOCHS"] == "3"
+    binds = c["HostConfig"]["Binds"]
+    assert "/srv/datasets/mnist:/home/jovyan/datasets/mnist:ro" in binds
+    assert "cifar-vol:/home/jovyan/datasets/cifar:ro" in binds
+    assert "/srv/share/ml101:/home/jovyan/shared/ml101:ro" in binds
+    teacher = spawner(engine, "tess", profile="ml101", profiles=COURSES, groups=["teachers"])
+    await teacher.start()
+    assert "/srv/share/ml101:/home/jovyan/shared/ml101:rw" in container_of(engine, teacher)["HostConfig"]["Binds"]
+
+
+def test_form_fields_pass_through_to_validation(engine):
+    s = spawner(engine, profiles=COURSES)
+    assert s.options_from_form({"_xsrf": ["x"], "profile": ["open"]}) == {"profile": "open"}
+    assert s.options_from_form({"profile": ["open"], "image": ["evil:1"]}) == {"profile": "open", "image": "evil:1"}
+
+
+async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, caplog):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1'}\n")
+    s = spawner(engine, profiles=[], profiles_file=str(path))
+    assert [p.slug for p in s.lab_profiles] == ["a"]
+    path.write_text("profiles:\n- {slug: a, display_name: A, image: 'lab:1'}\n- {slug: b, display_name: B, image: 'lab:1', gpus: 1}\n")
+    assert [p.slug for p in s.lab_profiles] == ["a", "b"]
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: lots}\n")
+    assert [p.slug for p in s.lab_profiles] == ["a", "b"]
+    assert "Keeping the last good profiles" in caplog.text and "field 'gpus'" in caplog.text
