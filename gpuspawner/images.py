@@ -266,8 +266,9 @@ class ImagePuller:
     """Pulls images on its own threads, one pull per image however many spawns ask.
 
     ``client`` returns the docker-py ``APIClient`` to use; it is called once, and
-    that client is then used from this puller's threads only (not DockerSpawner's).
-    Tasks are keyed by the exact image string.
+    that client is then used from this puller's threads (not DockerSpawner's), up to
+    ``max_concurrent + 1`` at once. Tasks are keyed by the exact image string, so
+    ``lab:1`` and ``docker.io/library/lab:1`` are two pulls.
     """
 
     def __init__(self, client: Callable[[], docker.APIClient], max_concurrent: int = 2):
@@ -325,7 +326,7 @@ class ImagePuller:
                 percent = progress.feed(event)
                 task._update(percent, f"Pulling {task.image}: {progress.describe()}")
         except Exception as e:  # noqa: BLE001 - any failure ends the task, and every waiter sees it
-            why = e.explanation or e if isinstance(e, docker.errors.APIError) else e
+            why = (e.explanation or e) if isinstance(e, docker.errors.APIError) else e
             task._update(task.percent, "Pull failed", done=True, error=f"Could not pull {task.image}: {why}")
         else:
             task.digest = progress.digest

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import docker.types
+from sqlalchemy.orm import object_session
 import jinja2
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
@@ -77,21 +78,33 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
     is allocated. The form, the REST body and ``/hub/spawn?opt-profile=`` all
     arrive here.
     """
-    extra = sorted(set(user_options) - {"profile"})
-    if extra:
-        raise web.HTTPError(
-            400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}"
-        )
     try:
-        spawner.profile = spawner.choose_profile(user_options.get("profile"))
-    except ProfileForbidden as e:
-        raise web.HTTPError(403, str(e)) from None
-    except ProfileError as e:
-        raise web.HTTPError(400, str(e)) from None
+        extra = sorted(set(user_options) - {"profile"})
+        if extra:
+            raise web.HTTPError(400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}")
+        try:
+            spawner.profile = spawner.choose_profile(user_options.get("profile"))
+        except ProfileForbidden as e:
+            raise web.HTTPError(403, str(e)) from None
+        except ProfileError as e:
+            raise web.HTTPError(400, str(e)) from None
+    except web.HTTPError:
+        # JupyterHub saved these options as the next default before asking us:
+        # forget them, or every later visit to /hub/spawn would be refused again.
+        _remember_options(spawner, {})
+        raise
+    # JupyterHub's admin page shows user_options.profile: record the default too.
+    _remember_options(spawner, {**user_options, "profile": spawner.profile.slug})
+
+
+def _remember_options(spawner: GPUSpawner, options: dict) -> None:
     orm = getattr(spawner, "orm_spawner", None)
-    if orm is not None and getattr(orm, "user_options", None) is not None:
-        # JupyterHub's admin page shows user_options.profile: record the default too.
-        orm.user_options = {**(orm.user_options or {}), "profile": spawner.profile.slug}
+    if orm is None or not hasattr(orm, "__table__"):
+        return  # not a database row (unit tests)
+    orm.user_options = options
+    session = object_session(orm)
+    if session is not None:
+        session.commit()
 
 
 def _image_home(config: dict) -> str:

@@ -1,0 +1,195 @@
+"""Course profiles on the real hub, proxy and engine: who sees what, tampering,
+datasets and shares, hardening, and a profiles file edited while the hub runs."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import textwrap
+
+import pytest
+import requests
+
+from .realhub import RealHub, engine, read_testbed, require_tools, running_hub
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+RUN = secrets.token_hex(3)
+STUDENT, TEACHER, OTHER = f"sam-{RUN}", f"tess-{RUN}", f"olga-{RUN}"
+GPU = "GPU-c0000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    dataset = root / "mnist"
+    dataset.mkdir()
+    (dataset / "README").write_text("60000 digits\n")
+    share = root / "share"
+    share.mkdir()
+    share.chmod(0o777)  # the admin makes the share writable for the containers' user
+    profiles = root / "profiles.yaml"
+    return {"root": root, "dataset": dataset, "share": share, "profiles": profiles}
+
+
+def write_profiles(path, image, extra=""):
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            profiles:
+            - slug: open
+              display_name: Open lab
+              image: {image}
+              mem_limit: 512M
+            - slug: ml101
+              display_name: ML 101
+              image: {image}
+              gpus: 1
+              groups: [ml101, teachers]
+              mem_limit: 512M
+              environment: {{COURSE: ml101}}
+              datasets:
+              - {{name: mnist, source: "{path.parent / 'mnist'}"}}
+              shares:
+              - {{name: ml101, source: "{path.parent / 'share'}", writable_by: [teachers]}}
+            - slug: cv
+              display_name: Computer vision
+              image: {image}
+              groups: [cv]
+            """
+        )
+        + textwrap.dedent(extra)
+    )
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, paths):
+    require_tools()
+    image = read_testbed("image")
+    write_profiles(paths["profiles"], image)
+    config = f"""
+    c.GPUSpawner.profiles_file = {str(paths["profiles"])!r}
+    c.GPUSpawner.gpus = [{{"index": 0, "uuid": {GPU!r}, "name": "Tesla T4", "memory": "16G"}}]
+    c.JupyterHub.load_groups = {{
+        "ml101": {{"users": [{STUDENT!r}]}},
+        "teachers": {{"users": [{TEACHER!r}]}},
+    }}
+    """
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        yield h
+
+
+def sh(container, command: str) -> tuple[int, str]:
+    result = container.exec_run(["sh", "-c", command])
+    return result.exit_code, result.output.decode()
+
+
+def gpu_holders() -> list[str]:
+    return [c.name for c in engine().containers.list(filters={"label": "gpuspawner.user"})
+            if c.labels["gpuspawner.gpus"] and c.labels["gpuspawner.user"].endswith(RUN)]
+
+
+@pytest.mark.parametrize(
+    "user, options, status, message",
+    [
+        (OTHER, {"profile": "ml101"}, 403, "profile 'ml101' is not available to you"),
+        (STUDENT, {"profile": "cv"}, 403, "profile 'cv' is not available to you"),
+        (STUDENT, {"profile": "nope"}, 400, "unknown profile 'nope'; choose one of: open, ml101"),
+        (STUDENT, {"profile": "ml101", "image": "evil:1"}, 400, "not allowed: image"),
+        (STUDENT, {"profile": "open", "gpus": 1}, 400, "not allowed: gpus"),
+        (STUDENT, {"profile": "open", "environment": {"LD_PRELOAD": "x"}}, 400, "not allowed: environment"),
+        (STUDENT, {"profile": "open", "mem_limit": "64G", "cpu_limit": 16}, 400, "not allowed: cpu_limit, mem_limit"),
+        (STUDENT, {"profile": "open", "volumes": {"/etc": "/mnt"}}, 400, "not allowed: volumes"),
+    ],
+    ids=["other-course", "not-my-course", "unknown", "image", "gpus", "environment", "limits", "mounts"],
+)
+def test_tampering_over_rest_is_refused_with_nothing_started(hub, user, options, status, message):
+    hub.ensure_user(user)
+    r = hub.request("POST", f"/users/{user}/servers/", data=json.dumps({"user_options": options}))
+    assert r.status_code == status, r.text
+    assert message in r.json()["message"]
+    assert hub.server_model(user) is None
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={user}"})
+    assert gpu_holders() == []
+
+
+def login(hub: RealHub, name: str) -> requests.Session:
+    session = requests.Session()
+    session.get(f"{hub.url}/hub/login", timeout=30)
+    r = session.post(
+        f"{hub.url}/hub/login?next=",
+        data={"username": name, "password": "x", "_xsrf": session.cookies.get("_xsrf")},
+        timeout=30,
+    )
+    assert r.ok, r.text
+    return session
+
+
+@pytest.mark.parametrize(
+    "query, status",
+    [("opt-profile=cv", 403), ("opt-profile=nope", 400), ("opt-profile=open&opt-image=evil:1", 400)],
+    ids=["not-my-course", "unknown", "image"],
+)
+def test_tampering_through_the_spawn_url_is_refused(hub, query, status):
+    session = login(hub, STUDENT)
+    r = session.get(f"{hub.url}/hub/spawn/{STUDENT}?{query}", timeout=60)
+    assert r.status_code == status, r.text[-500:]
+    assert hub.server_model(STUDENT) is None
+    assert gpu_holders() == []
+
+
+def test_students_see_only_their_courses_profiles(hub):
+    page = login(hub, STUDENT).get(f"{hub.url}/hub/spawn", timeout=30).text
+    assert 'value="open"' in page and 'value="ml101"' in page and 'value="cv"' not in page
+    page = login(hub, OTHER).get(f"{hub.url}/hub/spawn", timeout=30)
+    # one profile to choose from: no form, the server starts at once
+    assert 'value="ml101"' not in page.text
+    hub.wait_ready(OTHER)
+    assert hub.container(OTHER).labels["gpuspawner.profile"] == "open"
+    hub.stop_server(OTHER)
+
+
+def test_student_reads_datasets_cannot_write_them_teacher_writes_the_share(hub):
+    hub.spawn(STUDENT, "ml101")
+    student = hub.container(STUDENT)
+    assert sh(student, "id -u")[1].strip() != "0"
+    assert sh(student, "cat ~/datasets/mnist/README") == (0, "60000 digits\n")
+    code, out = sh(student, "touch ~/datasets/mnist/mine")
+    assert code != 0 and "Read-only file system" in out
+    code, out = sh(student, "touch ~/shared/ml101/answers")
+    assert code != 0 and "Read-only file system" in out
+    assert sh(student, "echo $COURSE")[1].strip() == "ml101"  # the profile's environment
+    host = student.attrs["HostConfig"]
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["CapDrop"] == ["ALL"]
+    assert host["PidsLimit"] == 4096
+    hub.stop_server(STUDENT)
+
+    hub.spawn(TEACHER, "ml101")
+    teacher = hub.container(TEACHER)
+    assert sh(teacher, "echo week1 > ~/shared/ml101/notes.txt && cat ~/shared/ml101/notes.txt") == (0, "week1\n")
+    code, _ = sh(teacher, "touch ~/datasets/mnist/mine")
+    assert code != 0
+    hub.stop_server(TEACHER)
+
+
+def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
+    image = read_testbed("image")
+    hub_pid = hub.proc.pid
+    write_profiles(
+        paths["profiles"],
+        image,
+        f"""\
+        - slug: exam
+          display_name: Exam
+          image: {image}
+          users: [{OTHER}]
+        """,
+    )
+    hub.spawn(OTHER, "exam")
+    assert hub.container(OTHER).labels["gpuspawner.profile"] == "exam"
+    hub.stop_server(OTHER)
+    paths["profiles"].write_text("profiles: [{slug: broken, gpus: many}]\n")  # a bad edit
+    hub.spawn(OTHER, "exam")  # the last good profiles are kept
+    hub.stop_server(OTHER)
+    assert hub.proc.pid == hub_pid
+    assert "Keeping the last good profiles" in hub.log_tail(400)
