@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .gpus.allocation import GPURequest
+from .images import ImageError, check_pinned
 from .traits import format_bytes, is_mig_profile, parse_bytes
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
@@ -111,7 +112,7 @@ def _field_error(position: int, slug: object, field: str, problem: str) -> Profi
     return ProfileError(f"{name}: field {field!r}: {problem}")
 
 
-def parse_profile(position: int, entry: object) -> Profile:
+def parse_profile(position: int, entry: object, allow_unpinned: bool = False) -> Profile:
     """Validate one profile dict (``position`` counts from 0, for messages)."""
     if not isinstance(entry, dict):
         raise ProfileError(f"profile #{position + 1}: must be a dict, got {type(entry).__name__}")
@@ -132,6 +133,10 @@ def parse_profile(position: int, entry: object) -> Profile:
     for field in ("display_name", "image"):
         if not isinstance(entry[field], str) or not entry[field].strip():
             raise error(field, f"must be a non-empty string, got {entry[field]!r}")
+    try:
+        check_pinned(entry["image"], allow_unpinned)
+    except ImageError as e:
+        raise error("image", f"{e} (or set c.GPUSpawner.allow_unpinned_images = True)") from None
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise error("description", f"must be a string, got {description!r}")
@@ -262,11 +267,15 @@ def _parse_mounts(value, field_name, error, writable: bool) -> tuple[Mount, ...]
     return tuple(mounts)
 
 
-def parse_profiles(entries: object) -> tuple[Profile, ...]:
-    """Validate the whole ``c.GPUSpawner.profiles`` list; slugs must be unique."""
+def parse_profiles(entries: object, allow_unpinned: bool = False) -> tuple[Profile, ...]:
+    """Validate the whole ``c.GPUSpawner.profiles`` list; slugs must be unique.
+
+    Images must be pinned (a tag other than ``latest``, or a digest) unless
+    ``allow_unpinned``.
+    """
     if not isinstance(entries, (list, tuple)):
         raise ProfileError(f"profiles must be a list of dicts, got {type(entries).__name__}")
-    profiles = tuple(parse_profile(i, entry) for i, entry in enumerate(entries))
+    profiles = tuple(parse_profile(i, entry, allow_unpinned) for i, entry in enumerate(entries))
     seen: set[str] = set()
     for profile in profiles:
         if profile.slug in seen:
@@ -325,8 +334,9 @@ class ProfilesFile:
     never takes the hub's profiles away; the first read must succeed.
     """
 
-    def __init__(self, path: str, log: logging.Logger | None = None):
+    def __init__(self, path: str, log: logging.Logger | None = None, allow_unpinned: bool = False):
         self.path = Path(path)
+        self.allow_unpinned = allow_unpinned
         self.log = log or logging.getLogger("gpuspawner")
         self._stamp: tuple[int, int] | None = None
         self._profiles: tuple[Profile, ...] | None = None
@@ -343,7 +353,7 @@ class ProfilesFile:
             data = yaml.safe_load(self.path.read_text())
             if isinstance(data, dict) and "profiles" in data:
                 data = data["profiles"]
-            profiles = parse_profiles(data if data is not None else [])
+            profiles = parse_profiles(data if data is not None else [], self.allow_unpinned)
         except (OSError, yaml.YAMLError, ProfileError) as e:
             self._stamp = stamp  # do not re-parse (and re-log) until it changes again
             return self._keep(f"{self.path}: {e}")

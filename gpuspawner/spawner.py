@@ -34,6 +34,7 @@ from .gpus import (
 )
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
+from .images import cuda_refusal, declared_cuda, image_digest
 from .profiles import (
     Profile,
     ProfileError,
@@ -51,6 +52,7 @@ LABEL_PROFILE = "gpuspawner.profile"
 LABEL_GPUS = "gpuspawner.gpus"  # comma-separated unit ids (GPU-... or MIG-...); '' when none
 LABEL_SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
 LABEL_GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
+LABEL_IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -154,10 +156,30 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    allow_unpinned_images = Bool(
+        False,
+        help="""Allow profile images without a pinned tag (no tag, or ``latest``).
+
+        By default every profile's image must name a tag other than ``latest`` or
+        a digest, so that the environment cannot change under a running course.
+        """,
+    ).tag(config=True)
+
+    driver_cuda_version = Unicode(
+        "",
+        help="""The highest CUDA version the host's NVIDIA driver supports, e.g. ``"12.4"``.
+
+        Read from NVML when ``gpus`` is ``"nvml"`` or ``"auto"``; set it with a
+        static ``gpus`` list. A GPU profile whose image declares a newer CUDA
+        (``CUDA_VERSION`` or a label) is refused before any GPU is assigned.
+        Empty: not checked.
+        """,
+    ).tag(config=True)
+
     @validate("profiles")
     def _validate_profiles(self, proposal):
         try:
-            parse_profiles(proposal.value)
+            parse_profiles(proposal.value, allow_unpinned=True)  # pinning: see lab_profiles
         except ProfileError as e:
             raise TraitError(f"GPUSpawner.profiles: {e}") from None
         return proposal.value
@@ -365,6 +387,7 @@ class GPUSpawner(DockerSpawner):
     profile: Profile | None = None
     gpu_ids: tuple[str, ...] = ()
     gpu_shared: bool = False
+    image_digest: str = ""  # the sha256 actually run: "what exactly did this student run"
 
     _profiles_files: dict[str, ProfilesFile] = {}  # one per path, shared by all spawners
 
@@ -374,10 +397,12 @@ class GPUSpawner(DockerSpawner):
         if self.profiles_file:
             source = self._profiles_files.get(self.profiles_file)
             if source is None:
-                source = self._profiles_files[self.profiles_file] = ProfilesFile(self.profiles_file, self.log)
+                source = self._profiles_files[self.profiles_file] = ProfilesFile(
+                    self.profiles_file, self.log, self.allow_unpinned_images
+                )
             return source.load()
         if self.profiles:
-            return parse_profiles(self.profiles)
+            return parse_profiles(self.profiles, self.allow_unpinned_images)
         return (Profile(slug="default", display_name="Default", image=self.image),)
 
     @property
@@ -405,6 +430,9 @@ class GPUSpawner(DockerSpawner):
         if self.gpu_ids:
             state["gpus"] = list(self.gpu_ids)
             state["gpu_shared"] = self.gpu_shared
+        if self.image_digest:
+            state["image"] = self.image
+            state["image_digest"] = self.image_digest
         return state
 
     def load_state(self, state):
@@ -413,11 +441,13 @@ class GPUSpawner(DockerSpawner):
         self.profile = next((p for p in self.lab_profiles if p.slug == slug), None)
         self.gpu_ids = tuple(state.get("gpus", ()))
         self.gpu_shared = bool(state.get("gpu_shared", False))
+        self.image_digest = state.get("image_digest", "")
 
     def clear_state(self):
         super().clear_state()
         self.gpu_ids = ()
         self.gpu_shared = False
+        self.image_digest = ""
         self.profile = None  # each start resolves the profile again
 
     # --- the hub's shared ledger
@@ -610,6 +640,13 @@ class GPUSpawner(DockerSpawner):
                 reason="image_root",
             )
         self._home = self.home_path or _image_home(config)
+        self.image_digest = image_digest(inspect, self.image)
+        if self.profile is not None and self.profile.gpu_request.slots:
+            inventory = self._shared_lab().inventory
+            driver_cuda = inventory.cuda_version or self.driver_cuda_version
+            refusal = cuda_refusal(self.image, declared_cuda(config) or "", driver_cuda, inventory.driver_version)
+            if refusal:
+                raise SpawnException(refusal, reason="cuda")
 
     @property
     def volume_binds(self):
@@ -645,6 +682,7 @@ class GPUSpawner(DockerSpawner):
                 LABEL_GPUS: ",".join(self.gpu_ids),
                 LABEL_SHARED: "1" if self.gpu_shared else "",
                 LABEL_GROUPS: ",".join(sorted(self.requester.groups)),
+                LABEL_IMAGE_DIGEST: self.image_digest,
             }
         )
         host_config = create_kwargs["host_config"]

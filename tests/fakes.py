@@ -46,7 +46,7 @@ class FakeDocker:
         self.calls.append("inspect_image")
         if name not in self.images:
             raise not_found(name)
-        return {"Config": self.images[name]}
+        return {"Id": f"sha256:{abs(hash(name)):064x}"[:71], "Config": self.images[name]}
 
     def _find(self, name_or_id):
         for cid, c in self.containers_by_id.items():

@@ -6,6 +6,7 @@ from tornado import web
 from traitlets import TraitError
 
 from gpuspawner import GPUSpawner
+from gpuspawner.profiles import ProfileError
 from gpuspawner.spawner import LABEL_GPUS, LABEL_PROFILE, LABEL_USER, apply_profile_choice
 
 from .fakes import FakeDocker, make_spawner
@@ -313,3 +314,35 @@ async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, c
     path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: lots}\n")
     assert [p.slug for p in s.lab_profiles] == ["a", "b"]
     assert "Keeping the last good profiles" in caplog.text and "field 'gpus'" in caplog.text
+
+
+def test_unpinned_images_refused_at_load_unless_allowed(engine):
+    unpinned = [{"slug": "x", "display_name": "X", "image": "lab"}, {"slug": "y", "display_name": "Y", "image": "lab:latest"}]
+    with pytest.raises(ProfileError, match="profile 'x': field 'image': image 'lab' has no tag"):
+        make_spawner(GPUSpawner, engine, profiles=unpinned).lab_profiles
+    allowed = make_spawner(GPUSpawner, engine, profiles=unpinned, allow_unpinned_images=True)
+    assert [p.slug for p in allowed.lab_profiles] == ["x", "y"]
+
+
+async def test_digest_recorded_on_container_and_state(engine):
+    s = spawner(engine, profile="gpu")
+    await s.start()
+    digest = engine.inspect_image("lab:1")["Id"]
+    assert container_of(engine, s)["Labels"]["gpuspawner.image-digest"] == digest
+    assert s.get_state()["image_digest"] == digest and s.get_state()["image"] == "lab:1"
+
+
+async def test_unmet_cuda_refused_before_any_gpu(engine):
+    engine.images["cuda:12.8"] = {"User": "jovyan", "Env": ["CUDA_VERSION=12.8.0"], "Cmd": ["x"]}
+    profiles = [
+        {"slug": "new", "display_name": "New CUDA", "image": "cuda:12.8", "gpus": 1},
+        {"slug": "cpu", "display_name": "CPU", "image": "cuda:12.8"},
+    ]
+    s = spawner(engine, profiles=profiles, driver_cuda_version="12.4", profile="new")
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.reason == "cuda"
+    assert "needs CUDA 12.8, but this host's NVIDIA driver supports up to CUDA 12.4" in e.value.message
+    assert len(GPUSpawner._lab.ledger.free()) == 2 and engine.containers_by_id == {}
+    s = spawner(engine, profiles=profiles, driver_cuda_version="12.4", profile="cpu")
+    await s.start()  # no GPU, no driver needed
