@@ -104,7 +104,7 @@ do_install() {
     need_root install
     local missing=() p
     # chromium: the browser tests drive Debian's build (no browser download is possible here)
-    for p in docker.io debootstrap chromium; do pkg_installed "$p" || missing+=("$p"); done
+    for p in docker.io debootstrap chromium docker-registry; do pkg_installed "$p" || missing+=("$p"); done
     command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         wait_for_apt
