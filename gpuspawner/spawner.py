@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import docker.tls
 import docker.types
+from docker.utils import kwargs_from_env
 from sqlalchemy.orm import object_session
 import jinja2
 from dockerspawner import DockerSpawner
@@ -34,7 +36,7 @@ from .gpus import (
 )
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
-from .images import cuda_refusal, declared_cuda, image_digest
+from .images import ImageError, ImagePuller, cuda_refusal, declared_cuda, image_digest
 from .profiles import (
     Profile,
     ProfileError,
@@ -301,6 +303,17 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    max_concurrent_pulls = Int(
+        2,
+        min=1,
+        help="""How many image pulls run at once, on threads of their own.
+
+        A pull never holds up other users' spawns: they use DockerSpawner's
+        Docker calls, not the pull threads. Missing profile images start pulling
+        in the background when the hub first creates a spawner.
+        """,
+    ).tag(config=True)
+
     allow_root = Bool(
         False,
         help="""Allow images whose user is root.
@@ -465,6 +478,7 @@ class GPUSpawner(DockerSpawner):
                 group_quotas=dict(self.group_gpu_quotas),
             )
             cls._lab = _Lab(inventory, policy)
+            self._prepull_profile_images()
             units = ", ".join(u.describe() for u in inventory.units) or f"none {inventory.note}"
             cuda = f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""
             self.log.info("GPU inventory (%s%s): %s", inventory.source, cuda, units)
@@ -548,10 +562,14 @@ class GPUSpawner(DockerSpawner):
             except ProfileError as e:
                 raise SpawnException(str(e), reason="profile") from None
         profile = self.profile
+        self._progress, self._progress_changed = [], asyncio.Event()
+        self._report(2, f"Preparing {profile.display_name}")
         self._apply_profile(profile)
         self._check_image(await self._image_ready())
 
         ledger = await self.ledger()
+        if profile.gpu_request.slots:
+            self._report(65, f"Assigning {profile.gpu_request.describe()}")
         async with self._shared_lab().lock:
             try:
                 assignment = ledger.assign(self.holder, profile.gpu_request, self.requester)
@@ -572,7 +590,11 @@ class GPUSpawner(DockerSpawner):
             if self.network_name == "host":
                 self.ip = "127.0.0.1"
                 self.port = self._choose_port()
-            return await super().start()
+            held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
+            self._report(75, f"Starting the container{held}")
+            started = await super().start()
+            self._report(90, "Container started; waiting for the server to answer")
+            return started
         except BaseException:
             # A refused or failed spawn holds no GPU and leaves no container.
             await self._discard_container()
@@ -580,6 +602,65 @@ class GPUSpawner(DockerSpawner):
             self.gpu_ids = ()
             self.gpu_shared = False
             raise
+
+    # --- images: pulled on their own threads, with progress
+
+    _puller: ImagePuller | None = None
+
+    def _image_puller(self) -> ImagePuller:
+        cls = GPUSpawner
+        if cls._puller is None:
+            cls._puller = ImagePuller(self._new_docker_client, self.max_concurrent_pulls)
+        return cls._puller
+
+    def _new_docker_client(self) -> docker.APIClient:
+        """A client of its own, with DockerSpawner's settings, for use from other threads."""
+        kwargs = {"version": "auto"}
+        if self.tls_config:
+            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+        kwargs.update(kwargs_from_env())
+        kwargs.update(self.client_kwargs)
+        return docker.APIClient(**kwargs)
+
+    def _prepull_profile_images(self) -> None:
+        if self.pull_policy.lower() != "ifnotpresent":
+            return
+        try:
+            images = [p.image for p in self.lab_profiles]
+            asyncio.get_running_loop().create_task(self._image_puller().prepull(images))
+        except (RuntimeError, ProfileError) as e:  # no loop yet (tests), or broken profiles (logged at spawn)
+            self.log.debug("No background pull: %s", e)
+
+    async def pull_image(self, image):
+        """Pull a missing image on the pull threads, reporting progress; other policies as DockerSpawner."""
+        if self.pull_policy.lower() != "ifnotpresent":
+            return await super().pull_image(image)
+        task = await self._image_puller().ensure(image)
+        if not task.done:
+            async for percent, status in task.updates():
+                self._report(5 + percent * 55 // 100, status)
+        try:
+            await task.wait()
+        except ImageError as e:
+            raise SpawnException(str(e), reason="image_pull") from None
+
+    def _report(self, percent: int, message: str) -> None:
+        """One step of this spawn, for ``progress()``."""
+        self._progress.append({"progress": percent, "message": message})
+        self._progress_changed.set()
+
+    async def progress(self):
+        """The spawn's steps as they happen: pulling (with %), assigning GPUs, starting."""
+        sent = 0
+        while True:
+            while sent < len(self._progress):
+                yield self._progress[sent]
+                sent += 1
+            self._progress_changed.clear()
+            await self._progress_changed.wait()
+
+    _progress: list = []
+    _progress_changed: asyncio.Event = asyncio.Event()
 
     async def _image_ready(self) -> dict:
         """The profile's image, pulled if needed, inspected: before any GPU is assigned."""

@@ -33,6 +33,7 @@ class FakeDocker:
         self.images = images or {
             "lab:1": {"Env": ["HOME=/home/jovyan"], "User": "jovyan", "Cmd": ["jupyterhub-singleuser"]}
         }
+        self.pullable: dict[str, dict] = {}  # what the fake registry serves
         self.containers_by_id: dict[str, dict] = {}
         self.ids = itertools.count(1)
         self.fail_start = False
@@ -47,6 +48,20 @@ class FakeDocker:
         if name not in self.images:
             raise not_found(name)
         return {"Id": f"sha256:{abs(hash(name)):064x}"[:71], "Config": self.images[name]}
+
+    def pull(self, repo, tag=None, stream=False, decode=False):
+        """A registry with one 2-layer image per name in ``pullable``."""
+        self.calls.append("pull")
+        name = f"{repo}:{tag}"
+        if name not in self.pullable:
+            yield {"error": f"manifest for {name} not found: manifest unknown"}
+            return
+        for layer in ("a", "b"):
+            for current in (0, 50, 100):
+                yield {"id": layer, "status": "Downloading", "progressDetail": {"current": current, "total": 100}}
+            yield {"id": layer, "status": "Extracting", "progressDetail": {"current": 100, "total": 100}}
+        yield {"status": "Digest: sha256:" + "d" * 64}
+        self.images[name] = self.pullable[name]
 
     def _find(self, name_or_id):
         for cid, c in self.containers_by_id.items():
@@ -107,7 +122,11 @@ def fake_user(name="alice", groups=(), admin=False):
 
 def make_spawner(spawner_class, fake_docker, user="alice", server_name="", groups=(), admin=False, **config):
     """A spawner of ``spawner_class`` talking to ``fake_docker`` instead of an engine."""
-    cls = type("Fake" + spawner_class.__name__, (spawner_class,), {"client": fake_docker})
+    cls = type(
+        "Fake" + spawner_class.__name__,
+        (spawner_class,),
+        {"client": fake_docker, "_new_docker_client": lambda self: fake_docker},
+    )
     orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, state=None, server=None)
     spawner = cls(user=fake_user(user, groups, admin), hub=Hub(), orm_spawner=orm_spawner, **config)
     spawner.api_token = "token"

@@ -5,6 +5,7 @@ Headless Chromium (Debian's) driven by Playwright, against the real hub, proxy a
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -75,3 +76,35 @@ def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     assert hub.visible_devices(name) in GPU_IDS
     assert hub.container(name).labels["gpuspawner.profile"] == "gpu"
+
+
+def test_progress_says_what_the_spawn_is_doing(hub):
+    """The event stream the spawn-pending page shows: profile, GPUs, start, ready."""
+    import concurrent.futures
+    import time
+
+    name = f"prog-{RUN}"
+    hub.ensure_user(name)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(hub.start_server, name, "gpu")
+        while not (hub.server_model(name) or {}).get("pending"):  # read while it spawns
+            assert not posted.done() or posted.result().status_code == 202, posted.result().text
+            time.sleep(0.05)
+        messages = read_progress(hub, name)
+    assert posted.result().status_code in (201, 202)
+    assert "Preparing Deep learning <1 GPU>" in messages
+    assert "Assigning 1 whole GPU" in messages
+    assert any(m.startswith("Starting the container with GPU-b") for m in messages)
+    assert messages[-1].startswith("Server ready"), messages
+
+
+def read_progress(hub, name) -> list[str]:
+    messages = []
+    with hub.request("GET", f"/users/{name}/server/progress", stream=True) as stream:
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    break
+    return messages

@@ -24,9 +24,9 @@ PROFILES = [
 
 @pytest.fixture(autouse=True)
 def fresh_lab():
-    GPUSpawner._lab = None
+    GPUSpawner._lab = GPUSpawner._puller = None
     yield
-    GPUSpawner._lab = None
+    GPUSpawner._lab = GPUSpawner._puller = None
 
 
 @pytest.fixture
@@ -346,3 +346,31 @@ async def test_unmet_cuda_refused_before_any_gpu(engine):
     assert len(GPUSpawner._lab.ledger.free()) == 2 and engine.containers_by_id == {}
     s = spawner(engine, profiles=profiles, driver_cuda_version="12.4", profile="cpu")
     await s.start()  # no GPU, no driver needed
+
+
+async def test_a_pull_reports_progress_then_gpus_then_start(engine):
+    engine.pullable["big:2026.1"] = {"User": "jovyan", "Cmd": ["jupyterhub-singleuser"]}
+    profiles = [{"slug": "big", "display_name": "Big image", "image": "big:2026.1", "gpus": 1}]
+    s = spawner(engine, profiles=profiles)
+    await s.start()
+    events = []
+    async for event in s.progress():
+        events.append(event)
+        if event["progress"] >= 90:
+            break
+    messages = [e["message"] for e in events]
+    assert messages[0] == "Preparing Big image"
+    assert any(m.startswith("Pulling big:2026.1") for m in messages)
+    assert "Assigning 1 whole GPU" in messages
+    assert "Starting the container with GPU-0000" in messages
+    percents = [e["progress"] for e in events]
+    assert percents == sorted(percents) and percents[-1] == 90
+
+
+async def test_a_failed_pull_is_a_clear_refusal_holding_nothing(engine):
+    profiles = [{"slug": "gone", "display_name": "Gone", "image": "gone:1", "gpus": 1}]
+    s = spawner(engine, profiles=profiles)
+    with pytest.raises(SpawnException, match="Could not pull gone:1: manifest for gone:1 not found") as e:
+        await s.start()
+    assert e.value.reason == "image_pull"
+    assert engine.containers_by_id == {}
