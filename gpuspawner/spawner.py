@@ -98,7 +98,8 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
         _remember_options(spawner, {})
         raise
     # JupyterHub's admin page shows user_options.profile: record the default too.
-    _remember_options(spawner, {**user_options, "profile": spawner.profile.slug})
+    spawner.user_options = {**user_options, "profile": spawner.profile.slug}
+    _remember_options(spawner, spawner.user_options)
 
 
 def _remember_options(spawner: GPUSpawner, options: dict) -> None:
@@ -120,11 +121,16 @@ def _image_home(config: dict) -> str:
     return workdir if workdir not in ("", "/") else "/home/jovyan"
 
 
-def _availability_noun(profile: Profile) -> str:
-    """What '3 of 4 ...' counts on the spawn page."""
+def _availability_noun(profile: Profile, fitting: list) -> str:
+    """What '3 of 4 ...' counts on the spawn page: '3 of 4 NVIDIA A100 free now'."""
+    names = {unit.name for unit in fitting}
+    model = names.pop() if len(names) == 1 else ""
     if profile.shared_gpu:
-        return "GPUs with a free slot"
-    return "MIG instances" if profile.gpu_kind == "mig" else "GPUs" if profile.gpu_kind == "gpu" else "units"
+        return f"{model or 'GPUs'} with a free slot"
+    if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):
+        kinds = {u.mig_profile for u in fitting}
+        return f"MIG {kinds.pop()} instances" if len(kinds) == 1 else "MIG instances"
+    return model or ("GPUs" if profile.gpu_kind == "gpu" else "units")
 
 
 class GPUSpawner(DockerSpawner):
@@ -831,22 +837,30 @@ class GPUSpawner(DockerSpawner):
         profiles = self.user_profiles
         if len(profiles) <= 1:
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
-        if chosen not in {p.slug for p in profiles}:
-            chosen = next((p for p in profiles if p.default), profiles[0]).slug
         choices = []
         for p in profiles:
             free, total = ledger.availability(p.gpu_request)
             refusal = ledger.can_fit(p.gpu_request, self.requester, self.holder)
+            fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
             choices.append(
                 {
                     "profile": p,
-                    "checked": p.slug == chosen,
                     "free": free,
                     "total": total,
                     "unavailable": refusal.message if refusal else "",
-                    "noun": _availability_noun(p),
+                    "noun": _availability_noun(p, fitting),
                 }
             )
+        # Pre-select the last choice, else the default, among those that can start now.
+        startable = [c for c in choices if not c["unavailable"]]
+        for wanted in (chosen, next((p.slug for p in profiles if p.default), None)):
+            preselect = next((c for c in startable if c["profile"].slug == wanted), None)
+            if preselect:
+                break
+        else:
+            preselect = startable[0] if startable else None
+        for c in choices:
+            c["checked"] = c is preselect
         return _templates.get_template("profile_form.html").render(choices=choices)
 
 

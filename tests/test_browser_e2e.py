@@ -67,7 +67,7 @@ def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp
     gpu_card = page.locator("label[for=profile-gpu]")
     assert "Deep learning <1 GPU>" in gpu_card.inner_text()  # escaped, shown as text
     assert "T4 & friends" in gpu_card.inner_text()
-    assert "2 of 2 GPUs free now" in gpu_card.inner_text()
+    assert "2 of 2 Tesla T4 free now" in gpu_card.inner_text()
     page.screenshot(path=str(tmp_path / "spawn.png"), full_page=True)
 
     page.check("#profile-gpu")
@@ -108,3 +108,24 @@ def read_progress(hub, name) -> list[str]:
                 if event.get("ready") or event.get("failed"):
                     break
     return messages
+
+
+def test_the_spawn_page_works_without_javascript(hub, browser):
+    name = f"nojs-{RUN}"
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", "any")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/spawn**")
+    # both GPUs are held by now: the GPU card says so and cannot be chosen
+    gpu = page.locator("#profile-gpu")
+    assert gpu.is_disabled()
+    assert "Unavailable now: Needs 1 whole GPU: all 2 Tesla T4 GPUs are taken" in page.locator(
+        "label[for=profile-gpu]").inner_text()
+    assert page.locator("#profile-cpu").is_checked()
+    page.click("input[type=submit], button[type=submit]")
+    hub.wait_ready(name)
+    assert hub.container(name).labels["gpuspawner.profile"] == "cpu"
+    context.close()

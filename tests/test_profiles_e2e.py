@@ -56,6 +56,11 @@ def write_profiles(path, image, extra=""):
               display_name: Computer vision
               image: {image}
               groups: [cv]
+            - slug: newcuda
+              display_name: Newest PyTorch
+              image: {read_testbed("image-cuda")}
+              gpus: 1
+              groups: [ml101]
             """
         )
         + textwrap.dedent(extra)
@@ -70,6 +75,7 @@ def hub(tmp_path_factory, paths):
     config = f"""
     c.GPUSpawner.profiles_file = {str(paths["profiles"])!r}
     c.GPUSpawner.gpus = [{{"index": 0, "uuid": {GPU!r}, "name": "Tesla T4", "memory": "16G"}}]
+    c.GPUSpawner.driver_cuda_version = "12.2"  # older than the CUDA image's 12.4
     c.JupyterHub.load_groups = {{
         "ml101": {{"users": [{STUDENT!r}]}},
         "teachers": {{"users": [{TEACHER!r}]}},
@@ -94,7 +100,7 @@ def gpu_holders() -> list[str]:
     [
         (OTHER, {"profile": "ml101"}, 403, "profile 'ml101' is not available to you"),
         (STUDENT, {"profile": "cv"}, 403, "profile 'cv' is not available to you"),
-        (STUDENT, {"profile": "nope"}, 400, "unknown profile 'nope'; choose one of: open, ml101"),
+        (STUDENT, {"profile": "nope"}, 400, "unknown profile 'nope'; choose one of: open, ml101, newcuda"),
         (STUDENT, {"profile": "ml101", "image": "evil:1"}, 400, "not allowed: image"),
         (STUDENT, {"profile": "open", "gpus": 1}, 400, "not allowed: gpus"),
         (STUDENT, {"profile": "open", "environment": {"LD_PRELOAD": "x"}}, 400, "not allowed: environment"),
@@ -146,7 +152,21 @@ def test_students_see_only_their_courses_profiles(hub):
     assert 'value="ml101"' not in page.text
     hub.wait_ready(OTHER)
     assert hub.container(OTHER).labels["gpuspawner.profile"] == "open"
+    # the admin page's Profile column reads user_options.profile: the default is recorded too
+    assert hub.server_model(OTHER)["user_options"] == {"profile": "open"}
     hub.stop_server(OTHER)
+
+
+def test_an_image_needing_a_newer_cuda_is_refused_before_any_gpu(hub):
+    r = hub.start_server(STUDENT, "newcuda")
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == (
+        f"The image {read_testbed('image-cuda')} needs CUDA 12.4, but this host's NVIDIA driver supports"
+        " up to CUDA 12.2. Ask the admin to upgrade the driver (CUDA 12.4 needs >= 550), or choose a"
+        " profile with an older image."
+    )
+    assert hub.server_model(STUDENT) is None
+    assert gpu_holders() == []
 
 
 def test_student_reads_datasets_cannot_write_them_teacher_writes_the_share(hub):

@@ -191,7 +191,7 @@ async def test_spawn_page_lists_profiles_escaped(engine):
     s = make_spawner(GPUSpawner, engine, profiles=profiles, gpus=GPUS)
     s.user_options = {}
     html = await s.get_options_form()
-    assert 'value="gpu"' in html and "2 of 2 GPUs free now" in html
+    assert 'value="gpu"' in html and "2 of 2 A100 free now" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert s.options_from_form({"profile": ["gpu"]}) == {"profile": "gpu"}
 
@@ -374,3 +374,14 @@ async def test_a_failed_pull_is_a_clear_refusal_holding_nothing(engine):
         await s.start()
     assert e.value.reason == "image_pull"
     assert engine.containers_by_id == {}
+
+
+async def test_spawn_page_shows_what_cannot_start_now_and_why(engine):
+    holder = spawner(engine, "bob", profile="two")
+    await holder.start()
+    s = make_spawner(GPUSpawner, engine, profiles=PROFILES, gpus=GPUS)
+    s.user_options = {"profile": "gpu"}  # the last choice cannot start now
+    html = await s.get_options_form()
+    assert 'value="cpu" checked' in html
+    assert 'value="gpu" disabled required>' in html
+    assert "Unavailable now: Needs 1 whole GPU: all 2 A100 GPUs are taken (2/2 in use)." in html
