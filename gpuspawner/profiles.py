@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import yaml
@@ -64,7 +65,7 @@ class Profile:
     cpu_limit: float | None = None  # CPUs; None: the spawner's hub-wide cpu_limit
     shm_size: int | None = None  # bytes of /dev/shm; None: the spawner's shm_size
     description: str = ""
-    environment: dict = field(default_factory=dict, hash=False, compare=False)
+    environment: dict = dataclass_field(default_factory=dict, hash=False, compare=False)
     datasets: tuple[Mount, ...] = ()  # read-only, at ~/datasets/<name>
     shares: tuple[Mount, ...] = ()  # at ~/shared/<name>, writable by ``writable_by`` groups
     groups: frozenset[str] = frozenset()  # who may use it; with ``users`` empty too: everyone
