@@ -87,6 +87,13 @@ c.GPUSpawner.profiles = [
         "cpu_limit": 1,
         "shm_size": "512M",
     },
+    # A course's own profile: only its group (and admins) see it, with its
+    # datasets read-only at ~/datasets/<name> and a share its teachers can write:
+    # {"slug": "ml101", "display_name": "ML101 - PyTorch (1 GPU)", "image": image,
+    #  "gpus": 1, "groups": ["ml101", "ml101-teachers"], "default": True,
+    #  "environment": {"COURSE": "ml101"},
+    #  "datasets": [{"name": "mnist", "source": "/srv/datasets/mnist"}],
+    #  "shares": [{"name": "ml101", "source": "/srv/courses/ml101", "writable_by": ["ml101-teachers"]}]},
     # A MIG slice, where the server has MIG-mode GPUs (isolated memory and faults):
     # {"slug": "slice", "display_name": "ML101 (A100 slice)", "image": image,
     #  "gpus": 1, "mig_profile": "1g.10gb", "mem_limit": "4G", "cpu_limit": 2},
@@ -102,6 +109,10 @@ c.GPUSpawner.max_gpus_per_user = 1
 # A course's cap, for the members of a JupyterHub group:
 # c.GPUSpawner.group_gpu_quotas = {"ml101": 4}
 c.JupyterHub.allow_named_servers = True
+
+# Profiles may instead live in a YAML file that teachers edit; a change takes
+# effect on the next spawn, and a broken edit keeps the last good profiles:
+# c.GPUSpawner.profiles_file = "/srv/jupyterhub/profiles.yaml"
 
 # Each student's files live in a Docker volume that outlives their servers.
 c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"

@@ -13,6 +13,8 @@ bash deploy/testbed/testbed.sh all
 eval "$(bash deploy/testbed/testbed.sh env)"
 export PATH="$repo/.venv/bin:$PATH"
 
+echo "== lint (pyflakes rules)" >&2
+ruff check --select F,E9 gpuspawner tests docs
 echo "== unit tests" >&2
 pytest -m "not docker" "$@"
 echo "== docs" >&2
