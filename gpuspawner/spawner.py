@@ -47,14 +47,8 @@ from .profiles import (
     parse_profiles,
 )
 
-#: Labels every gpuspawner container carries: the record a restarted hub rebuilds from.
-LABEL_USER = "gpuspawner.user"
-LABEL_SERVER = "gpuspawner.server"
-LABEL_PROFILE = "gpuspawner.profile"
-LABEL_GPUS = "gpuspawner.gpus"  # comma-separated unit ids (GPU-... or MIG-...); '' when none
-LABEL_SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
-LABEL_GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
-LABEL_IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
+from . import labels as label
+from .labels import adopt_containers
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -512,25 +506,11 @@ class GPUSpawner(DockerSpawner):
         return lab.ledger
 
     async def _adopt_running_containers(self, ledger: Ledger) -> None:
-        containers = await self.docker("containers", filters={"label": LABEL_GPUS})
-        for container in containers:
-            labels = container.get("Labels") or {}
-            gpu_ids = [g for g in labels.get(LABEL_GPUS, "").split(",") if g]
-            if not gpu_ids or LABEL_USER not in labels:
-                continue
-            holder = holder_key(labels[LABEL_USER], labels.get(LABEL_SERVER, ""))
-            unknown = ledger.adopt(
-                holder,
-                gpu_ids,
-                user=labels[LABEL_USER],
-                shared=labels.get(LABEL_SHARED) == "1",
-                groups=[g for g in labels.get(LABEL_GROUPS, "").split(",") if g],
-            )
-            self.log.info("Adopted GPUs %s of running server %s", ",".join(gpu_ids), holder)
-            if unknown:
-                self.log.warning(
-                    "Server %s holds GPUs not in this hub's inventory: %s", holder, ",".join(unknown)
-                )
+        containers = await self.docker("containers", filters={"label": label.GPUS})
+        for warning in adopt_containers(ledger, containers):
+            self.log.warning("Adopting running servers: %s", warning)
+        for a in ledger.assignments():
+            self.log.info("Adopted GPUs %s of running server %s", ",".join(a.ids), a.holder)
 
     def _release_gpus(self, why: str) -> None:
         lab = self._shared_lab()
@@ -763,13 +743,13 @@ class GPUSpawner(DockerSpawner):
         labels = dict(create_kwargs.get("labels") or {})
         labels.update(
             {
-                LABEL_USER: self.user.name,
-                LABEL_SERVER: self.name or "",
-                LABEL_PROFILE: profile.slug if profile else "",
-                LABEL_GPUS: ",".join(self.gpu_ids),
-                LABEL_SHARED: "1" if self.gpu_shared else "",
-                LABEL_GROUPS: ",".join(sorted(self.requester.groups)),
-                LABEL_IMAGE_DIGEST: self.image_digest,
+                label.USER: self.user.name,
+                label.SERVER: self.name or "",
+                label.PROFILE: profile.slug if profile else "",
+                label.GPUS: ",".join(self.gpu_ids),
+                label.SHARED: "1" if self.gpu_shared else "",
+                label.GROUPS: ",".join(sorted(self.requester.groups)),
+                label.IMAGE_DIGEST: self.image_digest,
             }
         )
         host_config = create_kwargs["host_config"]

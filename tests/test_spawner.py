@@ -7,7 +7,10 @@ from traitlets import TraitError
 
 from gpuspawner import GPUSpawner
 from gpuspawner.profiles import ProfileError
-from gpuspawner.spawner import LABEL_GPUS, LABEL_PROFILE, LABEL_USER, apply_profile_choice
+from gpuspawner.labels import GPUS as LABEL_GPUS
+from gpuspawner.labels import PROFILE as LABEL_PROFILE
+from gpuspawner.labels import USER as LABEL_USER
+from gpuspawner.spawner import apply_profile_choice
 
 from .fakes import FakeDocker, make_spawner
 
