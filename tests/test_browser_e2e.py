@@ -53,14 +53,19 @@ def browser():
         b.close()
 
 
-def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp_path):
-    name = f"student-{RUN}"
-    page = browser.new_page()
+def log_in(page, hub, name):
+    """Through the hub's login form, as a student does; ends on the spawn page."""
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", name)
     page.fill("#password_input", "any")
     page.click("#login_submit")
     page.wait_for_url("**/hub/spawn**")
+    return page
+
+
+def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp_path):
+    name = f"student-{RUN}"
+    page = log_in(browser.new_page(), hub, name)
 
     cards = page.locator(".gpuspawner-profiles .form-check")
     assert cards.count() == 2
@@ -113,12 +118,7 @@ def read_progress(hub, name) -> list[str]:
 def test_the_spawn_page_works_without_javascript(hub, browser):
     name = f"nojs-{RUN}"
     context = browser.new_context(java_script_enabled=False)
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", name)
-    page.fill("#password_input", "any")
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/spawn**")
+    page = log_in(context.new_page(), hub, name)
     # both GPUs are held by now: the GPU card says so and cannot be chosen
     gpu = page.locator("#profile-gpu")
     assert gpu.is_disabled()
