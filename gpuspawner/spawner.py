@@ -140,19 +140,23 @@ class GPUSpawner(DockerSpawner):
 
     profiles = List(
         Dict(),
-        help="""The course profiles a user chooses from.
+        help="""The course profiles users choose from.
 
         A list of dicts, each with:
 
         - ``slug``: the id a user sends (``user_options["profile"]``), e.g. ``"ml101-gpu"``;
-        - ``display_name``: what the spawn page shows;
-        - ``image``: the single-user image;
-        - ``gpus``: how many whole GPUs (default 0);
+        - ``display_name``, ``description``: what the spawn page shows;
+        - ``image``: the single-user image, pinned (a tag other than ``latest``, or a digest);
+        - the GPU request: ``gpus`` (default 0), ``gpu_kind``, ``gpu_model``,
+          ``gpu_min_memory``, ``mig_profile``, or ``shared_gpu``;
         - ``mem_limit``, ``cpu_limit``, ``shm_size``: limits (default: this spawner's);
-        - ``description``: a line for the spawn page.
+        - ``environment``: variables for the server;
+        - ``datasets`` (read-only at ``~/datasets/<name>``) and ``shares``
+          (at ``~/shared/<name>``, writable by the ``writable_by`` groups);
+        - ``groups`` and/or ``users`` who may choose it (none: everyone; admins: all);
+        - ``default``: the profile used when a user chooses none (else their first).
 
-        The first profile is used when a user chooses none. Empty: one profile
-        made of ``DockerSpawner.image`` and no GPU, as in plain DockerSpawner.
+        Empty: one profile made of ``DockerSpawner.image`` and no GPU, as in plain DockerSpawner.
         The list is validated whenever a spawner loads its config (a broken
         profile refuses every spawn with an error naming the profile and the field).
         """,
@@ -551,9 +555,13 @@ class GPUSpawner(DockerSpawner):
         self._progress, self._progress_changed = [], asyncio.Event()
         self._report(2, f"Preparing {profile.display_name}")
         self._apply_profile(profile)
+        ledger = await self.ledger()
+        # Fail fast: no image pull or inspection when the answer is already no.
+        refusal = ledger.can_fit(profile.gpu_request, self.requester, self.holder)
+        if refusal is not None:
+            raise self._refusal(profile, refusal, ledger)
         self._check_image(await self._image_ready())
 
-        ledger = await self.ledger()
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
         async with self._shared_lab().lock:
@@ -563,14 +571,15 @@ class GPUSpawner(DockerSpawner):
                 raise self._refusal(profile, e, ledger) from None
         self.gpu_ids = assignment.ids
         self.gpu_shared = assignment.shared
-        if self.gpu_ids:
-            self.log.info(
-                "Assigned %s %s to %s (profile %s)",
-                "shared GPU" if assignment.shared else "GPUs",
-                ",".join(self.gpu_ids),
-                self.holder,
-                profile.slug,
-            )
+        # A lasting record of what ran (the container and its labels go when it stops).
+        self.log.info(
+            "Starting %s: profile %s, image %s (%s), GPUs %s",
+            self.holder,
+            profile.slug,
+            self.image,
+            self.image_digest,
+            ("shared " if assignment.shared else "") + (",".join(self.gpu_ids) or "none"),
+        )
 
         try:
             if self.network_name == "host":
@@ -619,12 +628,13 @@ class GPUSpawner(DockerSpawner):
 
     async def pull_image(self, image):
         """Pull a missing image on the pull threads, reporting progress; other policies as DockerSpawner."""
+        if image == self._ready_image:
+            return  # made present and inspected moments ago, in this start
         if self.pull_policy.lower() != "ifnotpresent":
             return await super().pull_image(image)
         task = await self._image_puller().ensure(image)
-        if not task.done:
-            async for percent, status in task.updates():
-                self._report(5 + percent * 55 // 100, status)
+        async for percent, status in task.updates():  # a done task (present, pulled) says so once
+            self._report(5 + percent * 55 // 100, status)
         try:
             await task.wait()
         except ImageError as e:
@@ -650,9 +660,10 @@ class GPUSpawner(DockerSpawner):
 
     async def _image_ready(self) -> dict:
         """The profile's image, pulled if needed, inspected: before any GPU is assigned."""
+        self._ready_image = ""
         try:
             await self.pull_image(self.image)
-            return await self.docker("inspect_image", self.image)
+            inspect = await self.docker("inspect_image", self.image)
         except docker.errors.NotFound:
             raise SpawnException(
                 f"The image {self.image} is not on this host, and pulling it is off"
@@ -663,6 +674,10 @@ class GPUSpawner(DockerSpawner):
             raise SpawnException(
                 f"The image {self.image} could not be pulled: {e.explanation or e}", reason="image_pull"
             ) from None
+        self._ready_image = self.image
+        return inspect
+
+    _ready_image = ""
 
     @property
     def requester(self) -> Requester:
