@@ -9,13 +9,11 @@ the container, and the server's state).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import docker.tls
 import docker.types
 from docker.utils import kwargs_from_env
 from sqlalchemy.orm import object_session
-import jinja2
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
@@ -49,11 +47,8 @@ from .profiles import (
 
 from . import labels as label
 from .labels import adopt_containers
+from .spawn_page import render_profile_cards
 
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=True,
-)
 
 
 class _Lab:
@@ -113,18 +108,6 @@ def _image_home(config: dict) -> str:
             return entry.split("=", 1)[1]
     workdir = config.get("WorkingDir") or ""
     return workdir if workdir not in ("", "/") else "/home/jovyan"
-
-
-def _availability_noun(profile: Profile, fitting: list) -> str:
-    """What '3 of 4 ...' counts on the spawn page: '3 of 4 NVIDIA A100 free now'."""
-    names = {unit.name for unit in fitting}
-    model = names.pop() if len(names) == 1 else ""
-    if profile.shared_gpu:
-        return f"{model or 'GPUs'} with a free slot"
-    if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):
-        kinds = {u.mig_profile for u in fitting}
-        return f"MIG {kinds.pop()} instances" if len(kinds) == 1 else "MIG instances"
-    return model or ("GPUs" if profile.gpu_kind == "gpu" else "units")
 
 
 class GPUSpawner(DockerSpawner):
@@ -832,31 +815,7 @@ class GPUSpawner(DockerSpawner):
         profiles = self.user_profiles
         if len(profiles) <= 1:
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
-        choices = []
-        for p in profiles:
-            free, total = ledger.availability(p.gpu_request)
-            refusal = ledger.can_fit(p.gpu_request, self.requester, self.holder)
-            fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
-            choices.append(
-                {
-                    "profile": p,
-                    "free": free,
-                    "total": total,
-                    "unavailable": refusal.message if refusal else "",
-                    "noun": _availability_noun(p, fitting),
-                }
-            )
-        # Pre-select the last choice, else the default, among those that can start now.
-        startable = [c for c in choices if not c["unavailable"]]
-        for wanted in (chosen, next((p.slug for p in profiles if p.default), None)):
-            preselect = next((c for c in startable if c["profile"].slug == wanted), None)
-            if preselect:
-                break
-        else:
-            preselect = startable[0] if startable else None
-        for c in choices:
-            c["checked"] = c is preselect
-        return _templates.get_template("profile_form.html").render(choices=choices)
+        return render_profile_cards(profiles, ledger, self.requester, self.holder, chosen)
 
 
 __all__ = ["GPUSpawner", "apply_profile_choice"]

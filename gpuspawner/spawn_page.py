@@ -1,0 +1,64 @@
+"""The spawn page: one card per profile a user may choose, with what is free now.
+
+Rendered into JupyterHub's own ``spawn.html`` form (Bootstrap 5), autoescaped,
+and usable without JavaScript: a plain radio choice and JupyterHub's Start button.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from .gpus import Ledger, Requester
+from .profiles import Profile
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+)
+
+
+def render_profile_cards(
+    profiles: tuple[Profile, ...], ledger: Ledger, requester: Requester, holder: str, chosen: str | None
+) -> str:
+    """The cards, each with its availability or why it cannot start now.
+
+    Pre-selects the user's last choice, else the default, among those that can start now.
+    """
+    choices = []
+    for p in profiles:
+        free, total = ledger.availability(p.gpu_request)
+        refusal = ledger.can_fit(p.gpu_request, requester, holder)
+        fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
+        choices.append(
+            {
+                "profile": p,
+                "free": free,
+                "total": total,
+                "unavailable": refusal.message if refusal else "",
+                "noun": _availability_noun(p, fitting),
+            }
+        )
+    startable = [c for c in choices if not c["unavailable"]]
+    for wanted in (chosen, next((p.slug for p in profiles if p.default), None)):
+        preselect = next((c for c in startable if c["profile"].slug == wanted), None)
+        if preselect:
+            break
+    else:
+        preselect = startable[0] if startable else None
+    for c in choices:
+        c["checked"] = c is preselect
+    return _templates.get_template("profile_form.html").render(choices=choices)
+
+
+def _availability_noun(profile: Profile, fitting: list) -> str:
+    """What '3 of 4 ...' counts on the spawn page: '3 of 4 NVIDIA A100 free now'."""
+    names = {unit.name for unit in fitting}
+    model = names.pop() if len(names) == 1 else ""
+    if profile.shared_gpu:
+        return f"{model or 'GPUs'} with a free slot"
+    if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):
+        kinds = {u.mig_profile for u in fitting}
+        return f"MIG {kinds.pop()} instances" if len(kinds) == 1 else "MIG instances"
+    return model or ("GPUs" if profile.gpu_kind == "gpu" else "units")
