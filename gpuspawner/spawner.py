@@ -457,7 +457,7 @@ class GPUSpawner(DockerSpawner):
     def _shared_lab(self) -> _Lab:
         cls = GPUSpawner
         if cls._lab is None:
-            inventory = self._load_inventory()
+            inventory = self.load_inventory()
             policy = Policy(
                 placement=self.placement,
                 share_limit=self.shared_gpu_users,
@@ -471,7 +471,7 @@ class GPUSpawner(DockerSpawner):
             self.log.info("GPU inventory (%s%s): %s", inventory.source, cuda, units)
         return cls._lab
 
-    def _load_inventory(self) -> Inventory:
+    def load_inventory(self) -> Inventory:
         if self.gpus == "auto":
             return discover_auto()
         if self.gpus == "nvml":
@@ -588,10 +588,10 @@ class GPUSpawner(DockerSpawner):
     def _image_puller(self) -> ImagePuller:
         cls = GPUSpawner
         if cls._puller is None:
-            cls._puller = ImagePuller(self._new_docker_client, self.max_concurrent_pulls)
+            cls._puller = ImagePuller(self.new_docker_client, self.max_concurrent_pulls)
         return cls._puller
 
-    def _new_docker_client(self) -> docker.APIClient:
+    def new_docker_client(self) -> docker.APIClient:
         """A client of its own, with DockerSpawner's settings, for use from other threads."""
         kwargs = {"version": "auto"}
         if self.tls_config:

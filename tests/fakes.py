@@ -125,7 +125,7 @@ def make_spawner(spawner_class, fake_docker, user="alice", server_name="", group
     cls = type(
         "Fake" + spawner_class.__name__,
         (spawner_class,),
-        {"client": fake_docker, "_new_docker_client": lambda self: fake_docker},
+        {"client": fake_docker, "new_docker_client": lambda self: fake_docker},
     )
     orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, state=None, server=None)
     spawner = cls(user=fake_user(user, groups, admin), hub=Hub(), orm_spawner=orm_spawner, **config)

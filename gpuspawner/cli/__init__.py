@@ -1,0 +1,469 @@
+"""``gpuspawner``: the command for teachers and admins.
+
+- ``gpuspawner image check IMAGE`` (or ``--profiles``): will this image start under this hub?
+- ``gpuspawner doctor``: is this host ready (Docker, NVIDIA toolkit, driver, images, datasets)?
+- ``gpuspawner status [--json]``: who holds which GPU now.
+
+Each reads the hub's own ``jupyterhub_config.py`` (``-f``), so profiles are written
+once. Thin glue: the decisions are in ``checks.py`` (pure), the Docker I/O in
+``probe.py``, the printing in ``output.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.metadata import entry_points
+from textwrap import dedent
+
+import docker
+import docker.errors
+import jupyterhub
+from traitlets import Bool, Float, Unicode
+from traitlets.config import Application, Config, PyFileConfigLoader
+from traitlets.utils.importstring import import_item
+
+from .. import labels as label
+from ..gpus import Inventory, Ledger, Policy, holder_key
+from ..gpus.nvml import NVMLUnavailable, discover
+from ..profiles import Profile, ProfileError
+from ..spawner import GPUSpawner
+from . import checks, output, probe
+from .checks import FAIL, WARN, Finding, HubContext
+
+
+class CommandError(Exception):
+    """The command cannot run at all (no config file, no engine): exit status 2."""
+
+
+# --- the hub's config --------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    """The hub as its config describes it: a GPUSpawner built from ``jupyterhub_config.py``."""
+
+    config_file: str  # '' when no file was found and hub defaults are used
+    spawner: GPUSpawner
+    spawner_problem: str = ""  # the config does not make gpuspawner the hub's spawner
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def profiles(self) -> tuple[Profile, ...]:
+        """Every profile, validated and pinned as the hub does; raises ``ProfileError``."""
+        return self.spawner.lab_profiles
+
+    @cached_property
+    def inventory(self) -> Inventory:
+        """The units the hub hands out (its own rule: static list, NVML, or auto)."""
+        return self.spawner.load_inventory()
+
+    @property
+    def driver_cuda(self) -> str:
+        """The highest CUDA the driver supports, as the hub decides it (NVML, else config)."""
+        return self.inventory.cuda_version or self.spawner.driver_cuda_version
+
+    def docker(self) -> docker.APIClient:
+        """A client of the hub's engine (DOCKER_HOST, ``client_kwargs``, ``tls_config``)."""
+        try:
+            client = self.spawner.new_docker_client()  # version "auto": it asks the engine at once
+            client.ping()
+        except (docker.errors.DockerException, OSError) as e:
+            raise CommandError(f"no Docker engine answers at {engine_where(self.spawner)}: {e}") from None
+        return client
+
+
+def engine_where(spawner: GPUSpawner) -> str:
+    """The engine the hub talks to, as the admin wrote it (client_kwargs, else DOCKER_HOST)."""
+    return (
+        (spawner.client_kwargs or {}).get("base_url") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    )
+
+
+def _spawner_class(config: Config) -> tuple[type[GPUSpawner], str]:
+    """The config's spawner class when it is a GPUSpawner, else GPUSpawner and what is wrong."""
+    value = config.JupyterHub.get("spawner_class")
+    if value is None:
+        return GPUSpawner, "c.JupyterHub.spawner_class is not set: the hub would not use gpuspawner"
+    cls = value
+    if isinstance(value, str):
+        try:
+            found = entry_points(group="jupyterhub.spawners", name=value)
+            cls = next(iter(found)).load() if found else import_item(value)
+        except Exception as e:  # noqa: BLE001 - whatever the import raises, it is the config's problem
+            return GPUSpawner, f"c.JupyterHub.spawner_class = {value!r} cannot be loaded: {e}"
+    if isinstance(cls, type) and issubclass(cls, GPUSpawner):
+        return cls, ""
+    return GPUSpawner, f"c.JupyterHub.spawner_class is {value!r}, not gpuspawner's GPUSpawner ('gpu')"
+
+
+def load_lab(path: str, explicit: bool = True, overrides: Config | None = None, log=None) -> Lab:
+    """Read the hub's config file as JupyterHub does, and build its spawner from it.
+
+    A missing file is an error when it was named (``explicit``); otherwise the
+    hub's defaults are used, with a note. ``overrides`` (``--GPUSpawner.x=y``)
+    apply on top. Raises ``CommandError`` when the file or the spawner's config
+    is broken; profile errors are left for ``Lab.profiles`` to raise.
+    """
+    notes = []
+    if os.path.exists(path):
+        folder, name = os.path.split(os.path.abspath(path))
+        try:
+            config = PyFileConfigLoader(name, path=folder).load_config()
+        except Exception as e:  # noqa: BLE001 - a config file can raise anything
+            raise CommandError(f"{path} does not load: {type(e).__name__}: {e}") from None
+        config_file = path
+    elif explicit:
+        raise CommandError(f"no config file {path}: name the hub's config with -f")
+    else:
+        config, config_file = Config(), ""
+        notes.append(f"no {path} in {os.getcwd()}: using the hub's defaults (name the hub's config with -f)")
+    if overrides:
+        config.merge(overrides)
+    cls, problem = _spawner_class(config)
+    try:
+        spawner = cls(config=config, **({"log": log} if log else {}))
+    except Exception as e:  # noqa: BLE001 - traitlets' validation errors name the option
+        raise CommandError(f"{path}: {e}") from None
+    return Lab(config_file, spawner, problem if config_file else "", notes)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+class LabCommand(Application):
+    """What every subcommand shares: the hub's config file."""
+
+    hub_config = Unicode(
+        "jupyterhub_config.py",
+        help="""The hub's config file, read as JupyterHub reads it (profiles, gpus, images...).""",
+    ).tag(config=True)
+
+    aliases = {
+        **Application.aliases,
+        ("f", "config"): ("LabCommand.hub_config", "The hub's config file (default: ./jupyterhub_config.py)"),
+    }
+
+    _own_sections = ("Application", "LabCommand")
+
+    def load_lab(self) -> Lab:
+        # Named with -f (traitlets files it under the most derived class), or the default?
+        explicit = any(isinstance(v, dict) and "hub_config" in v for v in self.config.values())
+        # --GPUSpawner.allow_root=True and the like on the command line apply over the file.
+        overrides = Config(
+            {k: v for k, v in self.config.items() if k not in self._own_sections + (type(self).__name__,)}
+        )
+        lab = load_lab(self.hub_config, explicit, overrides, self.log)
+        for note in lab.notes:
+            print(f"gpuspawner: {note}", file=sys.stderr)
+        return lab
+
+    def start(self) -> int:
+        if self.subapp:
+            return self.subapp.start()
+        self.print_help()
+        return 2
+
+
+class ImageCheckApp(LabCommand):
+    name = "gpuspawner image check"
+    description = """Check that an image will start under this hub, before the class does.
+
+    Runs the image once on the hub's Docker engine with no GPU and no network, and
+    reports: jupyterhub-singleuser and its version (same major.minor as the hub's),
+    the user it runs as (root fails unless c.GPUSpawner.allow_root) and its home,
+    Python, JupyterLab, the CUDA it declares and contains against the driver's,
+    torch/tensorflow/jax when installed, and its size. Exit status 0 when it will
+    start (warnings allowed), 1 when it will not, 2 when the check cannot run.
+    """
+    examples = dedent("""
+    gpuspawner image check course/ml101:2026.1
+    gpuspawner image check --profiles -f /srv/jupyterhub/jupyterhub_config.py
+    gpuspawner image check lab:1 --GPUSpawner.driver_cuda_version=12.4
+    """)
+
+    profiles = Bool(False, help="Check the image of every profile in the hub's config.").tag(config=True)
+    timeout = Float(60, help="Seconds the check may take in one image.").tag(config=True)
+
+    aliases = {**LabCommand.aliases, "timeout": "ImageCheckApp.timeout"}
+    flags = {
+        **Application.flags,
+        "profiles": ({"ImageCheckApp": {"profiles": True}}, "Check the image of every profile."),
+    }
+
+    def start(self) -> int:
+        if bool(self.profiles) == bool(self.extra_args) or len(self.extra_args) > 1:
+            print("gpuspawner image check: give one IMAGE, or --profiles", file=sys.stderr)
+            return 2
+        lab = self.load_lab()
+        if self.profiles:
+            try:
+                profiles = lab.profiles
+            except ProfileError as e:
+                raise CommandError(f"{lab.config_file or 'config'}: {e}") from None
+            images = {}
+            for p in profiles:
+                images.setdefault(p.image, []).append(p)
+        else:
+            images = {self.extra_args[0]: []}
+        client = lab.docker()
+        out = output.console()
+        statuses = []
+        for image, users in images.items():
+            ctx = HubContext(
+                jupyterhub_version=jupyterhub.__version__,
+                allow_root=lab.spawner.allow_root,
+                driver_cuda=lab.driver_cuda,
+                driver_version=lab.inventory.driver_version,
+                for_gpu=not users or any(p.gpu_request.slots for p in users),
+                cmd=tuple(lab.spawner.cmd or ()),
+            )
+            statuses.append(self.check_one(client, image, users, ctx, out, engine_where(lab.spawner)))
+        if len(statuses) > 1:
+            failed = sum(statuses)
+            out.print(f"{len(statuses)} images: {len(statuses) - failed} OK, {failed} FAIL")
+        return max(statuses, default=0)
+
+    def check_one(self, client, image: str, users: list[Profile], ctx: HubContext, out, where: str) -> int:
+        used_by = f" (profiles {', '.join(p.slug for p in users)})" if users else ""
+        out.print(f"{image}{used_by}: running the check with no GPU and no network...")
+        try:
+            facts = probe.run_probe(client, image, self.timeout)
+        except docker.errors.ImageNotFound:
+            findings = [
+                Finding(
+                    FAIL,
+                    "image",
+                    f"{image} is not on this engine ({where})",
+                    f"docker pull {image}, or build it on this host",
+                )
+            ]
+        else:
+            findings = checks.image_findings(facts, ctx)
+        output.print_findings(out, findings, "  ")
+        status, text = checks.verdict(findings)
+        will = "will not start under this hub" if status else "can start under this hub"
+        out.print(output.verdict_line(status, text, f"{image} {will}"))
+        return status
+
+
+class ImageApp(LabCommand):
+    name = "gpuspawner image"
+    description = "Class images: check that an image will start under this hub."
+    subcommands = {"check": (ImageCheckApp, ImageCheckApp.description.splitlines()[0])}
+
+
+class DoctorApp(LabCommand):
+    name = "gpuspawner doctor"
+    description = """Check that this host is ready for the hub: one line per finding, with the fix.
+
+    The hub config loads, names gpuspawner, and its profiles validate with pinned
+    images; Docker answers; the NVIDIA container toolkit (the engine accepts GPU
+    requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
+    profile fits the inventory; each profile's image is present, not root, and
+    within the driver's CUDA; dataset and share sources exist. Exit status 1 when
+    anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
+    """
+    examples = dedent("""
+    gpuspawner doctor
+    gpuspawner doctor -f /srv/jupyterhub/jupyterhub_config.py
+    """)
+
+    def start(self) -> int:
+        findings: list[Finding] = []
+        lab, profiles = self.check_config(findings)
+        spawner = lab.spawner if lab else GPUSpawner(log=self.log)
+        client = self.check_engine(spawner, profiles, findings)
+        inventory = self.check_gpus(lab, spawner, profiles, findings)
+        if client is not None:
+            self.check_images(client, spawner, profiles, inventory, findings)
+        findings += checks.mount_findings(profiles, lambda source: _source_exists(client, source))
+
+        out = output.console()
+        output.print_findings(out, findings)
+        status, text = checks.verdict(findings)
+        out.print(output.verdict_line(status, text))
+        if any(f.subject == "image" for f in findings):
+            out.print("(the full check of each image: gpuspawner image check --profiles)")
+        return status
+
+    def check_config(self, findings: list[Finding]) -> tuple[Lab | None, tuple[Profile, ...]]:
+        try:
+            lab = self.load_lab()
+        except CommandError as e:
+            findings.append(
+                Finding(FAIL, "config", str(e), "fix the config file (jupyterhub -f ... fails the same way)")
+            )
+            return None, ()
+        try:
+            profiles, error = lab.profiles, ""
+        except ProfileError as e:
+            profiles, error = None, str(e)
+        findings += checks.config_findings(lab.config_file, profiles, error, lab.spawner_problem)
+        return lab, profiles or ()
+
+    def check_engine(self, spawner: GPUSpawner, profiles, findings: list[Finding]) -> docker.APIClient | None:
+        """Docker answers, and gives GPUs: a container asking for GPU capabilities starts."""
+        where = engine_where(spawner)
+        try:
+            client = spawner.new_docker_client()
+            findings.append(checks.docker_finding(client.version(), where=where))
+            runtimes = list((client.info().get("Runtimes") or {}).keys())
+        except (docker.errors.DockerException, OSError) as e:
+            findings.append(checks.docker_finding(None, str(e), where))
+            return None
+        present = next((p.image for p in profiles if _image_inspect(client, p.image)), None)
+        refusal = probe.gpu_request_refusal(client, present) if present else None
+        findings.append(checks.toolkit_finding(probe.toolkit_on_path(), runtimes, refusal))
+        return client
+
+    def check_gpus(self, lab: Lab | None, spawner: GPUSpawner, profiles, findings: list[Finding]) -> Inventory:
+        """The driver (NVML), the units the hub hands out, and whether each GPU profile fits them."""
+        try:
+            nvml, nvml_error = discover(), ""
+        except NVMLUnavailable as e:
+            nvml, nvml_error = None, str(e)
+        except Exception as e:  # noqa: BLE001 - a GPU fallen off the bus: report it, check the rest
+            nvml, nvml_error = None, f"NVML failed: {e}"
+        inventory = Inventory(source="none")
+        if lab is not None:
+            try:
+                inventory = lab.inventory
+            except Exception as e:  # noqa: BLE001 - the same, through the hub's own rule
+                findings.append(Finding(FAIL, "gpus", f"the hub cannot read its GPUs: {e}", "run nvidia-smi"))
+        findings += checks.nvml_findings(nvml, nvml_error, spawner.gpus, inventory.units)
+        findings.append(checks.inventory_finding(inventory, sum(bool(p.gpu_request.slots) for p in profiles)))
+        findings += checks.profile_findings(profiles, inventory, Ledger(inventory.units))
+        return inventory
+
+    def check_images(self, client, spawner: GPUSpawner, profiles, inventory: Inventory, findings: list[Finding]):
+        users: dict[str, list[Profile]] = {}
+        for p in profiles:
+            users.setdefault(p.image, []).append(p)
+        for image, its_profiles in users.items():
+            findings += checks.profile_image_findings(
+                image,
+                _image_inspect(client, image),
+                tuple(its_profiles),
+                pull_policy=spawner.pull_policy,
+                allow_root=spawner.allow_root,
+                driver_cuda=inventory.cuda_version or spawner.driver_cuda_version,
+                driver_version=inventory.driver_version,
+            )
+
+
+def _image_inspect(client, image: str) -> dict | None:
+    try:
+        return client.inspect_image(image)
+    except docker.errors.NotFound:
+        return None
+
+
+def _source_exists(client, source: str) -> bool:
+    if source.startswith("/"):
+        return os.path.exists(source)
+    if client is None:
+        return False
+    try:
+        client.inspect_volume(source)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+class StatusApp(LabCommand):
+    name = "gpuspawner status"
+    description = """Who holds which GPU now, from the labels of the running servers' containers.
+
+    The same record a restarted hub reads its ledger from: every unit of the hub's
+    inventory, its holder (user/server), profile and whether it is shared.
+    """
+    examples = dedent("""
+    gpuspawner status
+    gpuspawner status --json | jq '.units[] | select(.free)'
+    """)
+
+    json = Bool(False, help="Print JSON for scripts instead of a table.").tag(config=True)
+    flags = {**Application.flags, "json": ({"StatusApp": {"json": True}}, "Print JSON instead of a table.")}
+
+    def start(self) -> int:
+        lab = self.load_lab()
+        try:
+            inventory = lab.inventory
+        except Exception as e:  # noqa: BLE001 - NVML errors other than "no driver"
+            raise CommandError(f"the hub's GPUs cannot be read: {e}") from None
+        ledger = Ledger(inventory.units, Policy(share_limit=lab.spawner.shared_gpu_users))
+        containers = lab.docker().containers(filters={"label": label.GPUS})
+        warnings = label.adopt_containers(ledger, containers)
+        by_holder, cpu_servers = {}, 0
+        for c in containers:
+            labels = c.get("Labels") or {}
+            if label.USER not in labels:
+                continue
+            name = (c.get("Names") or [c.get("Id", "")[:12]])[0].lstrip("/")
+            by_holder[holder_key(labels[label.USER], labels.get(label.SERVER, ""))] = {**labels, "_container": name}
+            cpu_servers += not labels.get(label.GPUS)
+        rows = checks.status_rows(ledger, by_holder)
+        if self.json:
+            output.print_json(
+                {
+                    "inventory": {
+                        "source": inventory.source,
+                        "driver_version": inventory.driver_version,
+                        "cuda_version": inventory.cuda_version,
+                        "note": inventory.note,
+                    },
+                    "share_limit": lab.spawner.shared_gpu_users,
+                    "units": rows,
+                    "servers_without_gpu": cpu_servers,
+                    "warnings": warnings,
+                }
+            )
+            return 0
+        out = output.console()
+        if rows:
+            out.print(output.status_table(rows, lab.spawner.shared_gpu_users))
+        else:
+            out.print(
+                f"The hub hands out no GPU ({inventory.source}{': ' + inventory.note if inventory.note else ''})."
+            )
+        out.print(output.status_summary(rows, cpu_servers))
+        for warning in warnings:
+            out.print(output.finding_lines([Finding(WARN, "labels", warning)])[0])
+        return 0
+
+
+class GPUSpawnerApp(LabCommand):
+    name = "gpuspawner"
+    description = """gpuspawner's command for teachers and admins: check images, check the host, see GPU use.
+
+    Every subcommand reads the hub's jupyterhub_config.py (-f), so profiles are written once.
+    `gpuspawner SUBCOMMAND --help` for each.
+    """
+    subcommands = {
+        "image": (ImageApp, "Class images: `gpuspawner image check IMAGE` (or --profiles)."),
+        "doctor": (DoctorApp, "Check this host: Docker, NVIDIA toolkit and driver, images, datasets."),
+        "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
+    }
+
+
+_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, DoctorApp, StatusApp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``gpuspawner`` console script; returns the exit status."""
+    app = GPUSpawnerApp()
+    try:
+        app.initialize(argv)
+        return int(app.start() or 0)
+    except CommandError as e:
+        print(f"gpuspawner: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for cls in _APPS:  # subcommands are singletons: the next main() starts afresh
+            cls.clear_instance()
+
+
+__all__ = ["CommandError", "Lab", "load_lab", "main"]

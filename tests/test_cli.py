@@ -1,0 +1,672 @@
+"""The ``gpuspawner`` command without Docker: verdicts from facts, the status table, config loading.
+
+``test_cli_e2e.py`` runs the same commands against the test bed's engine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from dataclasses import replace
+
+import pytest
+from rich.console import Console
+from traitlets.config import Config
+
+from gpuspawner import GPUSpawner
+from gpuspawner.cli import CommandError, Lab, load_lab, main
+from gpuspawner.cli import checks
+from gpuspawner.cli.checks import FAIL, OK, WARN, Finding, Framework, HubContext, ImageFacts
+from gpuspawner.cli.output import finding_lines, status_summary, status_table
+from gpuspawner.gpus import Inventory, Ledger, Policy, parse_static_inventory
+from gpuspawner.labels import adopt_containers
+from gpuspawner.profiles import ProfileError, parse_profiles
+
+HUB = "6.1.1"
+
+# What the probe printed in the test bed's CUDA image (a real run), plus a CUDA runtime
+# and two frameworks as a PyTorch image would have them.
+PROBE_OUTPUT = """\
+uid=1000
+user=jovyan
+home=/home/jovyan
+home_writable=1
+singleuser=/opt/venv/bin/jupyterhub-singleuser
+libcudart=libcudart.so.12.4.127
+libcudart=libcudart.so.12
+nvcc=12.4
+python={"python": "/opt/venv/bin/python3", "python_version": "3.11.2", "jupyterhub": "6.1.1", "jupyter_server": "2.21.1", "jupyterlab": "4.6.6", "notebook": ""}
+framework={"name": "torch", "version": "2.5.1+cu124", "cuda": "12.4"}
+framework={"name": "tensorflow", "error": "ImportError: libcudart.so.11.0: cannot open shared object file"}
+welcome to the course!
+"""
+CONFIG = {"User": "jovyan", "Env": ["CUDA_VERSION=12.4.1"], "Cmd": ["jupyterhub-singleuser"]}
+
+
+def good_image(**changes) -> ImageFacts:
+    facts = ImageFacts(
+        image="course/ml101:2026.1",
+        size=8 * 1024**3,
+        config=CONFIG,
+        uid=1000,
+        user="jovyan",
+        home="/home/jovyan",
+        home_writable=True,
+        singleuser="/opt/conda/bin/jupyterhub-singleuser",
+        python="/opt/conda/bin/python3",
+        python_version="3.11.9",
+        jupyterhub=HUB,
+        jupyter_server="2.14.0",
+        jupyterlab="4.2.0",
+        libcudart=("12.4.127",),
+        frameworks=(Framework("torch", "2.5.1+cu124", "12.4"),),
+    )
+    return replace(facts, **changes)
+
+
+def ctx(**changes) -> HubContext:
+    return replace(HubContext(jupyterhub_version=HUB, driver_cuda="12.4", driver_version="550.54.15"), **changes)
+
+
+def levels(findings, subject=None) -> list[str]:
+    return [f.level for f in findings if subject is None or f.subject == subject]
+
+
+# --- the verdict
+
+
+@pytest.mark.parametrize(
+    "found, status, text",
+    [
+        ([], 0, "OK"),
+        ([OK, OK], 0, "OK"),
+        ([OK, WARN], 0, "OK (1 warning)"),
+        ([WARN, WARN], 0, "OK (2 warnings)"),
+        ([FAIL, OK], 1, "FAIL (1 failure, 0 warnings)"),
+        ([FAIL, WARN, FAIL], 1, "FAIL (2 failures, 1 warning)"),
+    ],
+    ids=["nothing", "all-ok", "one-warning", "warnings-do-not-fail", "one-failure", "failures-and-warnings"],
+)
+def test_verdict(found, status, text):
+    assert checks.verdict(Finding(level, "x", "y") for level in found) == (status, text)
+
+
+# --- image check: the probe's output, then findings from facts
+
+
+def test_parse_probe_output():
+    facts = checks.parse_probe_output("lab:1", PROBE_OUTPUT, size=42, config=CONFIG)
+    assert (facts.uid, facts.user, facts.home, facts.home_writable) == (1000, "jovyan", "/home/jovyan", True)
+    assert facts.singleuser == "/opt/venv/bin/jupyterhub-singleuser"
+    assert (facts.python_version, facts.jupyterhub, facts.jupyterlab, facts.notebook) == (
+        "3.11.2",
+        "6.1.1",
+        "4.6.6",
+        "",
+    )
+    assert facts.libcudart == ("12.4.127", "12")
+    assert facts.nvcc == "12.4"
+    assert facts.frameworks == (
+        Framework("torch", "2.5.1+cu124", "12.4"),
+        Framework("tensorflow", error="ImportError: libcudart.so.11.0: cannot open shared object file"),
+    )
+    assert (facts.size, facts.probe_error) == (42, "")
+
+
+def test_parse_probe_output_of_an_image_without_python():
+    facts = checks.parse_probe_output("busybox:1", "uid=0\nuser=root\nhome=/root\nhome_writable=1\nsingleuser=\n")
+    assert (facts.uid, facts.singleuser, facts.python_version, facts.frameworks) == (0, "", "", ())
+
+
+def test_a_good_image_passes():
+    findings = checks.image_findings(good_image(), ctx())
+    assert levels(findings) == [OK] * len(findings), findings
+    subjects = [f.subject for f in findings]
+    assert subjects == ["jupyterhub-singleuser", "user", "python", "jupyterlab", "cuda", "torch", "size"]
+    assert "JupyterHub 6.1.1 (the hub runs 6.1.1)" in findings[0].message
+    assert findings[-1].message == "8 GiB"
+    assert checks.verdict(findings) == (0, "OK")
+
+
+@pytest.mark.parametrize(
+    "facts, context, subject, level, says",
+    [
+        (good_image(singleuser="", jupyterhub=""), ctx(), "jupyterhub-singleuser", FAIL, "not found"),
+        (
+            good_image(jupyterhub="", jupyterhub_error="ModuleNotFoundError: jupyterhub"),
+            ctx(),
+            "jupyterhub-singleuser",
+            FAIL,
+            "import jupyterhub",
+        ),
+        (good_image(jupyterhub="5.2.1"), ctx(), "jupyterhub-singleuser", FAIL, "different major"),
+        (good_image(jupyterhub="6.0.0"), ctx(), "jupyterhub-singleuser", WARN, "different minor"),
+        (good_image(jupyterhub="6.1.0"), ctx(), "jupyterhub-singleuser", OK, "6.1.0"),
+        (good_image(jupyter_server="", notebook=""), ctx(), "jupyterhub-singleuser", FAIL, "jupyter_server"),
+        (good_image(uid=0, user="root", config={**CONFIG, "User": ""}), ctx(), "user", FAIL, "root"),
+        (good_image(uid=0, user="root"), ctx(allow_root=True), "user", WARN, "allowed"),
+        (good_image(home_writable=False), ctx(), "home", FAIL, "not writable"),
+        (good_image(python_version=""), ctx(), "python", FAIL, "no Python"),
+        (good_image(jupyterlab=""), ctx(), "jupyterlab", WARN, "not installed"),
+        (good_image(config={**CONFIG, "Cmd": ["bash"]}), ctx(), "command", WARN, "['bash']"),
+        (
+            good_image(frameworks=(Framework("tensorflow", error="ImportError: libcudart.so.11.0"),)),
+            ctx(),
+            "tensorflow",
+            FAIL,
+            "libcudart.so.11.0",
+        ),
+        (good_image(probe_error="exec: /bin/sh: no such file"), ctx(), "probe", FAIL, "/bin/sh"),
+    ],
+    ids=[
+        "no-singleuser",
+        "jupyterhub-does-not-import",
+        "major-mismatch",
+        "minor-mismatch",
+        "patch-differs",
+        "no-jupyter-server",
+        "root",
+        "root-allowed",
+        "home-not-writable",
+        "no-python",
+        "no-jupyterlab",
+        "command-not-jupyter",
+        "framework-does-not-import",
+        "probe-failed",
+    ],
+)
+def test_image_findings(facts, context, subject, level, says):
+    findings = checks.image_findings(facts, context)
+    mine = [f for f in findings if f.subject == subject]
+    assert mine and mine[0].level == level, findings
+    assert says in mine[0].message
+    if level == FAIL:
+        assert mine[0].fix, "a failure says how to fix it"
+        assert checks.verdict(findings)[0] == 1
+    else:
+        assert checks.verdict(findings)[0] == 0
+
+
+def test_a_configured_command_replaces_the_images():
+    facts = good_image(config={**CONFIG, "Cmd": ["bash"]})
+    assert "command" not in [f.subject for f in checks.image_findings(facts, ctx(cmd=("jupyterhub-singleuser",)))]
+
+
+@pytest.mark.parametrize(
+    "declared, found, frameworks, driver, expect",
+    [
+        ("12.4.1", ("12.4.127",), (), "12.4", [OK]),
+        ("12.8.0", (), (), "12.4", [FAIL, WARN]),  # the hub refuses it (and it contains no CUDA)
+        ("12.8.0", ("12.8.61",), (), "12.4", [FAIL]),
+        ("12.4.1", ("12.4.127",), (), "", [OK]),  # driver unknown: nothing to compare
+        ("", (), (), "12.4", [OK]),  # a CPU image
+        ("12.4.1", (), (), "12.4", [WARN]),  # declared, not found
+        ("", ("12.4.127",), (), "12.4", [WARN]),  # found, not declared: the hub cannot check it
+        ("12.4.1", ("12.8.61",), (), "12.8", [WARN]),  # declared and found differ
+        ("12.4.1", (), (Framework("torch", "2.7.0", "12.8"),), "12.4", [WARN, WARN]),  # minor-version compat only
+        ("", (), (Framework("torch", "2.5.1", "12.4"),), "11.8", [FAIL, WARN]),  # new major: no GPU at all
+        ("", (), (Framework("torch", "2.5.1", ""),), "12.4", [OK]),  # a CPU build of torch
+    ],
+    ids=[
+        "matching",
+        "declared-newer-than-driver",
+        "declared-and-found-newer",
+        "driver-unknown",
+        "no-cuda",
+        "declared-not-found",
+        "found-not-declared",
+        "declared-differs",
+        "torch-newer-minor",
+        "torch-newer-major",
+        "torch-cpu",
+    ],
+)
+def test_cuda_against_the_driver(declared, found, frameworks, driver, expect):
+    config = {**CONFIG, "Env": [f"CUDA_VERSION={declared}"] if declared else []}
+    facts = good_image(config=config, libcudart=found, frameworks=frameworks)
+    cuda = [f for f in checks.image_findings(facts, ctx(driver_cuda=driver)) if f.subject == "cuda"]
+    assert [f.level for f in cuda] == expect, cuda
+    if FAIL in expect and declared.startswith("12.8"):
+        assert "needs CUDA 12.8" in cuda[0].message and ">= 570" in cuda[0].message  # the hub's own refusal
+
+
+def test_cuda_does_not_matter_for_cpu_profiles():
+    facts = good_image(config={**CONFIG, "Env": ["CUDA_VERSION=12.8.0"]})
+    cuda = [f for f in checks.image_findings(facts, ctx(for_gpu=False)) if f.subject == "cuda"]
+    assert [f.level for f in cuda] == [OK] and "only CPU profiles" in cuda[0].message
+
+
+def test_the_declared_cuda_label_wins_over_the_env():
+    facts = good_image(config={**CONFIG, "Labels": {"gpuspawner.cuda": "12.8"}})
+    assert levels(checks.image_findings(facts, ctx()), "cuda")[0] == FAIL
+
+
+# --- doctor
+
+
+@pytest.mark.parametrize(
+    "on_path, runtimes, refusal, level, says",
+    [
+        ([], [], "", OK, "accepts GPU requests"),
+        (["nvidia-ctk"], ["runc", "nvidia"], "", OK, "nvidia-ctk, runtime nvidia"),
+        ([], [], 'could not select device driver "" with capabilities: [[gpu]]', WARN, "refuses GPU requests"),
+        (["nvidia-container-runtime-hook"], [], "could not select device driver", FAIL, "restart"),
+        (["nvidia-container-toolkit"], [], None, OK, "nvidia-container-toolkit"),
+        ([], ["nvidia"], None, OK, "runtime nvidia"),
+        ([], ["runc"], None, WARN, "no NVIDIA container toolkit"),
+    ],
+    ids=[
+        "engine-accepts",
+        "engine-accepts-with-evidence",
+        "no-toolkit",
+        "installed-after-dockerd",
+        "on-path-untested",
+        "runtime-untested",
+        "nothing",
+    ],
+)
+def test_toolkit_finding(on_path, runtimes, refusal, level, says):
+    finding = checks.toolkit_finding(on_path, runtimes, refusal)
+    assert finding.level == level
+    assert says in finding.message + finding.fix
+    if level != OK:
+        assert "nvidia-container-toolkit" in finding.fix or "restart dockerd" in finding.fix
+
+
+def unit(index, uuid, name="NVIDIA A100-SXM4-40GB", memory="40G", **mig):
+    return {"index": index, "uuid": uuid, "name": name, "memory": memory, **mig}
+
+
+STATIC = [unit(0, "GPU-aaaa"), unit(1, "GPU-bbbb")]
+MIG = [
+    unit(2, "MIG-1111", memory="10G", mig_profile="1g.10gb", parent_uuid="GPU-cccc", mig_index=0),
+    unit(2, "MIG-2222", memory="10G", mig_profile="1g.10gb", parent_uuid="GPU-cccc", mig_index=1),
+]
+
+
+def inventory(entries, **kwargs) -> Inventory:
+    return Inventory(units=parse_static_inventory(entries), **kwargs)
+
+
+def test_nvml_findings():
+    (f,) = checks.nvml_findings(None, "NVML did not initialise", "auto")
+    assert f.level == WARN and "driver" in f.fix
+    (f,) = checks.nvml_findings(None, "NVML did not initialise", "nvml")
+    assert f.level == FAIL and "'nvml' needs it" in f.message
+
+    nvml = inventory(STATIC + MIG, source="nvml", driver_version="550.54.15", cuda_version="12.4")
+    (f,) = checks.nvml_findings(nvml, "", "nvml", nvml.units)
+    assert f.level == OK
+    assert f.message == "driver 550.54.15, CUDA up to 12.4, 2 whole GPU(s), 2 MIG instance(s), MIG on GPU 2"
+
+    # A static list naming a GPU the driver does not have: the hub would hand out a ghost.
+    static = parse_static_inventory([*STATIC, unit(5, "GPU-gone")])
+    ok, missing = checks.nvml_findings(nvml, "", STATIC + [unit(5, "GPU-gone")], static)
+    assert ok.level == OK and missing.level == FAIL and "GPU-gone" in missing.message
+
+
+PROFILES = [
+    {"slug": "cpu", "display_name": "CPU", "image": "lab:1"},
+    {"slug": "gpu", "display_name": "GPU", "image": "lab:1", "gpus": 1},
+    {"slug": "big", "display_name": "Two", "image": "lab-cuda:1", "gpus": 3},
+    {"slug": "slice", "display_name": "Slice", "image": "lab-cuda:1", "gpus": 1, "mig_profile": "3g.40gb"},
+    {"slug": "shared", "display_name": "Shared", "image": "lab:1", "shared_gpu": True},
+]
+
+
+def test_profile_findings():
+    inv = inventory(STATIC + MIG)
+    findings = checks.profile_findings(parse_profiles(PROFILES), inv, Ledger(inv.units))
+    assert [(f.subject, f.level) for f in findings] == [
+        ("profile gpu", OK),
+        ("profile big", FAIL),  # 3 whole GPUs, the host has 2
+        ("profile slice", FAIL),  # no 3g.40gb instance
+        ("profile shared", OK),
+    ]
+    assert "only 2 fit" in findings[1].message
+    assert "has none that fits" in findings[2].message
+
+
+def test_inventory_finding():
+    assert checks.inventory_finding(inventory(STATIC + MIG), 1).message.startswith("4 unit(s) from the list")
+    empty = Inventory(source="none", note="NVML did not initialise")
+    assert checks.inventory_finding(empty, gpu_profiles=2).level == WARN
+    assert checks.inventory_finding(empty, gpu_profiles=0).level == OK
+
+
+def inspect(user="jovyan", env=(), size=2 * 1024**3):
+    return {"Id": "sha256:" + "1" * 64, "Size": size, "Config": {"User": user, "Env": list(env)}}
+
+
+@pytest.mark.parametrize(
+    "found, policy, allow_root, profiles, driver, level, says",
+    [
+        (inspect(), "ifnotpresent", False, ("gpu",), "12.4", OK, "is present (2 GiB, CUDA not declared), for gpu"),
+        (None, "ifnotpresent", False, ("gpu",), "12.4", WARN, "will pull it"),
+        (None, "never", False, ("gpu",), "12.4", FAIL, "pull_policy is 'never'"),
+        (inspect(user=""), "ifnotpresent", False, ("cpu",), "12.4", FAIL, "runs as root"),
+        (inspect(user=""), "ifnotpresent", True, ("cpu",), "12.4", OK, "is present"),
+        (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("gpu",), "12.4", FAIL, "needs CUDA 12.8"),
+        (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("cpu",), "12.4", OK, "CUDA 12.8.0"),
+        (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("gpu",), "", OK, "CUDA 12.8.0"),
+    ],
+    ids=[
+        "present",
+        "missing-will-pull",
+        "missing-never-pulled",
+        "root",
+        "root-allowed",
+        "cuda-too-new",
+        "cuda-for-cpu-only",
+        "driver-unknown",
+    ],
+)
+def test_profile_image_findings(found, policy, allow_root, profiles, driver, level, says):
+    users = tuple(p for p in parse_profiles(PROFILES) if p.slug in profiles)
+    (finding,) = checks.profile_image_findings(
+        "lab:1", found, users, pull_policy=policy, allow_root=allow_root, driver_cuda=driver
+    )
+    assert finding.level == level and says in finding.message, finding
+
+
+def test_profile_image_findings_name_every_failure():
+    users = tuple(p for p in parse_profiles(PROFILES) if p.slug == "gpu")
+    found = inspect(user="root", env=["CUDA_VERSION=12.8.0"])
+    root, cuda = checks.profile_image_findings(
+        "lab:1", found, users, pull_policy="never", allow_root=False, driver_cuda="12.4"
+    )
+    assert (root.level, cuda.level) == (FAIL, FAIL)
+    assert "runs as root" in root.message and "needs CUDA 12.8" in cuda.message
+
+
+def test_mount_findings():
+    profiles = parse_profiles(
+        [
+            {
+                "slug": "a",
+                "display_name": "A",
+                "image": "lab:1",
+                "datasets": [{"name": "mnist", "source": "/srv/data/mnist"}, {"name": "gone", "source": "/srv/gone"}],
+                "shares": [{"name": "ml101", "source": "ml101-share", "writable_by": ["teachers"]}],
+            },
+            {
+                "slug": "b",
+                "display_name": "B",
+                "image": "lab:1",
+                "datasets": [{"name": "mnist", "source": "/srv/data/mnist"}],
+            },
+        ]
+    )
+    findings = checks.mount_findings(profiles, {"/srv/data/mnist"}.__contains__)
+    assert [(f.subject, f.level) for f in findings] == [
+        ("dataset mnist", OK),  # once, though two profiles mount it
+        ("dataset gone", FAIL),
+        ("share ml101", WARN),  # Docker creates a missing volume, empty
+    ]
+    assert "host path /srv/gone is missing" in findings[1].message
+    assert findings[2].message.startswith("volume ml101-share")
+
+
+def test_config_findings():
+    profiles = parse_profiles(PROFILES[:2])
+    assert [f.level for f in checks.config_findings("hub.py", profiles, "")] == [OK, OK]
+    broken = checks.config_findings("hub.py", None, "profile 'gpu': field 'gpus': must be ...")
+    assert [f.level for f in broken] == [OK, FAIL] and "field 'gpus'" in broken[1].message
+    other = checks.config_findings("hub.py", profiles, "", "c.JupyterHub.spawner_class is 'docker'")
+    assert other[0].level == FAIL and other[0].fix == 'c.JupyterHub.spawner_class = "gpu"'
+    assert checks.config_findings("", profiles, "")[0].level == WARN
+
+
+def test_finding_lines_are_aligned_and_never_markup():
+    lines = finding_lines(
+        [Finding(OK, "docker", "fine"), Finding(FAIL, "toolkit", "refused: [[gpu]] [bold]x[/bold]", "restart dockerd")]
+    )
+    assert lines[0].plain == "ok    docker   fine"
+    assert lines[1].plain == "fail  toolkit  refused: [[gpu]] [bold]x[/bold]  -> fix: restart dockerd"
+
+
+# --- status
+
+
+def container(user, server, gpus, profile="gpu", shared=False, name=None):
+    labels = {
+        "gpuspawner.user": user,
+        "gpuspawner.server": server,
+        "gpuspawner.gpus": ",".join(gpus),
+        "gpuspawner.profile": profile,
+        "gpuspawner.shared": "1" if shared else "",
+    }
+    return {"Id": "c" * 64, "Names": [f"/{name or 'jupyter-' + user}"], "Labels": labels}
+
+
+RUNNING = [
+    container("alice", "", ["GPU-aaaa"]),
+    container("bob", "exp", ["MIG-1111"], profile="slice"),
+    container("carol", "", ["GPU-bbbb"], profile="shared", shared=True),
+    container("dave", "", ["GPU-bbbb"], profile="shared", shared=True),
+    container("erin", "", [], profile="cpu"),
+    container("mallory", "", ["GPU-ffff"]),  # a unit this inventory does not have
+]
+
+
+def ledger_of(containers) -> tuple[Ledger, list[str], dict]:
+    ledger = Ledger(parse_static_inventory(STATIC + MIG), Policy(share_limit=4))
+    warnings = adopt_containers(ledger, containers)
+    by_holder = {
+        f"{c['Labels']['gpuspawner.user']}/{c['Labels']['gpuspawner.server']}": {
+            **c["Labels"],
+            "_container": c["Names"][0][1:],
+        }
+        for c in containers
+    }
+    return ledger, warnings, by_holder
+
+
+def test_status_rows():
+    ledger, warnings, by_holder = ledger_of(RUNNING)
+    rows = checks.status_rows(ledger, by_holder)
+    assert [(r["id"], r["free"], [h["user"] for h in r["holders"]]) for r in rows] == [
+        ("GPU-aaaa", False, ["alice"]),
+        ("GPU-bbbb", False, ["carol", "dave"]),
+        ("MIG-1111", False, ["bob"]),
+        ("MIG-2222", True, []),
+    ]
+    assert rows[2]["holders"] == [
+        {"user": "bob", "server": "exp", "profile": "slice", "container": "jupyter-bob", "shared": False}
+    ]
+    assert rows[2]["unit"] == "GPU 2 MIG 0" and rows[2]["mig_profile"] == "1g.10gb"
+    assert warnings == ["server mallory/ holds units not in this inventory: GPU-ffff"]
+    json.dumps(rows)  # what --json prints
+
+
+def test_status_table():
+    ledger, _, by_holder = ledger_of(RUNNING)
+    rows = checks.status_rows(ledger, by_holder)
+    out = io.StringIO()
+    Console(file=out, width=200).print(status_table(rows, share_limit=4))
+    text = out.getvalue()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0].split() == [
+        "Unit",
+        "┃",
+        "Id",
+        "┃",
+        "Model",
+        "┃",
+        "Memory",
+        "┃",
+        "Holder",
+        "┃",
+        "Profile",
+        "┃",
+        "Shared",
+    ]
+    alice = next(line for line in lines if "alice" in line)
+    assert "GPU 0" in alice and "GPU-aaaa" in alice and "40 GiB" in alice and "gpu" in alice
+    assert "bob/exp" in text and "GPU 2 MIG 0 1g.10gb" in text
+    carol, dave = (next(line for line in lines if who in line) for who in ("carol", "dave"))
+    assert "yes, 2/4" in carol and "yes, 2/4" in dave and "GPU-bbbb" in carol and "GPU-bbbb" not in dave
+    free = next(line for line in lines if "MIG-2222" in line)
+    assert "free" in free
+    assert status_summary(rows, cpu_servers=1) == (
+        "4 unit(s): 3 held, 1 free; 4 server(s) hold GPUs, 1 run without a GPU"
+    )
+
+
+# --- config loading and the commands' glue
+
+
+def write_config(tmp_path, body: str, name="jupyterhub_config.py"):
+    path = tmp_path / name
+    path.write_text("c = get_config()  # noqa\n" + textwrap.dedent(body))
+    return path
+
+
+HUB_CONFIG = f"""
+c.JupyterHub.spawner_class = "gpu"
+c.GPUSpawner.profiles = {PROFILES[:2]!r}
+c.GPUSpawner.gpus = {STATIC!r}
+c.GPUSpawner.driver_cuda_version = "12.4"
+c.Spawner.cmd = ["jupyterhub-singleuser"]
+"""
+
+
+def test_load_lab_reads_the_hubs_config(tmp_path):
+    lab = load_lab(str(write_config(tmp_path, HUB_CONFIG)))
+    assert isinstance(lab.spawner, GPUSpawner)
+    assert [p.slug for p in lab.profiles] == ["cpu", "gpu"]
+    assert [u.uuid for u in lab.inventory.units] == ["GPU-aaaa", "GPU-bbbb"]
+    assert lab.driver_cuda == "12.4"
+    assert lab.spawner.cmd == ["jupyterhub-singleuser"]  # c.Spawner applies, as in the hub
+    assert (lab.spawner_problem, lab.notes) == ("", [])
+
+
+def test_load_lab_overrides_from_the_command_line(tmp_path):
+    overrides = Config({"GPUSpawner": {"allow_root": True, "driver_cuda_version": "12.8"}})
+    lab = load_lab(str(write_config(tmp_path, HUB_CONFIG)), overrides=overrides)
+    assert lab.spawner.allow_root and lab.driver_cuda == "12.8"
+
+
+def test_load_lab_subclass_in_config(tmp_path):
+    body = "from gpuspawner import GPUSpawner\nclass CourseSpawner(GPUSpawner):\n    pass\n"
+    body += "c.JupyterHub.spawner_class = CourseSpawner\nc.CourseSpawner.allow_root = True\n"
+    lab = load_lab(str(write_config(tmp_path, body)))
+    assert type(lab.spawner).__name__ == "CourseSpawner" and lab.spawner.allow_root
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("", "is not set"),
+        ('c.JupyterHub.spawner_class = "docker"', "not gpuspawner's GPUSpawner"),
+        ('c.JupyterHub.spawner_class = "no.such.Spawner"', "cannot be loaded"),
+    ],
+)
+def test_load_lab_names_a_foreign_spawner(tmp_path, body, problem):
+    lab = load_lab(str(write_config(tmp_path, body)))
+    assert problem in lab.spawner_problem
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ("c.GPUSpawner.profiles = [{'slug': 'x'}]", "field 'display_name': is required"),
+        ("c.GPUSpawner.gpus = 'all'", 'must be "nvml", "auto" or a list'),
+        ("c.JupyterHub.spawner_class = (", "SyntaxError"),
+        ("import no_such_module", "ModuleNotFoundError"),
+    ],
+    ids=["bad-profile", "bad-gpus", "syntax", "import"],
+)
+def test_load_lab_refuses_a_broken_config(tmp_path, body, error):
+    with pytest.raises(CommandError, match="jupyterhub_config.py") as e:
+        load_lab(str(write_config(tmp_path, body)))
+    assert error in str(e.value)
+
+
+def test_unpinned_images_are_refused_as_the_hub_does(tmp_path):
+    body = 'c.JupyterHub.spawner_class = "gpu"\nc.GPUSpawner.profiles = [{"slug": "a", "display_name": "A", "image": "lab"}]\n'
+    lab = load_lab(str(write_config(tmp_path, body)))
+    with pytest.raises(ProfileError, match="pin a tag"):
+        lab.profiles
+
+
+def test_load_lab_without_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandError, match="no config file"):
+        load_lab("jupyterhub_config.py", explicit=True)
+    lab = load_lab("jupyterhub_config.py", explicit=False)
+    assert lab.config_file == "" and "using the hub's defaults" in lab.notes[0]
+    assert [p.slug for p in lab.profiles] == ["default"]
+
+
+def test_the_repositorys_config_loads():
+    from pathlib import Path
+
+    lab = load_lab(str(Path(__file__).resolve().parent.parent / "jupyterhub_config.py"))
+    assert lab.spawner_problem == "" and [p.slug for p in lab.profiles] == ["cpu", "gpu", "shared"]
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["image", "--help"], ["image", "check", "--help"], ["doctor", "--help"], ["status", "--help"]]
+)
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "-f, --config" in out or "Subcommands" in out
+
+
+def test_image_check_needs_an_image_or_profiles(capsys):
+    assert main(["image", "check"]) == 2
+    assert main(["image", "check", "a:1", "b:1"]) == 2
+    assert "give one IMAGE, or --profiles" in capsys.readouterr().err
+
+
+def test_a_missing_config_named_with_f_is_an_error(tmp_path, capsys):
+    assert main(["status", "-f", str(tmp_path / "nope.py")]) == 2
+    assert "no config file" in capsys.readouterr().err
+
+
+class FakeEngine:
+    """The one Docker call ``status`` makes."""
+
+    def __init__(self, containers):
+        self.running = containers
+        self.filters = None
+
+    def containers(self, filters=None):
+        self.filters = filters
+        return self.running
+
+
+def test_status_json_and_table(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, HUB_CONFIG)
+    engine = FakeEngine([container("alice", "", ["GPU-bbbb"]), container("erin", "", [], profile="cpu")])
+    monkeypatch.setattr(Lab, "docker", lambda self: engine)
+
+    assert main(["status", "--json", "-f", str(config)]) == 0
+    assert engine.filters == {"label": "gpuspawner.gpus"}
+    data = json.loads(capsys.readouterr().out)
+    assert data["inventory"]["source"] == "static" and data["share_limit"] == 4
+    assert [(u["id"], u["free"]) for u in data["units"]] == [("GPU-aaaa", True), ("GPU-bbbb", False)]
+    assert data["units"][1]["holders"][0]["user"] == "alice"
+    assert (data["servers_without_gpu"], data["warnings"]) == (1, [])
+
+    assert main(["status", "-f", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "alice" in out and "free" in out
+    assert "2 unit(s): 1 held, 1 free; 1 server(s) hold GPUs, 1 run without a GPU" in out
+
+
+def test_doctor_without_an_engine_still_checks_the_rest(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, HUB_CONFIG)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert main(["doctor", "-f", str(config)]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # columns aside
+    assert f"fail docker no Docker engine answers at unix://{tmp_path}/no-engine.sock" in out
+    assert "ok profiles 2 profile(s) valid, images pinned: cpu, gpu" in out
+    assert "ok gpus 2 unit(s) from the list in c.GPUSpawner.gpus" in out
+    assert "ok profile gpu 1 whole GPU: 2 unit(s) fit" in out
+    assert "verdict: FAIL (1 failure" in out

@@ -1,0 +1,389 @@
+"""The ``gpuspawner`` command as an admin runs it, against the test bed's engine.
+
+Each test runs ``python -m gpuspawner.cli`` in a process of its own, with a
+``jupyterhub_config.py`` written for it. Images derived from the test bed's
+image (no jupyterhub-singleuser, root, a too-new CUDA, frameworks) are built
+here with tags unique to this run and removed at the end; the one container
+this module starts itself (for ``status``) too. Nothing else on the engine is touched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+
+import docker
+import docker.errors
+import pytest
+
+from gpuspawner.cli import probe
+from gpuspawner.gpus.nvml import NVMLUnavailable, discover
+
+from .realhub import REPO, TESTBED, docker_host, engine, read_testbed
+
+pytestmark = pytest.mark.docker
+
+RUN = secrets.token_hex(4)
+REPOSITORY = "gpuspawner-cli-e2e"
+
+FAKE_TORCH = '__version__ = "2.5.1+cu124"\n\n\nclass version:\n    cuda = "12.4"\n'
+BROKEN_TENSORFLOW = (
+    'raise ImportError("libcudart.so.11.0: cannot open shared object file: No such file or directory")\n'
+)
+
+DOCKERFILES = {
+    # the venv's jupyterhub-singleuser removed: the hub could not start it
+    "nosu": "USER root\nRUN rm /opt/venv/bin/jupyterhub-singleuser\nUSER jovyan\n",
+    "root": "USER root\n",
+    "cu128": "ENV CUDA_VERSION=12.8.0\n",
+    # what a PyTorch image looks like to the check, without gigabytes of PyTorch: a CUDA
+    # runtime, a torch that imports, and a tensorflow that fails as a CUDA mismatch does
+    "frameworks": textwrap.dedent(
+        """\
+        USER root
+        COPY torch /tmp/fw/torch
+        COPY tensorflow /tmp/fw/tensorflow
+        RUN cp -r /tmp/fw/* /opt/venv/lib/python3.*/site-packages/ && rm -rf /tmp/fw \\
+            && touch /usr/local/lib/libcudart.so.12.4.127
+        LABEL gpuspawner.cuda=12.4
+        USER jovyan
+        """
+    ),
+}
+
+
+def build(client: docker.DockerClient, base: str, kind: str) -> str:
+    tag = f"{REPOSITORY}:{kind}-{RUN}"
+    files = {"Dockerfile": f"FROM {base}\n{DOCKERFILES[kind]}"}
+    if kind == "frameworks":
+        files.update({"torch/__init__.py": FAKE_TORCH, "tensorflow/__init__.py": BROKEN_TENSORFLOW})
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    # network "none": the test engine has no bridge; RUN needs no network here
+    client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="none", rm=True, forcerm=True)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def images():
+    """The test bed's images and this run's derived ones, by kind; derived ones removed after."""
+    client = engine()
+    base = read_testbed("image")
+    built = {}
+    try:
+        for kind in DOCKERFILES:
+            built[kind] = build(client, base, kind)
+        yield {"base": base, "cuda": read_testbed("image-cuda"), **built}
+    finally:
+        for tag in built.values():
+            try:
+                client.images.remove(tag, force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    return tmp_path
+
+
+GPUS = [
+    {"index": i, "uuid": f"GPU-c11e2e00-{RUN}-4000-8000-00000000000{i}", "name": "NVIDIA TEST GPU", "memory": "16G"}
+    for i in range(2)
+]
+
+
+def write_config(folder, profiles: list[dict], extra: str = "") -> None:
+    body = f"""\
+        c = get_config()  # noqa
+        c.JupyterHub.spawner_class = "gpu"
+        c.GPUSpawner.pull_policy = "never"  # no registry on the test bed
+        c.GPUSpawner.driver_cuda_version = "12.4"
+        c.GPUSpawner.gpus = {GPUS!r}
+        c.GPUSpawner.profiles = {profiles!r}
+    """
+    (folder / "jupyterhub_config.py").write_text(textwrap.dedent(body) + textwrap.dedent(extra))
+
+
+def gpuspawner(folder, *args: str, timeout: float = 120) -> tuple[int, str, str, float]:
+    """Run the command in ``folder`` (where the hub's config is); (exit status, stdout, stderr, seconds)."""
+    env = {**os.environ, "DOCKER_HOST": docker_host(), "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gpuspawner.cli", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+
+
+def line(out: str, *words: str) -> str:
+    """The one output line that has all of ``words``."""
+    found = [ln for ln in out.splitlines() if all(w in ln for w in words)]
+    assert len(found) == 1, f"expected one line with {words}, got {found} in:\n{out}"
+    return found[0]
+
+
+def finding(out: str, level: str, subject: str, *words: str) -> str:
+    """The one finding line of ``level`` and ``subject`` (that also has all of ``words``)."""
+    start = re.compile(rf"^\s*{level}\s+{re.escape(subject)}\s\s")
+    found = [ln for ln in out.splitlines() if start.match(ln) and all(w in ln for w in words)]
+    assert len(found) == 1, f"expected one {level} {subject} line with {words}, got {found} in:\n{out}"
+    return found[0]
+
+
+def no_probe_left(image: str) -> None:
+    left = engine().containers.list(all=True, filters={"label": probe.CLI_LABEL, "ancestor": image})
+    assert not left, f"check containers left behind: {[c.name for c in left]}"
+
+
+# --- image check
+
+
+def test_the_test_bed_image_passes(images, hub_dir):
+    write_config(hub_dir, [])
+    status, out, err, took = gpuspawner(hub_dir, "image", "check", images["base"])
+    assert status == 0, out + err
+    assert "JupyterHub 6.1.1 (the hub runs 6.1.1)" in finding(out, "ok", "jupyterhub-singleuser")
+    assert "jovyan (uid 1000), home /home/jovyan" in finding(out, "ok", "user")
+    assert "Python 3.11" in finding(out, "ok", "python")
+    assert "JupyterLab" in finding(out, "ok", "jupyterlab")
+    assert "none of torch, tensorflow, jax installed" in out
+    assert "MiB" in finding(out, "ok", "size")
+    assert line(out, "verdict:").startswith("verdict: OK")
+    assert took < 30
+    no_probe_left(images["base"])
+
+
+def test_the_cuda_image_passes_with_a_warning(images, hub_dir):
+    write_config(hub_dir, [])
+    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["cuda"])
+    assert status == 0, out + err
+    assert "declared 12.4.1; found none" in finding(out, "warn", "cuda")
+    assert "verdict: OK (1 warning)" in out
+
+
+def test_an_image_without_jupyterhub_singleuser_fails(images, hub_dir):
+    write_config(hub_dir, [])
+    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["nosu"])
+    assert status == 1, out + err
+    assert "not found on the image's PATH" in finding(out, "fail", "jupyterhub-singleuser")
+    assert "-> fix: install jupyterhub==6.1.1" in out
+    assert line(out, "verdict:").startswith("verdict: FAIL (1 failure")
+    no_probe_left(images["nosu"])
+
+
+def test_a_root_image_fails_unless_allowed(images, hub_dir):
+    write_config(hub_dir, [])
+    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["root"])
+    assert status == 1
+    assert "runs as root" in finding(out, "fail", "user")
+    # Any hub option can be set for one run, over the config file.
+    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["root"], "--GPUSpawner.allow_root=True")
+    assert status == 0, out
+    assert "allowed by c.GPUSpawner.allow_root" in finding(out, "warn", "user")
+
+
+def test_a_cuda_newer_than_the_driver_fails(images, hub_dir):
+    write_config(hub_dir, [])  # driver_cuda_version = "12.4"
+    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["cu128"])
+    assert status == 1, out
+    refusal = finding(out, "fail", "cuda")
+    assert "needs CUDA 12.8, but this host's NVIDIA driver supports up to CUDA 12.4" in refusal
+    assert "(CUDA 12.8 needs >= 570)" in refusal
+    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["cu128"], "--GPUSpawner.driver_cuda_version=12.8")
+    assert status == 0, out
+
+
+def test_frameworks_are_imported_in_the_image(images, hub_dir):
+    write_config(hub_dir, [])
+    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["frameworks"])
+    assert status == 1, out + err
+    assert "torch 2.5.1+cu124, built for CUDA 12.4" in finding(out, "ok", "torch")
+    broken = finding(out, "fail", "tensorflow")
+    assert "`import tensorflow` fails: ImportError: libcudart.so.11.0: cannot open shared object file" in broken
+    cuda = finding(out, "ok", "cuda")
+    assert "declared 12.4; found libcudart 12.4.127, torch built for CUDA 12.4" in cuda
+    assert "supports up to CUDA 12.4" in cuda
+
+
+def test_every_profiles_image(images, hub_dir):
+    profiles = [
+        # a CPU profile: its image's CUDA is not compared with the driver's
+        {"slug": "cpu", "display_name": "CPU", "image": images["cu128"]},
+        {"slug": "gpu", "display_name": "GPU", "image": images["cuda"], "gpus": 1},
+        {"slug": "gpu-too", "display_name": "GPU too", "image": images["cuda"], "gpus": 1},
+    ]
+    write_config(hub_dir, profiles)
+    status, out, err, took = gpuspawner(hub_dir, "image", "check", "--profiles")
+    assert status == 0, out + err
+    assert f"{images['cu128']} (profiles cpu): running the check" in out
+    assert f"{images['cuda']} (profiles gpu, gpu-too): running the check" in out  # each image once
+    assert "only CPU profiles use this image" in out
+    assert "2 images: 2 OK, 0 FAIL" in out
+    assert took < 40
+
+    write_config(hub_dir, [{**profiles[0], "gpus": 1}, profiles[1]])
+    status, out, _, _ = gpuspawner(hub_dir, "image", "check", "--profiles")
+    assert status == 1 and "2 images: 1 OK, 1 FAIL" in out
+
+
+# --- doctor
+
+
+def nvml_answers() -> bool:
+    try:
+        discover()
+    except NVMLUnavailable:
+        return False
+    return True
+
+
+def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("mnist")
+    share = f"gpuspawner-cli-e2e-missing-{RUN}"  # never created: Docker would make it empty
+    profiles = [
+        {
+            "slug": "cpu",
+            "display_name": "CPU",
+            "image": images["base"],
+            "datasets": [{"name": "mnist", "source": str(data)}],
+        },
+        {
+            "slug": "gpu",
+            "display_name": "GPU",
+            "image": images["cuda"],
+            "gpus": 1,
+            "shares": [{"name": "ml101", "source": share, "writable_by": ["teachers"]}],
+        },
+    ]
+    write_config(hub_dir, profiles)
+    status, out, err, took = gpuspawner(hub_dir, "doctor")
+    assert status == 0, out + err
+    assert "jupyterhub_config.py loads; the hub's spawner is gpuspawner" in finding(out, "ok", "config")
+    assert "2 profile(s) valid, images pinned: cpu, gpu" in finding(out, "ok", "profiles")
+    assert "(API 1." in finding(out, "ok", "docker") and docker_host() in out
+    # The test engine runs with the test double of the NVIDIA hook on its PATH (see TESTBED.md).
+    gpu_mode = (TESTBED / "gpu").read_text().strip()
+    if gpu_mode in ("fake", "real"):
+        assert "the engine accepts GPU requests" in finding(out, "ok", "toolkit")
+    else:
+        assert "refuses GPU requests" in finding(out, "warn", "toolkit")
+    if not nvml_answers():
+        assert "NVML" in finding(out, "warn", "nvml") and "install the NVIDIA driver" in out
+    assert "2 unit(s) from the list in c.GPUSpawner.gpus" in finding(out, "ok", "gpus")
+    assert "1 whole GPU: 2 unit(s) fit" in finding(out, "ok", "profile gpu")
+    assert f"{images['cuda']} is present" in finding(out, "ok", "image", images["cuda"])
+    assert f"host path {data} is there" in finding(out, "ok", "dataset mnist")
+    assert f"volume {share} is missing" in finding(out, "warn", "share ml101")
+    assert line(out, "verdict:").startswith("verdict: OK (")
+    assert took < 30
+    for image in (images["base"], images["cuda"]):
+        no_probe_left(image)
+
+
+def test_doctor_fails_with_the_fixes(images, hub_dir):
+    profiles = [
+        {
+            "slug": "cpu",
+            "display_name": "CPU",
+            "image": images["root"],
+            "datasets": [{"name": "gone", "source": f"/nonexistent/gpuspawner-{RUN}"}],
+        },
+        {"slug": "gpu", "display_name": "GPU", "image": images["cu128"], "gpus": 1},
+        {"slug": "big", "display_name": "Big", "image": f"{REPOSITORY}:never-built-{RUN}", "gpus": 3},
+    ]
+    write_config(hub_dir, profiles)
+    status, out, err, _ = gpuspawner(hub_dir, "doctor")
+    assert status == 1, out + err
+    assert "runs as root" in finding(out, "fail", "image", images["root"])
+    assert "needs CUDA 12.8" in finding(out, "fail", "image", images["cu128"])
+    assert "pull_policy is 'never'" in finding(out, "fail", "image", "never-built")
+    assert "asks for 3 whole GPUs, and only 2 fit" in finding(out, "fail", "profile big")
+    assert "students would see an empty folder" in finding(out, "fail", "dataset gone")
+    assert all("-> fix:" in ln for ln in out.splitlines() if ln.startswith("fail"))
+    assert line(out, "verdict:").startswith("verdict: FAIL (5 failures")
+
+
+def test_doctor_with_a_broken_config(hub_dir):
+    write_config(hub_dir, [{"slug": "gpu", "display_name": "GPU", "image": "lab:latest"}])
+    status, out, _, _ = gpuspawner(hub_dir, "doctor")
+    assert status == 1
+    assert "uses the tag 'latest'" in finding(out, "fail", "profiles")
+    assert "Docker" in finding(out, "ok", "docker")  # the host is still checked
+
+
+def test_an_engine_without_the_nvidia_hook_is_recognised(images):
+    """What doctor sees on a host with no toolkit: dockerd's refusal (a capability no driver has)."""
+    client = docker.APIClient(base_url=docker_host(), version="auto")
+    refusal = probe.gpu_request_refusal(client, images["base"], capabilities=(("gpuspawner-e2e-none",),))
+    assert refusal.startswith('could not select device driver "" with capabilities: [[gpuspawner-e2e-none]]')
+    no_probe_left(images["base"])
+
+
+# --- status
+
+
+@pytest.fixture
+def running_server(images):
+    """A container labelled as gpuspawner labels a server holding GPU 1 (it runs `sleep`)."""
+    user = f"cli-e2e-{RUN}"
+    container = engine().containers.run(
+        images["base"],
+        ["sleep", "300"],
+        detach=True,
+        network_mode="none",
+        labels={
+            "gpuspawner.user": user,
+            "gpuspawner.server": "exp",
+            "gpuspawner.profile": "gpu",
+            "gpuspawner.gpus": GPUS[1]["uuid"],
+            "gpuspawner.shared": "",
+            "gpuspawner.groups": "ml101",
+        },
+        name=f"gpuspawner-cli-e2e-{RUN}",
+    )
+    try:
+        yield user, container
+    finally:
+        container.remove(force=True)
+
+
+def test_status_shows_who_holds_which_gpu(images, hub_dir, running_server):
+    user, container = running_server
+    write_config(hub_dir, [{"slug": "gpu", "display_name": "GPU", "image": images["base"], "gpus": 1}])
+    status, out, err, took = gpuspawner(hub_dir, "status", "--json")
+    assert status == 0, out + err
+    data = json.loads(out)
+    assert data["inventory"]["source"] == "static"
+    units = {u["id"]: u for u in data["units"]}
+    assert units[GPUS[0]["uuid"]]["free"] is True
+    held = units[GPUS[1]["uuid"]]
+    assert held["free"] is False and held["model"] == "NVIDIA TEST GPU" and held["memory"] == 16 * 1024**3
+    assert held["holders"] == [
+        {"user": user, "server": "exp", "profile": "gpu", "container": container.name, "shared": False}
+    ]
+    assert took < 20
+
+    status, out, err, _ = gpuspawner(hub_dir, "status")
+    assert status == 0, out + err
+    row = line(out, GPUS[1]["uuid"])
+    assert f"{user}/exp" in row and "gpu" in row and "NVIDIA TEST GPU" in row and "16 GiB" in row
+    assert "free" in line(out, GPUS[0]["uuid"])
