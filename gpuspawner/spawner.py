@@ -9,6 +9,8 @@ the container, and the server's state).
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import datetime, timezone
 
 import docker.tls
 import docker.types
@@ -298,6 +300,17 @@ class GPUSpawner(DockerSpawner):
         A pull never holds up other users' spawns: they use DockerSpawner's
         Docker calls, not the pull threads. Missing profile images start pulling
         in the background when the hub first creates a spawner.
+        """,
+    ).tag(config=True)
+
+    denials_file = Unicode(
+        "gpuspawner-denials.jsonl",
+        help="""Where refused GPU spawns are appended, one JSON object a line.
+
+        Each line has time, user, server, profile, reason (``no_gpu``,
+        ``user_quota``, ``group_quota``) and the message the student saw: the
+        demand that was turned away, for the GPU dashboard. Relative to the
+        hub's working directory. Empty: not recorded.
         """,
     ).tag(config=True)
 
@@ -679,7 +692,26 @@ class GPUSpawner(DockerSpawner):
         if startable:
             message += " Can start now: " + "; ".join(startable) + "."
         status = 503 if e.reason == "no_gpu" else 403
+        self._record_denial(profile, e.reason, message)
         return SpawnException(message, reason=e.reason, status_code=status)
+
+    def _record_denial(self, profile: Profile, reason: str, message: str) -> None:
+        """Append a refused spawn to ``denials_file``: the demand that was turned away."""
+        if not self.denials_file:
+            return
+        event = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "user": self.user.name,
+            "server": self.name or "",
+            "profile": profile.slug,
+            "reason": reason,
+            "message": message,
+        }
+        try:
+            with open(self.denials_file, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        except OSError as err:
+            self.log.warning("Could not record a denial in %s: %s", self.denials_file, err)
 
     async def _discard_container(self) -> None:
         if not self.object_id:

@@ -1,5 +1,7 @@
 """GPUSpawner's glue, above a fake Docker client: what it asks the engine for."""
 
+import json
+
 import pytest
 from jupyterhub.spawner import SpawnException
 from tornado import web
@@ -38,6 +40,7 @@ def engine():
 
 
 def spawner(engine, user="alice", profile=None, groups=(), admin=False, profiles=PROFILES, **config):
+    config.setdefault("denials_file", "")  # never into the working tree
     s = make_spawner(GPUSpawner, engine, user=user, groups=groups, admin=admin, profiles=profiles, gpus=GPUS, **config)
     s.user_options = {"profile": profile} if profile else {}
     apply_profile_choice(s, s.user_options)
@@ -95,8 +98,9 @@ async def test_home_from_workdir_and_admin_mount_wins(engine):
     assert container_of(engine, s2)["HostConfig"]["Binds"] == ["/srv/homes/alice:/workspace:rw"]
 
 
-async def test_two_users_get_different_gpus_and_stop_frees(engine):
-    alice, bob, carol = (spawner(engine, u, profile="gpu") for u in ("alice", "bob", "carol"))
+async def test_two_users_get_different_gpus_and_stop_frees(engine, tmp_path):
+    denials = tmp_path / "denials.jsonl"
+    alice, bob, carol = (spawner(engine, u, profile="gpu", denials_file=str(denials)) for u in ("alice", "bob", "carol"))
     await alice.start()
     await bob.start()
     assert {alice.gpu_ids, bob.gpu_ids} == {("GPU-0000",), ("GPU-1111",)}
@@ -107,6 +111,10 @@ async def test_two_users_get_different_gpus_and_stop_frees(engine):
         "GPU: Needs 1 whole GPU: all 2 A100 GPUs are taken (2/2 in use). Can start now: CPU."
     )
     assert refused.value.reason == "no_gpu"
+    (denial,) = [json.loads(line) for line in denials.read_text().splitlines()]
+    assert {k: denial[k] for k in ("user", "server", "profile", "reason")} == {
+        "user": "carol", "server": "", "profile": "gpu", "reason": "no_gpu"}
+    assert denial["message"] == refused.value.message
     assert carol.gpu_ids == ()
     await alice.stop()
     assert alice.object_id == "" and alice.gpu_ids == ()
