@@ -303,6 +303,12 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    prepull_images = Bool(
+        True,
+        help="""Pull every profile's missing image in the background when the hub creates
+        its first spawner, so that students rarely wait for a pull.""",
+    ).tag(config=True)
+
     denials_file = Unicode(
         "gpuspawner-denials.jsonl",
         help="""Where refused GPU spawns are appended, one JSON object a line.
@@ -614,7 +620,7 @@ class GPUSpawner(DockerSpawner):
         return docker.APIClient(**kwargs)
 
     def _prepull_profile_images(self) -> None:
-        if self.pull_policy.lower() != "ifnotpresent":
+        if not self.prepull_images or self.pull_policy.lower() != "ifnotpresent":
             return
         try:
             images = [p.image for p in self.lab_profiles]

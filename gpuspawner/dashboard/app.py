@@ -1,0 +1,223 @@
+"""``python -m gpuspawner.dashboard``: the GPU dashboard, a hub-managed JupyterHub service.
+
+Users log in through the hub's OAuth (``HubOAuthenticated``). Reading needs the
+custom scope ``custom:gpu-dashboard:read``; stopping a server needs
+``custom:gpu-dashboard:stop`` as well. Everyone else gets 403. The service
+itself uses its own token for the hub API with ``list:users``,
+``read:users:activity``, ``read:servers`` and ``delete:servers``, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+from textwrap import dedent
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Bool, Int, Unicode, default
+from traitlets.config import Application
+
+from ..cli import CommandError, load_lab
+from ..gpus import Policy
+from .metrics import CONTENT_TYPE, render_metrics
+from .page import render_page
+from .sources import HubAPI, Sources
+
+READ_SCOPE = "custom:gpu-dashboard:read"
+STOP_SCOPE = "custom:gpu-dashboard:stop"
+
+
+class _Handler(HubOAuthenticated, web.RequestHandler):
+    """Every page of the service: authenticated by the hub, allowed by ``READ_SCOPE``."""
+
+    def initialize(self, dashboard: GPUDashboard):
+        self.dashboard = dashboard
+        self.hub_auth = dashboard.hub_auth
+
+    @property
+    def hub_scopes(self):
+        return {self.dashboard.read_scope}
+
+    def set_default_headers(self):
+        self.set_header("Cache-Control", "no-store")  # never an old view shown as live
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+
+    def require_user(self) -> dict:
+        """For API and metrics: 403 rather than a redirect to the login page."""
+        if self.current_user is None:
+            raise web.HTTPError(403, "needs a hub login or token with scope " + self.dashboard.read_scope)
+        return self.current_user
+
+    def may_stop(self, user: dict) -> bool:
+        return bool(self.hub_auth.check_scopes({self.dashboard.stop_scope}, user))
+
+
+class PageHandler(_Handler):
+    @web.authenticated
+    async def get(self):
+        view = await self.dashboard.sources.view()
+        self.write(
+            render_page(
+                view,
+                user=self.current_user["name"],
+                can_stop=self.may_stop(self.current_user),
+                xsrf_form_html=self.xsrf_form_html(),
+                refresh=self.dashboard.refresh,
+            )
+        )
+
+
+class GPUsAPIHandler(_Handler):
+    async def get(self):
+        self.require_user()
+        view = await self.dashboard.sources.view()
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(view.as_json()))
+
+
+class MetricsHandler(_Handler):
+    async def get(self):
+        self.require_user()
+        view = await self.dashboard.sources.view()
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.write(render_metrics(view))
+
+
+class StopHandler(_Handler):
+    @web.authenticated
+    async def post(self):
+        if not self.may_stop(self.current_user):
+            raise web.HTTPError(403, "stopping servers needs scope " + self.dashboard.stop_scope)
+        user, server = self.get_body_argument("user"), self.get_body_argument("server", "")
+        try:
+            await self.dashboard.hub.stop_server(user, server)
+        except HTTPClientError as e:
+            raise web.HTTPError(502, f"the hub refused to stop {user}/{server}: {e.code}") from None
+        self.log.info("%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server)
+        self.redirect(self.dashboard.service_prefix)
+
+
+class GPUDashboard(Application):
+    name = "gpuspawner-dashboard"
+    description = """The GPU dashboard: who holds which GPU, as a JupyterHub service.
+
+    Run by the hub as a managed service (see docs/how-to/dashboard.md). It reads the
+    hub's jupyterhub_config.py for the inventory, the running containers' labels on
+    the hub's Docker engine (DOCKER_HOST) for the ledger, NVML for usage, the hub
+    API for activity and the denials file for refused spawns.
+    """
+    examples = dedent("""
+    python -m gpuspawner.dashboard -f /srv/jupyterhub/jupyterhub_config.py
+    python -m gpuspawner.dashboard --refresh=30 --no-nvml
+    """)
+
+    hub_config = Unicode("jupyterhub_config.py", help="The hub's config file (inventory, profiles, Docker settings).").tag(
+        config=True
+    )
+    url = Unicode(help="Where to listen: http://127.0.0.1:PORT (default: $JUPYTERHUB_SERVICE_URL).").tag(config=True)
+    service_prefix = Unicode(help="The URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+    refresh = Int(15, min=0, help="Seconds between the page's own refreshes (0: never).").tag(config=True)
+    denials_file = Unicode(
+        help="The hub's denials file (default: GPUSpawner.denials_file of the hub's config; '' for none)."
+    ).tag(config=True)
+    denials_shown = Int(20, min=0, help="How many recent denials the page shows.").tag(config=True)
+    nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
+    read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
+    stop_scope = Unicode(STOP_SCOPE, help="The custom scope that also allows stopping servers.").tag(config=True)
+
+    aliases = {
+        **Application.aliases,
+        ("f", "config"): ("GPUDashboard.hub_config", "The hub's config file (default: ./jupyterhub_config.py)"),
+        "url": "GPUDashboard.url",
+        "refresh": "GPUDashboard.refresh",
+        "denials-file": "GPUDashboard.denials_file",
+        "denials-shown": "GPUDashboard.denials_shown",
+    }
+    flags = {
+        **Application.flags,
+        "no-nvml": ({"GPUDashboard": {"nvml": False}}, "Do not read GPU usage through NVML."),
+    }
+
+    @default("log_level")
+    def _default_log_level(self):
+        return "INFO"
+
+    @default("url")
+    def _default_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    @default("service_prefix")
+    def _default_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpu-dashboard/")
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        explicit = any(isinstance(v, dict) and "hub_config" in v for v in self.config.values())
+        lab = load_lab(self.hub_config, explicit, log=self.log)
+        for note in lab.notes:
+            self.log.warning(note)
+        spawner = lab.spawner
+        if not self.denials_file and "denials_file" not in self.config.get("GPUDashboard", {}):
+            self.denials_file = spawner.denials_file
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+        self.hub = HubAPI(api_url, token) if token else None
+        # The one instance: the OAuth callback handler uses HubOAuth.instance() too (the PKCE verifier).
+        self.hub_auth = HubOAuth.instance(api_url=api_url, api_token=token, cache_max_age=60)
+        self.sources = Sources(
+            lab.inventory,
+            Policy(share_limit=spawner.shared_gpu_users),
+            spawner.new_docker_client,
+            self.hub,
+            self.denials_file,
+            self.denials_shown,
+            self.nvml,
+        )
+
+    def make_app(self) -> web.Application:
+        prefix = self.service_prefix
+        route = {"dashboard": self}
+        return web.Application(
+            [
+                (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+                (prefix, PageHandler, route),
+                (url_path_join(prefix, "api/v1/gpus"), GPUsAPIHandler, route),
+                (url_path_join(prefix, "metrics"), MetricsHandler, route),
+                (url_path_join(prefix, "stop"), StopHandler, route),
+            ],
+            cookie_secret=secrets.token_bytes(32),
+            xsrf_cookies=True,
+            login_url=self.hub_auth.login_url,
+            hub_auth=self.hub_auth,
+        )
+
+    def start(self):
+        where = urlparse(self.url)
+        app = self.make_app()
+
+        async def serve():
+            app.listen(where.port or 80, where.hostname or "127.0.0.1")
+            self.log.info("GPU dashboard at %s%s", self.url.rstrip("/"), self.service_prefix)
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gpuspawner.dashboard``; returns the exit status."""
+    try:
+        app = GPUDashboard.instance()
+        app.initialize(argv)
+    except CommandError as e:
+        print(f"gpuspawner-dashboard: {e}", file=sys.stderr)
+        return 2
+    app.start()
+    return 0

@@ -1,0 +1,82 @@
+"""The dashboard's view as Prometheus metrics, in a registry of its own (not the process default).
+
+Series that depend on a source are left out while that source cannot be read:
+``gpuspawner_dashboard_source_up`` says which, so an alert fires instead of a
+graph showing old numbers as current.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .model import DashboardView
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_UNIT = ["unit", "gpu_index", "model", "mig_profile"]
+
+
+def _unit_labels(u) -> list[str]:
+    return [u.id, str(u.index), u.model, u.mig_profile]
+
+
+class _ViewCollector:
+    def __init__(self, view: DashboardView):
+        self.view = view
+
+    def collect(self):
+        v = self.view
+        up = GaugeMetricFamily(
+            "gpuspawner_dashboard_source_up", "1 when the dashboard could read the source now", labels=["source"]
+        )
+        for source, error in (("docker", v.docker_error), ("nvml", v.nvml_error), ("hub", v.hub_error),
+                              ("denials", v.denials_error)):
+            up.add_metric([source], 0 if error else 1)
+        yield up
+        yield GaugeMetricFamily("gpuspawner_units", "GPU units (whole GPUs and MIG instances) the hub hands out",
+                                value=v.totals.units)
+        if v.totals.free is not None:
+            yield GaugeMetricFamily("gpuspawner_units_free", "Units no server holds", value=v.totals.free)
+            yield GaugeMetricFamily("gpuspawner_units_assigned", "Units held by at least one server",
+                                    value=v.totals.used + v.totals.shared)
+            yield GaugeMetricFamily("gpuspawner_units_shared", "Units held as shared slots", value=v.totals.shared)
+            assigned = GaugeMetricFamily(
+                "gpuspawner_unit_assigned",
+                "1 per server holding the unit (user, server, profile); 0 with empty user for a free unit",
+                labels=_UNIT + ["user", "server", "profile"],
+            )
+            for u in v.units:
+                for h in u.holders:
+                    assigned.add_metric(_unit_labels(u) + [h.user, h.server, h.profile], 1)
+                if not u.holders:
+                    assigned.add_metric(_unit_labels(u) + ["", "", ""], 0)
+            yield assigned
+        measured = [u for u in v.units if u.usage is not None]
+        if measured:
+            util = GaugeMetricFamily("gpuspawner_unit_utilization_percent",
+                                     "NVML GPU utilisation (absent for MIG instances)", labels=_UNIT)
+            used = GaugeMetricFamily("gpuspawner_unit_memory_used_bytes", "NVML memory used", labels=_UNIT)
+            total = GaugeMetricFamily("gpuspawner_unit_memory_total_bytes", "NVML memory total", labels=_UNIT)
+            temp = GaugeMetricFamily("gpuspawner_unit_temperature_celsius", "NVML temperature of the unit's GPU",
+                                     labels=_UNIT)
+            for u in measured:
+                if u.usage.utilization_gpu is not None:
+                    util.add_metric(_unit_labels(u), u.usage.utilization_gpu)
+                used.add_metric(_unit_labels(u), u.usage.memory_used)
+                total.add_metric(_unit_labels(u), u.usage.memory_total)
+                if u.usage.temperature is not None:
+                    temp.add_metric(_unit_labels(u), u.usage.temperature)
+            yield from (util, used, total, temp)
+        if not v.denials_error:
+            denials = CounterMetricFamily("gpuspawner_denials", "GPU spawns refused, by reason (from denials_file)",
+                                          labels=["reason"])
+            for reason, count in sorted(v.denials_by_reason.items()):
+                denials.add_metric([reason], count)
+            yield denials
+
+
+def render_metrics(view: DashboardView) -> bytes:
+    """The Prometheus text exposition of ``view``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ViewCollector(view))
+    return generate_latest(registry)

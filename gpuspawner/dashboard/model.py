@@ -1,0 +1,320 @@
+"""The dashboard's view: who holds which unit, built from what the sources said.
+
+Pure: no Docker, no NVML, no hub, no clock it does not receive. ``build_view``
+takes the inventory, the running containers' labels (rebuilt into a ``Ledger``
+by ``labels.adopt_containers``, exactly as a restarted hub does), NVML's usage,
+the hub's activity and the denials file, and returns one ``DashboardView`` that
+the page, the JSON API and the metrics all render. A source that could not be
+read is named in the view (``*_error``), never replaced by old data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .. import labels as label
+from ..gpus import Inventory, Ledger, Policy, holder_key
+from ..gpus.nvml import UnitUsage
+
+FREE, USED, SHARED, UNKNOWN = "free", "used", "shared", "unknown"
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One server on one unit: who, with what, since when, last seen when."""
+
+    user: str
+    server: str  # '' for the default server
+    profile: str
+    image: str
+    container: str
+    since: datetime | None  # the container's creation
+    last_activity: datetime | None  # the server's, as the hub records it
+    shared: bool
+
+    @property
+    def holder(self) -> str:
+        return holder_key(self.user, self.server)
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """One whole GPU or MIG instance, its state, its holders and (when NVML answers) its use."""
+
+    id: str
+    index: int
+    mig_index: int | None
+    model: str
+    mig_profile: str
+    parent_uuid: str
+    memory: int  # bytes, from the inventory
+    state: str  # FREE, USED, SHARED or UNKNOWN (Docker could not be read)
+    holders: tuple[Holding, ...] = ()
+    usage: UnitUsage | None = None
+
+    @property
+    def label(self) -> str:
+        return f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else "")
+
+
+@dataclass(frozen=True)
+class Totals:
+    units: int
+    free: int | None  # None: unknown (Docker could not be read)
+    used: int | None
+    shared: int | None
+
+
+@dataclass(frozen=True)
+class Denial:
+    time: str
+    user: str
+    server: str
+    profile: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DashboardView:
+    generated_at: datetime
+    host: str
+    inventory_source: str
+    inventory_note: str
+    share_limit: int
+    units: tuple[UnitView, ...]
+    totals: Totals
+    denials: tuple[Denial, ...]  # the most recent first
+    denials_by_reason: Mapping[str, int]  # over the whole file
+    servers_without_gpu: int | None
+    docker_error: str = ""
+    nvml_error: str = ""
+    hub_error: str = ""
+    denials_error: str = ""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_json(self) -> dict:
+        """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
+        return {
+            "version": 1,
+            "generated_at": _iso(self.generated_at),
+            "host": self.host,
+            "inventory": {"source": self.inventory_source, "note": self.inventory_note},
+            "share_limit": self.share_limit,
+            "sources": {
+                "docker": _source(self.docker_error),
+                "nvml": _source(self.nvml_error),
+                "hub": _source(self.hub_error),
+                "denials": _source(self.denials_error),
+            },
+            "totals": {
+                "units": self.totals.units,
+                "free": self.totals.free,
+                "used": self.totals.used,
+                "shared": self.totals.shared,
+            },
+            "servers_without_gpu": self.servers_without_gpu,
+            "units": [_unit_json(u) for u in self.units],
+            "denials": [vars(d) for d in self.denials],
+            "denials_by_reason": dict(self.denials_by_reason),
+            "warnings": list(self.warnings),
+        }
+
+
+def _source(error: str) -> dict:
+    return {"ok": not error, "error": error or None}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _unit_json(u: UnitView) -> dict:
+    usage = u.usage
+    return {
+        "id": u.id,
+        "label": u.label,
+        "index": u.index,
+        "mig_index": u.mig_index,
+        "model": u.model,
+        "mig_profile": u.mig_profile or None,
+        "parent_uuid": u.parent_uuid or None,
+        "memory": u.memory,
+        "state": u.state,
+        "usage": None
+        if usage is None
+        else {
+            "utilization_gpu": usage.utilization_gpu,
+            "memory_used": usage.memory_used,
+            "memory_total": usage.memory_total,
+            "temperature": usage.temperature,
+        },
+        "holders": [
+            {
+                "user": h.user,
+                "server": h.server,
+                "profile": h.profile,
+                "image": h.image,
+                "container": h.container,
+                "since": _iso(h.since),
+                "last_activity": _iso(h.last_activity),
+                "shared": h.shared,
+            }
+            for h in u.holders
+        ],
+    }
+
+
+# --- parsing what the sources return -----------------------------------------------------------
+
+
+def parse_time(value) -> datetime | None:
+    """A hub timestamp (ISO 8601, 'Z' or offset) or a Docker epoch, as an aware datetime."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def activity_from_users(users: Iterable[dict]) -> dict[str, datetime | None]:
+    """``{holder: last_activity}`` of every server in the hub's ``GET /users`` models."""
+    activity = {}
+    for user in users:
+        for name, server in (user.get("servers") or {}).items():
+            activity[holder_key(user["name"], name)] = parse_time(server.get("last_activity"))
+    return activity
+
+
+def parse_denials(lines: Iterable[str], keep: int) -> tuple[tuple[Denial, ...], dict[str, int]]:
+    """(the last ``keep`` denials, newest first; the count of every denial by reason).
+
+    Lines that are not a JSON object (a torn last line while the hub writes) are skipped.
+    """
+    recent: deque[Denial] = deque(maxlen=keep)
+    counts: Counter[str] = Counter()
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        denial = Denial(*(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message")))
+        counts[denial.reason or "unknown"] += 1
+        recent.append(denial)
+    return tuple(reversed(recent)), dict(counts)
+
+
+# --- the view ----------------------------------------------------------------------------------
+
+
+def build_view(
+    inventory: Inventory,
+    policy: Policy,
+    containers: Iterable[dict] | None,
+    *,
+    now: datetime,
+    host: str = "",
+    usage: Mapping[str, UnitUsage] | None = None,
+    activity: Mapping[str, datetime | None] | None = None,
+    denials: tuple[tuple[Denial, ...], Mapping[str, int]] = ((), {}),
+    docker_error: str = "",
+    nvml_error: str = "",
+    hub_error: str = "",
+    denials_error: str = "",
+) -> DashboardView:
+    """The dashboard as the sources say it is now.
+
+    ``containers`` are docker-py ``APIClient.containers()`` entries (None: Docker
+    could not be read, and every unit's state is UNKNOWN). ``usage`` is NVML's
+    reading by unit uuid (None: not read). ``activity`` is ``{holder: last activity}``.
+    """
+    activity = activity or {}
+    ledger = Ledger(inventory.units, policy)
+    warnings: list[str] = []
+    by_holder: dict[str, dict] = {}
+    servers_without_gpu = None
+    if containers is not None:
+        containers = list(containers)
+        warnings += label.adopt_containers(ledger, containers)
+        servers_without_gpu = 0
+        for c in containers:
+            labels = c.get("Labels") or {}
+            if label.USER not in labels:
+                continue
+            by_holder[holder_key(labels[label.USER], labels.get(label.SERVER, ""))] = c
+            servers_without_gpu += not labels.get(label.GPUS)
+
+    units = []
+    for gpu in inventory.units:
+        holders = tuple(
+            _holding(a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity)
+            for a in ledger.holders_of(gpu.id)
+        )
+        if containers is None:
+            state = UNKNOWN
+        elif not holders:
+            state = FREE
+        else:
+            state = SHARED if any(h.shared for h in holders) else USED
+        units.append(
+            UnitView(
+                id=gpu.id,
+                index=gpu.index,
+                mig_index=gpu.mig_index,
+                model=gpu.name,
+                mig_profile=gpu.mig_profile,
+                parent_uuid=gpu.parent_uuid,
+                memory=gpu.memory,
+                state=state,
+                holders=holders,
+                usage=(usage or {}).get(gpu.uuid),
+            )
+        )
+    if containers is None:
+        totals = Totals(len(units), None, None, None)
+    else:
+        states = Counter(u.state for u in units)
+        totals = Totals(len(units), states[FREE], states[USED], states[SHARED])
+    recent, counts = denials
+    return DashboardView(
+        generated_at=now,
+        host=host,
+        inventory_source=inventory.source,
+        inventory_note=inventory.note,
+        share_limit=policy.share_limit,
+        units=tuple(units),
+        totals=totals,
+        denials=tuple(recent),
+        denials_by_reason=dict(counts),
+        servers_without_gpu=servers_without_gpu,
+        docker_error=docker_error,
+        nvml_error=nvml_error,
+        hub_error=hub_error,
+        denials_error=denials_error,
+        warnings=tuple(warnings),
+    )
+
+
+def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping) -> Holding:
+    labels = container.get("Labels") or {}
+    names = container.get("Names") or [str(container.get("Id", ""))[:12]]
+    return Holding(
+        user=user,
+        server=labels.get(label.SERVER, holder.split("/", 1)[1]),
+        profile=labels.get(label.PROFILE, ""),
+        image=str(container.get("Image") or ""),
+        container=names[0].lstrip("/"),
+        since=parse_time(container.get("Created")),
+        last_activity=activity.get(holder),
+        shared=shared,
+    )

@@ -1,0 +1,152 @@
+"""The dashboard's I/O: Docker, NVML, the hub's REST API and the denials file.
+
+Each source is read afresh for every request; a source that fails is reported
+in the view (``*_error``) and nothing cached from before stands in for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .. import labels as label
+from ..gpus import Inventory, Policy
+from ..gpus.nvml import NVMLUnavailable, read_usage
+from .model import DashboardView, activity_from_users, build_view, parse_denials
+
+PAGINATION = "application/jupyterhub-pagination+json"
+
+
+class HubAPI:
+    """The few hub REST calls the dashboard makes, with the service's own token."""
+
+    def __init__(self, api_url: str, token: str, client: AsyncHTTPClient | None = None):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.client = client or AsyncHTTPClient()
+
+    async def _fetch(self, method: str, path: str, accept: str = "application/json"):
+        request = HTTPRequest(
+            f"{self.api_url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Accept": accept},
+            request_timeout=10,
+            allow_nonstandard_methods=True,
+        )
+        return await self.client.fetch(request)
+
+    async def active_users(self) -> list[dict]:
+        """Every user with a running or pending server (needs list:users, read:servers, read:users:activity)."""
+        users, offset = [], 0
+        while True:
+            response = await self._fetch("GET", f"/users?state=active&offset={offset}&limit=200", PAGINATION)
+            page = json.loads(response.body)
+            if isinstance(page, list):  # a hub without pagination
+                return page
+            users += page["items"]
+            following = (page.get("_pagination") or {}).get("next")
+            if not following:
+                return users
+            offset = following["offset"]
+
+    async def stop_server(self, user: str, server: str) -> None:
+        """Ask the hub to stop a server (needs delete:servers): the spawner frees its GPUs."""
+        path = f"/users/{quote(user, safe='')}/" + (f"servers/{quote(server, safe='')}" if server else "server")
+        await self._fetch("DELETE", path)
+
+
+class Sources:
+    """Reads the sources and builds the view: the only place the dashboard does I/O."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        policy: Policy,
+        docker_client: Callable[[], object],
+        hub: HubAPI | None,
+        denials_file: str,
+        denials_shown: int = 20,
+        nvml: bool = True,
+        host: str | None = None,
+    ):
+        self.inventory = inventory
+        self.policy = policy
+        self._docker_client = docker_client
+        self._docker = None
+        self.hub = hub
+        self.denials_file = denials_file
+        self.denials_shown = denials_shown
+        self.nvml = nvml
+        self.host = socket.gethostname() if host is None else host
+
+    def _containers(self) -> list[dict]:
+        if self._docker is None:
+            self._docker = self._docker_client()
+        try:
+            return self._docker.containers(filters={"label": label.USER})
+        except Exception:
+            self._docker = None  # a new client next time (the engine may have restarted)
+            raise
+
+    def _denials(self):
+        if not self.denials_file:
+            return ((), {}), ""
+        try:
+            with open(self.denials_file, encoding="utf-8", errors="replace") as f:
+                return parse_denials(f, self.denials_shown), ""
+        except FileNotFoundError:
+            return ((), {}), ""  # nothing refused yet
+        except OSError as e:
+            return ((), {}), f"{self.denials_file}: {e.strerror or e}"
+
+    async def view(self) -> DashboardView:
+        async def containers():
+            try:
+                return await asyncio.to_thread(self._containers), ""
+            except Exception as e:  # noqa: BLE001 - any engine failure is "cannot read Docker"
+                return None, f"{type(e).__name__}: {e}"
+
+        async def usage():
+            if not self.nvml:
+                return None, "disabled (--no-nvml)"
+            try:
+                return await asyncio.to_thread(read_usage), ""
+            except NVMLUnavailable as e:
+                return None, str(e)
+            except Exception as e:  # noqa: BLE001 - a GPU fallen off the bus
+                return None, f"NVML failed: {e}"
+
+        async def activity():
+            if self.hub is None:
+                return {}, "no hub API token (JUPYTERHUB_API_TOKEN)"
+            try:
+                return activity_from_users(await self.hub.active_users()), ""
+            except HTTPClientError as e:
+                return {}, f"GET /users: {e.code} {e.message}"
+            except Exception as e:  # noqa: BLE001 - connection refused, timeouts
+                return {}, f"GET /users: {e}"
+
+        (found, docker_error), (used, nvml_error), (seen, hub_error) = await asyncio.gather(
+            containers(), usage(), activity()
+        )
+        denials, denials_error = self._denials()
+        return build_view(
+            self.inventory,
+            self.policy,
+            found,
+            now=datetime.now(timezone.utc),
+            host=self.host,
+            usage=used,
+            activity=seen,
+            denials=denials,
+            docker_error=docker_error,
+            nvml_error=nvml_error,
+            hub_error=hub_error,
+            denials_error=denials_error,
+        )
