@@ -120,3 +120,10 @@ c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
 # Server start-up is CPU-bound on small hosts: give it time.
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
+
+# --- Last: check it all now -----------------------------------------------------
+# The hub refuses to start on a broken profile or GPU list, naming the profile
+# and the field, instead of a student meeting it; missing images start pulling.
+from gpuspawner import check_config  # noqa: E402
+
+check_config(c)

@@ -6,6 +6,7 @@ CPU/RAM/shm limits and a persistent home volume.
 """
 
 from ._version import __version__
+from .checks import check_config
 from .spawner import GPUSpawner
 
-__all__ = ["GPUSpawner", "__version__"]
+__all__ = ["GPUSpawner", "__version__", "check_config"]

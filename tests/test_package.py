@@ -7,7 +7,7 @@ from dockerspawner import DockerSpawner
 
 
 def test_exports():
-    assert gpuspawner.__all__ == ["GPUSpawner", "__version__"]
+    assert gpuspawner.__all__ == ["GPUSpawner", "__version__", "check_config"]
     assert issubclass(gpuspawner.GPUSpawner, DockerSpawner)
 
 
@@ -30,3 +30,24 @@ def test_default_config_loads_and_validates():
     assert slugs == ["cpu", "gpu", "shared"]
     assert spawner.lab_profiles[1].gpus == 1
     assert len(spawner.gpus) >= 1
+
+
+def test_check_config_stops_the_hub_naming_profile_and_field():
+    import pytest
+    from traitlets.config import Config
+
+    from gpuspawner.checks import ConfigInvalid
+
+    c = Config()
+    c.GPUSpawner.profiles = [{"slug": "ml101", "display_name": "ML", "image": "lab:latest"}]
+    with pytest.raises(ConfigInvalid, match="profile 'ml101': field 'image': image 'lab:latest' uses the tag 'latest'"):
+        gpuspawner.check_config(c, prepull=False)
+    c.GPUSpawner.profiles = [{"slug": "ml101", "display_name": "ML", "image": "lab:1", "gpus": "two"}]
+    with pytest.raises(ConfigInvalid, match="profile 'ml101': field 'gpus'"):
+        gpuspawner.check_config(c, prepull=False)
+    c.GPUSpawner.profiles = [{"slug": "ml101", "display_name": "ML", "image": "lab:1"}]
+    c.GPUSpawner.gpus = [{"index": 0}]
+    with pytest.raises(ConfigInvalid, match="missing field"):
+        gpuspawner.check_config(c, prepull=False)
+    c.GPUSpawner.gpus = []
+    assert [p.slug for p in gpuspawner.check_config(c, prepull=False)] == ["ml101"]

@@ -213,3 +213,17 @@ def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
     hub.stop_server(OTHER)
     assert hub.proc.pid == hub_pid
     assert "Keeping the last good profiles" in hub.log_tail(400)
+
+
+def test_a_broken_profile_stops_the_hub_at_start(tmp_path):
+    """With check_config(c) at the end of the config (as in the default one)."""
+    require_tools()
+    config = f"""
+    c.GPUSpawner.profiles = [{{"slug": "ml101", "display_name": "ML 101", "image": {read_testbed("image")!r}, "gpus": "two"}}]
+    from gpuspawner import check_config
+    check_config(c)
+    """
+    hub = RealHub(tmp_path, textwrap.dedent(config))
+    with pytest.raises(RuntimeError, match="jupyterhub exited") as e:
+        hub.start()
+    assert "profile 'ml101': field 'gpus': must be a whole number of GPUs >= 0, got 'two'" in str(e.value)

@@ -101,7 +101,7 @@ class StopHandler(_Handler):
             await self.dashboard.hub.stop_server(user, server)
         except HTTPClientError as e:
             raise web.HTTPError(502, f"the hub refused to stop {user}/{server}: {e.code}") from None
-        self.log.info("%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server)
+        self.dashboard.log.info("%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server)
         self.redirect(self.dashboard.service_prefix)
 
 

@@ -1,0 +1,197 @@
+"""The GPU dashboard end to end: the real hub starts it as a managed service, users log in
+through the hub's OAuth in Debian's headless Chromium, servers run on the test bed's engine."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from .realhub import engine, free_port, read_testbed, require_tools, running_hub
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
+
+RUN = secrets.token_hex(3)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+GPU_ID = "GPU-da5b0a2d-0000-4000-8000-000000000000"
+EVIL = "<script>alert('xss')</script>"
+ADMIN, STUDENT, LATE = f"admin-{RUN}", f"student-{RUN}", f"late-{RUN}"
+PROM_TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    require_tools()
+    image = read_testbed("image")
+    gpus = [{"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"}]
+    # The snippet of docs/how-to/dashboard.md, with the test's users.
+    config = f"""
+    import os, sys
+    c.Authenticator.admin_users = {{{ADMIN!r}}}
+    c.GPUSpawner.gpus = {gpus!r}
+    c.GPUSpawner.profiles = [
+        {{"slug": "cpu", "display_name": "CPU", "image": {image!r}, "mem_limit": "1G"}},
+        {{"slug": "gpu", "display_name": "Deep {EVIL}", "image": {image!r}, "gpus": 1, "mem_limit": "1G"}},
+    ]
+    c.JupyterHub.services.append({{
+        "name": "gpu-dashboard",
+        "url": "http://127.0.0.1:{free_port()}",
+        "command": [sys.executable, "-m", "gpuspawner.dashboard", "--refresh=60"],
+        "environment": {{"DOCKER_HOST": os.environ["DOCKER_HOST"]}},
+        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop"],
+        "oauth_no_confirm": True,
+        "display": True,
+    }})
+    c.JupyterHub.services.append({{"name": "prometheus", "api_token": {PROM_TOKEN!r}}})
+    c.JupyterHub.custom_scopes = {{
+        "custom:gpu-dashboard:read": {{"description": "See who holds which GPU on the GPU dashboard"}},
+        "custom:gpu-dashboard:stop": {{"description": "Stop servers from the GPU dashboard"}},
+    }}
+    c.JupyterHub.load_roles += [
+        {{"name": "gpu-dashboard-admins", "users": sorted(c.Authenticator.admin_users),
+          "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop",
+                     "access:services!service=gpu-dashboard"]}},
+        {{"name": "gpu-dashboard-service", "services": ["gpu-dashboard"],
+          "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}},
+        {{"name": "gpu-dashboard-metrics", "services": ["prometheus"], "scopes": ["custom:gpu-dashboard:read"]}},
+    ]
+    """
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        h.dashboard = f"{h.url}/services/gpu-dashboard/"
+        wait_for_dashboard(h)
+        yield h
+
+
+def wait_for_dashboard(hub, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(hub.dashboard + "metrics", timeout=2).status_code == 403:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the dashboard did not answer:\n{hub.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright  # never `playwright install`: Debian's chromium
+
+    assert os.path.exists(CHROMIUM), "Debian's chromium is not installed: run tests/run.sh"
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+def log_in_to_dashboard(browser, hub, name):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{hub.url}/hub/login?next=/services/gpu-dashboard/")
+    page.fill("#username_input", name)
+    page.fill("#password_input", "any")
+    with page.expect_navigation():
+        page.click("#login_submit")
+    return context, page
+
+
+def metrics(hub, token=PROM_TOKEN):
+    r = requests.get(hub.dashboard + "metrics", headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser, tmp_path):
+    hub.spawn(STUDENT, "gpu")
+    refused = hub.start_server(LATE, "gpu")  # no GPU left: recorded in the denials file
+    assert refused.status_code == 503, refused.text
+
+    context, page = log_in_to_dashboard(browser, hub, ADMIN)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    assert page.url == hub.dashboard, (page.url, page.content()[:2000], hub.log_tail())
+    page.reload()  # once more, with the dialog listener on
+    row = page.locator(f'tr[data-holder="{STUDENT}/"]')
+    assert row.get_attribute("data-unit") == GPU_ID and row.get_attribute("data-state") == "used"
+    assert row.locator("td.user").inner_text() == STUDENT
+    assert row.locator("td.profile").inner_text() == "gpu"
+    assert row.locator("td.image").inner_text() == read_testbed("image")
+    assert page.locator("#total-free").inner_text() == "0"
+    assert page.locator("#total-used").inner_text() == "1"
+    denials = page.locator("#denials").inner_text()
+    assert LATE in denials and "no_gpu" in denials
+    assert f"Deep {EVIL}" in denials  # the profile's display name, shown as text
+    assert page.locator("#denials script").count() == 0 and not dialogs
+    assert "Cannot read NVML" in page.content()  # no driver here: the page says so
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 0
+
+    # The JSON API: the same data, through the same login.
+    api = page.request.get(hub.dashboard + "api/v1/gpus")
+    assert api.status == 200
+    body = api.json()
+    assert body["totals"] == {"units": 1, "free": 0, "used": 1, "shared": 0}
+    (unit,) = body["units"]
+    assert unit["id"] == GPU_ID and [(h["user"], h["server"], h["profile"]) for h in unit["holders"]] == [
+        (STUDENT, "", "gpu")]
+    assert unit["holders"][0]["last_activity"]  # from the hub API, with the service's own token
+    assert body["sources"]["docker"]["ok"] and body["sources"]["hub"]["ok"]
+
+    # Prometheus, with a service token that has the read scope: matches the page.
+    families = metrics(hub)
+    assert families["gpuspawner_units"].samples[0].value == 1
+    assert families["gpuspawner_units_free"].samples[0].value == 0
+    assert families["gpuspawner_units_assigned"].samples[0].value == 1
+    (held,) = families["gpuspawner_unit_assigned"].samples
+    assert (held.labels["unit"], held.labels["user"], held.labels["profile"], held.value) == (GPU_ID, STUDENT, "gpu", 1)
+    no_gpu = [s.value for s in families["gpuspawner_denials"].samples
+              if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"]
+    assert no_gpu == [1]
+
+    # A POST without the xsrf token is refused: the stop action needs the page's form.
+    forged = page.request.post(hub.dashboard + "stop", form={"user": STUDENT, "server": ""})
+    assert forged.status == 403
+    assert hub.server_model(STUDENT) is not None
+
+    with page.expect_navigation():
+        page.locator(f'button.stop[data-holder="{STUDENT}/"]').click()
+    assert page.url == hub.dashboard, (page.url, page.content()[:1000])
+    deadline = time.monotonic() + 60
+    while hub.server_model(STUDENT) is not None:
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.3)
+    assert not engine().containers.list(filters={"label": f"gpuspawner.user={STUDENT}"})
+    page.reload()
+    assert page.locator(f'tr[data-unit="{GPU_ID}"]').get_attribute("data-state") == "free"
+    assert page.locator("#total-free").inner_text() == "1"
+    assert metrics(hub)["gpuspawner_units_free"].samples[0].value == 1
+    context.close()
+
+
+def test_a_student_gets_403_on_the_page_and_the_api(hub, browser):
+    context, page = log_in_to_dashboard(browser, hub, STUDENT)
+    assert re.search(r"\b403\b", page.content()), page.content()[:500]
+    assert page.request.get(hub.dashboard + "api/v1/gpus").status == 403
+    assert page.request.get(hub.dashboard + "metrics").status == 403
+    # A token of the student's own (all of their scopes), made as the hub's token page does, is not enough.
+    xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf")
+    r = page.request.post(f"{hub.url}/hub/api/users/{STUDENT}/tokens", data={"note": "e2e"},
+                          headers={"X-XSRFToken": xsrf})
+    assert r.status == 201, r.text()
+    token = r.json()["token"]
+    context.close()
+    for path in ("api/v1/gpus", "metrics"):
+        got = requests.get(hub.dashboard + path, headers={"Authorization": f"token {token}"}, timeout=30)
+        assert got.status_code == 403, (path, got.status_code)
+    assert requests.get(hub.dashboard + "api/v1/gpus", timeout=30).status_code == 403  # no credentials at all
