@@ -121,6 +121,47 @@ c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 
+# --- The GPU dashboard: who holds which GPU (a hub-managed service) -----------------
+# In the hub's Services menu, at /services/gpu-dashboard/, for admins; JSON at
+# api/v1/gpus and Prometheus metrics at /metrics. It reads this same file.
+import sys  # noqa: E402
+
+c.JupyterHub.services = [
+    {
+        "name": "gpu-dashboard",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "gpuspawner.dashboard", "-f", os.path.abspath(__file__)],
+        "environment": {
+            k: os.environ[k] for k in ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY") if k in os.environ
+        },
+        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop"],
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+]
+c.JupyterHub.custom_scopes = {
+    "custom:gpu-dashboard:read": {"description": "See who holds which GPU on the GPU dashboard"},
+    "custom:gpu-dashboard:stop": {"description": "Stop servers from the GPU dashboard"},
+}
+c.JupyterHub.load_roles = [
+    # JupyterHub's own admin role cannot be changed: admins get the dashboard through this one.
+    {
+        "name": "gpu-dashboard-admins",
+        "users": sorted(c.Authenticator.admin_users),
+        "scopes": [
+            "custom:gpu-dashboard:read",
+            "custom:gpu-dashboard:stop",
+            "access:services!service=gpu-dashboard",
+        ],
+    },
+    # What the service itself may do, and no more.
+    {
+        "name": "gpu-dashboard-service",
+        "services": ["gpu-dashboard"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    },
+]
+
 # --- Last: check it all now -----------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile
 # and the field, instead of a student meeting it; missing images start pulling.

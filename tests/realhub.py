@@ -53,21 +53,36 @@ def engine() -> docker.DockerClient:
 
 
 #: The label every container of the end-to-end hubs carries (set through
-#: DockerSpawner's own extra_create_kwargs), so clean-up touches only those.
+#: DockerSpawner's own extra_create_kwargs): "<run>:<pid of the pytest process>",
+#: so clean-up touches only this run's containers, or those of runs that died.
 E2E_LABEL = "gpuspawner-e2e"
-E2E_CONFIG = f"""
-c.GPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: "1"}}}}
+E2E_CONFIG = """
+c.GPUSpawner.extra_create_kwargs = {{"labels": {{{label!r}: {value!r}}}}}
 c.GPUSpawner.pull_policy = "never"  # the test engine has no registry
 c.Spawner.poll_interval = 2  # notice crashed servers quickly
 """
 
 
-def remove_leftovers() -> list[str]:
-    """Remove the end-to-end containers still on the engine; returns their names."""
-    leftovers = engine().containers.list(all=True, filters={"label": E2E_LABEL})
-    for c in leftovers:
-        c.remove(force=True)
-    return [c.name for c in leftovers]
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(mine: str | None = None) -> list[str]:
+    """Remove end-to-end containers: this run's (``mine``), else those of runs whose pytest died."""
+    removed = []
+    for c in engine().containers.list(all=True, filters={"label": E2E_LABEL}):
+        value = c.labels.get(E2E_LABEL, "")
+        pid = value.rpartition(":")[2]
+        if value == mine or (mine is None and not (pid.isdigit() and _pid_alive(int(pid)))):
+            c.remove(force=True)
+            removed.append(c.name)
+    return removed
 
 
 def home_volume(container) -> str:
@@ -81,7 +96,8 @@ def running_hub(workdir: Path, config: str, run: str):
     """A started RealHub; afterwards every server is stopped through the hub, and
     the run's containers and home volumes (names ending in ``run``) are removed."""
     remove_leftovers()  # of an earlier run that was killed before its clean-up
-    hub = RealHub(workdir, E2E_CONFIG + textwrap.dedent(config))
+    mine = f"{run}:{os.getpid()}"
+    hub = RealHub(workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config))
     hub.start()
     try:
         yield hub
@@ -91,7 +107,7 @@ def running_hub(workdir: Path, config: str, run: str):
                 hub.stop_all_servers()
         finally:
             hub.stop()
-            left = remove_leftovers()
+            left = remove_leftovers(mine)
             for volume in engine().volumes.list():
                 if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
                     volume.remove()
