@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 from textwrap import dedent
 from urllib.parse import urlparse
@@ -206,7 +207,14 @@ class GPUDashboard(Application):
         async def serve():
             app.listen(where.port or 80, where.hostname or "127.0.0.1")
             self.log.info("GPU dashboard at %s%s", self.url.rstrip("/"), self.service_prefix)
-            await asyncio.Event().wait()
+            stopped = asyncio.Event()
+            # The hub stops its services with SIGINT, then SIGTERM: answer both, even
+            # where SIGINT was inherited as ignored (a hub started in the background).
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stopped.set)
+            await stopped.wait()
+            self.log.info("GPU dashboard stopping")
 
         asyncio.run(serve())
 
