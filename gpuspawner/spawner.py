@@ -403,6 +403,11 @@ class GPUSpawner(DockerSpawner):
 
     # --- per-server state
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._progress: list[dict] = []  # this spawn's steps, for progress()
+        self._progress_changed = asyncio.Event()
+
     profile: Profile | None = None
     gpu_ids: tuple[str, ...] = ()
     gpu_shared: bool = False
@@ -554,7 +559,7 @@ class GPUSpawner(DockerSpawner):
             except ProfileError as e:
                 raise SpawnException(str(e), reason="profile") from None
         profile = self.profile
-        self._progress, self._progress_changed = [], asyncio.Event()
+        self._progress.clear()  # the same list and event: a reader may already be waiting
         self._report(2, f"Preparing {profile.display_name}")
         self._apply_profile(profile)
         ledger = await self.ledger()
@@ -657,8 +662,6 @@ class GPUSpawner(DockerSpawner):
             self._progress_changed.clear()
             await self._progress_changed.wait()
 
-    _progress: list = []
-    _progress_changed: asyncio.Event = asyncio.Event()
 
     async def _image_ready(self) -> dict:
         """The profile's image, pulled if needed, inspected: before any GPU is assigned."""

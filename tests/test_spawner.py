@@ -396,3 +396,23 @@ async def test_spawn_page_shows_what_cannot_start_now_and_why(engine):
     assert 'value="cpu" checked' in html
     assert 'value="gpu" disabled required>' in html
     assert "Unavailable now: Needs 1 whole GPU: all 2 A100 GPUs are taken (2/2 in use)." in html
+
+
+async def test_progress_read_from_before_the_start(engine):
+    """The spawn-pending page may ask for progress before start() has begun."""
+    import asyncio
+
+    s = spawner(engine, profile="gpu")
+    seen = []
+
+    async def read():
+        async for event in s.progress():
+            seen.append(event["message"])
+            if event["progress"] >= 90:
+                return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    await s.start()
+    await asyncio.wait_for(reader, 5)
+    assert seen[0] == "Preparing GPU" and seen[-1].startswith("Container started")
