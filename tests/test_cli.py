@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import re
 import textwrap
 from dataclasses import replace
 
@@ -15,11 +17,12 @@ from rich.console import Console
 from traitlets.config import Config
 
 from gpuspawner import GPUSpawner
-from gpuspawner.cli import CommandError, Lab, load_lab, main
-from gpuspawner.cli import checks
+from gpuspawner.cli import CommandError, Lab, PrepullApp, load_lab, main
+from gpuspawner.cli import checks, output
 from gpuspawner.cli.checks import FAIL, OK, WARN, Finding, Framework, HubContext, ImageFacts
 from gpuspawner.cli.output import finding_lines, status_summary, status_table
 from gpuspawner.gpus import Inventory, Ledger, Policy, parse_static_inventory
+from gpuspawner.images import PullTask
 from gpuspawner.labels import adopt_containers
 from gpuspawner.profiles import ProfileError, parse_profiles
 
@@ -608,7 +611,16 @@ def test_the_repositorys_config_loads():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["image", "--help"], ["image", "check", "--help"], ["doctor", "--help"], ["status", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["image", "--help"],
+        ["image", "check", "--help"],
+        ["image", "build", "--help"],
+        ["prepull", "--help"],
+        ["doctor", "--help"],
+        ["status", "--help"],
+    ],
 )
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -670,3 +682,174 @@ def test_doctor_without_an_engine_still_checks_the_rest(tmp_path, monkeypatch, c
     assert "ok gpus 2 unit(s) from the list in c.GPUSpawner.gpus" in out
     assert "ok profile gpu 1 whole GPU: 2 unit(s) fit" in out
     assert "verdict: FAIL (1 failure" in out
+
+
+# --- image build: the plan, the Dockerfile, the arguments (no Docker)
+
+
+def plan(**changes) -> checks.BuildPlan:
+    values = dict(
+        base="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        tag="ml101-cuda:2026.1",
+        jupyterhub=HUB,
+        install_jupyterhub=True,
+        python="/opt/conda/bin/python3",
+        user="jovyan",
+        requirements_sha256="ab" * 32,
+        datasets=(checks.Dataset("mnist", "/data/mnist", 11 * 1000**2),),
+    )
+    return checks.BuildPlan(**{**values, **changes})
+
+
+def test_the_dockerfile_of_a_build():
+    text = checks.dockerfile(plan())
+    lines = text.splitlines()
+    assert lines[1:3] == ["FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", "USER root"]
+    assert "COPY requirements.txt /tmp/gpuspawner-build/requirements.txt" in lines
+    # requirements and the hub's JupyterHub in one pip run, with the base's own Python
+    assert (
+        "RUN /opt/conda/bin/python3 -m pip install --no-cache-dir -r /tmp/gpuspawner-build/requirements.txt"
+        " jupyterhub==6.1.1 && rm -rf /tmp/gpuspawner-build"
+    ) in lines
+    assert "COPY data/mnist /opt/datasets/mnist" in lines
+    label = next(ln for ln in lines if ln.startswith("LABEL "))
+    assert '"org.opencontainers.image.base.name"="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"' in label
+    assert '"gpuspawner.jupyterhub"="6.1.1"' in label
+    assert f'"gpuspawner.requirements"="sha256:{"ab" * 32}"' in label
+    assert '"gpuspawner.datasets"="mnist"' in label
+    assert lines[-1] == "USER jovyan"  # the base's user again: students never run as root
+    assert "latest" not in text
+
+
+def test_the_dockerfile_with_wheels_and_nothing_to_install():
+    text = checks.dockerfile(plan(wheels=True, python="/opt/my venv/bin/python"))
+    assert "COPY wheels /tmp/gpuspawner-build/wheels" in text
+    assert "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --find-links /tmp/gpuspawner-build/wheels" in text
+    # A base with the hub's JupyterHub, no requirements, no data: no pip at all; its USER kept.
+    bare = checks.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
+    assert "pip" not in bare and "COPY" not in bare
+    assert bare.splitlines()[-1].startswith("LABEL ")  # a root base stays root: image check says so
+    labels = plan(requirements_sha256="", datasets=()).labels
+    assert checks.LABEL_REQUIREMENTS not in labels and labels[checks.LABEL_DATASETS] == ""
+
+
+@pytest.mark.parametrize(
+    "base, tag, says",
+    [
+        ("lab:1", "", "--tag is required"),
+        ("", "lab:2", "--base is required"),
+        ("lab:1", "lab:latest", "--tag: image 'lab:latest' uses the tag 'latest'"),
+        ("lab:1", "lab", "--tag: image 'lab' has no tag"),
+        ("lab", "lab:2", "--base: image 'lab' has no tag"),
+        ("lab:latest", "lab:2", "--base: image 'lab:latest' uses the tag 'latest'"),
+        ("lab:1", "lab@sha256:" + "a" * 64, "a digest is what a build produces"),
+    ],
+)
+def test_build_refuses_unpinned_names(base, tag, says):
+    with pytest.raises(checks.BuildRefused, match=re.escape(says)):
+        checks.check_build_tags(base, tag)
+
+
+def test_build_accepts_pinned_names():
+    checks.check_build_tags("lab@sha256:" + "a" * 64, "registry.example.edu:5000/ml101:2026.1")
+    checks.check_build_tags("lab:1", "lab:2")
+
+
+def test_dataset_names():
+    assert checks.dataset_names(["/data/mnist/", "cifar-10"]) == ["mnist", "cifar-10"]
+    with pytest.raises(checks.BuildRefused, match="two datasets named 'mnist'"):
+        checks.dataset_names(["/a/mnist", "/b/mnist"])
+    with pytest.raises(checks.BuildRefused, match="cannot name a dataset"):
+        checks.dataset_names(["/data/my data"])
+
+
+def test_big_datasets_belong_in_a_mount():
+    small = checks.dataset_finding(checks.Dataset("mnist", "/d/mnist", 11 * 1000**2))
+    assert small.level == OK and "/opt/datasets/mnist" in small.message
+    big = checks.dataset_finding(checks.Dataset("imagenet", "/d/imagenet", 600 * 1000**2))
+    assert big.level == WARN and "mount it instead" in big.fix
+
+
+@pytest.mark.parametrize(
+    "singleuser, version, install",
+    [
+        ("", "", True),  # no jupyterhub-singleuser: install the hub's
+        ("/opt/venv/bin/jupyterhub-singleuser", "6.1.1", False),
+        ("/opt/venv/bin/jupyterhub-singleuser", "6.1.0", False),  # same major.minor: image check accepts it
+        ("/opt/venv/bin/jupyterhub-singleuser", "5.2.1", True),
+        ("", "6.1.1", True),  # importable but not on PATH
+    ],
+)
+def test_when_the_build_installs_jupyterhub(singleuser, version, install):
+    facts = good_image(singleuser=singleuser, jupyterhub=version)
+    assert checks.needs_jupyterhub(facts, HUB) is install
+    assert checks.jupyterhub_step(facts, HUB)[0] is install
+
+
+def test_a_base_without_python_is_refused():
+    assert checks.base_findings(good_image()) == []
+    (no_python,) = checks.base_findings(good_image(python=""))
+    assert no_python.level == FAIL and "pip cannot install" in no_python.message
+    (broken,) = checks.base_findings(good_image(probe_error="exit status 127"))
+    assert broken.level == FAIL
+
+
+def test_build_events():
+    assert checks.build_event({"stream": "Step 1/7 : FROM lab:1\n"}) == ("Step 1/7 : FROM lab:1", "", "")
+    assert checks.build_event({"aux": {"ID": "sha256:abc"}}) == ("", "sha256:abc", "")
+    assert checks.build_event({"status": "Downloading", "id": "l1", "progress": "[=>  ]"})[0] == "l1 Downloading [=>  ]"
+    assert checks.build_event({"error": "x", "errorDetail": {"message": "pip failed\n"}}) == ("", "", "pip failed")
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--base", "lab:1", "--tag", "lab:latest"], "uses the tag 'latest'"),
+        (["--base", "lab:1"], "--tag is required"),
+        (["--base", "lab:1", "--tag", "lab:2", "--requirements", "/nonexistent/req.txt"], "no such file"),
+        (["--base", "lab:1", "--tag", "lab:2", "--data", "/nonexistent/mnist"], "--data /nonexistent/mnist: no such"),
+    ],
+)
+def test_image_build_refuses_before_asking_docker(argv, says, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert main(["image", "build", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+# --- prepull: the summary, and the progress of the hub's puller
+
+
+def test_prepull_summary_and_table():
+    results = [
+        checks.PullResult("lab:1", checks.PRESENT, 2 * 1024**3, 0.0, profiles=("cpu",)),
+        checks.PullResult("lab:2", checks.PULLED, 3 * 1024**3, 41.5, profiles=("gpu", "gpu-big")),
+        checks.PullResult("lab:3", checks.FAILED, 0, 1.2, error="Could not pull lab:3: not found"),
+    ]
+    assert checks.prepull_summary(results) == (1, "3 image(s): 1 already present, 1 pulled, 1 failed")
+    assert checks.prepull_summary(results[:2])[0] == 0
+    buf = io.StringIO()
+    Console(file=buf, width=160).print(output.prepull_table(results))
+    out = buf.getvalue()
+    assert "gpu, gpu-big" in out and "3 GiB" in out and "41.5" in out and "failed" in out
+
+
+async def test_prepull_follows_the_pullers_tasks():
+    present, pulling, failing = PullTask.present("lab:1"), PullTask("lab:2"), PullTask("lab:3")
+
+    class Puller:
+        async def prepull(self, images):
+            assert list(images) == ["lab:1", "lab:2", "lab:3"]
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.02, lambda: pulling._update(50, "Pulling lab:2"))
+            loop.call_later(0.04, lambda: pulling._update(100, "Pulled lab:2", done=True))
+            loop.call_later(0.03, lambda: failing._update(0, "Pull failed", done=True, error="Could not pull lab:3"))
+            return [present, pulling, failing]
+
+    users = {"lab:1": ["cpu"], "lab:2": ["gpu"], "lab:3": ["old"]}
+    results = await PrepullApp.pull_all(Puller(), users, Console(file=io.StringIO()))
+    assert [(r.image, r.state, r.profiles) for r in results] == [
+        ("lab:1", checks.PRESENT, ("cpu",)),
+        ("lab:2", checks.PULLED, ("gpu",)),
+        ("lab:3", checks.FAILED, ("old",)),
+    ]
+    assert results[2].error == "Could not pull lab:3" and results[1].seconds >= 0.04

@@ -1,6 +1,8 @@
 """``gpuspawner``: the command for teachers and admins.
 
 - ``gpuspawner image check IMAGE`` (or ``--profiles``): will this image start under this hub?
+- ``gpuspawner image build --base IMAGE --tag NAME:TAG``: a class image from a pinned base, then checked.
+- ``gpuspawner prepull``: pull every profile's image before class, with progress and a summary.
 - ``gpuspawner doctor``: is this host ready (Docker, NVIDIA toolkit, driver, images, datasets)?
 - ``gpuspawner status [--json]``: who holds which GPU now.
 
@@ -11,8 +13,11 @@ once. Thin glue: the decisions are in ``checks.py`` (pure), the Docker I/O in
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -21,17 +26,21 @@ from textwrap import dedent
 import docker
 import docker.errors
 import jupyterhub
-from traitlets import Bool, Float, Unicode
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+from traitlets import Bool, Float, List, Unicode
 from traitlets.config import Application, Config, PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
 from .. import labels as label
 from ..gpus import Inventory, Ledger, Policy, holder_key
 from ..gpus.nvml import NVMLUnavailable, discover
+from ..images import ImagePuller, split_reference
 from ..profiles import Profile, ProfileError
 from ..spawner import GPUSpawner
 from . import checks, output, probe
-from .checks import FAIL, WARN, Finding, HubContext
+from .checks import FAIL, FAILED, PRESENT, PULLED, WARN, BuildRefused, Finding, HubContext, PullResult
 
 
 class CommandError(Exception):
@@ -167,6 +176,18 @@ class LabCommand(Application):
         return 2
 
 
+def hub_context(lab: Lab, users: list[Profile] = ()) -> HubContext:
+    """What an image must fit on this hub (for the profiles ``users``; none: as a GPU image)."""
+    return HubContext(
+        jupyterhub_version=jupyterhub.__version__,
+        allow_root=lab.spawner.allow_root,
+        driver_cuda=lab.driver_cuda,
+        driver_version=lab.inventory.driver_version,
+        for_gpu=not users or any(p.gpu_request.slots for p in users),
+        cmd=tuple(lab.spawner.cmd or ()),
+    )
+
+
 class ImageCheckApp(LabCommand):
     name = "gpuspawner image check"
     description = """Check that an image will start under this hub, before the class does.
@@ -212,14 +233,7 @@ class ImageCheckApp(LabCommand):
         out = output.console()
         statuses = []
         for image, users in images.items():
-            ctx = HubContext(
-                jupyterhub_version=jupyterhub.__version__,
-                allow_root=lab.spawner.allow_root,
-                driver_cuda=lab.driver_cuda,
-                driver_version=lab.inventory.driver_version,
-                for_gpu=not users or any(p.gpu_request.slots for p in users),
-                cmd=tuple(lab.spawner.cmd or ()),
-            )
+            ctx = hub_context(lab, users)
             statuses.append(self.check_one(client, image, users, ctx, out, engine_where(lab.spawner)))
         if len(statuses) > 1:
             failed = sum(statuses)
@@ -249,10 +263,230 @@ class ImageCheckApp(LabCommand):
         return status
 
 
+class ImageBuildApp(LabCommand):
+    name = "gpuspawner image build"
+    description = """Build a class image from a pinned base, then check it as `image check` does.
+
+    FROM the base (pinned: a tag other than latest, or a digest), as root: the
+    requirements file (pip install -r, with the Python that runs the base's
+    jupyterhub-singleuser), JupyterHub at the hub's exact version when the base
+    has no jupyterhub-singleuser or one of another major.minor (found by one short
+    run of the base, no network), each --data dir copied to /opt/datasets/<name>
+    (over 500 MB: a warning, mount it instead); then the base's USER again, and
+    labels naming the base, the JupyterHub version, the requirements' sha256 and
+    the datasets. The output --tag must be pinned. Built by the engine's classic
+    builder (RUN steps on the host's network, so pip reaches PyPI or the host's
+    mirror as configured in the base image). Exit status: the check's verdict
+    (0 OK, 1 FAIL), 1 when the build fails, 2 when it cannot start.
+    """
+    examples = dedent("""
+    gpuspawner image build --base pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime --tag ml101-cuda:2026.1 \\
+        --requirements requirements.txt --data ./mnist
+    gpuspawner image build --base lab:1 --tag lab:2 --requirements req.txt --wheels ./wheels  # offline
+    """)
+
+    base = Unicode("", help="The pinned image to build FROM (NAME:TAG or NAME@sha256:...).").tag(config=True)
+    tag = Unicode("", help="The name of the image built: NAME:TAG, never latest.").tag(config=True)
+    requirements = Unicode("", help="A pip requirements file to install in the image.").tag(config=True)
+    wheels = Unicode(
+        "",
+        help="""A dir of wheels copied into the build and given to pip as --find-links
+        (put --no-index in the requirements file to install from it alone).""",
+    ).tag(config=True)
+    data = List(Unicode(), help="Small dataset dirs baked into the image at /opt/datasets/<name>.").tag(config=True)
+    network = Unicode("host", help="The network of the build's RUN steps (pip needs one).").tag(config=True)
+    timeout = Float(60, help="Seconds the check of the base, and of the result, may take.").tag(config=True)
+
+    aliases = {
+        **LabCommand.aliases,
+        "base": "ImageBuildApp.base",
+        "tag": "ImageBuildApp.tag",
+        "requirements": "ImageBuildApp.requirements",
+        "wheels": "ImageBuildApp.wheels",
+        "data": "ImageBuildApp.data",
+        "network": "ImageBuildApp.network",
+        "timeout": "ImageBuildApp.timeout",
+    }
+
+    def validate(self) -> list[str]:
+        """Refuse what cannot be built, before Docker is asked anything; the dataset names."""
+        if self.extra_args:
+            raise BuildRefused(f"unexpected arguments {' '.join(self.extra_args)}: use --base and --tag")
+        checks.check_build_tags(self.base, self.tag)
+        if self.requirements and not os.path.isfile(self.requirements):
+            raise BuildRefused(f"--requirements {self.requirements}: no such file")
+        if self.wheels and not os.path.isdir(self.wheels):
+            raise BuildRefused(f"--wheels {self.wheels}: no such dir")
+        for d in self.data:
+            if not os.path.isdir(d):
+                raise BuildRefused(f"--data {d}: no such dir")
+        return checks.dataset_names(self.data)
+
+    def start(self) -> int:
+        try:
+            names = self.validate()
+        except BuildRefused as e:
+            print(f"gpuspawner image build: {e}", file=sys.stderr)
+            return 2
+        lab = self.load_lab()
+        client = lab.docker()
+        out = output.console()
+
+        if not _image_inspect(client, self.base):
+            out.print(f"{self.base} is not on this engine: pulling it...")
+            repo, tag, digest = split_reference(self.base)
+            try:
+                for event in client.pull(repo, tag=digest or tag, stream=True, decode=True):
+                    if "error" in event:
+                        raise CommandError(f"cannot pull the base {self.base}: {event['error']}")
+            except docker.errors.APIError as e:
+                raise CommandError(f"cannot pull the base {self.base}: {e.explanation or e}") from None
+        out.print(f"{self.base}: looking at the base (one short run, no network)...")
+        facts = probe.run_probe(client, self.base, self.timeout)
+        findings = checks.base_findings(facts)
+        hub = jupyterhub.__version__
+        datasets = tuple(
+            checks.Dataset(name, os.path.abspath(d), probe.dir_size(d)) for name, d in zip(names, self.data)
+        )
+        findings += [checks.dataset_finding(d) for d in datasets]
+        install, step = checks.jupyterhub_step(facts, hub)
+        if not facts.probe_error:
+            findings.insert(0, step)
+        output.print_findings(out, findings, "  ")
+        if checks.verdict(findings)[0]:
+            out.print(output.verdict_line(1, "FAIL", f"nothing built from {self.base}"))
+            return 1
+
+        plan = checks.BuildPlan(
+            base=self.base,
+            tag=self.tag,
+            jupyterhub=hub if install else facts.jupyterhub,
+            install_jupyterhub=install,
+            python=facts.python,
+            user=(facts.config or {}).get("User") or "",
+            requirements_sha256=_sha256(self.requirements) if self.requirements else "",
+            wheels=bool(self.wheels),
+            datasets=datasets,
+        )
+        self.log.debug("Dockerfile:\n%s", checks.dockerfile(plan))
+        out.print(f"building {self.tag} (classic builder, RUN on the {self.network!r} network)...")
+        started = time.monotonic()
+        with probe.build_context(plan, self.requirements, self.wheels, {d.name: d.source for d in datasets}) as ctx:
+            try:
+                image_id = probe.build_image(
+                    client, ctx, self.tag, self.network, show=lambda text: out.print(Text("  " + text))
+                )
+            except docker.errors.BuildError as e:
+                out.print(output.verdict_line(1, "FAIL", f"the build of {self.tag} failed: {e.msg}"))
+                return 1
+            except docker.errors.APIError as e:
+                out.print(output.verdict_line(1, "FAIL", f"the engine refused the build: {e.explanation or e}"))
+                return 1
+        out.print(f"built {self.tag} ({image_id[:19]}) in {time.monotonic() - started:.0f} s; checking it:")
+        return ImageCheckApp.check_one(self, client, self.tag, [], hub_context(lab), out, engine_where(lab.spawner))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ImageApp(LabCommand):
     name = "gpuspawner image"
-    description = "Class images: check that an image will start under this hub."
-    subcommands = {"check": (ImageCheckApp, ImageCheckApp.description.splitlines()[0])}
+    description = "Class images: build one from a pinned base, check that one will start under this hub."
+    subcommands = {
+        "check": (ImageCheckApp, ImageCheckApp.description.splitlines()[0]),
+        "build": (ImageBuildApp, ImageBuildApp.description.splitlines()[0]),
+    }
+
+
+class PrepullApp(LabCommand):
+    name = "gpuspawner prepull"
+    description = """Pull every profile's image on the hub's engine before class, with progress.
+
+    The same images and the same puller the hub uses (one pull per image, at most
+    c.GPUSpawner.max_concurrent_pulls at once), whatever c.GPUSpawner.pull_policy
+    says. Then a table: each image, its size, the seconds until it was present, and
+    whether it was already present, pulled, or failed (with the registry's message).
+    Exit status 1 when any pull failed.
+    """
+    examples = dedent("""
+    gpuspawner prepull
+    gpuspawner prepull -f /srv/jupyterhub/jupyterhub_config.py
+    """)
+
+    def start(self) -> int:
+        if self.extra_args:
+            print("gpuspawner prepull: takes no IMAGE; it pulls the profiles' images", file=sys.stderr)
+            return 2
+        lab = self.load_lab()
+        try:
+            profiles = lab.profiles
+        except ProfileError as e:
+            raise CommandError(f"{lab.config_file or 'config'}: {e}") from None
+        users: dict[str, list[str]] = {}
+        for p in profiles:
+            users.setdefault(p.image, []).append(p.slug)
+        client = lab.docker()
+        out = output.console()
+        if not users:
+            out.print("No profile names an image: nothing to pull.")
+            return 0
+        if lab.spawner.pull_policy.lower() != "ifnotpresent":
+            out.print(
+                f"note: c.GPUSpawner.pull_policy is {lab.spawner.pull_policy!r}: the hub does not pull at spawn;"
+                " pulling now as asked"
+            )
+        puller = ImagePuller(lab.spawner.new_docker_client, lab.spawner.max_concurrent_pulls)
+        try:
+            results = asyncio.run(self.pull_all(puller, users, out))
+        finally:
+            puller.close()
+        results = [
+            r if r.state == FAILED else PullResult(**{**r.__dict__, "size": _image_size(client, r.image)})
+            for r in results
+        ]
+        out.print(output.prepull_table(results))
+        output.print_findings(
+            out,
+            [
+                Finding(FAIL, r.image, r.error, "check the name and the registry's login (docker login)")
+                for r in results
+                if r.error
+            ],
+        )
+        status, text = checks.prepull_summary(results)
+        out.print(output.verdict_line(status, text))
+        return status
+
+    @staticmethod
+    async def pull_all(puller: ImagePuller, users: dict[str, list[str]], out) -> list[PullResult]:
+        started = time.monotonic()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=out) as progress:
+            tasks = await puller.prepull(users)
+            bars = [progress.add_task(escape(t.image), total=100) for t in tasks]
+
+            async def follow(task, bar) -> PullResult:
+                present = task.done and not task.error
+                async for percent, _ in task.updates():
+                    progress.update(bar, completed=percent)
+                seconds = time.monotonic() - started
+                slugs = tuple(users[task.image])
+                if task.error:
+                    progress.update(bar, description=escape(f"{task.image}: {FAILED}"))
+                    return PullResult(task.image, FAILED, seconds=seconds, error=task.error, profiles=slugs)
+                return PullResult(task.image, PRESENT if present else PULLED, seconds=seconds, profiles=slugs)
+
+            return list(await asyncio.gather(*(follow(t, b) for t, b in zip(tasks, bars))))
 
 
 class DoctorApp(LabCommand):
@@ -354,6 +588,10 @@ class DoctorApp(LabCommand):
             )
 
 
+def _image_size(client, image: str) -> int:
+    return int((_image_inspect(client, image) or {}).get("Size") or 0)
+
+
 def _image_inspect(client, image: str) -> dict | None:
     try:
         return client.inspect_image(image)
@@ -443,13 +681,14 @@ class GPUSpawnerApp(LabCommand):
     `gpuspawner SUBCOMMAND --help` for each.
     """
     subcommands = {
-        "image": (ImageApp, "Class images: `gpuspawner image check IMAGE` (or --profiles)."),
+        "image": (ImageApp, "Class images: `gpuspawner image build --base B --tag T`, `image check IMAGE`."),
+        "prepull": (PrepullApp, "Pull every profile's image before class, with progress and a summary."),
         "doctor": (DoctorApp, "Check this host: Docker, NVIDIA toolkit and driver, images, datasets."),
         "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
     }
 
 
-_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, DoctorApp, StatusApp)
+_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, ImageBuildApp, PrepullApp, DoctorApp, StatusApp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..traits import format_bytes
-from .checks import FAIL, OK, WARN, Finding
+from .checks import FAIL, FAILED, OK, PRESENT, PULLED, WARN, Finding, PullResult
 
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 
@@ -86,3 +86,18 @@ def status_summary(rows: list[dict], cpu_servers: int) -> str:
 
 def print_json(data: object, file: IO[str] | None = None) -> None:
     (file or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+_PULL_STYLE = {PRESENT: "green", PULLED: "green", FAILED: "bold red"}
+
+
+def prepull_table(results: list[PullResult]) -> Table:
+    """One line per image: its size, the seconds its pull took, and what happened."""
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for column in ("Image", "Profiles", "Size", "Seconds", "Result"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("Size", "Seconds") else "left")
+    for r in results:
+        result = Text(r.state, style=_PULL_STYLE.get(r.state, ""))  # the errors: below the table
+        size = format_bytes(r.size) if r.size else ""
+        table.add_row(r.image, ", ".join(r.profiles), size, f"{r.seconds:.1f}", result)
+    return table

@@ -7,14 +7,20 @@ whatever happens. The facts go to the pure functions in ``checks.py``.
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO
 
 import docker
 import docker.errors
 import docker.types
 import requests
 
-from .checks import ImageFacts, parse_probe_output
+from .checks import BuildPlan, ImageFacts, build_event, dockerfile, parse_probe_output
 
 #: The label on the command's own short-lived containers (never a server's).
 CLI_LABEL = "gpuspawner.cli"
@@ -188,3 +194,84 @@ TOOLKIT_PROGRAMS = ("nvidia-container-runtime-hook", "nvidia-container-toolkit",
 
 def toolkit_on_path() -> list[str]:
     return [name for name in TOOLKIT_PROGRAMS if shutil.which(name)]
+
+
+# --- image build -------------------------------------------------------------------------------
+
+
+def dir_size(path: str) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(folder, name)):
+                total += st.st_size
+    return total
+
+
+def build_context(
+    plan: BuildPlan, requirements: str = "", wheels: str = "", data: dict[str, str] | None = None
+) -> IO[bytes]:
+    """A temporary tar (deleted when closed): the generated Dockerfile, the requirements file,
+    the wheel dir and each dataset dir, under the names ``dockerfile()`` expects."""
+    context = tempfile.TemporaryFile(prefix="gpuspawner-build-")
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        text = dockerfile(plan).encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size, info.mode = len(text), 0o644
+        tar.addfile(info, io.BytesIO(text))
+        if requirements:
+            tar.add(requirements, arcname="requirements.txt", filter=_readable)
+        if wheels:
+            tar.add(wheels, arcname="wheels", filter=_readable)
+        for name, source in (data or {}).items():
+            tar.add(source, arcname=f"data/{name}", filter=_readable)
+    context.seek(0)
+    return context
+
+
+def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owned by root in the image, readable by the image's user (students): files 644, dirs 755."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = (info.mode | 0o444 | (0o111 if info.isdir() else 0)) & 0o7755
+    return info
+
+
+def build_image(
+    client: docker.APIClient,
+    context: IO[bytes],
+    tag: str,
+    network_mode: str = "host",
+    show: Callable[[str], None] = print,
+) -> str:
+    """Build with the engine's classic builder; each line of its output goes to ``show``.
+
+    Returns the image id; raises ``docker.errors.BuildError`` with the engine's message.
+    """
+    stream: Iterator[dict] = client.build(
+        fileobj=context,
+        custom_context=True,
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        network_mode=network_mode,
+        decode=True,
+    )
+    image_id, log = "", []
+    for event in stream:
+        text, found, error = build_event(event)
+        if error:
+            raise docker.errors.BuildError(error, log)
+        if text:
+            log.append(event)
+            show(text)
+        image_id = found or image_id
+    if not image_id:
+        raise docker.errors.BuildError("the engine reported no image", log)
+    return image_id
