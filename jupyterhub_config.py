@@ -134,7 +134,11 @@ c.JupyterHub.services = [
         "environment": {
             k: os.environ[k] for k in ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY") if k in os.environ
         },
-        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop"],
+        "oauth_client_allowed_scopes": [
+            "custom:gpu-dashboard:read",
+            "custom:gpu-dashboard:read-groups",
+            "custom:gpu-dashboard:stop",
+        ],
         "oauth_no_confirm": True,
         "display": True,
     }
@@ -142,6 +146,7 @@ c.JupyterHub.services = [
 c.JupyterHub.custom_scopes = {
     "custom:gpu-dashboard:read": {"description": "See who holds which GPU on the GPU dashboard"},
     "custom:gpu-dashboard:stop": {"description": "Stop servers from the GPU dashboard"},
+    "custom:gpu-dashboard:read-groups": {"description": "See the GPUs of your own groups' users"},
 }
 c.JupyterHub.load_roles = [
     # JupyterHub's own admin role cannot be changed: admins get the dashboard through this one.
@@ -158,8 +163,11 @@ c.JupyterHub.load_roles = [
     {
         "name": "gpu-dashboard-service",
         "services": ["gpu-dashboard"],
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"],
     },
+    # Teachers: the GPUs of their own groups' students, e.g. for a "teachers" group:
+    # {"name": "gpu-dashboard-teachers", "groups": ["teachers"],
+    #  "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"]},
 ]
 
 # --- Last: check it all now -----------------------------------------------------

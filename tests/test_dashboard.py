@@ -11,7 +11,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuspawner import dashboard
 from gpuspawner.dashboard.metrics import render_metrics
-from gpuspawner.dashboard.model import FREE, SHARED, UNKNOWN, USED, activity_from_users, build_view, parse_denials
+from gpuspawner.dashboard.model import (
+    FREE,
+    SHARED,
+    UNKNOWN,
+    USED,
+    Reach,
+    activity_from_users,
+    build_view,
+    groups_from_users,
+    parse_denials,
+    reach_from_scopes,
+    restrict,
+)
 from gpuspawner.dashboard.page import render_page
 from gpuspawner.gpus import GPU, Inventory, Policy
 from gpuspawner.gpus.nvml import UnitUsage
@@ -190,8 +202,9 @@ def test_the_view_of_500_servers_on_64_units_is_cheap():
 
 
 def test_public_surface():
-    assert set(dashboard.__all__) == {"READ_SCOPE", "STOP_SCOPE", "DashboardView", "GPUDashboard", "build_view",
-                                      "main"}
+    assert set(dashboard.__all__) == {"READ_SCOPE", "STOP_SCOPE", "READ_GROUPS_SCOPE", "DashboardView",
+                                      "GPUDashboard", "Reach", "build_view", "main", "reach_from_scopes", "restrict"}
+    assert dashboard.READ_GROUPS_SCOPE == "custom:gpu-dashboard:read-groups"
     assert dashboard.READ_SCOPE == "custom:gpu-dashboard:read"
 
 
@@ -202,3 +215,187 @@ def test_help_runs(capsys):
     app.print_help()
     out = capsys.readouterr().out
     assert "--config" in out and "--refresh" in out and "--no-nvml" in out
+
+
+# --- a teacher's view: only their groups' users ------------------------------------------------
+
+READ, GROUPS = "custom:gpu-dashboard:read", "custom:gpu-dashboard:read-groups"
+COURSES = {"mia": ("physics",), "noor": ("physics", "stats"), "li": ("stats",), "max": ()}
+
+
+@pytest.mark.parametrize(
+    ("scopes", "viewer_groups", "expected"),
+    [
+        ([READ], (), Reach(everyone=True)),
+        ([READ, f"{READ}!group=physics"], (), Reach(everyone=True)),
+        ([f"{READ}!group=physics", f"{READ}!user=max"], (), Reach(users=frozenset({"max"}),
+                                                                  groups=frozenset({"physics"}))),
+        ([f"{READ}!user"], (), Reach(users=frozenset({"teach"}))),
+        ([GROUPS], ("physics", "teachers"), Reach(groups=frozenset({"physics", "teachers"}))),
+        ([f"{READ}!server=max/big", f"{READ}!service=x", "read:users:groups!user=teach", "custom:gpu-dashboard:stop"],
+         ("physics",), Reach()),
+        ([f"{READ}:more", "custom:gpu-dashboard:reader"], (), Reach()),
+    ],
+    ids=["unfiltered", "unfiltered-wins", "group-and-user-filters", "self", "own-groups", "nothing", "other-scopes"],
+)
+def test_reach_from_the_hubs_scopes(scopes, viewer_groups, expected):
+    got = reach_from_scopes(scopes, READ, groups_scope=GROUPS, viewer="teach", viewer_groups=viewer_groups)
+    assert got == expected
+    assert bool(got) == bool(expected.everyone or expected.users or expected.groups)
+
+
+def test_groups_come_from_the_hubs_user_models_or_are_unknown():
+    assert groups_from_users([{"name": "mia", "groups": ["b", "a"]}, {"name": "max", "groups": []}]) == {
+        "mia": ("a", "b"), "max": ()}
+    assert groups_from_users([{"name": "mia"}]) is None  # the service lacks read:users:groups
+    assert view(groups=None).groups_error and not view(groups=COURSES).groups_error
+
+
+def test_a_teacher_sees_only_their_groups_users_and_the_free_units():
+    denials = [json.dumps({"user": u, "reason": "no_gpu", "message": f"refused {u}"}) for u in ("mia", "li", "zed")]
+    full = view(groups=COURSES, denials=parse_denials(denials, 10),
+                containers=CONTAINERS + [container("eve", gpus="GPU-gone")])
+    assert full.warnings
+    v = restrict(full, Reach(groups=frozenset({"physics"})))
+    by_id = {u.id: u for u in v.units}
+    assert set(by_id) == {"GPU-0", "MIG-2a", "MIG-2b"}  # max's GPU-1 is not shown at all
+    assert [h.user for h in by_id["GPU-0"].holders] == ["mia"]
+    assert [h.user for h in by_id["MIG-2a"].holders] == ["noor"]  # li (stats) shares it, unseen
+    assert by_id["MIG-2a"].state == SHARED and by_id["MIG-2b"].holders == ()
+    assert v.totals == full.totals and v.denials_by_reason == full.denials_by_reason  # counts, no names
+    assert [d.user for d in v.denials] == ["mia"] and v.warnings == ()
+    assert v.restricted_to == "group physics"
+    body = json.dumps(v.as_json())
+    page = render_page(v, user="teach", can_stop=False, xsrf_form_html="", refresh=15)
+    metrics_text = render_metrics(v).decode()
+    for other in ("max", "li", "zed", "eve", "jupyter-max"):
+        assert f'"{other}"' not in body and f">{other}<" not in page and f'user="{other}"' not in metrics_text
+    assert "Showing only the GPUs of group physics" in page and 'class="stop"' not in page
+    assert json.loads(body)["restricted_to"] == "group physics"
+    # A user filter reaches that user only; the unfiltered scope, everything.
+    by_user = restrict(full, Reach(users=frozenset({"li"})))
+    assert [(u.id, [h.user for h in u.holders]) for u in by_user.units if u.holders] == [("MIG-2a", ["li"])]
+    assert restrict(full, Reach(everyone=True)) is full
+
+
+def test_a_teacher_without_known_groups_sees_no_holder():
+    v = restrict(view(groups=None), Reach(groups=frozenset({"physics"})))
+    assert all(not u.holders for u in v.units) and {u.id for u in v.units} == {"MIG-2b"}
+    page = render_page(v, user="teach", can_stop=False, xsrf_form_html="", refresh=15)
+    assert "Cannot read the users&#39; groups" in page or "Cannot read the users' groups" in page
+
+
+# --- the Grafana dashboard of deploy/grafana -----------------------------------------------------
+
+GRAFANA = __import__("pathlib").Path(__file__).parent.parent / "deploy" / "grafana" / "gpu-dashboard.json"
+
+
+def _exprs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("expr", "definition") and isinstance(value, str):
+                yield value
+            elif key == "query" and isinstance(value, str) and "(" in value:
+                yield value
+            else:
+                yield from _exprs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _exprs(value)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
+    import re
+
+    board = json.loads(GRAFANA.read_text())
+    assert board["title"] and board["panels"]
+    exprs = list(_exprs(board))
+    queried = {name for e in exprs for name in re.findall(r"\bgpuspawner_[a-z_]+\b", e)}
+    # Everything the service can export: every source read, usage and denials present.
+    usage = {u.uuid: UnitUsage(50, 10 * G, 80 * G, 55, ()) for u in UNITS}
+    text = render_metrics(view(usage=usage, groups=COURSES)).decode()
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert queried, exprs
+    assert queried <= exported, queried - exported
+    # The ones the issue asks a dashboard for are all there.
+    assert {"gpuspawner_units_free", "gpuspawner_units_assigned", "gpuspawner_unit_assigned",
+            "gpuspawner_unit_utilization_percent", "gpuspawner_unit_memory_used_bytes",
+            "gpuspawner_denials_total"} <= queried
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# --- DCGM job-mapping files ------------------------------------------------------------------------
+
+
+def test_dcgm_job_mapping_names_each_held_unit_by_index(tmp_path):
+    from gpuspawner.dashboard.dcgm import job_mapping, sync_job_mapping
+
+    v = view()
+    assert job_mapping(v) == {"0": "mia", "1": "max", "2.0": "li,noor"}
+    assert job_mapping(view(containers=None, docker_error="down")) is None
+    (tmp_path / "3").write_text("old\n")  # a unit freed since
+    (tmp_path / "README").write_text("not ours\n")
+    written, removed = sync_job_mapping(str(tmp_path), job_mapping(v))
+    assert (written, removed) == (["0", "1", "2.0"], ["3"])
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "0": "mia\n", "1": "max\n", "2.0": "li,noor\n", "README": "not ours\n"}
+    assert sync_job_mapping(str(tmp_path), job_mapping(v)) == ([], [])  # unchanged: nothing rewritten
+    # mia stops: GPU 0's file goes; Docker unreadable: the files stay as they are.
+    assert sync_job_mapping(str(tmp_path), job_mapping(view(containers=CONTAINERS[1:]))) == ([], ["0"])
+    assert sync_job_mapping(str(tmp_path), None) == ([], [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2.0", "README"]
+
+
+def test_the_dcgm_option_is_on_the_command_line(capsys):
+    from gpuspawner.dashboard.app import GPUDashboard
+
+    GPUDashboard().print_help()
+    assert "--dcgm-job-mapping-dir" in capsys.readouterr().out
+
+
+def test_the_denials_file_is_parsed_again_whenever_it_changes(tmp_path):
+    import asyncio
+
+    from gpuspawner.dashboard.sources import Sources
+
+    path = tmp_path / "denials.jsonl"
+    path.write_text(DENIAL_LINES[0] + "\n")
+    src = Sources(INVENTORY, POLICY, lambda: None, None, str(path), nvml=False, host="h")
+    assert src._denials()[0][1] == {"no_gpu": 1}
+    assert src._denials()[0][1] == {"no_gpu": 1}
+    with open(path, "a") as f:
+        f.write(DENIAL_LINES[2] + "\n")
+    assert src._denials()[0][1] == {"no_gpu": 1, "user_quota": 1}
+    path.unlink()
+    assert src._denials() == (((), {}), "")
+    v = asyncio.run(src.view())
+    assert v.docker_error and v.hub_error and {u.state for u in v.units} == {UNKNOWN}
+
+
+@pytest.mark.parametrize(
+    ("scopes", "allowed"),
+    [
+        ([READ], True),
+        ([f"{READ}!group=physics"], True),  # HubAuth's own check_scopes would refuse this one
+        ([GROUPS], True),
+        (["custom:gpu-dashboard:stop", "read:users:name!user=x", f"{READ}:more"], False),
+        ([], False),
+    ],
+    ids=["read", "filtered-read", "read-groups", "other-scopes", "none"],
+)
+def test_the_service_lets_in_any_read_scope_filtered_or_not(scopes, allowed):
+    import logging
+    from types import SimpleNamespace
+
+    from jupyterhub.services.auth import UserNotAllowed
+
+    from gpuspawner.dashboard.app import _Handler
+
+    handler = SimpleNamespace(hub_scopes={READ, GROUPS}, dashboard=SimpleNamespace(log=logging.getLogger("t")))
+    model = {"kind": "user", "name": "teach", "scopes": scopes}
+    if allowed:
+        assert _Handler.check_hub_user(handler, model) is model
+    else:
+        with pytest.raises(UserNotAllowed):
+            _Handler.check_hub_user(handler, model)

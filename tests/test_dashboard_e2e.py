@@ -20,8 +20,13 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 RUN = secrets.token_hex(3)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GPU_ID = "GPU-da5b0a2d-0000-4000-8000-000000000000"
+GPU2_ID = "GPU-da5b0a2d-0000-4000-8000-000000000001"
 EVIL = "<script>alert('xss')</script>"
 ADMIN, STUDENT, LATE = f"admin-{RUN}", f"student-{RUN}", f"late-{RUN}"
+TEACHER, TEACHER_B = f"teacher-{RUN}", f"teacher-b-{RUN}"
+# A user name crafted as HTML. JupyterHub 6 refuses '/' in names (so no `</b>`), lowercases
+# them, and allows the rest: quotes, angle brackets, spaces, '=' and parentheses.
+EVIL_USER = f'eve"><img src=x onerror=alert(1)>{RUN}'
 PROM_TOKEN = secrets.token_hex(16)
 
 
@@ -29,7 +34,8 @@ PROM_TOKEN = secrets.token_hex(16)
 def hub(tmp_path_factory):
     require_tools()
     image = read_testbed("image")
-    gpus = [{"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"}]
+    gpus = [{"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"},
+            {"index": 1, "uuid": GPU2_ID, "name": "Tesla T4", "memory": "16G"}]
     # The snippet of docs/how-to/dashboard.md, with the test's users.
     config = f"""
     import os, sys
@@ -44,7 +50,8 @@ def hub(tmp_path_factory):
         "url": "http://127.0.0.1:{free_port()}",
         "command": [sys.executable, "-m", "gpuspawner.dashboard", "--refresh=60"],
         "environment": {{"DOCKER_HOST": os.environ["DOCKER_HOST"]}},
-        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop"],
+        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:read-groups",
+                                        "custom:gpu-dashboard:stop"],
         "oauth_no_confirm": True,
         "display": True,
     }})
@@ -52,13 +59,22 @@ def hub(tmp_path_factory):
     c.JupyterHub.custom_scopes = {{
         "custom:gpu-dashboard:read": {{"description": "See who holds which GPU on the GPU dashboard"}},
         "custom:gpu-dashboard:stop": {{"description": "Stop servers from the GPU dashboard"}},
+        "custom:gpu-dashboard:read-groups": {{"description": "See the GPUs of your own groups' users"}},
+    }}
+    c.JupyterHub.load_groups = {{
+        "course-a": {{"users": [{TEACHER!r}, {STUDENT!r}]}},
+        "course-b": {{"users": [{EVIL_USER!r}]}},
     }}
     c.JupyterHub.load_roles += [
         {{"name": "gpu-dashboard-admins", "users": sorted(c.Authenticator.admin_users),
           "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop",
                      "access:services!service=gpu-dashboard"]}},
         {{"name": "gpu-dashboard-service", "services": ["gpu-dashboard"],
-          "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}},
+          "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]}},
+        {{"name": "gpu-dashboard-teachers", "users": [{TEACHER!r}],
+          "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"]}},
+        {{"name": "gpu-dashboard-course-b", "users": [{TEACHER_B!r}],
+          "scopes": ["custom:gpu-dashboard:read!group=course-b", "access:services!service=gpu-dashboard"]}},
         {{"name": "gpu-dashboard-metrics", "services": ["prometheus"], "scopes": ["custom:gpu-dashboard:read"]}},
     ]
     """
@@ -112,8 +128,15 @@ def metrics(hub, token=PROM_TOKEN):
     return {f.name: f for f in text_string_to_metric_families(r.text)}
 
 
-def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser, tmp_path):
+def rows_by_holder(page) -> dict:
+    """``{holder: row}`` of the units table, read from the attributes (no CSS quoting of odd names)."""
+    rows = page.locator("tr[data-holder]")
+    return {rows.nth(i).get_attribute("data-holder"): rows.nth(i) for i in range(rows.count())}
+
+
+def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser, tmp_path):
     hub.spawn(STUDENT, "gpu")
+    hub.spawn(EVIL_USER, "gpu")
     refused = hub.start_server(LATE, "gpu")  # no GPU left: recorded in the denials file
     assert refused.status_code == 503, refused.text
 
@@ -122,13 +145,22 @@ def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     assert page.url == hub.dashboard, (page.url, page.content()[:2000], hub.log_tail())
     page.reload()  # once more, with the dialog listener on
-    row = page.locator(f'tr[data-holder="{STUDENT}/"]')
-    assert row.get_attribute("data-unit") == GPU_ID and row.get_attribute("data-state") == "used"
+    rows = rows_by_holder(page)
+    assert set(rows) == {f"{STUDENT}/", f"{EVIL_USER}/"}, hub.log_tail()
+    row = rows[f"{STUDENT}/"]
+    student_unit = row.get_attribute("data-unit")
+    assert student_unit in (GPU_ID, GPU2_ID) and row.get_attribute("data-state") == "used"
     assert row.locator("td.user").inner_text() == STUDENT
     assert row.locator("td.profile").inner_text() == "gpu"
     assert row.locator("td.image").inner_text() == read_testbed("image")
+    # The user name crafted as HTML is text: in the cell, in the attributes, no element made of it.
+    evil = rows[f"{EVIL_USER}/"]
+    assert evil.locator("td.user").inner_text() == EVIL_USER
+    assert evil.locator("button.stop").get_attribute("data-holder") == f"{EVIL_USER}/"
+    assert evil.locator("input[name=user]").get_attribute("value") == EVIL_USER
+    assert page.locator("img").count() == 0 and page.locator("#units script").count() == 0
     assert page.locator("#total-free").inner_text() == "0"
-    assert page.locator("#total-used").inner_text() == "1"
+    assert page.locator("#total-used").inner_text() == "2"
     denials = page.locator("#denials").inner_text()
     assert LATE in denials and "no_gpu" in denials
     assert f"Deep {EVIL}" in denials  # the profile's display name, shown as text
@@ -141,20 +173,23 @@ def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser
     api = page.request.get(hub.dashboard + "api/v1/gpus")
     assert api.status == 200
     body = api.json()
-    assert body["totals"] == {"units": 1, "free": 0, "used": 1, "shared": 0}
-    (unit,) = body["units"]
-    assert unit["id"] == GPU_ID and [(h["user"], h["server"], h["profile"]) for h in unit["holders"]] == [
-        (STUDENT, "", "gpu")]
-    assert unit["holders"][0]["last_activity"]  # from the hub API, with the service's own token
-    assert body["sources"]["docker"]["ok"] and body["sources"]["hub"]["ok"]
+    assert body["totals"] == {"units": 2, "free": 0, "used": 2, "shared": 0}
+    held = {h["user"]: (u["id"], h["server"], h["profile"]) for u in body["units"] for h in u["holders"]}
+    assert held == {STUDENT: (student_unit, "", "gpu"), EVIL_USER: (held[EVIL_USER][0], "", "gpu")}
+    holders = {h["user"]: h for u in body["units"] for h in u["holders"]}
+    assert holders[STUDENT]["last_activity"]  # from the hub API, with the service's own token
+    assert holders[STUDENT]["groups"] == ["course-a"] and holders[EVIL_USER]["groups"] == ["course-b"]
+    assert body["sources"]["docker"]["ok"] and body["sources"]["hub"]["ok"] and body["sources"]["groups"]["ok"]
+    assert body["restricted_to"] is None
 
     # Prometheus, with a service token that has the read scope: matches the page.
     families = metrics(hub)
-    assert families["gpuspawner_units"].samples[0].value == 1
+    assert families["gpuspawner_units"].samples[0].value == 2
     assert families["gpuspawner_units_free"].samples[0].value == 0
-    assert families["gpuspawner_units_assigned"].samples[0].value == 1
-    (held,) = families["gpuspawner_unit_assigned"].samples
-    assert (held.labels["unit"], held.labels["user"], held.labels["profile"], held.value) == (GPU_ID, STUDENT, "gpu", 1)
+    assert families["gpuspawner_units_assigned"].samples[0].value == 2
+    assigned = {s.labels["user"]: (s.labels["unit"], s.labels["profile"], s.value)
+                for s in families["gpuspawner_unit_assigned"].samples}
+    assert assigned == {STUDENT: (student_unit, "gpu", 1), EVIL_USER: (held[EVIL_USER][0], "gpu", 1)}
     no_gpu = [s.value for s in families["gpuspawner_denials"].samples
               if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"]
     assert no_gpu == [1]
@@ -165,7 +200,7 @@ def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser
     assert hub.server_model(STUDENT) is not None
 
     with page.expect_navigation():
-        page.locator(f'button.stop[data-holder="{STUDENT}/"]').click()
+        rows_by_holder(page)[f"{STUDENT}/"].locator("button.stop").click()
     assert page.url == hub.dashboard, (page.url, page.content()[:1000])
     deadline = time.monotonic() + 60
     while hub.server_model(STUDENT) is not None:
@@ -173,9 +208,43 @@ def test_admin_sees_the_holder_stops_the_server_and_the_gpu_is_free(hub, browser
         time.sleep(0.3)
     assert not engine().containers.list(filters={"label": f"gpuspawner.user={STUDENT}"})
     page.reload()
-    assert page.locator(f'tr[data-unit="{GPU_ID}"]').get_attribute("data-state") == "free"
+    assert page.locator(f'tr[data-unit="{student_unit}"]').get_attribute("data-state") == "free"
     assert page.locator("#total-free").inner_text() == "1"
     assert metrics(hub)["gpuspawner_units_free"].samples[0].value == 1
+    context.close()
+
+
+def test_a_teacher_sees_their_groups_gpus_only_and_cannot_stop(hub, browser):
+    hub.spawn(STUDENT, "gpu")  # course-a, with the teacher; EVIL_USER (course-b) still holds the other GPU
+    context, page = log_in_to_dashboard(browser, hub, TEACHER)
+    assert page.url == hub.dashboard, (page.url, page.content()[:2000], hub.log_tail())
+    assert set(rows_by_holder(page)) == {f"{STUDENT}/"}
+    assert EVIL_USER not in page.content() and "eve" not in page.locator("#units").inner_text()
+    assert page.locator("#restricted").inner_text().startswith("Showing only the GPUs of group course-a")
+    assert page.locator("button.stop").count() == 0
+    assert page.locator("#total-free").inner_text() == "0"  # the host's totals: counts, no names
+    body = page.request.get(hub.dashboard + "api/v1/gpus").json()
+    assert [(u["id"], [h["user"] for h in u["holders"]]) for u in body["units"]] == [
+        (next(u["id"] for u in body["units"]), [STUDENT])]
+    assert EVIL_USER not in str(body) and LATE not in str(body)
+    text = page.request.get(hub.dashboard + "metrics").text()
+    users = {s.labels["user"] for f in text_string_to_metric_families(text) if f.name == "gpuspawner_unit_assigned"
+             for s in f.samples}
+    assert users == {STUDENT}
+    # No stop scope: refused for another course's server and for their own student's.
+    xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf")
+    for target in (EVIL_USER, STUDENT):
+        r = page.request.post(hub.dashboard + "stop", form={"user": target, "server": ""},
+                              headers={"X-XSRFToken": xsrf}, max_redirects=0)
+        assert r.status == 403, (target, r.status)
+        assert hub.server_model(target) is not None
+    context.close()
+
+    # A role with the read scope filtered to a group (`!group=course-b`): that group's users only.
+    context, page = log_in_to_dashboard(browser, hub, TEACHER_B)
+    body = page.request.get(hub.dashboard + "api/v1/gpus").json()
+    assert [h["user"] for u in body["units"] for h in u["holders"]] == [EVIL_USER]
+    assert body["restricted_to"] == "group course-b"
     context.close()
 
 

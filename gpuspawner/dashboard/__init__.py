@@ -4,7 +4,18 @@
 the denials file, ``page`` and ``metrics`` render the view, ``app`` serves it.
 """
 
-from .app import READ_SCOPE, STOP_SCOPE, GPUDashboard, main
-from .model import DashboardView, build_view
+from .app import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE, GPUDashboard, main
+from .model import DashboardView, Reach, build_view, reach_from_scopes, restrict
 
-__all__ = ["READ_SCOPE", "STOP_SCOPE", "DashboardView", "GPUDashboard", "build_view", "main"]
+__all__ = [
+    "READ_GROUPS_SCOPE",
+    "READ_SCOPE",
+    "STOP_SCOPE",
+    "DashboardView",
+    "GPUDashboard",
+    "Reach",
+    "build_view",
+    "main",
+    "reach_from_scopes",
+    "restrict",
+]

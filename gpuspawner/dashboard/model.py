@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import labels as label
@@ -35,6 +35,7 @@ class Holding:
     since: datetime | None  # the container's creation
     last_activity: datetime | None  # the server's, as the hub records it
     shared: bool
+    groups: tuple[str, ...] = ()  # the user's hub groups (when the hub API gave them)
 
     @property
     def holder(self) -> str:
@@ -96,6 +97,9 @@ class DashboardView:
     hub_error: str = ""
     denials_error: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    restricted_to: str = ""  # '' for the whole view; else whose units a restricted viewer sees
+    groups_error: str = ""  # why the users' hub groups are unknown ('' when known)
+    user_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # of the hub's active users
 
     def as_json(self) -> dict:
         """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
@@ -110,6 +114,7 @@ class DashboardView:
                 "nvml": _source(self.nvml_error),
                 "hub": _source(self.hub_error),
                 "denials": _source(self.denials_error),
+                "groups": _source(self.groups_error),
             },
             "totals": {
                 "units": self.totals.units,
@@ -122,6 +127,7 @@ class DashboardView:
             "denials": [vars(d) for d in self.denials],
             "denials_by_reason": dict(self.denials_by_reason),
             "warnings": list(self.warnings),
+            "restricted_to": self.restricted_to or None,
         }
 
 
@@ -163,6 +169,7 @@ def _unit_json(u: UnitView) -> dict:
                 "since": _iso(h.since),
                 "last_activity": _iso(h.last_activity),
                 "shared": h.shared,
+                "groups": list(h.groups),
             }
             for h in u.holders
         ],
@@ -192,6 +199,17 @@ def activity_from_users(users: Iterable[dict]) -> dict[str, datetime | None]:
         for name, server in (user.get("servers") or {}).items():
             activity[holder_key(user["name"], name)] = parse_time(server.get("last_activity"))
     return activity
+
+
+def groups_from_users(users: Iterable[dict]) -> dict[str, tuple[str, ...]] | None:
+    """``{user: groups}`` from the hub's user models; None when the hub left groups out
+    (the service's token lacks ``read:users:groups``)."""
+    groups = {}
+    for user in users:
+        if "groups" not in user:
+            return None
+        groups[user["name"]] = tuple(sorted(user["groups"] or ()))
+    return groups
 
 
 def parse_denials(lines: Iterable[str], keep: int) -> tuple[tuple[Denial, ...], dict[str, int]]:
@@ -231,12 +249,14 @@ def build_view(
     nvml_error: str = "",
     hub_error: str = "",
     denials_error: str = "",
+    groups: Mapping[str, tuple[str, ...]] | None = None,
 ) -> DashboardView:
     """The dashboard as the sources say it is now.
 
     ``containers`` are docker-py ``APIClient.containers()`` entries (None: Docker
     could not be read, and every unit's state is UNKNOWN). ``usage`` is NVML's
-    reading by unit uuid (None: not read). ``activity`` is ``{holder: last activity}``.
+    reading by unit uuid (None: not read). ``activity`` is ``{holder: last activity}``,
+    ``groups`` is ``{user: hub groups}`` (None: unknown; a group-limited viewer then sees no holder).
     """
     activity = activity or {}
     ledger = Ledger(inventory.units, policy)
@@ -254,11 +274,16 @@ def build_view(
             by_holder[holder_key(labels[label.USER], labels.get(label.SERVER, ""))] = c
             servers_without_gpu += not labels.get(label.GPUS)
 
+    # One pass over the ledger (holders_of per unit is O(units x holders)), in the ledger's order.
+    assigned: dict[str, list] = {}
+    for a in ledger.assignments():
+        for unit_id in dict.fromkeys(a.ids):
+            assigned.setdefault(unit_id, []).append(a)
     units = []
     for gpu in inventory.units:
         holders = tuple(
-            _holding(a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity)
-            for a in ledger.holders_of(gpu.id)
+            _holding(a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity, (groups or {}).get(a.user, ()))
+            for a in assigned.get(gpu.id, ())
         )
         if containers is None:
             state = UNKNOWN
@@ -302,10 +327,15 @@ def build_view(
         hub_error=hub_error,
         denials_error=denials_error,
         warnings=tuple(warnings),
+        groups_error=""
+        if groups is not None
+        else (hub_error and "the hub API could not be read")
+        or "the hub gave no groups: the service's token needs read:users:groups",
+        user_groups=dict(groups or {}),
     )
 
 
-def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping) -> Holding:
+def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping, groups=()) -> Holding:
     labels = container.get("Labels") or {}
     names = container.get("Names") or [str(container.get("Id", ""))[:12]]
     return Holding(
@@ -317,4 +347,86 @@ def _holding(holder: str, user: str, shared: bool, container: dict, activity: Ma
         since=parse_time(container.get("Created")),
         last_activity=activity.get(holder),
         shared=shared,
+        groups=tuple(groups),
+    )
+
+
+# --- who sees what -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whose holdings a viewer may see (or act on), from the scopes the hub gave their token.
+
+    ``everyone``: the unfiltered scope. Otherwise the users named by ``!user=`` filters and
+    the members of the groups named by ``!group=`` filters or, with the groups scope, of
+    the viewer's own groups. ``!server=`` and ``!service=`` filters grant nothing here.
+    """
+
+    everyone: bool = False
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.users or self.groups)
+
+    def covers(self, user: str, groups: Iterable[str] = ()) -> bool:
+        return self.everyone or user in self.users or not self.groups.isdisjoint(groups)
+
+    def describe(self) -> str:
+        if self.everyone:
+            return ""
+        parts = [f"group {g}" for g in sorted(self.groups)] + [f"user {u}" for u in sorted(self.users)]
+        return ", ".join(parts) or "nobody"
+
+
+def reach_from_scopes(
+    scopes: Iterable[str], scope: str, *, groups_scope: str = "", viewer: str = "", viewer_groups: Iterable[str] = ()
+) -> Reach:
+    """The ``Reach`` that ``scopes`` (a hub user model's ``scopes``) give through ``scope``
+    (e.g. ``custom:gpu-dashboard:read``, filtered or not) and ``groups_scope`` (the viewer's own groups)."""
+    everyone, users, groups = False, set(), set()
+    for granted in scopes:
+        name, _, filter_ = granted.partition("!")
+        if groups_scope and name == groups_scope:
+            groups.update(viewer_groups)
+        elif name != scope:
+            continue
+        elif not filter_:
+            everyone = True
+        elif filter_ == "user":
+            users.add(viewer)
+        elif filter_.startswith("user="):
+            users.add(filter_[len("user="):])
+        elif filter_.startswith("group="):
+            groups.add(filter_[len("group="):])
+    if everyone:
+        return Reach(everyone=True)
+    users.discard("")
+    return Reach(False, frozenset(users), frozenset(groups))
+
+
+def restrict(view: DashboardView, reach: Reach) -> DashboardView:
+    """``view`` as a viewer with ``reach`` may see it.
+
+    Unlimited: the view as is. Limited (a teacher): the units held by users in reach,
+    showing only those holders; free units and units of unknown state (nothing personal
+    in them); the totals, the count of servers without a GPU and the denials by reason
+    (counts, no names); only the denials of users in reach; no warnings (they name users).
+    Units held only by others are left out, and so is every trace of who holds them.
+    """
+    if reach.everyone:
+        return view
+    units = []
+    for u in view.units:
+        seen = tuple(h for h in u.holders if reach.covers(h.user, h.groups))
+        if seen or not u.holders:
+            units.append(replace(u, holders=seen))
+    return replace(
+        view,
+        units=tuple(units),
+        denials=tuple(d for d in view.denials if reach.covers(d.user, view.user_groups.get(d.user, ()))),
+        user_groups={},
+        warnings=(),
+        restricted_to=reach.describe(),
     )

@@ -45,6 +45,9 @@ TEMPLATE = """<!DOCTYPE html>
                           ("the denials file", view.denials_error)] %}
  {% if error %}<div class="error" data-source="{{ source }}">Cannot read {{ source }}: {{ error }}</div>{% endif %}
 {% endfor %}
+{% if view.restricted_to %}<p class="muted" id="restricted">Showing only the GPUs of {{ view.restricted_to }} (and the free ones).</p>
+ {% if view.groups_error %}<div class="error" data-source="groups">Cannot read the users' groups: {{ view.groups_error }}</div>{% endif %}
+{% endif %}
 {% for warning in view.warnings %}<div class="error">{{ warning }}</div>{% endfor %}
 
 <p class="totals" id="totals">

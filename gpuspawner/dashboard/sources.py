@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from .. import labels as label
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
-from .model import DashboardView, activity_from_users, build_view, parse_denials
+from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_denials
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
@@ -42,7 +43,8 @@ class HubAPI:
         return await self.client.fetch(request)
 
     async def active_users(self) -> list[dict]:
-        """Every user with a running or pending server (needs list:users, read:servers, read:users:activity)."""
+        """Every user with a running or pending server (needs list:users, read:servers,
+        read:users:activity; read:users:groups for their groups)."""
         users, offset = [], 0
         while True:
             response = await self._fetch("GET", f"/users?state=active&offset={offset}&limit=200", PAGINATION)
@@ -82,6 +84,7 @@ class Sources:
         self.hub = hub
         self.denials_file = denials_file
         self.denials_shown = denials_shown
+        self._denials_cache = None
         self.nvml = nvml
         self.host = socket.gethostname() if host is None else host
 
@@ -99,7 +102,12 @@ class Sources:
             return ((), {}), ""
         try:
             with open(self.denials_file, encoding="utf-8", errors="replace") as f:
-                return parse_denials(f, self.denials_shown), ""
+                # The same file, unchanged (inode, size, mtime): the same parse, not an old one.
+                st = os.fstat(f.fileno())
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self.denials_shown)
+                if self._denials_cache is None or self._denials_cache[0] != key:
+                    self._denials_cache = (key, parse_denials(f, self.denials_shown))
+                return self._denials_cache[1], ""
         except FileNotFoundError:
             return ((), {}), ""  # nothing refused yet
         except OSError as e:
@@ -124,15 +132,16 @@ class Sources:
 
         async def activity():
             if self.hub is None:
-                return {}, "no hub API token (JUPYTERHUB_API_TOKEN)"
+                return ({}, None), "no hub API token (JUPYTERHUB_API_TOKEN)"
             try:
-                return activity_from_users(await self.hub.active_users()), ""
+                users = await self.hub.active_users()
+                return (activity_from_users(users), groups_from_users(users)), ""
             except HTTPClientError as e:
-                return {}, f"GET /users: {e.code} {e.message}"
+                return ({}, None), f"GET /users: {e.code} {e.message}"
             except Exception as e:  # noqa: BLE001 - connection refused, timeouts
-                return {}, f"GET /users: {e}"
+                return ({}, None), f"GET /users: {e}"
 
-        (found, docker_error), (used, nvml_error), (seen, hub_error) = await asyncio.gather(
+        (found, docker_error), (used, nvml_error), ((seen, groups), hub_error) = await asyncio.gather(
             containers(), usage(), activity()
         )
         denials, denials_error = self._denials()
@@ -149,4 +158,5 @@ class Sources:
             nvml_error=nvml_error,
             hub_error=hub_error,
             denials_error=denials_error,
+            groups=groups,
         )

@@ -280,6 +280,7 @@ class Ledger:
         self.inventory: tuple[GPU, ...] = tuple(inventory)
         self.policy = policy or Policy()
         self._by_id = {unit.id: unit for unit in self.inventory}
+        self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
         self._holders: dict[str, Assignment] = {}
 
     # --- questions
@@ -358,11 +359,10 @@ class Ledger:
             previous = self._holders.get(holder)
             units = {u.id: u for u in (previous.units if previous else ())}
             units.update((u.id, u) for u in known)
-            order = {u.id: n for n, u in enumerate(self.inventory)}
             self._holders[holder] = Assignment(
                 holder,
                 user if user is not None else holder.split("/", 1)[0],
-                tuple(sorted(units.values(), key=lambda u: order[u.id])),
+                tuple(sorted(units.values(), key=lambda u: self._order[u.id])),
                 shared,
                 frozenset(groups),
             )

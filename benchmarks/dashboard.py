@@ -1,0 +1,139 @@
+"""Server-side time of the GPU dashboard's requests with 500 users on 64 units.
+
+The real pure code and template (``build_view`` through ``Sources.view``, ``restrict``,
+``render_page``, ``as_json``, ``render_metrics``) with fakes for the I/O: a Docker client
+that returns 500 labelled containers, a hub API that returns their 500 user models, NVML
+usage for the 64 units and a denials file of 2,000 lines. It prints the median and p95
+per request over ``--runs`` runs; the issue's target is 100 ms. Not a test: no assertion.
+
+    .venv/bin/python benchmarks/dashboard.py [--runs 200] [--users 500] [--units 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from unittest import mock
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from gpuspawner.dashboard import sources as sources_module  # noqa: E402
+from gpuspawner.dashboard.metrics import render_metrics  # noqa: E402
+from gpuspawner.dashboard.model import Reach, restrict  # noqa: E402
+from gpuspawner.dashboard.page import render_page  # noqa: E402
+from gpuspawner.dashboard.sources import Sources  # noqa: E402
+from gpuspawner.gpus import GPU, Inventory, Policy  # noqa: E402
+from gpuspawner.gpus.nvml import UnitUsage  # noqa: E402
+
+G = 1024**3
+NOW = datetime.now(timezone.utc)
+
+
+class FakeDocker:
+    def __init__(self, containers):
+        self._containers = containers
+
+    def containers(self, filters=None):
+        return self._containers
+
+
+class FakeHub:
+    def __init__(self, users):
+        self._users = users
+
+    async def active_users(self):
+        return self._users
+
+
+def fixtures(n_users: int, n_units: int, share_limit: int):
+    units = tuple(GPU(i, f"GPU-{i:04d}", "NVIDIA H100 80GB HBM3", 80 * G) for i in range(n_units))
+    containers, users = [], []
+    for n in range(n_users):
+        name = f"student{n:04d}"
+        unit = units[n % n_units]
+        created = NOW - timedelta(minutes=n)
+        containers.append({
+            "Id": f"{n:012d}",
+            "Names": [f"/jupyter-{name}"],
+            "Image": "registry.example.edu/lab/pytorch:2025.1",
+            "Created": int(created.timestamp()),
+            "Labels": {"gpuspawner.user": name, "gpuspawner.server": "", "gpuspawner.profile": "gpu-shared",
+                       "gpuspawner.gpus": unit.uuid, "gpuspawner.shared": "1"},
+        })
+        users.append({"name": name, "groups": [f"course-{n % 10}"],
+                      "servers": {"": {"last_activity": (NOW - timedelta(seconds=n)).isoformat()}}})
+    usage = {u.uuid: UnitUsage(60, 40 * G, 80 * G, 65, ()) for u in units}
+    denials = [json.dumps({"time": NOW.isoformat(), "user": f"late{n}", "server": "", "profile": "gpu",
+                           "reason": ("no_gpu", "user_quota", "group_quota")[n % 3], "message": "refused"})
+               for n in range(2000)]
+    return Inventory(units=units, source="static"), containers, users, usage, denials
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def bench(args) -> dict[str, list[float]]:
+    inventory, containers, users, usage, denials = fixtures(args.users, args.units, args.share_limit)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(denials) + "\n")
+    src = Sources(inventory, Policy(share_limit=args.share_limit), lambda: FakeDocker(containers), FakeHub(users),
+                  f.name, denials_shown=20, nvml=True, host="bench")
+    teacher = Reach(groups=frozenset({"course-3"}))
+    requests = {
+        "page (admin)": lambda v: render_page(v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15),
+        "api/v1/gpus (admin)": lambda v: json.dumps(v.as_json()),
+        "metrics": render_metrics,
+        "page (teacher, 1 group)": lambda v: render_page(restrict(v, teacher), user="t", can_stop=False,
+                                                         xsrf_form_html="", refresh=15),
+        "api/v1/gpus (teacher)": lambda v: json.dumps(restrict(v, teacher).as_json()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in requests}
+    times["view only (sources + build_view)"] = []
+    with mock.patch.object(sources_module, "read_usage", lambda: usage):
+        view = await src.view()
+        assert view.totals.units == args.units and sum(len(u.holders) for u in view.units) == args.users
+        for name, render in requests.items():  # warm up (template compile, imports)
+            render(view)
+        gc.freeze()  # as the service does once started: the long-lived objects leave the collector's scans
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            await src.view()
+            times["view only (sources + build_view)"].append(time.perf_counter() - start)
+            for name, render in requests.items():
+                start = time.perf_counter()
+                render(await src.view())
+                times[name].append(time.perf_counter() - start)
+    os.unlink(f.name)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--units", type=int, default=64)
+    parser.add_argument("--share-limit", type=int, default=8)
+    args = parser.parse_args(argv)
+    args.share_limit = max(args.share_limit, -(-args.users // args.units))
+    times = asyncio.run(bench(args))
+    print(f"{args.users} users on {args.units} units (shared, up to {args.share_limit} a unit), "
+          f"{args.runs} runs, Python {sys.version.split()[0]}; server time per request, target 100 ms")
+    print(f"{'request':<36} {'median ms':>10} {'p95 ms':>10} {'max ms':>10}")
+    for name, values in times.items():
+        ms = [v * 1000 for v in values]
+        print(f"{name:<36} {statistics.median(ms):>10.1f} {percentile(ms, 95):>10.1f} {max(ms):>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
