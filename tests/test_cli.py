@@ -728,7 +728,16 @@ def test_the_dockerfile_with_wheels_and_nothing_to_install():
     # A base with the hub's JupyterHub, no requirements, no data: no pip at all; its USER kept.
     bare = checks.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
     assert "pip" not in bare and "COPY" not in bare
-    assert bare.splitlines()[-1].startswith("LABEL ")  # a root base stays root: image check says so
+    # a base that runs as root: students get uid 1000 with a home, never root
+    assert bare.splitlines()[-4:] == [
+        "RUN (getent passwd 1000 >/dev/null || useradd -m -u 1000 -s /bin/bash jovyan"
+        " || echo 'jovyan:x:1000:1000::/home/jovyan:/bin/sh' >> /etc/passwd)"
+        " && mkdir -p /home/jovyan && chown 1000:1000 /home/jovyan",
+        "ENV HOME=/home/jovyan",
+        "WORKDIR /home/jovyan",
+        "USER 1000",
+    ]
+    assert checks.dockerfile(plan(user="root")).splitlines()[-1] == "USER 1000"
     labels = plan(requirements_sha256="", datasets=()).labels
     assert checks.LABEL_REQUIREMENTS not in labels and labels[checks.LABEL_DATASETS] == ""
 

@@ -114,6 +114,33 @@ def test_build_a_class_image(tmp_path):
         engine().images.get(tag)
 
 
+def test_build_from_a_base_that_runs_as_root(tmp_path):
+    """Like pytorch/pytorch: the result runs as a student user with a home, and passes image check."""
+    base = f"gpuspawner-cli-rootbase:{RUN}"
+    tag = f"gpuspawner-cli-build-root:{RUN}"
+    engine().images.build(
+        fileobj=io.BytesIO(f"FROM {read_testbed('image')}\nUSER root\nWORKDIR /workspace\n".encode()),
+        tag=base, rm=True, network_mode="none",
+    )
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    write_config(hub, [])
+    try:
+        status, out, err, _ = gpuspawner(hub, "image", "build", "--base", base, "--tag", tag, timeout=300)
+        assert status == 0, out + err
+        assert line(out, "verdict:").startswith("verdict: OK")
+        config = engine().api.inspect_image(tag)["Config"]
+        assert config["User"] == "1000" and "HOME=/home/jovyan" in config["Env"]
+        got = engine().containers.run(
+            tag, ["sh", "-c", "id -u && echo $HOME && touch $HOME/ok && echo writable"],
+            network_mode="none", remove=True, labels={"gpuspawner.cli": "build-e2e"},
+        ).decode()
+        assert got.splitlines() == ["1000", "/home/jovyan", "writable"]
+    finally:
+        remove_image(tag)
+        remove_image(base)
+
+
 def test_build_refuses_unpinned_names(tmp_path):
     write_config(tmp_path, [])
     base = read_testbed("image")

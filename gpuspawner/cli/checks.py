@@ -819,9 +819,25 @@ def dockerfile(plan: BuildPlan) -> str:
         lines.append(f"COPY data/{d.name} {DATASETS_DIR}/{d.name}")
     labels = " ".join(f"{_json_word(k)}={_json_word(v)}" for k, v in plan.labels.items())
     lines.append(f"LABEL {labels}")
-    if plan.user and plan.user not in ("root", "0", "0:0"):
+    if plan.user and plan.user.split(":")[0] not in ("root", "0"):
         lines.append(f"USER {plan.user}")
+    else:
+        # A base that runs as root (pytorch/pytorch, nvidia/cuda): students get a user of
+        # their own, uid 1000 as in Jupyter's images, with a home for their volume.
+        lines += [
+            f"RUN (getent passwd {STUDENT_UID} >/dev/null || useradd -m -u {STUDENT_UID} -s /bin/bash jovyan"
+            f" || echo 'jovyan:x:{STUDENT_UID}:{STUDENT_UID}::{STUDENT_HOME}:/bin/sh' >> /etc/passwd)"
+            f" && mkdir -p {STUDENT_HOME} && chown {STUDENT_UID}:{STUDENT_UID} {STUDENT_HOME}",
+            f"ENV HOME={STUDENT_HOME}",
+            f"WORKDIR {STUDENT_HOME}",
+            f"USER {STUDENT_UID}",
+        ]
     return "\n".join(lines) + "\n"
+
+
+#: The user ``image build`` adds to a base that runs as root.
+STUDENT_UID = 1000
+STUDENT_HOME = "/home/jovyan"
 
 
 def _shell_word(word: str) -> str:
