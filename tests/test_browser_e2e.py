@@ -6,9 +6,7 @@ Headless Chromium (Debian's) driven by Playwright, against the real hub, proxy a
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 
 import pytest
 
@@ -17,7 +15,6 @@ from .realhub import read_testbed, require_tools, running_hub
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
 RUN = secrets.token_hex(3)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GPU_IDS = ["GPU-b0000000-0000-4000-8000-000000000000", "GPU-b1111111-1111-4000-8000-111111111111"]
 
 
@@ -36,21 +33,6 @@ def hub(tmp_path_factory):
     """
     with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
         yield h
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright  # never `playwright install`: Debian's chromium
-
-    assert os.path.exists(CHROMIUM), "Debian's chromium is not installed: run tests/run.sh"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        yield b
-        b.close()
 
 
 def log_in(page, hub, name):

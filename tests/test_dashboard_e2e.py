@@ -3,10 +3,8 @@ through the hub's OAuth in Debian's headless Chromium, servers run on the test b
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import shutil
 import time
 
 import pytest
@@ -18,7 +16,6 @@ from .realhub import engine, free_port, read_testbed, require_tools, running_hub
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
 RUN = secrets.token_hex(3)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GPU_ID = "GPU-da5b0a2d-0000-4000-8000-000000000000"
 GPU2_ID = "GPU-da5b0a2d-0000-4000-8000-000000000001"
 EVIL = "<script>alert('xss')</script>"
@@ -94,21 +91,6 @@ def wait_for_dashboard(hub, timeout=30):
             pass
         time.sleep(0.3)
     raise AssertionError(f"the dashboard did not answer:\n{hub.log_tail()}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright  # never `playwright install`: Debian's chromium
-
-    assert os.path.exists(CHROMIUM), "Debian's chromium is not installed: run tests/run.sh"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        yield b
-        b.close()
 
 
 def log_in_to_dashboard(browser, hub, name):
