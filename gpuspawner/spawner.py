@@ -478,17 +478,21 @@ class GPUSpawner(DockerSpawner):
 
     _lab: _Lab | None = None
 
+    @property
+    def policy(self) -> Policy:
+        """The admin's placement, sharing and quota rules, from this spawner's config."""
+        return Policy(
+            placement=self.placement,
+            share_limit=self.shared_gpu_users,
+            max_gpus_per_user=self.max_gpus_per_user,
+            group_quotas=dict(self.group_gpu_quotas),
+        )
+
     def _shared_lab(self) -> _Lab:
         cls = GPUSpawner
         if cls._lab is None:
             inventory = self.load_inventory()
-            policy = Policy(
-                placement=self.placement,
-                share_limit=self.shared_gpu_users,
-                max_gpus_per_user=self.max_gpus_per_user,
-                group_quotas=dict(self.group_gpu_quotas),
-            )
-            cls._lab = _Lab(inventory, policy)
+            cls._lab = _Lab(inventory, self.policy)
             self._prepull_profile_images()
             units = ", ".join(u.describe() for u in inventory.units) or f"none {inventory.note}"
             cuda = f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""

@@ -34,7 +34,7 @@ from traitlets.config import Application, Config, PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
 from .. import labels as label
-from ..gpus import Inventory, Ledger, Policy, holder_key
+from ..gpus import Inventory, Ledger, holder_key
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import ImagePuller, split_reference
 from ..profiles import Profile, ProfileError
@@ -632,7 +632,7 @@ class StatusApp(LabCommand):
             inventory = lab.inventory
         except Exception as e:  # noqa: BLE001 - NVML errors other than "no driver"
             raise CommandError(f"the hub's GPUs cannot be read: {e}") from None
-        ledger = Ledger(inventory.units, Policy(share_limit=lab.spawner.shared_gpu_users))
+        ledger = Ledger(inventory.units, lab.spawner.policy)
         containers = lab.docker().containers(filters={"label": label.GPUS})
         warnings = label.adopt_containers(ledger, containers)
         by_holder, cpu_servers = {}, 0

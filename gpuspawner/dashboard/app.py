@@ -29,7 +29,6 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..cli import CommandError, load_lab
-from ..gpus import Policy
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
@@ -211,7 +210,7 @@ class GPUDashboard(Application):
         self.hub_auth = HubOAuth.instance(api_url=api_url, api_token=token, cache_max_age=60)
         self.sources = Sources(
             lab.inventory,
-            Policy(share_limit=spawner.shared_gpu_users),
+            spawner.policy,
             spawner.new_docker_client,
             self.hub,
             self.denials_file,
