@@ -170,6 +170,30 @@ c.JupyterHub.load_roles = [
     #  "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"]},
 ]
 
+# --- GPU culling: free GPUs left idle (a hub-managed service) ----------------------
+# A GPU server whose GPUs stay idle 30 minutes is stopped (not if its student was
+# active in Jupyter in the last 10), and none runs longer than 8 hours; the home
+# volume is kept and the next spawn page says why. A profile may set its own
+# gpu_idle_timeout / max_runtime / jupyter_activity_grace. Usage comes from NVML:
+# with the SIMULATED inventory nothing reads as idle, and only max_runtime applies.
+c.GPUSpawner.gpu_idle_timeout = "30m"
+c.GPUSpawner.max_runtime = "8h"
+c.GPUSpawner.jupyter_activity_grace = "10m"
+c.JupyterHub.services.append(
+    {
+        "name": "gpu-culler",
+        "command": [sys.executable, "-m", "gpuspawner.culler", "-f", os.path.abspath(__file__), "--cull-every=60"],
+        "environment": c.JupyterHub.services[0]["environment"],
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "gpu-culler",
+        "services": ["gpu-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    }
+)
+
 # --- Last: check it all now -----------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile
 # and the field, instead of a student meeting it; missing images start pulling.

@@ -14,6 +14,10 @@ GPUS = "gpuspawner.gpus"  # comma-separated unit ids (GPU-... or MIG-...); '' wh
 SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
 GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
 IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
+# The culling rules the server started with, in seconds ('' or 0: off), for the GPU culler.
+GPU_IDLE_TIMEOUT = "gpuspawner.gpu-idle-timeout"
+MAX_RUNTIME = "gpuspawner.max-runtime"
+JUPYTER_ACTIVITY_GRACE = "gpuspawner.jupyter-activity-grace"
 
 
 def _split(value: str) -> list[str]:

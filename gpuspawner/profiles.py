@@ -18,7 +18,7 @@ import yaml
 
 from .gpus.allocation import GPURequest
 from .images import ImageError, check_pinned
-from .traits import format_bytes, is_mig_profile, parse_bytes
+from .traits import format_bytes, is_mig_profile, parse_bytes, parse_duration
 
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -71,6 +71,10 @@ class Profile:
     groups: frozenset[str] = frozenset()  # who may use it; with ``users`` empty too: everyone
     users: frozenset[str] = frozenset()
     default: bool = False
+    # GPU culling, in seconds (0: never); None: the spawner's hub-wide value.
+    gpu_idle_timeout: float | None = None
+    max_runtime: float | None = None
+    jupyter_activity_grace: float | None = None
 
     def allows(self, user: str, groups: frozenset[str] | set[str], admin: bool = False) -> bool:
         """May this user choose this profile? Admins may choose every profile."""
@@ -102,10 +106,11 @@ class Profile:
 
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
+_CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace")
 _KNOWN = {
     "slug", "display_name", "image", "mem_limit", "cpu_limit", "shm_size", "description",
     "environment", "datasets", "shares", "groups", "users", "default",
-} | _GPU_FIELDS
+} | _GPU_FIELDS | set(_CULL_FIELDS)
 
 
 def _field_error(position: int, slug: object, field: str, problem: str) -> ProfileError:
@@ -162,9 +167,16 @@ def parse_profile(position: int, entry: object, allow_unpinned: bool = False) ->
     if not isinstance(gpu_model, str):
         raise error("gpu_model", f"must be a part of a GPU name such as 'A100', got {gpu_model!r}")
     asks_gpu = gpus > 0 or shared_gpu
-    for field in sorted(_GPU_FIELDS - {"gpus", "shared_gpu", "gpu_kind"}):
+    for field in sorted(_GPU_FIELDS - {"gpus", "shared_gpu", "gpu_kind"}) + list(_CULL_FIELDS):
         if entry.get(field) and not asks_gpu:
             raise error(field, "constrains GPUs, but this profile asks for none (set 'gpus' or 'shared_gpu')")
+    culling = {}
+    for field in _CULL_FIELDS:
+        value = entry.get(field)
+        try:
+            culling[field] = None if value is None else parse_duration(value)
+        except ValueError as e:
+            raise error(field, str(e)) from None
 
     sizes = {}
     for field in ("mem_limit", "shm_size", "gpu_min_memory"):
@@ -239,6 +251,7 @@ def parse_profile(position: int, entry: object, allow_unpinned: bool = False) ->
         groups=who["groups"],
         users=who["users"],
         default=default,
+        **culling,
     )
 
 

@@ -6,6 +6,7 @@ and usable without JavaScript: a plain radio choice and JupyterHub's Start butto
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import jinja2
@@ -20,11 +21,19 @@ _templates = jinja2.Environment(
 
 
 def render_profile_cards(
-    profiles: tuple[Profile, ...], ledger: Ledger, requester: Requester, holder: str, chosen: str | None
+    profiles: tuple[Profile, ...],
+    ledger: Ledger,
+    requester: Requester,
+    holder: str,
+    chosen: str | None,
+    stopped: str = "",
+    limits: Mapping[str, str] | None = None,
 ) -> str:
     """The cards, each with its availability or why it cannot start now.
 
     Pre-selects the user's last choice, else the default, among those that can start now.
+    ``stopped``: why the GPU culler stopped this server last time, told above the cards;
+    ``limits``: each profile's culling rules in words, by slug.
     """
     choices = []
     for p in profiles:
@@ -38,6 +47,7 @@ def render_profile_cards(
                 "total": total,
                 "unavailable": refusal.message if refusal else "",
                 "noun": _availability_noun(p, fitting),
+                "limits": (limits or {}).get(p.slug, ""),
             }
         )
     startable = [c for c in choices if not c["unavailable"]]
@@ -49,7 +59,7 @@ def render_profile_cards(
         preselect = startable[0] if startable else None
     for c in choices:
         c["checked"] = c is preselect
-    return _templates.get_template("profile_form.html").render(choices=choices)
+    return _templates.get_template("profile_form.html").render(choices=choices, stopped=stopped)
 
 
 def _availability_noun(profile: Profile, fitting: list) -> str:

@@ -34,8 +34,11 @@ from .gpus import (
     holder_key,
     parse_static_inventory,
 )
+from .culler.policy import CullRules
+from .culler.records import stop_record_for
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
+from .docker_pool import DEFAULT_THREADS, DockerCalls
 from .images import ImageError, ImagePuller, cuda_refusal, declared_cuda, image_digest
 from .profiles import (
     Profile,
@@ -49,8 +52,13 @@ from .profiles import (
 
 from . import labels as label
 from .labels import adopt_containers
+from .traits import Duration
 from .spawn_page import render_profile_cards
 
+
+
+# Where the NVIDIA Container Toolkit looks for a container's device list given as mounts.
+NVIDIA_DEVICE_MOUNTS = "/var/run/nvidia-container-devices"
 
 
 class _Lab:
@@ -297,9 +305,26 @@ class GPUSpawner(DockerSpawner):
         min=1,
         help="""How many image pulls run at once, on threads of their own.
 
-        A pull never holds up other users' spawns: they use DockerSpawner's
-        Docker calls, not the pull threads. Missing profile images start pulling
+        A pull never holds up other users' spawns: their Docker calls go
+        through gpuspawner's Docker pool (``docker_threads``), not the pull threads. Missing profile images start pulling
         in the background when the hub first creates a spawner.
+        """,
+    ).tag(config=True)
+
+    docker_threads = Int(
+        DEFAULT_THREADS,
+        min=1,
+        help="""How many Docker calls (create, start, inspect, stop, ...) run at once, for all users together.
+
+        DockerSpawner runs every call of every user on one thread, so when a
+        class starts together each student waits for all the others, and for
+        any slow call. Here each server's calls still run one at a time and in
+        order, while up to this many servers' calls run side by side. The bound
+        keeps a burst from flooding the engine: dockerd does much of create and
+        start one at a time anyway, and more threads only queue there. Image
+        pulls (``pull_policy`` "ifnotpresent") run on threads of their own
+        (``max_concurrent_pulls``) and take none of these. Read once, when the
+        hub's first Docker call is made.
         """,
     ).tag(config=True)
 
@@ -317,6 +342,53 @@ class GPUSpawner(DockerSpawner):
         ``user_quota``, ``group_quota``) and the message the student saw: the
         demand that was turned away, for the GPU dashboard. Relative to the
         hub's working directory. Empty: not recorded.
+        """,
+    ).tag(config=True)
+
+    device_list_as_volume_mounts = Bool(
+        True,
+        help="""Also name each server's GPUs as volume mounts
+        (``/var/run/nvidia-container-devices/<uuid>``), besides Docker's device request.
+
+        With the NVIDIA Container Toolkit's ``accept-nvidia-visible-devices-as-volume-mounts
+        = true`` and ``accept-nvidia-visible-devices-envvar-when-unprivileged = false``
+        (deploy/hub/nvidia/config.toml), the toolkit takes a container's GPUs from these
+        mounts, which only the spawner sets, and never from an environment variable, which
+        an image can set. With the toolkit's defaults the mounts are ignored.
+        """,
+    ).tag(config=True)
+
+    gpu_idle_timeout = Duration(
+        0,
+        help="""Stop a GPU server whose GPUs stayed idle this long (``"30m"``); 0: never.
+
+        Idle: its own processes ran kernels less than the culler's
+        ``busy_threshold`` (5%) of the time, read through NVML. A profile's
+        ``gpu_idle_timeout`` overrides it. Carried out by the GPU culler service
+        (docs/how-to/culling.md); the home volume is kept.
+        """,
+    ).tag(config=True)
+
+    max_runtime = Duration(
+        0,
+        help="""Stop a GPU server after this long (``"4h"``), whatever it does; 0: never.
+        A profile's ``max_runtime`` overrides it. Carried out by the GPU culler service.""",
+    ).tag(config=True)
+
+    jupyter_activity_grace = Duration(
+        0,
+        help="""A server active in Jupyter this recently (``"10m"``) is not stopped for GPU
+        idleness (``max_runtime`` still applies); 0: no grace. A profile's
+        ``jupyter_activity_grace`` overrides it.""",
+    ).tag(config=True)
+
+    stops_file = Unicode(
+        "gpuspawner-stops.jsonl",
+        help="""Where the GPU culler records the servers it stops, and why, one JSON object a line.
+
+        The spawner reads it when a server stops, to tell the student on the next
+        spawn page; the dashboard lists the recent stops. Relative to the hub's
+        working directory. Empty: not recorded.
         """,
     ).tag(config=True)
 
@@ -407,6 +479,7 @@ class GPUSpawner(DockerSpawner):
         super().__init__(**kwargs)
         self._progress: list[dict] = []  # this spawn's steps, for progress()
         self._progress_changed = asyncio.Event()
+        self.stop_reason: dict = {}  # {"time", "reason", "message"} of the culler's last stop of this server
 
     profile: Profile | None = None
     gpu_ids: tuple[str, ...] = ()
@@ -457,6 +530,8 @@ class GPUSpawner(DockerSpawner):
         if self.image_digest:
             state["image"] = self.image
             state["image_digest"] = self.image_digest
+        if self.stop_reason:
+            state["stop_reason"] = self.stop_reason
         return state
 
     def load_state(self, state):
@@ -466,6 +541,7 @@ class GPUSpawner(DockerSpawner):
         self.gpu_ids = tuple(state.get("gpus", ()))
         self.gpu_shared = bool(state.get("gpu_shared", False))
         self.image_digest = state.get("image_digest", "")
+        self.stop_reason = state.get("stop_reason") or {}
 
     def clear_state(self):
         super().clear_state()
@@ -473,6 +549,7 @@ class GPUSpawner(DockerSpawner):
         self.gpu_shared = False
         self.image_digest = ""
         self.profile = None  # each start resolves the profile again
+        # stop_reason stays: the next spawn page tells the student why the server stopped.
 
     # --- the hub's shared ledger
 
@@ -599,6 +676,7 @@ class GPUSpawner(DockerSpawner):
             held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
             self._report(75, f"Starting the container{held}")
             started = await super().start()
+            self.stop_reason = {}  # told on the spawn page; a new server starts afresh
             self._report(90, "Container started; waiting for the server to answer")
             return started
         except BaseException:
@@ -775,10 +853,37 @@ class GPUSpawner(DockerSpawner):
                 binds[share.source] = {"bind": f"{self._home}/shared/{share.name}", "mode": mode}
         return binds
 
+    # --- Docker calls: a bounded pool shared by all servers, each server's calls in order
+
+    _docker_calls: DockerCalls | None = None
+    _docker_order: asyncio.Lock | None = None  # this server's calls, one at a time
+
+    def _docker_pool(self) -> DockerCalls:
+        cls = GPUSpawner
+        if cls._docker_calls is None:
+            cls._docker_calls = DockerCalls(self.docker_threads)
+        return cls._docker_calls
+
     def docker(self, method, *args, **kwargs):
+        """Call ``method`` of the Docker client on the shared pool, after this server's earlier calls.
+
+        Instead of DockerSpawner's one thread for everyone: another user's slow
+        call no longer holds this one up. Returns an awaitable, as DockerSpawner's does.
+        """
         if method == "create_container":
             kwargs = self._with_lab_settings(kwargs)
-        return super().docker(method, *args, **kwargs)
+        if self._docker_order is None:
+            self._docker_order = asyncio.Lock()
+        return self._docker_pool().call(self._docker_order, self.client, method, *args, **kwargs)
+
+    def culling_rules_of(self, profile: Profile | None) -> CullRules:
+        """The GPU culling rules of a server of ``profile``: the profile's, else the hub-wide ones."""
+
+        def rule(name: str) -> float:
+            value = getattr(profile, name, None)
+            return getattr(self, name) if value is None else value
+
+        return CullRules(rule("gpu_idle_timeout"), rule("max_runtime"), rule("jupyter_activity_grace"))
 
     def _with_lab_settings(self, create_kwargs: dict) -> dict:
         """Add what the lab decided to the container DockerSpawner is about to create."""
@@ -795,12 +900,22 @@ class GPUSpawner(DockerSpawner):
                 label.IMAGE_DIGEST: self.image_digest,
             }
         )
+        if self.gpu_ids:  # what the GPU culler holds this server to, for as long as it runs
+            rules = self.culling_rules_of(profile)
+            labels[label.GPU_IDLE_TIMEOUT] = f"{rules.gpu_idle_timeout:g}"
+            labels[label.MAX_RUNTIME] = f"{rules.max_runtime:g}"
+            labels[label.JUPYTER_ACTIVITY_GRACE] = f"{rules.jupyter_activity_grace:g}"
         host_config = create_kwargs["host_config"]
         if self.gpu_ids:
             # Explicit ids: a count would give every container GPU 0.
             host_config["DeviceRequests"] = [
                 docker.types.DeviceRequest(device_ids=list(self.gpu_ids), capabilities=[["gpu"]])
             ]
+            if self.device_list_as_volume_mounts:
+                host_config["Binds"] = [
+                    *(host_config.get("Binds") or []),
+                    *(f"/dev/null:{NVIDIA_DEVICE_MOUNTS}/{unit}:ro" for unit in self.gpu_ids),
+                ]
         else:
             host_config.pop("DeviceRequests", None)
         shm_size = profile.shm_size if profile and profile.shm_size is not None else self.shm_size
@@ -840,6 +955,10 @@ class GPUSpawner(DockerSpawner):
         return status
 
     async def stop(self, now=False):
+        record = stop_record_for(self.stops_file, self.object_id) if self.object_id else None
+        if record:
+            self.stop_reason = {k: record.get(k, "") for k in ("time", "reason", "message")}
+            self.log.info("Stopping %s: %s (GPU culler)", self.holder, record.get("message"))
         if self.object_id:
             await super().stop(now=now)
         else:
@@ -858,9 +977,21 @@ class GPUSpawner(DockerSpawner):
         ledger = await self.ledger()
         chosen = self.user_options.get("profile") if self.user_options else None
         profiles = self.user_profiles
-        if len(profiles) <= 1:
+        if len(profiles) <= 1 and not self.stop_reason:
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
-        return render_profile_cards(profiles, ledger, self.requester, self.holder, chosen)
+        limits = {}
+        for p in profiles:
+            if p.gpu_request.slots:
+                limits[p.slug] = self.culling_rules_of(p).describe()
+        return render_profile_cards(
+            profiles,
+            ledger,
+            self.requester,
+            self.holder,
+            chosen,
+            stopped=self.stop_reason.get("message", ""),
+            limits=limits,
+        )
 
 
 __all__ = ["GPUSpawner", "apply_profile_choice"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import TraitError
+from traitlets import TraitError, TraitType
 
 _BYTES = ByteSpecification()
 
@@ -57,3 +57,60 @@ MIG_PROFILE = re.compile(r"(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?")
 
 def is_mig_profile(value: object) -> bool:
     return isinstance(value, str) and MIG_PROFILE.fullmatch(value) is not None
+
+
+# --- durations: "30m", "4h", "1h30m", 90 (seconds) ---------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Parse a duration into seconds: a number of seconds, or ``"30m"``, ``"4h"``, ``"1h30m"``, ``"2d"``.
+
+    0 means "never" wherever a duration switches something on. Raises ``ValueError``
+    with the accepted forms when the value is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        elif text and _DURATION_PART.sub("", text) == "" and _DURATION_PART.match(text):
+            seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(f"{value!r} is not a duration: use seconds, or a number with d, h, m or s, such as '30m'")
+    else:
+        raise ValueError(f"{value!r} is not a duration: use seconds, or a number with d, h, m or s, such as '30m'")
+    if seconds < 0:
+        raise ValueError(f"{value!r} is not a duration: it is negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Say a duration as people do: 1800 -> '30 minutes', 5400 -> '1 hour 30 minutes'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} second{'s' * (seconds != 1)}"
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {name}{'s' * (count != 1)}")
+    return " ".join(parts[:2])
+
+
+class Duration(TraitType):
+    """A trait holding seconds (float), written as 1800, "30m", "4h" or "1h30m"; 0 means off."""
+
+    default_value = 0.0
+    info_text = 'a duration: seconds, or a number with d, h, m or s such as "30m"'
+
+    def validate(self, obj, value):
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise TraitError(f"{self.name}: {e}") from None

@@ -231,6 +231,18 @@ class RealHub:
         headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
         return requests.request(method, f"{self.api}{path}", headers=headers, timeout=60, **kwargs)
 
+    def login(self, name: str) -> requests.Session:
+        """A browser-like session of ``name``, logged in through the login form."""
+        session = requests.Session()
+        session.get(f"{self.url}/hub/login", timeout=30)
+        r = session.post(
+            f"{self.url}/hub/login?next=",
+            data={"username": name, "password": "x", "_xsrf": session.cookies.get("_xsrf")},
+            timeout=30,
+        )
+        assert r.ok, r.text
+        return session
+
     def ensure_user(self, name: str) -> None:
         r = self.request("POST", f"/users/{name}")
         assert r.status_code in (201, 409), r.text

@@ -20,7 +20,7 @@ from gpuspawner.dashboard.model import (
     activity_from_users,
     build_view,
     groups_from_users,
-    parse_denials,
+    parse_events,
     reach_from_scopes,
     restrict,
 )
@@ -71,7 +71,7 @@ def view(**kwargs):
         "now": NOW,
         "host": "gpu1",
         "activity": {"mia/": NOW - timedelta(minutes=3)},
-        "denials": parse_denials(DENIAL_LINES, 20),
+        "denials": parse_events(DENIAL_LINES, 20),
     }
     return build_view(INVENTORY, POLICY, kwargs.pop("containers", CONTAINERS), **{**args, **kwargs})
 
@@ -127,7 +127,7 @@ def test_units_unknown_to_the_inventory_are_warned_about():
     ids=["all", "last-one", "none"],
 )
 def test_denials_newest_first_counted_by_reason(keep, expected):
-    recent, counts = parse_denials(DENIAL_LINES, keep)
+    recent, counts = parse_events(DENIAL_LINES, keep)
     assert [d.message for d in recent] == expected
     assert counts == {"no_gpu": 2, "user_quota": 1}
 
@@ -158,7 +158,7 @@ def test_every_user_controlled_string_is_escaped():
     evil = "<script>alert(1)</script>"
     c = container("mia", gpus="GPU-0", profile=evil, image=f"lab:{evil}")
     denial = json.dumps({"user": "x", "reason": "no_gpu", "message": f"<b>{evil}</b>", "profile": evil})
-    v = view(containers=[c], denials=parse_denials([denial], 5))
+    v = view(containers=[c], denials=parse_events([denial], 5))
     page = render_page(v, user=evil, can_stop=True, xsrf_form_html='<input type="hidden" name="_xsrf" value="t">',
                        refresh=15)
     assert "<script>" not in page and "<b>" not in page
@@ -253,7 +253,7 @@ def test_groups_come_from_the_hubs_user_models_or_are_unknown():
 
 def test_a_teacher_sees_only_their_groups_users_and_the_free_units():
     denials = [json.dumps({"user": u, "reason": "no_gpu", "message": f"refused {u}"}) for u in ("mia", "li", "zed")]
-    full = view(groups=COURSES, denials=parse_denials(denials, 10),
+    full = view(groups=COURSES, denials=parse_events(denials, 10),
                 containers=CONTAINERS + [container("eve", gpus="GPU-gone")])
     assert full.warnings
     v = restrict(full, Reach(groups=frozenset({"physics"})))
@@ -362,13 +362,13 @@ def test_the_denials_file_is_parsed_again_whenever_it_changes(tmp_path):
     path = tmp_path / "denials.jsonl"
     path.write_text(DENIAL_LINES[0] + "\n")
     src = Sources(INVENTORY, POLICY, lambda: None, None, str(path), nvml=False, host="h")
-    assert src._denials()[0][1] == {"no_gpu": 1}
-    assert src._denials()[0][1] == {"no_gpu": 1}
+    assert src._events(src.denials_file, src._denials_cache)[0][1] == {"no_gpu": 1}
+    assert src._events(src.denials_file, src._denials_cache)[0][1] == {"no_gpu": 1}
     with open(path, "a") as f:
         f.write(DENIAL_LINES[2] + "\n")
-    assert src._denials()[0][1] == {"no_gpu": 1, "user_quota": 1}
+    assert src._events(src.denials_file, src._denials_cache)[0][1] == {"no_gpu": 1, "user_quota": 1}
     path.unlink()
-    assert src._denials() == (((), {}), "")
+    assert src._events(src.denials_file, src._denials_cache) == (((), {}), "")
     v = asyncio.run(src.view())
     assert v.docker_error and v.hub_error and {u.state for u in v.units} == {UNKNOWN}
 
@@ -399,3 +399,37 @@ def test_the_service_lets_in_any_read_scope_filtered_or_not(scopes, allowed):
     else:
         with pytest.raises(UserNotAllowed):
             _Handler.check_hub_user(handler, model)
+
+
+STOP_LINES = [
+    json.dumps({"time": "2026-03-02T09:45:00+00:00", "user": "mia", "server": "", "profile": "gpu",
+                "container": "c1", "reason": "gpu_idle", "message": "stopped after 30 minutes without GPU use"}),
+    json.dumps({"time": "2026-03-02T09:50:00+00:00", "user": "max", "server": "big", "profile": "gpu",
+                "container": "c2", "reason": "max_runtime", "message": "stopped after 4 hours, the time limit"}),
+]
+
+
+def test_the_culler_stops_are_listed_counted_and_limited_to_the_viewers_reach():
+    v = view(stops=parse_events(STOP_LINES, 20), groups={"mia": ("course-a",), "max": ("course-b",)})
+    assert [s.user for s in v.stops] == ["max", "mia"]
+    page = render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15)
+    assert "Recently stopped by the GPU culler" in page and "stopped after 30 minutes without GPU use" in page
+    assert v.as_json()["stops_by_reason"] == {"gpu_idle": 1, "max_runtime": 1}
+    families = {f.name: f for f in text_string_to_metric_families(render_metrics(v).decode())}
+    culled = {s.labels["reason"]: s.value for s in families["gpuspawner_culled"].samples if s.name.endswith("_total")}
+    assert culled == {"gpu_idle": 1, "max_runtime": 1}
+    teacher = restrict(v, Reach(False, frozenset(), frozenset({"course-a"})))
+    assert [s.user for s in teacher.stops] == ["mia"]
+    unreadable = view(stops_error="stops.jsonl: Permission denied")
+    assert "Cannot read the stops file: stops.jsonl: Permission denied" in render_page(
+        unreadable, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
+
+
+def test_nvml_missing_is_an_alarm_only_when_the_inventory_comes_from_nvml():
+    static = render_page(view(nvml_error="NVML Shared Library Not Found"), user="a", can_stop=False,
+                         xsrf_form_html="", refresh=15)
+    assert "Cannot read NVML" not in static and "No GPU usage figures" in static
+    nvml = build_view(Inventory(units=UNITS, source="nvml"), POLICY, CONTAINERS, now=NOW,
+                      nvml_error="GPU is lost")
+    assert "Cannot read NVML: GPU is lost" in render_page(nvml, user="a", can_stop=False, xsrf_form_html="",
+                                                          refresh=15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -39,6 +40,8 @@ class Dev:
     utilization: int | None = 0  # None: NOT_SUPPORTED (as on MIG instances)
     temperature: int = 40
     pids: tuple[int, ...] | None = ()  # None: NOT_SUPPORTED
+    # (pid, smUtil, timestamp in µs) samples; None: NOT_SUPPORTED (as on MIG instances)
+    samples: list[tuple[int, int, int]] | None = field(default_factory=list)
 
 
 class FakeNVML:
@@ -155,6 +158,15 @@ class FakeNVML:
     def nvmlDeviceGetTemperature(self, handle, sensor):
         assert sensor == self.NVML_TEMPERATURE_GPU
         return handle.temperature
+
+    def nvmlDeviceGetProcessUtilization(self, handle, lastSeenTimeStamp):
+        if handle.samples is None:
+            raise self.NVMLError_NotSupported()
+        found = [SimpleNamespace(pid=pid, smUtil=sm, memUtil=0, encUtil=0, decUtil=0, timeStamp=ts)
+                 for pid, sm, ts in handle.samples if ts > lastSeenTimeStamp]
+        if not found:
+            raise self.NVMLError_NotFound()  # as NVML does when no sample is newer
+        return found
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         if handle.pids is None:
@@ -321,6 +333,23 @@ def test_read_usage_per_unit():
     assert (fake.inits, fake.shutdowns) == (2, 2)
 
 
+def test_read_usage_per_process_keeps_each_pids_highest_recent_share():
+    now_us = int(time.time() * 1_000_000)
+    fake = FakeNVML([
+        Dev("GPU-0000", A100, 40 * GiB, utilization=80, pids=(1001, 1002),
+            samples=[(1001, 10, now_us - 2_000_000), (1001, 70, now_us - 1_000_000),
+                     (1002, 90, now_us - 60_000_000)]),  # 1002's only sample is a minute old
+        Dev("GPU-1111", A100, 40 * GiB, pids=(), samples=[]),
+        Dev("GPU-2222", A100, 40 * GiB, mig="enabled", slots=[Dev("MIG-4", A100 + " MIG 1g.5gb", GiB, slices=1,
+                                                                    utilization=None, samples=None, pids=(7,))]),
+    ])
+    usage = read_usage(fake, per_process=True, window=10)
+    assert usage["GPU-0000"].process_utilization == {1001: 70}
+    assert usage["GPU-1111"].process_utilization == {}  # NOT_FOUND: nothing ran
+    assert usage["MIG-4"].process_utilization is None  # NOT_SUPPORTED: unknown
+    assert read_usage(fake)["GPU-0000"].process_utilization is None  # not asked
+
+
 def test_names_exist_in_pynvml():
     """Every NVML name the code touches exists in the real module, with the same arity.
 
@@ -329,7 +358,7 @@ def test_names_exist_in_pynvml():
     fake = host()
     fake.devices.append(Dev("GPU-4444", A100, 40 * GiB, mig="enabled", slots=[Dev("MIG-4", A100, GiB, slices=1)]))
     discover(fake)
-    read_usage(fake)
+    read_usage(fake, per_process=True)
     discover_auto(FakeNVML(fail_init=FakeNVML.NVML_ERROR_DRIVER_NOT_LOADED))
     missing = sorted(name for name in fake.called if not hasattr(pynvml, name))
     assert not missing, f"not in pynvml: {missing}"

@@ -8,7 +8,6 @@ import secrets
 import textwrap
 
 import pytest
-import requests
 
 from .realhub import RealHub, engine, read_testbed, require_tools, running_hub
 
@@ -119,25 +118,13 @@ def test_tampering_over_rest_is_refused_with_nothing_started(hub, user, options,
     assert gpu_holders() == []
 
 
-def login(hub: RealHub, name: str) -> requests.Session:
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/login", timeout=30)
-    r = session.post(
-        f"{hub.url}/hub/login?next=",
-        data={"username": name, "password": "x", "_xsrf": session.cookies.get("_xsrf")},
-        timeout=30,
-    )
-    assert r.ok, r.text
-    return session
-
-
 @pytest.mark.parametrize(
     "query, status",
     [("opt-profile=cv", 403), ("opt-profile=nope", 400), ("opt-profile=open&opt-image=evil:1", 400)],
     ids=["not-my-course", "unknown", "image"],
 )
 def test_tampering_through_the_spawn_url_is_refused(hub, query, status):
-    session = login(hub, STUDENT)
+    session = hub.login(STUDENT)
     r = session.get(f"{hub.url}/hub/spawn/{STUDENT}?{query}", timeout=60)
     assert r.status_code == status, r.text[-500:]
     assert hub.server_model(STUDENT) is None
@@ -145,9 +132,9 @@ def test_tampering_through_the_spawn_url_is_refused(hub, query, status):
 
 
 def test_students_see_only_their_courses_profiles(hub):
-    page = login(hub, STUDENT).get(f"{hub.url}/hub/spawn", timeout=30).text
+    page = hub.login(STUDENT).get(f"{hub.url}/hub/spawn", timeout=30).text
     assert 'value="open"' in page and 'value="ml101"' in page and 'value="cv"' not in page
-    page = login(hub, OTHER).get(f"{hub.url}/hub/spawn", timeout=30)
+    page = hub.login(OTHER).get(f"{hub.url}/hub/spawn", timeout=30)
     # one profile to choose from: no form, the server starts at once
     assert 'value="ml101"' not in page.text
     hub.wait_ready(OTHER)

@@ -69,6 +69,19 @@ async def test_gpu_profile_gets_explicit_device_ids_labels_and_env(engine):
     assert s.get_state()["gpus"] == ["GPU-0000"]
 
 
+async def test_gpus_are_also_named_as_volume_mounts_for_the_toolkit(engine):
+    s = spawner(engine, profile="gpu")
+    await s.start()
+    binds = container_of(engine, s)["HostConfig"]["Binds"]
+    assert "/dev/null:/var/run/nvidia-container-devices/GPU-0000:ro" in binds
+    cpu = spawner(engine, user="bob", profile="cpu")
+    await cpu.start()
+    assert not [b for b in container_of(engine, cpu)["HostConfig"]["Binds"] if "nvidia-container-devices" in b]
+    off = spawner(engine, user="carol", profile="gpu", device_list_as_volume_mounts=False)
+    await off.start()
+    assert not [b for b in container_of(engine, off)["HostConfig"]["Binds"] if "nvidia-container-devices" in b]
+
+
 async def test_cpu_profile_gets_void_and_its_limits(engine):
     s = spawner(engine, profile="cpu")
     await s.start()

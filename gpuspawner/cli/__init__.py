@@ -139,6 +139,16 @@ def load_lab(path: str, explicit: bool = True, overrides: Config | None = None, 
     return Lab(config_file, spawner, problem if config_file else "", notes)
 
 
+def load_service_lab(app: Application, path: str) -> Lab:
+    """The hub's lab for a hub-managed service (the dashboard, the culler): its config file
+    ``path``, an error only when it was named with -f; notes go to the service's log."""
+    explicit = any(isinstance(v, dict) and "hub_config" in v for v in app.config.values())
+    lab = load_lab(path, explicit, log=app.log)
+    for note in lab.notes:
+        app.log.warning(note)
+    return lab
+
+
 # --- the commands ------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from tornado.httpclient import HTTPClientError
 from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
-from ..cli import CommandError, load_lab
+from ..cli import CommandError, load_service_lab
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
@@ -154,7 +154,10 @@ class GPUDashboard(Application):
     denials_file = Unicode(
         help="The hub's denials file (default: GPUSpawner.denials_file of the hub's config; '' for none)."
     ).tag(config=True)
-    denials_shown = Int(20, min=0, help="How many recent denials the page shows.").tag(config=True)
+    denials_shown = Int(20, min=0, help="How many recent denials (and culler's stops) the page shows.").tag(config=True)
+    stops_file = Unicode(
+        help="The GPU culler's stops file (default: GPUSpawner.stops_file of the hub's config; '' for none)."
+    ).tag(config=True)
     nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
     read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
     stop_scope = Unicode(STOP_SCOPE, help="The custom scope that also allows stopping servers.").tag(config=True)
@@ -175,6 +178,7 @@ class GPUDashboard(Application):
         "refresh": "GPUDashboard.refresh",
         "denials-file": "GPUDashboard.denials_file",
         "denials-shown": "GPUDashboard.denials_shown",
+        "stops-file": "GPUDashboard.stops_file",
         "dcgm-job-mapping-dir": "GPUDashboard.dcgm_job_mapping_dir",
     }
     flags = {
@@ -196,13 +200,12 @@ class GPUDashboard(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
-        explicit = any(isinstance(v, dict) and "hub_config" in v for v in self.config.values())
-        lab = load_lab(self.hub_config, explicit, log=self.log)
-        for note in lab.notes:
-            self.log.warning(note)
+        lab = load_service_lab(self, self.hub_config)
         spawner = lab.spawner
         if not self.denials_file and "denials_file" not in self.config.get("GPUDashboard", {}):
             self.denials_file = spawner.denials_file
+        if not self.stops_file and "stops_file" not in self.config.get("GPUDashboard", {}):
+            self.stops_file = spawner.stops_file
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -216,6 +219,7 @@ class GPUDashboard(Application):
             self.denials_file,
             self.denials_shown,
             self.nvml,
+            stops_file=self.stops_file,
         )
 
     async def keep_job_mapping(self) -> None:

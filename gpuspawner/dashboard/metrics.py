@@ -30,7 +30,7 @@ class _ViewCollector:
             "gpuspawner_dashboard_source_up", "1 when the dashboard could read the source now", labels=["source"]
         )
         for source, error in (("docker", v.docker_error), ("nvml", v.nvml_error), ("hub", v.hub_error),
-                              ("denials", v.denials_error)):
+                              ("denials", v.denials_error), ("stops", v.stops_error)):
             up.add_metric([source], 0 if error else 1)
         yield up
         yield GaugeMetricFamily("gpuspawner_units", "GPU units (whole GPUs and MIG instances) the hub hands out",
@@ -73,6 +73,12 @@ class _ViewCollector:
             for reason, count in sorted(v.denials_by_reason.items()):
                 denials.add_metric([reason], count)
             yield denials
+        if not v.stops_error:
+            stops = CounterMetricFamily("gpuspawner_culled", "GPU servers stopped by the GPU culler, by reason"
+                                        " (gpu_idle, max_runtime; from stops_file)", labels=["reason"])
+            for reason, count in sorted(v.stops_by_reason.items()):
+                stops.add_metric([reason], count)
+            yield stops
 
 
 def render_metrics(view: DashboardView) -> bytes:

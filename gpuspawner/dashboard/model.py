@@ -56,10 +56,12 @@ class UnitView:
     state: str  # FREE, USED, SHARED or UNKNOWN (Docker could not be read)
     holders: tuple[Holding, ...] = ()
     usage: UnitUsage | None = None
+    node: str = ""  # the Swarm node it is on; "" on one host
 
     @property
     def label(self) -> str:
-        return f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else "")
+        where = f"{self.node}: " if self.node else ""
+        return where + f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else "")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ class Totals:
 
 
 @dataclass(frozen=True)
-class Denial:
+class LabEvent:
+    """A line of the denials file (a refused spawn) or of the stops file (a GPU culler's stop)."""
+
     time: str
     user: str
     server: str
@@ -89,13 +93,16 @@ class DashboardView:
     share_limit: int
     units: tuple[UnitView, ...]
     totals: Totals
-    denials: tuple[Denial, ...]  # the most recent first
+    denials: tuple[LabEvent, ...]  # the most recent first
     denials_by_reason: Mapping[str, int]  # over the whole file
     servers_without_gpu: int | None
     docker_error: str = ""
     nvml_error: str = ""
     hub_error: str = ""
     denials_error: str = ""
+    stops_error: str = ""
+    stops: tuple[LabEvent, ...] = ()  # GPU culler's stops, the most recent first
+    stops_by_reason: Mapping[str, int] = field(default_factory=dict)  # over the whole stops file
     warnings: tuple[str, ...] = field(default_factory=tuple)
     restricted_to: str = ""  # '' for the whole view; else whose units a restricted viewer sees
     groups_error: str = ""  # why the users' hub groups are unknown ('' when known)
@@ -114,6 +121,7 @@ class DashboardView:
                 "nvml": _source(self.nvml_error),
                 "hub": _source(self.hub_error),
                 "denials": _source(self.denials_error),
+                "stops": _source(self.stops_error),
                 "groups": _source(self.groups_error),
             },
             "totals": {
@@ -126,6 +134,8 @@ class DashboardView:
             "units": [_unit_json(u) for u in self.units],
             "denials": [vars(d) for d in self.denials],
             "denials_by_reason": dict(self.denials_by_reason),
+            "stops": [vars(s) for s in self.stops],
+            "stops_by_reason": dict(self.stops_by_reason),
             "warnings": list(self.warnings),
             "restricted_to": self.restricted_to or None,
         }
@@ -150,6 +160,7 @@ def _unit_json(u: UnitView) -> dict:
         "mig_profile": u.mig_profile or None,
         "parent_uuid": u.parent_uuid or None,
         "memory": u.memory,
+        "node": u.node or None,
         "state": u.state,
         "usage": None
         if usage is None
@@ -212,12 +223,12 @@ def groups_from_users(users: Iterable[dict]) -> dict[str, tuple[str, ...]] | Non
     return groups
 
 
-def parse_denials(lines: Iterable[str], keep: int) -> tuple[tuple[Denial, ...], dict[str, int]]:
-    """(the last ``keep`` denials, newest first; the count of every denial by reason).
+def parse_events(lines: Iterable[str], keep: int) -> tuple[tuple[LabEvent, ...], dict[str, int]]:
+    """(the last ``keep`` events, newest first; the count of every event by reason).
 
     Lines that are not a JSON object (a torn last line while the hub writes) are skipped.
     """
-    recent: deque[Denial] = deque(maxlen=keep)
+    recent: deque[LabEvent] = deque(maxlen=keep)
     counts: Counter[str] = Counter()
     for line in lines:
         try:
@@ -226,7 +237,7 @@ def parse_denials(lines: Iterable[str], keep: int) -> tuple[tuple[Denial, ...], 
             continue
         if not isinstance(event, dict):
             continue
-        denial = Denial(*(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message")))
+        denial = LabEvent(*(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message")))
         counts[denial.reason or "unknown"] += 1
         recent.append(denial)
     return tuple(reversed(recent)), dict(counts)
@@ -244,12 +255,14 @@ def build_view(
     host: str = "",
     usage: Mapping[str, UnitUsage] | None = None,
     activity: Mapping[str, datetime | None] | None = None,
-    denials: tuple[tuple[Denial, ...], Mapping[str, int]] = ((), {}),
+    denials: tuple[tuple[LabEvent, ...], Mapping[str, int]] = ((), {}),
     docker_error: str = "",
     nvml_error: str = "",
     hub_error: str = "",
     denials_error: str = "",
     groups: Mapping[str, tuple[str, ...]] | None = None,
+    stops: tuple[tuple[LabEvent, ...], Mapping[str, int]] = ((), {}),
+    stops_error: str = "",
 ) -> DashboardView:
     """The dashboard as the sources say it is now.
 
@@ -303,6 +316,7 @@ def build_view(
                 state=state,
                 holders=holders,
                 usage=(usage or {}).get(gpu.uuid),
+                node=gpu.node,
             )
         )
     if containers is None:
@@ -326,6 +340,9 @@ def build_view(
         nvml_error=nvml_error,
         hub_error=hub_error,
         denials_error=denials_error,
+        stops=tuple(stops[0]),
+        stops_by_reason=dict(stops[1]),
+        stops_error=stops_error,
         warnings=tuple(warnings),
         groups_error=""
         if groups is not None
@@ -412,7 +429,7 @@ def restrict(view: DashboardView, reach: Reach) -> DashboardView:
     Unlimited: the view as is. Limited (a teacher): the units held by users in reach,
     showing only those holders; free units and units of unknown state (nothing personal
     in them); the totals, the count of servers without a GPU and the denials by reason
-    (counts, no names); only the denials of users in reach; no warnings (they name users).
+    (counts, no names); only the denials and culler's stops of users in reach; no warnings (they name users).
     Units held only by others are left out, and so is every trace of who holds them.
     """
     if reach.everyone:
@@ -426,6 +443,7 @@ def restrict(view: DashboardView, reach: Reach) -> DashboardView:
         view,
         units=tuple(units),
         denials=tuple(d for d in view.denials if reach.covers(d.user, view.user_groups.get(d.user, ()))),
+        stops=tuple(d for d in view.stops if reach.covers(d.user, view.user_groups.get(d.user, ()))),
         user_groups={},
         warnings=(),
         restricted_to=reach.describe(),

@@ -41,10 +41,16 @@ TEMPLATE = """<!DOCTYPE html>
 <p class="muted">As of <time id="generated-at" datetime="{{ iso(view.generated_at) }}">{{ iso(view.generated_at) }}</time>
  (refreshes every {{ refresh }} s) &middot; user {{ user }} &middot;
  <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a></p>
-{% for source, error in [("Docker", view.docker_error), ("the hub", view.hub_error), ("NVML", view.nvml_error),
-                          ("the denials file", view.denials_error)] %}
+{# A static inventory without NVML (a simulation, a machine without the driver) is expected: a note, not an alarm. #}
+{% set nvml_expected_absent = view.inventory_source == "static" %}
+{% for source, error in [("Docker", view.docker_error), ("the hub", view.hub_error),
+                          ("NVML", "" if nvml_expected_absent else view.nvml_error),
+                          ("the denials file", view.denials_error),
+                          ("the stops file", view.stops_error)] %}
  {% if error %}<div class="error" data-source="{{ source }}">Cannot read {{ source }}: {{ error }}</div>{% endif %}
 {% endfor %}
+{% if nvml_expected_absent and view.nvml_error %}<p class="muted" data-source="NVML">No GPU usage figures: the GPUs are a
+ static list in the hub's config, and NVML does not answer ({{ view.nvml_error }}).</p>{% endif %}
 {% if view.restricted_to %}<p class="muted" id="restricted">Showing only the GPUs of {{ view.restricted_to }} (and the free ones).</p>
  {% if view.groups_error %}<div class="error" data-source="groups">Cannot read the users' groups: {{ view.groups_error }}</div>{% endif %}
 {% endif %}
@@ -95,18 +101,23 @@ TEMPLATE = """<!DOCTYPE html>
 </table>
 {% endif %}
 
-<h2>Recent denials</h2>
-{% if view.denials %}
-<table id="denials">
+{% macro events(id, rows) %}
+{% if rows %}
+<table id="{{ id }}">
 <thead><tr><th>Time</th><th>User</th><th>Server</th><th>Profile</th><th>Reason</th><th>Message</th></tr></thead>
 <tbody>
-{% for d in view.denials %}
+{% for d in rows %}
  <tr><td>{{ d.time }}</td><td>{{ d.user }}</td><td>{{ d.server or "(default)" }}</td><td>{{ d.profile }}</td>
  <td>{{ d.reason }}</td><td>{{ d.message }}</td></tr>
 {% endfor %}
 </tbody>
 </table>
 {% else %}<p class="muted">None recorded.</p>{% endif %}
+{% endmacro %}
+<h2>Recent denials</h2>
+{{ events("denials", view.denials) }}
+<h2>Recently stopped by the GPU culler</h2>
+{{ events("stops", view.stops) }}
 </body>
 </html>
 """

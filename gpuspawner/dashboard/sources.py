@@ -1,4 +1,4 @@
-"""The dashboard's I/O: Docker, NVML, the hub's REST API and the denials file.
+"""The dashboard's I/O: Docker, NVML, the hub's REST API, the denials and the stops files.
 
 Each source is read afresh for every request; a source that fails is reported
 in the view (``*_error``) and nothing cached from before stands in for it.
@@ -19,7 +19,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from .. import labels as label
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
-from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_denials
+from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
@@ -76,15 +76,19 @@ class Sources:
         denials_shown: int = 20,
         nvml: bool = True,
         host: str | None = None,
+        stops_file: str = "",
     ):
         self.inventory = inventory
+        self._described = inventory.units  # on a Swarm: what the config says of each unit
         self.policy = policy
         self._docker_client = docker_client
         self._docker = None
         self.hub = hub
         self.denials_file = denials_file
         self.denials_shown = denials_shown
-        self._denials_cache = None
+        self._denials_cache: dict = {}
+        self.stops_file = stops_file
+        self._stops_cache: dict = {}
         self.nvml = nvml
         self.host = socket.gethostname() if host is None else host
 
@@ -92,26 +96,32 @@ class Sources:
         if self._docker is None:
             self._docker = self._docker_client()
         try:
+            if self.inventory.source == "swarm":  # SwarmGPUSpawner: every node, from the Swarm manager
+                from ..swarm import dashboard_inputs
+
+                self.inventory, found = dashboard_inputs(self._docker, self._described)
+                return found
             return self._docker.containers(filters={"label": label.USER})
         except Exception:
             self._docker = None  # a new client next time (the engine may have restarted)
             raise
 
-    def _denials(self):
-        if not self.denials_file:
+    def _events(self, path: str, cache: dict):
+        """(recent events, counts by reason) of a JSON-lines file, and an error ('' when read)."""
+        if not path:
             return ((), {}), ""
         try:
-            with open(self.denials_file, encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 # The same file, unchanged (inode, size, mtime): the same parse, not an old one.
                 st = os.fstat(f.fileno())
                 key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self.denials_shown)
-                if self._denials_cache is None or self._denials_cache[0] != key:
-                    self._denials_cache = (key, parse_denials(f, self.denials_shown))
-                return self._denials_cache[1], ""
+                if cache.get("key") != key:
+                    cache.update(key=key, parsed=parse_events(f, self.denials_shown))
+                return cache["parsed"], ""
         except FileNotFoundError:
-            return ((), {}), ""  # nothing refused yet
+            return ((), {}), ""  # nothing recorded yet
         except OSError as e:
-            return ((), {}), f"{self.denials_file}: {e.strerror or e}"
+            return ((), {}), f"{path}: {e.strerror or e}"
 
     async def view(self) -> DashboardView:
         async def containers():
@@ -144,7 +154,8 @@ class Sources:
         (found, docker_error), (used, nvml_error), ((seen, groups), hub_error) = await asyncio.gather(
             containers(), usage(), activity()
         )
-        denials, denials_error = self._denials()
+        denials, denials_error = self._events(self.denials_file, self._denials_cache)
+        stops, stops_error = self._events(self.stops_file, self._stops_cache)
         return build_view(
             self.inventory,
             self.policy,
@@ -159,4 +170,6 @@ class Sources:
             hub_error=hub_error,
             denials_error=denials_error,
             groups=groups,
+            stops=stops,
+            stops_error=stops_error,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ class UnitUsage:
     memory_total: int  # bytes
     temperature: int | None  # degrees C of the physical GPU (a MIG instance: its GPU's)
     processes: tuple[int, ...] | None  # host pids (not container pids) with a CUDA context on the unit
+    # % of time each pid's kernels ran, over the last few seconds (read_usage(per_process=True));
+    # a pid that ran none is left out; None where NVML does not say (MIG instances, or not asked)
+    process_utilization: dict[int, int] | None = None
 
 
 def _load(nvml: NVML | None) -> NVML:
@@ -203,10 +207,28 @@ def _unless_unsupported(nvml: NVML, function, *args):
         raise
 
 
-def read_usage(nvml: NVML | None = None) -> dict[str, UnitUsage]:
+def _process_utilization(nvml: NVML, handle: Any, window: float) -> dict[int, int] | None:
+    """{pid: the highest % of time its kernels ran} over the last ``window`` seconds."""
+    since = int((time.time() - window) * 1_000_000)  # NVML's sample clock: microseconds
+    try:
+        samples = nvml.nvmlDeviceGetProcessUtilization(handle, since)
+    except nvml.NVMLError as e:
+        if _code(e) == nvml.NVML_ERROR_NOT_FOUND:
+            return {}  # no sample in the window: no process ran a kernel
+        if _code(e) == nvml.NVML_ERROR_NOT_SUPPORTED:
+            return None
+        raise
+    busy: dict[int, int] = {}
+    for sample in samples:
+        busy[int(sample.pid)] = max(busy.get(int(sample.pid), 0), int(sample.smUtil))
+    return busy
+
+
+def read_usage(nvml: NVML | None = None, per_process: bool = False, window: float = 10.0) -> dict[str, UnitUsage]:
     """What each unit is doing now, keyed by its uuid; raises ``NVMLUnavailable``.
 
     NVML does not measure utilisation per MIG instance (NOT_SUPPORTED): it is None there.
+    ``per_process`` also reads each process's share over the last ``window`` seconds.
     """
     nvml = _load(nvml)
     usage: dict[str, UnitUsage] = {}
@@ -224,5 +246,6 @@ def read_usage(nvml: NVML | None = None) -> dict[str, UnitUsage]:
                 memory_total=int(memory.total),
                 temperature=None if temperature is None else int(temperature),
                 processes=None if processes is None else tuple(int(p.pid) for p in processes),
+                process_utilization=_process_utilization(nvml, handle, window) if per_process else None,
             )
     return usage

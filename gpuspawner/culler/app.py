@@ -1,0 +1,305 @@
+"""The GPU culler: jupyterhub-idle-culler 2.0 with GPU rules in its ``cull_arbiter_hook``.
+
+jupyterhub-idle-culler already walks the hub's servers each round and stops the
+ones its arbiter picks through the hub's REST API (``DELETE /users/…/server``),
+so the hub, the proxy, the GPU ledger and the dashboard all see the same stop,
+and the home volume is left alone. This app is that culler with one arbiter:
+
+- a server that holds GPUs is judged by the rules it started with (the
+  ``gpuspawner.*`` labels on its container: ``gpu_idle_timeout``,
+  ``max_runtime``, ``jupyter_activity_grace`` of its profile or the hub's
+  defaults), on GPU usage read through NVML (or ``--usage-file``);
+- every server may also be culled for Jupyter inactivity, as the plain idle
+  culler does, when ``--timeout`` is more than 0 (off by default).
+
+Before a GPU stop it appends a record to the stops file, which the spawner reads
+to tell the student why and the dashboard lists.
+
+On a Docker Swarm (``--node-local``), one culler runs on each GPU node, as an
+external service of the hub: it reads the task containers of its own engine
+(the units Swarm assigned are in their ``DOCKER_RESOURCE_<KIND>`` variables),
+GPU usage of its own host, and judges only the servers that run on its node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from textwrap import dedent
+
+from jupyterhub_idle_culler import IdleCuller, parse_date
+from traitlets import Any, Bool, Int, Unicode, default
+
+from .. import labels as label
+from ..cli import CommandError, load_service_lab
+from .policy import CullRules, GPUServer, IdleClocks, UnitReading
+from .records import record_stop
+from .usage import FileUsage, NVMLUsage
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value or 0))
+    except ValueError:
+        return 0.0
+
+
+def gpu_servers(containers: list[dict]) -> dict[str, GPUServer]:
+    """{"user/server": GPUServer} for the containers that hold GPUs, from their labels."""
+    servers = {}
+    for c in containers:
+        labels = c.get("Labels") or {}
+        units = tuple(u for u in (labels.get(label.GPUS) or "").split(",") if u)
+        if not units or label.USER not in labels:
+            continue
+        rules = CullRules(
+            gpu_idle_timeout=_seconds(labels.get(label.GPU_IDLE_TIMEOUT)),
+            max_runtime=_seconds(labels.get(label.MAX_RUNTIME)),
+            jupyter_activity_grace=_seconds(labels.get(label.JUPYTER_ACTIVITY_GRACE)),
+        )
+        key = f"{labels[label.USER]}/{labels.get(label.SERVER, '')}"
+        servers[key] = GPUServer(
+            user=labels[label.USER],
+            server=labels.get(label.SERVER, ""),
+            container=c.get("Id", ""),
+            units=units,
+            rules=rules,
+            started=None,  # the hub's start time, from its server model
+            profile=labels.get(label.PROFILE, ""),
+        )
+    return servers
+
+
+SWARM_SERVICE = "com.docker.swarm.service.id"  # Docker's label on a Swarm task's container
+
+
+def task_container(inspected: dict, prefix: str = "NVIDIA-") -> dict:
+    """A Swarm task's container (``inspect_container``) as :func:`gpu_servers` reads a listed one.
+
+    Its labels are the service's container labels (user, server, profile, rules);
+    the units are the ones Swarm assigned, which Docker puts in the container's
+    environment as ``DOCKER_RESOURCE_<KIND>=<id>[,<id>...]``, one variable a kind.
+    """
+    config = inspected.get("Config") or {}
+    labels = dict(config.get("Labels") or {})
+    units = []
+    want = "DOCKER_RESOURCE_" + prefix.upper()
+    for entry in config.get("Env") or ():
+        name, _, value = entry.partition("=")
+        if name.upper().startswith(want):
+            units.extend(u for u in value.split(",") if u)
+    labels[label.GPUS] = ",".join(units)
+    return {"Id": inspected.get("Id", ""), "Labels": labels}
+
+
+class GPUCuller(IdleCuller):
+    name = "gpuspawner-culler"
+    description = dedent("""
+    Stop GPU servers whose GPUs stay idle, or that ran past their time limit.
+
+    jupyterhub-idle-culler with GPU rules, run by the hub as a managed service
+    (see docs/how-to/culling.md). The rules come from each server's profile
+    (or GPUSpawner's hub-wide defaults) and are read from its container's labels;
+    GPU usage from NVML; the Docker engine and the stops file from the hub's
+    config (-f). Needs the scopes list:users, read:users:activity, read:servers
+    and delete:servers.
+    """).strip()
+
+    hub_config = Unicode(
+        "jupyterhub_config.py", help="The hub's config file: its Docker settings and GPUSpawner.stops_file."
+    ).tag(config=True)
+    usage_file = Unicode(
+        "",
+        help="""Read GPU usage from this JSON file instead of NVML (a simulation, or a test).
+
+        ``{"GPU-...": {"utilization": 0, "processes": [host pids],
+        "process_utilization": {"pid": percent}}}``; a unit left out is unknown,
+        never idle. '' (the default): NVML.""",
+    ).tag(config=True)
+    busy_threshold = Int(
+        5,
+        min=0,
+        max=100,
+        help="""A GPU is in use when its server's kernels run at least this % of the time
+        (NVML's utilisation); below it, and it counts as idle.""",
+    ).tag(config=True)
+    stops_file = Unicode(
+        help="Where GPU stops are recorded (default: GPUSpawner.stops_file of the hub's config; '' for none)."
+    ).tag(config=True)
+    proc = Unicode("/proc", help="The host's /proc, to place GPU processes in their containers.").tag(config=True)
+    timeout = Int(
+        0,
+        min=0,
+        help="""Also cull any server inactive in Jupyter for this many seconds, as
+        jupyterhub-idle-culler does; 0 (the default): GPU rules only.""",
+    ).tag(config=True)
+    cull_every = Int(min=1, help="Seconds between rounds: how often GPU usage is read.").tag(config=True)
+    usage_source = Any(help="What reads GPU usage (``.read() -> {unit: UnitReading}``); default from usage_file.")
+    node_local = Bool(
+        False,
+        help="""Run on one Docker Swarm node and judge only the servers running there.
+
+        GPU servers are read from this node's own engine (``DOCKER_HOST``, else the
+        default socket), not the hub's: the Swarm task containers gpuspawner made,
+        with the units Swarm assigned them. A server whose container is not on this
+        node is left to its node's culler (and, with ``--timeout``, not judged
+        either). Run one per GPU node as an external hub service; give
+        ``--stops-file`` the hub's stops file on a shared filesystem so that
+        students are told why (docs/how-to/culling.md).""",
+    ).tag(config=True)
+    gpu_resource_prefix = Unicode(
+        "NVIDIA-",
+        help="With --node-local: Swarm generic resources whose kind starts with this are GPU units "
+        "(as SwarmGPUSpawner.gpu_resource_prefix).",
+    ).tag(config=True)
+
+    aliases = {
+        **IdleCuller.aliases,
+        ("f", "config"): ("GPUCuller.hub_config", "The hub's config file (default: ./jupyterhub_config.py)"),
+        "usage-file": "GPUCuller.usage_file",
+        "busy-threshold": "GPUCuller.busy_threshold",
+        "stops-file": "GPUCuller.stops_file",
+        "timeout": "GPUCuller.timeout",
+        "cull-every": "GPUCuller.cull_every",
+        "gpu-resource-prefix": "GPUCuller.gpu_resource_prefix",
+    }
+    flags = {
+        **IdleCuller.flags,
+        "node-local": ({"GPUCuller": {"node_local": True}}, "Judge only this Swarm node's servers (see node_local)."),
+    }
+
+    @default("cull_every")
+    def _default_cull_every(self):
+        return 60
+
+    @default("usage_source")
+    def _default_usage_source(self):
+        return FileUsage(self.usage_file, self.proc) if self.usage_file else NVMLUsage(self.proc)
+
+    @default("cull_arbiter_hook")
+    def _default_arbiter(self):
+        return self.arbiter
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        lab = load_service_lab(self, self.hub_config)
+        if "stops_file" not in self.config.get("GPUCuller", {}):
+            self.stops_file = lab.spawner.stops_file
+        self.new_docker_client = self._local_client if self.node_local else lab.spawner.new_docker_client
+        self._local: set[str] = set()  # with node_local: "user/server" of every gpuspawner server on this node
+        self._record_as: dict[str, str] = {}  # container id -> the id the hub's spawner knows (a service's)
+        self.clocks = IdleClocks(busy_threshold=self.busy_threshold)
+        self._docker = None
+        self._round: tuple[float, dict[str, GPUServer], dict[str, UnitReading]] | None = None
+        self._round_lock = asyncio.Lock()
+        self._usage_error = ""
+
+    # --- one round's view, read once and shared by the round's servers
+
+    @staticmethod
+    def _local_client():
+        import docker
+        from docker.utils import kwargs_from_env
+
+        return docker.APIClient(version="auto", **kwargs_from_env())
+
+    def _containers(self) -> list[dict]:
+        if self._docker is None:
+            self._docker = self.new_docker_client()
+        try:
+            if not self.node_local:
+                return self._docker.containers(filters={"label": label.GPUS})
+            # The service's labels are on its containers; the assigned units only in their environment.
+            listed = self._docker.containers(filters={"label": [label.USER, SWARM_SERVICE]})
+            found = []
+            for c in listed:
+                try:
+                    found.append(task_container(self._docker.inspect_container(c["Id"]), self.gpu_resource_prefix))
+                except Exception as e:  # noqa: BLE001 - gone since listed
+                    self.log.debug("Container %s: %s", c["Id"][:12], e)
+            self._local = {f"{x['Labels'][label.USER]}/{x['Labels'].get(label.SERVER, '')}" for x in found}
+            self._record_as = {c["Id"]: (c.get("Labels") or {}).get(SWARM_SERVICE, c["Id"]) for c in listed}
+            return found
+        except Exception:
+            self._docker = None  # a new client next time (the engine may have restarted)
+            self._local = set()  # where nothing can be read, nothing is judged
+            raise
+
+    async def _view(self) -> tuple[dict[str, GPUServer], dict[str, UnitReading]]:
+        async with self._round_lock:
+            fresh_for = min(5.0, self.cull_every / 2)
+            if self._round is None or time.monotonic() - self._round[0] > fresh_for:
+                try:
+                    servers = gpu_servers(await asyncio.to_thread(self._containers))
+                except Exception as e:  # noqa: BLE001 - no engine: no GPU server judged this round
+                    self.log.warning("Cannot read the GPU servers from Docker: %s", e)
+                    servers = {}
+                try:
+                    readings = await asyncio.to_thread(self.usage_source.read)
+                    self._usage_error = ""
+                except Exception as e:  # noqa: BLE001 - unreadable usage is never idleness
+                    # Said once (and again when it changes), not every round.
+                    error = f"{type(e).__name__}: {e}"
+                    log = self.log.warning if error != self._usage_error else self.log.debug
+                    log("Cannot read GPU usage, so no GPU server counts as idle (max_runtime still applies): %s", e)
+                    self._usage_error = error
+                    readings = {}
+                self.clocks.forget_others(servers.values())
+                self._round = (time.monotonic(), servers, readings)
+            return self._round[1], self._round[2]
+
+    async def arbiter(self, *, inactive, inactive_limit, server, **kwargs) -> bool:
+        """Stop this server? (jupyterhub-idle-culler's ``cull_arbiter_hook``)"""
+        servers, readings = await self._view()
+        if self.node_local and server.get("full_name", "") not in self._local:
+            return False  # another node's server: its own culler judges it
+        found = servers.get(server.get("full_name", ""))
+        if found is not None and found.rules.active:
+            now = datetime.now(timezone.utc)
+            started = parse_date(server["started"]) if server.get("started") else None
+            last_activity = parse_date(server["last_activity"]) if server.get("last_activity") else None
+            gpu_server = replace(found, started=started)
+            verdict = self.clocks.judge(gpu_server, readings, now, last_activity)
+            if verdict.stop:
+                self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), verdict.message)
+                if self.stops_file:
+                    try:
+                        record_stop(
+                            self.stops_file,
+                            user=found.user,
+                            server=found.server,
+                            profile=found.profile,
+                            container=self._record_as.get(found.container, found.container),
+                            reason=verdict.reason,
+                            message=verdict.message,
+                        )
+                    except OSError as e:
+                        self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
+                return True
+        if self.timeout > 0 and inactive is not None:
+            return inactive.total_seconds() >= inactive_limit
+        return False
+
+    def start(self):
+        if "JUPYTERHUB_API_TOKEN" not in os.environ:
+            raise CommandError(
+                "no JUPYTERHUB_API_TOKEN: run the culler as a hub-managed service"
+                " (or, with --node-local, give it the token of its external service)"
+            )
+        super().start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gpuspawner.culler``; returns the exit status."""
+    try:
+        app = GPUCuller.instance()
+        app.initialize(argv)
+        app.start()
+    except CommandError as e:
+        print(f"gpuspawner-culler: {e}", file=sys.stderr)
+        return 2
+    return 0

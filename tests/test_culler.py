@@ -1,0 +1,441 @@
+"""GPU culling: the rules with an injected clock and usage, processes placed in containers,
+the stops file, the culler's arbiter, and what the spawner does with a stop."""
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuspawner import GPUSpawner
+from gpuspawner import labels as label
+from gpuspawner.culler.app import GPUCuller, gpu_servers
+from gpuspawner.culler.policy import GPU_IDLE, MAX_RUNTIME, CullRules, GPUServer, IdleClocks, UnitReading, unit_in_use
+from gpuspawner.culler.records import record_stop, stop_record_for
+from gpuspawner.culler.usage import FileUsage, container_of
+from gpuspawner.profiles import ProfileError, parse_profiles
+from gpuspawner.spawner import apply_profile_choice
+
+from .fakes import FakeDocker, make_spawner
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+ME = "a" * 64
+OTHER = "b" * 64
+IDLE = UnitReading(0, {})
+BUSY = UnitReading(90, {101: ME})
+
+
+def server(units=("GPU-0",), rules=CullRules(gpu_idle_timeout=1800), started=T0, container=ME):
+    return GPUServer("alice", "", container, tuple(units), rules, started)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+# --- what counts as using a GPU
+
+
+@pytest.mark.parametrize(
+    "reading, in_use",
+    [
+        (None, True),  # unreadable: never idle
+        (UnitReading(0, {}), False),
+        (UnitReading(3, {101: ME}), False),  # a CUDA context, kernels below the threshold
+        (UnitReading(90, {101: ME}), True),
+        (UnitReading(90, {}), True),  # busy with no process visible: the benefit of the doubt
+        (UnitReading(90, None), True),
+        (UnitReading(90, {202: OTHER}), False),  # another container's work is not ours
+        (UnitReading(90, {303: ""}), False),  # nor the host's
+        (UnitReading(90, {101: ME, 202: OTHER}, {101: 1, 202: 89}), False),  # per process: ours is idle
+        (UnitReading(90, {101: ME, 202: OTHER}, {101: 40, 202: 50}), True),
+        (UnitReading(None, {101: ME}), True),  # a MIG instance: our process is there
+        (UnitReading(None, {202: OTHER}), False),
+        (UnitReading(None, {}), False),
+        (UnitReading(None, None), True),  # nothing known
+    ],
+)
+def test_unit_in_use(reading, in_use):
+    assert unit_in_use(reading, ME, busy_threshold=5) is in_use
+
+
+# --- the rules over time
+
+
+def test_idle_for_the_timeout_stops_with_the_reason():
+    clocks = IdleClocks()
+    s = server()
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(0)).stop
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(29)).stop
+    verdict = clocks.judge(s, {"GPU-0": IDLE}, at(30))
+    assert verdict.stop and verdict.reason == GPU_IDLE
+    assert verdict.message == "stopped after 30 minutes without GPU use"
+
+
+def test_use_resets_the_idle_clock():
+    clocks = IdleClocks()
+    s = server()
+    clocks.judge(s, {"GPU-0": IDLE}, at(0))
+    assert not clocks.judge(s, {"GPU-0": BUSY}, at(25)).stop
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(26)).stop
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(55)).stop  # idle for 29 minutes only
+    assert clocks.judge(s, {"GPU-0": IDLE}, at(56)).stop
+
+
+def test_every_unit_must_be_idle():
+    clocks = IdleClocks()
+    s = server(units=("GPU-0", "GPU-1"))
+    for minute in (0, 40):
+        assert not clocks.judge(s, {"GPU-0": IDLE, "GPU-1": BUSY}, at(minute)).stop
+
+
+def test_an_unreadable_gpu_never_counts_as_idle():
+    clocks = IdleClocks()
+    s = server()
+    for minute in (0, 40, 80):
+        assert not clocks.judge(s, {}, at(minute)).stop
+    assert clocks.idle_since == {}
+
+
+def test_another_containers_work_neither_keeps_alive_nor_culls():
+    clocks = IdleClocks()
+    shared = {"GPU-0": UnitReading(95, {202: OTHER, 101: ME}, {202: 95})}
+    mine, theirs = server(), server(container=OTHER)
+    clocks.judge(mine, shared, at(0))
+    clocks.judge(theirs, shared, at(0))
+    assert clocks.judge(mine, shared, at(30)).stop  # the neighbour's training is not ours
+    assert not clocks.judge(theirs, shared, at(30)).stop  # nor is our idle context theirs
+
+
+def test_max_runtime_stops_a_busy_server():
+    clocks = IdleClocks()
+    s = server(rules=CullRules(gpu_idle_timeout=1800, max_runtime=4 * 3600))
+    assert not clocks.judge(s, {"GPU-0": BUSY}, at(239)).stop
+    verdict = clocks.judge(s, {"GPU-0": BUSY}, at(240))
+    assert verdict.stop and verdict.reason == MAX_RUNTIME
+    assert verdict.message == "stopped after 4 hours, the time limit of GPU servers"
+
+
+def test_jupyter_activity_grace_spares_idle_gpus_but_not_the_time_limit():
+    clocks = IdleClocks()
+    s = server(rules=CullRules(gpu_idle_timeout=1800, max_runtime=3600, jupyter_activity_grace=600))
+    clocks.judge(s, {"GPU-0": IDLE}, at(0))
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(40), last_activity=at(35)).stop  # typed 5 minutes ago
+    assert clocks.judge(s, {"GPU-0": IDLE}, at(50), last_activity=at(35)).stop  # 15 minutes ago
+    clocks = IdleClocks()
+    assert clocks.judge(s, {"GPU-0": IDLE}, at(60), last_activity=at(60)).reason == MAX_RUNTIME
+
+
+def test_rules_off_stop_nothing_and_a_restarted_culler_waits_again():
+    s = server(rules=CullRules())
+    clocks = IdleClocks()
+    assert not any(clocks.judge(s, {"GPU-0": IDLE}, at(m)).stop for m in range(0, 600, 30))
+    s = server()
+    first = IdleClocks()
+    first.judge(s, {"GPU-0": IDLE}, at(0))
+    restarted = IdleClocks()  # the culler restarted at minute 20: its clock starts then
+    restarted.judge(s, {"GPU-0": IDLE}, at(20))
+    assert not restarted.judge(s, {"GPU-0": IDLE}, at(30)).stop
+    assert restarted.judge(s, {"GPU-0": IDLE}, at(50)).stop
+
+
+def test_clocks_of_gone_servers_are_forgotten():
+    clocks = IdleClocks()
+    a, b = server(), server(container=OTHER)
+    clocks.judge(a, {"GPU-0": IDLE}, at(0))
+    clocks.judge(b, {"GPU-0": IDLE}, at(0))
+    clocks.forget_others([b])
+    assert list(clocks.idle_since) == [f"alice/@{OTHER}"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 20), st.sampled_from(["idle", "busy", "other", "unknown"])), max_size=40),
+    st.integers(1, 60),
+)
+def test_never_stopped_before_an_unbroken_idle_stretch_of_the_timeout(rounds, timeout_minutes):
+    """Whatever the readings, a GPU-idle stop comes only after every round of the last
+    ``timeout`` minutes found the server idle, and never after a use or an unknown reading."""
+    readings = {
+        "idle": UnitReading(0, {101: ME}),
+        "busy": BUSY,
+        "other": UnitReading(99, {202: OTHER}),
+        "unknown": None,
+    }
+    clocks = IdleClocks()
+    s = server(rules=CullRules(gpu_idle_timeout=timeout_minutes * 60))
+    now, idle_since = T0, None
+    for step, kind in rounds:
+        now += timedelta(minutes=step)
+        idle = kind in ("idle", "other")
+        idle_since = (idle_since or now) if idle else None
+        verdict = clocks.judge(s, {"GPU-0": readings[kind]}, now)
+        expected = idle_since is not None and now - idle_since >= timedelta(minutes=timeout_minutes)
+        assert verdict.stop == expected
+        if verdict.stop:
+            return
+
+
+# --- processes placed in containers
+
+
+def test_container_of_reads_docker_cgroups(tmp_path):
+    samples = {
+        1: "0::/init.scope\n",  # the host
+        2: f"12:memory:/docker/{ME}\n11:cpu:/docker/{ME}\n",  # cgroupfs driver, v1
+        3: f"0::/system.slice/docker-{OTHER}.scope\n",  # systemd driver, v2
+        4: f"5:memory:/gpuspawner-testbed/{ME}\n",  # a cgroup parent
+        5: "0::/user.slice/user-1000.slice/session-1.scope\n",
+    }
+    for pid, text in samples.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(text)
+    found = {pid: container_of(pid, str(tmp_path)) for pid in [*samples, 99]}
+    assert found == {1: "", 2: ME, 3: OTHER, 4: ME, 5: "", 99: ""}
+
+
+def test_file_usage_places_processes(tmp_path):
+    (tmp_path / "proc" / "7").mkdir(parents=True)
+    (tmp_path / "proc" / "7" / "cgroup").write_text(f"0::/docker/{ME}\n")
+    usage = tmp_path / "usage.json"
+    usage.write_text(json.dumps({
+        "GPU-0": {"utilization": 50, "processes": [7, 8], "process_utilization": {"7": 50}},
+        "MIG-1": {"utilization": None, "processes": None},
+    }))
+    readings = FileUsage(str(usage), str(tmp_path / "proc")).read()
+    assert readings["GPU-0"] == UnitReading(50, {7: ME, 8: ""}, {7: 50})
+    assert readings["MIG-1"] == UnitReading(None, None, None)
+
+
+# --- the stops file
+
+
+def test_stop_records_are_found_by_container_and_only_while_fresh(tmp_path):
+    path = str(tmp_path / "stops.jsonl")
+    assert stop_record_for(path, ME) is None  # no file yet
+    record_stop(path, user="alice", server="", profile="gpu", container=ME, reason=GPU_IDLE, message="m1", now=at(0))
+    with open(path, "a") as f:
+        f.write('{"torn": ')  # a line the culler was still writing
+    assert stop_record_for(path, ME, now=at(1))["message"] == "m1"
+    assert stop_record_for(path, OTHER, now=at(1)) is None
+    assert stop_record_for(path, ME, now=at(60)) is None  # too old: not this stop's reason
+
+
+# --- the culler service's arbiter
+
+
+class Usage:
+    def __init__(self, readings):
+        self.readings = readings
+
+    def read(self):
+        if isinstance(self.readings, Exception):
+            raise self.readings
+        return self.readings
+
+
+def container(user, server_name, units, idle="1800", runtime="0", cid=ME):
+    return {"Id": cid, "Labels": {label.USER: user, label.SERVER: server_name, label.GPUS: ",".join(units),
+                                  label.PROFILE: "gpu", label.GPU_IDLE_TIMEOUT: idle, label.MAX_RUNTIME: runtime,
+                                  label.JUPYTER_ACTIVITY_GRACE: "0"}}
+
+
+def test_gpu_servers_from_labels():
+    found = gpu_servers([container("alice", "", ["GPU-0"]), container("bob", "x", [], cid=OTHER),
+                         {"Id": "c", "Labels": {label.GPUS: "GPU-1"}}])
+    assert list(found) == ["alice/"]
+    assert found["alice/"].rules == CullRules(1800, 0, 0) and found["alice/"].profile == "gpu"
+
+
+def culler(tmp_path, containers, readings, **config):
+    hub_config = tmp_path / "jupyterhub_config.py"
+    hub_config.write_text(f"c.GPUSpawner.stops_file = {str(tmp_path / 'stops.jsonl')!r}\n")
+    GPUCuller.clear_instance()
+    app = GPUCuller(usage_source=Usage(readings), **config)
+    app.initialize(["-f", str(hub_config)])
+    app.new_docker_client = lambda: type("D", (), {"containers": lambda self, filters: containers})()
+    return app
+
+
+def hub_server(full_name, started, last_activity):
+    return {"full_name": full_name, "started": started.isoformat(), "last_activity": last_activity.isoformat()}
+
+
+async def test_the_arbiter_stops_an_idle_gpu_server_records_why_and_leaves_cpu_servers(tmp_path):
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle="1")], {"GPU-0": IDLE}, cull_every=1)
+    now = datetime.now(timezone.utc)
+    alice = hub_server("alice/", now - timedelta(hours=1), now)
+    carol = hub_server("carol/", now - timedelta(days=3), now - timedelta(days=3))  # CPU only, long inactive
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    assert await app.arbiter(server=alice, **args) is False  # first round: the idle clock starts
+    assert await app.arbiter(server=carol, inactive=timedelta(days=3), inactive_limit=0) is False
+    await asyncio.sleep(1.1)
+    assert await app.arbiter(server=alice, **args) is True
+    (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["user"], record["container"], record["reason"]) == ("alice", ME, GPU_IDLE)
+    assert record["message"] == "stopped after 1 second without GPU use"
+
+
+async def test_the_arbiter_keeps_servers_when_usage_cannot_be_read(tmp_path):
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle="0.1")], RuntimeError("NVML gone"), cull_every=1)
+    now = datetime.now(timezone.utc)
+    for _ in range(3):
+        assert await app.arbiter(server=hub_server("alice/", now, now), inactive=timedelta(0), inactive_limit=0) is False
+        await asyncio.sleep(0.15)
+
+
+async def test_jupyter_idle_culling_is_off_unless_a_timeout_is_given(tmp_path):
+    app = culler(tmp_path, [], {}, timeout=600)
+    now = datetime.now(timezone.utc)
+    cpu = hub_server("carol/", now, now)
+    assert await app.arbiter(server=cpu, inactive=timedelta(seconds=601), inactive_limit=600) is True
+    assert await app.arbiter(server=cpu, inactive=timedelta(seconds=599), inactive_limit=600) is False
+
+
+# --- the spawner: rules on the container, the reason on the next spawn page
+
+GPUS = [{"index": 0, "uuid": "GPU-0000", "name": "A100", "memory": "80G"}]
+PROFILES = [
+    {"slug": "gpu", "display_name": "GPU", "image": "lab:1", "gpus": 1, "gpu_idle_timeout": "30m"},
+    {"slug": "long", "display_name": "Long runs", "image": "lab:1", "gpus": 1, "max_runtime": "1d",
+     "gpu_idle_timeout": 0},
+]
+
+
+def spawner(engine, profile, tmp_path, **config):
+    GPUSpawner._lab = GPUSpawner._puller = None
+    s = make_spawner(GPUSpawner, engine, user="alice", profiles=PROFILES, gpus=GPUS, denials_file="",
+                     stops_file=str(tmp_path / "stops.jsonl"), max_runtime="4h", **config)
+    s.user_options = {"profile": profile}
+    apply_profile_choice(s, s.user_options)
+    return s
+
+
+async def test_rules_go_on_the_container_and_the_reason_to_the_next_spawn_page(tmp_path):
+    engine = FakeDocker()
+    s = spawner(engine, "gpu", tmp_path, jupyter_activity_grace="10m")
+    await s.start()
+    labels = engine.inspect_container(s.object_id)["Labels"]
+    # The profile's idle timeout, the hub-wide time limit and grace.
+    assert (labels[label.GPU_IDLE_TIMEOUT], labels[label.MAX_RUNTIME], labels[label.JUPYTER_ACTIVITY_GRACE]) == (
+        "1800", "14400", "600")
+    record_stop(str(tmp_path / "stops.jsonl"), user="alice", server="", profile="gpu", container=s.object_id,
+                reason=GPU_IDLE, message="stopped after 30 minutes without GPU use")
+    await s.stop()
+    s.clear_state()
+    state = s.get_state()
+    assert state["stop_reason"]["message"] == "stopped after 30 minutes without GPU use"
+    GPUSpawner._lab = None
+    again = spawner(engine, "gpu", tmp_path)
+    again.load_state(state)  # a restarted hub
+    page = await again.render_profile_form()
+    assert "Your last server was stopped after 30 minutes without GPU use" in page
+    assert "Stops after 30 minutes without GPU use; runs 4 hours at most." in page
+    assert "Runs 1 day at most." in page
+    await again.start()
+    assert "stop_reason" not in again.get_state()
+    await again.stop()
+
+
+async def test_a_stop_of_its_own_tells_nothing(tmp_path):
+    engine = FakeDocker()
+    s = spawner(engine, "gpu", tmp_path)
+    await s.start()
+    record_stop(str(tmp_path / "stops.jsonl"), user="alice", server="", profile="gpu", container="another",
+                reason=GPU_IDLE, message="x")
+    await s.stop()
+    assert "stop_reason" not in s.get_state()
+
+
+def test_profile_culling_fields_are_checked():
+    (p,) = parse_profiles([{"slug": "g", "display_name": "G", "image": "i:1", "gpus": 1, "gpu_idle_timeout": "1h30m",
+                            "max_runtime": 7200}])
+    assert (p.gpu_idle_timeout, p.max_runtime, p.jupyter_activity_grace) == (5400, 7200, None)
+    with pytest.raises(ProfileError, match=r"profile 'g'.*gpu_idle_timeout.*not a duration"):
+        parse_profiles([{"slug": "g", "display_name": "G", "image": "i:1", "gpus": 1, "gpu_idle_timeout": "soon"}])
+    with pytest.raises(ProfileError, match="max_runtime.*asks for none"):
+        parse_profiles([{"slug": "c", "display_name": "C", "image": "i:1", "max_runtime": "1h"}])
+
+
+# --- on a Docker Swarm: one culler per node (--node-local)
+
+SERVICE = "s" * 25
+
+
+def task(cid, user, server_name="", env=(), idle="1", service=SERVICE):
+    """A Swarm task's container as ``inspect_container`` shows it on its node's engine."""
+    labels = {label.USER: user, label.SERVER: server_name, label.PROFILE: "gpu", label.GPU_IDLE_TIMEOUT: idle,
+              label.MAX_RUNTIME: "0", label.JUPYTER_ACTIVITY_GRACE: "0", "com.docker.swarm.service.id": service}
+    return {"Id": cid, "Config": {"Labels": labels, "Env": ["PATH=/usr/bin", *env]}}
+
+
+def test_a_task_container_holds_the_units_swarm_assigned():
+    from gpuspawner.culler.app import task_container
+
+    found = gpu_servers([
+        task_container(task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1,GPU-2", "NVIDIA_VISIBLE_DEVICES=void"])),
+        task_container(task(OTHER, "bob", "x", env=["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB=MIG-7"])),
+        task_container(task("c" * 64, "carol", env=["DOCKER_RESOURCE_SSD=1"])),  # no GPU unit: not a GPU server
+    ])
+    assert {k: s.units for k, s in found.items()} == {"alice/": ("GPU-1", "GPU-2"), "bob/x": ("MIG-7",)}
+    assert found["alice/"].container == ME and found["alice/"].rules == CullRules(1, 0, 0)
+
+
+class NodeEngine:
+    """This node's engine: the task containers it runs (listed by label, then inspected)."""
+
+    def __init__(self, tasks):
+        self.tasks = {t["Id"]: t for t in tasks}
+
+    def containers(self, filters):
+        assert filters == {"label": [label.USER, "com.docker.swarm.service.id"]}
+        return [{"Id": cid, "Labels": t["Config"]["Labels"]} for cid, t in self.tasks.items()]
+
+    def inspect_container(self, cid):
+        return self.tasks[cid]
+
+
+async def test_a_node_local_culler_judges_only_its_nodes_servers_and_records_the_service(tmp_path):
+    engine = NodeEngine([task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-0"]),
+                         task(OTHER, "bob", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1"], service="t" * 25),
+                         task("c" * 64, "cem", service="u" * 25)])  # no GPU, on this node
+    app = culler(tmp_path, [], {"GPU-0": IDLE, "GPU-1": BUSY}, cull_every=1, node_local=True, timeout=600)
+    app.new_docker_client = lambda: engine
+    now = datetime.now(timezone.utc)
+    args = {"inactive": timedelta(0), "inactive_limit": 600}
+    assert await app.arbiter(server=hub_server("alice/", now, now), **args) is False  # the idle clock starts
+    # Another node's server, however idle in Jupyter and on GPUs: its own node's culler judges it.
+    away = hub_server("dan/", now - timedelta(days=3), now - timedelta(days=3))
+    assert await app.arbiter(server=away, inactive=timedelta(days=3), inactive_limit=600) is False
+    # A CPU server on this node: the Jupyter inactivity rule still applies here.
+    assert await app.arbiter(server=hub_server("cem/", now, now), inactive=timedelta(days=3), inactive_limit=600)
+    await asyncio.sleep(1.1)
+    assert await app.arbiter(server=hub_server("alice/", now, now), **args) is True
+    assert await app.arbiter(server=hub_server("bob/", now, now), **args) is False  # busy
+    (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    # The id the hub's SwarmGPUSpawner knows the server by (its service), not the node's container id.
+    assert (record["user"], record["container"], record["reason"]) == ("alice", SERVICE, GPU_IDLE)
+
+
+async def test_a_node_local_culler_judges_nothing_while_its_engine_cannot_be_read(tmp_path):
+    class Down:
+        def containers(self, filters):
+            raise ConnectionError("engine down")
+
+    app = culler(tmp_path, [], {"GPU-0": IDLE}, cull_every=1, node_local=True, timeout=1)
+    app.new_docker_client = Down
+    now = datetime.now(timezone.utc)
+    old = hub_server("alice/", now - timedelta(days=1), now - timedelta(days=1))
+    assert await app.arbiter(server=old, inactive=timedelta(days=1), inactive_limit=1) is False
+
+
+def test_node_local_is_a_flag():
+    GPUCuller.clear_instance()
+    app = GPUCuller()
+    app.parse_command_line(["--node-local", "--stops-file=/srv/lab/stops.jsonl"])
+    assert app.node_local is True and app.stops_file == "/srv/lab/stops.jsonl"
+    assert GPUCuller.class_traits()["node_local"].help and GPUCuller.class_traits()["gpu_resource_prefix"].help

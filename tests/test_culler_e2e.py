@@ -1,0 +1,159 @@
+"""GPU culling on the real hub, proxy and engine, with the culler as a hub-managed service.
+
+GPU usage comes from a file this test writes (the culler's ``--usage-file``), in
+NVML's terms: real host pids, which the culler places in containers through
+their real cgroups. Two simulated GPUs and a MIG instance, three servers:
+
+- alice: idle (a host process runs on her GPU, which is not her use): stopped,
+  told why on her next spawn page, home volume kept, her GPU given to dave;
+- bob: his own container's process keeps his GPU busy: survives;
+- carol, on the MIG instance: busy too, but past her profile's ``max_runtime``: stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gpuspawner.dashboard.sources import Sources
+from gpuspawner.gpus import Inventory, Policy, parse_static_inventory
+
+from .realhub import engine, home_volume, read_testbed, require_tools, running_hub
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+RUN = secrets.token_hex(3)
+GPUS = [f"GPU-c0110000-0000-4000-8000-00000000000{i}" for i in range(2)]
+MIG = "MIG-c0110000-0000-4000-8000-0000000000m0"
+UNITS = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(GPUS)] + [
+    {"index": 2, "uuid": MIG, "name": "NVIDIA A100-SXM4-80GB", "memory": "10G", "mig_profile": "1g.10gb",
+     "parent_uuid": "GPU-c0110000-0000-4000-8000-000000000002", "mig_index": 0}
+]
+IDLE_TIMEOUT = 4  # seconds
+MAX_RUNTIME = 30
+
+
+def user(name: str) -> str:
+    return f"{name}-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    require_tools()
+    workdir = tmp_path_factory.mktemp("hub")
+    usage = workdir / "usage.json"
+    usage.write_text("{}")  # every unit unknown: nobody is idle yet
+    stops = workdir / "stops.jsonl"
+    small = {"image": read_testbed("image"), "mem_limit": "512M", "cpu_limit": 0.5}
+    gpus = UNITS
+    culler = [sys.executable, "-m", "gpuspawner.culler", "-f", str(workdir / "jupyterhub_config.py"),
+              f"--usage-file={usage}", "--cull-every=1"]
+    config = f"""
+    c.GPUSpawner.gpus = {gpus!r}
+    c.GPUSpawner.profiles = [
+        dict(slug="gpu", display_name="One A100", gpus=1, gpu_idle_timeout={IDLE_TIMEOUT}, **{small!r}),
+        dict(slug="long", display_name="Long run", gpus=1, mig_profile="1g.10gb", gpu_idle_timeout=0,
+             max_runtime={MAX_RUNTIME},
+             **{small!r}),
+    ]
+    c.GPUSpawner.stops_file = {str(stops)!r}
+    c.GPUSpawner.home_volume_name = "jupyterhub-user-{{username}}"
+    c.JupyterHub.services.append({{"name": "gpu-culler", "command": {culler!r},
+                                   "environment": {{"DOCKER_HOST": {os.environ["DOCKER_HOST"]!r}}}}})
+    c.JupyterHub.load_roles.append({{"name": "gpu-culler", "services": ["gpu-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}})
+    """
+    with running_hub(workdir, config, RUN) as hub:
+        yield hub, usage, stops
+
+
+def write_usage(path, readings: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(readings))
+    tmp.replace(path)  # the culler never reads half a file
+
+
+def running_pid(hub, name: str, timeout: float = 120) -> int:
+    """The host pid of the server's PID 1, once its container runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = engine().containers.list(filters={"label": [f"gpuspawner.user={name}", "gpuspawner.server="]})
+        if found and found[0].attrs["State"]["Pid"]:
+            return found[0].attrs["State"]["Pid"]
+        time.sleep(0.3)
+    raise AssertionError(f"no running container for {name} in {timeout}s:\n{hub.log_tail()}")
+
+
+def wait_stopped(hub, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while hub.server_model(name) is not None:
+        assert time.monotonic() < deadline, f"{name} still running after {timeout}s:\n{hub.log_tail()}"
+        time.sleep(0.5)
+
+
+def test_idle_stopped_busy_kept_time_limit_enforced(lab):
+    hub, usage, stops = lab
+    alice, bob, carol, dave = (user(n) for n in ("alice", "bob", "carol", "dave"))
+    for name, profile in ((carol, "long"), (alice, "gpu"), (bob, "gpu")):
+        r = hub.start_server(name, profile)
+        assert r.status_code in (201, 202), r.text
+    # Usage as soon as the containers run (carol's time limit may come before this test sees her ready).
+    pid = {name: running_pid(hub, name) for name in (carol, alice, bob)}
+    unit = {name: hub.visible_devices(name) for name in (alice, bob, carol)}
+    assert sorted(unit.values()) == sorted([*GPUS, MIG])
+    written = datetime.now(timezone.utc).replace(microsecond=0)
+    write_usage(usage, {
+        # Busy, but with a host process (this test): not alice's use.
+        unit[alice]: {"utilization": 90, "processes": [os.getpid()]},
+        unit[bob]: {"utilization": 80, "processes": [pid[bob]]},
+        # A MIG instance: NVML measures no utilisation there; carol's own process is on it.
+        unit[carol]: {"utilization": None, "processes": [pid[carol]]},
+    })
+    for name in (alice, bob):
+        hub.wait_ready(name)
+    alice_volume = home_volume(hub.container(alice))
+    # The GPU is also named as a mount, for a toolkit that reads device lists only from mounts.
+    mounts = {m["Destination"]: m for m in hub.container(alice).attrs["Mounts"]}
+    assert mounts[f"/var/run/nvidia-container-devices/{unit[alice]}"]["RW"] is False
+    # Both whole GPUs are held: dave cannot start.
+    assert hub.start_server(dave, "gpu").status_code == 503
+
+    wait_stopped(hub, alice, timeout=IDLE_TIMEOUT + 30)
+    (record,) = [r for r in map(json.loads, stops.read_text().splitlines()) if r["user"] == alice]
+    assert record["reason"] == "gpu_idle"
+    assert record["message"] == f"stopped after {IDLE_TIMEOUT} seconds without GPU use"
+    # Not before her GPU had been idle that long (the culler's first idle round came after the write).
+    assert datetime.fromisoformat(record["time"]) >= written + timedelta(seconds=IDLE_TIMEOUT)
+
+    # The GPU is free again and goes to the next student; the home volume stays.
+    hub.spawn(dave, "gpu")
+    assert hub.visible_devices(dave) == unit[alice]
+    assert engine().volumes.get(alice_volume)
+    # Alice's next spawn page says why.
+    page = hub.login(alice).get(f"{hub.url}/hub/spawn", timeout=30).text
+    assert f"Your last server was stopped after {IDLE_TIMEOUT} seconds without GPU use" in page
+    assert "Your files are kept" in page
+
+    # Bob's own process keeps his GPU busy: still running, several idle timeouts later.
+    assert hub.server_model(bob) and hub.server_model(bob)["ready"]
+    # Carol stays busy but reaches her time limit.
+    wait_stopped(hub, carol, timeout=MAX_RUNTIME + 20)
+    reasons = {json.loads(line)["user"]: json.loads(line)["reason"] for line in stops.read_text().splitlines()}
+    assert reasons == {alice: "gpu_idle", carol: "max_runtime"}
+    # The dashboard's reading of the same files lists both stops, and bob and dave holding GPUs.
+    inventory = Inventory(units=parse_static_inventory(UNITS), source="static")
+    view = asyncio.run(Sources(inventory, Policy(), lambda: engine().api, None, "", nvml=False,
+                               stops_file=str(stops)).view())
+    assert {(e.user, e.reason) for e in view.stops} == {(alice, "gpu_idle"), (carol, "max_runtime")}
+    assert {u.id: [h.user for h in u.holders] for u in view.units} == {unit[alice]: [dave], unit[bob]: [bob], MIG: []}
+    model = hub.server_model(bob)
+    assert model and model["ready"], "a busy server was culled"
+    hub.stop_server(bob)
+    hub.stop_server(dave)
