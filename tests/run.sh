@@ -14,7 +14,7 @@ eval "$(bash deploy/testbed/testbed.sh env)"
 export PATH="$repo/.venv/bin:$PATH"
 
 echo "== lint (pyflakes rules)" >&2
-ruff check --select F,E9 gpuspawner tests docs
+ruff check --select F,E9 gpuspawner tests docs benchmarks
 echo "== unit tests" >&2
 pytest -m "not docker" "$@"
 echo "== docs" >&2

@@ -1,8 +1,7 @@
 """ImagePuller against the test bed's engine and a real registry on loopback.
 
-Debian's ``docker-registry`` (distribution 2.8) serves a registry on
-127.0.0.1:<free port> from a temporary directory; the engine trusts 127.0.0.0/8
-over plain HTTP by default (its ``InsecureRegistryCIDRs``). An image built FROM
+A registry on loopback (``tests/registry.py``, Debian's ``docker-registry``)
+serves from a temporary directory. An image built FROM
 the test bed image is pushed there under a tag unique to this run, untagged
 locally, and pulled back through the puller. Only this run's image is touched;
 no container is created or removed by this test.
@@ -14,37 +13,21 @@ import asyncio
 import io
 import os
 import secrets
-import shutil
-import subprocess
 import tarfile
-import textwrap
 import time
 
 import docker
 import pytest
-import requests
 
 from gpuspawner.images import ImageError, ImagePuller, declared_cuda, image_digest
 
-from .realhub import MissingTestbed, docker_host, engine, free_port, read_testbed
+from .realhub import docker_host, engine, read_testbed
+from .registry import local_registry
 
 pytestmark = pytest.mark.docker
 
 RUN = secrets.token_hex(4)
-REGISTRY_BIN = "/usr/bin/docker-registry"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def registry_binary() -> str:
-    """Debian's registry; installed with apt when missing (as testbed.sh install does)."""
-    if not os.path.exists(REGISTRY_BIN) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-        subprocess.run([*apt, "update", "-q"], env=env, check=False, capture_output=True)
-        subprocess.run([*apt, "install", "-y", "-q", "docker-registry"], env=env, check=False, capture_output=True)
-    if not os.path.exists(REGISTRY_BIN):
-        raise MissingTestbed(f"{REGISTRY_BIN} is missing: run `bash deploy/testbed/testbed.sh install`")
-    return REGISTRY_BIN
 
 
 @pytest.fixture(scope="module")
@@ -58,53 +41,8 @@ def no_docker_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, no_docker_config):
     """``127.0.0.1:<port>`` of a registry that lives as long as this module."""
-    binary = registry_binary()
-    home = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = home / "config.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            version: 0.1
-            log:
-              level: warn
-              accesslog:
-                disabled: true
-            storage:
-              filesystem:
-                rootdirectory: {home / "storage"}
-              delete:
-                enabled: true
-            http:
-              addr: 127.0.0.1:{port}
-              secret: {secrets.token_hex(16)}
-            """
-        )
-    )
-    log = (home / "registry.log").open("wb")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    http = requests.Session()
-    http.trust_env = False  # loopback: never through a proxy from the environment
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, f"docker-registry exited: {(home / 'registry.log').read_text()}"
-            assert time.monotonic() < deadline, "docker-registry did not answer within 20 s"
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", http
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with local_registry(tmp_path_factory.mktemp("registry")) as (address, http):
+        yield address, http
 
 
 def build_context(base: str) -> io.BytesIO:

@@ -1,0 +1,79 @@
+"""Single spawn: hub-side latency of one user's spawn, gpuspawner against plain DockerSpawner.
+
+Both hubs run side by side on the test bed's engine (see ``_lab.py``); one user
+at a time spawns the CPU profile, alternating between them, and each spawn is
+stopped before the next. For each spawn: from the REST request to the container
+running (Docker's ``State.StartedAt``), and to the hub reporting the server ready.
+The first spawn of each hub is a warm-up and is not counted.
+
+    .venv/bin/python benchmarks/single_spawn.py --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import _lab
+from _lab import DOCKER, GPU, KINDS, Spawn
+
+
+def run(hubs: dict, rounds: int, run_id: str, warmup: bool = True) -> dict:
+    samples: dict[str, list[Spawn]] = {k: [] for k in KINDS}
+    for r in range(-1 if warmup else 0, rounds):
+        order = KINDS if r % 2 == 0 else KINDS[::-1]  # alternate who goes first
+        for kind in order:
+            (user,) = _lab.user_names(f"s{kind[0]}{r + 1}", 1, run_id)
+            (spawn,) = _lab.burst(hubs[kind], kind, [Spawn(user, "cpu")])
+            _lab.stop_all(hubs[kind], [user])
+            if r >= 0:
+                samples[kind].append(spawn)
+    result = {"rounds": rounds}
+    for kind in KINDS:
+        spawns = samples[kind]
+        result[kind] = {
+            "running_median_s": _lab.median(s.to_running for s in spawns),
+            "ready_median_s": _lab.median(s.to_ready for s in spawns),
+            "running_s": [s.to_running for s in spawns],
+            "ready_s": [s.to_ready for s in spawns],
+            "errors": [s.error for s in spawns if s.error],
+        }
+    for what in ("running", "ready"):
+        key = f"{what}_median_s"
+        result[f"{what}_ratio"] = _lab.ratio(result[GPU][key], result[DOCKER][key])
+    return result
+
+
+def report(result: dict) -> str:
+    table = _lab.Table(["single spawn (median of %d)" % result["rounds"], "gpuspawner", "DockerSpawner", "ratio"])
+    for what in ("running", "ready"):
+        key = f"{what}_median_s"
+        table.add(
+            f"request → {'container running' if what == 'running' else 'server ready'} (s)",
+            _lab.fmt(result[GPU][key]), _lab.fmt(result[DOCKER][key]), f"{result[what + '_ratio']:.2f}",
+        )
+    return table.markdown()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="spawns per spawner, alternating (default 10)")
+    parser.add_argument("--server", choices=["singleuser", "stub"], default="singleuser",
+                        help="what the container runs: the image's jupyterhub-singleuser (default) or a stub")
+    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
+    args = parser.parse_args(argv)
+    run_id = _lab.new_run()
+    before = _lab.machine()
+    with tempfile.TemporaryDirectory(prefix="bench-single-") as tmp:
+        with _lab.hub_pair(Path(tmp), run_id, server=args.server) as hubs:
+            result = run(hubs, args.rounds, run_id)
+    result.update(server=args.server, machine=before, load_after=_lab.loadavg())
+    print(report(result))
+    print(f"\nmachine: {before}; load after: {result['load_after']}")
+    _lab.print_json(result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""A container registry on loopback for tests and benchmarks: Debian's ``docker-registry``.
+
+Debian's ``docker-registry`` (distribution 2.8) serves 127.0.0.1:<free port>
+from a directory of the caller's; the engine trusts 127.0.0.0/8 over plain HTTP
+by default (its ``InsecureRegistryCIDRs``), so pushes and pulls need no TLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+from .realhub import TESTBED, MissingTestbed, free_port
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+#: A registry storage kept beside the test bed, for the benchmarks' quick tests.
+CACHE = TESTBED / "registry-cache"
+
+
+def registry_binary() -> str:
+    """Debian's registry; installed with apt when missing (as testbed.sh install does)."""
+    if not os.path.exists(REGISTRY_BIN) and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+        subprocess.run([*apt, "update", "-q"], env=env, check=False, capture_output=True)
+        subprocess.run([*apt, "install", "-y", "-q", "docker-registry"], env=env, check=False, capture_output=True)
+    if not os.path.exists(REGISTRY_BIN):
+        raise MissingTestbed(f"{REGISTRY_BIN} is missing: run `bash deploy/testbed/testbed.sh install`")
+    return REGISTRY_BIN
+
+
+@contextlib.contextmanager
+def local_registry(
+    home: Path, timeout: float = 20, storage: Path | None = None
+) -> Iterator[tuple[str, requests.Session]]:
+    """``("127.0.0.1:<port>", an HTTP session for it)`` of a registry running in ``home``, while in the block.
+
+    Its blobs go to ``storage`` (default: ``home/storage``). Blobs are stored by
+    digest, so a storage kept between runs (``CACHE``) makes pushing layers it
+    already holds, such as the test bed image's, a quick check instead of a
+    compress-and-upload of every layer (~30 s on 2 cores).
+    """
+    binary = registry_binary()
+    home.mkdir(parents=True, exist_ok=True)
+    storage = storage or home / "storage"
+    port = free_port()
+    config = home / "config.yml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            version: 0.1
+            log:
+              level: warn
+              accesslog:
+                disabled: true
+            storage:
+              filesystem:
+                rootdirectory: {storage}
+              delete:
+                enabled: true
+            http:
+              addr: 127.0.0.1:{port}
+              secret: {secrets.token_hex(16)}
+            """
+        )
+    )
+    log = (home / "registry.log").open("wb")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    http = requests.Session()
+    http.trust_env = False  # loopback: never through a proxy from the environment
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if http.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, f"docker-registry exited: {(home / 'registry.log').read_text()}"
+            assert time.monotonic() < deadline, f"docker-registry did not answer within {timeout:g} s"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}", http
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        http.close()
