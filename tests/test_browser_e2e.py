@@ -1,16 +1,20 @@
 """A student in a real browser: log in, pick the GPU profile on the spawn page, land in JupyterLab.
 
 Headless Chromium (Debian's) driven by Playwright, against the real hub, proxy and engine.
+The student tutorial's screenshots (docs/tutorials/img/) are taken here too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
+from pathlib import Path
 
 import pytest
 
-from .realhub import read_testbed, require_tools, running_hub
+from .realhub import REPO, engine, read_testbed, require_tools, running_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -110,4 +114,86 @@ def test_the_spawn_page_works_without_javascript(hub, browser):
     page.click("input[type=submit], button[type=submit]")
     hub.wait_ready(name)
     assert hub.container(name).labels["gpuspawner.profile"] == "cpu"
+    context.close()
+
+
+# --- The student tutorial's screenshots --------------------------------------------------
+#
+# A hub with a course's profiles, and a student who logs in, picks the GPU profile and
+# lands in JupyterLab. The pictures go to docs/tutorials/img/ when they are missing there,
+# or always with GPUSPAWNER_SCREENSHOTS=1 (so that a test run does not rewrite them).
+
+SCREENSHOTS = REPO / "docs" / "tutorials" / "img"
+TUTORIAL_STUDENT = "ada"  # a fixed name, so the pictures do not change from run to run
+TUTORIAL_GPUS = [f"GPU-7e57ada0-0000-4000-8000-00000000000{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def course_hub(tmp_path_factory):
+    require_tools()
+    image = read_testbed("image")
+    gpus = [{"index": i, "uuid": u, "name": "NVIDIA L40S", "memory": "48G"} for i, u in enumerate(TUTORIAL_GPUS)]
+    config = f"""
+    c.GPUSpawner.gpus = {gpus!r}
+    c.GPUSpawner.profiles = [
+        {{"slug": "cpu", "display_name": "Python (CPU only)", "image": {image!r}, "mem_limit": "2G",
+          "cpu_limit": 1, "description": "Homework, plotting, data wrangling: no GPU."}},
+        {{"slug": "ml101-gpu", "display_name": "ML101 - PyTorch, 1 GPU", "image": {image!r}, "gpus": 1,
+          "mem_limit": "2G", "cpu_limit": 2, "shm_size": "1G",
+          "description": "A whole GPU for you alone, with the ML101 datasets."}},
+        {{"slug": "shared", "display_name": "Small experiments (shared GPU)", "image": {image!r},
+          "shared_gpu": True, "mem_limit": "2G", "cpu_limit": 1,
+          "description": "A slot on a GPU shared with up to 3 classmates."}},
+    ]
+    """
+    run = f"tutorial-{RUN}"
+    try:
+        with running_hub(tmp_path_factory.mktemp("course-hub"), config, run) as h:
+            yield h
+    finally:
+        for volume in engine().volumes.list():
+            if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(TUTORIAL_STUDENT):
+                volume.remove(force=True)
+
+
+def save(page, tmp_path: Path, name: str) -> Path:
+    """Screenshot the page; copy it into the docs when asked (or missing there)."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000, f"{name}: an empty-looking page"
+    target = SCREENSHOTS / name
+    if os.environ.get("GPUSPAWNER_SCREENSHOTS") == "1" or not target.exists():
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+    return shot
+
+
+def test_student_tutorial_screenshots(course_hub, browser, tmp_path):
+    hub = course_hub
+    context = browser.new_context(viewport={"width": 1024, "height": 640})
+    page = context.new_page()
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", TUTORIAL_STUDENT)
+    page.fill("#password_input", "any")
+    save(page, tmp_path, "student-login.png")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/spawn**")
+
+    gpu_card = page.locator("label[for=profile-ml101-gpu]")
+    assert "4 of 4 NVIDIA L40S free now" in gpu_card.inner_text()
+    page.check("#profile-ml101-gpu")
+    save(page, tmp_path, "student-spawn-page.png")
+
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url(f"**/user/{TUTORIAL_STUDENT}/lab**", timeout=120_000)
+    page.wait_for_selector(".jp-Launcher", timeout=60_000)
+    # JupyterLab's first-run question about its news feed would cover the launcher.
+    news = page.get_by_role("button", name="No", exact=True)
+    try:
+        news.click(timeout=10_000)
+    except Exception:  # noqa: BLE001 (JupyterLab versions without the question)
+        pass
+    page.wait_for_timeout(500)  # let the launcher's icons paint
+    save(page, tmp_path, "student-jupyterlab.png")
+    assert hub.visible_devices(TUTORIAL_STUDENT) in TUTORIAL_GPUS
     context.close()

@@ -3,7 +3,7 @@
 # locally built single-user images, on a Debian 12 machine with no GPU and no
 # container registry. See deploy/testbed/README.md and /work/shared/TESTBED.md.
 #
-#   testbed.sh install   apt: docker.io, debootstrap, chromium; npm: configurable-http-proxy
+#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose; npm: configurable-http-proxy
 #   testbed.sh up        start the isolated test engine (if not running)
 #   testbed.sh image [--jupyterhub-version X]
 #                        build (or reuse) the test images on that engine
@@ -103,8 +103,9 @@ wait_for_apt() {
 do_install() {
     need_root install
     local missing=() p
-    # chromium: the browser tests drive Debian's build (no browser download is possible here)
-    for p in docker.io debootstrap chromium docker-registry; do pkg_installed "$p" || missing+=("$p"); done
+    # chromium: the browser tests drive Debian's build (no browser download is possible here);
+    # docker-compose: the deploy test runs deploy/hub/compose.yaml with it
+    for p in docker.io debootstrap chromium docker-registry docker-compose; do pkg_installed "$p" || missing+=("$p"); done
     command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         wait_for_apt

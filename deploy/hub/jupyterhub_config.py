@@ -1,0 +1,211 @@
+# gpuspawner: an example jupyterhub_config.py for a course lab on one GPU server.
+#
+# Two courses share a server with four GPUs: ML101 (PyTorch, one whole GPU each,
+# at most 3 GPUs for the course at once) and CV201 (a slot on a shared GPU, or a
+# MIG slice on an A100 if the server has one). Students log in with the
+# university's single sign-on; their course groups come from it.
+#
+# Install it where deploy/hub/compose.yaml (or the systemd unit) reads it:
+#   /etc/jupyterhub/jupyterhub_config.py
+# and check it before the hub starts with it:
+#   gpuspawner doctor -f /etc/jupyterhub/jupyterhub_config.py
+#
+# Every GPUSpawner option is in the configuration reference (docs/reference/config.md).
+
+import os
+import sys
+
+from gpuspawner import check_config
+
+c = get_config()  # noqa: F821 (injected by jupyterhub)
+
+# --- The hub ----------------------------------------------------------------------
+# Where the hub keeps its state: the volume of the compose file (back it up).
+c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "/srv/jupyterhub/jupyterhub_cookie_secret"
+
+# HTTPS. With a certificate in /etc/jupyterhub/tls (mounted by compose.yaml), the
+# hub's proxy terminates TLS itself on port 443. Without one, it listens on
+# loopback only, for a TLS-terminating reverse proxy on the same host (nginx,
+# Caddy, ...) to forward to; see deploy/hub/README.md.
+TLS = "/etc/jupyterhub/tls"
+if os.path.exists(f"{TLS}/fullchain.pem"):
+    c.JupyterHub.ip = ""  # all interfaces
+    c.JupyterHub.port = 443
+    c.JupyterHub.ssl_cert = f"{TLS}/fullchain.pem"
+    c.JupyterHub.ssl_key = f"{TLS}/privkey.pem"
+else:
+    c.JupyterHub.ip = "127.0.0.1"
+    c.JupyterHub.port = 8000
+# The hub's own API, for the students' servers on this host (they run on the
+# host's network and listen on 127.0.0.1).
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = 8081
+
+# Students keep working while the hub restarts (an upgrade, a config change):
+# their servers are left running and their GPU assignments are re-read from Docker.
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.allow_named_servers = True
+
+# --- Who may log in: the university's single sign-on (OpenID Connect) ---------------
+# Register the hub with the identity provider (Keycloak, Entra ID, Shibboleth's
+# OIDC, ...) with the callback URL below; pass the client's id and secret in the
+# environment (compose.yaml: an env_file), never in this file.
+c.JupyterHub.authenticator_class = "generic-oauth"
+c.GenericOAuthenticator.oauth_callback_url = "https://gpu-lab.example.edu/hub/oauth_callback"
+c.GenericOAuthenticator.client_id = os.environ.get("OAUTH_CLIENT_ID", "")
+c.GenericOAuthenticator.client_secret = os.environ.get("OAUTH_CLIENT_SECRET", "")
+c.GenericOAuthenticator.authorize_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/auth"
+c.GenericOAuthenticator.token_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/token"
+c.GenericOAuthenticator.userdata_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/userinfo"
+c.GenericOAuthenticator.scope = ["openid", "profile", "groups"]
+c.GenericOAuthenticator.username_claim = "preferred_username"
+# The course groups come from the provider's "groups" claim, and JupyterHub's
+# groups follow it at every login: enrolment is managed in one place.
+c.GenericOAuthenticator.manage_groups = True
+c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+c.GenericOAuthenticator.allowed_groups = {"ml101", "ml101-teachers", "cv201", "cv201-teachers"}
+c.GenericOAuthenticator.admin_groups = {"gpu-lab-admins"}
+#
+# From the learning platform instead (Moodle, Canvas, ...), with LTI 1.3:
+#   c.JupyterHub.authenticator_class = "ltiauthenticator.lti13.authenticator.LTI13Authenticator"
+#   (HUB_PACKAGES="ltiauthenticator==<pinned>" when building the image)
+# Or the hub's own accounts, with an admin approving sign-ups (nativeauthenticator),
+# and the course groups listed here:
+#   c.JupyterHub.authenticator_class = "native"
+#   c.JupyterHub.load_groups = {"ml101": {"users": ["alice", "bob"]}, "ml101-teachers": {"users": ["carol"]}}
+
+# --- The spawner -------------------------------------------------------------------
+c.JupyterHub.spawner_class = "gpu"
+
+# The host's GPUs (and MIG instances), read through NVML when the hub starts.
+# compose.yaml gives the hub container the driver's utility libraries for this.
+# Without them, list the GPUs: `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv`
+#   c.GPUSpawner.gpus = [{"index": 0, "uuid": "GPU-...", "name": "NVIDIA L40S", "memory": "48G"}, ...]
+c.GPUSpawner.gpus = "nvml"
+
+# Each student's files: a Docker volume that outlives their servers (back it up).
+c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
+
+# The class images: built and checked by the teachers (`gpuspawner image build`),
+# pinned, pulled before class (`gpuspawner prepull`).
+ML101_IMAGE = "registry.example.edu/ml101-cuda:2026.1"
+CV201_IMAGE = "registry.example.edu/cv201-cuda:2026.1"
+CPU_IMAGE = "registry.example.edu/python-cpu:2026.1"
+
+# Course profiles. Each course's students see their own (admins see all); the
+# datasets are host folders mounted read-only at ~/datasets/<name>, the shares
+# at ~/shared/<name>, writable by the course's teachers only.
+c.GPUSpawner.profiles = [
+    {
+        "slug": "cpu",
+        "display_name": "Python (CPU only)",
+        "description": "Homework, plotting, data wrangling: no GPU.",
+        "image": CPU_IMAGE,
+        "mem_limit": "4G",
+        "cpu_limit": 2,
+    },
+    {
+        "slug": "ml101-gpu",
+        "display_name": "ML101 - PyTorch 2.5, 1 GPU",
+        "description": "A whole GPU for you alone, with the ML101 datasets.",
+        "image": ML101_IMAGE,
+        "groups": ["ml101", "ml101-teachers"],
+        "default": True,
+        "gpus": 1,
+        "mem_limit": "16G",
+        "cpu_limit": 4,
+        "shm_size": "2G",  # PyTorch DataLoader workers (Docker's default is 64M)
+        "environment": {"COURSE": "ml101"},
+        "datasets": [
+            {"name": "mnist", "source": "/srv/datasets/mnist"},
+            {"name": "cifar10", "source": "/srv/datasets/cifar10"},
+        ],
+        "shares": [{"name": "ml101", "source": "/srv/courses/ml101", "writable_by": ["ml101-teachers"]}],
+        # Lab sessions are long; the GPU is freed sooner when left idle.
+        "max_runtime": "6h",
+    },
+    {
+        "slug": "cv201-shared",
+        "display_name": "CV201 - small experiments (shared GPU)",
+        "description": "A slot on a GPU shared with up to 3 classmates: no memory or fault isolation.",
+        "image": CV201_IMAGE,
+        "groups": ["cv201", "cv201-teachers"],
+        "shared_gpu": True,
+        "mem_limit": "8G",
+        "cpu_limit": 2,
+        "shm_size": "1G",
+        "datasets": [{"name": "coco-val", "source": "/srv/datasets/coco-val"}],
+        "shares": [{"name": "cv201", "source": "/srv/courses/cv201", "writable_by": ["cv201-teachers"]}],
+    },
+    # On an A100/H100 in MIG mode: an isolated slice (memory and faults) per student.
+    # {"slug": "cv201-mig", "display_name": "CV201 - A100 slice", "image": CV201_IMAGE,
+    #  "groups": ["cv201", "cv201-teachers"], "gpus": 1, "mig_profile": "1g.10gb",
+    #  "mem_limit": "8G", "cpu_limit": 2, "shm_size": "1G"},
+]
+# Teachers edit profiles without a hub restart: keep them in a YAML file instead.
+#   c.GPUSpawner.profiles_file = "/etc/jupyterhub/profiles.yaml"
+
+# --- Fair use: quotas ----------------------------------------------------------------
+c.GPUSpawner.max_gpus_per_user = 1                       # across all of a student's servers
+c.GPUSpawner.group_gpu_quotas = {"ml101": 3, "cv201": 1}  # a course's cap (a shared slot counts 1/4)
+c.GPUSpawner.shared_gpu_users = 4
+c.GPUSpawner.placement = "pack"  # keep whole GPUs free for whole-GPU profiles
+
+# Server start-up of a large image takes time on a busy host.
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
+
+# --- The GPU dashboard: who holds which GPU (a hub-managed service) -------------------
+# At /services/gpu-dashboard/ for admins, and for teachers about their own groups.
+c.JupyterHub.services = [
+    {
+        "name": "gpu-dashboard",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "gpuspawner.dashboard", "-f", os.path.abspath(__file__)],
+        "environment": {k: os.environ[k] for k in ("DOCKER_HOST",) if k in os.environ},
+        "oauth_client_allowed_scopes": [
+            "custom:gpu-dashboard:read",
+            "custom:gpu-dashboard:read-groups",
+            "custom:gpu-dashboard:stop",
+        ],
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+]
+c.JupyterHub.custom_scopes = {
+    "custom:gpu-dashboard:read": {"description": "See who holds which GPU on the GPU dashboard"},
+    "custom:gpu-dashboard:stop": {"description": "Stop servers from the GPU dashboard"},
+    "custom:gpu-dashboard:read-groups": {"description": "See the GPUs of your own groups' users"},
+}
+c.JupyterHub.load_roles = [
+    {
+        "name": "gpu-dashboard-admins",
+        "groups": ["gpu-lab-admins"],
+        "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop",
+                   "access:services!service=gpu-dashboard"],
+    },
+    {
+        "name": "gpu-dashboard-teachers",
+        "groups": ["ml101-teachers", "cv201-teachers"],
+        "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"],
+    },
+    {
+        "name": "gpu-dashboard-service",
+        "services": ["gpu-dashboard"],
+        "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"],
+    },
+]
+
+# --- Culling ---------------------------------------------------------------------------
+# GPU-aware culling: per-profile keys gpu_idle_timeout / max_runtime / jupyter_activity_grace override these
+c.GPUSpawner.gpu_idle_timeout = "30m"     # stop a server whose GPUs stayed idle that long
+c.GPUSpawner.max_runtime = "4h"           # stop a GPU server after this long, whatever it does
+c.GPUSpawner.jupyter_activity_grace = "10m"  # not stopped for GPU idleness if active in Jupyter this recently
+c.JupyterHub.services.append({"name": "gpu-culler", "command": [sys.executable, "-m", "gpuspawner.culler", "--cull-every=60"]})
+c.JupyterHub.load_roles.append({"name": "gpu-culler", "services": ["gpu-culler"], "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+
+# --- Last: check it all now --------------------------------------------------------------
+# The hub refuses to start on a broken profile or GPU list, naming the profile and
+# the field; missing images start pulling.
+check_config(c)
