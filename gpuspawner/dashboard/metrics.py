@@ -13,11 +13,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .model import DashboardView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_UNIT = ["unit", "gpu_index", "model", "mig_profile"]
+# ``node``: the Swarm node a unit is on ('' on one host), so that per-node graphs
+# and sums work, and ``gpu_index`` (which repeats from node to node) stays unambiguous.
+_UNIT = ["unit", "gpu_index", "model", "mig_profile", "node"]
 
 
 def _unit_labels(u) -> list[str]:
-    return [u.id, str(u.index), u.model, u.mig_profile]
+    return [u.id, str(u.index), u.model, u.mig_profile, u.node or ""]
 
 
 class _ViewCollector:

@@ -177,11 +177,13 @@ def _candidates(
         for unit in a.units:
             holders_of.setdefault(unit.id, []).append(a)
 
-    # How busy each physical GPU is (its units held), for pack/spread.
+    # How busy each physical GPU and each node is (its units held), for pack/spread.
     busy: dict[str, int] = {}
+    node_busy: dict[str, int] = {}
     for unit in inventory:
         if holders_of.get(unit.id):
             busy[unit.gpu_uuid] = busy.get(unit.gpu_uuid, 0) + 1
+            node_busy[unit.node] = node_busy.get(unit.node, 0) + 1
 
     matching = [u for u in inventory if request.matches(u)]
     pack = policy.placement == PACK
@@ -193,8 +195,16 @@ def _candidates(
 
         def order(unit: GPU):
             sharing = len(holders_of.get(unit.id, []))
+            on_node = node_busy.get(unit.node, 0)
             # pack: join the fullest shared unit, keeping idle ones whole for others
-            return (-sharing if pack else sharing, unit.memory, unit.index, unit.mig_index or 0)
+            return (
+                -sharing if pack else sharing,
+                unit.memory,
+                -on_node if pack else on_node,
+                unit.node,
+                unit.index,
+                unit.mig_index or 0,
+            )
 
     else:
 
@@ -202,9 +212,18 @@ def _candidates(
             return not holders_of.get(unit.id)
 
         def order(unit: GPU):
-            # the smallest unit that fits leaves the most room for others
+            # the smallest unit that fits leaves the most room for others; then the
+            # node and the GPU: pack fills busy ones, spread prefers idle ones
             used = busy.get(unit.gpu_uuid, 0)
-            return (unit.memory, -used if pack else used, unit.index, unit.mig_index or 0)
+            on_node = node_busy.get(unit.node, 0)
+            return (
+                unit.memory,
+                -on_node if pack else on_node,
+                -used if pack else used,
+                unit.node,
+                unit.index,
+                unit.mig_index or 0,
+            )
 
     return sorted((u for u in matching if room(u)), key=order), matching
 
@@ -235,9 +254,14 @@ def decide(
     holdings = [a for a in holdings if a.holder != holder]
     check_quotas(holdings, request, requester, policy, holder)
     candidates, matching = _candidates(inventory, holdings, request, policy)
-    if len(candidates) >= request.slots:
-        chosen = {u.id for u in candidates[: request.slots]}
-        return tuple(u for u in inventory if u.id in chosen)  # in nvidia-smi's order: CUDA device 0 first
+    # Every unit of one server is on one node: the first node, in candidate order, with enough.
+    by_node: dict[str, list[GPU]] = {}
+    for unit in candidates:
+        by_node.setdefault(unit.node, []).append(unit)
+    for units in by_node.values():
+        if len(units) >= request.slots:
+            chosen = {u.id for u in units[: request.slots]}
+            return tuple(u for u in inventory if u.id in chosen)  # in nvidia-smi's order: CUDA device 0 first
     held = {unit.id for a in holdings for unit in a.units}
     free = tuple(u for u in inventory if u.id not in held)
     raise NoCapacity("no_gpu", _no_capacity_message(request, matching, candidates, free), request=request, free=free)
@@ -253,6 +277,10 @@ def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: l
     kind = "MIG instances" if matching[0].is_mig else "GPUs"
     what = f"{names[0]} {kind}" if len(names) == 1 else kind
     in_use = len(matching) - len(candidates)
+    nodes = {u.node for u in matching}
+    if len(candidates) >= request.slots and len(nodes) > 1:
+        # enough free in all, but no node alone has enough
+        return f"Needs {want} on one node, and no node has that many free. Free now: {_count_units(free)}."
     if request.shared:
         head = f"Needs {want}: all {len(matching)} {what} that fit are full or held whole."
     elif candidates:
@@ -266,11 +294,20 @@ def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: l
 
 
 def _count_units(units: Iterable[GPU]) -> str:
+    """'2 NVIDIA L4 GPUs', or per node when units are on several: 'node-1: 1 L4 GPU; node-2: none'."""
+    units = list(units)
+    nodes = sorted({unit.node for unit in units})
+    if nodes in ([], [""]):
+        return _count_kinds(units)
+    return "; ".join(f"{node}: {_count_kinds(u for u in units if u.node == node)}" for node in nodes)
+
+
+def _count_kinds(units: Iterable[GPU]) -> str:
     counts: dict[str, int] = {}
     for unit in units:
         key = f"MIG {unit.mig_profile} instance" if unit.is_mig else f"{unit.name} GPU"
         counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{n} {key}{'s' if n != 1 else ''}" for key, n in sorted(counts.items()))
+    return ", ".join(f"{n} {key}{'s' if n != 1 else ''}" for key, n in sorted(counts.items())) or "none"
 
 
 class Ledger:
@@ -282,6 +319,16 @@ class Ledger:
         self._by_id = {unit.id: unit for unit in self.inventory}
         self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
         self._holders: dict[str, Assignment] = {}
+
+    def update_inventory(self, units: Iterable[GPU]) -> None:
+        """The units that exist now (a node joined, was drained or was lost); holdings are kept.
+
+        A unit that left the inventory is no longer free; whoever still holds it
+        keeps holding it until released.
+        """
+        self.inventory = tuple(units)
+        self._by_id = {unit.id: unit for unit in self.inventory}
+        self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
 
     # --- questions
 

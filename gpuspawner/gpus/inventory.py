@@ -28,6 +28,7 @@ class GPU:
     mig_profile: str = ""  # a MIG instance's profile, e.g. "1g.10gb"; "" for a whole GPU
     parent_uuid: str = ""  # a MIG instance's GPU (GPU-...); "" for a whole GPU
     mig_index: int | None = None  # a MIG instance's index on its GPU
+    node: str = ""  # the host it is on, when the hub has several (a Swarm node's hostname); "" for one host
 
     @property
     def id(self) -> str:
@@ -46,8 +47,12 @@ class GPU:
     def describe(self) -> str:
         if self.is_mig:
             where = f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else " MIG")
-            return f"{where} ({self.name} {self.mig_profile}, {format_bytes(self.memory)})"
-        return f"GPU {self.index} ({self.name}, {format_bytes(self.memory)})"
+            return f"{self._on}{where} ({self.name} {self.mig_profile}, {format_bytes(self.memory)})"
+        return f"{self._on}GPU {self.index} ({self.name}, {format_bytes(self.memory)})"
+
+    @property
+    def _on(self) -> str:
+        return f"{self.node}: " if self.node else ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class InventoryError(ValueError):
 
 _FIELDS = {"index", "uuid", "name", "memory"}
 _MIG_FIELDS = {"mig_profile", "parent_uuid", "mig_index"}
+_OPTIONAL_FIELDS = {"node"}
 
 
 def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
@@ -88,11 +94,15 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
         missing = _FIELDS - entry.keys()
         if missing:
             raise InventoryError(f"{where}: missing field(s) {sorted(missing)}")
-        unknown = entry.keys() - _FIELDS - _MIG_FIELDS
+        unknown = entry.keys() - _FIELDS - _MIG_FIELDS - _OPTIONAL_FIELDS
         if unknown:
             raise InventoryError(
-                f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS | _MIG_FIELDS)}"
+                f"{where}: unknown field(s) {sorted(unknown)};"
+                f" known: {sorted(_FIELDS | _MIG_FIELDS | _OPTIONAL_FIELDS)}"
             )
+        node = entry.get("node", "")
+        if not isinstance(node, str):
+            raise InventoryError(f"{where}: field 'node': must be a string (a host name), got {node!r}")
         index = entry["index"]
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise InventoryError(f"{where}: field 'index': must be an int >= 0, got {index!r}")
@@ -138,6 +148,7 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
                 mig_profile=mig_profile,
                 parent_uuid=parent,
                 mig_index=mig_index,
+                node=node.strip(),
             )
         )
     check_inventory(gpus)
@@ -145,22 +156,25 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
 
 
 def sort_units(units) -> tuple[GPU, ...]:
-    """Units in the order nvidia-smi lists them: by GPU index, then MIG index."""
-    return tuple(sorted(units, key=lambda g: (g.index, g.mig_index if g.mig_index is not None else -1, g.uuid)))
+    """Units in the order nvidia-smi lists them: by GPU index, then MIG index (by node first, if several)."""
+    return tuple(
+        sorted(units, key=lambda g: (g.node, g.index, g.mig_index if g.mig_index is not None else -1, g.uuid))
+    )
 
 
 def check_inventory(units) -> None:
     """Refuse an inventory that could hand out one GPU twice."""
     seen: set[str] = set()
-    whole_index: dict[int, GPU] = {}
+    whole_index: dict[tuple[str, int], GPU] = {}
     for gpu in units:
         if gpu.uuid in seen:
             raise InventoryError(f"gpus: two units share uuid {gpu.uuid!r}")
         seen.add(gpu.uuid)
         if not gpu.is_mig:
-            if gpu.index in whole_index:
-                raise InventoryError(f"gpus: two GPUs share index {gpu.index}")
-            whole_index[gpu.index] = gpu
+            if (gpu.node, gpu.index) in whole_index:  # each host numbers its own GPUs from 0
+                where = f" on node {gpu.node}" if gpu.node else ""
+                raise InventoryError(f"gpus: two GPUs share index {gpu.index}{where}")
+            whole_index[gpu.node, gpu.index] = gpu
     whole = {g.uuid for g in units if not g.is_mig}
     for gpu in units:
         if gpu.is_mig and gpu.parent_uuid in whole:

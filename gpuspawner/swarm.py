@@ -1,0 +1,700 @@
+"""SwarmGPUSpawner: gpuspawner on a Docker Swarm of GPU hosts.
+
+How the parts fit (see docs/how-to/multi-host.md for the why):
+
+- **What exists** is read from Swarm: each node advertises its units as
+  generic resources (``NVIDIA-GPU=GPU-<uuid>``, ``NVIDIA-MIG-1g.10gb=MIG-<uuid>``).
+  Units of nodes that are not ready and active (drained, paused, down) are not
+  in the inventory, so never free. Model and memory come from the ``gpus``
+  list when it describes a unit (matched by uuid).
+- **What fits** is still decided by gpuspawner's own ledger, across all nodes,
+  before Swarm is asked: profiles, quotas, fail-fast refusals naming what is
+  free on each node. Every unit of one server is on one node.
+- **Which unit** a server gets is Swarm's: the service asks for N units of a
+  kind and is constrained to the node the ledger chose; Swarm hands out unit
+  ids it has not given to any other task, and sets ``DOCKER_RESOURCE_<KIND>``
+  in the container, which the NVIDIA toolkit's ``swarm-resource`` setting turns
+  into the visible devices. The ids Swarm assigned are read back from the task
+  and recorded in the ledger.
+- **After a hub restart** the ledger is rebuilt from Swarm: services labelled
+  by gpuspawner, their running tasks and the units assigned to them.
+- **Homes** are local volumes: a user is pinned to the node that holds their
+  home (recorded as a label on that node). A home on a drained or lost node is
+  a clear refusal, never a new empty home elsewhere.
+- **Culling**: the service's container spec carries the GPU culler's labels
+  (user, server, profile, rules); one culler on each GPU node
+  (``gpuspawner.culler --node-local``) reads them from its engine, with the units
+  Swarm assigned from the container's ``DOCKER_RESOURCE_<KIND>`` variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import docker.errors
+from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
+from dockerspawner import SwarmSpawner
+from jupyterhub.spawner import SpawnException
+from traitlets import Float, Unicode
+
+from . import labels as label
+from .gpus import GPU, Inventory, Ledger, NoCapacity, holder_key
+from .gpus.allocation import Assignment, GPURequest, Requester, availability, decide
+from .gpus.inventory import parse_static_inventory
+from .spawner import GPUSpawner
+from .traits import is_mig_profile
+
+NODE = "gpuspawner.node"  # service and home-record label: a node id
+HOME = "gpuspawner.home"  # home-record label: the home volume's name
+
+
+# --- the pure part: Swarm's answers in, lab values out
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """One Swarm node as the lab sees it."""
+
+    id: str
+    name: str  # its hostname (made unique)
+    addr: str  # where its servers listen with host networking
+    state: str  # Swarm's: ready, down, unknown, disconnected
+    availability: str  # active, pause, drain
+    units: tuple[GPU, ...] = ()
+    kinds: dict[str, str] = field(default_factory=dict)  # unit id -> generic resource kind
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """Ready and active: its units can be handed out."""
+        return self.state == "ready" and self.availability == "active"
+
+    @property
+    def condition(self) -> str:
+        """'drained', 'paused', 'down', ... or '' when usable."""
+        if self.state != "ready":
+            return self.state
+        return {"drain": "drained", "pause": "paused"}.get(self.availability, "") if not self.usable else ""
+
+
+def unit_from_resource(kind: str, uuid: str, position: int, node: str, described: dict[str, GPU]) -> GPU:
+    """A unit a node advertises: as ``gpus`` describes it, else as much as the kind says."""
+    known = described.get(uuid)
+    if known is not None:
+        return GPU(
+            index=known.index,
+            uuid=uuid,
+            name=known.name,
+            memory=known.memory,
+            mig_profile=known.mig_profile,
+            parent_uuid=known.parent_uuid,
+            mig_index=known.mig_index,
+            node=node,
+        )
+    rest = kind.split("-", 2)[-1] if kind.upper().startswith("NVIDIA-MIG-") else ""
+    mig = rest.lower() if rest and is_mig_profile(rest.lower()) else ""
+    if uuid.startswith("MIG-") and not mig:
+        mig = "unknown"
+    return GPU(index=position, uuid=uuid, name=kind, memory=0, mig_profile=mig, node=node)
+
+
+def read_nodes(nodes: Iterable[dict], described: dict[str, GPU], prefix: str = "NVIDIA-") -> tuple[SwarmNode, ...]:
+    """The nodes of ``docker node ls`` (API ``nodes()``), with the units each advertises."""
+    raw = sorted(nodes, key=lambda n: ((n.get("Description") or {}).get("Hostname", ""), n["ID"]))
+    names: dict[str, int] = {}
+    for n in raw:
+        host = (n.get("Description") or {}).get("Hostname", "") or n["ID"][:12]
+        names[host] = names.get(host, 0) + 1
+    result = []
+    for n in raw:
+        desc = n.get("Description") or {}
+        host = desc.get("Hostname", "") or n["ID"][:12]
+        name = host if names[host] == 1 else f"{host}-{n['ID'][:6]}"
+        units, kinds = [], {}
+        resources = (desc.get("Resources") or {}).get("GenericResources") or []
+        for position, res in enumerate(r.get("NamedResourceSpec") for r in resources):
+            if not res or not res.get("Kind", "").upper().startswith(prefix.upper()):
+                continue
+            unit = unit_from_resource(res["Kind"], res["Value"], position, name, described)
+            units.append(unit)
+            kinds[unit.id] = res["Kind"]
+        status = n.get("Status") or {}
+        spec = n.get("Spec") or {}
+        result.append(
+            SwarmNode(
+                id=n["ID"],
+                name=name,
+                addr=status.get("Addr", ""),
+                state=status.get("State", "unknown"),
+                availability=spec.get("Availability", "active"),
+                units=tuple(units),
+                kinds=kinds,
+                labels=dict(spec.get("Labels") or {}),
+            )
+        )
+    return tuple(result)
+
+
+def usable_units(nodes: Iterable[SwarmNode]) -> tuple[GPU, ...]:
+    """The inventory: units of ready, active nodes only."""
+    return tuple(u for n in nodes if n.usable for u in n.units)
+
+
+def home_nodes(configs: Iterable[dict]) -> dict[str, str]:
+    """volume -> node id, from the home records (Swarm configs labelled ``gpuspawner.home``)."""
+    found = {}
+    for config in sorted(configs, key=lambda c: c.get("CreatedAt", "")):
+        labels = (config.get("Spec") or {}).get("Labels") or {}
+        if labels.get(HOME) and labels.get(NODE):
+            found.setdefault(labels[HOME], labels[NODE])  # the first record wins
+    return found
+
+
+def home_record_name(volume: str) -> str:
+    """A Swarm config name for the record of ``volume`` (64 characters at most)."""
+    name = f"gpuspawner-home.{volume}"
+    if len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name):
+        return name
+    return "gpuspawner-home." + hashlib.sha256(volume.encode()).hexdigest()[:40]
+
+
+def resource_request(units: Iterable[GPU], kinds: dict[str, str]) -> dict[str, int]:
+    """What to ask Swarm for: how many units of each kind."""
+    wanted: dict[str, int] = {}
+    for unit in units:
+        kind = kinds[unit.id]
+        wanted[kind] = wanted.get(kind, 0) + 1
+    return wanted
+
+
+def assigned_ids(task: dict) -> tuple[str, ...]:
+    """The unit ids Swarm assigned to a task (``GenericResources`` of the task)."""
+    return tuple(
+        r["NamedResourceSpec"]["Value"] for r in task.get("GenericResources") or () if r.get("NamedResourceSpec")
+    )
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A gpuspawner service with a running task: what a restarted hub adopts."""
+
+    holder: str
+    user: str
+    node_id: str
+    unit_ids: tuple[str, ...]
+    shared: bool
+    groups: tuple[str, ...]
+
+
+def running_servers(services: Iterable[dict], tasks: Iterable[dict]) -> list[RunningServer]:
+    """gpuspawner's services whose task runs, with the units Swarm gave them."""
+    running: dict[str, dict] = {}
+    for task in tasks:
+        if task.get("DesiredState") == "running" and (task.get("Status") or {}).get("State") == "running":
+            running[task["ServiceID"]] = task
+    found = []
+    for service in services:
+        labels = (service.get("Spec") or {}).get("Labels") or {}
+        task = running.get(service["ID"])
+        if label.USER not in labels or task is None:
+            continue
+        found.append(
+            RunningServer(
+                holder=holder_key(labels[label.USER], labels.get(label.SERVER, "")),
+                user=labels[label.USER],
+                node_id=task.get("NodeID", ""),
+                unit_ids=assigned_ids(task),
+                shared=labels.get(label.SHARED) == "1",
+                groups=tuple(g for g in labels.get(label.GROUPS, "").split(",") if g),
+            )
+        )
+    return found
+
+
+def not_usable_note(nodes: Iterable[SwarmNode]) -> str:
+    """' Not in use: gpu-node-3 (drained).' for nodes whose units are out of the inventory."""
+    out = [f"{n.name} ({n.condition})" for n in nodes if not n.usable and n.units]
+    return f" Not in use: {', '.join(out)}." if out else ""
+
+
+def dashboard_inputs(client, described: Iterable[GPU], prefix: str = "NVIDIA-") -> tuple[Inventory, list[dict]]:
+    """What the dashboard reads on one host, read from a Swarm manager instead.
+
+    (the inventory: the units of every usable node, each with its node, and a
+    note naming the nodes that are not usable; container-like entries, one per
+    running server, whose labels carry the units Swarm assigned.)
+    """
+    nodes = read_nodes(client.nodes(), {u.uuid: u for u in described}, prefix)
+    names = {n.id: n.name for n in nodes}
+    services = client.services(filters={"label": label.USER})
+    by_id = {s["ID"]: s for s in services}
+    containers = []
+    for task in client.tasks(filters={"desired-state": "running"}):
+        service = by_id.get(task.get("ServiceID"))
+        if service is None or (task.get("Status") or {}).get("State") != "running":
+            continue
+        spec = service.get("Spec") or {}
+        labels = dict(spec.get("Labels") or {})
+        labels[label.GPUS] = ",".join(assigned_ids(task))
+        labels["gpuspawner.node-name"] = names.get(task.get("NodeID", ""), "")
+        containers.append(
+            {
+                "Id": service["ID"],
+                "Names": ["/" + spec.get("Name", service["ID"][:12])],
+                "Image": ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", ""),
+                "Created": task.get("CreatedAt"),
+                "Labels": labels,
+            }
+        )
+    units = usable_units(nodes)  # a drained node's units are not free: not listed, but named in the note
+    down = [f"{n.name} ({n.condition})" for n in nodes if not n.usable]
+    note = ("not in use: " + ", ".join(down)) if down else ""
+    return Inventory(units=units, source="swarm", note=note), containers
+
+
+class NodeLedger:
+    """The hub's ledger as one spawn sees it: decisions limited to ``node`` (its home's), if set.
+
+    Quotas and holdings are the whole hub's; only the units a decision may take
+    are limited. Everything else is the shared ledger's.
+    """
+
+    def __init__(self, ledger: Ledger, nodes: tuple[SwarmNode, ...], node: SwarmNode | None = None):
+        self._ledger = ledger
+        self.nodes = nodes
+        self.node = node
+
+    def __getattr__(self, name):
+        return getattr(self._ledger, name)
+
+    @property
+    def within(self) -> tuple[GPU, ...]:
+        units = self._ledger.inventory
+        return tuple(u for u in units if u.node == self.node.name) if self.node else units
+
+    def _explain(self, e: NoCapacity) -> NoCapacity:
+        message = e.message
+        if self.node is not None and e.reason == "no_gpu":
+            others = [u for u in self._ledger.free() if u.node != self.node.name and e.request.matches(u)]
+            message = f"Your home is on {self.node.name}. {message}"
+            if others:
+                message += (
+                    f" Other nodes have {len(others)} free, but your files are on {self.node.name};"
+                    " an admin can move your home."
+                )
+        if e.reason == "no_gpu":
+            message += not_usable_note(self.nodes)
+        return NoCapacity(e.reason, message, request=e.request, free=e.free)
+
+    def can_fit(self, request: GPURequest, requester: Requester, holder: str = "") -> NoCapacity | None:
+        try:
+            decide(self.within, self._ledger.assignments(), request, requester, self._ledger.policy, holder)
+        except NoCapacity as e:
+            return self._explain(e)
+        return None
+
+    def availability(self, request: GPURequest) -> tuple[int, int]:
+        return availability(self.within, self._ledger.assignments(), request, self._ledger.policy)
+
+    def assign(self, holder: str, request: GPURequest, requester: Requester) -> Assignment:
+        if request.shared:
+            raise NoCapacity(
+                "no_gpu",
+                "Shared GPU slots are not offered on a Swarm: a Swarm unit has one holder.",
+                request=request,
+            )
+        self._ledger.release(holder)
+        try:
+            units = decide(self.within, self._ledger.assignments(), request, requester, self._ledger.policy, holder)
+        except NoCapacity as e:
+            raise self._explain(e) from None
+        if units:
+            self._ledger.adopt(holder, [u.id for u in units], user=requester.user, groups=requester.groups)
+        return Assignment(holder, requester.user, units, False, requester.groups)
+
+
+# --- the glue
+
+
+class _SwarmState:
+    """Hub-wide Swarm facts, next to GPUSpawner's shared ledger."""
+
+    def __init__(self):
+        self.nodes: tuple[SwarmNode, ...] = ()
+        self.read_at = -1e9
+        self.node_of: dict[str, str] = {}  # holder -> node id, while starting or running
+        self.confirmed: set[str] = set()  # holders whose units Swarm has assigned (read back)
+
+
+class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
+    """GPUSpawner on a Docker Swarm: each server is a Swarm service on a GPU node.
+
+    Profiles, quotas, fail-fast refusals and the GPU ledger work as on one
+    host, across all nodes. Units are Swarm generic resources; a user's server
+    always runs on the node that holds their home volume.
+    """
+
+    gpu_resource_prefix = Unicode(
+        "NVIDIA-",
+        help="""Generic resources whose kind starts with this are GPU units.
+
+        Each GPU node advertises its units in its daemon settings, one kind per
+        unit type: ``"node-generic-resources": ["NVIDIA-GPU=GPU-<uuid>", ...]``
+        for whole GPUs, ``"NVIDIA-MIG-1g.10gb=MIG-<uuid>"`` for MIG instances.
+        The NVIDIA toolkit's ``swarm-resource`` setting must list the matching
+        ``DOCKER_RESOURCE_<KIND>`` variables (upper case).
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    nodes_refresh = Float(
+        2.0,
+        min=0,
+        help="""How long (seconds) the node list read from Swarm is reused before it is read again.
+
+        Every decision reads which nodes are ready and active; this keeps a burst
+        of spawns and polls from asking the manager for each.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    task_pending_timeout = Float(
+        30.0,
+        min=1,
+        help="""How long (seconds) a new server's task may wait for Swarm to place it.
+
+        The ledger only asks Swarm for units it counts as free on that node, so a
+        task that stays pending means Swarm disagrees (a unit held by a service
+        the hub did not start, a node just lost): the spawn fails with Swarm's
+        reason and frees what it held.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    _swarm: _SwarmState | None = None
+
+    def _swarm_state(self) -> _SwarmState:
+        cls = SwarmGPUSpawner
+        if cls._swarm is None:
+            cls._swarm = _SwarmState()
+        return cls._swarm
+
+    def load_inventory(self) -> Inventory:
+        # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.
+        described = () if isinstance(self.gpus, str) else parse_static_inventory(self.gpus)
+        return Inventory(units=described, source="swarm")
+
+    def _described(self) -> dict[str, GPU]:
+        if isinstance(self.gpus, str) or not self.gpus:
+            return {}
+        return {u.uuid: u for u in parse_static_inventory(self.gpus)}
+
+    async def swarm_nodes(self, fresh: bool = False) -> tuple[SwarmNode, ...]:
+        """The nodes, read from the manager at most every ``nodes_refresh`` seconds."""
+        state = self._swarm_state()
+        if fresh or time.monotonic() - state.read_at > self.nodes_refresh:
+            state.nodes = read_nodes(await self.docker("nodes"), self._described(), self.gpu_resource_prefix)
+            state.read_at = time.monotonic()
+            self._shared_lab().ledger.update_inventory(usable_units(state.nodes))
+        return state.nodes
+
+    def _home_volume(self) -> str:
+        return self.format_volume_name(self.home_volume_name, self) if self.home_volume_name else ""
+
+    async def home_node(self) -> SwarmNode | None:
+        """The node that holds this user's home volume, from the home records; None before the first start."""
+        volume = self._home_volume()
+        if not volume:
+            return None
+        configs = await self.docker("configs", filters={"label": HOME})
+        node_id = home_nodes(configs).get(volume)
+        if node_id is None:
+            return None
+        nodes = await self.swarm_nodes()
+        known = next((n for n in nodes if n.id == node_id), None)
+        # A node that left the Swarm: a record still pins the home there.
+        return known or SwarmNode(id=node_id, name=node_id[:12], addr="", state="gone", availability="")
+
+    async def ledger(self) -> NodeLedger:
+        nodes = await self.swarm_nodes()
+        real = await super().ledger()
+        home = await self.home_node() if self.home_volume_name else None
+        return NodeLedger(real, nodes, home)
+
+    async def _adopt_running_containers(self, ledger: Ledger) -> None:
+        """Rebuild the ledger from Swarm: gpuspawner's services, their running tasks, their units."""
+        await self.swarm_nodes(fresh=True)
+        services = await self.docker("services", filters={"label": label.USER})
+        tasks = await self.docker("tasks", filters={"desired-state": "running"})
+        state = self._swarm_state()
+        for server in running_servers(services, tasks):
+            state.node_of[server.holder] = server.node_id
+            state.confirmed.add(server.holder)
+            if not server.unit_ids:
+                continue
+            unknown = ledger.adopt(
+                server.holder, server.unit_ids, user=server.user, shared=server.shared, groups=server.groups
+            )
+            if unknown:
+                self.log.warning("Adopting %s: units not on a usable node: %s", server.holder, ",".join(unknown))
+            self.log.info("Adopted GPUs %s of running server %s", ",".join(server.unit_ids), server.holder)
+
+    # --- the spawn
+
+    async def start(self):
+        await self.swarm_nodes(fresh=True)
+        volume = self._home_volume()
+        home = self._home_node = await self.home_node()
+        if home is not None and not home.usable:
+            raise SpawnException(
+                f"Your home ({volume}) is on {home.name}, which is {home.condition}."
+                " Your server can start again when that node is back, or when an admin moves"
+                " your home to another node. Nothing was started, so nothing is lost.",
+                reason="home_node",
+                status_code=503,
+            )
+        return await super().start()
+
+    def _choose_port(self) -> int:
+        """Also choose the node: the units' node, else the home's, else the one with fewest servers."""
+        port = super()._choose_port()
+        state = self._swarm_state()
+        usable = [n for n in state.nodes if n.usable]
+        by_name = {n.name: n for n in state.nodes}
+        lab = self._shared_lab()
+        node = None
+        if self.gpu_ids:
+            unit = next((u for u in lab.ledger.inventory if u.id == self.gpu_ids[0]), None)
+            node = by_name.get(unit.node) if unit else None
+            if node is None:  # its node left between the decision and now
+                raise SpawnException("The node chosen for your GPU just left the Swarm. Start again.", reason="no_node")
+        else:
+            node = self._home_node
+        if node is None:
+            if not usable:
+                raise SpawnException("No Swarm node is ready and active.", reason="no_node", status_code=503)
+            load = {n.id: 0 for n in usable}
+            for other, node_id in state.node_of.items():
+                if node_id in load and other != self.holder:
+                    load[node_id] += 1
+            node = min(usable, key=lambda n: (load[n.id], n.name))
+        state.node_of[self.holder] = node.id
+        state.confirmed.discard(self.holder)
+        self.node = node
+        self.ip = node.addr
+        return port
+
+    node: SwarmNode | None = None
+    _home_node: SwarmNode | None = None
+
+    async def get_ip_and_port(self):
+        return self.ip, self.port
+
+    def get_env(self):
+        env = super().get_env()
+        # Swarm carries the units (DOCKER_RESOURCE_<KIND>, read by the toolkit's
+        # swarm-resource setting, which wins over this); a server without units sees none.
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+        return env
+
+    def _mounts(self) -> list[Mount]:
+        mounts = []
+        for source, bind in self.volume_binds.items():
+            kind = "bind" if source.startswith("/") else "volume"
+            mounts.append(Mount(target=bind["bind"], source=source, type=kind, read_only=bind["mode"] == "ro"))
+        profile = self.profile
+        shm_size = profile.shm_size if profile and profile.shm_size is not None else self.shm_size
+        if shm_size is not None:
+            # A service has no ShmSize: a tmpfs of that size at /dev/shm does the same.
+            mounts.append(Mount(target="/dev/shm", source="", type="tmpfs", tmpfs_size=int(shm_size)))
+        return mounts
+
+    async def create_object(self):
+        """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
+        node = self.node
+        await self._record_home()
+        profile = self.profile
+        labels = {
+            label.USER: self.user.name,
+            label.SERVER: self.name or "",
+            label.PROFILE: profile.slug if profile else "",
+            label.SHARED: "",
+            label.GROUPS: ",".join(sorted(self.requester.groups)),
+            label.IMAGE_DIGEST: self.image_digest,
+            NODE: node.id,
+        }
+        if self.gpu_ids and hasattr(self, "culling_rules_of"):  # what the GPU culler holds this server to
+            rules = self.culling_rules_of(profile)
+            labels[label.GPU_IDLE_TIMEOUT] = f"{rules.gpu_idle_timeout:g}"
+            labels[label.MAX_RUNTIME] = f"{rules.max_runtime:g}"
+            labels[label.JUPYTER_ACTIVITY_GRACE] = f"{rules.jupyter_activity_grace:g}"
+        labels.update((self.extra_create_kwargs or {}).get("labels") or {})
+        wanted = {}
+        if self.gpu_ids:
+            units = [u for u in self._shared_lab().ledger.inventory if u.id in self.gpu_ids]
+            wanted = resource_request(units, node.kinds)
+        container = ContainerSpec(
+            image=self.image,
+            env=self.get_env(),
+            args=await self.get_command(),
+            mounts=self._mounts(),
+            labels=dict(labels),
+            cap_drop=list(self.cap_drop) or None,
+            **self.extra_container_spec,
+        )
+        resources = Resources(
+            mem_limit=self.mem_limit,
+            cpu_limit=int(self.cpu_limit * 1e9) if self.cpu_limit else None,
+            generic_resources=wanted or None,
+            **self.extra_resources_spec,
+        )
+        if self.pids_limit:
+            resources.setdefault("Limits", {})["Pids"] = self.pids_limit  # API 1.41; docker-py has no argument
+        template = TaskTemplate(
+            container_spec=container,
+            resources=resources,
+            # A crashed server stays down (poll sees it, the units are freed), and a
+            # server never moves: its home is on this node.
+            restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(constraints=[f"node.id=={node.id}"], **self.extra_placement_spec),
+            networks=[self.network_name] if self.network_name else [],
+            **self.extra_task_spec,
+        )
+        service = await self.docker(
+            "create_service",
+            task_template=template,
+            name=self.service_name,
+            labels=labels,
+            endpoint_spec=EndpointSpec(**self.extra_endpoint_spec) if self.extra_endpoint_spec else None,
+        )
+        return service
+
+    async def start_object(self):
+        """Wait until the task runs; then record the units Swarm actually assigned, and the home's node."""
+        deadline = time.monotonic() + self.task_pending_timeout
+        delay = 0.5
+        while True:
+            task = await self.get_task()
+            status = (task or {}).get("Status") or {}
+            state = status.get("State", "")
+            if state == "running":
+                break
+            if state in ("failed", "rejected", "shutdown", "complete", "orphaned", "remove") or task is None:
+                raise SpawnException(
+                    f"Swarm could not start the server on {self.node.name}: {status.get('Err') or state or 'no task'}",
+                    reason="swarm_task",
+                )
+            if time.monotonic() > deadline:
+                raise SpawnException(
+                    f"Swarm did not place the server on {self.node.name} within {self.task_pending_timeout:g} s:"
+                    f" {status.get('Err') or status.get('Message') or state}",
+                    reason="swarm_pending",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 3)
+        await self._record_assigned(task)
+
+    async def _record_assigned(self, task: dict) -> None:
+        actual = assigned_ids(task)
+        lab = self._shared_lab()
+        state = self._swarm_state()
+        async with lab.lock:
+            decided = list(self.gpu_ids)
+            if set(actual) != set(decided):
+                # Swarm picked other units of the same kind on this node. Whoever the
+                # ledger had given them to (a spawn not yet read back) takes ours instead,
+                # so that the per-node counts stay exact.
+                spare = [i for i in decided if i not in actual]
+                for unit_id in actual:
+                    for other in lab.ledger.holders_of(unit_id):
+                        if other.holder == self.holder or other.holder in state.confirmed or not spare:
+                            continue
+                        ids = [spare.pop() if i == unit_id else i for i in other.ids]
+                        lab.ledger.release(other.holder)
+                        lab.ledger.adopt(other.holder, ids, user=other.user, groups=other.groups)
+                self.log.info("Swarm assigned %s to %s (ledger chose %s)", ",".join(actual), self.holder, ",".join(decided))
+            lab.ledger.release(self.holder)
+            if actual:
+                lab.ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups)
+            state.confirmed.add(self.holder)
+        self.gpu_ids = tuple(actual)
+
+    async def _record_home(self) -> None:
+        """Record where the home volume will be, before its first server is created there.
+
+        A Swarm config, not a node label: updating a node (labels, availability)
+        makes Swarm 20.10 reject the running tasks on it that hold generic
+        resources, so the hub never updates nodes.
+        """
+        volume = self._home_volume()
+        if not volume or self._home_node is not None:
+            return
+        try:
+            await self.docker(
+                "create_config",
+                home_record_name(volume),
+                self.node.id.encode(),
+                labels={HOME: volume, NODE: self.node.id, "gpuspawner.node-name": self.node.name},
+            )
+            self.log.info("Home %s of %s is on %s", volume, self.user.name, self.node.name)
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise SpawnException(f"Could not record where your home is: {e}", reason="home_node") from None
+            # Another server of this user recorded it first, just now: only its node will do.
+            home = await self.home_node()
+            if home is not None and home.id != self.node.id:
+                raise SpawnException(
+                    f"Your home is being created on {home.name} by your other server. Start this one again.",
+                    reason="home_node",
+                    status_code=503,
+                ) from None
+
+    async def _discard_container(self) -> None:
+        if self.object_id:
+            await self.remove_object()
+        self.object_id = ""
+        self._swarm_state().node_of.pop(self.holder, None)
+
+    async def remove_object(self):
+        try:
+            await self.docker("remove_service", self.object_id)
+        except docker.errors.NotFound:
+            pass
+
+    async def poll(self):
+        """Running only while the service's task runs: a crash, a drained or a lost node stops it.
+
+        The stopped service stays (``docker service logs`` still has its output) until
+        the server starts again; with restart condition ``none`` Swarm never revives it.
+        """
+        await self.swarm_nodes()
+        await super(SwarmGPUSpawner, self).ledger()  # a restarted hub adopts before it decides
+        task = await self.get_task()
+        state = ((task or {}).get("Status") or {}).get("State", "")
+        if state == "running":
+            return None
+        if task is not None:  # (a service that never started, or was removed, is no news)
+            self.log.warning("Server %s: its task is %s %s", self.holder, state, task["Status"].get("Err", ""))
+        self._release_gpus(f"task {state or 'gone'}")
+        self._swarm_state().node_of.pop(self.holder, None)
+        return f"task {state or 'gone'}" if task else 0
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self._swarm_state().node_of.pop(self.holder, None)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.node is not None:
+            state["node"] = self.node.id
+        return state
+
+
+__all__ = ["SwarmGPUSpawner", "SwarmNode", "read_nodes", "running_servers", "usable_units"]

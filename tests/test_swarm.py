@@ -1,0 +1,245 @@
+"""The Swarm backend's pure parts, and the allocation core on units of several nodes.
+
+The real Swarm is in test_swarm_e2e.py; here Swarm's answers are plain dicts
+shaped as the Docker API returns them (seen on Docker 20.10).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester
+from gpuspawner.gpus.inventory import InventoryError, parse_static_inventory
+from gpuspawner.swarm import (
+    NodeLedger,
+    SwarmGPUSpawner,
+    assigned_ids,
+    home_nodes,
+    home_record_name,
+    not_usable_note,
+    read_nodes,
+    resource_request,
+    running_servers,
+    usable_units,
+)
+
+GiB = 1024**3
+
+
+def unit(node: int, i: int, memory: int = 24 * GiB) -> GPU:
+    return GPU(index=i, uuid=f"GPU-n{node}-{i}", name="NVIDIA L4", memory=memory, node=f"gpu-node-{node}")
+
+
+def api_node(n: int, units=(), state="ready", availability="active", kind="NVIDIA-GPU", host=None) -> dict:
+    return {
+        "ID": f"id{n}",
+        "Description": {
+            "Hostname": host or f"gpu-node-{n}",
+            "Resources": {
+                "GenericResources": [
+                    {"NamedResourceSpec": {"Kind": kind, "Value": u}} for u in units
+                ]
+                + [{"DiscreteResourceSpec": {"Kind": "SSD", "Value": 1}}]
+            },
+        },
+        "Status": {"State": state, "Addr": f"10.0.0.{n}"},
+        "Spec": {"Availability": availability, "Labels": {}},
+    }
+
+
+# --- the allocation core with nodes
+
+
+def test_units_of_one_server_are_on_one_node():
+    ledger = Ledger([unit(1, 0), unit(1, 1), unit(2, 0), unit(2, 1)], Policy(placement="spread"))
+    ledger.assign("a/", 1)  # spread: node 1, GPU 0
+    both = ledger.assign("b/", 2)
+    assert {u.node for u in both.units} == {"gpu-node-2"}
+    with pytest.raises(NoCapacity) as e:
+        ledger.assign("c/", 2)
+    assert e.value.reason == "no_gpu"
+    assert e.value.message == "Needs 2 whole GPUs: only 1 of 4 NVIDIA L4 GPUs are free."
+
+
+def test_refusal_when_free_units_are_split_names_them_per_node():
+    ledger = Ledger([unit(n, i) for n in (1, 2, 3) for i in (0, 1)], Policy(placement="spread"))
+    for user in "abc":
+        ledger.assign(f"{user}/", 1)
+    assert sorted(a.units[0].node for a in ledger.assignments()) == ["gpu-node-1", "gpu-node-2", "gpu-node-3"]
+    with pytest.raises(NoCapacity) as e:
+        ledger.assign("d/", 2)
+    assert e.value.message == (
+        "Needs 2 whole GPUs on one node, and no node has that many free. Free now:"
+        " gpu-node-1: 1 NVIDIA L4 GPU; gpu-node-2: 1 NVIDIA L4 GPU; gpu-node-3: 1 NVIDIA L4 GPU."
+    )
+
+
+@pytest.mark.parametrize(
+    "placement, expected",
+    [("pack", ["gpu-node-1", "gpu-node-1", "gpu-node-2"]), ("spread", ["gpu-node-1", "gpu-node-2", "gpu-node-1"])],
+    ids=["pack-fills-a-node", "spread-prefers-idle-nodes"],
+)
+def test_placement_over_nodes(placement, expected):
+    ledger = Ledger([unit(n, i) for n in (1, 2) for i in (0, 1)], Policy(placement=placement))
+    got = [ledger.assign(f"{u}/", 1).units[0].node for u in "abc"]
+    assert got == expected
+
+
+def test_one_host_inventories_are_unchanged_by_nodes():
+    ledger = Ledger([GPU(0, "GPU-a", "A100", 80 * GiB), GPU(1, "GPU-b", "A100", 80 * GiB)])
+    ledger.assign("a/", 1)
+    with pytest.raises(NoCapacity) as e:
+        ledger.assign("b/", 2)
+    assert "on one node" not in e.value.message and "gpu-node" not in e.value.message
+
+
+def test_static_inventory_indices_repeat_across_nodes_only():
+    entries = [
+        {"index": 0, "uuid": "GPU-a", "name": "L4", "memory": "24G", "node": "n1"},
+        {"index": 0, "uuid": "GPU-b", "name": "L4", "memory": "24G", "node": "n2"},
+    ]
+    assert [u.node for u in parse_static_inventory(entries)] == ["n1", "n2"]
+    entries[1]["node"] = "n1"
+    with pytest.raises(InventoryError, match="share index 0 on node n1"):
+        parse_static_inventory(entries)
+    with pytest.raises(InventoryError, match="field 'node'"):
+        parse_static_inventory([{"index": 0, "uuid": "GPU-a", "name": "L4", "memory": "24G", "node": 3}])
+
+
+def test_update_inventory_keeps_holders_and_takes_units_out_of_the_pool():
+    ledger = Ledger([unit(1, 0), unit(2, 0)])
+    ledger.assign("a/", 1)
+    ledger.update_inventory([unit(2, 0)])  # node 1 drained
+    assert ledger.assignment("a/").ids == ("GPU-n1-0",)
+    assert [u.id for u in ledger.free()] == ["GPU-n2-0"]
+    ledger.release("a/")
+    assert [u.id for u in ledger.free()] == ["GPU-n2-0"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3)), max_size=25), st.sampled_from(["pack", "spread"]))
+def test_never_a_unit_twice_never_across_nodes(steps, placement):
+    ledger = Ledger([unit(n, i) for n in (1, 2, 3) for i in (0, 1)], Policy(placement=placement))
+    for user, count in steps:
+        try:
+            if count == 3:
+                ledger.release(f"{user}/")
+            else:
+                ledger.assign(f"{user}/", count)
+        except NoCapacity:
+            pass
+        ids = [i for a in ledger.assignments() for i in a.ids]
+        assert len(ids) == len(set(ids))
+        assert all(len({u.node for u in a.units}) == 1 for a in ledger.assignments())
+
+
+# --- Swarm's answers
+
+
+def test_read_nodes_units_kinds_and_usability():
+    described = {u.uuid: u for u in parse_static_inventory([{"index": 3, "uuid": "GPU-x1", "name": "NVIDIA A100", "memory": "80G"}])}
+    nodes = read_nodes(
+        [
+            api_node(2, ["GPU-y1"], availability="drain"),
+            api_node(1, ["GPU-x1", "GPU-x2"]),
+            api_node(3, ["MIG-z1"], kind="NVIDIA-MIG-1g.10gb", state="down"),
+        ],
+        described,
+    )
+    assert [n.name for n in nodes] == ["gpu-node-1", "gpu-node-2", "gpu-node-3"]
+    one, two, three = nodes
+    assert one.units[0] == GPU(3, "GPU-x1", "NVIDIA A100", described["GPU-x1"].memory, node="gpu-node-1")
+    assert (one.units[1].name, one.units[1].memory) == ("NVIDIA-GPU", 0)  # not described: the kind, no memory
+    assert one.kinds == {"GPU-x1": "NVIDIA-GPU", "GPU-x2": "NVIDIA-GPU"}
+    assert three.units[0].mig_profile == "1g.10gb" and three.units[0].is_mig
+    assert [(n.usable, n.condition) for n in nodes] == [(True, ""), (False, "drained"), (False, "down")]
+    assert [u.id for u in usable_units(nodes)] == ["GPU-x1", "GPU-x2"]
+    assert not_usable_note(nodes) == " Not in use: gpu-node-2 (drained), gpu-node-3 (down)."
+
+
+def test_duplicate_hostnames_are_told_apart():
+    nodes = read_nodes([api_node(1, ["GPU-a"], host="gpu"), api_node(2, ["GPU-b"], host="gpu")], {})
+    assert [n.name for n in nodes] == ["gpu-id1", "gpu-id2"]
+
+
+def test_resource_request_counts_each_kind():
+    nodes = read_nodes([api_node(1, ["GPU-a", "GPU-b"])], {})
+    assert resource_request(nodes[0].units, nodes[0].kinds) == {"NVIDIA-GPU": 2}
+
+
+def test_running_servers_from_services_and_tasks():
+    services = [
+        {"ID": "s1", "Spec": {"Labels": {"gpuspawner.user": "ann", "gpuspawner.server": "", "gpuspawner.groups": "ml101"}}},
+        {"ID": "s2", "Spec": {"Labels": {"gpuspawner.user": "bob", "gpuspawner.server": "x"}}},
+        {"ID": "s3", "Spec": {"Labels": {"other": "1"}}},
+    ]
+    gpu = [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-a"}}]
+    tasks = [
+        {"ServiceID": "s1", "NodeID": "id1", "DesiredState": "running", "Status": {"State": "running"}, "GenericResources": gpu},
+        {"ServiceID": "s2", "NodeID": "id2", "DesiredState": "running", "Status": {"State": "pending"}},
+        {"ServiceID": "s3", "NodeID": "id2", "DesiredState": "running", "Status": {"State": "running"}, "GenericResources": gpu},
+    ]
+    (ann,) = running_servers(services, tasks)
+    assert (ann.holder, ann.node_id, ann.unit_ids, ann.groups) == ("ann/", "id1", ("GPU-a",), ("ml101",))
+    assert assigned_ids({}) == ()
+
+
+def test_home_records():
+    configs = [
+        {"CreatedAt": "2", "Spec": {"Labels": {"gpuspawner.home": "v1", "gpuspawner.node": "late"}}},
+        {"CreatedAt": "1", "Spec": {"Labels": {"gpuspawner.home": "v1", "gpuspawner.node": "id1"}}},
+        {"CreatedAt": "1", "Spec": {"Labels": {"gpuspawner.home": "v2"}}},
+    ]
+    assert home_nodes(configs) == {"v1": "id1"}
+    assert home_record_name("jupyterhub-user-ann") == "gpuspawner-home.jupyterhub-user-ann"
+    long = home_record_name("x" * 80)
+    assert len(long) <= 64 and long.startswith("gpuspawner-home.")
+
+
+def test_node_ledger_limits_decisions_to_the_home_node_and_says_so():
+    units = [unit(1, 0), unit(2, 0), unit(2, 1)]
+    nodes = read_nodes([api_node(1, ["GPU-n1-0"]), api_node(2, ["GPU-n2-0", "GPU-n2-1"])], {})
+    ledger = Ledger(units, Policy(placement="spread"))
+    ledger.assign("x/", 1)  # spread: node 1's only unit
+    home = NodeLedger(ledger, nodes, nodes[0])
+    refusal = home.can_fit(GPURequest(count=1), Requester("ann"), "ann/")
+    assert refusal is not None
+    assert refusal.message.startswith("Your home is on gpu-node-1.")
+    assert "Other nodes have 2 free" in refusal.message
+    anywhere = NodeLedger(ledger, nodes, None)
+    got = anywhere.assign("ann/", GPURequest(count=1), Requester("ann"))
+    assert got.units[0].node == "gpu-node-2" and ledger.assignment("ann/").ids == got.ids
+    with pytest.raises(NoCapacity, match="Shared GPU slots are not offered"):
+        anywhere.assign("bob/", GPURequest(shared=True), Requester("bob"))
+
+
+def test_the_spawner_class_defaults():
+    spawner = SwarmGPUSpawner()
+    assert spawner.remove is True and spawner.pull_policy == "skip" and spawner.network_name == "host"
+    for name in ("gpu_resource_prefix", "nodes_refresh", "task_pending_timeout"):
+        assert SwarmGPUSpawner.class_traits()[name].help
+
+
+def test_unit_metrics_carry_the_node():
+    from datetime import datetime, timezone
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gpuspawner.dashboard.metrics import render_metrics
+    from gpuspawner.dashboard.model import build_view
+    from gpuspawner.gpus import Inventory
+
+    # GPU 0 on two nodes: the same index, told apart by the node.
+    units = (unit(1, 0), unit(2, 0))
+    held = {"Id": "s1", "Labels": {"gpuspawner.user": "ann", "gpuspawner.server": "", "gpuspawner.gpus": "GPU-n2-0"}}
+    view = build_view(Inventory(units=units, source="swarm"), Policy(), [held], now=datetime.now(timezone.utc))
+    text = render_metrics(view).decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "gpuspawner_unit_assigned"]
+    assert {(s.labels["node"], s.labels["gpu_index"], s.labels["user"], s.value) for s in samples} == {
+        ("gpu-node-1", "0", "", 0), ("gpu-node-2", "0", "ann", 1)}
+    # One host: the label is there, empty.
+    one = build_view(Inventory(units=(GPU(index=0, uuid="GPU-x", name="L4", memory=GiB),), source="static"),
+                     Policy(), [], now=datetime.now(timezone.utc))
+    assert 'node=""' in render_metrics(one).decode()
