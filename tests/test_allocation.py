@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
+from gpuspawner.gpus.allocation import decide
 
 GiB = 1024**3
 
@@ -232,13 +233,21 @@ class LedgerMachine(RuleBasedStateMachine):
           request=st.sampled_from(REQUESTS), exempt=st.booleans())
     def start(self, user, server, request, exempt):
         holder = holder_key(user, server)
+        requester = self.requester(user, exempt and user == "u4")
+        # The ledger's running totals decide as the pure function does from the holdings.
         try:
-            got = self.ledger.assign(holder, request, self.requester(user, exempt and user == "u4"))
+            expected = decide(UNITS, self.ledger.assignments(), request, requester, self.policy, holder)
         except NoCapacity as e:
+            expected = (e.reason, e.message)
+        try:
+            got = self.ledger.assign(holder, request, requester)
+        except NoCapacity as e:
+            assert expected == (e.reason, e.message)
             assert e.reason in ("no_gpu", "user_quota", "group_quota") and e.message
             self.running.pop(holder, None)  # a refused start holds nothing
             assert self.ledger.assignment(holder) is None
             return
+        assert got.units == expected
         assert len(got.units) == request.slots
         assert all(request.matches(u) for u in got.units)
         if got.units:
@@ -276,6 +285,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert {a.holder: a.ids for a in self.ledger.assignments()} == self.running
         held = self.ledger.held_ids()
         assert set(u.id for u in self.ledger.free()) == {u.id for u in UNITS} - held
+
+    @invariant()
+    def running_totals_match_the_holdings(self):
+        from gpuspawner.gpus.allocation import Occupancy
+
+        fresh = Occupancy.of(self.ledger.assignments(), self.policy.share_limit)
+        kept = self.ledger._occupancy
+        assert {u: sorted(a.holder for a in h) for u, h in kept.holders_of.items()} == {
+            u: sorted(a.holder for a in h) for u, h in fresh.holders_of.items()}
+        for name in ("user_load", "group_load", "gpu_busy", "node_busy"):
+            assert {k: v for k, v in getattr(kept, name).items() if v} == getattr(fresh, name)
 
     @invariant()
     def quotas_hold_for_the_not_exempt(self):

@@ -13,9 +13,11 @@ everyone not exempt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import lru_cache
 
 from ..traits import format_bytes
 from .inventory import GPU
@@ -113,14 +115,41 @@ def holder_key(user: str, server: str = "") -> str:
 
 
 class NoCapacity(Exception):
-    """A request that cannot be met now. ``reason`` is 'no_gpu', 'user_quota' or 'group_quota'."""
+    """A request that cannot be met now. ``reason`` is 'no_gpu', 'user_quota' or 'group_quota'.
 
-    def __init__(self, reason: str, message: str, *, request: GPURequest, free: tuple[GPU, ...] = ()):
+    ``message`` and ``free`` may be given as functions: they are then made only when
+    someone reads them (a refusal the hub shows), not for every refusal along the way.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str | Callable[[], str],
+        *,
+        request: GPURequest,
+        free: tuple[GPU, ...] | Callable[[], tuple[GPU, ...]] = (),
+    ):
         self.reason = reason
-        self.message = message
+        self._message = message
         self.request = request
-        self.free = free
-        super().__init__(message)
+        self._free = free
+        super().__init__()
+
+    @property
+    def free(self) -> tuple[GPU, ...]:
+        """The units no server holds, when the refusal was made (in inventory order)."""
+        if callable(self._free):
+            self._free = self._free()
+        return self._free
+
+    @property
+    def message(self) -> str:
+        if callable(self._message):
+            self._message = self._message()
+        return self._message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def gpus_counted(units: int, shared: bool, share_limit: int) -> Fraction:
@@ -136,65 +165,129 @@ def _fmt(amount: Fraction | float) -> str:
     return f"{float(amount):g}"
 
 
-def check_quotas(
-    holdings: Iterable[Assignment], request: GPURequest, requester: Requester, policy: Policy, holder: str
-) -> None:
-    """Raise ``NoCapacity`` when the request would take ``requester`` or a group of theirs past its quota."""
+class Occupancy:
+    """What the holdings add up to, for decisions: who holds each unit, each user's and
+    group's load, how busy each GPU and node is.
+
+    Loads are whole numbers of 1/K GPU (K = ``share_limit``): a unit held whole counts K,
+    a shared slot 1, so quotas are compared exactly and without fractions. Built from
+    holdings (``of``), or kept by a ``Ledger`` as it assigns and releases, so that a
+    decision costs the same with 10 holdings as with 1,000.
+    """
+
+    def __init__(self, share_limit: int):
+        self.k = max(share_limit, 1)
+        self.holders_of: dict[str, list[Assignment]] = {}  # unit id -> its holders
+        self.user_load: dict[str, int] = {}
+        self.group_load: dict[str, int] = {}
+        self.gpu_busy: dict[str, int] = {}  # physical GPU -> how many of its units are held
+        self.node_busy: dict[str, int] = {}  # node -> how many of its units are held
+
+    @classmethod
+    def of(cls, holdings: Iterable[Assignment], share_limit: int) -> Occupancy:
+        occupancy = cls(share_limit)
+        for a in holdings:
+            occupancy.add(a)
+        return occupancy
+
+    def load(self, assignment: Assignment) -> int:
+        return len(assignment.units) * (1 if assignment.shared else self.k)
+
+    def add(self, a: Assignment) -> None:
+        w = self.load(a)
+        self.user_load[a.user] = self.user_load.get(a.user, 0) + w
+        for group in a.groups:
+            self.group_load[group] = self.group_load.get(group, 0) + w
+        for unit in a.units:
+            holders = self.holders_of.setdefault(unit.uuid, [])
+            if not holders:
+                self.gpu_busy[unit.gpu_uuid] = self.gpu_busy.get(unit.gpu_uuid, 0) + 1
+                self.node_busy[unit.node] = self.node_busy.get(unit.node, 0) + 1
+            holders.append(a)
+
+    def remove(self, a: Assignment) -> None:
+        w = self.load(a)
+        self.user_load[a.user] -= w
+        for group in a.groups:
+            self.group_load[group] -= w
+        for unit in a.units:
+            holders = self.holders_of[unit.uuid]
+            holders.remove(a)
+            if not holders:
+                del self.holders_of[unit.uuid]
+                self.gpu_busy[unit.gpu_uuid] -= 1
+                self.node_busy[unit.node] -= 1
+
+
+@lru_cache(maxsize=256)
+def _in_slots(limit: float, k: int) -> int:
+    """A quota as the most 1/K GPU a load may reach: a load (a whole number) passes a quota
+    written as 0.5, 2 or 1.25 exactly when it passes this number."""
+    return math.floor(Fraction(limit).limit_denominator(1000) * k)
+
+
+def check_quotas(occupancy: Occupancy, request: GPURequest, requester: Requester, policy: Policy) -> None:
+    """Raise ``NoCapacity`` when the request would take ``requester`` or a group of theirs past its quota.
+
+    ``occupancy`` is everyone else's holdings (not those of the server that starts).
+    """
     if requester.exempt or request.slots == 0:
         return
-    others = [a for a in holdings if a.holder != holder]
-    wanted = gpus_counted(request.slots, request.shared, policy.share_limit)
+    k = occupancy.k
+    wanted = request.slots * (1 if request.shared else k)
     limit = policy.max_gpus_per_user
     if limit is not None:
-        mine = sum((gpus_held(a, policy.share_limit) for a in others if a.user == requester.user), Fraction(0))
-        if mine + wanted > Fraction(limit).limit_denominator(1000):
+        mine = occupancy.user_load.get(requester.user, 0)
+        if mine + wanted > _in_slots(limit, k):
             raise NoCapacity(
                 "user_quota",
-                f"You already hold {_fmt(mine)} GPU(s) across your servers, and the limit is"
-                f" {_fmt(limit)} per user. Stop one of your servers to start this one.",
+                lambda: f"You already hold {_fmt(Fraction(mine, k))} GPU(s) across your servers, and the limit"
+                f" is {_fmt(limit)} per user. Stop one of your servers to start this one.",
                 request=request,
             )
     for group in sorted(requester.groups):
-        if group not in policy.group_quotas:
+        quota = policy.group_quotas.get(group)
+        if quota is None:
             continue
-        quota = Fraction(policy.group_quotas[group]).limit_denominator(1000)
-        used = sum((gpus_held(a, policy.share_limit) for a in others if group in a.groups), Fraction(0))
-        if used + wanted > quota:
+        used = occupancy.group_load.get(group, 0)
+        if used + wanted > _in_slots(quota, k):
             raise NoCapacity(
                 "group_quota",
-                f"Your group '{group}' is using {_fmt(used)} of its {_fmt(quota)} GPU(s)."
+                lambda: f"Your group '{group}' is using {_fmt(Fraction(used, k))} of its"
+                f" {_fmt(Fraction(quota).limit_denominator(1000))} GPU(s)."
                 " Try again when a classmate stops a server, or ask your teacher.",
                 request=request,
             )
 
 
 def _candidates(
-    inventory: tuple[GPU, ...], holdings: list[Assignment], request: GPURequest, policy: Policy
+    inventory: tuple[GPU, ...],
+    occupancy: Occupancy,
+    request: GPURequest,
+    policy: Policy,
+    matching: list[GPU] | None = None,
+    best_only: bool = False,
 ) -> tuple[list[GPU], list[GPU]]:
-    """(the units that could take ``request`` now, best first; all units that fit it at all)."""
-    holders_of: dict[str, list[Assignment]] = {}
-    for a in holdings:
-        for unit in a.units:
-            holders_of.setdefault(unit.id, []).append(a)
+    """(the units that could take ``request`` now, best first; all units that fit it at all).
 
+    ``best_only``: only the best of the units that could take it (none when none can).
+    """
+    holders_of = occupancy.holders_of
     # How busy each physical GPU and each node is (its units held), for pack/spread.
-    busy: dict[str, int] = {}
-    node_busy: dict[str, int] = {}
-    for unit in inventory:
-        if holders_of.get(unit.id):
-            busy[unit.gpu_uuid] = busy.get(unit.gpu_uuid, 0) + 1
-            node_busy[unit.node] = node_busy.get(unit.node, 0) + 1
+    busy = occupancy.gpu_busy
+    node_busy = occupancy.node_busy
 
-    matching = [u for u in inventory if request.matches(u)]
+    if matching is None:
+        matching = [u for u in inventory if request.matches(u)]
     pack = policy.placement == PACK
     if request.shared:
 
         def room(unit: GPU) -> bool:
-            holders = holders_of.get(unit.id, [])
-            return all(a.shared for a in holders) and len(holders) < policy.share_limit
+            holders = holders_of.get(unit.uuid, ())
+            return len(holders) < policy.share_limit and all(a.shared for a in holders)
 
         def order(unit: GPU):
-            sharing = len(holders_of.get(unit.id, []))
+            sharing = len(holders_of.get(unit.uuid, ()))
             on_node = node_busy.get(unit.node, 0)
             # pack: join the fullest shared unit, keeping idle ones whole for others
             return (
@@ -206,10 +299,9 @@ def _candidates(
                 unit.mig_index or 0,
             )
 
+        fitting = [u for u in matching if room(u)]
     else:
-
-        def room(unit: GPU) -> bool:
-            return not holders_of.get(unit.id)
+        fitting = [u for u in matching if u.uuid not in holders_of]  # no holder: room
 
         def order(unit: GPU):
             # the smallest unit that fits leaves the most room for others; then the
@@ -225,14 +317,16 @@ def _candidates(
                 unit.mig_index or 0,
             )
 
-    return sorted((u for u in matching if room(u)), key=order), matching
+    if best_only:
+        return ([min(fitting, key=order)] if fitting else []), matching
+    return sorted(fitting, key=order), matching
 
 
 def availability(
     inventory: tuple[GPU, ...], holdings: Iterable[Assignment], request: GPURequest, policy: Policy
 ) -> tuple[int, int]:
     """(units that could take ``request`` now, units that fit it at all): "3 of 4 free"."""
-    candidates, matching = _candidates(inventory, list(holdings), request, policy)
+    candidates, matching = _candidates(inventory, Occupancy.of(holdings, policy.share_limit), request, policy)
     return len(candidates), len(matching)
 
 
@@ -251,20 +345,40 @@ def decide(
     """
     if request.slots == 0:
         return ()
-    holdings = [a for a in holdings if a.holder != holder]
-    check_quotas(holdings, request, requester, policy, holder)
-    candidates, matching = _candidates(inventory, holdings, request, policy)
+    others = Occupancy.of((a for a in holdings if a.holder != holder), policy.share_limit)
+    return _decide(inventory, others, request, requester, policy)
+
+
+def _decide(
+    inventory: tuple[GPU, ...],
+    others: Occupancy,
+    request: GPURequest,
+    requester: Requester,
+    policy: Policy,
+    matching: list[GPU] | None = None,
+) -> tuple[GPU, ...]:
+    """``decide`` over the holdings of everyone else, summed up in ``others``."""
+    if request.slots == 0:
+        return ()
+    check_quotas(others, request, requester, policy)
+    one = request.slots == 1
+    candidates, matching = _candidates(inventory, others, request, policy, matching, best_only=one)
+    if one and candidates:
+        return (candidates[0],)
     # Every unit of one server is on one node: the first node, in candidate order, with enough.
     by_node: dict[str, list[GPU]] = {}
     for unit in candidates:
         by_node.setdefault(unit.node, []).append(unit)
     for units in by_node.values():
         if len(units) >= request.slots:
-            chosen = {u.id for u in units[: request.slots]}
-            return tuple(u for u in inventory if u.id in chosen)  # in nvidia-smi's order: CUDA device 0 first
-    held = {unit.id for a in holdings for unit in a.units}
-    free = tuple(u for u in inventory if u.id not in held)
-    raise NoCapacity("no_gpu", _no_capacity_message(request, matching, candidates, free), request=request, free=free)
+            chosen = {u.uuid for u in units[: request.slots]}
+            return tuple(u for u in inventory if u.uuid in chosen)  # in nvidia-smi's order: CUDA device 0 first
+    def free() -> tuple[GPU, ...]:
+        return tuple(u for u in inventory if u.uuid not in others.holders_of)
+
+    raise NoCapacity(
+        "no_gpu", lambda: _no_capacity_message(request, matching, candidates, free()), request=request, free=free
+    )
 
 
 def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: list[GPU], free: tuple[GPU, ...]) -> str:
@@ -314,11 +428,10 @@ class Ledger:
     """Who holds which unit, for one hub: the holdings and the decisions applied to them."""
 
     def __init__(self, inventory: Iterable[GPU], policy: Policy | None = None):
-        self.inventory: tuple[GPU, ...] = tuple(inventory)
         self.policy = policy or Policy()
-        self._by_id = {unit.id: unit for unit in self.inventory}
-        self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
         self._holders: dict[str, Assignment] = {}
+        self._occupancy_of: Occupancy | None = None
+        self.update_inventory(inventory)
 
     def update_inventory(self, units: Iterable[GPU]) -> None:
         """The units that exist now (a node joined, was drained or was lost); holdings are kept.
@@ -329,6 +442,32 @@ class Ledger:
         self.inventory = tuple(units)
         self._by_id = {unit.id: unit for unit in self.inventory}
         self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
+        self._matching: dict[GPURequest, list[GPU]] = {}  # the units that fit each request asked so far
+
+    @property
+    def _occupancy(self) -> Occupancy:
+        """The running totals of the holdings (made again if the share limit changed)."""
+        if self._occupancy_of is None or self._occupancy_of.k != max(self.policy.share_limit, 1):
+            self._occupancy_of = Occupancy.of(self._holders.values(), self.policy.share_limit)
+        return self._occupancy_of
+
+    def _fitting(self, request: GPURequest) -> list[GPU]:
+        matching = self._matching.get(request)
+        if matching is None:
+            matching = self._matching[request] = [u for u in self.inventory if request.matches(u)]
+        return matching
+
+    def _hold(self, assignment: Assignment) -> None:
+        self._release(assignment.holder)
+        occupancy = self._occupancy  # made (if need be) before the new holding is in
+        self._holders[assignment.holder] = assignment
+        occupancy.add(assignment)
+
+    def _release(self, holder: str) -> Assignment | None:
+        assignment = self._holders.pop(holder, None)
+        if assignment is not None and self._occupancy_of is not None:
+            self._occupancy_of.remove(assignment)
+        return assignment
 
     # --- questions
 
@@ -351,12 +490,18 @@ class Ledger:
 
     def availability(self, request: GPURequest) -> tuple[int, int]:
         """(units that could take ``request`` now, units that fit it at all)."""
-        return availability(self.inventory, self._holders.values(), request, self.policy)
+        candidates, matching = _candidates(
+            self.inventory, self._occupancy, request, self.policy, self._fitting(request)
+        )
+        return len(candidates), len(matching)
 
     def can_fit(self, request: GPURequest, requester: Requester, holder: str = "") -> NoCapacity | None:
         """Why ``request`` cannot start now, or None when it can (for the spawn page)."""
         try:
-            decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
+            if holder in self._holders:  # what it would be if this server started again
+                decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
+            else:
+                _decide(self.inventory, self._occupancy, request, requester, self.policy, self._fitting(request))
         except NoCapacity as e:
             return e
         return None
@@ -374,15 +519,15 @@ class Ledger:
             request = GPURequest(count=request)
         requester = requester or Requester(user=holder.split("/", 1)[0])
         self.release(holder)
-        units = decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
+        units = _decide(self.inventory, self._occupancy, request, requester, self.policy, self._fitting(request))
         assignment = Assignment(holder, requester.user, units, request.shared and bool(units), requester.groups)
         if units:
-            self._holders[holder] = assignment
+            self._hold(assignment)
         return assignment
 
     def release(self, holder: str) -> Assignment | None:
         """Free what ``holder`` holds; returns it (None when it held nothing)."""
-        return self._holders.pop(holder, None)
+        return self._release(holder)
 
     def adopt(
         self,
@@ -406,11 +551,11 @@ class Ledger:
             previous = self._holders.get(holder)
             units = {u.id: u for u in (previous.units if previous else ())}
             units.update((u.id, u) for u in known)
-            self._holders[holder] = Assignment(
+            self._hold(Assignment(
                 holder,
                 user if user is not None else holder.split("/", 1)[0],
                 tuple(sorted(units.values(), key=lambda u: self._order[u.id])),
                 shared,
                 frozenset(groups),
-            )
+            ))
         return unknown
