@@ -310,3 +310,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
 TestLedgerPromise = LedgerMachine.TestCase
+
+
+def test_adopting_more_units_after_one_left_the_inventory():
+    """A node drained under a running server: its unit leaves the inventory, the holding stays."""
+    ledger = Ledger(UNITS, Policy())
+    first, second = UNITS[0], UNITS[1]
+    ledger.adopt("ana/", [first.id], user="ana")
+    ledger.update_inventory(UNITS[1:])
+    assert ledger.adopt("ana/", [second.id], user="ana") == ()
+    assert set(ledger.assignment("ana/").ids) == {first.id, second.id}
+    assert first.id not in {u.id for u in ledger.free()}

@@ -554,7 +554,8 @@ class Ledger:
             self._hold(Assignment(
                 holder,
                 user if user is not None else holder.split("/", 1)[0],
-                tuple(sorted(units.values(), key=lambda u: self._order[u.id])),
+                # in inventory order; a unit that has since left the inventory goes last
+                tuple(sorted(units.values(), key=lambda u: self._order.get(u.id, len(self._order)))),
                 shared,
                 frozenset(groups),
             ))
