@@ -67,7 +67,7 @@ def _availability_noun(profile: Profile, fitting: list) -> str:
     names = {unit.name for unit in fitting}
     model = names.pop() if len(names) == 1 else ""
     if profile.shared_gpu:
-        return f"{model or 'GPUs'} with a free slot"
+        return f"{model or 'GPUs'} with a free slot"  # "1 of 2 Tesla T4 with a free slot now"
     if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):
         kinds = {u.mig_profile for u in fitting}
         return f"MIG {kinds.pop()} instances" if len(kinds) == 1 else "MIG instances"

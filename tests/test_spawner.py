@@ -211,11 +211,13 @@ async def test_without_profiles_it_is_a_dockerspawner(engine):
 
 
 async def test_spawn_page_lists_profiles_escaped(engine):
-    profiles = PROFILES + [{"slug": "x", "display_name": "<script>alert(1)</script>", "image": "lab:1"}]
+    profiles = PROFILES + [{"slug": "x", "display_name": "<script>alert(1)</script>", "image": "lab:1"},
+                           {"slug": "sh", "display_name": "Shared", "image": "lab:1", "shared_gpu": True}]
     s = make_spawner(GPUSpawner, engine, profiles=profiles, gpus=GPUS)
     s.user_options = {}
     html = await s.get_options_form()
     assert 'value="gpu"' in html and "2 of 2 A100 free now" in html
+    assert "2 of 2 A100 with a free slot now" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert s.options_from_form({"profile": ["gpu"]}) == {"profile": "gpu"}
 
