@@ -439,3 +439,63 @@ def test_node_local_is_a_flag():
     app.parse_command_line(["--node-local", "--stops-file=/srv/lab/stops.jsonl"])
     assert app.node_local is True and app.stops_file == "/srv/lab/stops.jsonl"
     assert GPUCuller.class_traits()["node_local"].help and GPUCuller.class_traits()["gpu_resource_prefix"].help
+
+
+# --- on a real GPU (skipped where no NVIDIA driver answers, or PyTorch is missing)
+
+
+def _real_gpu_with_torch() -> bool:
+    import importlib.util
+
+    from gpuspawner.gpus.nvml import discover_auto
+
+    return discover_auto().source == "nvml" and importlib.util.find_spec("torch") is not None
+
+
+LOAD = """
+import sys, time, torch
+x = torch.randn(4096, 4096, device="cuda")
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    y = x @ x
+    torch.cuda.synchronize()
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu_with_torch(), reason="needs an NVIDIA driver that answers NVML, and PyTorch")
+def test_real_gpu_a_busy_process_is_use_and_an_idle_context_is_not(tmp_path):
+    """The culler's own reading of a real GPU: a process running matmuls is in use (through NVML's
+    utilisation and its per-process figures), the same process idle with its CUDA context is not."""
+    import subprocess
+    import sys as _sys
+    import time as _time
+
+    from gpuspawner.culler.usage import NVMLUsage
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD + "\ntime.sleep(float(sys.argv[2]))\n")  # then idle, context still held
+    child = subprocess.Popen([_sys.executable, str(script), "12", "25"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        source = NVMLUsage()
+        _time.sleep(4)
+        busy = source.read()
+        (unit,) = [u for u, r in busy.items() if r.processes and child.pid in r.processes]
+        reading = busy[unit]
+        print("busy:", unit, reading)
+        assert reading.processes[child.pid] == ""  # a host process: no container
+        assert reading.utilization is None or reading.utilization >= 50
+        if reading.process_utilization is not None:
+            assert reading.process_utilization.get(child.pid, 0) >= 5
+        assert unit_in_use(reading, "", busy_threshold=5)
+        assert not unit_in_use(reading, ME, busy_threshold=5)  # not a container's use
+        _time.sleep(12 + 11)  # the load ends, the 10 s per-process window passes; the context stays
+        idle = source.read()[unit]
+        print("idle:", unit, idle)
+        assert child.pid in (idle.processes or {})
+        assert not unit_in_use(idle, "", busy_threshold=5)
+    finally:
+        child.kill()
+        child.wait()
