@@ -1,5 +1,7 @@
 """The allocation core: decisions, messages, quotas, and the promise under random sequences."""
 
+from fractions import Fraction
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -299,7 +301,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def quotas_hold_for_the_not_exempt(self):
-        from gpuspawner.gpus.allocation import gpus_held
+        def gpus_held(a, share_limit):  # counted here afresh: 1 per unit, 1/K per shared slot
+            return Fraction(len(a.units), share_limit) if a.shared else Fraction(len(a.units))
 
         for user in USERS[:4]:
             mine = [a for a in self.ledger.assignments() if a.user == user]

@@ -152,15 +152,6 @@ class NoCapacity(Exception):
         return self.message
 
 
-def gpus_counted(units: int, shared: bool, share_limit: int) -> Fraction:
-    """What holding ``units`` counts against quotas: 1 per unit, 1/K per shared slot."""
-    return Fraction(units, max(share_limit, 1)) if shared else Fraction(units)
-
-
-def gpus_held(assignment: Assignment, share_limit: int) -> Fraction:
-    return gpus_counted(len(assignment.units), assignment.shared, share_limit)
-
-
 def _fmt(amount: Fraction | float) -> str:
     return f"{float(amount):g}"
 
@@ -472,11 +463,11 @@ class Ledger:
     # --- questions
 
     def held_ids(self) -> set[str]:
-        return {unit.id for a in self._holders.values() for unit in a.units}
+        return set(self._occupancy.holders_of)
 
     def free(self) -> tuple[GPU, ...]:
         """The units no server holds, in inventory order."""
-        held = self.held_ids()
+        held = self._occupancy.holders_of
         return tuple(unit for unit in self.inventory if unit.id not in held)
 
     def assignment(self, holder: str) -> Assignment | None:
@@ -486,7 +477,7 @@ class Ledger:
         return tuple(self._holders.values())
 
     def holders_of(self, unit_id: str) -> tuple[Assignment, ...]:
-        return tuple(a for a in self._holders.values() if unit_id in a.ids)
+        return tuple(self._occupancy.holders_of.get(unit_id, ()))
 
     def availability(self, request: GPURequest) -> tuple[int, int]:
         """(units that could take ``request`` now, units that fit it at all)."""
