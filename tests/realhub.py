@@ -98,6 +98,20 @@ def running_hub(workdir: Path, config: str, run: str):
     remove_leftovers()  # of an earlier run that was killed before its clean-up
     mine = f"{run}:{os.getpid()}"
     hub = RealHub(workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config))
+    try:
+        with started(hub):
+            yield hub
+    finally:
+        left = remove_leftovers(mine)
+        for volume in engine().volumes.list():
+            if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
+                volume.remove()
+        assert not left, f"servers left running after the hub stopped them: {left}"
+
+
+@contextlib.contextmanager
+def started(hub: RealHub):
+    """``hub`` started; afterwards every server is stopped through the hub, then the hub."""
     hub.start()
     try:
         yield hub
@@ -107,11 +121,6 @@ def running_hub(workdir: Path, config: str, run: str):
                 hub.stop_all_servers()
         finally:
             hub.stop()
-            left = remove_leftovers(mine)
-            for volume in engine().volumes.list():
-                if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
-                    volume.remove()
-        assert not left, f"servers left running after the hub stopped them: {left}"
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from collections import Counter
 
 import pytest
 
-from .realhub import RealHub
+from .realhub import RealHub, started
 from .test_swarm_e2e import DIR, E2E_LABEL, HUB_IP, RUN, node_client, spawn_at_once, swarm, task, user, where
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
@@ -60,16 +60,8 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.load_roles.append({{"name": "gpu-culler-node", "services": ["gpu-culler-node"],
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}})
     """
-    h = RealHub(workdir, config)
-    h.start()
-    try:
+    with started(RealHub(workdir, config)) as h:
         yield h, token, workdir
-    finally:
-        try:
-            if h.proc:
-                h.stop_all_servers()
-        finally:
-            h.stop()
 
 
 def host_pid(node: int, name: str) -> int:

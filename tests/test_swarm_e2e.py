@@ -27,7 +27,7 @@ import pytest
 from gpuspawner.dashboard.sources import Sources
 from gpuspawner.gpus import Inventory, Policy
 
-from .realhub import REPO, RealHub, read_testbed, require_tools
+from .realhub import REPO, RealHub, read_testbed, require_tools, started
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -177,16 +177,8 @@ def hub(swarm, tmp_path_factory):
     c.SwarmGPUSpawner.nodes_refresh = 0.5
     c.Spawner.poll_interval = 2
     """
-    h = RealHub(tmp_path_factory.mktemp("swarmhub"), config)
-    h.start()
-    try:
+    with started(RealHub(tmp_path_factory.mktemp("swarmhub"), config)) as h:
         yield h
-    finally:
-        try:
-            if h.proc:
-                h.stop_all_servers()
-        finally:
-            h.stop()
 
 
 def spawn_at_once(hub: RealHub, names: list[str], profile: str, **profiles: str) -> None:
