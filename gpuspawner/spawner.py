@@ -885,26 +885,29 @@ class GPUSpawner(DockerSpawner):
 
         return CullRules(rule("gpu_idle_timeout"), rule("max_runtime"), rule("jupyter_activity_grace"))
 
-    def _with_lab_settings(self, create_kwargs: dict) -> dict:
-        """Add what the lab decided to the container DockerSpawner is about to create."""
+    def lab_labels(self) -> dict[str, str]:
+        """The labels that record what the lab decided for this server (``labels.py``)."""
         profile = self.profile
-        labels = dict(create_kwargs.get("labels") or {})
-        labels.update(
-            {
-                label.USER: self.user.name,
-                label.SERVER: self.name or "",
-                label.PROFILE: profile.slug if profile else "",
-                label.GPUS: ",".join(self.gpu_ids),
-                label.SHARED: "1" if self.gpu_shared else "",
-                label.GROUPS: ",".join(sorted(self.requester.groups)),
-                label.IMAGE_DIGEST: self.image_digest,
-            }
-        )
+        labels = {
+            label.USER: self.user.name,
+            label.SERVER: self.name or "",
+            label.PROFILE: profile.slug if profile else "",
+            label.GPUS: ",".join(self.gpu_ids),
+            label.SHARED: "1" if self.gpu_shared else "",
+            label.GROUPS: ",".join(sorted(self.requester.groups)),
+            label.IMAGE_DIGEST: self.image_digest,
+        }
         if self.gpu_ids:  # what the GPU culler holds this server to, for as long as it runs
             rules = self.culling_rules_of(profile)
             labels[label.GPU_IDLE_TIMEOUT] = f"{rules.gpu_idle_timeout:g}"
             labels[label.MAX_RUNTIME] = f"{rules.max_runtime:g}"
             labels[label.JUPYTER_ACTIVITY_GRACE] = f"{rules.jupyter_activity_grace:g}"
+        return labels
+
+    def _with_lab_settings(self, create_kwargs: dict) -> dict:
+        """Add what the lab decided to the container DockerSpawner is about to create."""
+        profile = self.profile
+        labels = {**(create_kwargs.get("labels") or {}), **self.lab_labels()}
         host_config = create_kwargs["host_config"]
         if self.gpu_ids:
             # Explicit ids: a count would give every container GPU 0.

@@ -520,21 +520,8 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
         node = self.node
         await self._record_home()
-        profile = self.profile
-        labels = {
-            label.USER: self.user.name,
-            label.SERVER: self.name or "",
-            label.PROFILE: profile.slug if profile else "",
-            label.SHARED: "",
-            label.GROUPS: ",".join(sorted(self.requester.groups)),
-            label.IMAGE_DIGEST: self.image_digest,
-            NODE: node.id,
-        }
-        if self.gpu_ids and hasattr(self, "culling_rules_of"):  # what the GPU culler holds this server to
-            rules = self.culling_rules_of(profile)
-            labels[label.GPU_IDLE_TIMEOUT] = f"{rules.gpu_idle_timeout:g}"
-            labels[label.MAX_RUNTIME] = f"{rules.max_runtime:g}"
-            labels[label.JUPYTER_ACTIVITY_GRACE] = f"{rules.jupyter_activity_grace:g}"
+        labels = {**self.lab_labels(), NODE: node.id}
+        del labels[label.GPUS]  # Swarm picks the units: they are read back from the task
         labels.update((self.extra_create_kwargs or {}).get("labels") or {})
         wanted = {}
         if self.gpu_ids:
