@@ -4,7 +4,7 @@ GPU usage comes from a file this test writes (the culler's ``--usage-file``), in
 NVML's terms: real host pids, which the culler places in containers through
 their real cgroups. Two simulated GPUs and a MIG instance, three servers:
 
-- alice: idle (a host process runs on her GPU, which is not her use): stopped,
+- alice: idle (a host process and bob's container run on her GPU, which is not her use): stopped,
   told why on her next spawn page, home volume kept, her GPU given to dave;
 - bob: his own container's process keeps his GPU busy: survives;
 - carol, on the MIG instance: busy too, but past her profile's ``max_runtime``: stopped.
@@ -110,9 +110,12 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     assert sorted(unit.values()) == sorted([*GPUS, MIG])
     written = datetime.now(timezone.utc).replace(microsecond=0)
     write_usage(usage, {
-        # Busy, but with a host process (this test): not alice's use.
-        unit[alice]: {"utilization": 90, "processes": [os.getpid()]},
-        unit[bob]: {"utilization": 80, "processes": [pid[bob]]},
+        # Busy, but with a host process (this test) and another container's (bob's): not alice's use.
+        unit[alice]: {"utilization": 90, "processes": [os.getpid(), pid[bob]],
+                      "process_utilization": {str(pid[bob]): 90}},
+        # Bob's own process is busy; alice's idle process on his GPU changes nothing for him.
+        unit[bob]: {"utilization": 80, "processes": [pid[bob], pid[alice]],
+                    "process_utilization": {str(pid[bob]): 80}},
         # A MIG instance: NVML measures no utilisation there; carol's own process is on it.
         unit[carol]: {"utilization": None, "processes": [pid[carol]]},
     })
