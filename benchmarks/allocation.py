@@ -37,8 +37,15 @@ def lab(units: int = 64, mig: int = 16) -> list[GPU]:
     whole = [GPU(i, f"GPU-{i:08d}-0000-4000-8000-000000000000", "A100-80GB", 80 << 30) for i in range(units - mig)]
     parent = units - mig
     migs = [
-        GPU(parent + i // 7, f"MIG-{i:08d}-0000-4000-8000-000000000000", "A100-80GB", 10 << 30,
-            mig_profile="1g.10gb", parent_uuid=f"GPU-p{i // 7:07d}-0000-4000-8000-000000000000", mig_index=i % 7)
+        GPU(
+            parent + i // 7,
+            f"MIG-{i:08d}-0000-4000-8000-000000000000",
+            "A100-80GB",
+            10 << 30,
+            mig_profile="1g.10gb",
+            parent_uuid=f"GPU-p{i // 7:07d}-0000-4000-8000-000000000000",
+            mig_index=i % 7,
+        )
         for i in range(mig)
     ]
     return whole + migs

@@ -84,15 +84,22 @@ def run(hubs: dict, users: int, gpus: int, rounds: int, run_id: str, big_image: 
     for kind in KINDS:
         result[kind] = {
             key: _lab.median(row[key] for row in rows[kind])
-            for key in ("max_delay_s", "p50_delay_s", "all_running_delay_s", "puller_running_s",
-                        "outside_max_delay_s", "outside_p50_delay_s")
+            for key in (
+                "max_delay_s",
+                "p50_delay_s",
+                "all_running_delay_s",
+                "puller_running_s",
+                "outside_max_delay_s",
+                "outside_p50_delay_s",
+            )
         }
         result[kind]["worst_max_delay_s"] = max((row["max_delay_s"] for row in rows[kind]), default=float("nan"))
         result[kind]["gpus_ok"] = all(
             row["during_pull"].get("gpus_ok", True) and row["no_pull"].get("gpus_ok", True) for row in rows[kind]
         )
         result[kind]["errors"] = [
-            e for row in rows[kind]
+            e
+            for row in rows[kind]
             for e in row["during_pull"]["errors"] + row["no_pull"]["errors"] + row["outside_pull"]["errors"]
         ]
         result[kind]["puller_errors"] = [row["puller_error"] for row in rows[kind] if row["puller_error"]]
@@ -112,8 +119,7 @@ def _none_minus(a, b):
 
 
 def report(result: dict) -> str:
-    title = (f"burst during a pull, {result['users']} users, {result['gpus']} GPUs"
-             f" (median of {result['rounds']})")
+    title = f"burst during a pull, {result['users']} users, {result['gpus']} GPUs (median of {result['rounds']})"
     table = _lab.Table([title, "gpuspawner", "DockerSpawner"])
     names = {
         "max_delay_s": "worst non-pulling user's extra delay to running (s)",

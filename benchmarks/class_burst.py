@@ -62,8 +62,10 @@ def summarise(spawns: list[Spawn], gpus: int, kind: str) -> dict:
         "gpus_distinct": len(set(gpu_ids)) == len(gpu_ids),
     }
     if kind == GPU:
-        result["gpus_ok"] = result["gpus_distinct"] and len(gpu_ids) == result["gpu_users"] and all(
-            len(s.gpus) == (1 if s.profile == "gpu" else 0) for s in spawns
+        result["gpus_ok"] = (
+            result["gpus_distinct"]
+            and len(gpu_ids) == result["gpu_users"]
+            and all(len(s.gpus) == (1 if s.profile == "gpu" else 0) for s in spawns)
         )
     return result
 
@@ -126,8 +128,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--users", type=int, default=40, help="students in the burst (default 40)")
     parser.add_argument("--gpus", type=int, default=8, help="simulated GPUs, one per GPU student (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="bursts per spawner, alternating (default 3)")
-    parser.add_argument("--server", choices=["stub", "singleuser"], default="stub",
-                        help="what the containers run (default: a stub HTTP server; see above)")
+    parser.add_argument(
+        "--server",
+        choices=["stub", "singleuser"],
+        default="stub",
+        help="what the containers run (default: a stub HTTP server; see above)",
+    )
     parser.add_argument("--docker-threads", type=int, default=8, help="gpuspawner's docker_threads (default 8)")
     parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)

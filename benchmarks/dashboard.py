@@ -60,20 +60,42 @@ def fixtures(n_users: int, n_units: int, share_limit: int):
         name = f"student{n:04d}"
         unit = units[n % n_units]
         created = NOW - timedelta(minutes=n)
-        containers.append({
-            "Id": f"{n:012d}",
-            "Names": [f"/jupyter-{name}"],
-            "Image": "registry.example.edu/lab/pytorch:2025.1",
-            "Created": int(created.timestamp()),
-            "Labels": {"gpuspawner.user": name, "gpuspawner.server": "", "gpuspawner.profile": "gpu-shared",
-                       "gpuspawner.gpus": unit.uuid, "gpuspawner.shared": "1"},
-        })
-        users.append({"name": name, "groups": [f"course-{n % 10}"],
-                      "servers": {"": {"last_activity": (NOW - timedelta(seconds=n)).isoformat()}}})
+        containers.append(
+            {
+                "Id": f"{n:012d}",
+                "Names": [f"/jupyter-{name}"],
+                "Image": "registry.example.edu/lab/pytorch:2025.1",
+                "Created": int(created.timestamp()),
+                "Labels": {
+                    "gpuspawner.user": name,
+                    "gpuspawner.server": "",
+                    "gpuspawner.profile": "gpu-shared",
+                    "gpuspawner.gpus": unit.uuid,
+                    "gpuspawner.shared": "1",
+                },
+            }
+        )
+        users.append(
+            {
+                "name": name,
+                "groups": [f"course-{n % 10}"],
+                "servers": {"": {"last_activity": (NOW - timedelta(seconds=n)).isoformat()}},
+            }
+        )
     usage = {u.uuid: UnitUsage(60, 40 * G, 80 * G, 65, ()) for u in units}
-    denials = [json.dumps({"time": NOW.isoformat(), "user": f"late{n}", "server": "", "profile": "gpu",
-                           "reason": ("no_gpu", "user_quota", "group_quota")[n % 3], "message": "refused"})
-               for n in range(2000)]
+    denials = [
+        json.dumps(
+            {
+                "time": NOW.isoformat(),
+                "user": f"late{n}",
+                "server": "",
+                "profile": "gpu",
+                "reason": ("no_gpu", "user_quota", "group_quota")[n % 3],
+                "message": "refused",
+            }
+        )
+        for n in range(2000)
+    ]
     return Inventory(units=units, source="static"), containers, users, usage, denials
 
 
@@ -86,15 +108,24 @@ async def bench(args) -> dict[str, list[float]]:
     inventory, containers, users, usage, denials = fixtures(args.users, args.units, args.share_limit)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("\n".join(denials) + "\n")
-    src = Sources(inventory, Policy(share_limit=args.share_limit), lambda: FakeDocker(containers), FakeHub(users),
-                  f.name, denials_shown=20, nvml=True, host="bench")
+    src = Sources(
+        inventory,
+        Policy(share_limit=args.share_limit),
+        lambda: FakeDocker(containers),
+        FakeHub(users),
+        f.name,
+        denials_shown=20,
+        nvml=True,
+        host="bench",
+    )
     teacher = Reach(groups=frozenset({"course-3"}))
     requests = {
         "page (admin)": lambda v: render_page(v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15),
         "api/v1/gpus (admin)": lambda v: json.dumps(v.as_json()),
         "metrics": render_metrics,
-        "page (teacher, 1 group)": lambda v: render_page(restrict(v, teacher), user="t", can_stop=False,
-                                                         xsrf_form_html="", refresh=15),
+        "page (teacher, 1 group)": lambda v: render_page(
+            restrict(v, teacher), user="t", can_stop=False, xsrf_form_html="", refresh=15
+        ),
         "api/v1/gpus (teacher)": lambda v: json.dumps(restrict(v, teacher).as_json()),
     }
     times: dict[str, list[float]] = {name: [] for name in requests}
@@ -126,8 +157,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.share_limit = max(args.share_limit, -(-args.users // args.units))
     times = asyncio.run(bench(args))
-    print(f"{args.users} users on {args.units} units (shared, up to {args.share_limit} a unit), "
-          f"{args.runs} runs, Python {sys.version.split()[0]}; server time per request, target 100 ms")
+    print(
+        f"{args.users} users on {args.units} units (shared, up to {args.share_limit} a unit), "
+        f"{args.runs} runs, Python {sys.version.split()[0]}; server time per request, target 100 ms"
+    )
     print(f"{'request':<36} {'median ms':>10} {'p95 ms':>10} {'max ms':>10}")
     for name, values in times.items():
         ms = [v * 1000 for v in values]

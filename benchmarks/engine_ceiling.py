@@ -23,14 +23,21 @@ from restart import remove_containers, start_containers
 def run(containers: int, threads: int, rounds: int, run_id: str) -> dict:
     times: dict[int, list[float]] = {1: [], threads: []}
     for r in range(rounds):
-        for n in ((1, threads) if r % 2 == 0 else (threads, 1)):
+        for n in (1, threads) if r % 2 == 0 else (threads, 1):
             t0 = time.monotonic()
             ids = start_containers(containers, f"{run_id}{r}{n}", threads=n)
             times[n].append(time.monotonic() - t0)
             remove_containers(ids)
     one, many = statistics.median(times[1]), statistics.median(times[threads])
-    return {"containers": containers, "threads": threads, "rounds": rounds, "one_thread_s": one,
-            "pool_s": many, "ratio": many / one, "times": {str(k): v for k, v in times.items()}}
+    return {
+        "containers": containers,
+        "threads": threads,
+        "rounds": rounds,
+        "one_thread_s": one,
+        "pool_s": many,
+        "ratio": many / one,
+        "times": {str(k): v for k, v in times.items()},
+    }
 
 
 def main(argv=None) -> dict:

@@ -49,8 +49,9 @@ def start_containers(n: int, run_id: str, threads: int = 8) -> list[str]:
             label.GROUPS: f"g{i % 10}",
         }
         host = api.create_host_config(network_mode="none")
-        c = api.create_container(image, ["sleep", "86400"], name=f"bench-restart-{i:04d}-{run_id}",
-                                 labels=labels, host_config=host)
+        c = api.create_container(
+            image, ["sleep", "86400"], name=f"bench-restart-{i:04d}-{run_id}", labels=labels, host_config=host
+        )
         api.start(c["Id"])
         return c["Id"]
 
@@ -68,7 +69,12 @@ def rebuild_times(repeats: int, containers: int) -> list[float]:
     """Seconds for ``GPUSpawner.ledger()`` of a just-restarted hub, ``repeats`` times."""
     client = engine().api
     spawner = make_spawner(
-        GPUSpawner, client, user="bench", gpus=_lab.fake_gpus(UNITS), shared_gpu_users=4, denials_file="",
+        GPUSpawner,
+        client,
+        user="bench",
+        gpus=_lab.fake_gpus(UNITS),
+        shared_gpu_users=4,
+        denials_file="",
         prepull_images=False,
     )
     times = []

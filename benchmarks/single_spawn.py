@@ -51,7 +51,9 @@ def report(result: dict) -> str:
         key = f"{what}_median_s"
         table.add(
             f"request → {'container running' if what == 'running' else 'server ready'} (s)",
-            _lab.fmt(result[GPU][key]), _lab.fmt(result[DOCKER][key]), f"{result[what + '_ratio']:.2f}",
+            _lab.fmt(result[GPU][key]),
+            _lab.fmt(result[DOCKER][key]),
+            f"{result[what + '_ratio']:.2f}",
         )
     return table.markdown()
 
@@ -59,8 +61,12 @@ def report(result: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="spawns per spawner, alternating (default 10)")
-    parser.add_argument("--server", choices=["singleuser", "stub"], default="singleuser",
-                        help="what the container runs: the image's jupyterhub-singleuser (default) or a stub")
+    parser.add_argument(
+        "--server",
+        choices=["singleuser", "stub"],
+        default="singleuser",
+        help="what the container runs: the image's jupyterhub-singleuser (default) or a stub",
+    )
     parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     run_id = _lab.new_run()

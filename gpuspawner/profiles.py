@@ -107,10 +107,25 @@ class Profile:
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
 _CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace")
-_KNOWN = {
-    "slug", "display_name", "image", "mem_limit", "cpu_limit", "shm_size", "description",
-    "environment", "datasets", "shares", "groups", "users", "default",
-} | _GPU_FIELDS | set(_CULL_FIELDS)
+_KNOWN = (
+    {
+        "slug",
+        "display_name",
+        "image",
+        "mem_limit",
+        "cpu_limit",
+        "shm_size",
+        "description",
+        "environment",
+        "datasets",
+        "shares",
+        "groups",
+        "users",
+        "default",
+    }
+    | _GPU_FIELDS
+    | set(_CULL_FIELDS)
+)
 
 
 def _field_error(position: int, slug: object, field: str, problem: str) -> ProfileError:
@@ -135,7 +150,9 @@ def parse_profile(position: int, entry: object, allow_unpinned: bool = False) ->
         raise error(unknown[0], f"is not a profile field; known fields: {', '.join(sorted(_KNOWN))}")
 
     if not isinstance(slug, str) or not _SLUG.match(slug):
-        raise error("slug", f"must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit; got {slug!r}")
+        raise error(
+            "slug", f"must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit; got {slug!r}"
+        )
     for field in ("display_name", "image"):
         if not isinstance(entry[field], str) or not entry[field].strip():
             raise error(field, f"must be a non-empty string, got {entry[field]!r}")
@@ -277,7 +294,9 @@ def _parse_mounts(value, field_name, error, writable: bool) -> tuple[Mount, ...]
         writable_by = item.get("writable_by", [])
         if isinstance(writable_by, str) or not isinstance(writable_by, (list, tuple)):
             raise error(field_name, f"{name}: writable_by must be a list of groups, got {writable_by!r}")
-        mounts.append(Mount(name, os.path.normpath(source) if source.startswith("/") else source, frozenset(writable_by)))
+        mounts.append(
+            Mount(name, os.path.normpath(source) if source.startswith("/") else source, frozenset(writable_by))
+        )
     return tuple(mounts)
 
 
@@ -297,7 +316,9 @@ def parse_profiles(entries: object, allow_unpinned: bool = False) -> tuple[Profi
         seen.add(profile.slug)
     defaults = [p.slug for p in profiles if p.default]
     if len(defaults) > 1:
-        raise ProfileError(f"profile {defaults[1]!r}: field 'default': only one profile may be the default ({defaults[0]!r} is)")
+        raise ProfileError(
+            f"profile {defaults[1]!r}: field 'default': only one profile may be the default ({defaults[0]!r} is)"
+        )
     return profiles
 
 

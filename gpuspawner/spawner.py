@@ -15,14 +15,18 @@ from datetime import datetime, timezone
 import docker.tls
 import docker.types
 from docker.utils import kwargs_from_env
-from sqlalchemy.orm import object_session
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future, random_port
+from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 
+from . import labels as label
+from .culler.policy import CullRules
+from .culler.records import stop_record_for
+from .docker_pool import DEFAULT_THREADS, DockerCalls
 from .gpus import (
     PACK,
     SPREAD,
@@ -34,12 +38,10 @@ from .gpus import (
     holder_key,
     parse_static_inventory,
 )
-from .culler.policy import CullRules
-from .culler.records import stop_record_for
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
-from .docker_pool import DEFAULT_THREADS, DockerCalls
 from .images import ImageError, ImagePuller, cuda_refusal, declared_cuda, image_digest
+from .labels import adopt_containers
 from .profiles import (
     Profile,
     ProfileError,
@@ -49,13 +51,8 @@ from .profiles import (
     choose_profile,
     parse_profiles,
 )
-
-from . import labels as label
-from .labels import adopt_containers
-from .traits import Duration
 from .spawn_page import render_profile_cards
-
-
+from .traits import Duration
 
 # Where the NVIDIA Container Toolkit looks for a container's device list given as mounts.
 NVIDIA_DEVICE_MOUNTS = "/var/run/nvidia-container-devices"
@@ -572,7 +569,9 @@ class GPUSpawner(DockerSpawner):
             cls._lab = _Lab(inventory, self.policy)
             self._prepull_profile_images()
             units = ", ".join(u.describe() for u in inventory.units) or f"none {inventory.note}"
-            cuda = f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""
+            cuda = (
+                f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""
+            )
             self.log.info("GPU inventory (%s%s): %s", inventory.source, cuda, units)
         return cls._lab
 
@@ -743,7 +742,6 @@ class GPUSpawner(DockerSpawner):
                 sent += 1
             self._progress_changed.clear()
             await self._progress_changed.wait()
-
 
     async def _image_ready(self) -> dict:
         """The profile's image, pulled if needed, inspected: before any GPU is assigned."""

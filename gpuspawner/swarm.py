@@ -606,7 +606,9 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                         ids = [spare.pop() if i == unit_id else i for i in other.ids]
                         lab.ledger.release(other.holder)
                         lab.ledger.adopt(other.holder, ids, user=other.user, groups=other.groups)
-                self.log.info("Swarm assigned %s to %s (ledger chose %s)", ",".join(actual), self.holder, ",".join(decided))
+                self.log.info(
+                    "Swarm assigned %s to %s (ledger chose %s)", ",".join(actual), self.holder, ",".join(decided)
+                )
             lab.ledger.release(self.holder)
             if actual:
                 lab.ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups)

@@ -33,8 +33,7 @@ def parse_bytes(value: int | float | str) -> int:
         size = _BYTES.validate(None, value)
     except (TraitError, TypeError) as e:
         raise ValueError(
-            f"{value!r} is not a byte size: use a number of bytes"
-            " or a number with K, M, G or T, such as '16G'"
+            f"{value!r} is not a byte size: use a number of bytes or a number with K, M, G or T, such as '16G'"
         ) from e
     if size < 0:
         raise ValueError(f"{value!r} is not a byte size: it is negative")

@@ -115,8 +115,13 @@ class FakeDocker:
 
 def fake_user(name="alice", groups=(), admin=False):
     return SimpleNamespace(
-        name=name, id=hash(name) % 1000, url=f"/user/{name}/", base_url="/", server=None,
-        groups=[SimpleNamespace(name=g) for g in groups], admin=admin,
+        name=name,
+        id=hash(name) % 1000,
+        url=f"/user/{name}/",
+        base_url="/",
+        server=None,
+        groups=[SimpleNamespace(name=g) for g in groups],
+        admin=admin,
     )
 
 

@@ -35,9 +35,7 @@ class MissingTestbed(RuntimeError):
 def read_testbed(name: str) -> str:
     path = TESTBED / name
     if not path.exists():
-        raise MissingTestbed(
-            f"{path} is missing: run `bash deploy/testbed/testbed.sh all` first (tests/run.sh does)"
-        )
+        raise MissingTestbed(f"{path} is missing: run `bash deploy/testbed/testbed.sh all` first (tests/run.sh does)")
     return path.read_text().strip()
 
 
@@ -309,9 +307,7 @@ class RealHub:
 
     def container(self, user: str, server: str = ""):
         """The running container of one server, found by gpuspawner's labels."""
-        found = engine().containers.list(
-            filters={"label": [f"gpuspawner.user={user}", f"gpuspawner.server={server}"]}
-        )
+        found = engine().containers.list(filters={"label": [f"gpuspawner.user={user}", f"gpuspawner.server={server}"]})
         assert len(found) == 1, f"expected one container for {user}/{server}, found {len(found)}"
         return found[0]
 

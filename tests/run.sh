@@ -13,8 +13,9 @@ bash deploy/testbed/testbed.sh all
 eval "$(bash deploy/testbed/testbed.sh env)"
 export PATH="$repo/.venv/bin:$PATH"
 
-echo "== lint (pyflakes rules)" >&2
-ruff check --select F,E9 gpuspawner tests docs benchmarks
+echo "== lint and format (ruff, configured in pyproject.toml)" >&2
+ruff check gpuspawner tests docs benchmarks deploy
+ruff format --check gpuspawner tests docs benchmarks deploy
 echo "== unit tests" >&2
 pytest -m "not docker" "$@"
 echo "== docs" >&2

@@ -19,8 +19,13 @@ def whole(i, name="NVIDIA A100-SXM4-80GB", memory=80 * GiB):
 
 def mig(gpu, slot, profile="1g.10gb", memory=10 * GiB, name="NVIDIA A100-SXM4-80GB"):
     return GPU(
-        index=gpu, uuid=f"MIG-{gpu}-{slot}", name=name, memory=memory,
-        mig_profile=profile, parent_uuid=f"GPU-{gpu:04d}", mig_index=slot,
+        index=gpu,
+        uuid=f"MIG-{gpu}-{slot}",
+        name=name,
+        memory=memory,
+        mig_profile=profile,
+        parent_uuid=f"GPU-{gpu:04d}",
+        mig_index=slot,
     )
 
 
@@ -72,7 +77,9 @@ def test_message_names_what_else_is_free():
     ledger.assign("alice/", 1)
     with pytest.raises(NoCapacity) as e:
         ledger.assign("bob/", 1)
-    assert "all 1 NVIDIA A100-SXM4-80GB GPUs are taken (1/1 in use). Free now: 2 MIG 1g.10gb instances." in e.value.message
+    assert (
+        "all 1 NVIDIA A100-SXM4-80GB GPUs are taken (1/1 in use). Free now: 2 MIG 1g.10gb instances." in e.value.message
+    )
 
 
 def test_reassign_gives_up_the_old_units_first():
@@ -231,8 +238,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def requester(self, user, exempt=False):
         return Requester(user, frozenset(GROUPS[user]), exempt)
 
-    @rule(user=st.sampled_from(USERS), server=st.sampled_from(["", "a", "b"]),
-          request=st.sampled_from(REQUESTS), exempt=st.booleans())
+    @rule(
+        user=st.sampled_from(USERS),
+        server=st.sampled_from(["", "a", "b"]),
+        request=st.sampled_from(REQUESTS),
+        exempt=st.booleans(),
+    )
     def start(self, user, server, request, exempt):
         holder = holder_key(user, server)
         requester = self.requester(user, exempt and user == "u4")
@@ -295,7 +306,8 @@ class LedgerMachine(RuleBasedStateMachine):
         fresh = Occupancy.of(self.ledger.assignments(), self.policy.share_limit)
         kept = self.ledger._occupancy
         assert {u: sorted(a.holder for a in h) for u, h in kept.holders_of.items()} == {
-            u: sorted(a.holder for a in h) for u, h in fresh.holders_of.items()}
+            u: sorted(a.holder for a in h) for u, h in fresh.holders_of.items()
+        }
         for name in ("user_load", "group_load", "gpu_busy", "node_busy"):
             assert {k: v for k, v in getattr(kept, name).items() if v} == getattr(fresh, name)
 

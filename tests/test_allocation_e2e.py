@@ -37,8 +37,15 @@ def hub(tmp_path_factory):
     image = read_testbed("image")
     gpus = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(WHOLE)]
     gpus += [
-        {"index": 4, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "10G",
-         "mig_profile": "1g.10gb", "parent_uuid": MIG_PARENT, "mig_index": i}
+        {
+            "index": 4,
+            "uuid": u,
+            "name": "NVIDIA A100-SXM4-80GB",
+            "memory": "10G",
+            "mig_profile": "1g.10gb",
+            "parent_uuid": MIG_PARENT,
+            "mig_index": i,
+        }
         for i, u in enumerate(MIGS)
     ]
     small = {"image": image, "mem_limit": "512M", "cpu_limit": 0.5}
@@ -93,8 +100,10 @@ def test_a_class_burst_gets_exactly_the_free_gpus_and_clean_refusals(hub: RealHu
         )
         assert hub.server_model(name) is None
     seconds = sorted(t for _, _, t in refused)
-    print(f"\nburst of {BURST}: 4 started, {len(refused)} refused;"
-          f" refusal latency median {statistics.median(seconds):.2f}s, max {seconds[-1]:.2f}s")
+    print(
+        f"\nburst of {BURST}: 4 started, {len(refused)} refused;"
+        f" refusal latency median {statistics.median(seconds):.2f}s, max {seconds[-1]:.2f}s"
+    )
     assert seconds[-1] < 10  # refused at once, never after a start timeout
 
     for name in started:

@@ -127,7 +127,9 @@ def sleeper():
     """A container that exits 3 s after it starts: ``wait`` on it is a slow Docker call."""
     api = engine().api
     c = api.create_container(
-        read_testbed("image"), ["sleep", "3"], labels={E2E_LABEL: f"{RUN}:{os.getpid()}"},
+        read_testbed("image"),
+        ["sleep", "3"],
+        labels={E2E_LABEL: f"{RUN}:{os.getpid()}"},
         host_config=api.create_host_config(network_mode="none"),
     )
     api.start(c["Id"])

@@ -108,8 +108,10 @@ def test_the_spawn_page_works_without_javascript(hub, browser):
     # both GPUs are held by now: the GPU card says so and cannot be chosen
     gpu = page.locator("#profile-gpu")
     assert gpu.is_disabled()
-    assert "Unavailable now: Needs 1 whole GPU: all 2 Tesla T4 GPUs are taken" in page.locator(
-        "label[for=profile-gpu]").inner_text()
+    assert (
+        "Unavailable now: Needs 1 whole GPU: all 2 Tesla T4 GPUs are taken"
+        in page.locator("label[for=profile-gpu]").inner_text()
+    )
     assert page.locator("#profile-cpu").is_checked()
     page.click("input[type=submit], button[type=submit]")
     hub.wait_ready(name)

@@ -17,8 +17,7 @@ from rich.console import Console
 from traitlets.config import Config
 
 from gpuspawner import GPUSpawner
-from gpuspawner.cli import CommandError, Lab, PrepullApp, load_lab, main
-from gpuspawner.cli import checks, output
+from gpuspawner.cli import CommandError, Lab, PrepullApp, checks, load_lab, main, output
 from gpuspawner.cli.checks import FAIL, OK, WARN, Finding, Framework, HubContext, ImageFacts
 from gpuspawner.cli.output import finding_lines, status_summary, status_table
 from gpuspawner.gpus import Inventory, Ledger, Policy, parse_static_inventory
@@ -724,7 +723,9 @@ def test_the_dockerfile_of_a_build():
 def test_the_dockerfile_with_wheels_and_nothing_to_install():
     text = checks.dockerfile(plan(wheels=True, python="/opt/my venv/bin/python"))
     assert "COPY wheels /tmp/gpuspawner-build/wheels" in text
-    assert "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --find-links /tmp/gpuspawner-build/wheels" in text
+    assert (
+        "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --find-links /tmp/gpuspawner-build/wheels" in text
+    )
     # A base with the hub's JupyterHub, no requirements, no data: no pip at all; its USER kept.
     bare = checks.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
     assert "pip" not in bare and "COPY" not in bare

@@ -120,7 +120,9 @@ def test_build_from_a_base_that_runs_as_root(tmp_path):
     tag = f"gpuspawner-cli-build-root:{RUN}"
     engine().images.build(
         fileobj=io.BytesIO(f"FROM {read_testbed('image')}\nUSER root\nWORKDIR /workspace\n".encode()),
-        tag=base, rm=True, network_mode="none",
+        tag=base,
+        rm=True,
+        network_mode="none",
     )
     hub = tmp_path / "hub"
     hub.mkdir()
@@ -131,10 +133,17 @@ def test_build_from_a_base_that_runs_as_root(tmp_path):
         assert line(out, "verdict:").startswith("verdict: OK")
         config = engine().api.inspect_image(tag)["Config"]
         assert config["User"] == "1000" and "HOME=/home/jovyan" in config["Env"]
-        got = engine().containers.run(
-            tag, ["sh", "-c", "id -u && echo $HOME && touch $HOME/ok && echo writable"],
-            network_mode="none", remove=True, labels={"gpuspawner.cli": "build-e2e"},
-        ).decode()
+        got = (
+            engine()
+            .containers.run(
+                tag,
+                ["sh", "-c", "id -u && echo $HOME && touch $HOME/ok && echo writable"],
+                network_mode="none",
+                remove=True,
+                labels={"gpuspawner.cli": "build-e2e"},
+            )
+            .decode()
+        )
         assert got.splitlines() == ["1000", "/home/jovyan", "writable"]
     finally:
         remove_image(tag)

@@ -200,10 +200,14 @@ def test_file_usage_places_processes(tmp_path):
     (tmp_path / "proc" / "7").mkdir(parents=True)
     (tmp_path / "proc" / "7" / "cgroup").write_text(f"0::/docker/{ME}\n")
     usage = tmp_path / "usage.json"
-    usage.write_text(json.dumps({
-        "GPU-0": {"utilization": 50, "processes": [7, 8], "process_utilization": {"7": 50}},
-        "MIG-1": {"utilization": None, "processes": None},
-    }))
+    usage.write_text(
+        json.dumps(
+            {
+                "GPU-0": {"utilization": 50, "processes": [7, 8], "process_utilization": {"7": 50}},
+                "MIG-1": {"utilization": None, "processes": None},
+            }
+        )
+    )
     readings = FileUsage(str(usage), str(tmp_path / "proc")).read()
     assert readings["GPU-0"] == UnitReading(50, {7: ME, 8: ""}, {7: 50})
     assert readings["MIG-1"] == UnitReading(None, None, None)
@@ -237,14 +241,28 @@ class Usage:
 
 
 def container(user, server_name, units, idle="1800", runtime="0", cid=ME):
-    return {"Id": cid, "Labels": {label.USER: user, label.SERVER: server_name, label.GPUS: ",".join(units),
-                                  label.PROFILE: "gpu", label.GPU_IDLE_TIMEOUT: idle, label.MAX_RUNTIME: runtime,
-                                  label.JUPYTER_ACTIVITY_GRACE: "0"}}
+    return {
+        "Id": cid,
+        "Labels": {
+            label.USER: user,
+            label.SERVER: server_name,
+            label.GPUS: ",".join(units),
+            label.PROFILE: "gpu",
+            label.GPU_IDLE_TIMEOUT: idle,
+            label.MAX_RUNTIME: runtime,
+            label.JUPYTER_ACTIVITY_GRACE: "0",
+        },
+    }
 
 
 def test_gpu_servers_from_labels():
-    found = gpu_servers([container("alice", "", ["GPU-0"]), container("bob", "x", [], cid=OTHER),
-                         {"Id": "c", "Labels": {label.GPUS: "GPU-1"}}])
+    found = gpu_servers(
+        [
+            container("alice", "", ["GPU-0"]),
+            container("bob", "x", [], cid=OTHER),
+            {"Id": "c", "Labels": {label.GPUS: "GPU-1"}},
+        ]
+    )
     assert list(found) == ["alice/"]
     assert found["alice/"].rules == CullRules(1800, 0, 0) and found["alice/"].profile == "gpu"
 
@@ -283,7 +301,9 @@ async def test_the_arbiter_keeps_servers_when_usage_cannot_be_read(tmp_path):
     app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle="0.1")], RuntimeError("NVML gone"), cull_every=1)
     now = datetime.now(timezone.utc)
     for _ in range(3):
-        assert await app.arbiter(server=hub_server("alice/", now, now), inactive=timedelta(0), inactive_limit=0) is False
+        assert (
+            await app.arbiter(server=hub_server("alice/", now, now), inactive=timedelta(0), inactive_limit=0) is False
+        )
         await asyncio.sleep(0.15)
 
 
@@ -300,15 +320,30 @@ async def test_jupyter_idle_culling_is_off_unless_a_timeout_is_given(tmp_path):
 GPUS = [{"index": 0, "uuid": "GPU-0000", "name": "A100", "memory": "80G"}]
 PROFILES = [
     {"slug": "gpu", "display_name": "GPU", "image": "lab:1", "gpus": 1, "gpu_idle_timeout": "30m"},
-    {"slug": "long", "display_name": "Long runs", "image": "lab:1", "gpus": 1, "max_runtime": "1d",
-     "gpu_idle_timeout": 0},
+    {
+        "slug": "long",
+        "display_name": "Long runs",
+        "image": "lab:1",
+        "gpus": 1,
+        "max_runtime": "1d",
+        "gpu_idle_timeout": 0,
+    },
 ]
 
 
 def spawner(engine, profile, tmp_path, **config):
     GPUSpawner._lab = GPUSpawner._puller = None
-    s = make_spawner(GPUSpawner, engine, user="alice", profiles=PROFILES, gpus=GPUS, denials_file="",
-                     stops_file=str(tmp_path / "stops.jsonl"), max_runtime="4h", **config)
+    s = make_spawner(
+        GPUSpawner,
+        engine,
+        user="alice",
+        profiles=PROFILES,
+        gpus=GPUS,
+        denials_file="",
+        stops_file=str(tmp_path / "stops.jsonl"),
+        max_runtime="4h",
+        **config,
+    )
     s.user_options = {"profile": profile}
     apply_profile_choice(s, s.user_options)
     return s
@@ -321,9 +356,19 @@ async def test_rules_go_on_the_container_and_the_reason_to_the_next_spawn_page(t
     labels = engine.inspect_container(s.object_id)["Labels"]
     # The profile's idle timeout, the hub-wide time limit and grace.
     assert (labels[label.GPU_IDLE_TIMEOUT], labels[label.MAX_RUNTIME], labels[label.JUPYTER_ACTIVITY_GRACE]) == (
-        "1800", "14400", "600")
-    record_stop(str(tmp_path / "stops.jsonl"), user="alice", server="", profile="gpu", container=s.object_id,
-                reason=GPU_IDLE, message="stopped after 30 minutes without GPU use")
+        "1800",
+        "14400",
+        "600",
+    )
+    record_stop(
+        str(tmp_path / "stops.jsonl"),
+        user="alice",
+        server="",
+        profile="gpu",
+        container=s.object_id,
+        reason=GPU_IDLE,
+        message="stopped after 30 minutes without GPU use",
+    )
     await s.stop()
     s.clear_state()
     state = s.get_state()
@@ -344,15 +389,32 @@ async def test_a_stop_of_its_own_tells_nothing(tmp_path):
     engine = FakeDocker()
     s = spawner(engine, "gpu", tmp_path)
     await s.start()
-    record_stop(str(tmp_path / "stops.jsonl"), user="alice", server="", profile="gpu", container="another",
-                reason=GPU_IDLE, message="x")
+    record_stop(
+        str(tmp_path / "stops.jsonl"),
+        user="alice",
+        server="",
+        profile="gpu",
+        container="another",
+        reason=GPU_IDLE,
+        message="x",
+    )
     await s.stop()
     assert "stop_reason" not in s.get_state()
 
 
 def test_profile_culling_fields_are_checked():
-    (p,) = parse_profiles([{"slug": "g", "display_name": "G", "image": "i:1", "gpus": 1, "gpu_idle_timeout": "1h30m",
-                            "max_runtime": 7200}])
+    (p,) = parse_profiles(
+        [
+            {
+                "slug": "g",
+                "display_name": "G",
+                "image": "i:1",
+                "gpus": 1,
+                "gpu_idle_timeout": "1h30m",
+                "max_runtime": 7200,
+            }
+        ]
+    )
     assert (p.gpu_idle_timeout, p.max_runtime, p.jupyter_activity_grace) == (5400, 7200, None)
     with pytest.raises(ProfileError, match=r"profile 'g'.*gpu_idle_timeout.*not a duration"):
         parse_profiles([{"slug": "g", "display_name": "G", "image": "i:1", "gpus": 1, "gpu_idle_timeout": "soon"}])
@@ -367,19 +429,30 @@ SERVICE = "s" * 25
 
 def task(cid, user, server_name="", env=(), idle="1", service=SERVICE):
     """A Swarm task's container as ``inspect_container`` shows it on its node's engine."""
-    labels = {label.USER: user, label.SERVER: server_name, label.PROFILE: "gpu", label.GPU_IDLE_TIMEOUT: idle,
-              label.MAX_RUNTIME: "0", label.JUPYTER_ACTIVITY_GRACE: "0", "com.docker.swarm.service.id": service}
+    labels = {
+        label.USER: user,
+        label.SERVER: server_name,
+        label.PROFILE: "gpu",
+        label.GPU_IDLE_TIMEOUT: idle,
+        label.MAX_RUNTIME: "0",
+        label.JUPYTER_ACTIVITY_GRACE: "0",
+        "com.docker.swarm.service.id": service,
+    }
     return {"Id": cid, "Config": {"Labels": labels, "Env": ["PATH=/usr/bin", *env]}}
 
 
 def test_a_task_container_holds_the_units_swarm_assigned():
     from gpuspawner.culler.app import task_container
 
-    found = gpu_servers([
-        task_container(task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1,GPU-2", "NVIDIA_VISIBLE_DEVICES=void"])),
-        task_container(task(OTHER, "bob", "x", env=["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB=MIG-7"])),
-        task_container(task("c" * 64, "carol", env=["DOCKER_RESOURCE_SSD=1"])),  # no GPU unit: not a GPU server
-    ])
+    found = gpu_servers(
+        [
+            task_container(
+                task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1,GPU-2", "NVIDIA_VISIBLE_DEVICES=void"])
+            ),
+            task_container(task(OTHER, "bob", "x", env=["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB=MIG-7"])),
+            task_container(task("c" * 64, "carol", env=["DOCKER_RESOURCE_SSD=1"])),  # no GPU unit: not a GPU server
+        ]
+    )
     assert {k: s.units for k, s in found.items()} == {"alice/": ("GPU-1", "GPU-2"), "bob/x": ("MIG-7",)}
     assert found["alice/"].container == ME and found["alice/"].rules == CullRules(1, 0, 0)
 
@@ -399,9 +472,13 @@ class NodeEngine:
 
 
 async def test_a_node_local_culler_judges_only_its_nodes_servers_and_records_the_service(tmp_path):
-    engine = NodeEngine([task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-0"]),
-                         task(OTHER, "bob", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1"], service="t" * 25),
-                         task("c" * 64, "cem", service="u" * 25)])  # no GPU, on this node
+    engine = NodeEngine(
+        [
+            task(ME, "alice", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-0"]),
+            task(OTHER, "bob", env=["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1"], service="t" * 25),
+            task("c" * 64, "cem", service="u" * 25),
+        ]
+    )  # no GPU, on this node
     app = culler(tmp_path, [], {"GPU-0": IDLE, "GPU-1": BUSY}, cull_every=1, node_local=True, timeout=600)
     app.new_docker_client = lambda: engine
     now = datetime.now(timezone.utc)

@@ -33,8 +33,15 @@ RUN = secrets.token_hex(3)
 GPUS = [f"GPU-c0110000-0000-4000-8000-00000000000{i}" for i in range(2)]
 MIG = "MIG-c0110000-0000-4000-8000-0000000000m0"
 UNITS = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(GPUS)] + [
-    {"index": 2, "uuid": MIG, "name": "NVIDIA A100-SXM4-80GB", "memory": "10G", "mig_profile": "1g.10gb",
-     "parent_uuid": "GPU-c0110000-0000-4000-8000-000000000002", "mig_index": 0}
+    {
+        "index": 2,
+        "uuid": MIG,
+        "name": "NVIDIA A100-SXM4-80GB",
+        "memory": "10G",
+        "mig_profile": "1g.10gb",
+        "parent_uuid": "GPU-c0110000-0000-4000-8000-000000000002",
+        "mig_index": 0,
+    }
 ]
 IDLE_TIMEOUT = 4  # seconds
 MAX_RUNTIME = 30
@@ -53,8 +60,15 @@ def lab(tmp_path_factory):
     stops = workdir / "stops.jsonl"
     small = {"image": read_testbed("image"), "mem_limit": "512M", "cpu_limit": 0.5}
     gpus = UNITS
-    culler = [sys.executable, "-m", "gpuspawner.culler", "-f", str(workdir / "jupyterhub_config.py"),
-              f"--usage-file={usage}", "--cull-every=1"]
+    culler = [
+        sys.executable,
+        "-m",
+        "gpuspawner.culler",
+        "-f",
+        str(workdir / "jupyterhub_config.py"),
+        f"--usage-file={usage}",
+        "--cull-every=1",
+    ]
     config = f"""
     c.GPUSpawner.gpus = {gpus!r}
     c.GPUSpawner.profiles = [
@@ -109,16 +123,25 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     unit = {name: hub.visible_devices(name) for name in (alice, bob, carol)}
     assert sorted(unit.values()) == sorted([*GPUS, MIG])
     written = datetime.now(timezone.utc).replace(microsecond=0)
-    write_usage(usage, {
-        # Busy, but with a host process (this test) and another container's (bob's): not alice's use.
-        unit[alice]: {"utilization": 90, "processes": [os.getpid(), pid[bob]],
-                      "process_utilization": {str(pid[bob]): 90}},
-        # Bob's own process is busy; alice's idle process on his GPU changes nothing for him.
-        unit[bob]: {"utilization": 80, "processes": [pid[bob], pid[alice]],
-                    "process_utilization": {str(pid[bob]): 80}},
-        # A MIG instance: NVML measures no utilisation there; carol's own process is on it.
-        unit[carol]: {"utilization": None, "processes": [pid[carol]]},
-    })
+    write_usage(
+        usage,
+        {
+            # Busy, but with a host process (this test) and another container's (bob's): not alice's use.
+            unit[alice]: {
+                "utilization": 90,
+                "processes": [os.getpid(), pid[bob]],
+                "process_utilization": {str(pid[bob]): 90},
+            },
+            # Bob's own process is busy; alice's idle process on his GPU changes nothing for him.
+            unit[bob]: {
+                "utilization": 80,
+                "processes": [pid[bob], pid[alice]],
+                "process_utilization": {str(pid[bob]): 80},
+            },
+            # A MIG instance: NVML measures no utilisation there; carol's own process is on it.
+            unit[carol]: {"utilization": None, "processes": [pid[carol]]},
+        },
+    )
     for name in (alice, bob):
         hub.wait_ready(name)
     alice_volume = home_volume(hub.container(alice))
@@ -152,8 +175,9 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     assert reasons == {alice: "gpu_idle", carol: "max_runtime"}
     # The dashboard's reading of the same files lists both stops, and bob and dave holding GPUs.
     inventory = Inventory(units=parse_static_inventory(UNITS), source="static")
-    view = asyncio.run(Sources(inventory, Policy(), lambda: engine().api, None, "", nvml=False,
-                               stops_file=str(stops)).view())
+    view = asyncio.run(
+        Sources(inventory, Policy(), lambda: engine().api, None, "", nvml=False, stops_file=str(stops)).view()
+    )
     assert {(e.user, e.reason) for e in view.stops} == {(alice, "gpu_idle"), (carol, "max_runtime")}
     assert {u.id: [h.user for h in u.holders] for u in view.units} == {unit[alice]: [dave], unit[bob]: [bob], MIG: []}
     model = hub.server_model(bob)

@@ -77,13 +77,37 @@ def view(**kwargs):
 
 
 DENIAL_LINES = [
-    json.dumps({"time": "2026-03-02T09:00:00+00:00", "user": "ana", "server": "", "profile": "gpu",
-                "reason": "no_gpu", "message": "Needs 1 whole GPU: all 2 taken."}),
+    json.dumps(
+        {
+            "time": "2026-03-02T09:00:00+00:00",
+            "user": "ana",
+            "server": "",
+            "profile": "gpu",
+            "reason": "no_gpu",
+            "message": "Needs 1 whole GPU: all 2 taken.",
+        }
+    ),
     '{"torn line',
-    json.dumps({"time": "2026-03-02T09:30:00+00:00", "user": "bo", "server": "x", "profile": "gpu",
-                "reason": "user_quota", "message": "You already hold 1 GPU(s)"}),
-    json.dumps({"time": "2026-03-02T09:40:00+00:00", "user": "ana", "server": "", "profile": "gpu",
-                "reason": "no_gpu", "message": "again"}),
+    json.dumps(
+        {
+            "time": "2026-03-02T09:30:00+00:00",
+            "user": "bo",
+            "server": "x",
+            "profile": "gpu",
+            "reason": "user_quota",
+            "message": "You already hold 1 GPU(s)",
+        }
+    ),
+    json.dumps(
+        {
+            "time": "2026-03-02T09:40:00+00:00",
+            "user": "ana",
+            "server": "",
+            "profile": "gpu",
+            "reason": "no_gpu",
+            "message": "again",
+        }
+    ),
 ]
 
 
@@ -137,8 +161,10 @@ def test_activity_comes_from_each_servers_last_activity():
         {"name": "mia", "servers": {"": {"last_activity": "2026-03-02T09:57:00.123Z"}, "b": {"last_activity": None}}},
         {"name": "max", "servers": {}},
     ]
-    assert activity_from_users(users) == {"mia/": NOW - timedelta(minutes=3) + timedelta(microseconds=123000),
-                                          "mia/b": None}
+    assert activity_from_users(users) == {
+        "mia/": NOW - timedelta(minutes=3) + timedelta(microseconds=123000),
+        "mia/b": None,
+    }
 
 
 def test_nvml_usage_is_shown_when_read():
@@ -147,8 +173,12 @@ def test_nvml_usage_is_shown_when_read():
     page = render_page(v, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
     assert "30 GiB / 80 GiB" in page and "87%" in page and "61&deg;C" in page
     body = v.as_json()
-    assert body["units"][0]["usage"] == {"utilization_gpu": 87, "memory_used": 30 * G,
-                                          "memory_total": 80 * G, "temperature": 61}
+    assert body["units"][0]["usage"] == {
+        "utilization_gpu": 87,
+        "memory_used": 30 * G,
+        "memory_total": 80 * G,
+        "temperature": 61,
+    }
     families = {f.name: f for f in text_string_to_metric_families(render_metrics(v).decode())}
     (util,) = families["gpuspawner_unit_utilization_percent"].samples
     assert util.labels["unit"] == "GPU-0" and util.value == 87
@@ -159,8 +189,9 @@ def test_every_user_controlled_string_is_escaped():
     c = container("mia", gpus="GPU-0", profile=evil, image=f"lab:{evil}")
     denial = json.dumps({"user": "x", "reason": "no_gpu", "message": f"<b>{evil}</b>", "profile": evil})
     v = view(containers=[c], denials=parse_events([denial], 5))
-    page = render_page(v, user=evil, can_stop=True, xsrf_form_html='<input type="hidden" name="_xsrf" value="t">',
-                       refresh=15)
+    page = render_page(
+        v, user=evil, can_stop=True, xsrf_form_html='<input type="hidden" name="_xsrf" value="t">', refresh=15
+    )
     assert "<script>" not in page and "<b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<input type="hidden" name="_xsrf" value="t">' in page  # the one trusted snippet
@@ -173,10 +204,17 @@ def test_page_metrics_and_json_agree():
     assert json.loads(json.dumps(body)) == body
     families = {f.name: f for f in text_string_to_metric_families(render_metrics(v).decode())}
     value = lambda name: families[name].samples[0].value  # noqa: E731
-    assert (value("gpuspawner_units"), value("gpuspawner_units_free"), value("gpuspawner_units_assigned"),
-            value("gpuspawner_units_shared")) == (4, 1, 3, 1)
-    held = {(s.labels["unit"], s.labels["user"], s.labels["profile"])
-            for s in families["gpuspawner_unit_assigned"].samples if s.value == 1}
+    assert (
+        value("gpuspawner_units"),
+        value("gpuspawner_units_free"),
+        value("gpuspawner_units_assigned"),
+        value("gpuspawner_units_shared"),
+    ) == (4, 1, 3, 1)
+    held = {
+        (s.labels["unit"], s.labels["user"], s.labels["profile"])
+        for s in families["gpuspawner_unit_assigned"].samples
+        if s.value == 1
+    }
     from_json = {(u["id"], h["user"], h["profile"]) for u in body["units"] for h in u["holders"]}
     assert held == from_json
     denials = {s.labels["reason"]: s.value for s in families["gpuspawner_denials"].samples if s.name.endswith("_total")}
@@ -202,8 +240,18 @@ def test_the_view_of_500_servers_on_64_units_is_cheap():
 
 
 def test_public_surface():
-    assert set(dashboard.__all__) == {"READ_SCOPE", "STOP_SCOPE", "READ_GROUPS_SCOPE", "DashboardView",
-                                      "GPUDashboard", "Reach", "build_view", "main", "reach_from_scopes", "restrict"}
+    assert set(dashboard.__all__) == {
+        "READ_SCOPE",
+        "STOP_SCOPE",
+        "READ_GROUPS_SCOPE",
+        "DashboardView",
+        "GPUDashboard",
+        "Reach",
+        "build_view",
+        "main",
+        "reach_from_scopes",
+        "restrict",
+    }
     assert dashboard.READ_GROUPS_SCOPE == "custom:gpu-dashboard:read-groups"
     assert dashboard.READ_SCOPE == "custom:gpu-dashboard:read"
 
@@ -228,12 +276,23 @@ COURSES = {"mia": ("physics",), "noor": ("physics", "stats"), "li": ("stats",), 
     [
         ([READ], (), Reach(everyone=True)),
         ([READ, f"{READ}!group=physics"], (), Reach(everyone=True)),
-        ([f"{READ}!group=physics", f"{READ}!user=max"], (), Reach(users=frozenset({"max"}),
-                                                                  groups=frozenset({"physics"}))),
+        (
+            [f"{READ}!group=physics", f"{READ}!user=max"],
+            (),
+            Reach(users=frozenset({"max"}), groups=frozenset({"physics"})),
+        ),
         ([f"{READ}!user"], (), Reach(users=frozenset({"teach"}))),
         ([GROUPS], ("physics", "teachers"), Reach(groups=frozenset({"physics", "teachers"}))),
-        ([f"{READ}!server=max/big", f"{READ}!service=x", "read:users:groups!user=teach", "custom:gpu-dashboard:stop"],
-         ("physics",), Reach()),
+        (
+            [
+                f"{READ}!server=max/big",
+                f"{READ}!service=x",
+                "read:users:groups!user=teach",
+                "custom:gpu-dashboard:stop",
+            ],
+            ("physics",),
+            Reach(),
+        ),
         ([f"{READ}:more", "custom:gpu-dashboard:reader"], (), Reach()),
     ],
     ids=["unfiltered", "unfiltered-wins", "group-and-user-filters", "self", "own-groups", "nothing", "other-scopes"],
@@ -246,15 +305,18 @@ def test_reach_from_the_hubs_scopes(scopes, viewer_groups, expected):
 
 def test_groups_come_from_the_hubs_user_models_or_are_unknown():
     assert groups_from_users([{"name": "mia", "groups": ["b", "a"]}, {"name": "max", "groups": []}]) == {
-        "mia": ("a", "b"), "max": ()}
+        "mia": ("a", "b"),
+        "max": (),
+    }
     assert groups_from_users([{"name": "mia"}]) is None  # the service lacks read:users:groups
     assert view(groups=None).groups_error and not view(groups=COURSES).groups_error
 
 
 def test_a_teacher_sees_only_their_groups_users_and_the_free_units():
     denials = [json.dumps({"user": u, "reason": "no_gpu", "message": f"refused {u}"}) for u in ("mia", "li", "zed")]
-    full = view(groups=COURSES, denials=parse_events(denials, 10),
-                containers=CONTAINERS + [container("eve", gpus="GPU-gone")])
+    full = view(
+        groups=COURSES, denials=parse_events(denials, 10), containers=CONTAINERS + [container("eve", gpus="GPU-gone")]
+    )
     assert full.warnings
     v = restrict(full, Reach(groups=frozenset({"physics"})))
     by_id = {u.id: u for u in v.units}
@@ -318,9 +380,14 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
     assert queried, exprs
     assert queried <= exported, queried - exported
     # The ones the issue asks a dashboard for are all there.
-    assert {"gpuspawner_units_free", "gpuspawner_units_assigned", "gpuspawner_unit_assigned",
-            "gpuspawner_unit_utilization_percent", "gpuspawner_unit_memory_used_bytes",
-            "gpuspawner_denials_total"} <= queried
+    assert {
+        "gpuspawner_units_free",
+        "gpuspawner_units_assigned",
+        "gpuspawner_unit_assigned",
+        "gpuspawner_unit_utilization_percent",
+        "gpuspawner_unit_memory_used_bytes",
+        "gpuspawner_denials_total",
+    } <= queried
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -339,7 +406,11 @@ def test_dcgm_job_mapping_names_each_held_unit_by_index(tmp_path):
     written, removed = sync_job_mapping(str(tmp_path), job_mapping(v))
     assert (written, removed) == (["0", "1", "2.0"], ["3"])
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
-        "0": "mia\n", "1": "max\n", "2.0": "li,noor\n", "README": "not ours\n"}
+        "0": "mia\n",
+        "1": "max\n",
+        "2.0": "li,noor\n",
+        "README": "not ours\n",
+    }
     assert sync_job_mapping(str(tmp_path), job_mapping(v)) == ([], [])  # unchanged: nothing rewritten
     # mia stops: GPU 0's file goes; Docker unreadable: the files stay as they are.
     assert sync_job_mapping(str(tmp_path), job_mapping(view(containers=CONTAINERS[1:]))) == ([], ["0"])
@@ -402,10 +473,28 @@ def test_the_service_lets_in_any_read_scope_filtered_or_not(scopes, allowed):
 
 
 STOP_LINES = [
-    json.dumps({"time": "2026-03-02T09:45:00+00:00", "user": "mia", "server": "", "profile": "gpu",
-                "container": "c1", "reason": "gpu_idle", "message": "stopped after 30 minutes without GPU use"}),
-    json.dumps({"time": "2026-03-02T09:50:00+00:00", "user": "max", "server": "big", "profile": "gpu",
-                "container": "c2", "reason": "max_runtime", "message": "stopped after 4 hours, the time limit"}),
+    json.dumps(
+        {
+            "time": "2026-03-02T09:45:00+00:00",
+            "user": "mia",
+            "server": "",
+            "profile": "gpu",
+            "container": "c1",
+            "reason": "gpu_idle",
+            "message": "stopped after 30 minutes without GPU use",
+        }
+    ),
+    json.dumps(
+        {
+            "time": "2026-03-02T09:50:00+00:00",
+            "user": "max",
+            "server": "big",
+            "profile": "gpu",
+            "container": "c2",
+            "reason": "max_runtime",
+            "message": "stopped after 4 hours, the time limit",
+        }
+    ),
 ]
 
 
@@ -422,14 +511,14 @@ def test_the_culler_stops_are_listed_counted_and_limited_to_the_viewers_reach():
     assert [s.user for s in teacher.stops] == ["mia"]
     unreadable = view(stops_error="stops.jsonl: Permission denied")
     assert "Cannot read the stops file: stops.jsonl: Permission denied" in render_page(
-        unreadable, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
+        unreadable, user="admin", can_stop=False, xsrf_form_html="", refresh=15
+    )
 
 
 def test_nvml_missing_is_an_alarm_only_when_the_inventory_comes_from_nvml():
-    static = render_page(view(nvml_error="NVML Shared Library Not Found"), user="a", can_stop=False,
-                         xsrf_form_html="", refresh=15)
+    static = render_page(
+        view(nvml_error="NVML Shared Library Not Found"), user="a", can_stop=False, xsrf_form_html="", refresh=15
+    )
     assert "Cannot read NVML" not in static and "No GPU usage figures" in static
-    nvml = build_view(Inventory(units=UNITS, source="nvml"), POLICY, CONTAINERS, now=NOW,
-                      nvml_error="GPU is lost")
-    assert "Cannot read NVML: GPU is lost" in render_page(nvml, user="a", can_stop=False, xsrf_form_html="",
-                                                          refresh=15)
+    nvml = build_view(Inventory(units=UNITS, source="nvml"), POLICY, CONTAINERS, now=NOW, nvml_error="GPU is lost")
+    assert "Cannot read NVML: GPU is lost" in render_page(nvml, user="a", can_stop=False, xsrf_form_html="", refresh=15)

@@ -31,8 +31,10 @@ PROM_TOKEN = secrets.token_hex(16)
 def hub(tmp_path_factory):
     require_tools()
     image = read_testbed("image")
-    gpus = [{"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"},
-            {"index": 1, "uuid": GPU2_ID, "name": "Tesla T4", "memory": "16G"}]
+    gpus = [
+        {"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"},
+        {"index": 1, "uuid": GPU2_ID, "name": "Tesla T4", "memory": "16G"},
+    ]
     # The snippet of docs/how-to/dashboard.md, with the test's users.
     config = f"""
     import os, sys
@@ -170,11 +172,16 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     assert families["gpuspawner_units"].samples[0].value == 2
     assert families["gpuspawner_units_free"].samples[0].value == 0
     assert families["gpuspawner_units_assigned"].samples[0].value == 2
-    assigned = {s.labels["user"]: (s.labels["unit"], s.labels["profile"], s.value)
-                for s in families["gpuspawner_unit_assigned"].samples}
+    assigned = {
+        s.labels["user"]: (s.labels["unit"], s.labels["profile"], s.value)
+        for s in families["gpuspawner_unit_assigned"].samples
+    }
     assert assigned == {STUDENT: (student_unit, "gpu", 1), EVIL_USER: (held[EVIL_USER][0], "gpu", 1)}
-    no_gpu = [s.value for s in families["gpuspawner_denials"].samples
-              if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"]
+    no_gpu = [
+        s.value
+        for s in families["gpuspawner_denials"].samples
+        if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"
+    ]
     assert no_gpu == [1]
 
     # A POST without the xsrf token is refused: the stop action needs the page's form.
@@ -208,17 +215,23 @@ def test_a_teacher_sees_their_groups_gpus_only_and_cannot_stop(hub, browser):
     assert page.locator("#total-free").inner_text() == "0"  # the host's totals: counts, no names
     body = page.request.get(hub.dashboard + "api/v1/gpus").json()
     assert [(u["id"], [h["user"] for h in u["holders"]]) for u in body["units"]] == [
-        (next(u["id"] for u in body["units"]), [STUDENT])]
+        (next(u["id"] for u in body["units"]), [STUDENT])
+    ]
     assert EVIL_USER not in str(body) and LATE not in str(body)
     text = page.request.get(hub.dashboard + "metrics").text()
-    users = {s.labels["user"] for f in text_string_to_metric_families(text) if f.name == "gpuspawner_unit_assigned"
-             for s in f.samples}
+    users = {
+        s.labels["user"]
+        for f in text_string_to_metric_families(text)
+        if f.name == "gpuspawner_unit_assigned"
+        for s in f.samples
+    }
     assert users == {STUDENT}
     # No stop scope: refused for another course's server and for their own student's.
     xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf")
     for target in (EVIL_USER, STUDENT):
-        r = page.request.post(hub.dashboard + "stop", form={"user": target, "server": ""},
-                              headers={"X-XSRFToken": xsrf}, max_redirects=0)
+        r = page.request.post(
+            hub.dashboard + "stop", form={"user": target, "server": ""}, headers={"X-XSRFToken": xsrf}, max_redirects=0
+        )
         assert r.status == 403, (target, r.status)
         assert hub.server_model(target) is not None
     context.close()
@@ -238,8 +251,9 @@ def test_a_student_gets_403_on_the_page_and_the_api(hub, browser):
     assert page.request.get(hub.dashboard + "metrics").status == 403
     # A token of the student's own (all of their scopes), made as the hub's token page does, is not enough.
     xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf")
-    r = page.request.post(f"{hub.url}/hub/api/users/{STUDENT}/tokens", data={"note": "e2e"},
-                          headers={"X-XSRFToken": xsrf})
+    r = page.request.post(
+        f"{hub.url}/hub/api/users/{STUDENT}/tokens", data={"note": "e2e"}, headers={"X-XSRFToken": xsrf}
+    )
     assert r.status == 201, r.text()
     token = r.json()["token"]
     context.close()

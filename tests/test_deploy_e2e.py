@@ -44,8 +44,11 @@ PASSWORD = "deploy-e2e"
 
 def context_files() -> list[tuple[str, Path]]:
     """What the Dockerfile reads from the checkout (the root .dockerignore keeps the rest out)."""
-    files = [("deploy/hub/Dockerfile", REPO / "deploy/hub/Dockerfile"),
-             ("pyproject.toml", REPO / "pyproject.toml"), ("README.md", REPO / "README.md")]
+    files = [
+        ("deploy/hub/Dockerfile", REPO / "deploy/hub/Dockerfile"),
+        ("pyproject.toml", REPO / "pyproject.toml"),
+        ("README.md", REPO / "README.md"),
+    ]
     for path in sorted((REPO / "deploy/hub/ca-certificates").iterdir()):
         files.append((f"deploy/hub/ca-certificates/{path.name}", path))
     for path in sorted((REPO / "gpuspawner").rglob("*")):
@@ -87,9 +90,18 @@ def hub_image(base: str) -> tuple[str, float]:
     api = client.api
     api.timeout = 600
     log = []
-    for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, dockerfile="deploy/hub/Dockerfile",
-                           tag=tag, network_mode="host", buildargs={"BASE": base}, rm=True, forcerm=True,
-                           decode=True, labels={"gpuspawner.test": "deploy-e2e"}):
+    for chunk in api.build(
+        fileobj=io.BytesIO(context),
+        custom_context=True,
+        dockerfile="deploy/hub/Dockerfile",
+        tag=tag,
+        network_mode="host",
+        buildargs={"BASE": base},
+        rm=True,
+        forcerm=True,
+        decode=True,
+        labels={"gpuspawner.test": "deploy-e2e"},
+    ):
         log.append(chunk.get("stream") or chunk.get("error") or "")
         if "error" in chunk:
             raise AssertionError("hub image build failed:\n" + "".join(log[-40:]))
@@ -176,8 +188,9 @@ class ComposedHub:
         }
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{self.url}/hub/api{path}", timeout=60,
-                                headers={"Authorization": f"token {self.token}"}, **kwargs)
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", timeout=60, headers={"Authorization": f"token {self.token}"}, **kwargs
+        )
 
     def wait_up(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -238,8 +251,11 @@ def log_in(hub: ComposedHub, name: str) -> requests.Session:
     """Through the hub's login form, as a student's browser does."""
     s = requests.Session()
     s.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
-    r = s.post(f"{hub.url}/hub/login", timeout=30,
-               data={"username": name, "password": PASSWORD, "_xsrf": s.cookies.get("_xsrf", "")})
+    r = s.post(
+        f"{hub.url}/hub/login",
+        timeout=30,
+        data={"username": name, "password": PASSWORD, "_xsrf": s.cookies.get("_xsrf", "")},
+    )
     r.raise_for_status()
     assert r.url == f"{hub.url}/hub/spawn", r.url  # logged in, shown the spawn page
     assert "Deep learning (1 GPU)" in r.text and "2 of 2 Tesla T4 free now" in r.text

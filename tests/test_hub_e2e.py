@@ -139,8 +139,9 @@ def test_home_survives_stop_and_start(hub):
     headers = {"Authorization": f"token {hub.token}"}
     import requests
 
-    r = requests.put(contents, headers=headers, timeout=30,
-                     data=json.dumps({"type": "file", "format": "text", "content": note}))
+    r = requests.put(
+        contents, headers=headers, timeout=30, data=json.dumps({"type": "file", "format": "text", "content": note})
+    )
     assert r.status_code in (200, 201), r.text
     hub.stop_server(dave)
     spawn(hub, dave, "plain")  # another profile, the same home

@@ -59,8 +59,14 @@ class FakeNVML:
 
     class NVMLError(Exception):
         # Like pynvml's: the code in .value, its text as str().
-        _text = {2: "Invalid Argument", 3: "Not Supported", 6: "Not Found", 9: "Driver Not Loaded", 13: "Function Not Found",
-                 15: "GPU is lost"}
+        _text = {
+            2: "Invalid Argument",
+            3: "Not Supported",
+            6: "Not Found",
+            9: "Driver Not Loaded",
+            13: "Function Not Found",
+            15: "GPU is lost",
+        }
 
         def __init__(self, value):
             super().__init__(value)
@@ -92,8 +98,10 @@ class FakeNVML:
         if name.startswith(("nvml", "NVML")):
             object.__getattribute__(self, "called").add(name)
             if name == object.__getattribute__(self, "fail"):
+
                 def lost(*args):
                     raise FakeNVML.NVMLError(FakeNVML.NVML_ERROR_GPU_IS_LOST)
+
                 return lost
         return object.__getattribute__(self, name)
 
@@ -162,8 +170,11 @@ class FakeNVML:
     def nvmlDeviceGetProcessUtilization(self, handle, lastSeenTimeStamp):
         if handle.samples is None:
             raise self.NVMLError_NotSupported()
-        found = [SimpleNamespace(pid=pid, smUtil=sm, memUtil=0, encUtil=0, decUtil=0, timeStamp=ts)
-                 for pid, sm, ts in handle.samples if ts > lastSeenTimeStamp]
+        found = [
+            SimpleNamespace(pid=pid, smUtil=sm, memUtil=0, encUtil=0, decUtil=0, timeStamp=ts)
+            for pid, sm, ts in handle.samples
+            if ts > lastSeenTimeStamp
+        ]
         if not found:
             raise self.NVMLError_NotFound()  # as NVML does when no sample is newer
         return found
@@ -175,12 +186,23 @@ class FakeNVML:
 
 
 A100 = "NVIDIA A100-SXM4-40GB"
-MIG_A = Dev("MIG-aaaa0000-0000-0000-0000-000000000001", A100 + " MIG 1g.5gb", 4864 * MiB, slices=1,
-            utilization=None, used=GiB, pids=(4242,))
-MIG_B = Dev("MIG-aaaa0000-0000-0000-0000-000000000002", A100 + " MIG 1g.5gb", 4864 * MiB, slices=1,
-            utilization=None)
-MIG_C = Dev(b"MIG-aaaa0000-0000-0000-0000-000000000003", (A100 + " MIG 3g.20gb").encode(), 19968 * MiB,
-            slices=3, utilization=None)
+MIG_A = Dev(
+    "MIG-aaaa0000-0000-0000-0000-000000000001",
+    A100 + " MIG 1g.5gb",
+    4864 * MiB,
+    slices=1,
+    utilization=None,
+    used=GiB,
+    pids=(4242,),
+)
+MIG_B = Dev("MIG-aaaa0000-0000-0000-0000-000000000002", A100 + " MIG 1g.5gb", 4864 * MiB, slices=1, utilization=None)
+MIG_C = Dev(
+    b"MIG-aaaa0000-0000-0000-0000-000000000003",
+    (A100 + " MIG 3g.20gb").encode(),
+    19968 * MiB,
+    slices=3,
+    utilization=None,
+)
 
 
 def host() -> FakeNVML:
@@ -188,11 +210,25 @@ def host() -> FakeNVML:
     return FakeNVML(
         [
             # MIG-capable, MIG mode waiting for a reset: whole until then.
-            Dev("GPU-0000", A100, 40 * GiB, mig="pending", utilization=37, used=3 * GiB, temperature=51,
-                pids=(1001, 1002)),
+            Dev(
+                "GPU-0000",
+                A100,
+                40 * GiB,
+                mig="pending",
+                utilization=37,
+                used=3 * GiB,
+                temperature=51,
+                pids=(1001, 1002),
+            ),
             Dev(b"GPU-1111", A100.encode(), 40 * GiB),  # an older nvidia-ml-py: bytes
-            Dev("GPU-2222", A100, 40 * GiB, mig="enabled", temperature=63,
-                slots=[MIG_A, None, MIG_B, None, MIG_C, None, None]),
+            Dev(
+                "GPU-2222",
+                A100,
+                40 * GiB,
+                mig="enabled",
+                temperature=63,
+                slots=[MIG_A, None, MIG_B, None, MIG_C, None, None],
+            ),
             Dev("GPU-3333", "NVIDIA GeForce RTX 4090", 24 * GiB, mig="unsupported", pids=None),
         ]
     )
@@ -230,20 +266,39 @@ def test_a_mig_mode_gpu_never_appears_whole():
 
 def test_old_drivers_mig_uuid_form_is_kept_and_round_trips_through_config():
     old = "MIG-GPU-2222/1/0"
-    fake = FakeNVML([Dev("GPU-2222", A100, 40 * GiB, mig="enabled", slots=[
-        Dev(old.encode(), A100 + " MIG 1g.5gb", 4864 * MiB, slices=1)])])
+    fake = FakeNVML(
+        [
+            Dev(
+                "GPU-2222",
+                A100,
+                40 * GiB,
+                mig="enabled",
+                slots=[Dev(old.encode(), A100 + " MIG 1g.5gb", 4864 * MiB, slices=1)],
+            )
+        ]
+    )
     (unit,) = read_gpus(fake)
     assert (unit.uuid, unit.id, unit.gpu_uuid) == (old, old, "GPU-2222")
     assert parse_static_inventory(read_gpus_as_config(fake)) == (unit,)
 
 
 def test_mig_profile_from_slices_and_memory_when_the_name_lacks_it():
-    fake = FakeNVML([Dev("GPU-2222", A100, 40 * GiB, mig="enabled", slots=[
-        Dev("MIG-1", A100, 4864 * MiB, slices=1),  # 4.75 GiB: NVIDIA calls it 1g.5gb
-        Dev("MIG-2", "NVIDIA A100-SXM4-40GB MIG", 19968 * MiB, slices=3),
-        Dev("MIG-3", A100, 40192 * MiB, slices=7),  # 39.25 GiB: 7g.40gb
-        Dev("MIG-4", A100 + " MIG 1c.3g.20gb", 19968 * MiB, slices=3),  # a compute instance: as named
-    ])])
+    fake = FakeNVML(
+        [
+            Dev(
+                "GPU-2222",
+                A100,
+                40 * GiB,
+                mig="enabled",
+                slots=[
+                    Dev("MIG-1", A100, 4864 * MiB, slices=1),  # 4.75 GiB: NVIDIA calls it 1g.5gb
+                    Dev("MIG-2", "NVIDIA A100-SXM4-40GB MIG", 19968 * MiB, slices=3),
+                    Dev("MIG-3", A100, 40192 * MiB, slices=7),  # 39.25 GiB: 7g.40gb
+                    Dev("MIG-4", A100 + " MIG 1c.3g.20gb", 19968 * MiB, slices=3),  # a compute instance: as named
+                ],
+            )
+        ]
+    )
     assert [g.mig_profile for g in read_gpus(fake)] == ["1g.5gb", "3g.20gb", "7g.40gb", "1c.3g.20gb"]
 
 
@@ -251,8 +306,15 @@ def test_as_config_has_mig_fields_only_for_mig_units_and_round_trips():
     fake = host()
     config = read_gpus_as_config(fake)
     assert config[0] == {"index": 0, "uuid": "GPU-0000", "name": A100, "memory": 40 * GiB}
-    assert config[2] == {"index": 2, "uuid": MIG_A.uuid, "name": A100, "memory": 4864 * MiB,
-                         "mig_profile": "1g.5gb", "parent_uuid": "GPU-2222", "mig_index": 0}
+    assert config[2] == {
+        "index": 2,
+        "uuid": MIG_A.uuid,
+        "name": A100,
+        "memory": 4864 * MiB,
+        "mig_profile": "1g.5gb",
+        "parent_uuid": "GPU-2222",
+        "mig_index": 0,
+    }
     assert parse_static_inventory(config) == read_gpus(fake)
 
 
@@ -296,8 +358,10 @@ _PART_WAY = [
 @pytest.mark.parametrize(
     "read, broken",
     [(discover, name) for name in [*_PART_WAY, "nvmlSystemGetDriverVersion"]]
-    + [(read_usage, name) for name in [*_PART_WAY, "nvmlDeviceGetUtilizationRates",
-                                        "nvmlDeviceGetComputeRunningProcesses"]],
+    + [
+        (read_usage, name)
+        for name in [*_PART_WAY, "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetComputeRunningProcesses"]
+    ],
     ids=lambda v: getattr(v, "__name__", v),
 )
 def test_errors_part_way_propagate_after_shutdown(read, broken):
@@ -322,11 +386,13 @@ def test_read_usage_per_unit():
     fake = host()
     usage = read_usage(fake)
     assert list(usage) == [g.uuid for g in read_gpus(fake)]
-    assert usage["GPU-0000"] == UnitUsage(utilization_gpu=37, memory_used=3 * GiB, memory_total=40 * GiB,
-                                          temperature=51, processes=(1001, 1002))
+    assert usage["GPU-0000"] == UnitUsage(
+        utilization_gpu=37, memory_used=3 * GiB, memory_total=40 * GiB, temperature=51, processes=(1001, 1002)
+    )
     # A MIG instance: no utilisation from NVML; its GPU's temperature; its own processes.
-    assert usage[MIG_A.uuid] == UnitUsage(utilization_gpu=None, memory_used=GiB, memory_total=4864 * MiB,
-                                          temperature=63, processes=(4242,))
+    assert usage[MIG_A.uuid] == UnitUsage(
+        utilization_gpu=None, memory_used=GiB, memory_total=4864 * MiB, temperature=63, processes=(4242,)
+    )
     assert usage[MIG_B.uuid].processes == ()
     # Processes NVML cannot list are unknown (None), not "none running".
     assert usage["GPU-3333"].processes is None
@@ -335,14 +401,30 @@ def test_read_usage_per_unit():
 
 def test_read_usage_per_process_keeps_each_pids_highest_recent_share():
     now_us = int(time.time() * 1_000_000)
-    fake = FakeNVML([
-        Dev("GPU-0000", A100, 40 * GiB, utilization=80, pids=(1001, 1002),
-            samples=[(1001, 10, now_us - 2_000_000), (1001, 70, now_us - 1_000_000),
-                     (1002, 90, now_us - 60_000_000)]),  # 1002's only sample is a minute old
-        Dev("GPU-1111", A100, 40 * GiB, pids=(), samples=[]),
-        Dev("GPU-2222", A100, 40 * GiB, mig="enabled", slots=[Dev("MIG-4", A100 + " MIG 1g.5gb", GiB, slices=1,
-                                                                    utilization=None, samples=None, pids=(7,))]),
-    ])
+    fake = FakeNVML(
+        [
+            Dev(
+                "GPU-0000",
+                A100,
+                40 * GiB,
+                utilization=80,
+                pids=(1001, 1002),
+                samples=[
+                    (1001, 10, now_us - 2_000_000),
+                    (1001, 70, now_us - 1_000_000),
+                    (1002, 90, now_us - 60_000_000),
+                ],
+            ),  # 1002's only sample is a minute old
+            Dev("GPU-1111", A100, 40 * GiB, pids=(), samples=[]),
+            Dev(
+                "GPU-2222",
+                A100,
+                40 * GiB,
+                mig="enabled",
+                slots=[Dev("MIG-4", A100 + " MIG 1g.5gb", GiB, slices=1, utilization=None, samples=None, pids=(7,))],
+            ),
+        ]
+    )
     usage = read_usage(fake, per_process=True, window=10)
     assert usage["GPU-0000"].process_utilization == {1001: 70}
     assert usage["GPU-1111"].process_utilization == {}  # NOT_FOUND: nothing ran

@@ -2,8 +2,9 @@
 
 from importlib.metadata import entry_points
 
-import gpuspawner
 from dockerspawner import DockerSpawner
+
+import gpuspawner
 
 
 def test_exports():

@@ -8,9 +8,7 @@ def profile(slug="ml101", **fields):
 
 
 def test_profile_fields_are_parsed():
-    (p,) = parse_profiles(
-        [profile(gpus=2, mem_limit="16G", cpu_limit=4, shm_size="2G", description=" PyTorch ")]
-    )
+    (p,) = parse_profiles([profile(gpus=2, mem_limit="16G", cpu_limit=4, shm_size="2G", description=" PyTorch ")])
     assert (p.gpus, p.mem_limit, p.cpu_limit, p.shm_size) == (2, 16 * 1024**3, 4.0, 2 * 1024**3)
     assert p.description == "PyTorch"
     assert p.summary() == "2 whole GPUs, 4 CPUs, 16 GiB RAM"

@@ -48,9 +48,9 @@ def write_profiles(path, image, extra=""):
               mem_limit: 512M
               environment: {{COURSE: ml101}}
               datasets:
-              - {{name: mnist, source: "{path.parent / 'mnist'}"}}
+              - {{name: mnist, source: "{path.parent / "mnist"}"}}
               shares:
-              - {{name: ml101, source: "{path.parent / 'share'}", writable_by: [teachers]}}
+              - {{name: ml101, source: "{path.parent / "share"}", writable_by: [teachers]}}
             - slug: cv
               display_name: Computer vision
               image: {image}
@@ -90,8 +90,11 @@ def sh(container, command: str) -> tuple[int, str]:
 
 
 def gpu_holders() -> list[str]:
-    return [c.name for c in engine().containers.list(filters={"label": "gpuspawner.user"})
-            if c.labels["gpuspawner.gpus"] and c.labels["gpuspawner.user"].endswith(RUN)]
+    return [
+        c.name
+        for c in engine().containers.list(filters={"label": "gpuspawner.user"})
+        if c.labels["gpuspawner.gpus"] and c.labels["gpuspawner.user"].endswith(RUN)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from tornado import web
 from traitlets import TraitError
 
 from gpuspawner import GPUSpawner
-from gpuspawner.profiles import ProfileError
 from gpuspawner.labels import GPUS as LABEL_GPUS
 from gpuspawner.labels import PROFILE as LABEL_PROFILE
 from gpuspawner.labels import USER as LABEL_USER
+from gpuspawner.profiles import ProfileError
 from gpuspawner.spawner import apply_profile_choice
 
 from .fakes import FakeDocker, make_spawner
@@ -113,7 +113,9 @@ async def test_home_from_workdir_and_admin_mount_wins(engine):
 
 async def test_two_users_get_different_gpus_and_stop_frees(engine, tmp_path):
     denials = tmp_path / "denials.jsonl"
-    alice, bob, carol = (spawner(engine, u, profile="gpu", denials_file=str(denials)) for u in ("alice", "bob", "carol"))
+    alice, bob, carol = (
+        spawner(engine, u, profile="gpu", denials_file=str(denials)) for u in ("alice", "bob", "carol")
+    )
     await alice.start()
     await bob.start()
     assert {alice.gpu_ids, bob.gpu_ids} == {("GPU-0000",), ("GPU-1111",)}
@@ -126,7 +128,11 @@ async def test_two_users_get_different_gpus_and_stop_frees(engine, tmp_path):
     assert refused.value.reason == "no_gpu"
     (denial,) = [json.loads(line) for line in denials.read_text().splitlines()]
     assert {k: denial[k] for k in ("user", "server", "profile", "reason")} == {
-        "user": "carol", "server": "", "profile": "gpu", "reason": "no_gpu"}
+        "user": "carol",
+        "server": "",
+        "profile": "gpu",
+        "reason": "no_gpu",
+    }
     assert denial["message"] == refused.value.message
     assert carol.gpu_ids == ()
     await alice.stop()
@@ -211,8 +217,10 @@ async def test_without_profiles_it_is_a_dockerspawner(engine):
 
 
 async def test_spawn_page_lists_profiles_escaped(engine):
-    profiles = PROFILES + [{"slug": "x", "display_name": "<script>alert(1)</script>", "image": "lab:1"},
-                           {"slug": "sh", "display_name": "Shared", "image": "lab:1", "shared_gpu": True}]
+    profiles = PROFILES + [
+        {"slug": "x", "display_name": "<script>alert(1)</script>", "image": "lab:1"},
+        {"slug": "sh", "display_name": "Shared", "image": "lab:1", "shared_gpu": True},
+    ]
     s = make_spawner(GPUSpawner, engine, profiles=profiles, gpus=GPUS)
     s.user_options = {}
     html = await s.get_options_form()
@@ -262,10 +270,17 @@ async def test_missing_image_is_a_clear_refusal(engine):
 
 COURSES = [
     {"slug": "open", "display_name": "Open", "image": "lab:1"},
-    {"slug": "ml101", "display_name": "ML 101", "image": "lab:1", "gpus": 1, "groups": ["ml101", "teachers"],
-     "default": True, "environment": {"COURSE": "ml101", "EPOCHS": 3},
-     "datasets": [{"name": "mnist", "source": "/srv/datasets/mnist"}, {"name": "cifar", "source": "cifar-vol"}],
-     "shares": [{"name": "ml101", "source": "/srv/share/ml101", "writable_by": ["teachers"]}]},
+    {
+        "slug": "ml101",
+        "display_name": "ML 101",
+        "image": "lab:1",
+        "gpus": 1,
+        "groups": ["ml101", "teachers"],
+        "default": True,
+        "environment": {"COURSE": "ml101", "EPOCHS": 3},
+        "datasets": [{"name": "mnist", "source": "/srv/datasets/mnist"}, {"name": "cifar", "source": "cifar-vol"}],
+        "shares": [{"name": "ml101", "source": "/srv/share/ml101", "writable_by": ["teachers"]}],
+    },
     {"slug": "cv", "display_name": "CV", "image": "lab:1", "users": ["carol"]},
 ]
 
@@ -335,7 +350,9 @@ async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, c
     path.write_text("- {slug: a, display_name: A, image: 'lab:1'}\n")
     s = spawner(engine, profiles=[], profiles_file=str(path))
     assert [p.slug for p in s.lab_profiles] == ["a"]
-    path.write_text("profiles:\n- {slug: a, display_name: A, image: 'lab:1'}\n- {slug: b, display_name: B, image: 'lab:1', gpus: 1}\n")
+    path.write_text(
+        "profiles:\n- {slug: a, display_name: A, image: 'lab:1'}\n- {slug: b, display_name: B, image: 'lab:1', gpus: 1}\n"
+    )
     assert [p.slug for p in s.lab_profiles] == ["a", "b"]
     path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: lots}\n")
     assert [p.slug for p in s.lab_profiles] == ["a", "b"]
@@ -343,7 +360,10 @@ async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, c
 
 
 def test_unpinned_images_refused_at_load_unless_allowed(engine):
-    unpinned = [{"slug": "x", "display_name": "X", "image": "lab"}, {"slug": "y", "display_name": "Y", "image": "lab:latest"}]
+    unpinned = [
+        {"slug": "x", "display_name": "X", "image": "lab"},
+        {"slug": "y", "display_name": "Y", "image": "lab:latest"},
+    ]
     with pytest.raises(ProfileError, match="profile 'x': field 'image': image 'lab' has no tag"):
         make_spawner(GPUSpawner, engine, profiles=unpinned).lab_profiles
     allowed = make_spawner(GPUSpawner, engine, profiles=unpinned, allow_unpinned_images=True)

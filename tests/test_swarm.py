@@ -38,9 +38,7 @@ def api_node(n: int, units=(), state="ready", availability="active", kind="NVIDI
         "Description": {
             "Hostname": host or f"gpu-node-{n}",
             "Resources": {
-                "GenericResources": [
-                    {"NamedResourceSpec": {"Kind": kind, "Value": u}} for u in units
-                ]
+                "GenericResources": [{"NamedResourceSpec": {"Kind": kind, "Value": u}} for u in units]
                 + [{"DiscreteResourceSpec": {"Kind": "SSD", "Value": 1}}]
             },
         },
@@ -119,7 +117,9 @@ def test_update_inventory_keeps_holders_and_takes_units_out_of_the_pool():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3)), max_size=25), st.sampled_from(["pack", "spread"]))
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3)), max_size=25), st.sampled_from(["pack", "spread"])
+)
 def test_never_a_unit_twice_never_across_nodes(steps, placement):
     ledger = Ledger([unit(n, i) for n in (1, 2, 3) for i in (0, 1)], Policy(placement=placement))
     for user, count in steps:
@@ -139,7 +139,10 @@ def test_never_a_unit_twice_never_across_nodes(steps, placement):
 
 
 def test_read_nodes_units_kinds_and_usability():
-    described = {u.uuid: u for u in parse_static_inventory([{"index": 3, "uuid": "GPU-x1", "name": "NVIDIA A100", "memory": "80G"}])}
+    described = {
+        u.uuid: u
+        for u in parse_static_inventory([{"index": 3, "uuid": "GPU-x1", "name": "NVIDIA A100", "memory": "80G"}])
+    }
     nodes = read_nodes(
         [
             api_node(2, ["GPU-y1"], availability="drain"),
@@ -171,15 +174,30 @@ def test_resource_request_counts_each_kind():
 
 def test_running_servers_from_services_and_tasks():
     services = [
-        {"ID": "s1", "Spec": {"Labels": {"gpuspawner.user": "ann", "gpuspawner.server": "", "gpuspawner.groups": "ml101"}}},
+        {
+            "ID": "s1",
+            "Spec": {"Labels": {"gpuspawner.user": "ann", "gpuspawner.server": "", "gpuspawner.groups": "ml101"}},
+        },
         {"ID": "s2", "Spec": {"Labels": {"gpuspawner.user": "bob", "gpuspawner.server": "x"}}},
         {"ID": "s3", "Spec": {"Labels": {"other": "1"}}},
     ]
     gpu = [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-a"}}]
     tasks = [
-        {"ServiceID": "s1", "NodeID": "id1", "DesiredState": "running", "Status": {"State": "running"}, "GenericResources": gpu},
+        {
+            "ServiceID": "s1",
+            "NodeID": "id1",
+            "DesiredState": "running",
+            "Status": {"State": "running"},
+            "GenericResources": gpu,
+        },
         {"ServiceID": "s2", "NodeID": "id2", "DesiredState": "running", "Status": {"State": "pending"}},
-        {"ServiceID": "s3", "NodeID": "id2", "DesiredState": "running", "Status": {"State": "running"}, "GenericResources": gpu},
+        {
+            "ServiceID": "s3",
+            "NodeID": "id2",
+            "DesiredState": "running",
+            "Status": {"State": "running"},
+            "GenericResources": gpu,
+        },
     ]
     (ann,) = running_servers(services, tasks)
     assert (ann.holder, ann.node_id, ann.unit_ids, ann.groups) == ("ann/", "id1", ("GPU-a",), ("ml101",))
@@ -236,10 +254,18 @@ def test_unit_metrics_carry_the_node():
     held = {"Id": "s1", "Labels": {"gpuspawner.user": "ann", "gpuspawner.server": "", "gpuspawner.gpus": "GPU-n2-0"}}
     view = build_view(Inventory(units=units, source="swarm"), Policy(), [held], now=datetime.now(timezone.utc))
     text = render_metrics(view).decode()
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "gpuspawner_unit_assigned"]
+    samples = [
+        s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "gpuspawner_unit_assigned"
+    ]
     assert {(s.labels["node"], s.labels["gpu_index"], s.labels["user"], s.value) for s in samples} == {
-        ("gpu-node-1", "0", "", 0), ("gpu-node-2", "0", "ann", 1)}
+        ("gpu-node-1", "0", "", 0),
+        ("gpu-node-2", "0", "ann", 1),
+    }
     # One host: the label is there, empty.
-    one = build_view(Inventory(units=(GPU(index=0, uuid="GPU-x", name="L4", memory=GiB),), source="static"),
-                     Policy(), [], now=datetime.now(timezone.utc))
+    one = build_view(
+        Inventory(units=(GPU(index=0, uuid="GPU-x", name="L4", memory=GiB),), source="static"),
+        Policy(),
+        [],
+        now=datetime.now(timezone.utc),
+    )
     assert 'node=""' in render_metrics(one).decode()

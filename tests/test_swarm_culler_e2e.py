@@ -86,22 +86,36 @@ def test_a_node_local_culler_stops_an_idle_server_on_its_node_only(hub):
     # What NVML would say: the busy server's own process runs kernels; the other two units are idle
     # (the away unit is listed too: it must still not be judged by this node's culler).
     usage = workdir / "usage.json"
-    usage.write_text(json.dumps({
-        placed[idle][1][0]: {"utilization": 0, "processes": []},
-        placed[busy][1][0]: {"utilization": 85, "processes": [host_pid(node, busy)]},
-        placed[away][1][0]: {"utilization": 0, "processes": []},
-    }))
+    usage.write_text(
+        json.dumps(
+            {
+                placed[idle][1][0]: {"utilization": 0, "processes": []},
+                placed[busy][1][0]: {"utilization": 85, "processes": [host_pid(node, busy)]},
+                placed[away][1][0]: {"utilization": 0, "processes": []},
+            }
+        )
+    )
     idle_service = task(idle)["ServiceID"]
     log = open(workdir / "culler.log", "ab")
     node_dir = workdir / "node"  # the culler's working directory on its node: no hub config there
     node_dir.mkdir()
     culler = subprocess.Popen(
-        ["nsenter", f"--net=/var/run/netns/gpusw-n{node}", sys.executable, "-m", "gpuspawner.culler",
-         "--node-local", f"--url=http://{HUB_IP}:{h.hub_port}/hub/api", f"--usage-file={usage}",
-         f"--stops-file={workdir / 'stops.jsonl'}", "--cull-every=1"],
+        [
+            "nsenter",
+            f"--net=/var/run/netns/gpusw-n{node}",
+            sys.executable,
+            "-m",
+            "gpuspawner.culler",
+            "--node-local",
+            f"--url=http://{HUB_IP}:{h.hub_port}/hub/api",
+            f"--usage-file={usage}",
+            f"--stops-file={workdir / 'stops.jsonl'}",
+            "--cull-every=1",
+        ],
         cwd=node_dir,
         env={**os.environ, "DOCKER_HOST": f"unix://{DIR}/n{node}/docker.sock", "JUPYTERHUB_API_TOKEN": token},
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     culler_started = time.monotonic()
     try:

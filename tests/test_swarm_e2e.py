@@ -154,8 +154,16 @@ def hub(swarm, tmp_path_factory):
         for i in (0, 1)
     ]
     gpus += [
-        {"index": 2, "uuid": mig(i), "name": "NVIDIA A100", "memory": "10G", "mig_profile": "1g.10gb",
-         "parent_uuid": "GPU-5a4d0000-0000-4000-8000-a100a100a100", "mig_index": i, "node": "gpu-node-3"}
+        {
+            "index": 2,
+            "uuid": mig(i),
+            "name": "NVIDIA A100",
+            "memory": "10G",
+            "mig_profile": "1g.10gb",
+            "parent_uuid": "GPU-5a4d0000-0000-4000-8000-a100a100a100",
+            "mig_index": i,
+            "node": "gpu-node-3",
+        }
         for i in (0, 1)
     ]
     config = f"""

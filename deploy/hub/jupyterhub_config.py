@@ -147,7 +147,7 @@ c.GPUSpawner.profiles = [
 #   c.GPUSpawner.profiles_file = "/etc/jupyterhub/profiles.yaml"
 
 # --- Fair use: quotas ----------------------------------------------------------------
-c.GPUSpawner.max_gpus_per_user = 1                       # across all of a student's servers
+c.GPUSpawner.max_gpus_per_user = 1  # across all of a student's servers
 c.GPUSpawner.group_gpu_quotas = {"ml101": 3, "cv201": 1}  # a course's cap (a shared slot counts 1/4)
 c.GPUSpawner.shared_gpu_users = 4
 c.GPUSpawner.placement = "pack"  # keep whole GPUs free for whole-GPU profiles
@@ -182,8 +182,7 @@ c.JupyterHub.load_roles = [
     {
         "name": "gpu-dashboard-admins",
         "groups": ["gpu-lab-admins"],
-        "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop",
-                   "access:services!service=gpu-dashboard"],
+        "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop", "access:services!service=gpu-dashboard"],
     },
     {
         "name": "gpu-dashboard-teachers",
@@ -199,11 +198,19 @@ c.JupyterHub.load_roles = [
 
 # --- Culling ---------------------------------------------------------------------------
 # GPU-aware culling: per-profile keys gpu_idle_timeout / max_runtime / jupyter_activity_grace override these
-c.GPUSpawner.gpu_idle_timeout = "30m"     # stop a server whose GPUs stayed idle that long
-c.GPUSpawner.max_runtime = "4h"           # stop a GPU server after this long, whatever it does
+c.GPUSpawner.gpu_idle_timeout = "30m"  # stop a server whose GPUs stayed idle that long
+c.GPUSpawner.max_runtime = "4h"  # stop a GPU server after this long, whatever it does
 c.GPUSpawner.jupyter_activity_grace = "10m"  # not stopped for GPU idleness if active in Jupyter this recently
-c.JupyterHub.services.append({"name": "gpu-culler", "command": [sys.executable, "-m", "gpuspawner.culler", "--cull-every=60"]})
-c.JupyterHub.load_roles.append({"name": "gpu-culler", "services": ["gpu-culler"], "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+c.JupyterHub.services.append(
+    {"name": "gpu-culler", "command": [sys.executable, "-m", "gpuspawner.culler", "--cull-every=60"]}
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "gpu-culler",
+        "services": ["gpu-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    }
+)
 
 # --- Last: check it all now --------------------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile and

@@ -15,8 +15,17 @@ from datetime import datetime, timedelta, timezone
 _TAIL_BYTES = 256 * 1024
 
 
-def record_stop(path: str, *, user: str, server: str, profile: str, container: str, reason: str, message: str,
-                now: datetime | None = None) -> None:
+def record_stop(
+    path: str,
+    *,
+    user: str,
+    server: str,
+    profile: str,
+    container: str,
+    reason: str,
+    message: str,
+    now: datetime | None = None,
+) -> None:
     """Append one stop; raises ``OSError`` when the file cannot be written."""
     event = {
         "time": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
@@ -31,8 +40,9 @@ def record_stop(path: str, *, user: str, server: str, profile: str, container: s
         f.write(json.dumps(event) + "\n")
 
 
-def stop_record_for(path: str, container: str, now: datetime | None = None,
-                    within: timedelta = timedelta(minutes=10)) -> dict | None:
+def stop_record_for(
+    path: str, container: str, now: datetime | None = None, within: timedelta = timedelta(minutes=10)
+) -> dict | None:
     """The culler's latest record for ``container`` made within ``within`` of ``now``, or None."""
     if not path or not container:
         return None

@@ -94,4 +94,3 @@ class FileUsage:
                 None if per_process is None else {int(p): int(v) for p, v in per_process.items()},
             )
         return _readings(raw, self.proc)
-

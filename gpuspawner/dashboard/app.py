@@ -73,8 +73,13 @@ class _Handler(HubOAuthenticated, web.RequestHandler):
 
     def reach(self, user: dict, scope: str) -> Reach:
         groups_scope = self.dashboard.read_groups_scope if scope == self.dashboard.read_scope else ""
-        return reach_from_scopes(user.get("scopes") or (), scope, groups_scope=groups_scope,
-                                 viewer=user.get("name", ""), viewer_groups=user.get("groups") or ())
+        return reach_from_scopes(
+            user.get("scopes") or (),
+            scope,
+            groups_scope=groups_scope,
+            viewer=user.get("name", ""),
+            viewer_groups=user.get("groups") or (),
+        )
 
     async def view(self, user: dict) -> DashboardView:
         """The view as ``user`` may see it: every unit, or their groups' users' only."""
@@ -127,7 +132,9 @@ class StopHandler(_Handler):
             await self.dashboard.hub.stop_server(user, server)
         except HTTPClientError as e:
             raise web.HTTPError(502, f"the hub refused to stop {user}/{server}: {e.code}") from None
-        self.dashboard.log.info("%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server)
+        self.dashboard.log.info(
+            "%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server
+        )
         self.redirect(self.dashboard.service_prefix)
 
 
@@ -145,9 +152,9 @@ class GPUDashboard(Application):
     python -m gpuspawner.dashboard --refresh=30 --no-nvml
     """)
 
-    hub_config = Unicode("jupyterhub_config.py", help="The hub's config file (inventory, profiles, Docker settings).").tag(
-        config=True
-    )
+    hub_config = Unicode(
+        "jupyterhub_config.py", help="The hub's config file (inventory, profiles, Docker settings)."
+    ).tag(config=True)
     url = Unicode(help="Where to listen: http://127.0.0.1:PORT (default: $JUPYTERHUB_SERVICE_URL).").tag(config=True)
     service_prefix = Unicode(help="The URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
     refresh = Int(15, min=0, help="Seconds between the page's own refreshes (0: never).").tag(config=True)

@@ -31,16 +31,23 @@ class _ViewCollector:
         up = GaugeMetricFamily(
             "gpuspawner_dashboard_source_up", "1 when the dashboard could read the source now", labels=["source"]
         )
-        for source, error in (("docker", v.docker_error), ("nvml", v.nvml_error), ("hub", v.hub_error),
-                              ("denials", v.denials_error), ("stops", v.stops_error)):
+        for source, error in (
+            ("docker", v.docker_error),
+            ("nvml", v.nvml_error),
+            ("hub", v.hub_error),
+            ("denials", v.denials_error),
+            ("stops", v.stops_error),
+        ):
             up.add_metric([source], 0 if error else 1)
         yield up
-        yield GaugeMetricFamily("gpuspawner_units", "GPU units (whole GPUs and MIG instances) the hub hands out",
-                                value=v.totals.units)
+        yield GaugeMetricFamily(
+            "gpuspawner_units", "GPU units (whole GPUs and MIG instances) the hub hands out", value=v.totals.units
+        )
         if v.totals.free is not None:
             yield GaugeMetricFamily("gpuspawner_units_free", "Units no server holds", value=v.totals.free)
-            yield GaugeMetricFamily("gpuspawner_units_assigned", "Units held by at least one server",
-                                    value=v.totals.used + v.totals.shared)
+            yield GaugeMetricFamily(
+                "gpuspawner_units_assigned", "Units held by at least one server", value=v.totals.used + v.totals.shared
+            )
             yield GaugeMetricFamily("gpuspawner_units_shared", "Units held as shared slots", value=v.totals.shared)
             assigned = GaugeMetricFamily(
                 "gpuspawner_unit_assigned",
@@ -55,12 +62,14 @@ class _ViewCollector:
             yield assigned
         measured = [u for u in v.units if u.usage is not None]
         if measured:
-            util = GaugeMetricFamily("gpuspawner_unit_utilization_percent",
-                                     "NVML GPU utilisation (absent for MIG instances)", labels=_UNIT)
+            util = GaugeMetricFamily(
+                "gpuspawner_unit_utilization_percent", "NVML GPU utilisation (absent for MIG instances)", labels=_UNIT
+            )
             used = GaugeMetricFamily("gpuspawner_unit_memory_used_bytes", "NVML memory used", labels=_UNIT)
             total = GaugeMetricFamily("gpuspawner_unit_memory_total_bytes", "NVML memory total", labels=_UNIT)
-            temp = GaugeMetricFamily("gpuspawner_unit_temperature_celsius", "NVML temperature of the unit's GPU",
-                                     labels=_UNIT)
+            temp = GaugeMetricFamily(
+                "gpuspawner_unit_temperature_celsius", "NVML temperature of the unit's GPU", labels=_UNIT
+            )
             for u in measured:
                 if u.usage.utilization_gpu is not None:
                     util.add_metric(_unit_labels(u), u.usage.utilization_gpu)
@@ -70,14 +79,18 @@ class _ViewCollector:
                     temp.add_metric(_unit_labels(u), u.usage.temperature)
             yield from (util, used, total, temp)
         if not v.denials_error:
-            denials = CounterMetricFamily("gpuspawner_denials", "GPU spawns refused, by reason (from denials_file)",
-                                          labels=["reason"])
+            denials = CounterMetricFamily(
+                "gpuspawner_denials", "GPU spawns refused, by reason (from denials_file)", labels=["reason"]
+            )
             for reason, count in sorted(v.denials_by_reason.items()):
                 denials.add_metric([reason], count)
             yield denials
         if not v.stops_error:
-            stops = CounterMetricFamily("gpuspawner_culled", "GPU servers stopped by the GPU culler, by reason"
-                                        " (gpu_idle, max_runtime; from stops_file)", labels=["reason"])
+            stops = CounterMetricFamily(
+                "gpuspawner_culled",
+                "GPU servers stopped by the GPU culler, by reason (gpu_idle, max_runtime; from stops_file)",
+                labels=["reason"],
+            )
             for reason, count in sorted(v.stops_by_reason.items()):
                 stops.add_metric([reason], count)
             yield stops

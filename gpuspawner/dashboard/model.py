@@ -237,7 +237,9 @@ def parse_events(lines: Iterable[str], keep: int) -> tuple[tuple[LabEvent, ...],
             continue
         if not isinstance(event, dict):
             continue
-        denial = LabEvent(*(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message")))
+        denial = LabEvent(
+            *(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message"))
+        )
         counts[denial.reason or "unknown"] += 1
         recent.append(denial)
     return tuple(reversed(recent)), dict(counts)
@@ -295,7 +297,9 @@ def build_view(
     units = []
     for gpu in inventory.units:
         holders = tuple(
-            _holding(a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity, (groups or {}).get(a.user, ()))
+            _holding(
+                a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity, (groups or {}).get(a.user, ())
+            )
             for a in assigned.get(gpu.id, ())
         )
         if containers is None:
@@ -414,9 +418,9 @@ def reach_from_scopes(
         elif filter_ == "user":
             users.add(viewer)
         elif filter_.startswith("user="):
-            users.add(filter_[len("user="):])
+            users.add(filter_[len("user=") :])
         elif filter_.startswith("group="):
-            groups.add(filter_[len("group="):])
+            groups.add(filter_[len("group=") :])
     if everyone:
         return Reach(everyone=True)
     users.discard("")

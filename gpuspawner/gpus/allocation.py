@@ -232,8 +232,10 @@ def check_quotas(occupancy: Occupancy, request: GPURequest, requester: Requester
         if mine + wanted > _in_slots(limit, k):
             raise NoCapacity(
                 "user_quota",
-                lambda: f"You already hold {_fmt(Fraction(mine, k))} GPU(s) across your servers, and the limit"
-                f" is {_fmt(limit)} per user. Stop one of your servers to start this one.",
+                lambda: (
+                    f"You already hold {_fmt(Fraction(mine, k))} GPU(s) across your servers, and the limit"
+                    f" is {_fmt(limit)} per user. Stop one of your servers to start this one."
+                ),
                 request=request,
             )
     for group in sorted(requester.groups):
@@ -244,9 +246,11 @@ def check_quotas(occupancy: Occupancy, request: GPURequest, requester: Requester
         if used + wanted > _in_slots(quota, k):
             raise NoCapacity(
                 "group_quota",
-                lambda: f"Your group '{group}' is using {_fmt(Fraction(used, k))} of its"
-                f" {_fmt(Fraction(quota).limit_denominator(1000))} GPU(s)."
-                " Try again when a classmate stops a server, or ask your teacher.",
+                lambda: (
+                    f"Your group '{group}' is using {_fmt(Fraction(used, k))} of its"
+                    f" {_fmt(Fraction(quota).limit_denominator(1000))} GPU(s)."
+                    " Try again when a classmate stops a server, or ask your teacher."
+                ),
                 request=request,
             )
 
@@ -364,6 +368,7 @@ def _decide(
         if len(units) >= request.slots:
             chosen = {u.uuid for u in units[: request.slots]}
             return tuple(u for u in inventory if u.uuid in chosen)  # in nvidia-smi's order: CUDA device 0 first
+
     def free() -> tuple[GPU, ...]:
         return tuple(u for u in inventory if u.uuid not in others.holders_of)
 
@@ -542,12 +547,14 @@ class Ledger:
             previous = self._holders.get(holder)
             units = {u.id: u for u in (previous.units if previous else ())}
             units.update((u.id, u) for u in known)
-            self._hold(Assignment(
-                holder,
-                user if user is not None else holder.split("/", 1)[0],
-                # in inventory order; a unit that has since left the inventory goes last
-                tuple(sorted(units.values(), key=lambda u: self._order.get(u.id, len(self._order)))),
-                shared,
-                frozenset(groups),
-            ))
+            self._hold(
+                Assignment(
+                    holder,
+                    user if user is not None else holder.split("/", 1)[0],
+                    # in inventory order; a unit that has since left the inventory goes last
+                    tuple(sorted(units.values(), key=lambda u: self._order.get(u.id, len(self._order)))),
+                    shared,
+                    frozenset(groups),
+                )
+            )
         return unknown

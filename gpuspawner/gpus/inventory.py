@@ -120,7 +120,9 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
             if not isinstance(parent, str) or not parent.startswith("GPU-"):
                 raise InventoryError(f"{where}: field 'parent_uuid': a MIG instance needs its GPU's 'GPU-...' uuid")
             mig_index = entry.get("mig_index")
-            if mig_index is not None and (not isinstance(mig_index, int) or isinstance(mig_index, bool) or mig_index < 0):
+            if mig_index is not None and (
+                not isinstance(mig_index, int) or isinstance(mig_index, bool) or mig_index < 0
+            ):
                 raise InventoryError(f"{where}: field 'mig_index': must be an int >= 0, got {mig_index!r}")
         else:
             if entry.keys() & _MIG_FIELDS:
@@ -157,9 +159,7 @@ def parse_static_inventory(entries: list) -> tuple[GPU, ...]:
 
 def sort_units(units) -> tuple[GPU, ...]:
     """Units in the order nvidia-smi lists them: by GPU index, then MIG index (by node first, if several)."""
-    return tuple(
-        sorted(units, key=lambda g: (g.node, g.index, g.mig_index if g.mig_index is not None else -1, g.uuid))
-    )
+    return tuple(sorted(units, key=lambda g: (g.node, g.index, g.mig_index if g.mig_index is not None else -1, g.uuid)))
 
 
 def check_inventory(units) -> None:
