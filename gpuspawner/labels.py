@@ -1,16 +1,26 @@
 """The labels on every gpuspawner container: the record a restarted hub, the
-``gpuspawner status`` command and the dashboard all read the GPU ledger from."""
+``gpuspawner status`` command, the dashboard and the GPU culler all read.
+
+Labels are written and read only here: :func:`server_labels` writes a
+:class:`ServerRecord`, :func:`read_server` reads one back. A list (units,
+groups) is a JSON array, so that any group name survives a restart
+(``cn=ml,ou=courses`` holds a comma); a comma-separated value written by
+gpuspawner 0.2 still reads.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from .culler.policy import CullRules
 from .gpus.allocation import Ledger, holder_key
 
 USER = "gpuspawner.user"
 SERVER = "gpuspawner.server"
 PROFILE = "gpuspawner.profile"
-GPUS = "gpuspawner.gpus"  # comma-separated unit ids (GPU-... or MIG-...); '' when none
+GPUS = "gpuspawner.gpus"  # the unit ids (GPU-... or MIG-...); '' when none
 SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
 GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
 IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
@@ -18,10 +28,97 @@ IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
 GPU_IDLE_TIMEOUT = "gpuspawner.gpu-idle-timeout"
 MAX_RUNTIME = "gpuspawner.max-runtime"
 JUPYTER_ACTIVITY_GRACE = "gpuspawner.jupyter-activity-grace"
+# Swarm only: the node a service is pinned to, and the home records (Swarm configs).
+NODE = "gpuspawner.node"
+HOME = "gpuspawner.home"
 
 
-def _split(value: str) -> list[str]:
-    return [item for item in (value or "").split(",") if item]
+def encode_list(items: Iterable[str]) -> str:
+    """A list as a label value: a JSON array, '' when empty."""
+    items = list(items)
+    return json.dumps(items, separators=(",", ":")) if items else ""
+
+
+def decode_list(value: str | None) -> tuple[str, ...]:
+    """A label value back as a list: a JSON array, or comma-separated (as gpuspawner 0.2 wrote)."""
+    value = (value or "").strip()
+    if value.startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            return tuple(str(item) for item in items if item != "")
+    return tuple(item for item in value.split(",") if item)
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(float(value or 0), 0.0)
+    except ValueError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What the labels of one server's container say the lab decided for it."""
+
+    user: str
+    server: str = ""
+    profile: str = ""
+    unit_ids: tuple[str, ...] = ()
+    shared: bool = False
+    groups: frozenset[str] = field(default_factory=frozenset)
+    image_digest: str = ""
+    rules: CullRules = CullRules()  # the GPU culler's rules; all 0 on a server without units
+
+    @property
+    def holder(self) -> str:
+        return holder_key(self.user, self.server)
+
+
+def server_labels(record: ServerRecord) -> dict[str, str]:
+    """The labels that record ``record`` on its container (or Swarm service)."""
+    labels = {
+        USER: record.user,
+        SERVER: record.server,
+        PROFILE: record.profile,
+        GPUS: encode_list(record.unit_ids),
+        SHARED: "1" if record.shared else "",
+        GROUPS: encode_list(sorted(record.groups)),
+        IMAGE_DIGEST: record.image_digest,
+    }
+    if record.unit_ids:  # what the GPU culler holds this server to, for as long as it runs
+        labels[GPU_IDLE_TIMEOUT] = f"{record.rules.gpu_idle_timeout:g}"
+        labels[MAX_RUNTIME] = f"{record.rules.max_runtime:g}"
+        labels[JUPYTER_ACTIVITY_GRACE] = f"{record.rules.jupyter_activity_grace:g}"
+    return labels
+
+
+def read_server(labels: dict[str, str] | None) -> ServerRecord | None:
+    """The record in a container's labels; None for a container gpuspawner did not start."""
+    labels = labels or {}
+    if USER not in labels:
+        return None
+    return ServerRecord(
+        user=labels[USER],
+        server=labels.get(SERVER, ""),
+        profile=labels.get(PROFILE, ""),
+        unit_ids=decode_list(labels.get(GPUS)),
+        shared=labels.get(SHARED) == "1",
+        groups=frozenset(decode_list(labels.get(GROUPS))),
+        image_digest=labels.get(IMAGE_DIGEST, ""),
+        rules=CullRules(
+            _seconds(labels.get(GPU_IDLE_TIMEOUT)),
+            _seconds(labels.get(MAX_RUNTIME)),
+            _seconds(labels.get(JUPYTER_ACTIVITY_GRACE)),
+        ),
+    )
+
+
+def with_units(labels: dict[str, str], unit_ids: Iterable[str]) -> dict[str, str]:
+    """``labels`` with the units put in: Swarm assigns them after the labels are written."""
+    return {**labels, GPUS: encode_list(unit_ids)}
 
 
 def adopt_containers(ledger: Ledger, containers: Iterable[dict]) -> list[str]:
@@ -33,18 +130,12 @@ def adopt_containers(ledger: Ledger, containers: Iterable[dict]) -> list[str]:
     """
     warnings = []
     for container in containers:
-        labels = container.get("Labels") or {}
-        unit_ids = _split(labels.get(GPUS, ""))
-        if not unit_ids or USER not in labels:
+        record = read_server(container.get("Labels"))
+        if record is None or not record.unit_ids:
             continue
-        holder = holder_key(labels[USER], labels.get(SERVER, ""))
         unknown = ledger.adopt(
-            holder,
-            unit_ids,
-            user=labels[USER],
-            shared=labels.get(SHARED) == "1",
-            groups=_split(labels.get(GROUPS, "")),
+            record.holder, record.unit_ids, user=record.user, shared=record.shared, groups=record.groups
         )
         if unknown:
-            warnings.append(f"server {holder} holds units not in this inventory: {','.join(unknown)}")
+            warnings.append(f"server {record.holder} holds units not in this inventory: {','.join(unknown)}")
     return warnings

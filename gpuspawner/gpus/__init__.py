@@ -11,6 +11,7 @@ from .allocation import (
     Requester,
     decide,
     holder_key,
+    split_holder,
 )
 from .inventory import GPU, Inventory, InventoryError, parse_static_inventory
 
@@ -29,4 +30,5 @@ __all__ = [
     "decide",
     "holder_key",
     "parse_static_inventory",
+    "split_holder",
 ]

@@ -110,8 +110,14 @@ class Assignment:
 
 
 def holder_key(user: str, server: str = "") -> str:
-    """The ledger key of one user server."""
+    """The ledger key of one user server: ``"alice/"``, ``"alice/big"``."""
     return f"{user}/{server}"
+
+
+def split_holder(holder: str) -> tuple[str, str]:
+    """(user, server) of a ledger key; a JupyterHub user name has no ``/``."""
+    user, _, server = holder.partition("/")
+    return user, server
 
 
 class NoCapacity(Exception):
