@@ -81,9 +81,20 @@ def check_pinned(image: str, allow_unpinned: bool = False) -> None:
     )
 
 
-def _major_minor(version: str) -> tuple[int, int] | None:
+def major_minor(version: str) -> tuple[int, int] | None:
+    """(12, 4) of ``"12.4.1"``; (12, 0) of ``"12"``; None when it is not a version."""
     m = _VERSION.match(version.strip())
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def runs_as_root(image_config: dict) -> bool:
+    """Whether an image's user is root: no user, ``root``, or uid 0 written any way (``0``, ``00``).
+
+    Takes ``inspect_image()["Config"]`` (or the whole ``inspect_image()`` result).
+    """
+    config = image_config.get("Config", image_config) or {}
+    user = (config.get("User") or "").split(":")[0].strip()
+    return user in ("", "root") or (user.isdigit() and int(user) == 0)
 
 
 def declared_cuda(image_config: dict) -> str | None:
@@ -97,7 +108,7 @@ def declared_cuda(image_config: dict) -> str | None:
     labels = config.get("Labels") or {}
     env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
     for value in (labels.get(CUDA_LABEL), env.get(CUDA_ENV), *map(labels.get, OTHER_CUDA_LABELS)):
-        if value and _major_minor(value):
+        if value and major_minor(value):
             return value.strip()
     return None
 
@@ -110,7 +121,7 @@ def cuda_refusal(image: str, image_cuda: str, driver_cuda: str, driver_version: 
     version compatibility" (a 12.8 runtime on a 12.0 driver) is not assumed, since
     PTX JIT and newer APIs fail under it in ways students cannot diagnose.
     """
-    need, have = _major_minor(image_cuda or ""), _major_minor(driver_cuda or "")
+    need, have = major_minor(image_cuda or ""), major_minor(driver_cuda or "")
     if need is None or have is None or have >= need:
         return None
     need_s, have_s = f"{need[0]}.{need[1]}", f"{have[0]}.{have[1]}"

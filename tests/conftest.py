@@ -1,4 +1,4 @@
-"""Fixtures shared by the end-to-end modules."""
+"""Fixtures shared by the test modules, and Hypothesis's profiles."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import os
 import shutil
 
 import pytest
+from hypothesis import settings
+
+# "ci" (the default under tests/run.sh and CI): the same examples every run, and a failing
+# example printed as a blob to reproduce it. "dev": random, for hunting new failures.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
