@@ -18,9 +18,6 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from functools import cached_property
-from importlib.metadata import entry_points
 from textwrap import dedent
 
 import docker
@@ -30,10 +27,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from traitlets import Bool, Float, List, Unicode
-from traitlets.config import Application, Config, PyFileConfigLoader
-from traitlets.utils.importstring import import_item
+from traitlets.config import Application, Config
 
 from .. import labels as label
+from ..config import ConfigError, HubConfig, engine_where, load_hub_config, load_service_config
 from ..gpus import Inventory, Ledger, holder_key
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import ImagePuller, split_reference
@@ -42,111 +39,11 @@ from ..spawner import GPUSpawner
 from . import checks, output, probe
 from .checks import FAIL, FAILED, PRESENT, PULLED, WARN, BuildRefused, Finding, HubContext, PullResult
 
-
-class CommandError(Exception):
-    """The command cannot run at all (no config file, no engine): exit status 2."""
-
-
-# --- the hub's config --------------------------------------------------------------------------
-
-
-@dataclass
-class Lab:
-    """The hub as its config describes it: a GPUSpawner built from ``jupyterhub_config.py``."""
-
-    config_file: str  # '' when no file was found and hub defaults are used
-    spawner: GPUSpawner
-    spawner_problem: str = ""  # the config does not make gpuspawner the hub's spawner
-    notes: list[str] = field(default_factory=list)
-
-    @cached_property
-    def profiles(self) -> tuple[Profile, ...]:
-        """Every profile, validated and pinned as the hub does; raises ``ProfileError``."""
-        return self.spawner.lab_profiles
-
-    @cached_property
-    def inventory(self) -> Inventory:
-        """The units the hub hands out (its own rule: static list, NVML, or auto)."""
-        return self.spawner.load_inventory()
-
-    @property
-    def driver_cuda(self) -> str:
-        """The highest CUDA the driver supports, as the hub decides it (NVML, else config)."""
-        return self.inventory.cuda_version or self.spawner.driver_cuda_version
-
-    def docker(self) -> docker.APIClient:
-        """A client of the hub's engine (DOCKER_HOST, ``client_kwargs``, ``tls_config``)."""
-        try:
-            client = self.spawner.new_docker_client()  # version "auto": it asks the engine at once
-            client.ping()
-        except (docker.errors.DockerException, OSError) as e:
-            raise CommandError(f"no Docker engine answers at {engine_where(self.spawner)}: {e}") from None
-        return client
-
-
-def engine_where(spawner: GPUSpawner) -> str:
-    """The engine the hub talks to, as the admin wrote it (client_kwargs, else DOCKER_HOST)."""
-    return (
-        (spawner.client_kwargs or {}).get("base_url") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    )
-
-
-def _spawner_class(config: Config) -> tuple[type[GPUSpawner], str]:
-    """The config's spawner class when it is a GPUSpawner, else GPUSpawner and what is wrong."""
-    value = config.JupyterHub.get("spawner_class")
-    if value is None:
-        return GPUSpawner, "c.JupyterHub.spawner_class is not set: the hub would not use gpuspawner"
-    cls = value
-    if isinstance(value, str):
-        try:
-            found = entry_points(group="jupyterhub.spawners", name=value)
-            cls = next(iter(found)).load() if found else import_item(value)
-        except Exception as e:  # noqa: BLE001 - whatever the import raises, it is the config's problem
-            return GPUSpawner, f"c.JupyterHub.spawner_class = {value!r} cannot be loaded: {e}"
-    if isinstance(cls, type) and issubclass(cls, GPUSpawner):
-        return cls, ""
-    return GPUSpawner, f"c.JupyterHub.spawner_class is {value!r}, not gpuspawner's GPUSpawner ('gpu')"
-
-
-def load_lab(path: str, explicit: bool = True, overrides: Config | None = None, log=None) -> Lab:
-    """Read the hub's config file as JupyterHub does, and build its spawner from it.
-
-    A missing file is an error when it was named (``explicit``); otherwise the
-    hub's defaults are used, with a note. ``overrides`` (``--GPUSpawner.x=y``)
-    apply on top. Raises ``CommandError`` when the file or the spawner's config
-    is broken; profile errors are left for ``Lab.profiles`` to raise.
-    """
-    notes = []
-    if os.path.exists(path):
-        folder, name = os.path.split(os.path.abspath(path))
-        try:
-            config = PyFileConfigLoader(name, path=folder).load_config()
-        except Exception as e:  # noqa: BLE001 - a config file can raise anything
-            raise CommandError(f"{path} does not load: {type(e).__name__}: {e}") from None
-        config_file = path
-    elif explicit:
-        raise CommandError(f"no config file {path}: name the hub's config with -f")
-    else:
-        config, config_file = Config(), ""
-        notes.append(f"no {path} in {os.getcwd()}: using the hub's defaults (name the hub's config with -f)")
-    if overrides:
-        config.merge(overrides)
-    cls, problem = _spawner_class(config)
-    try:
-        spawner = cls(config=config, **({"log": log} if log else {}))
-    except Exception as e:  # noqa: BLE001 - traitlets' validation errors name the option
-        raise CommandError(f"{path}: {e}") from None
-    return Lab(config_file, spawner, problem if config_file else "", notes)
-
-
-def load_service_lab(app: Application, path: str) -> Lab:
-    """The hub's lab for a hub-managed service (the dashboard, the culler): its config file
-    ``path``, an error only when it was named with -f; notes go to the service's log."""
-    explicit = any(isinstance(v, dict) and "hub_config" in v for v in app.config.values())
-    lab = load_lab(path, explicit, log=app.log)
-    for note in lab.notes:
-        app.log.warning(note)
-    return lab
+# The old names, for code written before gpuspawner.config.
+CommandError = ConfigError
+Lab = HubConfig
+load_lab = load_hub_config
+load_service_lab = load_service_config
 
 
 # --- the commands ------------------------------------------------------------------------------

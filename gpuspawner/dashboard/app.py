@@ -28,7 +28,7 @@ from tornado.httpclient import HTTPClientError
 from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
-from ..cli import CommandError, load_service_lab
+from ..config import ConfigError, load_service_config
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
@@ -207,7 +207,7 @@ class GPUDashboard(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
-        lab = load_service_lab(self, self.hub_config)
+        lab = load_service_config(self, self.hub_config)
         spawner = lab.spawner
         if not self.denials_file and "denials_file" not in self.config.get("GPUDashboard", {}):
             self.denials_file = spawner.denials_file
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = GPUDashboard.instance()
         app.initialize(argv)
-    except CommandError as e:
+    except ConfigError as e:
         print(f"gpuspawner-dashboard: {e}", file=sys.stderr)
         return 2
     app.start()
