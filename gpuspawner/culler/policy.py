@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..traits import format_duration
+from ..quantities import format_duration
 
 GPU_IDLE = "gpu_idle"
 MAX_RUNTIME = "max_runtime"

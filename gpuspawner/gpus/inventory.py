@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..traits import format_bytes, is_mig_profile, parse_bytes
+from ..quantities import format_bytes, is_mig_profile, parse_bytes
 
 
 @dataclass(frozen=True)
