@@ -1,7 +1,6 @@
 """GPU culling: the rules with an injected clock and usage, processes placed in containers,
 the stops file, the culler's arbiter, and what the spawner does with a stop."""
 
-import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -240,19 +239,12 @@ class Usage:
         return self.readings
 
 
-def container(user, server_name, units, idle="1800", runtime="0", cid=ME):
-    return {
-        "Id": cid,
-        "Labels": {
-            label.USER: user,
-            label.SERVER: server_name,
-            label.GPUS: ",".join(units),
-            label.PROFILE: "gpu",
-            label.GPU_IDLE_TIMEOUT: idle,
-            label.MAX_RUNTIME: runtime,
-            label.JUPYTER_ACTIVITY_GRACE: "0",
-        },
-    }
+def container(user, server_name, units, idle=1800, runtime=0, cid=ME):
+    """A container as the spawner labels it (labels.server_labels)."""
+    record = label.ServerRecord(
+        user, server_name, "gpu", tuple(units), rules=CullRules(gpu_idle_timeout=idle, max_runtime=runtime)
+    )
+    return {"Id": cid, "Labels": label.server_labels(record)}
 
 
 def test_gpu_servers_from_labels():
@@ -260,18 +252,37 @@ def test_gpu_servers_from_labels():
         [
             container("alice", "", ["GPU-0"]),
             container("bob", "x", [], cid=OTHER),
-            {"Id": "c", "Labels": {label.GPUS: "GPU-1"}},
+            {"Id": "c", "Labels": {label.GPUS: '["GPU-1"]'}},
         ]
     )
     assert list(found) == ["alice/"]
     assert found["alice/"].rules == CullRules(1800, 0, 0) and found["alice/"].profile == "gpu"
 
 
-def culler(tmp_path, containers, readings, **config):
+def test_gpu_servers_read_the_lists_gpuspawner_0_2_wrote():
+    """Labels written before units were a JSON array still read: a culler upgraded under running servers."""
+    labels = {**container("alice", "", ["GPU-0", "GPU-1"])["Labels"], label.GPUS: "GPU-0,GPU-1"}
+    assert gpu_servers([{"Id": ME, "Labels": labels}])["alice/"].units == ("GPU-0", "GPU-1")
+
+
+class Clock:
+    """The culler's clock in a test: it moves only when the test moves it."""
+
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def culler(tmp_path, containers, readings, clock=None, **config):
     hub_config = tmp_path / "jupyterhub_config.py"
     hub_config.write_text(f"c.GPUSpawner.stops_file = {str(tmp_path / 'stops.jsonl')!r}\n")
     GPUCuller.clear_instance()
-    app = GPUCuller(usage_source=Usage(readings), **config)
+    app = GPUCuller(usage_source=Usage(readings), clock=clock or Clock(), **config)
     app.initialize(["-f", str(hub_config)])
     app.new_docker_client = lambda: type("D", (), {"containers": lambda self, filters: containers})()
     return app
@@ -282,34 +293,66 @@ def hub_server(full_name, started, last_activity):
 
 
 async def test_the_arbiter_stops_an_idle_gpu_server_records_why_and_leaves_cpu_servers(tmp_path):
-    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle="1")], {"GPU-0": IDLE}, cull_every=1)
-    now = datetime.now(timezone.utc)
+    clock = Clock()
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle=1)], {"GPU-0": IDLE}, clock, cull_every=1)
+    now = clock()
     alice = hub_server("alice/", now - timedelta(hours=1), now)
     carol = hub_server("carol/", now - timedelta(days=3), now - timedelta(days=3))  # CPU only, long inactive
     args = {"inactive": timedelta(0), "inactive_limit": 0}
     assert await app.arbiter(server=alice, **args) is False  # first round: the idle clock starts
     assert await app.arbiter(server=carol, inactive=timedelta(days=3), inactive_limit=0) is False
-    await asyncio.sleep(1.1)
+    clock.advance(0.5)  # the same round still: not yet idle for the timeout
+    assert await app.arbiter(server=alice, **args) is False
+    clock.advance(0.6)  # the next round, 1.1 s after the first
     assert await app.arbiter(server=alice, **args) is True
     (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert (record["user"], record["container"], record["reason"]) == ("alice", ME, GPU_IDLE)
     assert record["message"] == "stopped after 1 second without GPU use"
+    assert record["time"] == (T0 + timedelta(seconds=1.1)).isoformat(timespec="seconds")  # the culler's clock
+
+
+async def test_a_round_is_read_once_and_again_when_stale_or_the_clock_goes_back(tmp_path):
+    """Every server of a round shares one reading of Docker and NVML; the next round reads afresh,
+    and so does a round after the system clock was set back."""
+    reads = []
+
+    class Counting(Usage):
+        def read(self):
+            reads.append(1)
+            return super().read()
+
+    clock = Clock()
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"])], {"GPU-0": BUSY}, clock, cull_every=10)
+    app.usage_source = Counting({"GPU-0": BUSY})
+    alice = hub_server("alice/", clock(), clock())
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    for _ in range(3):
+        await app.arbiter(server=alice, **args)
+    assert len(reads) == 1
+    clock.advance(5.1)  # fresh for min(5, cull_every / 2) seconds
+    await app.arbiter(server=alice, **args)
+    assert len(reads) == 2
+    clock.advance(-60)
+    await app.arbiter(server=alice, **args)
+    assert len(reads) == 3
 
 
 async def test_the_arbiter_keeps_servers_when_usage_cannot_be_read(tmp_path):
-    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle="0.1")], RuntimeError("NVML gone"), cull_every=1)
-    now = datetime.now(timezone.utc)
+    clock = Clock()
+    gone = RuntimeError("NVML gone")
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"], idle=0.1)], gone, clock, cull_every=1)
+    now = clock()
     for _ in range(3):
         assert (
             await app.arbiter(server=hub_server("alice/", now, now), inactive=timedelta(0), inactive_limit=0) is False
         )
-        await asyncio.sleep(0.15)
+        clock.advance(0.6)  # a new round each time (fresh for half of cull_every)
 
 
 async def test_jupyter_idle_culling_is_off_unless_a_timeout_is_given(tmp_path):
     app = culler(tmp_path, [], {}, timeout=600)
-    now = datetime.now(timezone.utc)
+    now = T0
     cpu = hub_server("carol/", now, now)
     assert await app.arbiter(server=cpu, inactive=timedelta(seconds=601), inactive_limit=600) is True
     assert await app.arbiter(server=cpu, inactive=timedelta(seconds=599), inactive_limit=600) is False
@@ -479,9 +522,10 @@ async def test_a_node_local_culler_judges_only_its_nodes_servers_and_records_the
             task("c" * 64, "cem", service="u" * 25),
         ]
     )  # no GPU, on this node
-    app = culler(tmp_path, [], {"GPU-0": IDLE, "GPU-1": BUSY}, cull_every=1, node_local=True, timeout=600)
+    clock = Clock()
+    app = culler(tmp_path, [], {"GPU-0": IDLE, "GPU-1": BUSY}, clock, cull_every=1, node_local=True, timeout=600)
     app.new_docker_client = lambda: engine
-    now = datetime.now(timezone.utc)
+    now = clock()
     args = {"inactive": timedelta(0), "inactive_limit": 600}
     assert await app.arbiter(server=hub_server("alice/", now, now), **args) is False  # the idle clock starts
     # Another node's server, however idle in Jupyter and on GPUs: its own node's culler judges it.
@@ -489,7 +533,7 @@ async def test_a_node_local_culler_judges_only_its_nodes_servers_and_records_the
     assert await app.arbiter(server=away, inactive=timedelta(days=3), inactive_limit=600) is False
     # A CPU server on this node: the Jupyter inactivity rule still applies here.
     assert await app.arbiter(server=hub_server("cem/", now, now), inactive=timedelta(days=3), inactive_limit=600)
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     assert await app.arbiter(server=hub_server("alice/", now, now), **args) is True
     assert await app.arbiter(server=hub_server("bob/", now, now), **args) is False  # busy
     (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
@@ -503,9 +547,10 @@ async def test_a_node_local_culler_judges_nothing_while_its_engine_cannot_be_rea
         def containers(self, filters):
             raise ConnectionError("engine down")
 
-    app = culler(tmp_path, [], {"GPU-0": IDLE}, cull_every=1, node_local=True, timeout=1)
+    clock = Clock()
+    app = culler(tmp_path, [], {"GPU-0": IDLE}, clock, cull_every=1, node_local=True, timeout=1)
     app.new_docker_client = Down
-    now = datetime.now(timezone.utc)
+    now = clock()
     old = hub_server("alice/", now - timedelta(days=1), now - timedelta(days=1))
     assert await app.arbiter(server=old, inactive=timedelta(days=1), inactive_limit=1) is False
 
@@ -553,14 +598,23 @@ def test_real_gpu_a_busy_process_is_use_and_an_idle_context_is_not(tmp_path):
 
     script = tmp_path / "load.py"
     script.write_text(LOAD + "\ntime.sleep(float(sys.argv[2]))\n")  # then idle, context still held
-    child = subprocess.Popen([_sys.executable, str(script), "12", "25"], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([_sys.executable, str(script), "12", "60"], stdout=subprocess.PIPE, text=True)
+
+    def reading_of_child(in_use: bool, timeout: float):
+        """The child's unit once NVML's reading of it says ``in_use`` (its samples lag the load)."""
+        deadline = _time.monotonic() + timeout
+        while True:
+            assert child.poll() is None, "the load process ended early"
+            found = [(u, r) for u, r in source.read().items() if r.processes and child.pid in r.processes]
+            if found and unit_in_use(found[0][1], "", busy_threshold=5) is in_use:
+                return found[0]
+            assert _time.monotonic() < deadline, f"no {'busy' if in_use else 'idle'} reading in {timeout} s: {found}"
+            _time.sleep(0.5)
+
     try:
         assert child.stdout.readline().strip() == "ready"
         source = NVMLUsage()
-        _time.sleep(4)
-        busy = source.read()
-        (unit,) = [u for u, r in busy.items() if r.processes and child.pid in r.processes]
-        reading = busy[unit]
+        unit, reading = reading_of_child(in_use=True, timeout=30)
         print("busy:", unit, reading)
         assert reading.processes[child.pid] == ""  # a host process: no container
         assert reading.utilization is None or reading.utilization >= 50
@@ -568,10 +622,10 @@ def test_real_gpu_a_busy_process_is_use_and_an_idle_context_is_not(tmp_path):
             assert reading.process_utilization.get(child.pid, 0) >= 5
         assert unit_in_use(reading, "", busy_threshold=5)
         assert not unit_in_use(reading, ME, busy_threshold=5)  # not a container's use
-        _time.sleep(12 + 11)  # the load ends, the 10 s per-process window passes; the context stays
-        idle = source.read()[unit]
-        print("idle:", unit, idle)
-        assert child.pid in (idle.processes or {})
+        # The load ends after 12 s and the 10 s per-process window passes; the context stays.
+        idle_unit, idle = reading_of_child(in_use=False, timeout=45)
+        print("idle:", idle_unit, idle)
+        assert idle_unit == unit and child.pid in (idle.processes or {})
         assert not unit_in_use(idle, "", busy_threshold=5)
     finally:
         child.kill()

@@ -26,50 +26,40 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from textwrap import dedent
 
 from jupyterhub_idle_culler import IdleCuller, parse_date
-from traitlets import Any, Bool, Int, Unicode, default
+from traitlets import Any, Bool, Callable, Int, Unicode, default
 
 from .. import labels as label
-from ..cli import CommandError, load_service_lab
-from .policy import CullRules, GPUServer, IdleClocks, UnitReading
+from ..config import ConfigError, load_service_config
+from .policy import GPUServer, IdleClocks, UnitReading
 from .records import record_stop
 from .usage import FileUsage, NVMLUsage
 
 
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value or 0))
-    except ValueError:
-        return 0.0
+def utcnow() -> datetime:
+    """The culler's clock by default: the time now, in UTC."""
+    return datetime.now(timezone.utc)
 
 
 def gpu_servers(containers: list[dict]) -> dict[str, GPUServer]:
     """{"user/server": GPUServer} for the containers that hold GPUs, from their labels."""
     servers = {}
     for c in containers:
-        labels = c.get("Labels") or {}
-        units = tuple(u for u in (labels.get(label.GPUS) or "").split(",") if u)
-        if not units or label.USER not in labels:
+        record = label.read_server(c.get("Labels"))
+        if record is None or not record.unit_ids:
             continue
-        rules = CullRules(
-            gpu_idle_timeout=_seconds(labels.get(label.GPU_IDLE_TIMEOUT)),
-            max_runtime=_seconds(labels.get(label.MAX_RUNTIME)),
-            jupyter_activity_grace=_seconds(labels.get(label.JUPYTER_ACTIVITY_GRACE)),
-        )
-        key = f"{labels[label.USER]}/{labels.get(label.SERVER, '')}"
-        servers[key] = GPUServer(
-            user=labels[label.USER],
-            server=labels.get(label.SERVER, ""),
+        servers[record.holder] = GPUServer(
+            user=record.user,
+            server=record.server,
             container=c.get("Id", ""),
-            units=units,
-            rules=rules,
+            units=record.unit_ids,
+            rules=record.rules,
             started=None,  # the hub's start time, from its server model
-            profile=labels.get(label.PROFILE, ""),
+            profile=record.profile,
         )
     return servers
 
@@ -85,15 +75,13 @@ def task_container(inspected: dict, prefix: str = "NVIDIA-") -> dict:
     environment as ``DOCKER_RESOURCE_<KIND>=<id>[,<id>...]``, one variable a kind.
     """
     config = inspected.get("Config") or {}
-    labels = dict(config.get("Labels") or {})
     units = []
     want = "DOCKER_RESOURCE_" + prefix.upper()
     for entry in config.get("Env") or ():
         name, _, value = entry.partition("=")
         if name.upper().startswith(want):
-            units.extend(u for u in value.split(",") if u)
-    labels[label.GPUS] = ",".join(units)
-    return {"Id": inspected.get("Id", ""), "Labels": labels}
+            units.extend(u for u in value.split(",") if u)  # Docker's list, not a label
+    return {"Id": inspected.get("Id", ""), "Labels": label.with_units(config.get("Labels") or {}, units)}
 
 
 class GPUCuller(IdleCuller):
@@ -139,6 +127,14 @@ class GPUCuller(IdleCuller):
     ).tag(config=True)
     cull_every = Int(min=1, help="Seconds between rounds: how often GPU usage is read.").tag(config=True)
     usage_source = Any(help="What reads GPU usage (``.read() -> {unit: UnitReading}``); default from usage_file.")
+    clock = Callable(
+        utcnow,
+        help="""The time now, as an aware datetime (default: the system's, in UTC).
+
+        Every decision of a round reads it: when a server's GPUs were first seen
+        idle, how long it ran, whether its last round's reading is still fresh.
+        Tests pass a clock they move forward, so that no test waits.""",
+    )
     node_local = Bool(
         False,
         help="""Run on one Docker Swarm node and judge only the servers running there.
@@ -186,15 +182,15 @@ class GPUCuller(IdleCuller):
 
     def initialize(self, argv=None):
         super().initialize(argv)
-        lab = load_service_lab(self, self.hub_config)
+        hub = load_service_config(self, self.hub_config)
         if "stops_file" not in self.config.get("GPUCuller", {}):
-            self.stops_file = lab.spawner.stops_file
-        self.new_docker_client = self._local_client if self.node_local else lab.spawner.new_docker_client
+            self.stops_file = hub.spawner.stops_file
+        self.new_docker_client = self._local_client if self.node_local else hub.spawner.new_docker_client
         self._local: set[str] = set()  # with node_local: "user/server" of every gpuspawner server on this node
         self._record_as: dict[str, str] = {}  # container id -> the id the hub's spawner knows (a service's)
         self.clocks = IdleClocks(busy_threshold=self.busy_threshold)
         self._docker = None
-        self._round: tuple[float, dict[str, GPUServer], dict[str, UnitReading]] | None = None
+        self._round: tuple[datetime, dict[str, GPUServer], dict[str, UnitReading]] | None = None
         self._round_lock = asyncio.Lock()
         self._usage_error = ""
 
@@ -221,7 +217,7 @@ class GPUCuller(IdleCuller):
                     found.append(task_container(self._docker.inspect_container(c["Id"]), self.gpu_resource_prefix))
                 except Exception as e:  # noqa: BLE001 - gone since listed
                     self.log.debug("Container %s: %s", c["Id"][:12], e)
-            self._local = {f"{x['Labels'][label.USER]}/{x['Labels'].get(label.SERVER, '')}" for x in found}
+            self._local = {record.holder for x in found if (record := label.read_server(x["Labels"]))}
             self._record_as = {c["Id"]: (c.get("Labels") or {}).get(SWARM_SERVICE, c["Id"]) for c in listed}
             return found
         except Exception:
@@ -232,7 +228,9 @@ class GPUCuller(IdleCuller):
     async def _view(self) -> tuple[dict[str, GPUServer], dict[str, UnitReading]]:
         async with self._round_lock:
             fresh_for = min(5.0, self.cull_every / 2)
-            if self._round is None or time.monotonic() - self._round[0] > fresh_for:
+            now = self.clock()
+            # A clock set back (age < 0) also makes the last round stale.
+            if self._round is None or not 0 <= (now - self._round[0]).total_seconds() <= fresh_for:
                 try:
                     servers = gpu_servers(await asyncio.to_thread(self._containers))
                 except Exception as e:  # noqa: BLE001 - no engine: no GPU server judged this round
@@ -249,7 +247,8 @@ class GPUCuller(IdleCuller):
                     self._usage_error = error
                     readings = {}
                 self.clocks.forget_others(servers.values())
-                self._round = (time.monotonic(), servers, readings)
+                self.log.debug("GPU round: %d GPU server(s), usage of %d unit(s)", len(servers), len(readings))
+                self._round = (now, servers, readings)
             return self._round[1], self._round[2]
 
     async def arbiter(self, *, inactive, inactive_limit, server, **kwargs) -> bool:
@@ -259,7 +258,7 @@ class GPUCuller(IdleCuller):
             return False  # another node's server: its own culler judges it
         found = servers.get(server.get("full_name", ""))
         if found is not None and found.rules.active:
-            now = datetime.now(timezone.utc)
+            now = self.clock()
             started = parse_date(server["started"]) if server.get("started") else None
             last_activity = parse_date(server["last_activity"]) if server.get("last_activity") else None
             gpu_server = replace(found, started=started)
@@ -276,6 +275,7 @@ class GPUCuller(IdleCuller):
                             container=self._record_as.get(found.container, found.container),
                             reason=verdict.reason,
                             message=verdict.message,
+                            now=now,
                         )
                     except OSError as e:
                         self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
@@ -286,7 +286,7 @@ class GPUCuller(IdleCuller):
 
     def start(self):
         if "JUPYTERHUB_API_TOKEN" not in os.environ:
-            raise CommandError(
+            raise ConfigError(
                 "no JUPYTERHUB_API_TOKEN: run the culler as a hub-managed service"
                 " (or, with --node-local, give it the token of its external service)"
             )
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         app = GPUCuller.instance()
         app.initialize(argv)
         app.start()
-    except CommandError as e:
+    except ConfigError as e:
         print(f"gpuspawner-culler: {e}", file=sys.stderr)
         return 2
     return 0
