@@ -1,5 +1,6 @@
 """The allocation core: decisions, messages, quotas, and the promise under random sequences."""
 
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -7,8 +8,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
-from gpuspawner.gpus.allocation import decide
+from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key, split_holder
+from gpuspawner.gpus.allocation import Occupancy, availability, decide
+from gpuspawner.labels import ServerRecord, adopt_containers, server_labels
 
 GiB = 1024**3
 
@@ -37,23 +39,30 @@ def ids(assignment):
     return [u.id for u in assignment.units]
 
 
+def take(ledger, holder, request, requester=None, **where):
+    """``ledger.assign``, with ``request`` a number of whole GPUs and the requester the holder's user by default."""
+    if isinstance(request, int):
+        request = GPURequest(count=request)
+    return ledger.assign(holder, request, requester or Requester(split_holder(holder)[0]), **where)
+
+
 def test_assign_lowest_free_and_release():
     ledger = Ledger(inventory(3))
-    assert ids(ledger.assign("alice/", 1)) == ["GPU-0000"]
-    assert ids(ledger.assign("bob/", 2)) == ["GPU-0001", "GPU-0002"]
+    assert ids(take(ledger, "alice/", 1)) == ["GPU-0000"]
+    assert ids(take(ledger, "bob/", 2)) == ["GPU-0001", "GPU-0002"]
     assert ledger.free() == ()
     with pytest.raises(NoCapacity) as e:
-        ledger.assign("carol/", 1)
+        take(ledger, "carol/", 1)
     assert e.value.reason == "no_gpu"
     assert e.value.message == "Needs 1 whole GPU: all 3 NVIDIA A100-SXM4-80GB GPUs are taken (3/3 in use)."
     assert ledger.assignment("carol/") is None
     ledger.release("alice/")
-    assert ids(ledger.assign("carol/", 1)) == ["GPU-0000"]
+    assert ids(take(ledger, "carol/", 1)) == ["GPU-0000"]
 
 
 def test_zero_gpus_holds_nothing():
     ledger = Ledger(inventory(1))
-    assert ledger.assign("alice/", 0).units == ()
+    assert take(ledger, "alice/", 0).units == ()
     assert ledger.assignments() == ()
 
 
@@ -69,14 +78,14 @@ def test_zero_gpus_holds_nothing():
 )
 def test_impossible_requests_say_why(units, request_, message):
     with pytest.raises(NoCapacity, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Ledger(units).assign("alice/", request_)
+        take(Ledger(units), "alice/", request_)
 
 
 def test_message_names_what_else_is_free():
     ledger = Ledger([whole(0), mig(1, 0), mig(1, 1)])
-    ledger.assign("alice/", 1)
+    take(ledger, "alice/", 1)
     with pytest.raises(NoCapacity) as e:
-        ledger.assign("bob/", 1)
+        take(ledger, "bob/", 1)
     assert (
         "all 1 NVIDIA A100-SXM4-80GB GPUs are taken (1/1 in use). Free now: 2 MIG 1g.10gb instances." in e.value.message
     )
@@ -84,16 +93,16 @@ def test_message_names_what_else_is_free():
 
 def test_reassign_gives_up_the_old_units_first():
     ledger = Ledger(inventory(2))
-    ledger.assign("alice/", 2)
-    assert ids(ledger.assign("alice/", 1)) == ["GPU-0000"]
+    take(ledger, "alice/", 2)
+    assert ids(take(ledger, "alice/", 1)) == ["GPU-0000"]
     assert [g.index for g in ledger.free()] == [1]
 
 
 def test_failed_assign_releases_the_previous_one():
     ledger = Ledger(inventory(1))
-    ledger.assign("alice/", 1)
+    take(ledger, "alice/", 1)
     with pytest.raises(NoCapacity):
-        ledger.assign("alice/", 2)
+        take(ledger, "alice/", 2)
     assert ledger.assignment("alice/") is None
 
 
@@ -105,15 +114,15 @@ def test_constraints_model_memory_and_mig_profile():
         mig(2, 1, "3g.40gb", 40 * GiB),
     ]
     ledger = Ledger(units)
-    assert ids(ledger.assign("a/", GPURequest(count=1, model="a100"))) == ["GPU-0001"]
+    assert ids(take(ledger, "a/", GPURequest(count=1, model="a100"))) == ["GPU-0001"]
     ledger.release("a/")
-    assert ids(ledger.assign("a/", GPURequest(count=1, min_memory=20 * GiB))) == ["GPU-0001"]
-    assert ids(ledger.assign("b/", GPURequest(count=1, kind="mig", mig_profile="3g.40gb"))) == ["MIG-2-1"]
-    assert ids(ledger.assign("c/", GPURequest(count=1, kind="mig"))) == ["MIG-2-0"]
+    assert ids(take(ledger, "a/", GPURequest(count=1, min_memory=20 * GiB))) == ["GPU-0001"]
+    assert ids(take(ledger, "b/", GPURequest(count=1, kind="mig", mig_profile="3g.40gb"))) == ["MIG-2-1"]
+    assert ids(take(ledger, "c/", GPURequest(count=1, kind="mig"))) == ["MIG-2-0"]
     # 'any' takes the smallest unit that fits: the most room left for others
     ledger.release("c/")
-    assert ids(ledger.assign("d/", GPURequest(count=1, kind="any"))) == ["MIG-2-0"]
-    assert ids(ledger.assign("e/", GPURequest(count=1, kind="any", min_memory=12 * GiB))) == ["GPU-0000"]
+    assert ids(take(ledger, "d/", GPURequest(count=1, kind="any"))) == ["MIG-2-0"]
+    assert ids(take(ledger, "e/", GPURequest(count=1, kind="any", min_memory=12 * GiB))) == ["GPU-0000"]
 
 
 def test_pack_fills_a_used_gpu_spread_prefers_an_idle_one():
@@ -121,65 +130,65 @@ def test_pack_fills_a_used_gpu_spread_prefers_an_idle_one():
     request = GPURequest(count=1, kind="mig")
     packed = Ledger(units, Policy(placement="pack"))
     packed.adopt("x/", ["MIG-1-0"])
-    assert ids(packed.assign("a/", request)) == ["MIG-1-1"]
+    assert ids(take(packed, "a/", request)) == ["MIG-1-1"]
     spread = Ledger(units, Policy(placement="spread"))
     spread.adopt("x/", ["MIG-1-0"])
-    assert ids(spread.assign("a/", request)) == ["MIG-0-0"]
+    assert ids(take(spread, "a/", request)) == ["MIG-0-0"]
 
 
 def test_shared_slots_up_to_k_and_never_with_an_exclusive_holder():
     ledger = Ledger(inventory(2), Policy(share_limit=3))
     slot = GPURequest(shared=True)
-    got = [ids(ledger.assign(f"s{i}/", slot)) for i in range(3)]
+    got = [ids(take(ledger, f"s{i}/", slot)) for i in range(3)]
     assert got == [["GPU-0000"]] * 3  # pack: join the fullest shared GPU
-    assert ids(ledger.assign("s3/", slot)) == ["GPU-0001"]
+    assert ids(take(ledger, "s3/", slot)) == ["GPU-0001"]
     with pytest.raises(NoCapacity, match="Needs 1 whole GPU: all 2"):
-        ledger.assign("whole/", 1)  # GPU 1 is shared now: not handed out whole
+        take(ledger, "whole/", 1)  # GPU 1 is shared now: not handed out whole
     ledger.release("s3/")
-    assert ids(ledger.assign("whole/", 1)) == ["GPU-0001"]
+    assert ids(take(ledger, "whole/", 1)) == ["GPU-0001"]
     with pytest.raises(NoCapacity, match="full or held whole"):
-        ledger.assign("s4/", slot)
+        take(ledger, "s4/", slot)
 
 
 def test_spread_shares_across_gpus():
     ledger = Ledger(inventory(2), Policy(placement="spread", share_limit=4))
     slot = GPURequest(shared=True)
-    assert [ids(ledger.assign(f"s{i}/", slot)) for i in range(3)] == [["GPU-0000"], ["GPU-0001"], ["GPU-0000"]]
+    assert [ids(take(ledger, f"s{i}/", slot)) for i in range(3)] == [["GPU-0000"], ["GPU-0001"], ["GPU-0000"]]
 
 
 def test_user_quota_counts_all_named_servers_and_exempts_admins():
     ledger = Ledger(inventory(4), Policy(max_gpus_per_user=2))
     alice = Requester("alice")
-    ledger.assign(holder_key("alice", "one"), 1, alice)
-    ledger.assign(holder_key("alice", "two"), 1, alice)
+    take(ledger, holder_key("alice", "one"), 1, alice)
+    take(ledger, holder_key("alice", "two"), 1, alice)
     with pytest.raises(NoCapacity) as e:
-        ledger.assign(holder_key("alice", "three"), 1, alice)
+        take(ledger, holder_key("alice", "three"), 1, alice)
     assert e.value.reason == "user_quota"
     assert "You already hold 2 GPU(s) across your servers, and the limit is 2 per user" in e.value.message
     # restarting one of them is not more
-    assert ids(ledger.assign(holder_key("alice", "two"), 1, alice)) == ["GPU-0001"]
-    ledger.assign(holder_key("alice", "three"), 1, Requester("alice", exempt=True))
+    assert ids(take(ledger, holder_key("alice", "two"), 1, alice)) == ["GPU-0001"]
+    take(ledger, holder_key("alice", "three"), 1, Requester("alice", exempt=True))
 
 
 def test_group_quota_is_the_course_cap():
     ledger = Ledger(inventory(4), Policy(group_quotas={"ml101": 2}, share_limit=4))
     student = lambda name: Requester(name, frozenset({"ml101", "students"}))  # noqa: E731
-    ledger.assign("a/", 1, student("a"))
-    ledger.assign("b/", GPURequest(shared=True), student("b"))  # a shared slot counts 1/4
-    ledger.assign("c/", GPURequest(shared=True), student("c"))
+    take(ledger, "a/", 1, student("a"))
+    take(ledger, "b/", GPURequest(shared=True), student("b"))  # a shared slot counts 1/4
+    take(ledger, "c/", GPURequest(shared=True), student("c"))
     with pytest.raises(NoCapacity) as e:
-        ledger.assign("d/", 1, student("d"))
+        take(ledger, "d/", 1, student("d"))
     assert e.value.reason == "group_quota"
     assert "Your group 'ml101' is using 1.5 of its 2 GPU(s)" in e.value.message
-    ledger.assign("d/", GPURequest(shared=True), student("d"))
-    ledger.assign("e/", 1, Requester("e", frozenset({"research"})))  # other groups are not capped
+    take(ledger, "d/", GPURequest(shared=True), student("d"))
+    take(ledger, "e/", 1, Requester("e", frozenset({"research"})))  # other groups are not capped
 
 
 def test_adopt_after_restart_and_unknown_ids():
     ledger = Ledger(inventory(2))
     assert ledger.adopt("alice/", ["GPU-0001", "GPU-9999"]) == ("GPU-9999",)
     assert [g.index for g in ledger.free()] == [0]
-    assert ids(ledger.assign("bob/", 1)) == ["GPU-0000"]
+    assert ids(take(ledger, "bob/", 1)) == ["GPU-0000"]
 
 
 def test_adopted_double_holding_stays_out_of_the_pool():
@@ -187,25 +196,163 @@ def test_adopted_double_holding_stays_out_of_the_pool():
     ledger.adopt("alice/", ["GPU-0000"])
     ledger.adopt("bob/", ["GPU-0000"])
     ledger.release("alice/")
-    assert ids(ledger.assign("carol/", 1)) == ["GPU-0001"]
+    assert ids(take(ledger, "carol/", 1)) == ["GPU-0001"]
 
 
 def test_can_fit_reports_without_recording():
     ledger = Ledger(inventory(1))
     assert ledger.can_fit(GPURequest(count=1), Requester("a")) is None
-    ledger.assign("a/", 1)
+    take(ledger, "a/", 1)
     assert ledger.can_fit(GPURequest(count=1), Requester("b")).reason == "no_gpu"
     assert ledger.can_fit(GPURequest(count=1), Requester("a"), holder="a/") is None
 
 
 def test_negative_count_is_a_bug():
     with pytest.raises(ValueError):
-        Ledger(inventory(1)).assign("alice/", -1)
+        GPURequest(count=-1)
 
 
 def test_holder_key():
     assert holder_key("alice") == "alice/"
     assert holder_key("alice", "big") == "alice/big"
+    assert split_holder("alice/") == ("alice", "")
+    assert split_holder("alice/big/er") == ("alice", "big/er")
+
+
+# --- decisions limited to a node: a Swarm server goes where its home is
+
+
+def on(node, unit):
+    return replace(unit, node=node)
+
+
+TWO_NODES = [on("n1", whole(0)), on("n1", whole(1)), on("n2", whole(2)), on("n2", whole(3))]
+
+
+def ml101(user, exempt=False):
+    return Requester(user, frozenset({"ml101"}), exempt)
+
+
+def test_a_decision_on_a_node_takes_units_of_that_node_only():
+    ledger = Ledger(TWO_NODES, Policy(placement="pack"))
+    assert ids(take(ledger, "a/", 1)) == ["GPU-0000"]
+    assert ids(take(ledger, "b/", 1, node="n2")) == ["GPU-0002"]  # pack alone would fill n1
+    assert ledger.availability(GPURequest(count=1), node="n1") == (1, 2)
+    assert ledger.availability(GPURequest(count=1)) == (2, 4)
+    with pytest.raises(NoCapacity) as e:
+        take(ledger, "c/", 2, node="n1")
+    assert e.value.message == "Needs 2 whole GPUs: only 1 of 2 NVIDIA A100-SXM4-80GB GPUs are free."
+    assert [u.id for u in e.value.free] == ["GPU-0001"]  # the node's: what this server could have had
+    assert ids(take(ledger, "c/", 0, node="n1")) == []  # a CPU-only server holds nothing, on any node
+
+
+def test_quotas_and_holdings_on_a_node_are_the_whole_hubs():
+    ledger = Ledger(TWO_NODES, Policy(max_gpus_per_user=1, group_quotas={"ml101": 2}))
+    take(ledger, "ann/", 1, ml101("ann"), node="n1")
+    assert ledger.can_fit(GPURequest(count=1), ml101("ann"), "ann/big", node="n2").reason == "user_quota"
+    take(ledger, "bob/", 1, ml101("bob"), node="n2")
+    assert ledger.can_fit(GPURequest(count=1), ml101("cid"), "cid/", node="n2").reason == "group_quota"
+    # bob's own unit counts as given up when his server starts again, on whichever node
+    assert ledger.can_fit(GPURequest(count=1), ml101("bob"), "bob/", node="n1") is None
+
+
+def test_can_fit_counts_the_holders_own_units_as_given_up_and_changes_nothing():
+    ledger = Ledger(inventory(2), Policy(share_limit=2))
+    slot = GPURequest(shared=True)
+    take(ledger, "a/", slot)
+    take(ledger, "b/", slot)  # GPU 0: shared by a and b, full
+    take(ledger, "c/", 1)  # GPU 1: c's
+    before = {u.id: [a.holder for a in ledger.holders_of(u.id)] for u in ledger.inventory}
+    assert ledger.can_fit(GPURequest(count=1), Requester("c"), "c/") is None
+    assert ledger.can_fit(slot, Requester("a"), "a/") is None
+    assert ledger.can_fit(slot, Requester("d"), "d/").free == ()
+    refusal = ledger.can_fit(GPURequest(count=2), Requester("c"), "c/")
+    assert refusal.message == "Needs 2 whole GPUs: only 1 of 2 NVIDIA A100-SXM4-80GB GPUs are free."
+    assert [u.id for u in refusal.free] == ["GPU-0001"]  # made when read: still with c's unit given up
+    assert {u.id: [a.holder for a in ledger.holders_of(u.id)] for u in ledger.inventory} == before
+    fresh = Occupancy.of(ledger.assignments(), 2)
+    assert (ledger._occupancy.user_load, ledger._occupancy.gpu_busy) == (fresh.user_load, fresh.gpu_busy)
+
+
+def containers(records):
+    """What ``docker ps`` would list for these servers: their labels, as the spawner writes them."""
+    return [{"Labels": server_labels(r)} for r in records] + [{"Labels": {"com.example.other": "1"}}]
+
+
+def record_of(assignment):
+    user, server = split_holder(assignment.holder)
+    return ServerRecord(user, server, unit_ids=assignment.ids, shared=assignment.shared, groups=assignment.groups)
+
+
+def test_quotas_hold_after_a_restart_through_the_labels():
+    policy = Policy(share_limit=4, max_gpus_per_user=1, group_quotas={"ml101": 1.25})
+    ledger = Ledger(inventory(4), policy)
+    take(ledger, "ann/", 1, ml101("ann"))
+    take(ledger, "bob/", GPURequest(shared=True), ml101("bob"))  # ml101: 1.25 of its 1.25
+    restarted = Ledger(inventory(4), policy)
+    assert adopt_containers(restarted, containers(record_of(a) for a in ledger.assignments())) == []
+    refusal = restarted.can_fit(GPURequest(shared=True), ml101("cid"), "cid/")
+    assert refusal.reason == "group_quota"
+    assert "Your group 'ml101' is using 1.25 of its 1.25 GPU(s)" in refusal.message
+    assert restarted.can_fit(GPURequest(shared=True), ml101("ann"), "ann/big").reason == "user_quota"
+    assert restarted.can_fit(GPURequest(count=1), Requester("dan"), "dan/") is None  # not in ml101
+
+
+def test_an_exempt_admin_in_a_quota_group_may_exceed_and_counts_in_the_group():
+    """The group's load is every holding recorded with the group, an exempt admin's too.
+
+    The admin may go past both the per-user cap and the group's quota; while the
+    admin's units are held, the group's students are refused as the course's
+    GPUs are in use; when the admin stops, they are not.
+    """
+    ledger = Ledger(inventory(4), Policy(max_gpus_per_user=1, group_quotas={"ml101": 2}))
+    take(ledger, "ann/", 1, ml101("ann"))
+    assert len(take(ledger, "teacher/", 2, ml101("teacher", exempt=True)).units) == 2  # 3 of the group's 2
+    with pytest.raises(NoCapacity) as e:
+        take(ledger, "bob/", 1, ml101("bob"))
+    assert e.value.reason == "group_quota"
+    assert "Your group 'ml101' is using 3 of its 2 GPU(s)" in e.value.message
+    assert ledger.can_fit(GPURequest(count=1), ml101("teacher", exempt=True), "teacher/more") is None
+    assert ledger.can_fit(GPURequest(count=1), ml101("teacher"), "teacher/more").reason == "user_quota"
+    ledger.release("teacher/")
+    assert len(take(ledger, "bob/", 1, ml101("bob")).units) == 1
+
+
+@pytest.mark.parametrize("kind", ["user", "group"])
+@pytest.mark.parametrize(
+    "quota, slots",  # slots of 1/4 GPU (K = 4) that the quota allows
+    [(0.25, 1), (0.3, 1), (0.5, 2), (0.6, 2), (0.99, 3), (1.5, 6), (1.75, 7)],
+    ids=str,
+)
+def test_fractional_quotas_are_never_rounded_up(quota, slots, kind):
+    if kind == "user":
+        policy = Policy(share_limit=4, max_gpus_per_user=quota)
+    else:
+        policy = Policy(share_limit=4, group_quotas={"ml101": quota})
+    ledger = Ledger(inventory(2), policy)  # 8 slots
+    granted = []
+    for n in range(8):
+        requester = ml101("ann" if kind == "user" else f"s{n}")
+        try:
+            granted.append(take(ledger, holder_key(requester.user, str(n)), GPURequest(shared=True), requester))
+        except NoCapacity as e:
+            assert e.reason == f"{kind}_quota"
+            break
+    assert len(granted) == slots
+
+
+def test_a_whole_gpu_under_a_fractional_quota():
+    ledger = Ledger(inventory(3), Policy(share_limit=4, max_gpus_per_user=1.5))
+    ann = Requester("ann")
+    take(ledger, "ann/one", 1, ann)
+    take(ledger, "ann/two", GPURequest(shared=True), ann)
+    take(ledger, "ann/three", GPURequest(shared=True), ann)  # 1.5 of 1.5
+    with pytest.raises(NoCapacity, match=r"You already hold 1\.5 GPU\(s\) .* the limit is 1\.5 per user"):
+        take(ledger, "ann/four", GPURequest(shared=True), ann)
+    with pytest.raises(NoCapacity, match="user_quota|You already hold 1.25"):
+        take(ledger, "ann/two", 1, ann)  # 1 + 0.25 + 1 > 1.5
+    refusal = Ledger(inventory(1), Policy(max_gpus_per_user=0.75)).can_fit(GPURequest(count=1), ann)
+    assert refusal.reason == "user_quota" and "the limit is 0.75 per user" in refusal.message
 
 
 # --- the promise, over long random sequences of allocate, release, crash and restart
@@ -226,47 +373,91 @@ USERS = [f"u{i}" for i in range(6)]
 GROUPS = {"u0": {"ml101"}, "u1": {"ml101"}, "u2": {"ml101", "cv"}, "u3": {"cv"}, "u4": set(), "u5": {"ml101"}}
 
 
+def exactly(amount):
+    """A quota as the exact fraction it is written as: 0.3 is 3/10, never rounded."""
+    return Fraction(repr(amount))
+
+
 class LedgerMachine(RuleBasedStateMachine):
-    """Random allocate/release/crash/restart; the invariants are checked after every step."""
+    """Random allocate/release/crash/restart; the invariants are checked after every step.
+
+    The machine keeps its own record of the running servers (``running``: the
+    containers and what their labels say), and checks the ledger against it.
+    """
+
+    UNITS = UNITS
+    REQUESTS = REQUESTS
+    GROUPS = GROUPS
+    ADMINS = ("u4", "u5")  # may start exempt from quotas; u5 is in a quota group
+    NODES = (None,)  # what a decision may be limited to
+    POLICY = Policy(placement="pack", share_limit=3, max_gpus_per_user=2, group_quotas={"ml101": 3})
 
     def __init__(self):
         super().__init__()
-        self.policy = Policy(placement="pack", share_limit=3, max_gpus_per_user=2, group_quotas={"ml101": 3})
-        self.ledger = Ledger(UNITS, self.policy)
-        self.running: dict[str, tuple[str, ...]] = {}  # holder -> unit ids: "the containers"
+        self.policy = self.POLICY
+        self.ledger = Ledger(self.UNITS, self.policy)
+        self.running: dict[str, ServerRecord] = {}  # holder -> its container's record
+        self.exempt: set[str] = set()  # holders started exempt from quotas
 
     def requester(self, user, exempt=False):
-        return Requester(user, frozenset(GROUPS[user]), exempt)
+        return Requester(user, frozenset(self.GROUPS[user]), exempt)
 
-    @rule(
-        user=st.sampled_from(USERS),
-        server=st.sampled_from(["", "a", "b"]),
-        request=st.sampled_from(REQUESTS),
-        exempt=st.booleans(),
-    )
-    def start(self, user, server, request, exempt):
-        holder = holder_key(user, server)
-        requester = self.requester(user, exempt and user == "u4")
+    def draw(self, data, exempt=True):
+        user = data.draw(st.sampled_from(sorted(self.GROUPS)), "user")
+        holder = holder_key(user, data.draw(st.sampled_from(["", "a", "b"]), "server"))
+        request = data.draw(st.sampled_from(self.REQUESTS), "request")
+        node = data.draw(st.sampled_from(self.NODES), "node")
+        exempt = exempt and user in self.ADMINS and data.draw(st.booleans(), "exempt")
+        return holder, request, self.requester(user, exempt), node
+
+    def expected(self, holder, request, requester, node):
+        """What the pure function decides from all holdings: units, or (reason, message, free)."""
+        try:
+            return decide(self.UNITS, self.ledger.assignments(), request, requester, self.policy, holder, node)
+        except NoCapacity as e:
+            return (e.reason, e.message, e.free)
+
+    @rule(data=st.data())
+    def start(self, data):
+        holder, request, requester, node = self.draw(data)
         # The ledger's running totals decide as the pure function does from the holdings.
+        expected = self.expected(holder, request, requester, node)
         try:
-            expected = decide(UNITS, self.ledger.assignments(), request, requester, self.policy, holder)
+            got = self.ledger.assign(holder, request, requester, node=node)
         except NoCapacity as e:
-            expected = (e.reason, e.message)
-        try:
-            got = self.ledger.assign(holder, request, requester)
-        except NoCapacity as e:
-            assert expected == (e.reason, e.message)
+            assert expected == (e.reason, e.message, e.free)
             assert e.reason in ("no_gpu", "user_quota", "group_quota") and e.message
+            assert e.reason == "no_gpu" or not requester.exempt
             self.running.pop(holder, None)  # a refused start holds nothing
             assert self.ledger.assignment(holder) is None
             return
         assert got.units == expected
         assert len(got.units) == request.slots
         assert all(request.matches(u) for u in got.units)
+        assert node is None or all(u.node == node for u in got.units)
+        self.exempt.discard(holder)
         if got.units:
-            self.running[holder] = got.ids
+            user, server = split_holder(holder)
+            groups = frozenset(self.GROUPS[user])
+            self.running[holder] = ServerRecord(user, server, unit_ids=got.ids, shared=request.shared, groups=groups)
+            if requester.exempt:
+                self.exempt.add(holder)
         else:
             self.running.pop(holder, None)
+
+    @rule(data=st.data())
+    def ask(self, data):
+        """The spawn page's question, for a holder that may hold units: as the pure function says, and no change."""
+        holder, request, requester, node = self.draw(data)
+        expected = self.expected(holder, request, requester, node)
+        refusal = self.ledger.can_fit(request, requester, holder, node=node)
+        if refusal is None:
+            assert isinstance(expected, tuple) and (not expected or isinstance(expected[0], GPU))
+        else:
+            assert expected == (refusal.reason, refusal.message, refusal.free)
+        units = self.UNITS if node is None else [u for u in self.UNITS if u.node == node]
+        pure = availability(units, self.ledger.assignments(), request, self.policy)
+        assert self.ledger.availability(request, node=node) == pure
 
     @precondition(lambda self: self.running)
     @rule(data=st.data())
@@ -279,15 +470,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def restart_hub(self):
         """A new ledger rebuilt from the running containers' labels holds the same."""
         before = {a.holder: (a.ids, a.shared, a.groups) for a in self.ledger.assignments()}
-        rebuilt = Ledger(UNITS, self.policy)
-        for a in self.ledger.assignments():
-            rebuilt.adopt(a.holder, a.ids, user=a.user, shared=a.shared, groups=a.groups)
+        rebuilt = Ledger(self.UNITS, self.policy)
+        assert adopt_containers(rebuilt, containers(self.running.values())) == []
         assert {a.holder: (a.ids, a.shared, a.groups) for a in rebuilt.assignments()} == before
         self.ledger = rebuilt
 
     @invariant()
     def no_unit_held_twice_unless_shared(self):
-        for unit in UNITS:
+        for unit in self.UNITS:
             holders = self.ledger.holders_of(unit.id)
             if len(holders) > 1:
                 assert all(a.shared for a in holders)
@@ -295,14 +485,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledger_matches_the_containers(self):
-        assert {a.holder: a.ids for a in self.ledger.assignments()} == self.running
-        held = self.ledger.held_ids()
-        assert set(u.id for u in self.ledger.free()) == {u.id for u in UNITS} - held
+        assert {a.holder: a.ids for a in self.ledger.assignments()} == {h: r.unit_ids for h, r in self.running.items()}
+        assert {a.holder: (a.user, a.shared, a.groups) for a in self.ledger.assignments()} == {
+            h: (r.user, r.shared, r.groups) for h, r in self.running.items()
+        }
+        held = {u.id for u in self.UNITS if self.ledger.holders_of(u.id)}
+        assert set(u.id for u in self.ledger.free()) == {u.id for u in self.UNITS} - held
 
     @invariant()
     def running_totals_match_the_holdings(self):
-        from gpuspawner.gpus.allocation import Occupancy
-
         fresh = Occupancy.of(self.ledger.assignments(), self.policy.share_limit)
         kept = self.ledger._occupancy
         assert {u: sorted(a.holder for a in h) for u, h in kept.holders_of.items()} == {
@@ -313,18 +504,44 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def quotas_hold_for_the_not_exempt(self):
-        def gpus_held(a, share_limit):  # counted here afresh: 1 per unit, 1/K per shared slot
-            return Fraction(len(a.units), share_limit) if a.shared else Fraction(len(a.units))
+        """For every user and every quota group, counted afresh from the containers (not the ledger).
 
-        for user in USERS[:4]:
-            mine = [a for a in self.ledger.assignments() if a.user == user]
-            assert sum(gpus_held(a, 3) for a in mine) <= 2
-        ml101 = [a for a in self.ledger.assignments() if "ml101" in a.groups and a.user != "u4"]
-        assert sum(gpus_held(a, 3) for a in ml101) <= 3
+        A server started exempt is left out; the group's students are still held to the
+        quota with it counted in, so what they hold stays within the quota.
+        """
+        k = self.policy.share_limit
+
+        def gpus_held(servers):  # 1 per unit, 1/K per shared slot
+            return sum(Fraction(len(r.unit_ids), k) if r.shared else len(r.unit_ids) for r in servers)
+
+        bounded = [r for h, r in self.running.items() if h not in self.exempt]
+        for user in self.GROUPS:
+            assert gpus_held(r for r in bounded if r.user == user) <= exactly(self.policy.max_gpus_per_user)
+        for group, quota in self.policy.group_quotas.items():
+            assert gpus_held(r for r in bounded if group in self.GROUPS[r.user]) <= exactly(quota)
 
 
 LedgerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
 TestLedgerPromise = LedgerMachine.TestCase
+
+
+class FractionalNodeMachine(LedgerMachine):
+    """The same promise with fractional quotas (K = 4) and units on two nodes, decisions limited to either."""
+
+    UNITS = [on("n1", u) for u in UNITS[:3]] + [on("n2", u) for u in UNITS[3:]] + [on("n2", whole(4))]
+    REQUESTS = [r for r in REQUESTS if r.count != 2] + [GPURequest(count=2, kind="any")]
+    GROUPS = {"u0": {"ml101"}, "u1": {"ml101", "cv"}, "u2": {"cv"}, "u3": {"nlp"}, "u4": set(), "u5": {"ml101"}}
+    NODES = (None, "n1", "n2")
+    POLICY = Policy(
+        placement="spread",
+        share_limit=4,
+        max_gpus_per_user=1.5,
+        group_quotas={"ml101": 2.25, "cv": 0.25, "nlp": 0.3},
+    )
+
+
+FractionalNodeMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
+TestFractionalNodePromise = FractionalNodeMachine.TestCase
 
 
 def test_adopting_more_units_after_one_left_the_inventory():

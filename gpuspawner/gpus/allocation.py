@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 
-from ..traits import format_bytes
+from ..quantities import format_bytes
 from .inventory import GPU
 
 PACK = "pack"
@@ -40,6 +40,10 @@ class GPURequest:
     model: str = ""  # a case-insensitive part of the unit's name, e.g. "A100"
     min_memory: int = 0  # bytes
     mig_profile: str = ""  # e.g. "1g.10gb"; implies kind "mig"
+
+    def __post_init__(self):
+        if self.count < 0:
+            raise ValueError(f"GPU count must be >= 0, got {self.count}")
 
     @property
     def slots(self) -> int:
@@ -202,6 +206,17 @@ class Occupancy:
                 self.node_busy[unit.node] = self.node_busy.get(unit.node, 0) + 1
             holders.append(a)
 
+    def without(self, a: Assignment) -> Occupancy:
+        """A copy of these totals less one holding (these stay as they are)."""
+        other = Occupancy(self.k)
+        other.holders_of = {unit: list(holders) for unit, holders in self.holders_of.items()}
+        other.user_load = dict(self.user_load)
+        other.group_load = dict(self.group_load)
+        other.gpu_busy = dict(self.gpu_busy)
+        other.node_busy = dict(self.node_busy)
+        other.remove(a)
+        return other
+
     def remove(self, a: Assignment) -> None:
         w = self.load(a)
         self.user_load[a.user] -= w
@@ -323,11 +338,24 @@ def _candidates(
     return sorted(fitting, key=order), matching
 
 
+def _units_on(inventory: Iterable[GPU], node: str | None) -> tuple[GPU, ...]:
+    """The units of ``node``; all of them when ``node`` is None."""
+    return tuple(inventory) if node is None else tuple(u for u in inventory if u.node == node)
+
+
 def availability(
-    inventory: tuple[GPU, ...], holdings: Iterable[Assignment], request: GPURequest, policy: Policy
+    inventory: tuple[GPU, ...],
+    holdings: Iterable[Assignment],
+    request: GPURequest,
+    policy: Policy,
+    node: str | None = None,
 ) -> tuple[int, int]:
-    """(units that could take ``request`` now, units that fit it at all): "3 of 4 free"."""
-    candidates, matching = _candidates(inventory, Occupancy.of(holdings, policy.share_limit), request, policy)
+    """(units that could take ``request`` now, units that fit it at all): "3 of 4 free".
+
+    ``node``: count only the units of that node.
+    """
+    occupancy = Occupancy.of(holdings, policy.share_limit)
+    candidates, matching = _candidates(_units_on(inventory, node), occupancy, request, policy)
     return len(candidates), len(matching)
 
 
@@ -338,16 +366,19 @@ def decide(
     requester: Requester,
     policy: Policy,
     holder: str,
+    node: str | None = None,
 ) -> tuple[GPU, ...]:
     """The units ``holder`` should hold for ``request``, or ``NoCapacity``.
 
     ``holdings`` are everyone's current assignments; ``holder``'s own are
-    ignored, since a server that starts gives up what it held.
+    ignored, since a server that starts gives up what it held. ``node``: take
+    units of that node only (a Swarm server goes where its home is); quotas
+    and the holdings stay the whole hub's.
     """
     if request.slots == 0:
         return ()
     others = Occupancy.of((a for a in holdings if a.holder != holder), policy.share_limit)
-    return _decide(inventory, others, request, requester, policy)
+    return _decide(_units_on(inventory, node), others, request, requester, policy)
 
 
 def _decide(
@@ -427,7 +458,11 @@ def _count_kinds(units: Iterable[GPU]) -> str:
 
 
 class Ledger:
-    """Who holds which unit, for one hub: the holdings and the decisions applied to them."""
+    """Who holds which unit, for one hub: the holdings and the decisions applied to them.
+
+    A decision may be limited to the units of one ``node`` (on a Swarm, the node
+    of the user's home); quotas and holdings are the whole hub's either way.
+    """
 
     def __init__(self, inventory: Iterable[GPU], policy: Policy | None = None):
         self.policy = policy or Policy()
@@ -444,7 +479,9 @@ class Ledger:
         self.inventory = tuple(units)
         self._by_id = {unit.id: unit for unit in self.inventory}
         self._order = {unit.id: n for n, unit in enumerate(self.inventory)}
-        self._matching: dict[GPURequest, list[GPU]] = {}  # the units that fit each request asked so far
+        self._units_of: dict[str | None, tuple[GPU, ...]] = {None: self.inventory}  # node -> its units
+        # the units that fit each (request, node) asked so far
+        self._matching: dict[tuple[GPURequest, str | None], list[GPU]] = {}
 
     @property
     def _occupancy(self) -> Occupancy:
@@ -453,28 +490,31 @@ class Ledger:
             self._occupancy_of = Occupancy.of(self._holders.values(), self.policy.share_limit)
         return self._occupancy_of
 
-    def _fitting(self, request: GPURequest) -> list[GPU]:
-        matching = self._matching.get(request)
+    def _units(self, node: str | None) -> tuple[GPU, ...]:
+        units = self._units_of.get(node)
+        if units is None:
+            units = self._units_of[node] = _units_on(self.inventory, node)
+        return units
+
+    def _fitting(self, request: GPURequest, node: str | None) -> list[GPU]:
+        matching = self._matching.get((request, node))
         if matching is None:
-            matching = self._matching[request] = [u for u in self.inventory if request.matches(u)]
+            matching = self._matching[request, node] = [u for u in self._units(node) if request.matches(u)]
         return matching
 
+    def _decide(
+        self, others: Occupancy, request: GPURequest, requester: Requester, node: str | None
+    ) -> tuple[GPU, ...]:
+        """``decide``, from ``others``: the running totals less what the holder holds."""
+        return _decide(self._units(node), others, request, requester, self.policy, self._fitting(request, node))
+
     def _hold(self, assignment: Assignment) -> None:
-        self._release(assignment.holder)
+        self.release(assignment.holder)
         occupancy = self._occupancy  # made (if need be) before the new holding is in
         self._holders[assignment.holder] = assignment
         occupancy.add(assignment)
 
-    def _release(self, holder: str) -> Assignment | None:
-        assignment = self._holders.pop(holder, None)
-        if assignment is not None and self._occupancy_of is not None:
-            self._occupancy_of.remove(assignment)
-        return assignment
-
     # --- questions
-
-    def held_ids(self) -> set[str]:
-        return set(self._occupancy.holders_of)
 
     def free(self) -> tuple[GPU, ...]:
         """The units no server holds, in inventory order."""
@@ -490,38 +530,37 @@ class Ledger:
     def holders_of(self, unit_id: str) -> tuple[Assignment, ...]:
         return tuple(self._occupancy.holders_of.get(unit_id, ()))
 
-    def availability(self, request: GPURequest) -> tuple[int, int]:
-        """(units that could take ``request`` now, units that fit it at all)."""
+    def availability(self, request: GPURequest, *, node: str | None = None) -> tuple[int, int]:
+        """(units that could take ``request`` now, units that fit it at all), on ``node`` if given."""
         candidates, matching = _candidates(
-            self.inventory, self._occupancy, request, self.policy, self._fitting(request)
+            self._units(node), self._occupancy, request, self.policy, self._fitting(request, node)
         )
         return len(candidates), len(matching)
 
-    def can_fit(self, request: GPURequest, requester: Requester, holder: str = "") -> NoCapacity | None:
-        """Why ``request`` cannot start now, or None when it can (for the spawn page)."""
+    def can_fit(
+        self, request: GPURequest, requester: Requester, holder: str = "", *, node: str | None = None
+    ) -> NoCapacity | None:
+        """Why ``request`` cannot start now (on ``node`` if given), or None when it can (for the spawn page).
+
+        What ``holder`` holds counts as given up, as when its server starts again.
+        """
+        held = self._holders.get(holder)
         try:
-            if holder in self._holders:  # what it would be if this server started again
-                decide(self.inventory, self._holders.values(), request, requester, self.policy, holder)
-            else:
-                _decide(self.inventory, self._occupancy, request, requester, self.policy, self._fitting(request))
+            self._decide(self._occupancy if held is None else self._occupancy.without(held), request, requester, node)
         except NoCapacity as e:
             return e
         return None
 
     # --- decisions
 
-    def assign(self, holder: str, request: GPURequest | int, requester: Requester | None = None) -> Assignment:
+    def assign(self, holder: str, request: GPURequest, requester: Requester, *, node: str | None = None) -> Assignment:
         """Decide and record what ``holder`` holds, or raise ``NoCapacity`` holding nothing.
 
         A holder that already holds units gives them up first: a server starts fresh.
+        ``node``: the units are taken on that node only.
         """
-        if isinstance(request, int):
-            if request < 0:
-                raise ValueError(f"GPU count must be >= 0, got {request}")
-            request = GPURequest(count=request)
-        requester = requester or Requester(user=holder.split("/", 1)[0])
         self.release(holder)
-        units = _decide(self.inventory, self._occupancy, request, requester, self.policy, self._fitting(request))
+        units = self._decide(self._occupancy, request, requester, node)
         assignment = Assignment(holder, requester.user, units, request.shared and bool(units), requester.groups)
         if units:
             self._hold(assignment)
@@ -529,7 +568,10 @@ class Ledger:
 
     def release(self, holder: str) -> Assignment | None:
         """Free what ``holder`` holds; returns it (None when it held nothing)."""
-        return self._release(holder)
+        assignment = self._holders.pop(holder, None)
+        if assignment is not None and self._occupancy_of is not None:
+            self._occupancy_of.remove(assignment)
+        return assignment
 
     def adopt(
         self,
@@ -556,7 +598,7 @@ class Ledger:
             self._hold(
                 Assignment(
                     holder,
-                    user if user is not None else holder.split("/", 1)[0],
+                    user if user is not None else split_holder(holder)[0],
                     # in inventory order; a unit that has since left the inventory goes last
                     tuple(sorted(units.values(), key=lambda u: self._order.get(u.id, len(self._order)))),
                     shared,
