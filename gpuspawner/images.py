@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import docker.errors
 
+from .docker_client import LazyClient
+
 #: Where an image may declare the CUDA it needs, first match wins. ``gpuspawner.cuda``
 #: is the teacher's own label (it can describe a CUDA runtime that pip installed, e.g.
 #: PyTorch's cu128 wheels, which the base image knows nothing about); ``CUDA_VERSION``
@@ -38,7 +40,10 @@ DRIVER_BRANCH = {
 }  # fmt: skip
 
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
-_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
+# A release's numbers, then what PEP 440 allows after them ("6.0.0b1", "5.3.0.dev0", "2.5.1+cu124").
+_VERSION = re.compile(
+    r"^(\d+)(?:\.(\d+))?(?:\.\d+)*(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview|post|rev|r|dev)\d*)*(?:\+[a-z0-9.]+)?$"
+)
 
 
 class ImageError(ValueError):
@@ -82,7 +87,7 @@ def check_pinned(image: str, allow_unpinned: bool = False) -> None:
 
 
 def major_minor(version: str) -> tuple[int, int] | None:
-    """(12, 4) of ``"12.4.1"``; (12, 0) of ``"12"``; None when it is not a version."""
+    """(12, 4) of ``"12.4.1"``; (12, 0) of ``"12"``; (6, 0) of ``"6.0.0b1"``; None when it is not a version."""
     m = _VERSION.match(version.strip())
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
@@ -276,32 +281,27 @@ class PullTask:
 class ImagePuller:
     """Pulls images on its own threads, one pull per image however many spawns ask.
 
-    ``client`` returns the docker-py ``APIClient`` to use; it is called once, and
-    that client is then used from this puller's threads (not DockerSpawner's), up to
-    ``max_concurrent + 1`` at once. Tasks are keyed by the exact image string, so
+    ``client`` returns the docker-py ``APIClient`` to use; it is called on first use
+    (and again after a call to the engine failed), and that client is then used from
+    this puller's threads (not DockerSpawner's), up to ``max_concurrent + 1`` at once. Tasks are keyed by the exact image string, so
     ``lab:1`` and ``docker.io/library/lab:1`` are two pulls.
     """
 
     def __init__(self, client: Callable[[], docker.APIClient], max_concurrent: int = 2):
-        self._make_client = client
-        self._client: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        # Under the same lock: a pull gets its client once ensure() has handed its task out.
+        self._docker = LazyClient(client, self._lock)
         self._pulls = ThreadPoolExecutor(max_concurrent, thread_name_prefix="gpuspawner-pull")
         # Presence checks get their own thread, so they never queue behind long pulls.
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="gpuspawner-image-check")
-        self._lock = threading.Lock()
         self._tasks: dict[str, PullTask] = {}
 
-    def _docker(self) -> docker.APIClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
     def _is_present(self, image: str) -> bool:
-        try:
-            self._docker().inspect_image(image)
-        except docker.errors.NotFound:
-            return False
+        with self._docker.use() as client:
+            try:
+                client.inspect_image(image)
+            except docker.errors.NotFound:
+                return False
         return True
 
     async def ensure(self, image: str) -> PullTask:
@@ -328,14 +328,17 @@ class ImagePuller:
         repo, tag, digest = split_reference(task.image)
         progress = PullProgress()
         task._update(0, f"Pulling {task.image}")
+        refused = ""
         try:
-            stream = self._docker().pull(repo, tag=digest or tag or "latest", stream=True, decode=True)
-            for event in stream:
-                if "error" in event:
-                    detail = (event.get("errorDetail") or {}).get("message") or event["error"]
-                    raise ImageError(detail)
-                percent = progress.feed(event)
-                task._update(percent, f"Pulling {task.image}: {progress.describe()}")
+            with self._docker.use() as client:  # the engine failed: a new client for the next call
+                for event in client.pull(repo, tag=digest or tag or "latest", stream=True, decode=True):
+                    if "error" in event:  # the registry's answer, through an engine that works
+                        refused = (event.get("errorDetail") or {}).get("message") or event["error"]
+                        break
+                    percent = progress.feed(event)
+                    task._update(percent, f"Pulling {task.image}: {progress.describe()}")
+            if refused:
+                raise ImageError(refused)
         except Exception as e:  # noqa: BLE001 - any failure ends the task, and every waiter sees it
             why = (e.explanation or e) if isinstance(e, docker.errors.APIError) else e
             task._update(task.percent, "Pull failed", done=True, error=f"Could not pull {task.image}: {why}")

@@ -11,18 +11,24 @@ import json
 import re
 import textwrap
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
 from rich.console import Console
 from traitlets.config import Config
 
 from gpuspawner import GPUSpawner
-from gpuspawner.cli import CommandError, Lab, PrepullApp, checks, load_lab, main, output
-from gpuspawner.cli.checks import FAIL, OK, WARN, Finding, Framework, HubContext, ImageFacts
-from gpuspawner.cli.output import finding_lines, status_summary, status_table
-from gpuspawner.gpus import Inventory, Ledger, Policy, parse_static_inventory
+from gpuspawner.cli import build_plan, doctor, image_check, main, prepull, probe
+from gpuspawner.cli.findings import FAIL, OK, WARN, Finding, verdict
+from gpuspawner.cli.image_check import HubContext
+from gpuspawner.cli.output import finding_lines
+from gpuspawner.cli.prepull import PrepullApp
+from gpuspawner.cli.probe import Framework, ImageFacts
+from gpuspawner.cli.status import status_rows, status_summary, status_table
+from gpuspawner.config import ConfigError, HubConfig, load_hub_config
+from gpuspawner.dashboard.model import DashboardView, build_view
+from gpuspawner.gpus import GPU, Inventory, Ledger, Policy, parse_static_inventory
 from gpuspawner.images import PullTask
-from gpuspawner.labels import adopt_containers
 from gpuspawner.profiles import ProfileError, parse_profiles
 
 HUB = "6.1.1"
@@ -91,14 +97,14 @@ def levels(findings, subject=None) -> list[str]:
     ids=["nothing", "all-ok", "one-warning", "warnings-do-not-fail", "one-failure", "failures-and-warnings"],
 )
 def test_verdict(found, status, text):
-    assert checks.verdict(Finding(level, "x", "y") for level in found) == (status, text)
+    assert verdict(Finding(level, "x", "y") for level in found) == (status, text)
 
 
 # --- image check: the probe's output, then findings from facts
 
 
 def test_parse_probe_output():
-    facts = checks.parse_probe_output("lab:1", PROBE_OUTPUT, size=42, config=CONFIG)
+    facts = probe.parse_probe_output("lab:1", PROBE_OUTPUT, size=42, config=CONFIG)
     assert (facts.uid, facts.user, facts.home, facts.home_writable) == (1000, "jovyan", "/home/jovyan", True)
     assert facts.singleuser == "/opt/venv/bin/jupyterhub-singleuser"
     assert (facts.python_version, facts.jupyterhub, facts.jupyterlab, facts.notebook) == (
@@ -117,18 +123,18 @@ def test_parse_probe_output():
 
 
 def test_parse_probe_output_of_an_image_without_python():
-    facts = checks.parse_probe_output("busybox:1", "uid=0\nuser=root\nhome=/root\nhome_writable=1\nsingleuser=\n")
+    facts = probe.parse_probe_output("busybox:1", "uid=0\nuser=root\nhome=/root\nhome_writable=1\nsingleuser=\n")
     assert (facts.uid, facts.singleuser, facts.python_version, facts.frameworks) == (0, "", "", ())
 
 
 def test_a_good_image_passes():
-    findings = checks.image_findings(good_image(), ctx())
+    findings = image_check.image_findings(good_image(), ctx())
     assert levels(findings) == [OK] * len(findings), findings
     subjects = [f.subject for f in findings]
     assert subjects == ["jupyterhub-singleuser", "user", "python", "jupyterlab", "cuda", "torch", "size"]
     assert "JupyterHub 6.1.1 (the hub runs 6.1.1)" in findings[0].message
     assert findings[-1].message == "8 GiB"
-    assert checks.verdict(findings) == (0, "OK")
+    assert verdict(findings) == (0, "OK")
 
 
 @pytest.mark.parametrize(
@@ -179,20 +185,20 @@ def test_a_good_image_passes():
     ],
 )
 def test_image_findings(facts, context, subject, level, says):
-    findings = checks.image_findings(facts, context)
+    findings = image_check.image_findings(facts, context)
     mine = [f for f in findings if f.subject == subject]
     assert mine and mine[0].level == level, findings
     assert says in mine[0].message
     if level == FAIL:
         assert mine[0].fix, "a failure says how to fix it"
-        assert checks.verdict(findings)[0] == 1
+        assert verdict(findings)[0] == 1
     else:
-        assert checks.verdict(findings)[0] == 0
+        assert verdict(findings)[0] == 0
 
 
 def test_a_configured_command_replaces_the_images():
     facts = good_image(config={**CONFIG, "Cmd": ["bash"]})
-    assert "command" not in [f.subject for f in checks.image_findings(facts, ctx(cmd=("jupyterhub-singleuser",)))]
+    assert "command" not in [f.subject for f in image_check.image_findings(facts, ctx(cmd=("jupyterhub-singleuser",)))]
 
 
 @pytest.mark.parametrize(
@@ -227,7 +233,7 @@ def test_a_configured_command_replaces_the_images():
 def test_cuda_against_the_driver(declared, found, frameworks, driver, expect):
     config = {**CONFIG, "Env": [f"CUDA_VERSION={declared}"] if declared else []}
     facts = good_image(config=config, libcudart=found, frameworks=frameworks)
-    cuda = [f for f in checks.image_findings(facts, ctx(driver_cuda=driver)) if f.subject == "cuda"]
+    cuda = [f for f in image_check.image_findings(facts, ctx(driver_cuda=driver)) if f.subject == "cuda"]
     assert [f.level for f in cuda] == expect, cuda
     if FAIL in expect and declared.startswith("12.8"):
         assert "needs CUDA 12.8" in cuda[0].message and ">= 570" in cuda[0].message  # the hub's own refusal
@@ -235,13 +241,13 @@ def test_cuda_against_the_driver(declared, found, frameworks, driver, expect):
 
 def test_cuda_does_not_matter_for_cpu_profiles():
     facts = good_image(config={**CONFIG, "Env": ["CUDA_VERSION=12.8.0"]})
-    cuda = [f for f in checks.image_findings(facts, ctx(for_gpu=False)) if f.subject == "cuda"]
+    cuda = [f for f in image_check.image_findings(facts, ctx(for_gpu=False)) if f.subject == "cuda"]
     assert [f.level for f in cuda] == [OK] and "only CPU profiles" in cuda[0].message
 
 
 def test_the_declared_cuda_label_wins_over_the_env():
     facts = good_image(config={**CONFIG, "Labels": {"gpuspawner.cuda": "12.8"}})
-    assert levels(checks.image_findings(facts, ctx()), "cuda")[0] == FAIL
+    assert levels(image_check.image_findings(facts, ctx()), "cuda")[0] == FAIL
 
 
 # --- doctor
@@ -269,7 +275,7 @@ def test_the_declared_cuda_label_wins_over_the_env():
     ],
 )
 def test_toolkit_finding(on_path, runtimes, refusal, level, says):
-    finding = checks.toolkit_finding(on_path, runtimes, refusal)
+    finding = doctor.toolkit_finding(on_path, runtimes, refusal)
     assert finding.level == level
     assert says in finding.message + finding.fix
     if level != OK:
@@ -292,19 +298,19 @@ def inventory(entries, **kwargs) -> Inventory:
 
 
 def test_nvml_findings():
-    (f,) = checks.nvml_findings(None, "NVML did not initialise", "auto")
+    (f,) = doctor.nvml_findings(None, "NVML did not initialise", "auto")
     assert f.level == WARN and "driver" in f.fix
-    (f,) = checks.nvml_findings(None, "NVML did not initialise", "nvml")
+    (f,) = doctor.nvml_findings(None, "NVML did not initialise", "nvml")
     assert f.level == FAIL and "'nvml' needs it" in f.message
 
     nvml = inventory(STATIC + MIG, source="nvml", driver_version="550.54.15", cuda_version="12.4")
-    (f,) = checks.nvml_findings(nvml, "", "nvml", nvml.units)
+    (f,) = doctor.nvml_findings(nvml, "", "nvml", nvml.units)
     assert f.level == OK
     assert f.message == "driver 550.54.15, CUDA up to 12.4, 2 whole GPU(s), 2 MIG instance(s), MIG on GPU 2"
 
     # A static list naming a GPU the driver does not have: the hub would hand out a ghost.
     static = parse_static_inventory([*STATIC, unit(5, "GPU-gone")])
-    ok, missing = checks.nvml_findings(nvml, "", STATIC + [unit(5, "GPU-gone")], static)
+    ok, missing = doctor.nvml_findings(nvml, "", STATIC + [unit(5, "GPU-gone")], static)
     assert ok.level == OK and missing.level == FAIL and "GPU-gone" in missing.message
 
 
@@ -319,7 +325,7 @@ PROFILES = [
 
 def test_profile_findings():
     inv = inventory(STATIC + MIG)
-    findings = checks.profile_findings(parse_profiles(PROFILES), inv, Ledger(inv.units))
+    findings = doctor.profile_findings(parse_profiles(PROFILES), inv, Ledger(inv.units))
     assert [(f.subject, f.level) for f in findings] == [
         ("profile gpu", OK),
         ("profile big", FAIL),  # 3 whole GPUs, the host has 2
@@ -331,10 +337,10 @@ def test_profile_findings():
 
 
 def test_inventory_finding():
-    assert checks.inventory_finding(inventory(STATIC + MIG), 1).message.startswith("4 unit(s) from the list")
+    assert doctor.inventory_finding(inventory(STATIC + MIG), 1).message.startswith("4 unit(s) from the list")
     empty = Inventory(source="none", note="NVML did not initialise")
-    assert checks.inventory_finding(empty, gpu_profiles=2).level == WARN
-    assert checks.inventory_finding(empty, gpu_profiles=0).level == OK
+    assert doctor.inventory_finding(empty, gpu_profiles=2).level == WARN
+    assert doctor.inventory_finding(empty, gpu_profiles=0).level == OK
 
 
 def inspect(user="jovyan", env=(), size=2 * 1024**3):
@@ -366,7 +372,7 @@ def inspect(user="jovyan", env=(), size=2 * 1024**3):
 )
 def test_profile_image_findings(found, policy, allow_root, profiles, driver, level, says):
     users = tuple(p for p in parse_profiles(PROFILES) if p.slug in profiles)
-    (finding,) = checks.profile_image_findings(
+    (finding,) = doctor.profile_image_findings(
         "lab:1", found, users, pull_policy=policy, allow_root=allow_root, driver_cuda=driver
     )
     assert finding.level == level and says in finding.message, finding
@@ -375,7 +381,7 @@ def test_profile_image_findings(found, policy, allow_root, profiles, driver, lev
 def test_profile_image_findings_name_every_failure():
     users = tuple(p for p in parse_profiles(PROFILES) if p.slug == "gpu")
     found = inspect(user="root", env=["CUDA_VERSION=12.8.0"])
-    root, cuda = checks.profile_image_findings(
+    root, cuda = doctor.profile_image_findings(
         "lab:1", found, users, pull_policy="never", allow_root=False, driver_cuda="12.4"
     )
     assert (root.level, cuda.level) == (FAIL, FAIL)
@@ -400,7 +406,7 @@ def test_mount_findings():
             },
         ]
     )
-    findings = checks.mount_findings(profiles, {"/srv/data/mnist"}.__contains__)
+    findings = doctor.mount_findings(profiles, {"/srv/data/mnist"}.__contains__)
     assert [(f.subject, f.level) for f in findings] == [
         ("dataset mnist", OK),  # once, though two profiles mount it
         ("dataset gone", FAIL),
@@ -412,12 +418,12 @@ def test_mount_findings():
 
 def test_config_findings():
     profiles = parse_profiles(PROFILES[:2])
-    assert [f.level for f in checks.config_findings("hub.py", profiles, "")] == [OK, OK]
-    broken = checks.config_findings("hub.py", None, "profile 'gpu': field 'gpus': must be ...")
+    assert [f.level for f in doctor.config_findings("hub.py", profiles, "")] == [OK, OK]
+    broken = doctor.config_findings("hub.py", None, "profile 'gpu': field 'gpus': must be ...")
     assert [f.level for f in broken] == [OK, FAIL] and "field 'gpus'" in broken[1].message
-    other = checks.config_findings("hub.py", profiles, "", "c.JupyterHub.spawner_class is 'docker'")
+    other = doctor.config_findings("hub.py", profiles, "", "c.JupyterHub.spawner_class is 'docker'")
     assert other[0].level == FAIL and other[0].fix == 'c.JupyterHub.spawner_class = "gpu"'
-    assert checks.config_findings("", profiles, "")[0].level == WARN
+    assert doctor.config_findings("", profiles, "")[0].level == WARN
 
 
 def test_finding_lines_are_aligned_and_never_markup():
@@ -452,22 +458,14 @@ RUNNING = [
 ]
 
 
-def ledger_of(containers) -> tuple[Ledger, list[str], dict]:
-    ledger = Ledger(parse_static_inventory(STATIC + MIG), Policy(share_limit=4))
-    warnings = adopt_containers(ledger, containers)
-    by_holder = {
-        f"{c['Labels']['gpuspawner.user']}/{c['Labels']['gpuspawner.server']}": {
-            **c["Labels"],
-            "_container": c["Names"][0][1:],
-        }
-        for c in containers
-    }
-    return ledger, warnings, by_holder
+def view_of(containers) -> DashboardView:
+    """The dashboard's view of ``containers``, which ``status`` prints."""
+    return build_view(inventory(STATIC + MIG), Policy(share_limit=4), containers, now=datetime.now(timezone.utc))
 
 
 def test_status_rows():
-    ledger, warnings, by_holder = ledger_of(RUNNING)
-    rows = checks.status_rows(ledger, by_holder)
+    view = view_of(RUNNING)
+    rows, warnings = status_rows(view), list(view.warnings)
     assert [(r["id"], r["free"], [h["user"] for h in r["holders"]]) for r in rows] == [
         ("GPU-aaaa", False, ["alice"]),
         ("GPU-bbbb", False, ["carol", "dave"]),
@@ -483,8 +481,7 @@ def test_status_rows():
 
 
 def test_status_table():
-    ledger, _, by_holder = ledger_of(RUNNING)
-    rows = checks.status_rows(ledger, by_holder)
+    rows = status_rows(view_of(RUNNING))
     out = io.StringIO()
     Console(file=out, width=200).print(status_table(rows, share_limit=4))
     text = out.getvalue()
@@ -516,6 +513,23 @@ def test_status_table():
     )
 
 
+def test_status_reads_the_labels_the_spawner_writes():
+    from gpuspawner.labels import ServerRecord, server_labels
+
+    record = ServerRecord("ana", "exp", "shared", ("GPU-bbbb",), shared=True, groups=frozenset({"cn=ml,ou=courses"}))
+    running = [{"Id": "d" * 64, "Names": ["/jupyter-ana-exp"], "Labels": server_labels(record)}]
+    rows = status_rows(view_of(running))
+    assert rows[1]["holders"] == [
+        {"user": "ana", "server": "exp", "profile": "shared", "container": "jupyter-ana-exp", "shared": True}
+    ]
+
+
+def test_a_mig_instance_of_unknown_index_is_named_as_the_inventory_names_it():
+    mig = GPU(2, "MIG-9999", "NVIDIA A100-SXM4-40GB", 10 * 1024**3, mig_profile="1g.10gb", parent_uuid="GPU-cccc")
+    view = build_view(Inventory(units=(mig,)), Policy(), [], now=datetime.now(timezone.utc))
+    assert status_rows(view)[0]["unit"] == mig.describe().split(" (")[0] == "GPU 2 MIG"
+
+
 # --- config loading and the commands' glue
 
 
@@ -535,7 +549,7 @@ c.Spawner.cmd = ["jupyterhub-singleuser"]
 
 
 def test_load_lab_reads_the_hubs_config(tmp_path):
-    lab = load_lab(str(write_config(tmp_path, HUB_CONFIG)))
+    lab = load_hub_config(str(write_config(tmp_path, HUB_CONFIG)))
     assert isinstance(lab.spawner, GPUSpawner)
     assert [p.slug for p in lab.profiles] == ["cpu", "gpu"]
     assert [u.uuid for u in lab.inventory.units] == ["GPU-aaaa", "GPU-bbbb"]
@@ -546,14 +560,14 @@ def test_load_lab_reads_the_hubs_config(tmp_path):
 
 def test_load_lab_overrides_from_the_command_line(tmp_path):
     overrides = Config({"GPUSpawner": {"allow_root": True, "driver_cuda_version": "12.8"}})
-    lab = load_lab(str(write_config(tmp_path, HUB_CONFIG)), overrides=overrides)
+    lab = load_hub_config(str(write_config(tmp_path, HUB_CONFIG)), overrides=overrides)
     assert lab.spawner.allow_root and lab.driver_cuda == "12.8"
 
 
 def test_load_lab_subclass_in_config(tmp_path):
     body = "from gpuspawner import GPUSpawner\nclass CourseSpawner(GPUSpawner):\n    pass\n"
     body += "c.JupyterHub.spawner_class = CourseSpawner\nc.CourseSpawner.allow_root = True\n"
-    lab = load_lab(str(write_config(tmp_path, body)))
+    lab = load_hub_config(str(write_config(tmp_path, body)))
     assert type(lab.spawner).__name__ == "CourseSpawner" and lab.spawner.allow_root
 
 
@@ -566,7 +580,7 @@ def test_load_lab_subclass_in_config(tmp_path):
     ],
 )
 def test_load_lab_names_a_foreign_spawner(tmp_path, body, problem):
-    lab = load_lab(str(write_config(tmp_path, body)))
+    lab = load_hub_config(str(write_config(tmp_path, body)))
     assert problem in lab.spawner_problem
 
 
@@ -581,23 +595,23 @@ def test_load_lab_names_a_foreign_spawner(tmp_path, body, problem):
     ids=["bad-profile", "bad-gpus", "syntax", "import"],
 )
 def test_load_lab_refuses_a_broken_config(tmp_path, body, error):
-    with pytest.raises(CommandError, match="jupyterhub_config.py") as e:
-        load_lab(str(write_config(tmp_path, body)))
+    with pytest.raises(ConfigError, match="jupyterhub_config.py") as e:
+        load_hub_config(str(write_config(tmp_path, body)))
     assert error in str(e.value)
 
 
 def test_unpinned_images_are_refused_as_the_hub_does(tmp_path):
     body = 'c.JupyterHub.spawner_class = "gpu"\nc.GPUSpawner.profiles = [{"slug": "a", "display_name": "A", "image": "lab"}]\n'
-    lab = load_lab(str(write_config(tmp_path, body)))
+    lab = load_hub_config(str(write_config(tmp_path, body)))
     with pytest.raises(ProfileError, match="pin a tag"):
         lab.profiles
 
 
 def test_load_lab_without_a_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CommandError, match="no config file"):
-        load_lab("jupyterhub_config.py", explicit=True)
-    lab = load_lab("jupyterhub_config.py", explicit=False)
+    with pytest.raises(ConfigError, match="no config file"):
+        load_hub_config("jupyterhub_config.py", explicit=True)
+    lab = load_hub_config("jupyterhub_config.py", explicit=False)
     assert lab.config_file == "" and "using the hub's defaults" in lab.notes[0]
     assert [p.slug for p in lab.profiles] == ["default"]
 
@@ -605,7 +619,7 @@ def test_load_lab_without_a_config_file(tmp_path, monkeypatch):
 def test_the_repositorys_config_loads():
     from pathlib import Path
 
-    lab = load_lab(str(Path(__file__).resolve().parent.parent / "jupyterhub_config.py"))
+    lab = load_hub_config(str(Path(__file__).resolve().parent.parent / "jupyterhub_config.py"))
     assert lab.spawner_problem == "" and [p.slug for p in lab.profiles] == ["cpu", "gpu", "shared"]
 
 
@@ -655,7 +669,7 @@ class FakeEngine:
 def test_status_json_and_table(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path, HUB_CONFIG)
     engine = FakeEngine([container("alice", "", ["GPU-bbbb"]), container("erin", "", [], profile="cpu")])
-    monkeypatch.setattr(Lab, "docker", lambda self: engine)
+    monkeypatch.setattr(HubConfig, "docker", lambda self: engine)
 
     assert main(["status", "--json", "-f", str(config)]) == 0
     assert engine.filters == {"label": "gpuspawner.gpus"}
@@ -686,7 +700,7 @@ def test_doctor_without_an_engine_still_checks_the_rest(tmp_path, monkeypatch, c
 # --- image build: the plan, the Dockerfile, the arguments (no Docker)
 
 
-def plan(**changes) -> checks.BuildPlan:
+def plan(**changes) -> build_plan.BuildPlan:
     values = dict(
         base="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
         tag="ml101-cuda:2026.1",
@@ -695,13 +709,13 @@ def plan(**changes) -> checks.BuildPlan:
         python="/opt/conda/bin/python3",
         user="jovyan",
         requirements_sha256="ab" * 32,
-        datasets=(checks.Dataset("mnist", "/data/mnist", 11 * 1000**2),),
+        datasets=(build_plan.Dataset("mnist", "/data/mnist", 11 * 1000**2),),
     )
-    return checks.BuildPlan(**{**values, **changes})
+    return build_plan.BuildPlan(**{**values, **changes})
 
 
 def test_the_dockerfile_of_a_build():
-    text = checks.dockerfile(plan())
+    text = build_plan.dockerfile(plan())
     lines = text.splitlines()
     assert lines[1:3] == ["FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", "USER root"]
     assert "COPY requirements.txt /tmp/gpuspawner-build/requirements.txt" in lines
@@ -721,13 +735,13 @@ def test_the_dockerfile_of_a_build():
 
 
 def test_the_dockerfile_with_wheels_and_nothing_to_install():
-    text = checks.dockerfile(plan(wheels=True, python="/opt/my venv/bin/python"))
+    text = build_plan.dockerfile(plan(wheels=True, python="/opt/my venv/bin/python"))
     assert "COPY wheels /tmp/gpuspawner-build/wheels" in text
     assert (
         "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --find-links /tmp/gpuspawner-build/wheels" in text
     )
     # A base with the hub's JupyterHub, no requirements, no data: no pip at all; its USER kept.
-    bare = checks.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
+    bare = build_plan.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
     assert "pip" not in bare and "COPY" not in bare
     # a base that runs as root: students get uid 1000 with a home, never root
     assert bare.splitlines()[-4:] == [
@@ -738,9 +752,9 @@ def test_the_dockerfile_with_wheels_and_nothing_to_install():
         "WORKDIR /home/jovyan",
         "USER 1000",
     ]
-    assert checks.dockerfile(plan(user="root")).splitlines()[-1] == "USER 1000"
+    assert build_plan.dockerfile(plan(user="root")).splitlines()[-1] == "USER 1000"
     labels = plan(requirements_sha256="", datasets=()).labels
-    assert checks.LABEL_REQUIREMENTS not in labels and labels[checks.LABEL_DATASETS] == ""
+    assert build_plan.LABEL_REQUIREMENTS not in labels and labels[build_plan.LABEL_DATASETS] == ""
 
 
 @pytest.mark.parametrize(
@@ -756,27 +770,27 @@ def test_the_dockerfile_with_wheels_and_nothing_to_install():
     ],
 )
 def test_build_refuses_unpinned_names(base, tag, says):
-    with pytest.raises(checks.BuildRefused, match=re.escape(says)):
-        checks.check_build_tags(base, tag)
+    with pytest.raises(build_plan.BuildRefused, match=re.escape(says)):
+        build_plan.check_build_tags(base, tag)
 
 
 def test_build_accepts_pinned_names():
-    checks.check_build_tags("lab@sha256:" + "a" * 64, "registry.example.edu:5000/ml101:2026.1")
-    checks.check_build_tags("lab:1", "lab:2")
+    build_plan.check_build_tags("lab@sha256:" + "a" * 64, "registry.example.edu:5000/ml101:2026.1")
+    build_plan.check_build_tags("lab:1", "lab:2")
 
 
 def test_dataset_names():
-    assert checks.dataset_names(["/data/mnist/", "cifar-10"]) == ["mnist", "cifar-10"]
-    with pytest.raises(checks.BuildRefused, match="two datasets named 'mnist'"):
-        checks.dataset_names(["/a/mnist", "/b/mnist"])
-    with pytest.raises(checks.BuildRefused, match="cannot name a dataset"):
-        checks.dataset_names(["/data/my data"])
+    assert build_plan.dataset_names(["/data/mnist/", "cifar-10"]) == ["mnist", "cifar-10"]
+    with pytest.raises(build_plan.BuildRefused, match="two datasets named 'mnist'"):
+        build_plan.dataset_names(["/a/mnist", "/b/mnist"])
+    with pytest.raises(build_plan.BuildRefused, match="cannot name a dataset"):
+        build_plan.dataset_names(["/data/my data"])
 
 
 def test_big_datasets_belong_in_a_mount():
-    small = checks.dataset_finding(checks.Dataset("mnist", "/d/mnist", 11 * 1000**2))
+    small = build_plan.dataset_finding(build_plan.Dataset("mnist", "/d/mnist", 11 * 1000**2))
     assert small.level == OK and "/opt/datasets/mnist" in small.message
-    big = checks.dataset_finding(checks.Dataset("imagenet", "/d/imagenet", 600 * 1000**2))
+    big = build_plan.dataset_finding(build_plan.Dataset("imagenet", "/d/imagenet", 600 * 1000**2))
     assert big.level == WARN and "mount it instead" in big.fix
 
 
@@ -792,23 +806,26 @@ def test_big_datasets_belong_in_a_mount():
 )
 def test_when_the_build_installs_jupyterhub(singleuser, version, install):
     facts = good_image(singleuser=singleuser, jupyterhub=version)
-    assert checks.needs_jupyterhub(facts, HUB) is install
-    assert checks.jupyterhub_step(facts, HUB)[0] is install
+    assert build_plan.needs_jupyterhub(facts, HUB) is install
+    assert build_plan.jupyterhub_step(facts, HUB)[0] is install
 
 
 def test_a_base_without_python_is_refused():
-    assert checks.base_findings(good_image()) == []
-    (no_python,) = checks.base_findings(good_image(python=""))
+    assert build_plan.base_findings(good_image()) == []
+    (no_python,) = build_plan.base_findings(good_image(python=""))
     assert no_python.level == FAIL and "pip cannot install" in no_python.message
-    (broken,) = checks.base_findings(good_image(probe_error="exit status 127"))
+    (broken,) = build_plan.base_findings(good_image(probe_error="exit status 127"))
     assert broken.level == FAIL
 
 
 def test_build_events():
-    assert checks.build_event({"stream": "Step 1/7 : FROM lab:1\n"}) == ("Step 1/7 : FROM lab:1", "", "")
-    assert checks.build_event({"aux": {"ID": "sha256:abc"}}) == ("", "sha256:abc", "")
-    assert checks.build_event({"status": "Downloading", "id": "l1", "progress": "[=>  ]"})[0] == "l1 Downloading [=>  ]"
-    assert checks.build_event({"error": "x", "errorDetail": {"message": "pip failed\n"}}) == ("", "", "pip failed")
+    assert build_plan.build_event({"stream": "Step 1/7 : FROM lab:1\n"}) == ("Step 1/7 : FROM lab:1", "", "")
+    assert build_plan.build_event({"aux": {"ID": "sha256:abc"}}) == ("", "sha256:abc", "")
+    assert (
+        build_plan.build_event({"status": "Downloading", "id": "l1", "progress": "[=>  ]"})[0]
+        == "l1 Downloading [=>  ]"
+    )
+    assert build_plan.build_event({"error": "x", "errorDetail": {"message": "pip failed\n"}}) == ("", "", "pip failed")
 
 
 @pytest.mark.parametrize(
@@ -831,14 +848,14 @@ def test_image_build_refuses_before_asking_docker(argv, says, monkeypatch, capsy
 
 def test_prepull_summary_and_table():
     results = [
-        checks.PullResult("lab:1", checks.PRESENT, 2 * 1024**3, 0.0, profiles=("cpu",)),
-        checks.PullResult("lab:2", checks.PULLED, 3 * 1024**3, 41.5, profiles=("gpu", "gpu-big")),
-        checks.PullResult("lab:3", checks.FAILED, 0, 1.2, error="Could not pull lab:3: not found"),
+        prepull.PullResult("lab:1", prepull.PRESENT, 2 * 1024**3, 0.0, profiles=("cpu",)),
+        prepull.PullResult("lab:2", prepull.PULLED, 3 * 1024**3, 41.5, profiles=("gpu", "gpu-big")),
+        prepull.PullResult("lab:3", prepull.FAILED, 0, 1.2, error="Could not pull lab:3: not found"),
     ]
-    assert checks.prepull_summary(results) == (1, "3 image(s): 1 already present, 1 pulled, 1 failed")
-    assert checks.prepull_summary(results[:2])[0] == 0
+    assert prepull.prepull_summary(results) == (1, "3 image(s): 1 already present, 1 pulled, 1 failed")
+    assert prepull.prepull_summary(results[:2])[0] == 0
     buf = io.StringIO()
-    Console(file=buf, width=160).print(output.prepull_table(results))
+    Console(file=buf, width=160).print(prepull.prepull_table(results))
     out = buf.getvalue()
     assert "gpu, gpu-big" in out and "3 GiB" in out and "41.5" in out and "failed" in out
 
@@ -858,8 +875,8 @@ async def test_prepull_follows_the_pullers_tasks():
     users = {"lab:1": ["cpu"], "lab:2": ["gpu"], "lab:3": ["old"]}
     results = await PrepullApp.pull_all(Puller(), users, Console(file=io.StringIO()))
     assert [(r.image, r.state, r.profiles) for r in results] == [
-        ("lab:1", checks.PRESENT, ("cpu",)),
-        ("lab:2", checks.PULLED, ("gpu",)),
-        ("lab:3", checks.FAILED, ("old",)),
+        ("lab:1", prepull.PRESENT, ("cpu",)),
+        ("lab:2", prepull.PULLED, ("gpu",)),
+        ("lab:3", prepull.FAILED, ("old",)),
     ]
     assert results[2].error == "Could not pull lab:3" and results[1].seconds >= 0.04

@@ -19,7 +19,7 @@ import zipfile
 import docker.errors
 import pytest
 
-from gpuspawner.cli import checks
+from gpuspawner.cli import build_plan as checks  # the labels image build sets
 
 from .realhub import engine, read_testbed
 from .test_cli_e2e import RUN, gpuspawner, line, no_probe_left, write_config
@@ -153,11 +153,12 @@ def test_build_from_a_base_that_runs_as_root(tmp_path):
 def test_build_refuses_unpinned_names(tmp_path):
     write_config(tmp_path, [])
     base = read_testbed("image")
-    status, _, err, took = gpuspawner(tmp_path, "image", "build", "--base", base, "--tag", "lab:latest")
+    # Refused before any Docker call: with no engine to reach at all, the refusal is still the name's.
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    status, _, err, _ = gpuspawner(tmp_path, "image", "build", "--base", base, "--tag", "lab:latest", engine_at=nowhere)
     assert status == 2 and "--tag: image 'lab:latest' uses the tag 'latest'" in err
     status, _, err, _ = gpuspawner(tmp_path, "image", "build", "--base", "gpuspawner-lab", "--tag", "lab:1")
     assert status == 2 and "--base: image 'gpuspawner-lab' has no tag" in err
-    assert took < 30  # refused before any Docker call (the time is Python's start)
 
 
 def pushed_image(address: str, tag: str) -> str:
@@ -208,6 +209,6 @@ def test_prepull_every_profiles_image(tmp_path, registry):  # noqa: F811 - the f
         assert "failed" in line(out, missing, "│")  # its row of the table
         assert "manifest unknown" in line(out, "fail", missing, "Could not pull")  # the registry's answer
         assert "3 image(s): 2 already present, 0 pulled, 1 failed" in line(out, "verdict:")
-        assert time.monotonic() - t0 < 120
+        print(f"both prepulls: {time.monotonic() - t0:.1f} s (timed by benchmarks/cli.py, not asserted)")
     finally:
         remove_image(ref)

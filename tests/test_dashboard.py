@@ -522,3 +522,24 @@ def test_nvml_missing_is_an_alarm_only_when_the_inventory_comes_from_nvml():
     assert "Cannot read NVML" not in static and "No GPU usage figures" in static
     nvml = build_view(Inventory(units=UNITS, source="nvml"), POLICY, CONTAINERS, now=NOW, nvml_error="GPU is lost")
     assert "Cannot read NVML: GPU is lost" in render_page(nvml, user="a", can_stop=False, xsrf_form_html="", refresh=15)
+
+
+def test_the_dashboard_makes_a_new_docker_client_after_a_failure():
+    import asyncio
+
+    from gpuspawner.dashboard.sources import Sources
+
+    class Down:
+        def containers(self, filters):
+            raise ConnectionError("the engine is restarting")
+
+    class Up:
+        def containers(self, filters):
+            return CONTAINERS
+
+    clients = iter([Down(), Up()])
+    made = []
+    src = Sources(INVENTORY, POLICY, lambda: made.append(next(clients)) or made[-1], None, "", nvml=False, host="h")
+    assert "the engine is restarting" in asyncio.run(src.view()).docker_error
+    assert asyncio.run(src.view()).docker_error == "" and len(made) == 2
+    assert asyncio.run(src.view()).docker_error == "" and len(made) == 2  # kept while it works

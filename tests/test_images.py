@@ -22,6 +22,7 @@ from gpuspawner.images import (
     cuda_refusal,
     declared_cuda,
     image_digest,
+    major_minor,
     split_reference,
 )
 
@@ -121,6 +122,25 @@ def test_allow_unpinned_still_refuses_a_broken_digest():
 )
 def test_declared_cuda(config, cuda):
     assert declared_cuda(config) == cuda
+
+
+@pytest.mark.parametrize(
+    "version, expect",
+    [
+        ("12.4.1", (12, 4)),
+        ("12", (12, 0)),
+        (" 12.4 ", (12, 4)),
+        ("6.0.0b1", (6, 0)),  # what pip reports of a pre-release JupyterHub
+        ("5.3.0.dev0", (5, 3)),
+        ("4.1.6.post1", (4, 1)),
+        ("2.5.1+cu124", (2, 5)),
+        ("12.4.1-cudnn", None),
+        ("cuda12", None),
+        ("", None),
+    ],
+)
+def test_major_minor(version, expect):
+    assert major_minor(version) == expect
 
 
 # --- the host's driver
@@ -408,3 +428,20 @@ async def test_updates_from_several_listeners_each_end(make_puller):
     for percents in await asyncio.gather(*listeners):
         assert percents[0] == 0 and percents[-1] == 100 and percents == sorted(percents)
     assert task._listeners == []
+
+
+async def test_the_puller_makes_a_new_client_after_the_engine_failed():
+    class Down:
+        def inspect_image(self, image):
+            raise ConnectionError("the engine is restarting")
+
+    clients = iter([Down(), FakePullClient({}, present={"course/lab:1.0"})])
+    made = []
+    puller = ImagePuller(lambda: made.append(next(clients)) or made[-1])
+    try:
+        with pytest.raises(ConnectionError):
+            await puller.ensure("course/lab:1.0")
+        task = await puller.ensure("course/lab:1.0")
+        assert (task.done, task.error, len(made)) == (True, "", 2)
+    finally:
+        puller.close()

@@ -1,26 +1,22 @@
-"""The command's I/O: one short container run per image, and the engine's GPU path.
+"""The command's look inside an image: one short container run, and what it reports.
 
 Every container started here has no network and no GPU (``NVIDIA_VISIBLE_DEVICES=void``),
 drops all capabilities, carries the label ``gpuspawner.cli``, and is removed
-whatever happens. The facts go to the pure functions in ``checks.py``.
+whatever happens. Its output is parsed into ``ImageFacts`` (``parse_probe_output``,
+pure), which the checks of ``image check``, ``image build`` and ``doctor`` judge.
 """
 
 from __future__ import annotations
 
-import io
-import os
+import json
+import re
 import shutil
-import tarfile
-import tempfile
-from collections.abc import Callable, Iterator
-from typing import IO
+from dataclasses import dataclass, field
 
 import docker
 import docker.errors
 import docker.types
 import requests
-
-from .checks import BuildPlan, ImageFacts, build_event, dockerfile, parse_probe_output
 
 #: The label on the command's own short-lived containers (never a server's).
 CLI_LABEL = "gpuspawner.cli"
@@ -99,6 +95,99 @@ for name, code in CODE.items():
         out["error"] = "the import took longer than %.0f s" % left
     print("framework=" + json.dumps(out), flush=True)
 """
+
+
+#: The frameworks whose versions ``image check`` reports, when installed in the image.
+FRAMEWORKS = ("torch", "tensorflow", "jax")
+
+
+@dataclass(frozen=True)
+class Framework:
+    """A deep-learning framework found in the image: its version and the CUDA it was built for."""
+
+    name: str
+    version: str = ""
+    cuda: str = ""  # "" for a CPU-only build (or when it cannot say)
+    error: str = ""  # installed, but ``import`` failed: the last line of the error
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What ``image check`` learnt about one image: from ``inspect_image`` and one probe run."""
+
+    image: str
+    size: int = 0  # bytes, as the engine reports it
+    config: dict = field(default_factory=dict, hash=False)  # inspect_image()["Config"]
+    probe_error: str = ""  # the probe did not run (or not to the end): why
+    uid: int | None = None
+    user: str = ""
+    home: str = ""
+    home_writable: bool | None = None
+    singleuser: str = ""  # path of jupyterhub-singleuser, '' when not on PATH
+    python: str = ""  # the interpreter that runs jupyterhub-singleuser (else python3 on PATH)
+    python_version: str = ""
+    jupyterhub: str = ""  # the version ``import jupyterhub`` gives
+    jupyterhub_error: str = ""
+    jupyter_server: str = ""
+    jupyterlab: str = ""
+    notebook: str = ""
+    libcudart: tuple[str, ...] = ()  # CUDA runtime versions from libcudart.so.<version> files
+    nvcc: str = ""  # "12.4" from nvcc --version
+    frameworks: tuple[Framework, ...] = ()  # only those installed
+
+
+_PROBE_LINE = re.compile(r"^([a-z_]+)=(.*)$")
+
+
+def parse_probe_output(image: str, text: str, size: int = 0, config: dict | None = None) -> ImageFacts:
+    """Facts from the probe's stdout: ``key=value`` lines, ``python=<json>`` and ``framework=<json>``.
+
+    Unknown lines are ignored (an image's shell profile may print things).
+    """
+    values: dict = {"libcudart": [], "frameworks": []}
+    for line in text.splitlines():
+        m = _PROBE_LINE.match(line.strip())
+        if not m:
+            continue
+        key, value = m.groups()
+        if key == "libcudart":
+            version = value.split(".so.", 1)[1] if ".so." in value else ""
+            if version and version not in values["libcudart"]:
+                values["libcudart"].append(version)
+        elif key in ("python", "framework"):
+            try:
+                data = json.loads(value)
+            except ValueError:
+                continue
+            if key == "python" and isinstance(data, dict):
+                for name in (
+                    "python",
+                    "python_version",
+                    "jupyterhub",
+                    "jupyterhub_error",
+                    "jupyter_server",
+                    "jupyterlab",
+                    "notebook",
+                ):
+                    values[name] = str(data.get(name) or "")
+            elif isinstance(data, dict) and data.get("name"):
+                values["frameworks"].append(
+                    Framework(
+                        str(data["name"]),
+                        str(data.get("version") or ""),
+                        str(data.get("cuda") or ""),
+                        str(data.get("error") or ""),
+                    )
+                )
+        elif key == "uid":
+            values["uid"] = int(value) if value.isdigit() else None
+        elif key == "home_writable":
+            values["home_writable"] = value == "1"
+        elif key in ("user", "home", "singleuser", "nvcc"):
+            values[key] = value.strip()
+    values["libcudart"] = tuple(values["libcudart"])
+    values["frameworks"] = tuple(values["frameworks"])
+    return ImageFacts(image=image, size=size, config=config or {}, **values)
 
 
 def run_probe(client: docker.APIClient, image: str, timeout: float = 60) -> ImageFacts:
@@ -188,90 +277,17 @@ def gpu_request_refusal(client: docker.APIClient, image: str, capabilities=(("gp
             pass
 
 
+def image_inspect(client: docker.APIClient, image: str) -> dict | None:
+    """``inspect_image()`` of an image on the engine; None when it is not there."""
+    try:
+        return client.inspect_image(image)
+    except docker.errors.NotFound:
+        return None
+
+
 #: The NVIDIA Container Toolkit's programs, any of which shows it is installed.
 TOOLKIT_PROGRAMS = ("nvidia-container-runtime-hook", "nvidia-container-toolkit", "nvidia-ctk")
 
 
 def toolkit_on_path() -> list[str]:
     return [name for name in TOOLKIT_PROGRAMS if shutil.which(name)]
-
-
-# --- image build -------------------------------------------------------------------------------
-
-
-def dir_size(path: str) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(folder, name))
-            except OSError:
-                continue
-            if not os.path.islink(os.path.join(folder, name)):
-                total += st.st_size
-    return total
-
-
-def build_context(
-    plan: BuildPlan, requirements: str = "", wheels: str = "", data: dict[str, str] | None = None
-) -> IO[bytes]:
-    """A temporary tar (deleted when closed): the generated Dockerfile, the requirements file,
-    the wheel dir and each dataset dir, under the names ``dockerfile()`` expects."""
-    context = tempfile.TemporaryFile(prefix="gpuspawner-build-")
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        text = dockerfile(plan).encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size, info.mode = len(text), 0o644
-        tar.addfile(info, io.BytesIO(text))
-        if requirements:
-            tar.add(requirements, arcname="requirements.txt", filter=_readable)
-        if wheels:
-            tar.add(wheels, arcname="wheels", filter=_readable)
-        for name, source in (data or {}).items():
-            tar.add(source, arcname=f"data/{name}", filter=_readable)
-    context.seek(0)
-    return context
-
-
-def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """Owned by root in the image, readable by the image's user (students): files 644, dirs 755."""
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    info.mode = (info.mode | 0o444 | (0o111 if info.isdir() else 0)) & 0o7755
-    return info
-
-
-def build_image(
-    client: docker.APIClient,
-    context: IO[bytes],
-    tag: str,
-    network_mode: str = "host",
-    show: Callable[[str], None] = print,
-) -> str:
-    """Build with the engine's classic builder; each line of its output goes to ``show``.
-
-    Returns the image id; raises ``docker.errors.BuildError`` with the engine's message.
-    """
-    stream: Iterator[dict] = client.build(
-        fileobj=context,
-        custom_context=True,
-        tag=tag,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        network_mode=network_mode,
-        decode=True,
-    )
-    image_id, log = "", []
-    for event in stream:
-        text, found, error = build_event(event)
-        if error:
-            raise docker.errors.BuildError(error, log)
-        if text:
-            log.append(event)
-            show(text)
-        image_id = found or image_id
-    if not image_id:
-        raise docker.errors.BuildError("the engine reported no image", log)
-    return image_id

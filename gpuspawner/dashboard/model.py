@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import labels as label
-from ..gpus import Inventory, Ledger, Policy, holder_key
+from ..gpus import Inventory, Ledger, Policy, holder_key, split_holder
 from ..gpus.nvml import UnitUsage
 
 FREE, USED, SHARED, UNKNOWN = "free", "used", "shared", "unknown"
@@ -283,11 +283,11 @@ def build_view(
         warnings += label.adopt_containers(ledger, containers)
         servers_without_gpu = 0
         for c in containers:
-            labels = c.get("Labels") or {}
-            if label.USER not in labels:
+            record = label.read_server(c.get("Labels"))
+            if record is None:
                 continue
-            by_holder[holder_key(labels[label.USER], labels.get(label.SERVER, ""))] = c
-            servers_without_gpu += not labels.get(label.GPUS)
+            by_holder[record.holder] = c
+            servers_without_gpu += not record.unit_ids
 
     # One pass over the ledger (holders_of per unit is O(units x holders)), in the ledger's order.
     assigned: dict[str, list] = {}
@@ -357,12 +357,12 @@ def build_view(
 
 
 def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping, groups=()) -> Holding:
-    labels = container.get("Labels") or {}
+    record = label.read_server(container.get("Labels"))
     names = container.get("Names") or [str(container.get("Id", ""))[:12]]
     return Holding(
         user=user,
-        server=labels.get(label.SERVER, holder.split("/", 1)[1]),
-        profile=labels.get(label.PROFILE, ""),
+        server=record.server if record else split_holder(holder)[1],
+        profile=record.profile if record else "",
         image=str(container.get("Image") or ""),
         container=names[0].lstrip("/"),
         since=parse_time(container.get("Created")),

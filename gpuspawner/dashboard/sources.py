@@ -17,6 +17,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .. import labels as label
+from ..docker_client import LazyClient
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
 from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
@@ -81,8 +82,7 @@ class Sources:
         self.inventory = inventory
         self._described = inventory.units  # on a Swarm: what the config says of each unit
         self.policy = policy
-        self._docker_client = docker_client
-        self._docker = None
+        self._docker = LazyClient(docker_client)
         self.hub = hub
         self.denials_file = denials_file
         self.denials_shown = denials_shown
@@ -93,18 +93,13 @@ class Sources:
         self.host = socket.gethostname() if host is None else host
 
     def _containers(self) -> list[dict]:
-        if self._docker is None:
-            self._docker = self._docker_client()
-        try:
+        with self._docker.use() as client:  # a failure: a new client next time (the engine may have restarted)
             if self.inventory.source == "swarm":  # SwarmGPUSpawner: every node, from the Swarm manager
                 from ..swarm import dashboard_inputs
 
-                self.inventory, found = dashboard_inputs(self._docker, self._described)
+                self.inventory, found = dashboard_inputs(client, self._described)
                 return found
-            return self._docker.containers(filters={"label": label.USER})
-        except Exception:
-            self._docker = None  # a new client next time (the engine may have restarted)
-            raise
+            return client.containers(filters={"label": label.USER})
 
     def _events(self, path: str, cache: dict):
         """(recent events, counts by reason) of a JSON-lines file, and an error ('' when read)."""

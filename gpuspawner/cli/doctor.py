@@ -1,0 +1,392 @@
+"""``gpuspawner doctor``: is this host ready for the hub? One line per finding, with the fix.
+
+The command gathers the facts (the config, the engine and its GPU path, NVML, the
+images, the dataset and share sources); the checks here (pure functions) judge them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from textwrap import dedent
+
+import docker
+import docker.errors
+
+from ..config import ConfigError, HubConfig, engine_where
+from ..gpus import GPU, Inventory, Ledger
+from ..gpus.nvml import NVMLUnavailable, discover
+from ..images import cuda_refusal, declared_cuda, runs_as_root
+from ..profiles import Profile, ProfileError
+from ..spawner import GPUSpawner
+from ..traits import format_bytes
+from . import output, probe
+from .command import LabCommand, by_image
+from .findings import FAIL, OK, WARN, Finding, verdict
+
+
+def docker_finding(version: dict | None, error: str = "", where: str = "") -> Finding:
+    """Is the hub's engine reachable? ``version`` is ``APIClient.version()``."""
+    if version is None:
+        return Finding(
+            FAIL,
+            "docker",
+            f"no Docker engine answers{f' at {where}' if where else ''}: {error}",
+            "start dockerd, set DOCKER_HOST as the hub has it, or add this user to the docker group",
+        )
+    return Finding(
+        OK,
+        "docker",
+        f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')}) at {where or 'the default socket'}",
+    )
+
+
+def toolkit_finding(on_path: Iterable[str], runtimes: Iterable[str], gpu_request: str | None) -> Finding:
+    """Can the engine give containers GPUs?
+
+    ``on_path``: NVIDIA toolkit programs found on this host's PATH; ``runtimes``: the
+    engine's runtimes (``docker info``); ``gpu_request``: '' when a test container
+    asking for GPU capabilities (and no GPU) started, the engine's error when it was
+    refused, None when it was not tried. What the engine does wins over the rest.
+    """
+    on_path, runtimes = list(on_path), list(runtimes)
+    evidence = [*on_path, *(f"runtime {r}" for r in runtimes if "nvidia" in r)]
+    fix = (
+        "install the NVIDIA Container Toolkit (nvidia-container-toolkit) and restart dockerd;"
+        " until then only CPU profiles can start"
+    )
+    if gpu_request == "":
+        found = f" ({', '.join(evidence)})" if evidence else ""
+        return Finding(OK, "toolkit", f"the engine accepts GPU requests: the NVIDIA hook is on its PATH{found}")
+    if gpu_request is not None:
+        if evidence:
+            return Finding(
+                FAIL,
+                "toolkit",
+                f"{', '.join(evidence)} found, but the engine refuses GPU requests: {gpu_request}",
+                "restart dockerd, so that it finds nvidia-container-runtime-hook on its PATH",
+            )
+        return Finding(
+            WARN, "toolkit", f"no NVIDIA container toolkit: the engine refuses GPU requests ({gpu_request})", fix
+        )
+    if evidence:
+        return Finding(OK, "toolkit", f"NVIDIA container toolkit found: {', '.join(evidence)}")
+    return Finding(WARN, "toolkit", "no NVIDIA container toolkit found: no GPU can be given to a server", fix)
+
+
+def nvml_findings(
+    nvml: Inventory | None, error: str, gpus_setting: object, hub_units: Iterable[GPU] = ()
+) -> list[Finding]:
+    """The driver as NVML sees it (``nvml``, or None and ``error``), against the config's ``gpus``."""
+    if nvml is None:
+        level = FAIL if gpus_setting == "nvml" else WARN
+        uses = "c.GPUSpawner.gpus = 'nvml' needs it" if gpus_setting == "nvml" else "no GPU can be discovered"
+        return [
+            Finding(
+                level,
+                "nvml",
+                f"{error or 'NVML is not available'}: {uses}",
+                "install the NVIDIA driver (nvidia-smi must work on this host)",
+            )
+        ]
+    whole = [u for u in nvml.units if not u.is_mig]
+    mig_gpus = sorted({u.index for u in nvml.units if u.is_mig})
+    mig = f"MIG on GPU {', '.join(map(str, mig_gpus))}" if mig_gpus else "MIG off"
+    findings = [
+        Finding(
+            OK,
+            "nvml",
+            f"driver {nvml.driver_version or '?'}, CUDA up to {nvml.cuda_version or '?'},"
+            f" {len(whole)} whole GPU(s), {len(nvml.units) - len(whole)} MIG instance(s), {mig}",
+        )
+    ]
+    if isinstance(gpus_setting, list):  # a static list: is each of its units really there?
+        known = {u.uuid for u in nvml.units}
+        missing = [u.uuid for u in hub_units if u.uuid not in known]
+        if missing:
+            findings.append(
+                Finding(
+                    FAIL,
+                    "gpus",
+                    f"c.GPUSpawner.gpus lists {', '.join(missing)}, which the driver does not report",
+                    "fix the list from `nvidia-smi -L`, or set c.GPUSpawner.gpus = 'nvml'",
+                )
+            )
+    return findings
+
+
+def profile_findings(profiles: tuple[Profile, ...], inventory: Inventory, ledger: Ledger) -> list[Finding]:
+    """Each GPU profile against the units the hub hands out: can it ever start?"""
+    findings = []
+    for p in profiles:
+        request = p.gpu_request
+        if not request.slots:
+            continue
+        _free, total = ledger.availability(request)
+        if total == 0:
+            findings.append(
+                Finding(
+                    FAIL,
+                    f"profile {p.slug}",
+                    f"asks for {request.describe()}, and the hub's inventory"
+                    f" ({inventory.source}, {len(inventory.units)} unit(s)) has none that fits",
+                    "change the profile's GPU fields, or c.GPUSpawner.gpus",
+                )
+            )
+        elif not request.shared and total < request.count:
+            findings.append(
+                Finding(
+                    FAIL,
+                    f"profile {p.slug}",
+                    f"asks for {request.describe()}, and only {total} fit",
+                    "lower its 'gpus'",
+                )
+            )
+        else:
+            findings.append(Finding(OK, f"profile {p.slug}", f"{request.describe()}: {total} unit(s) fit"))
+    return findings
+
+
+def profile_image_findings(
+    image: str,
+    inspect: dict | None,
+    users: tuple[Profile, ...],
+    *,
+    pull_policy: str,
+    allow_root: bool,
+    driver_cuda: str,
+    driver_version: str = "",
+) -> list[Finding]:
+    """One profile image on the engine: present, not root, its CUDA within the driver's (for GPU profiles)."""
+    slugs = ", ".join(p.slug for p in users)
+    if inspect is None:
+        if pull_policy.lower() == "never":
+            return [
+                Finding(
+                    FAIL,
+                    "image",
+                    f"{image} is not on this engine, and pull_policy is 'never' (profiles {slugs})",
+                    f"docker pull {image} (or load it) on this host",
+                )
+            ]
+        return [
+            Finding(
+                WARN,
+                "image",
+                f"{image} is not on this engine yet: the first spawn of {slugs} will pull it, and wait",
+                f"docker pull {image} before class",
+            )
+        ]
+    findings = []
+    config = inspect.get("Config") or {}
+    if runs_as_root(config) and not allow_root:
+        findings.append(
+            Finding(
+                FAIL,
+                "image",
+                f"{image} runs as root: the hub refuses it",
+                "USER 1000 in its Dockerfile (or c.GPUSpawner.allow_root = True)",
+            )
+        )
+    cuda = declared_cuda(config) or ""
+    refusal = cuda_refusal(image, cuda, driver_cuda, driver_version)
+    if refusal and any(p.gpu_request.slots for p in users):
+        findings.append(
+            Finding(FAIL, "image", refusal, "rebuild it on an older CUDA base image, or upgrade the driver")
+        )
+    if not findings:
+        size = format_bytes(int(inspect.get("Size") or 0))
+        findings.append(
+            Finding(OK, "image", f"{image} is present ({size}, CUDA {cuda or 'not declared'}), for {slugs}")
+        )
+    return findings
+
+
+def mount_findings(profiles: tuple[Profile, ...], exists: Callable[[str], bool]) -> list[Finding]:
+    """Datasets and shares: is each source there? ``exists`` answers for a host path or a volume name."""
+    findings = []
+    seen: set[tuple[str, str]] = set()
+    for p in profiles:
+        for kind, mounts in (("dataset", p.datasets), ("share", p.shares)):
+            for m in mounts:
+                if (kind, m.source) in seen:
+                    continue
+                seen.add((kind, m.source))
+                what = "host path" if m.source.startswith("/") else "volume"
+                subject = f"{kind} {m.name}"
+                if exists(m.source):
+                    findings.append(Finding(OK, subject, f"{what} {m.source} is there"))
+                elif kind == "dataset":
+                    findings.append(
+                        Finding(
+                            FAIL,
+                            subject,
+                            f"{what} {m.source} is missing: students would see an empty folder",
+                            f"create {m.source} and copy the data in (profile {p.slug})",
+                        )
+                    )
+                else:
+                    findings.append(
+                        Finding(
+                            WARN,
+                            subject,
+                            f"{what} {m.source} is missing: Docker creates it empty on first use",
+                            f"create {m.source} with the course's files, writable by the teachers",
+                        )
+                    )
+    return findings
+
+
+def config_findings(
+    path: str, profiles: tuple[Profile, ...] | None, error: str, spawner_problem: str = ""
+) -> list[Finding]:
+    """Does the hub config load, name gpuspawner, and give valid profiles with pinned images?
+
+    ``path`` is '' when no config file was found (the hub's defaults are checked).
+    """
+    if not path:
+        findings = [
+            Finding(WARN, "config", "no config file: checking the hub's defaults", "name the hub's config with -f")
+        ]
+    elif spawner_problem:
+        findings = [
+            Finding(FAIL, "config", f"{path} loads, but {spawner_problem}", 'c.JupyterHub.spawner_class = "gpu"')
+        ]
+    else:
+        findings = [Finding(OK, "config", f"{path} loads; the hub's spawner is gpuspawner")]
+    if profiles is None:
+        findings.append(Finding(FAIL, "profiles", error, f"fix the profile named above in {path}"))
+    else:
+        slugs = ", ".join(p.slug for p in profiles)
+        findings.append(Finding(OK, "profiles", f"{len(profiles)} profile(s) valid, images pinned: {slugs}"))
+    return findings
+
+
+def inventory_finding(inventory: Inventory, gpu_profiles: int) -> Finding:
+    """The units the hub will hand out, from config or NVML."""
+    where = {"static": "the list in c.GPUSpawner.gpus", "nvml": "NVML", "none": "no source"}.get(
+        inventory.source, inventory.source
+    )
+    if not inventory.units:
+        level = WARN if gpu_profiles else OK
+        note = f": {inventory.note}" if inventory.note else ""
+        fix = "set c.GPUSpawner.gpus ('nvml' on a GPU host, or a list)" if gpu_profiles else ""
+        return Finding(level, "gpus", f"the hub hands out no GPU ({where}{note})", fix)
+    mig = sum(u.is_mig for u in inventory.units)
+    return Finding(
+        OK,
+        "gpus",
+        f"{len(inventory.units)} unit(s) from {where}: {len(inventory.units) - mig} whole GPU(s),"
+        f" {mig} MIG instance(s)",
+    )
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+class DoctorApp(LabCommand):
+    name = "gpuspawner doctor"
+    description = """Check that this host is ready for the hub: one line per finding, with the fix.
+
+    The hub config loads, names gpuspawner, and its profiles validate with pinned
+    images; Docker answers; the NVIDIA container toolkit (the engine accepts GPU
+    requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
+    profile fits the inventory; each profile's image is present, not root, and
+    within the driver's CUDA; dataset and share sources exist. Exit status 1 when
+    anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
+    """
+    examples = dedent("""
+    gpuspawner doctor
+    gpuspawner doctor -f /srv/jupyterhub/jupyterhub_config.py
+    """)
+
+    def start(self) -> int:
+        findings: list[Finding] = []
+        hub, profiles = self.check_config(findings)
+        spawner = hub.spawner if hub else GPUSpawner(log=self.log)
+        client = self.check_engine(spawner, profiles, findings)
+        inventory = self.check_gpus(hub, spawner, profiles, findings)
+        if client is not None:
+            self.check_images(client, spawner, profiles, inventory, findings)
+        findings += mount_findings(profiles, lambda source: _source_exists(client, source))
+
+        out = output.console()
+        output.print_findings(out, findings)
+        status, text = verdict(findings)
+        out.print(output.verdict_line(status, text))
+        if any(f.subject == "image" for f in findings):
+            out.print("(the full check of each image: gpuspawner image check --profiles)")
+        return status
+
+    def check_config(self, findings: list[Finding]) -> tuple[HubConfig | None, tuple[Profile, ...]]:
+        try:
+            hub = self.load_hub_config()
+        except ConfigError as e:
+            findings.append(
+                Finding(FAIL, "config", str(e), "fix the config file (jupyterhub -f ... fails the same way)")
+            )
+            return None, ()
+        try:
+            profiles, error = hub.profiles, ""
+        except ProfileError as e:
+            profiles, error = None, str(e)
+        findings += config_findings(hub.config_file, profiles, error, hub.spawner_problem)
+        return hub, profiles or ()
+
+    def check_engine(self, spawner: GPUSpawner, profiles, findings: list[Finding]) -> docker.APIClient | None:
+        """Docker answers, and gives GPUs: a container asking for GPU capabilities starts."""
+        where = engine_where(spawner)
+        try:
+            client = spawner.new_docker_client()
+            findings.append(docker_finding(client.version(), where=where))
+            runtimes = list((client.info().get("Runtimes") or {}).keys())
+        except (docker.errors.DockerException, OSError) as e:
+            findings.append(docker_finding(None, str(e), where))
+            return None
+        present = next((p.image for p in profiles if probe.image_inspect(client, p.image)), None)
+        refusal = probe.gpu_request_refusal(client, present) if present else None
+        findings.append(toolkit_finding(probe.toolkit_on_path(), runtimes, refusal))
+        return client
+
+    def check_gpus(self, hub: HubConfig | None, spawner: GPUSpawner, profiles, findings: list[Finding]) -> Inventory:
+        """The driver (NVML), the units the hub hands out, and whether each GPU profile fits them."""
+        try:
+            nvml, nvml_error = discover(), ""
+        except NVMLUnavailable as e:
+            nvml, nvml_error = None, str(e)
+        except Exception as e:  # noqa: BLE001 - a GPU fallen off the bus: report it, check the rest
+            nvml, nvml_error = None, f"NVML failed: {e}"
+        inventory = Inventory(source="none")
+        if hub is not None:
+            try:
+                inventory = hub.inventory
+            except Exception as e:  # noqa: BLE001 - the same, through the hub's own rule
+                findings.append(Finding(FAIL, "gpus", f"the hub cannot read its GPUs: {e}", "run nvidia-smi"))
+        findings += nvml_findings(nvml, nvml_error, spawner.gpus, inventory.units)
+        findings.append(inventory_finding(inventory, sum(bool(p.gpu_request.slots) for p in profiles)))
+        findings += profile_findings(profiles, inventory, Ledger(inventory.units))
+        return inventory
+
+    def check_images(self, client, spawner: GPUSpawner, profiles, inventory: Inventory, findings: list[Finding]):
+        for image, its_profiles in by_image(profiles).items():
+            findings += profile_image_findings(
+                image,
+                probe.image_inspect(client, image),
+                tuple(its_profiles),
+                pull_policy=spawner.pull_policy,
+                allow_root=spawner.allow_root,
+                driver_cuda=inventory.cuda_version or spawner.driver_cuda_version,
+                driver_version=inventory.driver_version,
+            )
+
+
+def _source_exists(client, source: str) -> bool:
+    if source.startswith("/"):
+        return os.path.exists(source)
+    if client is None:
+        return False
+    try:
+        client.inspect_volume(source)
+    except docker.errors.NotFound:
+        return False
+    return True

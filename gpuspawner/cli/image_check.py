@@ -1,0 +1,337 @@
+"""``gpuspawner image check IMAGE`` (or ``--profiles``): will this image start under this hub?
+
+The image runs once on the hub's engine (``probe.py``), with no GPU and no network;
+the checks here (pure) judge what it reported against what the hub needs
+(``HubContext``): jupyterhub-singleuser of the hub's major.minor, a user that is
+not root, Python and JupyterLab, the CUDA it declares and contains against the
+driver's, the frameworks, the command the hub will run.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from textwrap import dedent
+
+import docker.errors
+import jupyterhub
+from traitlets import Bool, Float
+from traitlets.config import Application
+
+from ..config import HubConfig, engine_where
+from ..images import cuda_refusal, declared_cuda, major_minor, runs_as_root
+from ..profiles import Profile
+from ..traits import format_bytes
+from . import output, probe
+from .command import LabCommand, by_image, profiles_of
+from .findings import FAIL, OK, WARN, Finding, verdict
+from .probe import FRAMEWORKS, ImageFacts
+
+
+@dataclass(frozen=True)
+class HubContext:
+    """What the hub's config and host say an image must fit."""
+
+    jupyterhub_version: str  # the hub's own, e.g. "6.1.1"
+    allow_root: bool = False
+    driver_cuda: str = ""  # the highest CUDA the driver supports; '' when unknown
+    driver_version: str = ""
+    driver_source: str = ""  # where driver_cuda came from, for messages
+    for_gpu: bool = True  # False: only CPU profiles use the image, so CUDA does not matter
+    cmd: tuple[str, ...] = ()  # c.DockerSpawner.cmd, when set
+
+
+def _jupyterhub_finding(facts: ImageFacts, hub: str) -> Finding:
+    subject = "jupyterhub-singleuser"
+    if not facts.singleuser:
+        return Finding(
+            FAIL,
+            subject,
+            "not found on the image's PATH: the hub cannot start a server from this image",
+            f"install jupyterhub=={hub} in the image (pip install jupyterhub=={hub}), next to JupyterLab",
+        )
+    if not facts.jupyterhub:
+        why = f": {facts.jupyterhub_error}" if facts.jupyterhub_error else ""
+        return Finding(
+            FAIL,
+            subject,
+            f"{facts.singleuser} is there, but `import jupyterhub` fails in {facts.python or 'its python'}{why}",
+            f"reinstall jupyterhub=={hub} in the image's Python environment",
+        )
+    where = f"{facts.singleuser}, JupyterHub {facts.jupyterhub} (the hub runs {hub})"
+    mine, hubs = major_minor(facts.jupyterhub), major_minor(hub)
+    if mine is None or hubs is None or mine[0] != hubs[0]:
+        return Finding(
+            FAIL,
+            subject,
+            f"{where}: a different major version, which the hub does not support",
+            f"pin jupyterhub=={hub} in the image",
+        )
+    if mine != hubs:
+        return Finding(
+            WARN, subject, f"{where}: same major version, different minor", f"pin jupyterhub=={hub} in the image"
+        )
+    if not (facts.jupyter_server or facts.notebook):
+        return Finding(
+            FAIL,
+            subject,
+            f"{where}, but neither jupyter_server nor notebook is installed for it to run",
+            "install jupyterlab (it brings jupyter_server) in the image",
+        )
+    return Finding(OK, subject, where)
+
+
+def _user_finding(facts: ImageFacts, allow_root: bool) -> list[Finding]:
+    # The hub decides by the image's USER (as here); the probe's uid confirms it.
+    root = facts.uid == 0 or runs_as_root(facts.config)
+    who = f"{facts.user or '?'} (uid {facts.uid if facts.uid is not None else '?'})"
+    if root:
+        if allow_root:
+            return [Finding(WARN, "user", "runs as root; allowed by c.GPUSpawner.allow_root")]
+        return [
+            Finding(
+                FAIL,
+                "user",
+                "runs as root: the hub refuses root images",
+                "add a non-root user and end the Dockerfile with USER 1000 (or set c.GPUSpawner.allow_root = True)",
+            )
+        ]
+    findings = [Finding(OK, "user", f"{who}, home {facts.home or '?'}")]
+    if facts.home_writable is False:
+        findings.append(
+            Finding(
+                FAIL,
+                "home",
+                f"{facts.home or 'HOME'} is not writable by {facts.user or 'the user'}:"
+                " the home volume is created from it, so students could not save their work",
+                f"chown {facts.uid}: {facts.home or '$HOME'} in the Dockerfile",
+            )
+        )
+    return findings
+
+
+def _cuda_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
+    declared = declared_cuda(facts.config) or ""
+    found = [(f"libcudart {v}", v) for v in facts.libcudart]
+    found += [("nvcc", facts.nvcc)] if facts.nvcc else []
+    found += [(f"{fw.name} built for CUDA {fw.cuda}", fw.cuda) for fw in facts.frameworks if fw.cuda]
+    found_text = ", ".join(what for what, _ in found)
+    summary = f"declared {declared or 'none'}; found {found_text or 'none'}"
+    if ctx.driver_cuda:
+        driver = f"; the driver supports up to CUDA {ctx.driver_cuda}"
+    else:
+        driver = "; the driver's CUDA is unknown (no NVML, no c.GPUSpawner.driver_cuda_version)"
+    if not ctx.for_gpu:
+        return [Finding(OK, "cuda", f"{summary} (only CPU profiles use this image)")]
+
+    findings = []
+    refusal = cuda_refusal(facts.image, declared, ctx.driver_cuda, ctx.driver_version)
+    if refusal:
+        findings.append(
+            Finding(FAIL, "cuda", refusal, "rebuild from a base image with an older CUDA, or upgrade the driver")
+        )
+    # What the frameworks really load may differ from what the image declares.
+    have = major_minor(ctx.driver_cuda)
+    for fw in facts.frameworks:
+        need = major_minor(fw.cuda)
+        if need is None or have is None:
+            continue
+        if need[0] > have[0]:
+            findings.append(
+                Finding(
+                    FAIL,
+                    "cuda",
+                    f"{fw.name} {fw.version} is built for CUDA {fw.cuda}, a newer major version than"
+                    f" the driver's CUDA {ctx.driver_cuda}: it will not see the GPU",
+                    f"install a {fw.name} build for CUDA {_dotted(have)} or older, or upgrade the driver",
+                )
+            )
+        elif need > have:
+            findings.append(
+                Finding(
+                    WARN,
+                    "cuda",
+                    f"{fw.name} {fw.version} is built for CUDA {fw.cuda}, newer than the driver's"
+                    f" CUDA {ctx.driver_cuda}: it runs only under CUDA minor-version compatibility"
+                    " (no PTX JIT, no newer features)",
+                    f"install a {fw.name} build for CUDA {_dotted(have)} or older",
+                )
+            )
+    # The CUDA runtimes the image contains, by major.minor (libcudart.so.12 alone says too little).
+    runtimes = sorted({major_minor(v) for _, v in found if "." in v and major_minor(v)})
+    if declared and runtimes and major_minor(declared) not in runtimes:
+        findings.append(
+            Finding(
+                WARN,
+                "cuda",
+                f"{summary}: the declared version is not what the image contains",
+                f'LABEL gpuspawner.cuda="{_dotted(runtimes[-1])}" in the Dockerfile, so the hub checks the right CUDA',
+            )
+        )
+    elif not declared and runtimes:
+        findings.append(
+            Finding(
+                WARN,
+                "cuda",
+                f"{summary}: the hub cannot check this image against the driver",
+                f'LABEL gpuspawner.cuda="{_dotted(runtimes[-1])}" in the Dockerfile',
+            )
+        )
+    elif declared and not found:
+        findings.append(
+            Finding(
+                WARN,
+                "cuda",
+                f"{summary}: the image declares a CUDA it does not seem to contain",
+                "build on a CUDA base image that has the runtime, or install a framework built for this CUDA",
+            )
+        )
+    if not any(f.level != OK for f in findings):
+        findings.append(Finding(OK, "cuda", summary + driver))
+    return findings
+
+
+def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
+    """Every finding about one image, in the order a teacher reads them."""
+    if facts.probe_error:
+        return [
+            Finding(
+                FAIL,
+                "probe",
+                f"the check could not run in the image: {facts.probe_error}",
+                "the image needs /bin/sh and must start within the timeout (--timeout)",
+            )
+        ]
+    findings = [_jupyterhub_finding(facts, ctx.jupyterhub_version)]
+    findings += _user_finding(facts, ctx.allow_root)
+    if facts.python_version:
+        findings.append(Finding(OK, "python", f"Python {facts.python_version} ({facts.python})"))
+    else:
+        findings.append(Finding(FAIL, "python", "no Python found in the image", "install Python and JupyterLab"))
+    if facts.jupyterlab:
+        findings.append(Finding(OK, "jupyterlab", f"JupyterLab {facts.jupyterlab}"))
+    elif facts.singleuser:
+        findings.append(
+            Finding(
+                WARN,
+                "jupyterlab",
+                "JupyterLab is not installed: students get the plain Jupyter server",
+                "pip install jupyterlab in the image",
+            )
+        )
+    # What DockerSpawner runs: the image's entrypoint, with c.Spawner.cmd or else the image's CMD.
+    command = [*(facts.config.get("Entrypoint") or []), *(ctx.cmd or facts.config.get("Cmd") or [])]
+    if not any(word in part for part in command for word in ("jupyter", "singleuser", "start-")):
+        findings.append(
+            Finding(
+                WARN,
+                "command",
+                f"the image's command is {command or 'empty'}: the hub runs it to start the server",
+                'CMD ["jupyterhub-singleuser"] in the Dockerfile (or set c.DockerSpawner.cmd)',
+            )
+        )
+    findings += _cuda_findings(facts, ctx)
+    for fw in facts.frameworks:
+        if fw.error:
+            findings.append(
+                Finding(
+                    FAIL,
+                    fw.name,
+                    f"installed, but `import {fw.name}` fails: {fw.error}",
+                    f"reinstall {fw.name} so that it imports, and check its CUDA libraries",
+                )
+            )
+        else:
+            cuda = f", built for CUDA {fw.cuda}" if fw.cuda else " (CPU build)"
+            findings.append(Finding(OK, fw.name, f"{fw.name} {fw.version}{cuda}"))
+    if not facts.frameworks:
+        findings.append(Finding(OK, "frameworks", f"none of {', '.join(FRAMEWORKS)} installed"))
+    findings.append(Finding(OK, "size", format_bytes(facts.size) if facts.size else "unknown"))
+    return findings
+
+
+def _dotted(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def hub_context(hub: HubConfig, users: list[Profile] = ()) -> HubContext:
+    """What an image must fit on this hub (for the profiles ``users``; none: as a GPU image)."""
+    return HubContext(
+        jupyterhub_version=jupyterhub.__version__,
+        allow_root=hub.spawner.allow_root,
+        driver_cuda=hub.driver_cuda,
+        driver_version=hub.inventory.driver_version,
+        for_gpu=not users or any(p.gpu_request.slots for p in users),
+        cmd=tuple(hub.spawner.cmd or ()),
+    )
+
+
+class ImageCheckApp(LabCommand):
+    name = "gpuspawner image check"
+    description = """Check that an image will start under this hub, before the class does.
+
+    Runs the image once on the hub's Docker engine with no GPU and no network, and
+    reports: jupyterhub-singleuser and its version (same major.minor as the hub's),
+    the user it runs as (root fails unless c.GPUSpawner.allow_root) and its home,
+    Python, JupyterLab, the CUDA it declares and contains against the driver's,
+    torch/tensorflow/jax when installed, and its size. Exit status 0 when it will
+    start (warnings allowed), 1 when it will not, 2 when the check cannot run.
+    """
+    examples = dedent("""
+    gpuspawner image check course/ml101:2026.1
+    gpuspawner image check --profiles -f /srv/jupyterhub/jupyterhub_config.py
+    gpuspawner image check lab:1 --GPUSpawner.driver_cuda_version=12.4
+    """)
+
+    profiles = Bool(False, help="Check the image of every profile in the hub's config.").tag(config=True)
+    timeout = Float(60, help="Seconds the check may take in one image.").tag(config=True)
+
+    aliases = {**LabCommand.aliases, "timeout": "ImageCheckApp.timeout"}
+    flags = {
+        **Application.flags,
+        "profiles": ({"ImageCheckApp": {"profiles": True}}, "Check the image of every profile."),
+    }
+
+    def start(self) -> int:
+        if bool(self.profiles) == bool(self.extra_args) or len(self.extra_args) > 1:
+            print("gpuspawner image check: give one IMAGE, or --profiles", file=sys.stderr)
+            return 2
+        hub = self.load_hub_config()
+        images = by_image(profiles_of(hub)) if self.profiles else {self.extra_args[0]: []}
+        client = hub.docker()
+        out = output.console()
+        statuses = []
+        for image, users in images.items():
+            ctx = hub_context(hub, users)
+            statuses.append(check_one(client, image, users, ctx, out, engine_where(hub.spawner), self.timeout))
+        if len(statuses) > 1:
+            failed = sum(statuses)
+            out.print(f"{len(statuses)} images: {len(statuses) - failed} OK, {failed} FAIL")
+        return max(statuses, default=0)
+
+
+def check_one(client, image: str, users: list[Profile], ctx: HubContext, out, where: str, timeout: float) -> int:
+    """Run the probe in ``image``, print its findings and verdict; the exit status."""
+    used_by = f" (profiles {', '.join(p.slug for p in users)})" if users else ""
+    out.print(f"{image}{used_by}: running the check with no GPU and no network...")
+    try:
+        facts = probe.run_probe(client, image, timeout)
+    except docker.errors.ImageNotFound:
+        findings = [
+            Finding(
+                FAIL,
+                "image",
+                f"{image} is not on this engine ({where})",
+                f"docker pull {image}, or build it on this host",
+            )
+        ]
+    else:
+        findings = image_findings(facts, ctx)
+    output.print_findings(out, findings, "  ")
+    status, text = verdict(findings)
+    will = "will not start under this hub" if status else "can start under this hub"
+    out.print(output.verdict_line(status, text, f"{image} {will}"))
+    return status
