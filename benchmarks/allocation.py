@@ -1,14 +1,21 @@
-"""Allocation core: GPU decisions per second, with 64 units and 1,000 users.
+"""Allocation core: GPU decisions per second, with 64 units and 1,000 users, and on a Swarm of 3 nodes.
 
 The pure core (``gpuspawner.gpus.allocation``) decides every spawn under the
 hub's lock, so its speed bounds how fast a class can be placed. The lab here:
 48 whole GPUs and 16 MIG instances (64 units), 1,000 students in 10 course
 groups, each group with a GPU quota and every student with a cap of 1 GPU; the
 requests mix a whole GPU, two GPUs, a MIG instance, a slot on a shared GPU and
-the CPU profile (``--help``: also timed without quotas). Each step picks a student at random: one who holds units
-stops (a release, not timed), one who holds none asks (``Ledger.assign``: a
-decision, granted or refused with ``NoCapacity``, timed). The ledger stays
-near full, as at 9:00, where every decision looks at every holding.
+the CPU profile; timed with quotas and without. Each step picks a student at
+random: one who holds units stops (a release, not timed), one who holds none
+asks (``Ledger.assign``: a decision, granted or refused with ``NoCapacity``,
+timed). The ledger stays near full, as at 9:00, where every decision looks at
+every holding.
+
+The Swarm case: 3 nodes of 8 whole GPUs (``--nodes``, ``--units-per-node``),
+the same 1,000 students and quotas, asking for one GPU, two or none (Swarm
+offers no shared slots). As the Swarm spawner does, each decision is limited to
+the node of the student's home (``Ledger.assign(..., node=...)``); one student
+in 10 has no home volume yet, and may go to any node.
 
     .venv/bin/python benchmarks/allocation.py --decisions 50000
 """
@@ -20,6 +27,7 @@ import random
 import time
 
 import _lab  # noqa: F401  (puts the repository on sys.path)
+import _report
 
 from gpuspawner.gpus.allocation import GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
 from gpuspawner.gpus.inventory import GPU
@@ -31,6 +39,7 @@ REQUESTS = (
     GPURequest(count=1, shared=True),
     GPURequest(count=0),
 )
+SWARM_REQUESTS = (GPURequest(count=1), GPURequest(count=2), GPURequest(count=0))
 
 
 def lab(units: int = 64, mig: int = 16) -> list[GPU]:
@@ -51,18 +60,67 @@ def lab(units: int = 64, mig: int = 16) -> list[GPU]:
     return whole + migs
 
 
+def swarm_lab(nodes: int = 3, per_node: int = 8) -> list[GPU]:
+    return [
+        GPU(i, f"GPU-{n:04d}{i:04d}-0000-4000-8000-000000000000", "NVIDIA L4", 24 << 30, node=f"gpu-node-{n}")
+        for n in range(1, nodes + 1)
+        for i in range(per_node)
+    ]
+
+
+def policy_for(units: int, groups: int, quotas: bool) -> Policy:
+    if not quotas:
+        return Policy(share_limit=4)
+    quota = units / groups * 1.5  # the courses together may ask for more than there is
+    return Policy(share_limit=4, max_gpus_per_user=1, group_quotas={f"g{g}": quota for g in range(groups)})
+
+
+def students(users: int, groups: int) -> list[Requester]:
+    return [Requester(f"u{i:04d}", frozenset({f"g{i % groups}"})) for i in range(users)]
+
+
 def run(
     decisions: int = 50_000, units: int = 64, users: int = 1000, groups: int = 10, quotas: bool = True, seed: int = 1
 ) -> dict:
-    rng = random.Random(seed)
-    if quotas:
-        quota = units / groups * 1.5  # the courses together may ask for more than there is
-        policy = Policy(share_limit=4, max_gpus_per_user=1, group_quotas={f"g{g}": quota for g in range(groups)})
-    else:
-        policy = Policy(share_limit=4)
-    ledger = Ledger(lab(units, mig=min(16, units // 4)), policy)
-    students = [Requester(f"u{i:04d}", frozenset({f"g{i % groups}"})) for i in range(users)]
+    """One host: ``units`` units (a quarter of them MIG instances, at most 16)."""
+    ledger = Ledger(lab(units, mig=min(16, units // 4)), policy_for(units, groups, quotas))
     wants = [REQUESTS[i % len(REQUESTS)] for i in range(users)]
+    result = drive(ledger, students(users, groups), wants, [None] * users, decisions, seed)
+    return {"quotas": quotas, "units": units, "users": users, **result}
+
+
+def run_swarm(
+    decisions: int = 50_000, nodes: int = 3, per_node: int = 8, users: int = 1000, groups: int = 10, seed: int = 1
+) -> dict:
+    """A Swarm: ``nodes`` nodes of ``per_node`` GPUs, each decision on the student's home node (none: any)."""
+    units = nodes * per_node
+    ledger = Ledger(swarm_lab(nodes, per_node), policy_for(units, groups, quotas=True))
+    wants = [SWARM_REQUESTS[i % len(SWARM_REQUESTS)] for i in range(users)]
+    homes = [None if i % 10 == 9 else f"gpu-node-{i % nodes + 1}" for i in range(users)]
+    result = drive(ledger, students(users, groups), wants, homes, decisions, seed)
+    held = ledger.assignments()
+    return {
+        "quotas": True,
+        "nodes": nodes,
+        "units": units,
+        "users": users,
+        "without_home": homes.count(None),
+        "units_on_one_node": all(len({u.node for u in a.units}) == 1 for a in held),
+        **result,
+    }
+
+
+def drive(
+    ledger: Ledger,
+    students: list[Requester],
+    wants: list[GPURequest],
+    homes: list[str | None],
+    decisions: int,
+    seed: int,
+) -> dict:
+    """Time ``decisions`` decisions of random students: one who holds units stops, one who holds none asks."""
+    rng = random.Random(seed)
+    users = len(students)
     granted = refused = 0
     spent_granting = spent_refusing = 0.0
     clock = time.perf_counter
@@ -74,7 +132,7 @@ def run(
             continue
         t0 = clock()
         try:
-            ledger.assign(holder, wants[i], students[i])
+            ledger.assign(holder, wants[i], students[i], node=homes[i])
             granted += 1
             spent_granting += clock() - t0
         except NoCapacity:
@@ -85,9 +143,6 @@ def run(
     ids = [u for a in held for u in a.ids]
     exclusive = [u for a in held if not a.shared for u in a.ids]
     return {
-        "quotas": quotas,
-        "units": units,
-        "users": users,
         "decisions": granted + refused,
         "granted": granted,
         "refused": refused,
@@ -101,27 +156,35 @@ def run(
     }
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--decisions", type=int, default=50_000, help="decisions to time (default 50,000)")
-    parser.add_argument("--units", type=int, default=64, help="GPU units (default 64)")
-    parser.add_argument("--users", type=int, default=1000, help="students (default 1,000)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
-    args = parser.parse_args(argv)
-    result = {}
-    for quotas in (True, False):
-        key = "with_quotas" if quotas else "without_quotas"
-        r = result[key] = run(args.decisions, args.units, args.users, quotas=quotas)
-        r["load"] = _lab.loadavg()
-        print(
-            f"allocation core, {'with' if quotas else 'without'} quotas: {r['decisions_per_s']:,.0f} decisions/s"
+def line(title: str):
+    def say(r: dict) -> str:
+        return (
+            f"allocation core, {title}: {r['decisions_per_s']:,.0f} decisions/s"
             f" ({r['decisions']:,} decisions: {r['granted']:,} granted at {r['grants_per_s']:,.0f}/s,"
             f" {r['refused']:,} refused at {r['refusals_per_s']:,.0f}/s;"
             f" {r['units']} units, {r['users']:,} users; load {r['load']})"
         )
-    if args.json:
-        _lab.print_json(result, args.json)
-    return result
+
+    return say
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decisions", type=int, default=50_000, help="decisions to time (default 50,000)")
+    parser.add_argument("--units", type=int, default=64, help="GPU units of the one host (default 64)")
+    parser.add_argument("--users", type=int, default=1000, help="students (default 1,000)")
+    parser.add_argument("--nodes", type=int, default=3, help="Swarm nodes (default 3)")
+    parser.add_argument("--units-per-node", type=int, default=8, help="GPUs per Swarm node (default 8)")
+    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
+    args = parser.parse_args(argv)
+    result = {}
+    for quotas in (True, False):
+        r = run(args.decisions, args.units, args.users, quotas=quotas)
+        result["with_quotas" if quotas else "without_quotas"] = r
+        _report.measured(r, line("with quotas" if quotas else "without quotas"))
+    r = result["swarm"] = run_swarm(args.decisions, args.nodes, args.units_per_node, args.users)
+    _report.measured(r, line(f"Swarm of {r['nodes']} nodes, on the home node, with quotas"))
+    return _report.report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import statistics
 import time
 
 import _lab
+import _report
 from restart import remove_containers, start_containers
 
 
@@ -48,14 +49,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     result = run(args.containers, args.threads, args.rounds, _lab.new_run())
-    result["load"] = _lab.loadavg()
-    print(
-        f"create + start of {result['containers']} containers: 1 thread {result['one_thread_s']:.2f} s,"
-        f" {result['threads']} threads {result['pool_s']:.2f} s, ratio {result['ratio']:.2f} (load {result['load']})"
+    return _report.report(
+        result,
+        args.json,
+        lambda r: (
+            f"create + start of {r['containers']} containers: 1 thread {r['one_thread_s']:.2f} s,"
+            f" {r['threads']} threads {r['pool_s']:.2f} s, ratio {r['ratio']:.2f} (load {r['load']})"
+        ),
     )
-    if args.json:
-        _lab.print_json(result, args.json)
-    return result
 
 
 if __name__ == "__main__":
