@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import _lab
+import _report
 
 from gpuspawner import GPUSpawner
 from gpuspawner import labels as label
@@ -125,15 +126,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     result = run(args.containers, args.repeats, _lab.new_run())
-    result["load"] = _lab.loadavg()
-    print(
-        f"ledger rebuild from {result['containers']} running containers: median"
-        f" {result['rebuild_median_s'] * 1000:.1f} ms, max {result['rebuild_max_s'] * 1000:.1f} ms"
-        f" ({result['repeats']} rebuilds; load {result['load']})"
+    return _report.report(
+        result,
+        args.json,
+        lambda r: (
+            f"ledger rebuild from {r['containers']} running containers: median"
+            f" {r['rebuild_median_s'] * 1000:.1f} ms, max {r['rebuild_max_s'] * 1000:.1f} ms"
+            f" ({r['repeats']} rebuilds; load {r['load']})"
+        ),
     )
-    if args.json:
-        _lab.print_json(result, args.json)
-    return result
 
 
 if __name__ == "__main__":
