@@ -27,6 +27,7 @@ import _report
 
 from gpuspawner import GPUSpawner
 from gpuspawner import labels as label
+from gpuspawner.hub_state import reset_hub_state
 from tests.fakes import make_spawner
 from tests.realhub import E2E_LABEL, engine, read_testbed
 
@@ -40,15 +41,14 @@ def start_containers(n: int, run_id: str, threads: int = 8) -> list[str]:
     gpus = _lab.fake_gpus(UNITS)
 
     def one(i: int) -> str:
-        labels = {
-            E2E_LABEL: f"{run_id}:{os.getpid()}",
-            label.USER: f"r{i:04d}x{run_id}",
-            label.SERVER: "",
-            label.PROFILE: "shared",
-            label.GPUS: gpus[i % UNITS]["uuid"],
-            label.SHARED: "1",
-            label.GROUPS: f"g{i % 10}",
-        }
+        record = label.ServerRecord(
+            user=f"r{i:04d}x{run_id}",
+            profile="shared",
+            unit_ids=(gpus[i % UNITS]["uuid"],),
+            shared=True,
+            groups=frozenset({f"g{i % 10}"}),
+        )
+        labels = {E2E_LABEL: f"{run_id}:{os.getpid()}", **label.server_labels(record)}
         host = api.create_host_config(network_mode="none")
         c = api.create_container(
             image, ["sleep", "86400"], name=f"bench-restart-{i:04d}-{run_id}", labels=labels, host_config=host
@@ -81,7 +81,7 @@ def rebuild_times(repeats: int, containers: int) -> list[float]:
     times = []
 
     async def once() -> float:
-        GPUSpawner._lab = None  # the hub restarts: its ledger is empty and unsynced
+        reset_hub_state()  # the hub restarts: its ledger is empty and unsynced
         t0 = time.perf_counter()
         ledger = await spawner.ledger()
         elapsed = time.perf_counter() - t0
@@ -95,7 +95,7 @@ def rebuild_times(repeats: int, containers: int) -> list[float]:
             times.append(await once())
 
     asyncio.run(all_runs())
-    GPUSpawner._lab = None
+    reset_hub_state()
     return times
 
 

@@ -29,7 +29,7 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     images start pulling in the background.
     """
     try:
-        spawner = GPUSpawner(config=config)
+        spawner = _spawner_class(config)(config=config)
         profiles = spawner.lab_profiles
         spawner.load_inventory()
     except (TraitError, ProfileError, InventoryError) as e:
@@ -37,3 +37,14 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     if prepull and JupyterHub.initialized():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
+
+
+def _spawner_class(config: Config) -> type[GPUSpawner]:
+    """The hub's spawner class when it is a GPUSpawner (its config sections apply, and the state
+    all its spawners share is made for it), else GPUSpawner."""
+    value = config.JupyterHub.get("spawner_class")
+    try:
+        cls = JupyterHub.class_traits()["spawner_class"].validate(None, value) if value else GPUSpawner
+    except (TraitError, ImportError):
+        return GPUSpawner  # the hub itself says what is wrong with it
+    return cls if isinstance(cls, type) and issubclass(cls, GPUSpawner) else GPUSpawner

@@ -6,12 +6,12 @@ and usable without JavaScript: a plain radio choice and JupyterHub's Start butto
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jinja2
 
-from .gpus import Ledger, Requester
+from .gpus import GPURequest, Ledger, NoCapacity
 from .profiles import Profile
 
 _templates = jinja2.Environment(
@@ -23,22 +23,25 @@ _templates = jinja2.Environment(
 def render_profile_cards(
     profiles: tuple[Profile, ...],
     ledger: Ledger,
-    requester: Requester,
-    holder: str,
+    can_fit: Callable[[GPURequest], NoCapacity | None],
     chosen: str | None,
+    *,
+    node: str | None = None,
     stopped: str = "",
     limits: Mapping[str, str] | None = None,
 ) -> str:
     """The cards, each with its availability or why it cannot start now.
 
+    ``can_fit``: why this user's server cannot start a request now, or None (the
+    spawner's answer); ``node``: count only that node's units (a Swarm home's).
     Pre-selects the user's last choice, else the default, among those that can start now.
     ``stopped``: why the GPU culler stopped this server last time, told above the cards;
     ``limits``: each profile's culling rules in words, by slug.
     """
     choices = []
     for p in profiles:
-        free, total = ledger.availability(p.gpu_request)
-        refusal = ledger.can_fit(p.gpu_request, requester, holder)
+        free, total = ledger.availability(p.gpu_request, node=node)
+        refusal = can_fit(p.gpu_request)
         fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
         choices.append(
             {

@@ -1,9 +1,11 @@
 """GPUSpawner: DockerSpawner with course profiles, exclusive GPUs and a home volume.
 
 Thin glue: profiles come from ``profiles.py``, GPU decisions from
-``gpus.allocation``; this module only applies them to the container it asks
-Docker for, and records them where a restarted hub finds them again (labels on
-the container, and the server's state).
+``gpus.allocation``, what the hub's spawners share from ``hub_state.py``, and
+the container itself is described by ``container.describe``; this module only
+translates that description into Docker's calls, and records the decisions
+where a restarted hub finds them again (labels on the container, and the
+server's state).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from tornado import web
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 
 from . import labels as label
+from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
 from .culler.policy import CullRules
 from .culler.records import stop_record_for
-from .docker_pool import DEFAULT_THREADS, DockerCalls
+from .docker_pool import DEFAULT_THREADS
 from .gpus import (
     PACK,
     SPREAD,
+    Assignment,
+    GPURequest,
     Inventory,
     Ledger,
     NoCapacity,
@@ -40,7 +45,8 @@ from .gpus import (
 )
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
-from .images import ImageError, ImagePuller, cuda_refusal, declared_cuda, image_digest
+from .hub_state import HubState, hub_state
+from .images import ImageError, cuda_refusal, declared_cuda
 from .labels import adopt_containers
 from .profiles import (
     Profile,
@@ -53,20 +59,6 @@ from .profiles import (
 )
 from .spawn_page import render_profile_cards
 from .traits import Duration
-
-# Where the NVIDIA Container Toolkit looks for a container's device list given as mounts.
-NVIDIA_DEVICE_MOUNTS = "/var/run/nvidia-container-devices"
-
-
-class _Lab:
-    """What all spawners of one hub share: the GPU ledger, its lock, the ports in use."""
-
-    def __init__(self, inventory: Inventory, policy: Policy):
-        self.inventory = inventory
-        self.ledger = Ledger(inventory.units, policy)
-        self.synced = False  # rebuilt from the running containers yet?
-        self.lock = asyncio.Lock()  # every decision of every spawner of the hub
-        self.ports: dict[str, int] = {}  # holder -> port, while starting or running
 
 
 def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
@@ -106,15 +98,6 @@ def _remember_options(spawner: GPUSpawner, options: dict) -> None:
     session = object_session(orm)
     if session is not None:
         session.commit()
-
-
-def _image_home(config: dict) -> str:
-    """The image's home: its HOME, else its working directory, else /home/jovyan."""
-    for entry in config.get("Env") or []:
-        if entry.startswith("HOME="):
-            return entry.split("=", 1)[1]
-    workdir = config.get("WorkingDir") or ""
-    return workdir if workdir not in ("", "/") else "/home/jovyan"
 
 
 class GPUSpawner(DockerSpawner):
@@ -482,16 +465,22 @@ class GPUSpawner(DockerSpawner):
     gpu_ids: tuple[str, ...] = ()
     gpu_shared: bool = False
     image_digest: str = ""  # the sha256 actually run: "what exactly did this student run"
+    container: ServerContainer | None = None  # this start's container, as described (container.describe)
+    _image: ImageFacts | None = None  # the profile's image, inspected before this start's GPUs are decided
 
-    _profiles_files: dict[str, ProfilesFile] = {}  # one per path, shared by all spawners
+    @property
+    def shared(self) -> HubState:
+        """What all spawners of this hub share: the ledger, its lock, the Docker pool, ... (``hub_state.py``)."""
+        return hub_state(self)
 
     @property
     def lab_profiles(self) -> tuple[Profile, ...]:
         """Every profile of the hub (from ``profiles_file`` or ``profiles``)."""
         if self.profiles_file:
-            source = self._profiles_files.get(self.profiles_file)
+            files = self.shared.profiles_files
+            source = files.get(self.profiles_file)
             if source is None:
-                source = self._profiles_files[self.profiles_file] = ProfilesFile(
+                source = files[self.profiles_file] = ProfilesFile(
                     self.profiles_file, self.log, self.allow_unpinned_images
                 )
             return source.load()
@@ -546,11 +535,10 @@ class GPUSpawner(DockerSpawner):
         self.gpu_shared = False
         self.image_digest = ""
         self.profile = None  # each start resolves the profile again
+        self.container = None
         # stop_reason stays: the next spawn page tells the student why the server stopped.
 
     # --- the hub's shared ledger
-
-    _lab: _Lab | None = None
 
     @property
     def policy(self) -> Policy:
@@ -562,18 +550,11 @@ class GPUSpawner(DockerSpawner):
             group_quotas=dict(self.group_gpu_quotas),
         )
 
-    def _shared_lab(self) -> _Lab:
-        cls = GPUSpawner
-        if cls._lab is None:
-            inventory = self.load_inventory()
-            cls._lab = _Lab(inventory, self.policy)
-            self._prepull_profile_images()
-            units = ", ".join(u.describe() for u in inventory.units) or f"none {inventory.note}"
-            cuda = (
-                f", driver {inventory.driver_version}, CUDA {inventory.cuda_version}" if inventory.cuda_version else ""
-            )
-            self.log.info("GPU inventory (%s%s): %s", inventory.source, cuda, units)
-        return cls._lab
+    @property
+    def requester(self) -> Requester:
+        groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
+        exempt = self._is_admin and self.quota_exempt_admins
+        return Requester(self.user.name, groups, exempt)
 
     def load_inventory(self) -> Inventory:
         if self.gpus == "auto":
@@ -587,14 +568,15 @@ class GPUSpawner(DockerSpawner):
         return Inventory(units=parse_static_inventory(self.gpus), source="static")
 
     async def ledger(self) -> Ledger:
-        """The hub's GPU ledger, rebuilt from running containers on first use."""
-        lab = self._shared_lab()
-        if not lab.synced:
-            async with lab.lock:
-                if not lab.synced:
-                    await self._adopt_running_containers(lab.ledger)
-                    lab.synced = True
-        return lab.ledger
+        """The hub's GPU ledger, rebuilt from running containers on the hub's first use."""
+        shared = self.shared
+        if not shared.synced:
+            async with shared.lock:
+                if not shared.synced:
+                    self._prepull_profile_images()  # the hub's first use: missing images start pulling
+                    await self._adopt_running_containers(shared.ledger)
+                    shared.synced = True
+        return shared.ledger
 
     async def _adopt_running_containers(self, ledger: Ledger) -> None:
         containers = await self.docker("containers", filters={"label": label.GPUS})
@@ -603,33 +585,82 @@ class GPUSpawner(DockerSpawner):
         for a in ledger.assignments():
             self.log.info("Adopted GPUs %s of running server %s", ",".join(a.ids), a.holder)
 
+    @property
+    def decision_node(self) -> str | None:
+        """The node whose units this server may take (on a Swarm, its home's); None: any."""
+        return None
+
+    def _can_fit(self, ledger: Ledger, request: GPURequest) -> NoCapacity | None:
+        """Why this user cannot start a server of ``request`` now, or None."""
+        return ledger.can_fit(request, self.requester, self.holder, node=self.decision_node)
+
+    def _assign(self, ledger: Ledger, request: GPURequest) -> Assignment:
+        """Decide and record this server's units, under the hub's lock; raises ``NoCapacity``."""
+        return ledger.assign(self.holder, request, self.requester, node=self.decision_node)
+
     def _release_gpus(self, why: str) -> None:
-        lab = self._shared_lab()
-        lab.ports.pop(self.holder, None)
-        released = lab.ledger.release(self.holder)
+        shared = self.shared
+        shared.ports.pop(self.holder, None)
+        released = shared.ledger.release(self.holder)
         if released and released.units:
             self.log.info("Released GPUs %s of %s (%s)", ",".join(released.ids), self.holder, why)
 
     # --- the spawn
 
-    _configured: dict | None = None  # the hub-wide values a profile may override
+    _configured: dict | None = None  # the hub-wide limits, before a profile overrides them
+
+    def hub_settings(self) -> HubSettings:
+        """The hub's config values a server's container depends on."""
+        if self._configured is None:
+            self._configured = {"mem_limit": self.mem_limit, "cpu_limit": self.cpu_limit}
+        return HubSettings(
+            limits=Limits(self._configured["mem_limit"], self._configured["cpu_limit"], self.shm_size),
+            home_volume=self.format_volume_name(self.home_volume_name, self) if self.home_volume_name else "",
+            volumes=self.volume_binds,
+            culling=self.hub_culling_rules,
+            device_list_as_volume_mounts=self.device_list_as_volume_mounts,
+            no_new_privileges=self.no_new_privileges,
+            cap_drop=tuple(self.cap_drop),
+            pids_limit=self.pids_limit,
+        )
+
+    @property
+    def hub_culling_rules(self) -> CullRules:
+        return CullRules(self.gpu_idle_timeout, self.max_runtime, self.jupyter_activity_grace)
+
+    def culling_rules_of(self, profile: Profile | None) -> CullRules:
+        """The GPU culling rules of a server of ``profile``: the profile's, else the hub-wide ones."""
+        return culling_rules(profile, self.hub_culling_rules)
 
     def _apply_profile(self, profile: Profile) -> None:
-        """Set image and limits from ``profile``; what it leaves out comes from config."""
-        if self._configured is None:
-            self._configured = {k: getattr(self, k) for k in ("image", "mem_limit", "cpu_limit")}
+        """Take image and limits from ``profile``; what it leaves out comes from config."""
         self.profile = profile
         self.image = profile.image
-        for name in ("mem_limit", "cpu_limit"):
-            value = getattr(profile, name)
-            setattr(self, name, self._configured[name] if value is None else value)
+        limits = Limits.of(profile, self.hub_settings().limits)
+        self.mem_limit, self.cpu_limit = limits.mem_limit, limits.cpu_limit  # also JupyterHub's MEM_LIMIT, ...
+
+    def describe_container(self, units_by_swarm: bool = False) -> ServerContainer:
+        """This start's container, from what was decided for it (``container.describe``)."""
+        return describe(
+            self.profile,
+            self.hub_settings(),
+            user=self.user.name,
+            server=self.name or "",
+            groups=self.requester.groups,
+            image=self._image or ImageFacts(),
+            units=self.gpu_ids,
+            shared=self.gpu_shared,
+            units_by_swarm=units_by_swarm,
+            base_environment=self.get_env(),
+        )
 
     def _choose_port(self) -> int:
-        in_use = set(self._shared_lab().ports.values())
+        ports = self.shared.ports
+        in_use = set(ports.values())
         port = random_port()
         while port in in_use:
             port = random_port()
-        self._shared_lab().ports[self.holder] = port
+        ports[self.holder] = port
         return port
 
     async def start(self):
@@ -644,16 +675,16 @@ class GPUSpawner(DockerSpawner):
         self._apply_profile(profile)
         ledger = await self.ledger()
         # Fail fast: no image pull or inspection when the answer is already no.
-        refusal = ledger.can_fit(profile.gpu_request, self.requester, self.holder)
+        refusal = self._can_fit(ledger, profile.gpu_request)
         if refusal is not None:
             raise self._refusal(profile, refusal, ledger)
         self._check_image(await self._image_ready())
 
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
-        async with self._shared_lab().lock:
+        async with self.shared.lock:
             try:
-                assignment = ledger.assign(self.holder, profile.gpu_request, self.requester)
+                assignment = self._assign(ledger, profile.gpu_request)
             except NoCapacity as e:
                 raise self._refusal(profile, e, ledger) from None
         self.gpu_ids = assignment.ids
@@ -688,14 +719,6 @@ class GPUSpawner(DockerSpawner):
 
     # --- images: pulled on their own threads, with progress
 
-    _puller: ImagePuller | None = None
-
-    def _image_puller(self) -> ImagePuller:
-        cls = GPUSpawner
-        if cls._puller is None:
-            cls._puller = ImagePuller(self.new_docker_client, self.max_concurrent_pulls)
-        return cls._puller
-
     def new_docker_client(self) -> docker.APIClient:
         """A client of its own, with DockerSpawner's settings, for use from other threads."""
         kwargs = {"version": "auto"}
@@ -710,7 +733,7 @@ class GPUSpawner(DockerSpawner):
             return
         try:
             images = [p.image for p in self.lab_profiles]
-            asyncio.get_running_loop().create_task(self._image_puller().prepull(images))
+            asyncio.get_running_loop().create_task(self.shared.puller.prepull(images))
         except (RuntimeError, ProfileError) as e:  # no loop yet (tests), or broken profiles (logged at spawn)
             self.log.debug("No background pull: %s", e)
 
@@ -720,7 +743,7 @@ class GPUSpawner(DockerSpawner):
             return  # made present and inspected moments ago, in this start
         if self.pull_policy.lower() != "ifnotpresent":
             return await super().pull_image(image)
-        task = await self._image_puller().ensure(image)
+        task = await self.shared.puller.ensure(image)
         async for percent, status in task.updates():  # a done task (present, pulled) says so once
             self._report(5 + percent * 55 // 100, status)
         try:
@@ -764,19 +787,13 @@ class GPUSpawner(DockerSpawner):
 
     _ready_image = ""
 
-    @property
-    def requester(self) -> Requester:
-        groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
-        exempt = bool(getattr(self.user, "admin", False)) and self.quota_exempt_admins
-        return Requester(self.user.name, groups, exempt)
-
     def _refusal(self, profile: Profile, e: NoCapacity, ledger: Ledger) -> SpawnException:
         """A spawn refused at once: what was asked, what is in use, what can start instead."""
         message = f"{profile.display_name}: {e.message}"
         startable = [
             p.display_name
             for p in self.user_profiles
-            if p is not profile and ledger.can_fit(p.gpu_request, self.requester, self.holder) is None
+            if p is not profile and self._can_fit(ledger, p.gpu_request) is None
         ]
         if startable:
             message += " Can start now: " + "; ".join(startable) + "."
@@ -812,55 +829,28 @@ class GPUSpawner(DockerSpawner):
                 self.log.warning("Could not remove failed container %s: %s", self.object_id[:12], e)
         self.object_id = ""
 
-    _home: str = ""  # where the home volume goes, read from the image before each start
-
     def _check_image(self, inspect: dict) -> None:
         """Refuse an image this host cannot run as configured, before any GPU is assigned."""
-        config = inspect.get("Config") or {}
-        user = (config.get("User") or "").split(":")[0]
-        if user in ("", "root", "0") and not self.allow_root:
+        image = self._image = ImageFacts.of(inspect, self.image, self.home_path)
+        if image.root and not self.allow_root:
             raise SpawnException(
                 f"The image {self.image} runs as root. Build it with a non-root user"
                 " (for example USER 1000 in its Dockerfile), or an admin may allow root"
                 " images with c.GPUSpawner.allow_root = True.",
                 reason="image_root",
             )
-        self._home = self.home_path or _image_home(config)
-        self.image_digest = image_digest(inspect, self.image)
+        self.image_digest = image.digest
         if self.profile is not None and self.profile.gpu_request.slots:
-            inventory = self._shared_lab().inventory
+            inventory = self.shared.inventory
             driver_cuda = inventory.cuda_version or self.driver_cuda_version
+            config = inspect.get("Config") or {}
             refusal = cuda_refusal(self.image, declared_cuda(config) or "", driver_cuda, inventory.driver_version)
             if refusal:
                 raise SpawnException(refusal, reason="cuda")
 
-    @property
-    def volume_binds(self):
-        binds = super().volume_binds
-        if self.home_volume_name and self._home:
-            taken = {bind["bind"] for bind in binds.values()}
-            if self._home not in taken:  # an admin's own mount at the home wins
-                name = self.format_volume_name(self.home_volume_name, self)
-                binds[name] = {"bind": self._home, "mode": "rw"}
-        if self.profile is not None and self._home:
-            groups = self.requester.groups
-            for dataset in self.profile.datasets:
-                binds[dataset.source] = {"bind": f"{self._home}/datasets/{dataset.name}", "mode": "ro"}
-            for share in self.profile.shares:
-                mode = "rw" if share.writable_by & groups else "ro"
-                binds[share.source] = {"bind": f"{self._home}/shared/{share.name}", "mode": mode}
-        return binds
+    # --- Docker: the description translated into create_container, on the hub's pool
 
-    # --- Docker calls: a bounded pool shared by all servers, each server's calls in order
-
-    _docker_calls: DockerCalls | None = None
     _docker_order: asyncio.Lock | None = None  # this server's calls, one at a time
-
-    def _docker_pool(self) -> DockerCalls:
-        cls = GPUSpawner
-        if cls._docker_calls is None:
-            cls._docker_calls = DockerCalls(self.docker_threads)
-        return cls._docker_calls
 
     def docker(self, method, *args, **kwargs):
         """Call ``method`` of the Docker client on the shared pool, after this server's earlier calls.
@@ -869,79 +859,49 @@ class GPUSpawner(DockerSpawner):
         call no longer holds this one up. Returns an awaitable, as DockerSpawner's does.
         """
         if method == "create_container":
-            kwargs = self._with_lab_settings(kwargs)
+            kwargs = self._as_described(kwargs)
         if self._docker_order is None:
             self._docker_order = asyncio.Lock()
-        return self._docker_pool().call(self._docker_order, self.client, method, *args, **kwargs)
+        return self.shared.docker_calls.call(self._docker_order, self.client, method, *args, **kwargs)
 
-    def culling_rules_of(self, profile: Profile | None) -> CullRules:
-        """The GPU culling rules of a server of ``profile``: the profile's, else the hub-wide ones."""
+    async def create_object(self):
+        """Describe this server's container, then have DockerSpawner create it (see ``_as_described``)."""
+        self.container = self.describe_container()
+        # DockerSpawner writes these into the host config.
+        self.mem_limit, self.cpu_limit = self.container.limits.mem_limit, self.container.limits.cpu_limit
+        return await super().create_object()
 
-        def rule(name: str) -> float:
-            value = getattr(profile, name, None)
-            return getattr(self, name) if value is None else value
-
-        return CullRules(rule("gpu_idle_timeout"), rule("max_runtime"), rule("jupyter_activity_grace"))
-
-    def lab_labels(self) -> dict[str, str]:
-        """The labels that record what the lab decided for this server (``labels.py``)."""
-        profile = self.profile
-        labels = {
-            label.USER: self.user.name,
-            label.SERVER: self.name or "",
-            label.PROFILE: profile.slug if profile else "",
-            label.GPUS: ",".join(self.gpu_ids),
-            label.SHARED: "1" if self.gpu_shared else "",
-            label.GROUPS: ",".join(sorted(self.requester.groups)),
-            label.IMAGE_DIGEST: self.image_digest,
-        }
-        if self.gpu_ids:  # what the GPU culler holds this server to, for as long as it runs
-            rules = self.culling_rules_of(profile)
-            labels[label.GPU_IDLE_TIMEOUT] = f"{rules.gpu_idle_timeout:g}"
-            labels[label.MAX_RUNTIME] = f"{rules.max_runtime:g}"
-            labels[label.JUPYTER_ACTIVITY_GRACE] = f"{rules.jupyter_activity_grace:g}"
-        return labels
-
-    def _with_lab_settings(self, create_kwargs: dict) -> dict:
-        """Add what the lab decided to the container DockerSpawner is about to create."""
-        profile = self.profile
-        labels = {**(create_kwargs.get("labels") or {}), **self.lab_labels()}
+    def _as_described(self, create_kwargs: dict) -> dict:
+        """DockerSpawner's ``create_container`` arguments, with what ``self.container`` describes."""
+        described = self.container
         host_config = create_kwargs["host_config"]
-        if self.gpu_ids:
+        # The description holds the admin's volumes too; binds from extra_host_config stay.
+        admins = {f"{source}:{b['bind']}:{b.get('mode', 'rw')}" for source, b in self.volume_binds.items()}
+        binds = [m.bind for m in described.mounts]
+        binds += [b for b in host_config.get("Binds") or () if b not in admins and b not in binds]
+        if binds:
+            host_config["Binds"] = binds
+        if described.devices:
             # Explicit ids: a count would give every container GPU 0.
             host_config["DeviceRequests"] = [
-                docker.types.DeviceRequest(device_ids=list(self.gpu_ids), capabilities=[["gpu"]])
+                docker.types.DeviceRequest(device_ids=list(described.devices), capabilities=[["gpu"]])
             ]
-            if self.device_list_as_volume_mounts:
-                host_config["Binds"] = [
-                    *(host_config.get("Binds") or []),
-                    *(f"/dev/null:{NVIDIA_DEVICE_MOUNTS}/{unit}:ro" for unit in self.gpu_ids),
-                ]
         else:
             host_config.pop("DeviceRequests", None)
-        shm_size = profile.shm_size if profile and profile.shm_size is not None else self.shm_size
-        if shm_size is not None:
-            host_config["ShmSize"] = int(shm_size)
+        if described.limits.shm_size is not None:
+            host_config["ShmSize"] = int(described.limits.shm_size)
         # Hardening, each loosened only by an explicit admin setting.
-        if self.no_new_privileges:
+        if described.no_new_privileges:
             host_config["SecurityOpt"] = sorted({*(host_config.get("SecurityOpt") or []), "no-new-privileges"})
-        if self.cap_drop:
-            host_config["CapDrop"] = list(self.cap_drop)
-        if self.pids_limit:
-            host_config["PidsLimit"] = self.pids_limit
-        return {**create_kwargs, "labels": labels}
-
-    def get_env(self):
-        env = super().get_env()
-        if self.profile is not None:
-            env.update(self.profile.environment)
-        # Always ours: CUDA images set NVIDIA_VISIBLE_DEVICES=all, which the toolkit would honour.
-        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids) or "void"
-        if self.gpu_ids:
-            env.setdefault("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")
-        if self.profile is not None:
-            env["GPUSPAWNER_PROFILE"] = self.profile.slug
-        return env
+        if described.cap_drop:
+            host_config["CapDrop"] = list(described.cap_drop)
+        if described.pids_limit:
+            host_config["PidsLimit"] = described.pids_limit
+        return {
+            **create_kwargs,
+            "environment": dict(described.environment),
+            "labels": {**(create_kwargs.get("labels") or {}), **described.labels},
+        }
 
     async def get_ip_and_port(self):
         if self.network_name == "host":
@@ -987,9 +947,9 @@ class GPUSpawner(DockerSpawner):
         return render_profile_cards(
             profiles,
             ledger,
-            self.requester,
-            self.holder,
+            lambda request: self._can_fit(ledger, request),
             chosen,
+            node=self.decision_node,
             stopped=self.stop_reason.get("message", ""),
             limits=limits,
         )

@@ -42,15 +42,11 @@ from jupyterhub.spawner import SpawnException
 from traitlets import Float, Unicode
 
 from . import labels as label
-from .gpus import GPU, Inventory, Ledger, NoCapacity, holder_key
-from .gpus.allocation import Assignment, GPURequest, Requester, availability, decide
+from .container import ServerContainer
+from .gpus import GPU, Assignment, GPURequest, Inventory, Ledger, NoCapacity
 from .gpus.inventory import parse_static_inventory
 from .spawner import GPUSpawner
 from .traits import is_mig_profile
-
-NODE = "gpuspawner.node"  # service and home-record label: a node id
-HOME = "gpuspawner.home"  # home-record label: the home volume's name
-
 
 # --- the pure part: Swarm's answers in, lab values out
 
@@ -149,8 +145,8 @@ def home_nodes(configs: Iterable[dict]) -> dict[str, str]:
     found = {}
     for config in sorted(configs, key=lambda c: c.get("CreatedAt", "")):
         labels = (config.get("Spec") or {}).get("Labels") or {}
-        if labels.get(HOME) and labels.get(NODE):
-            found.setdefault(labels[HOME], labels[NODE])  # the first record wins
+        if labels.get(label.HOME) and labels.get(label.NODE):
+            found.setdefault(labels[label.HOME], labels[label.NODE])  # the first record wins
     return found
 
 
@@ -178,6 +174,22 @@ def assigned_ids(task: dict) -> tuple[str, ...]:
     )
 
 
+def service_mounts(described: ServerContainer) -> list[Mount]:
+    """A server's mounts as a Swarm service's: ``/dev/shm`` a tmpfs of the shm size (a service has no ShmSize)."""
+    mounts = [
+        Mount(
+            target=m.target,
+            source=m.source,
+            type="bind" if m.source.startswith("/") else "volume",
+            read_only=m.read_only,
+        )
+        for m in described.mounts
+    ]
+    if described.limits.shm_size is not None:
+        mounts.append(Mount(target="/dev/shm", source="", type="tmpfs", tmpfs_size=int(described.limits.shm_size)))
+    return mounts
+
+
 @dataclass(frozen=True)
 class RunningServer:
     """A gpuspawner service with a running task: what a restarted hub adopts."""
@@ -198,18 +210,18 @@ def running_servers(services: Iterable[dict], tasks: Iterable[dict]) -> list[Run
             running[task["ServiceID"]] = task
     found = []
     for service in services:
-        labels = (service.get("Spec") or {}).get("Labels") or {}
+        record = label.read_server((service.get("Spec") or {}).get("Labels"))
         task = running.get(service["ID"])
-        if label.USER not in labels or task is None:
+        if record is None or task is None:
             continue
         found.append(
             RunningServer(
-                holder=holder_key(labels[label.USER], labels.get(label.SERVER, "")),
-                user=labels[label.USER],
+                holder=record.holder,
+                user=record.user,
                 node_id=task.get("NodeID", ""),
-                unit_ids=assigned_ids(task),
-                shared=labels.get(label.SHARED) == "1",
-                groups=tuple(g for g in labels.get(label.GROUPS, "").split(",") if g),
+                unit_ids=assigned_ids(task),  # Swarm's choice, not the labels'
+                shared=record.shared,
+                groups=tuple(sorted(record.groups)),
             )
         )
     return found
@@ -221,6 +233,28 @@ def not_usable_note(nodes: Iterable[SwarmNode]) -> str:
     return f" Not in use: {', '.join(out)}." if out else ""
 
 
+def explain_refusal(
+    refusal: NoCapacity, nodes: Iterable[SwarmNode], home: SwarmNode | None, free: Iterable[GPU]
+) -> NoCapacity:
+    """A refusal on a Swarm, saying where the user's home is, what other nodes have free,
+    and which nodes are not in use. ``free``: the hub's free units, on every node."""
+    if refusal.reason != "no_gpu":
+        return refusal
+    message = refusal.message
+    if home is not None:
+        others = [u for u in free if u.node != home.name and refusal.request.matches(u)]
+        message = f"Your home is on {home.name}. {message}"
+        if others:
+            message += (
+                f" Other nodes have {len(others)} free, but your files are on {home.name}; an admin can move your home."
+            )
+    message += not_usable_note(nodes)
+    return NoCapacity(refusal.reason, message, request=refusal.request, free=lambda: refusal.free)
+
+
+SHARED_NOT_OFFERED = "Shared GPU slots are not offered on a Swarm: a Swarm unit has one holder."
+
+
 def dashboard_inputs(client, described: Iterable[GPU], prefix: str = "NVIDIA-") -> tuple[Inventory, list[dict]]:
     """What the dashboard reads on one host, read from a Swarm manager instead.
 
@@ -229,7 +263,6 @@ def dashboard_inputs(client, described: Iterable[GPU], prefix: str = "NVIDIA-") 
     running server, whose labels carry the units Swarm assigned.)
     """
     nodes = read_nodes(client.nodes(), {u.uuid: u for u in described}, prefix)
-    names = {n.id: n.name for n in nodes}
     services = client.services(filters={"label": label.USER})
     by_id = {s["ID"]: s for s in services}
     containers = []
@@ -238,9 +271,7 @@ def dashboard_inputs(client, described: Iterable[GPU], prefix: str = "NVIDIA-") 
         if service is None or (task.get("Status") or {}).get("State") != "running":
             continue
         spec = service.get("Spec") or {}
-        labels = dict(spec.get("Labels") or {})
-        labels[label.GPUS] = ",".join(assigned_ids(task))
-        labels["gpuspawner.node-name"] = names.get(task.get("NodeID", ""), "")
+        labels = label.with_units(spec.get("Labels") or {}, assigned_ids(task))
         containers.append(
             {
                 "Id": service["ID"],
@@ -256,78 +287,7 @@ def dashboard_inputs(client, described: Iterable[GPU], prefix: str = "NVIDIA-") 
     return Inventory(units=units, source="swarm", note=note), containers
 
 
-class NodeLedger:
-    """The hub's ledger as one spawn sees it: decisions limited to ``node`` (its home's), if set.
-
-    Quotas and holdings are the whole hub's; only the units a decision may take
-    are limited. Everything else is the shared ledger's.
-    """
-
-    def __init__(self, ledger: Ledger, nodes: tuple[SwarmNode, ...], node: SwarmNode | None = None):
-        self._ledger = ledger
-        self.nodes = nodes
-        self.node = node
-
-    def __getattr__(self, name):
-        return getattr(self._ledger, name)
-
-    @property
-    def within(self) -> tuple[GPU, ...]:
-        units = self._ledger.inventory
-        return tuple(u for u in units if u.node == self.node.name) if self.node else units
-
-    def _explain(self, e: NoCapacity) -> NoCapacity:
-        message = e.message
-        if self.node is not None and e.reason == "no_gpu":
-            others = [u for u in self._ledger.free() if u.node != self.node.name and e.request.matches(u)]
-            message = f"Your home is on {self.node.name}. {message}"
-            if others:
-                message += (
-                    f" Other nodes have {len(others)} free, but your files are on {self.node.name};"
-                    " an admin can move your home."
-                )
-        if e.reason == "no_gpu":
-            message += not_usable_note(self.nodes)
-        return NoCapacity(e.reason, message, request=e.request, free=e.free)
-
-    def can_fit(self, request: GPURequest, requester: Requester, holder: str = "") -> NoCapacity | None:
-        try:
-            decide(self.within, self._ledger.assignments(), request, requester, self._ledger.policy, holder)
-        except NoCapacity as e:
-            return self._explain(e)
-        return None
-
-    def availability(self, request: GPURequest) -> tuple[int, int]:
-        return availability(self.within, self._ledger.assignments(), request, self._ledger.policy)
-
-    def assign(self, holder: str, request: GPURequest, requester: Requester) -> Assignment:
-        if request.shared:
-            raise NoCapacity(
-                "no_gpu",
-                "Shared GPU slots are not offered on a Swarm: a Swarm unit has one holder.",
-                request=request,
-            )
-        self._ledger.release(holder)
-        try:
-            units = decide(self.within, self._ledger.assignments(), request, requester, self._ledger.policy, holder)
-        except NoCapacity as e:
-            raise self._explain(e) from None
-        if units:
-            self._ledger.adopt(holder, [u.id for u in units], user=requester.user, groups=requester.groups)
-        return Assignment(holder, requester.user, units, False, requester.groups)
-
-
 # --- the glue
-
-
-class _SwarmState:
-    """Hub-wide Swarm facts, next to GPUSpawner's shared ledger."""
-
-    def __init__(self):
-        self.nodes: tuple[SwarmNode, ...] = ()
-        self.read_at = -1e9
-        self.node_of: dict[str, str] = {}  # holder -> node id, while starting or running
-        self.confirmed: set[str] = set()  # holders whose units Swarm has assigned (read back)
 
 
 class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
@@ -378,14 +338,6 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         """,
     ).tag(config=True)
 
-    _swarm: _SwarmState | None = None
-
-    def _swarm_state(self) -> _SwarmState:
-        cls = SwarmGPUSpawner
-        if cls._swarm is None:
-            cls._swarm = _SwarmState()
-        return cls._swarm
-
     def load_inventory(self) -> Inventory:
         # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.
         described = () if isinstance(self.gpus, str) else parse_static_inventory(self.gpus)
@@ -398,12 +350,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
 
     async def swarm_nodes(self, fresh: bool = False) -> tuple[SwarmNode, ...]:
         """The nodes, read from the manager at most every ``nodes_refresh`` seconds."""
-        state = self._swarm_state()
-        if fresh or time.monotonic() - state.read_at > self.nodes_refresh:
-            state.nodes = read_nodes(await self.docker("nodes"), self._described(), self.gpu_resource_prefix)
-            state.read_at = time.monotonic()
-            self._shared_lab().ledger.update_inventory(usable_units(state.nodes))
-        return state.nodes
+        shared = self.shared
+        if fresh or time.monotonic() - shared.nodes_read_at > self.nodes_refresh:
+            shared.nodes = read_nodes(await self.docker("nodes"), self._described(), self.gpu_resource_prefix)
+            shared.nodes_read_at = time.monotonic()
+            shared.ledger.update_inventory(usable_units(shared.nodes))
+        return shared.nodes
 
     def _home_volume(self) -> str:
         return self.format_volume_name(self.home_volume_name, self) if self.home_volume_name else ""
@@ -413,7 +365,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         volume = self._home_volume()
         if not volume:
             return None
-        configs = await self.docker("configs", filters={"label": HOME})
+        configs = await self.docker("configs", filters={"label": label.HOME})
         node_id = home_nodes(configs).get(volume)
         if node_id is None:
             return None
@@ -422,21 +374,15 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         # A node that left the Swarm: a record still pins the home there.
         return known or SwarmNode(id=node_id, name=node_id[:12], addr="", state="gone", availability="")
 
-    async def ledger(self) -> NodeLedger:
-        nodes = await self.swarm_nodes()
-        real = await super().ledger()
-        home = await self.home_node() if self.home_volume_name else None
-        return NodeLedger(real, nodes, home)
-
     async def _adopt_running_containers(self, ledger: Ledger) -> None:
         """Rebuild the ledger from Swarm: gpuspawner's services, their running tasks, their units."""
         await self.swarm_nodes(fresh=True)
         services = await self.docker("services", filters={"label": label.USER})
         tasks = await self.docker("tasks", filters={"desired-state": "running"})
-        state = self._swarm_state()
+        shared = self.shared
         for server in running_servers(services, tasks):
-            state.node_of[server.holder] = server.node_id
-            state.confirmed.add(server.holder)
+            shared.node_of[server.holder] = server.node_id
+            shared.confirmed.add(server.holder)
             if not server.unit_ids:
                 continue
             unknown = ledger.adopt(
@@ -446,12 +392,43 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 self.log.warning("Adopting %s: units not on a usable node: %s", server.holder, ",".join(unknown))
             self.log.info("Adopted GPUs %s of running server %s", ",".join(server.unit_ids), server.holder)
 
+    # --- decisions: on the home's node, explained
+
+    @property
+    def decision_node(self) -> str | None:
+        return self._home_node.name if self._home_node is not None else None
+
+    def _explained(self, refusal: NoCapacity, ledger: Ledger) -> NoCapacity:
+        return explain_refusal(refusal, self.shared.nodes, self._home_node, ledger.free())
+
+    def _can_fit(self, ledger: Ledger, request: GPURequest) -> NoCapacity | None:
+        refusal = super()._can_fit(ledger, request)
+        return None if refusal is None else self._explained(refusal, ledger)
+
+    def _assign(self, ledger: Ledger, request: GPURequest) -> Assignment:
+        if request.shared:
+            raise NoCapacity("no_gpu", SHARED_NOT_OFFERED, request=request)
+        try:
+            return super()._assign(ledger, request)
+        except NoCapacity as e:
+            raise self._explained(e, ledger) from None
+
+    async def _find_home(self) -> SwarmNode | None:
+        """Read the nodes and where this user's home is, for the decisions that follow."""
+        await self.swarm_nodes()
+        self._home_node = await self.home_node()
+        return self._home_node
+
+    async def render_profile_form(self) -> str:
+        await self._find_home()
+        return await super().render_profile_form()
+
     # --- the spawn
 
     async def start(self):
         await self.swarm_nodes(fresh=True)
         volume = self._home_volume()
-        home = self._home_node = await self.home_node()
+        home = await self._find_home()
         if home is not None and not home.usable:
             raise SpawnException(
                 f"Your home ({volume}) is on {home.name}, which is {home.condition}."
@@ -465,13 +442,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     def _choose_port(self) -> int:
         """Also choose the node: the units' node, else the home's, else the one with fewest servers."""
         port = super()._choose_port()
-        state = self._swarm_state()
-        usable = [n for n in state.nodes if n.usable]
-        by_name = {n.name: n for n in state.nodes}
-        lab = self._shared_lab()
+        shared = self.shared
+        usable = [n for n in shared.nodes if n.usable]
+        by_name = {n.name: n for n in shared.nodes}
         node = None
         if self.gpu_ids:
-            unit = next((u for u in lab.ledger.inventory if u.id == self.gpu_ids[0]), None)
+            unit = next((u for u in shared.ledger.inventory if u.id == self.gpu_ids[0]), None)
             node = by_name.get(unit.node) if unit else None
             if node is None:  # its node left between the decision and now
                 raise SpawnException("The node chosen for your GPU just left the Swarm. Start again.", reason="no_node")
@@ -481,12 +457,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             if not usable:
                 raise SpawnException("No Swarm node is ready and active.", reason="no_node", status_code=503)
             load = {n.id: 0 for n in usable}
-            for other, node_id in state.node_of.items():
+            for other, node_id in shared.node_of.items():
                 if node_id in load and other != self.holder:
                     load[node_id] += 1
             node = min(usable, key=lambda n: (load[n.id], n.name))
-        state.node_of[self.holder] = node.id
-        state.confirmed.discard(self.holder)
+        shared.node_of[self.holder] = node.id
+        shared.confirmed.discard(self.holder)
         self.node = node
         self.ip = node.addr
         return port
@@ -497,53 +473,34 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     async def get_ip_and_port(self):
         return self.ip, self.port
 
-    def get_env(self):
-        env = super().get_env()
-        # Swarm carries the units (DOCKER_RESOURCE_<KIND>, read by the toolkit's
-        # swarm-resource setting, which wins over this); a server without units sees none.
-        env["NVIDIA_VISIBLE_DEVICES"] = "void"
-        return env
-
-    def _mounts(self) -> list[Mount]:
-        mounts = []
-        for source, bind in self.volume_binds.items():
-            kind = "bind" if source.startswith("/") else "volume"
-            mounts.append(Mount(target=bind["bind"], source=source, type=kind, read_only=bind["mode"] == "ro"))
-        profile = self.profile
-        shm_size = profile.shm_size if profile and profile.shm_size is not None else self.shm_size
-        if shm_size is not None:
-            # A service has no ShmSize: a tmpfs of that size at /dev/shm does the same.
-            mounts.append(Mount(target="/dev/shm", source="", type="tmpfs", tmpfs_size=int(shm_size)))
-        return mounts
-
     async def create_object(self):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
         node = self.node
         await self._record_home()
-        labels = {**self.lab_labels(), NODE: node.id}
-        del labels[label.GPUS]  # Swarm picks the units: they are read back from the task
-        labels.update((self.extra_create_kwargs or {}).get("labels") or {})
+        described = self.container = self.describe_container(units_by_swarm=True)
+        labels = {**described.labels, label.NODE: node.id, **((self.extra_create_kwargs or {}).get("labels") or {})}
         wanted = {}
         if self.gpu_ids:
-            units = [u for u in self._shared_lab().ledger.inventory if u.id in self.gpu_ids]
+            units = [u for u in self.shared.ledger.inventory if u.id in self.gpu_ids]
             wanted = resource_request(units, node.kinds)
+        limits = described.limits
         container = ContainerSpec(
             image=self.image,
-            env=self.get_env(),
+            env=dict(described.environment),
             args=await self.get_command(),
-            mounts=self._mounts(),
+            mounts=service_mounts(described),
             labels=dict(labels),
-            cap_drop=list(self.cap_drop) or None,
+            cap_drop=list(described.cap_drop) or None,
             **self.extra_container_spec,
         )
         resources = Resources(
-            mem_limit=self.mem_limit,
-            cpu_limit=int(self.cpu_limit * 1e9) if self.cpu_limit else None,
+            mem_limit=limits.mem_limit,
+            cpu_limit=int(limits.cpu_limit * 1e9) if limits.cpu_limit else None,
             generic_resources=wanted or None,
             **self.extra_resources_spec,
         )
-        if self.pids_limit:
-            resources.setdefault("Limits", {})["Pids"] = self.pids_limit  # API 1.41; docker-py has no argument
+        if described.pids_limit:
+            resources.setdefault("Limits", {})["Pids"] = described.pids_limit  # API 1.41; docker-py has no argument
         template = TaskTemplate(
             container_spec=container,
             resources=resources,
@@ -590,9 +547,9 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
 
     async def _record_assigned(self, task: dict) -> None:
         actual = assigned_ids(task)
-        lab = self._shared_lab()
-        state = self._swarm_state()
-        async with lab.lock:
+        shared = self.shared
+        ledger = shared.ledger
+        async with shared.lock:
             decided = list(self.gpu_ids)
             if set(actual) != set(decided):
                 # Swarm picked other units of the same kind on this node. Whoever the
@@ -600,19 +557,19 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 # so that the per-node counts stay exact.
                 spare = [i for i in decided if i not in actual]
                 for unit_id in actual:
-                    for other in lab.ledger.holders_of(unit_id):
-                        if other.holder == self.holder or other.holder in state.confirmed or not spare:
+                    for other in ledger.holders_of(unit_id):
+                        if other.holder == self.holder or other.holder in shared.confirmed or not spare:
                             continue
                         ids = [spare.pop() if i == unit_id else i for i in other.ids]
-                        lab.ledger.release(other.holder)
-                        lab.ledger.adopt(other.holder, ids, user=other.user, groups=other.groups)
+                        ledger.release(other.holder)
+                        ledger.adopt(other.holder, ids, user=other.user, groups=other.groups)
                 self.log.info(
                     "Swarm assigned %s to %s (ledger chose %s)", ",".join(actual), self.holder, ",".join(decided)
                 )
-            lab.ledger.release(self.holder)
+            ledger.release(self.holder)
             if actual:
-                lab.ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups)
-            state.confirmed.add(self.holder)
+                ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups)
+            shared.confirmed.add(self.holder)
         self.gpu_ids = tuple(actual)
 
     async def _record_home(self) -> None:
@@ -630,7 +587,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 "create_config",
                 home_record_name(volume),
                 self.node.id.encode(),
-                labels={HOME: volume, NODE: self.node.id, "gpuspawner.node-name": self.node.name},
+                labels={label.HOME: volume, label.NODE: self.node.id},
             )
             self.log.info("Home %s of %s is on %s", volume, self.user.name, self.node.name)
         except docker.errors.APIError as e:
@@ -649,7 +606,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         if self.object_id:
             await self.remove_object()
         self.object_id = ""
-        self._swarm_state().node_of.pop(self.holder, None)
+        self.shared.node_of.pop(self.holder, None)
 
     async def remove_object(self):
         try:
@@ -664,7 +621,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         the server starts again; with restart condition ``none`` Swarm never revives it.
         """
         await self.swarm_nodes()
-        await super(SwarmGPUSpawner, self).ledger()  # a restarted hub adopts before it decides
+        await self.ledger()  # a restarted hub adopts before it decides
         task = await self.get_task()
         state = ((task or {}).get("Status") or {}).get("State", "")
         if state == "running":
@@ -672,12 +629,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         if task is not None:  # (a service that never started, or was removed, is no news)
             self.log.warning("Server %s: its task is %s %s", self.holder, state, task["Status"].get("Err", ""))
         self._release_gpus(f"task {state or 'gone'}")
-        self._swarm_state().node_of.pop(self.holder, None)
+        self.shared.node_of.pop(self.holder, None)
         return f"task {state or 'gone'}" if task else 0
 
     async def stop(self, now=False):
         await super().stop(now=now)
-        self._swarm_state().node_of.pop(self.holder, None)
+        self.shared.node_of.pop(self.holder, None)
 
     def get_state(self):
         state = super().get_state()
@@ -686,4 +643,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         return state
 
 
-__all__ = ["SwarmGPUSpawner", "SwarmNode", "read_nodes", "running_servers", "usable_units"]
+__all__ = [
+    "SwarmGPUSpawner",
+    "SwarmNode",
+    "explain_refusal",
+    "read_nodes",
+    "running_servers",
+    "service_mounts",
+    "usable_units",
+]

@@ -8,6 +8,8 @@ import shutil
 import pytest
 from hypothesis import settings
 
+from gpuspawner.hub_state import reset_hub_state
+
 # "ci" (the default under tests/run.sh and CI): the same examples every run, and a failing
 # example printed as a blob to reproduce it. "dev": random, for hunting new failures.
 settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
@@ -15,6 +17,16 @@ settings.register_profile("dev", print_blob=True, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub():
+    """Each test starts as a hub that has just started: no ledger, Docker pool, puller or profiles
+    files left by another (``gpuspawner.hub_state``); a test may call ``reset_hub_state()``
+    itself to restart the hub while its containers keep running."""
+    reset_hub_state()
+    yield
+    reset_hub_state()
 
 
 @pytest.fixture(scope="module")

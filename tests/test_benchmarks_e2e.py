@@ -139,12 +139,8 @@ def sleeper():
 
 @pytest.fixture
 def real_spawners():
-    GPUSpawner._lab = GPUSpawner._puller = GPUSpawner._docker_calls = None
     client = docker.APIClient(base_url=docker_host(), version="auto")
     yield [make_spawner(GPUSpawner, client, user=u, denials_file="", prepull_images=False) for u in ("ana", "ben")]
-    if GPUSpawner._docker_calls is not None:
-        GPUSpawner._docker_calls.close()
-    GPUSpawner._lab = GPUSpawner._puller = GPUSpawner._docker_calls = None
 
 
 async def test_a_slow_call_of_one_user_does_not_hold_up_another(real_spawners, sleeper):

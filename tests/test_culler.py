@@ -14,6 +14,7 @@ from gpuspawner.culler.app import GPUCuller, gpu_servers
 from gpuspawner.culler.policy import GPU_IDLE, MAX_RUNTIME, CullRules, GPUServer, IdleClocks, UnitReading, unit_in_use
 from gpuspawner.culler.records import record_stop, stop_record_for
 from gpuspawner.culler.usage import FileUsage, container_of
+from gpuspawner.hub_state import reset_hub_state
 from gpuspawner.profiles import ProfileError, parse_profiles
 from gpuspawner.spawner import apply_profile_choice
 
@@ -375,7 +376,6 @@ PROFILES = [
 
 
 def spawner(engine, profile, tmp_path, **config):
-    GPUSpawner._lab = GPUSpawner._puller = None
     s = make_spawner(
         GPUSpawner,
         engine,
@@ -416,7 +416,7 @@ async def test_rules_go_on_the_container_and_the_reason_to_the_next_spawn_page(t
     s.clear_state()
     state = s.get_state()
     assert state["stop_reason"]["message"] == "stopped after 30 minutes without GPU use"
-    GPUSpawner._lab = None
+    reset_hub_state()
     again = spawner(engine, "gpu", tmp_path)
     again.load_state(state)  # a restarted hub
     page = await again.render_profile_form()

@@ -28,8 +28,10 @@ class SlowClient:
         self.order: dict[str, list[int]] = {}  # server -> call numbers, in the order they ran
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # a call has begun in a pool thread
 
     def inspect(self, server: str, n: int, seconds: float | None = None) -> tuple[str, int]:
+        self.entered.set()
         with self.lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -47,8 +49,14 @@ class SlowClient:
 
     def blocked(self, server: str) -> str:
         """A call that waits until the test opens the gate: a 10 GB pull, say."""
+        self.entered.set()
         self.gate.wait(10)
         return server
+
+
+async def running(client: SlowClient) -> None:
+    """Wait (without blocking the loop) until a call of ``client`` has begun in a pool thread."""
+    assert await asyncio.to_thread(client.entered.wait, 5), "no call began"
 
 
 @pytest.fixture
@@ -74,13 +82,14 @@ async def test_one_servers_slow_call_holds_up_no_other_server(pool):
     client.gate.clear()
     slow_lock = asyncio.Lock()
     slow = asyncio.ensure_future(pool.call(slow_lock, client, "blocked", "puller"))
-    await asyncio.sleep(0.05)
+    await running(client)
     others = [pool.call(asyncio.Lock(), client, "inspect", f"s{i}", 0, 0.01) for i in range(10)]
     done = await asyncio.wait_for(asyncio.gather(*others), 5)
     assert len(done) == 10 and not slow.done()
     # ...while the slow server's own next call waits for it.
     after = asyncio.ensure_future(pool.call(slow_lock, client, "inspect", "puller", 1, 0))
-    await asyncio.sleep(0.1)
+    # A call another server makes later, on the same pool, runs and ends: "after" had its chance.
+    assert await asyncio.wait_for(pool.call(asyncio.Lock(), client, "inspect", "later", 0, 0), 5) == ("later", 0)
     assert not after.done()
     client.gate.set()
     assert await slow == "puller" and await after == ("puller", 1)
@@ -91,7 +100,7 @@ async def test_a_cancelled_call_keeps_its_servers_order(pool):
     client = SlowClient(seconds=0.3)
     lock = asyncio.Lock()
     first = asyncio.ensure_future(pool.call(lock, client, "inspect", "s", 0))
-    await asyncio.sleep(0.05)
+    await running(client)
     first.cancel()
     second = await pool.call(lock, client, "inspect", "s", 1, 0)
     assert second == ("s", 1)
@@ -125,16 +134,7 @@ def test_at_least_one_thread():
         DockerCalls(0)
 
 
-@pytest.fixture
-def fresh_pool():
-    GPUSpawner._lab = GPUSpawner._puller = GPUSpawner._docker_calls = None
-    yield
-    if GPUSpawner._docker_calls is not None:
-        GPUSpawner._docker_calls.close()
-    GPUSpawner._lab = GPUSpawner._puller = GPUSpawner._docker_calls = None
-
-
-async def test_spawners_share_one_pool_sized_by_config(fresh_pool):
+async def test_spawners_share_one_pool_sized_by_config():
     fake = FakeDocker()
     a = make_spawner(GPUSpawner, fake, user="alice", docker_threads=5, denials_file="")
     b = make_spawner(GPUSpawner, fake, user="bob", docker_threads=5, denials_file="")
@@ -142,5 +142,5 @@ async def test_spawners_share_one_pool_sized_by_config(fresh_pool):
     inspected = await a.docker("inspect_image", "lab:1")
     assert inspected["Config"]["User"] == "jovyan"
     await b.docker("inspect_image", "lab:1")
-    assert a._docker_pool() is b._docker_pool() and a._docker_pool().threads == 5
+    assert a.shared.docker_calls is b.shared.docker_calls and a.shared.docker_calls.threads == 5
     assert a._docker_order is not b._docker_order  # each server its own order

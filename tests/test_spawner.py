@@ -8,6 +8,7 @@ from tornado import web
 from traitlets import TraitError
 
 from gpuspawner import GPUSpawner
+from gpuspawner.hub_state import reset_hub_state
 from gpuspawner.labels import GPUS as LABEL_GPUS
 from gpuspawner.labels import PROFILE as LABEL_PROFILE
 from gpuspawner.labels import USER as LABEL_USER
@@ -25,13 +26,6 @@ PROFILES = [
     {"slug": "gpu", "display_name": "GPU", "image": "lab:1", "gpus": 1, "shm_size": "1G"},
     {"slug": "two", "display_name": "Two GPUs", "image": "lab:1", "gpus": 2},
 ]
-
-
-@pytest.fixture(autouse=True)
-def fresh_lab():
-    GPUSpawner._lab = GPUSpawner._puller = None
-    yield
-    GPUSpawner._lab = GPUSpawner._puller = None
 
 
 @pytest.fixture
@@ -61,7 +55,7 @@ async def test_gpu_profile_gets_explicit_device_ids_labels_and_env(engine):
     assert request["Capabilities"] == [["gpu"]]
     assert c["HostConfig"]["ShmSize"] == 1024**3
     assert c["HostConfig"]["NetworkMode"] == "host"
-    assert c["Labels"][LABEL_GPUS] == "GPU-0000"
+    assert c["Labels"][LABEL_GPUS] == '["GPU-0000"]'  # a JSON list (labels.py)
     assert c["Labels"][LABEL_PROFILE] == "gpu"
     assert c["Labels"][LABEL_USER] == "alice"
     assert c["Env"]["NVIDIA_VISIBLE_DEVICES"] == "GPU-0000"
@@ -147,8 +141,7 @@ async def test_failed_start_holds_no_gpu_and_leaves_no_container(engine):
     with pytest.raises(Exception, match="500 Server Error"):
         await s.start()
     assert engine.containers_by_id == {}
-    lab = GPUSpawner._lab
-    assert len(lab.ledger.free()) == 2 and lab.ports == {}
+    assert len(s.shared.ledger.free()) == 2 and s.shared.ports == {}
 
 
 async def test_crash_seen_by_poll_frees_the_gpu(engine):
@@ -157,14 +150,14 @@ async def test_crash_seen_by_poll_frees_the_gpu(engine):
     assert await s.poll() is None
     engine.crash(s.object_id)
     assert await s.poll() is not None
-    assert len(GPUSpawner._lab.ledger.free()) == 2
+    assert len(s.shared.ledger.free()) == 2
 
 
 async def test_restarted_hub_adopts_running_containers(engine):
     alice = spawner(engine, "alice", profile="gpu")
     await alice.start()
     state = alice.get_state()
-    GPUSpawner._lab = None  # the hub restarts; the container keeps running
+    reset_hub_state()  # the hub restarts; the container keeps running
 
     again = spawner(engine, "alice")
     again.load_state(state)
@@ -253,7 +246,7 @@ async def test_root_image_refused_before_any_gpu_unless_allowed(engine):
     with pytest.raises(SpawnException, match="runs as root") as e:
         await s.start()
     assert e.value.reason == "image_root"
-    assert GPUSpawner._lab is None or len(GPUSpawner._lab.ledger.free()) == 2
+    assert len(s.shared.ledger.free()) == 2
     assert engine.containers_by_id == {}
     s = spawner(engine, "bob", profiles=profiles, allow_root=True)
     await s.start()
@@ -265,7 +258,7 @@ async def test_missing_image_is_a_clear_refusal(engine):
     s = spawner(engine, profiles=profiles, pull_policy="never")
     with pytest.raises(SpawnException, match="not on this host"):
         await s.start()
-    assert GPUSpawner._lab is None or len(GPUSpawner._lab.ledger.free()) == 2
+    assert len(s.shared.ledger.free()) == 2
 
 
 COURSES = [
@@ -389,7 +382,7 @@ async def test_unmet_cuda_refused_before_any_gpu(engine):
         await s.start()
     assert e.value.reason == "cuda"
     assert "needs CUDA 12.8, but this host's NVIDIA driver supports up to CUDA 12.4" in e.value.message
-    assert len(GPUSpawner._lab.ledger.free()) == 2 and engine.containers_by_id == {}
+    assert len(s.shared.ledger.free()) == 2 and engine.containers_by_id == {}
     s = spawner(engine, profiles=profiles, driver_cuda_version="12.4", profile="cpu")
     await s.start()  # no GPU, no driver needed
 
@@ -439,15 +432,92 @@ async def test_progress_read_from_before_the_start(engine):
 
     s = spawner(engine, profile="gpu")
     seen = []
+    reading = asyncio.Event()
 
     async def read():
+        reading.set()  # then straight into progress(), up to its first wait, before start() runs
         async for event in s.progress():
             seen.append(event["message"])
             if event["progress"] >= 90:
                 return
 
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0)
+    await reading.wait()
     await s.start()
     await asyncio.wait_for(reader, 5)
     assert seen[0] == "Preparing GPU" and seen[-1].startswith("Container started")
+
+
+# --- quotas, through the spawner: its config reaches the policy, its user the requester
+
+
+async def refused(s) -> SpawnException:
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    return e.value
+
+
+async def test_the_per_user_cap_counts_every_named_server(engine):
+    first = spawner(engine, "alice", profile="gpu", max_gpus_per_user=1)
+    await first.start()
+    second = spawner(engine, "alice", profile="gpu", server_name="big", max_gpus_per_user=1)
+    e = await refused(second)
+    assert (e.reason, e.status_code) == ("user_quota", 403)
+    assert "You already hold 1 GPU(s) across your servers, and the limit is 1 per user." in e.message
+    assert second.gpu_ids == () and len(engine.containers_by_id) == 1
+    bob = spawner(engine, "bob", profile="gpu", max_gpus_per_user=1)
+    await bob.start()  # the cap is per user
+    await first.stop()
+    await bob.stop()
+    await second.start()
+    assert len(second.gpu_ids) == 1
+
+
+async def test_a_group_quota_holds_for_the_group_only(engine):
+    quota = {"group_gpu_quotas": {"ml101": 1}}
+    await spawner(engine, "alice", profile="gpu", groups=["ml101"], **quota).start()
+    e = await refused(spawner(engine, "bob", profile="gpu", groups=["ml101", "other"], **quota))
+    assert (e.reason, e.status_code) == ("group_quota", 403)
+    assert "Your group 'ml101' is using 1 of its 1 GPU(s)." in e.message
+    carol = spawner(engine, "carol", profile="gpu", groups=["other"], **quota)
+    await carol.start()
+    assert len(carol.gpu_ids) == 1
+
+
+@pytest.mark.parametrize(
+    "exempt, admin, starts",
+    [(True, True, True), (False, True, False), (True, False, False)],
+    ids=["admin-exempt", "exemption-off", "not-an-admin"],
+)
+async def test_admins_are_exempt_unless_configured_not_to_be(engine, exempt, admin, starts):
+    config = {"group_gpu_quotas": {"ml101": 1}, "max_gpus_per_user": 1, "quota_exempt_admins": exempt}
+    await spawner(engine, "alice", profile="gpu", groups=["ml101"], **config).start()
+    root = spawner(engine, "root", profile="gpu", groups=["ml101"], admin=admin, **config)
+    if starts:
+        await root.start()
+        named = spawner(engine, "root", profile="gpu", server_name="more", admin=admin, **config)
+        with pytest.raises(SpawnException) as e:  # exempt from quotas, not from the GPUs running out
+            await named.start()
+        assert e.value.reason == "no_gpu"
+    else:
+        assert (await refused(root)).reason == "group_quota"
+
+
+async def test_a_restarted_hub_keeps_group_quotas_from_the_labels(engine):
+    group = "cn=ml,ou=courses"  # an LDAP group: a comma in its name
+    quota = {"group_gpu_quotas": {group: 1}}
+    alice = spawner(engine, "alice", profile="gpu", groups=[group], **quota)
+    await alice.start()
+    state = alice.get_state()
+    reset_hub_state()  # the hub restarts; alice's container keeps running
+
+    again = spawner(engine, "alice", groups=[group], **quota)
+    again.load_state(state)
+    assert await again.poll() is None  # the first poll rebuilds the ledger from the labels
+    held = again.shared.ledger.assignment("alice/")
+    assert held.ids == ("GPU-0000",) and held.groups == frozenset({group})
+    e = await refused(spawner(engine, "bob", profile="gpu", groups=[group], **quota))
+    assert e.reason == "group_quota" and f"Your group '{group}' is using 1 of its 1 GPU(s)." in e.message
+    carol = spawner(engine, "carol", profile="gpu", groups=["cn=cv,ou=courses"], **quota)
+    await carol.start()
+    assert carol.gpu_ids == ("GPU-1111",)
