@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from ..config import ConfigError, HubConfig, load_hub_config, load_service_config
+from ..config import ConfigError
 from .command import LabCommand
 from .doctor import DoctorApp
 from .image_build import ImageBuildApp
 from .image_check import ImageCheckApp
 from .prepull import PrepullApp
 from .status import StatusApp
-
-# The names of gpuspawner.config before it had its own module, for code not yet moved to it.
-CommandError = ConfigError
-Lab = HubConfig
-load_lab = load_hub_config
-load_service_lab = load_service_config
 
 
 class ImageApp(LabCommand):
