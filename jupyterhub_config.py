@@ -48,8 +48,12 @@ try:
     inventory_note = f"{len(gpus)} real NVIDIA GPU(s) or MIG instance(s)"
 except NVMLUnavailable:
     gpus = [
-        {"index": i, "uuid": f"GPU-51a11a7e-0000-4000-8000-00000000000{i}",
-         "name": "SIMULATED GPU (no NVIDIA driver found)", "memory": "16G"}
+        {
+            "index": i,
+            "uuid": f"GPU-51a11a7e-0000-4000-8000-00000000000{i}",
+            "name": "SIMULATED GPU (no NVIDIA driver found)",
+            "memory": "16G",
+        }
         for i in range(4)
     ]
     inventory_note = "SIMULATED inventory of 4 GPUs: no NVIDIA driver answered"
@@ -122,53 +126,12 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 
 # --- The GPU dashboard: who holds which GPU (a hub-managed service) -----------------
-# In the hub's Services menu, at /services/gpu-dashboard/, for admins; JSON at
-# api/v1/gpus and Prometheus metrics at /metrics. It reads this same file.
-import sys  # noqa: E402
+# In the hub's Services menu, at /services/gpu-dashboard/, for the admins above; JSON
+# at api/v1/gpus and Prometheus metrics at /metrics. It reads this same file (-f).
+# Teachers may see their own groups' GPUs: add teacher_groups=["teachers"].
+from gpuspawner import services  # noqa: E402
 
-c.JupyterHub.services = [
-    {
-        "name": "gpu-dashboard",
-        "url": "http://127.0.0.1:10101",
-        "command": [sys.executable, "-m", "gpuspawner.dashboard", "-f", os.path.abspath(__file__)],
-        "environment": {
-            k: os.environ[k] for k in ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY") if k in os.environ
-        },
-        "oauth_client_allowed_scopes": [
-            "custom:gpu-dashboard:read",
-            "custom:gpu-dashboard:read-groups",
-            "custom:gpu-dashboard:stop",
-        ],
-        "oauth_no_confirm": True,
-        "display": True,
-    }
-]
-c.JupyterHub.custom_scopes = {
-    "custom:gpu-dashboard:read": {"description": "See who holds which GPU on the GPU dashboard"},
-    "custom:gpu-dashboard:stop": {"description": "Stop servers from the GPU dashboard"},
-    "custom:gpu-dashboard:read-groups": {"description": "See the GPUs of your own groups' users"},
-}
-c.JupyterHub.load_roles = [
-    # JupyterHub's own admin role cannot be changed: admins get the dashboard through this one.
-    {
-        "name": "gpu-dashboard-admins",
-        "users": sorted(c.Authenticator.admin_users),
-        "scopes": [
-            "custom:gpu-dashboard:read",
-            "custom:gpu-dashboard:stop",
-            "access:services!service=gpu-dashboard",
-        ],
-    },
-    # What the service itself may do, and no more.
-    {
-        "name": "gpu-dashboard-service",
-        "services": ["gpu-dashboard"],
-        "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"],
-    },
-    # Teachers: the GPUs of their own groups' students, e.g. for a "teachers" group:
-    # {"name": "gpu-dashboard-teachers", "groups": ["teachers"],
-    #  "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"]},
-]
+services.add_dashboard(c, __file__)
 
 # --- GPU culling: free GPUs left idle (a hub-managed service) ----------------------
 # A GPU server whose GPUs stay idle 30 minutes is stopped (not if its student was
@@ -179,20 +142,7 @@ c.JupyterHub.load_roles = [
 c.GPUSpawner.gpu_idle_timeout = "30m"
 c.GPUSpawner.max_runtime = "8h"
 c.GPUSpawner.jupyter_activity_grace = "10m"
-c.JupyterHub.services.append(
-    {
-        "name": "gpu-culler",
-        "command": [sys.executable, "-m", "gpuspawner.culler", "-f", os.path.abspath(__file__), "--cull-every=60"],
-        "environment": c.JupyterHub.services[0]["environment"],
-    }
-)
-c.JupyterHub.load_roles.append(
-    {
-        "name": "gpu-culler",
-        "services": ["gpu-culler"],
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-    }
-)
+services.add_culler(c, __file__)
 
 # --- Last: check it all now -----------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile

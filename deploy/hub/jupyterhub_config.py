@@ -13,9 +13,8 @@
 # Every GPUSpawner option is in the configuration reference (docs/reference/config.md).
 
 import os
-import sys
 
-from gpuspawner import check_config
+from gpuspawner import check_config, services
 
 c = get_config()  # noqa: F821 (injected by jupyterhub)
 
@@ -158,59 +157,17 @@ c.Spawner.http_timeout = 120
 
 # --- The GPU dashboard: who holds which GPU (a hub-managed service) -------------------
 # At /services/gpu-dashboard/ for admins, and for teachers about their own groups.
-c.JupyterHub.services = [
-    {
-        "name": "gpu-dashboard",
-        "url": "http://127.0.0.1:10101",
-        "command": [sys.executable, "-m", "gpuspawner.dashboard", "-f", os.path.abspath(__file__)],
-        "environment": {k: os.environ[k] for k in ("DOCKER_HOST",) if k in os.environ},
-        "oauth_client_allowed_scopes": [
-            "custom:gpu-dashboard:read",
-            "custom:gpu-dashboard:read-groups",
-            "custom:gpu-dashboard:stop",
-        ],
-        "oauth_no_confirm": True,
-        "display": True,
-    }
-]
-c.JupyterHub.custom_scopes = {
-    "custom:gpu-dashboard:read": {"description": "See who holds which GPU on the GPU dashboard"},
-    "custom:gpu-dashboard:stop": {"description": "Stop servers from the GPU dashboard"},
-    "custom:gpu-dashboard:read-groups": {"description": "See the GPUs of your own groups' users"},
-}
-c.JupyterHub.load_roles = [
-    {
-        "name": "gpu-dashboard-admins",
-        "groups": ["gpu-lab-admins"],
-        "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop", "access:services!service=gpu-dashboard"],
-    },
-    {
-        "name": "gpu-dashboard-teachers",
-        "groups": ["ml101-teachers", "cv201-teachers"],
-        "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"],
-    },
-    {
-        "name": "gpu-dashboard-service",
-        "services": ["gpu-dashboard"],
-        "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"],
-    },
-]
+# It reads this file (-f) and the hub's Docker settings (DOCKER_HOST, TLS).
+services.add_dashboard(
+    c, __file__, admin_groups=["gpu-lab-admins"], teacher_groups=["ml101-teachers", "cv201-teachers"]
+)
 
 # --- Culling ---------------------------------------------------------------------------
 # GPU-aware culling: per-profile keys gpu_idle_timeout / max_runtime / jupyter_activity_grace override these
 c.GPUSpawner.gpu_idle_timeout = "30m"  # stop a server whose GPUs stayed idle that long
 c.GPUSpawner.max_runtime = "4h"  # stop a GPU server after this long, whatever it does
 c.GPUSpawner.jupyter_activity_grace = "10m"  # not stopped for GPU idleness if active in Jupyter this recently
-c.JupyterHub.services.append(
-    {"name": "gpu-culler", "command": [sys.executable, "-m", "gpuspawner.culler", "--cull-every=60"]}
-)
-c.JupyterHub.load_roles.append(
-    {
-        "name": "gpu-culler",
-        "services": ["gpu-culler"],
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-    }
-)
+services.add_culler(c, __file__)
 
 # --- Last: check it all now --------------------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile and
