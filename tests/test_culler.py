@@ -555,6 +555,37 @@ async def test_a_node_local_culler_judges_nothing_while_its_engine_cannot_be_rea
     assert await app.arbiter(server=old, inactive=timedelta(days=1), inactive_limit=1) is False
 
 
+async def test_a_new_docker_client_after_the_engine_failed(tmp_path):
+    """The engine restarted under the culler: the next round reaches it with a new client."""
+
+    class Engine:
+        def __init__(self, up):
+            self.up = up
+
+        def containers(self, filters):
+            if not self.up:
+                raise ConnectionError("engine restarting")
+            return [container("alice", "", ["GPU-0"], idle=1)]
+
+    made = []
+
+    def new_client():
+        made.append(Engine(up=bool(made)))  # the first client fails, the next ones work
+        return made[-1]
+
+    clock = Clock()
+    app = culler(tmp_path, [], {"GPU-0": IDLE}, clock, cull_every=1)
+    app.new_docker_client = new_client
+    alice = hub_server("alice/", clock(), clock())
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    assert await app.arbiter(server=alice, **args) is False  # nothing read, nothing judged
+    for _ in range(3):
+        clock.advance(0.6)
+        await app.arbiter(server=alice, **args)
+    assert len(made) == 2  # one new client, then kept while it works
+    assert json.loads((tmp_path / "stops.jsonl").read_text())["user"] == "alice"
+
+
 def test_node_local_is_a_flag():
     GPUCuller.clear_instance()
     app = GPUCuller()

@@ -35,6 +35,7 @@ from traitlets import Any, Bool, Callable, Int, Unicode, default
 
 from .. import labels as label
 from ..config import ConfigError, load_service_config
+from ..docker_client import LazyClient
 from .policy import GPUServer, IdleClocks, UnitReading
 from .records import record_stop
 from .usage import FileUsage, NVMLUsage
@@ -189,7 +190,8 @@ class GPUCuller(IdleCuller):
         self._local: set[str] = set()  # with node_local: "user/server" of every gpuspawner server on this node
         self._record_as: dict[str, str] = {}  # container id -> the id the hub's spawner knows (a service's)
         self.clocks = IdleClocks(busy_threshold=self.busy_threshold)
-        self._docker = None
+        # Looked up at each new client, so that new_docker_client may be replaced (a test's engine).
+        self._docker = LazyClient(lambda: self.new_docker_client())
         self._round: tuple[datetime, dict[str, GPUServer], dict[str, UnitReading]] | None = None
         self._round_lock = asyncio.Lock()
         self._usage_error = ""
@@ -204,26 +206,24 @@ class GPUCuller(IdleCuller):
         return docker.APIClient(version="auto", **kwargs_from_env())
 
     def _containers(self) -> list[dict]:
-        if self._docker is None:
-            self._docker = self.new_docker_client()
         try:
-            if not self.node_local:
-                return self._docker.containers(filters={"label": label.GPUS})
-            # The service's labels are on its containers; the assigned units only in their environment.
-            listed = self._docker.containers(filters={"label": [label.USER, SWARM_SERVICE]})
-            found = []
-            for c in listed:
-                try:
-                    found.append(task_container(self._docker.inspect_container(c["Id"]), self.gpu_resource_prefix))
-                except Exception as e:  # noqa: BLE001 - gone since listed
-                    self.log.debug("Container %s: %s", c["Id"][:12], e)
-            self._local = {record.holder for x in found if (record := label.read_server(x["Labels"]))}
-            self._record_as = {c["Id"]: (c.get("Labels") or {}).get(SWARM_SERVICE, c["Id"]) for c in listed}
-            return found
+            with self._docker.use() as client:  # a failure: a new client next time (the engine may have restarted)
+                if not self.node_local:
+                    return client.containers(filters={"label": label.GPUS})
+                # The service's labels are on its containers; the assigned units only in their environment.
+                listed = client.containers(filters={"label": [label.USER, SWARM_SERVICE]})
+                found = []
+                for c in listed:
+                    try:
+                        found.append(task_container(client.inspect_container(c["Id"]), self.gpu_resource_prefix))
+                    except Exception as e:  # noqa: BLE001 - gone since listed
+                        self.log.debug("Container %s: %s", c["Id"][:12], e)
         except Exception:
-            self._docker = None  # a new client next time (the engine may have restarted)
             self._local = set()  # where nothing can be read, nothing is judged
             raise
+        self._local = {record.holder for x in found if (record := label.read_server(x["Labels"]))}
+        self._record_as = {c["Id"]: (c.get("Labels") or {}).get(SWARM_SERVICE, c["Id"]) for c in listed}
+        return found
 
     async def _view(self) -> tuple[dict[str, GPUServer], dict[str, UnitReading]]:
         async with self._round_lock:
