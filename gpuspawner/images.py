@@ -157,6 +157,7 @@ def image_digest(inspect: dict, name: str = "") -> str:
 
 
 def _size(n: int) -> str:
+    # Decimal GB and MB, as `docker pull` and registries count a download (memory is in GiB: traits.format_bytes).
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
