@@ -207,8 +207,8 @@ class GPUDashboard(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
-        lab = load_service_config(self, self.hub_config)
-        spawner = lab.spawner
+        settings = load_service_config(self, self.hub_config)  # the hub's own config file
+        spawner = settings.spawner
         if not self.denials_file and "denials_file" not in self.config.get("GPUDashboard", {}):
             self.denials_file = spawner.denials_file
         if not self.stops_file and "stops_file" not in self.config.get("GPUDashboard", {}):
@@ -219,7 +219,7 @@ class GPUDashboard(Application):
         # The one instance: the OAuth callback handler uses HubOAuth.instance() too (the PKCE verifier).
         self.hub_auth = HubOAuth.instance(api_url=api_url, api_token=token, cache_max_age=60)
         self.sources = Sources(
-            lab.inventory,
+            settings.inventory,
             spawner.policy,
             spawner.new_docker_client,
             self.hub,
