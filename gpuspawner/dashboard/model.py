@@ -4,7 +4,7 @@ Pure: no Docker, no NVML, no hub, no clock it does not receive. ``build_view``
 takes the inventory, the running containers' labels (rebuilt into a ``Ledger``
 by ``labels.adopt_containers``, exactly as a restarted hub does), NVML's usage,
 the hub's activity and the denials file, and returns one ``DashboardView`` that
-the page, the JSON API and the metrics all render. A source that could not be
+the page, the JSON API, the metrics and ``gpuspawner status`` all render. A source that could not be
 read is named in the view (``*_error``), never replaced by old data.
 """
 
