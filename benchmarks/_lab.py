@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.realhub import RealHub, engine, read_testbed, require_tools, running_hub  # noqa: E402
+from tests.realhub import RealHub, docker_host, engine, read_testbed, require_tools, running_hub  # noqa: E402, F401
 
 GPU = "gpuspawner"
 DOCKER = "dockerspawner"

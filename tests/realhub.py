@@ -121,6 +121,23 @@ def started(hub: RealHub):
             hub.stop()
 
 
+def wait_for(condition, timeout: float, what: str, *, every: float = 0.3, details=lambda: ""):
+    """Poll ``condition()`` until it returns something true, and return that.
+
+    Fails after ``timeout`` seconds, saying what did not happen and ``details()``
+    (a log's tail). ``condition`` may raise to stop the wait early (a process died).
+    The sleep between looks is the polling interval, never what the test waits on.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s\n{details()}")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -205,17 +222,16 @@ class RealHub:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"jupyterhub exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.api}/", timeout=2).ok:
-                    return
+                return requests.get(f"{self.api}/", timeout=2).ok
             except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"jupyterhub did not answer in {timeout}s:\n{self.log_tail()}")
+                return False
+
+        wait_for(answers, timeout, "jupyterhub answers", details=self.log_tail)
 
     def stop(self) -> None:
         """Stop the hub (and the proxy it started); single-user servers keep running."""
@@ -227,6 +243,21 @@ class RealHub:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def log_text(self) -> str:
+        """The hub's whole log so far (every start of this hub appends to it)."""
+        path = self.workdir / "jupyterhub.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def refused_before_start(self, user: str, server: str = "") -> None:
+        """Assert the hub's spawn of ``user``'s server failed with the spawner's own refusal
+        (a SpawnException) and never waited out ``start_timeout``, and left no container."""
+        log = self.log_text()
+        name = f"{user}'s server {server}"  # as JupyterHub writes it ("alice's server :" for the default one)
+        assert f"Not starting {name}:" in log, f"no refusal of {name} in the hub's log:\n{self.log_tail()}"
+        assert f"{user}'s server failed to start in" not in log, self.log_tail()
+        containers = engine().containers.list(all=True, filters={"label": f"gpuspawner.user={user}"})
+        assert not [c for c in containers if c.labels.get("gpuspawner.server", "") == server], containers
 
     def log_tail(self, lines: int = 60) -> str:
         path = self.workdir / "jupyterhub.log"
@@ -266,15 +297,13 @@ class RealHub:
         return r.json().get("servers", {}).get(server)
 
     def wait_ready(self, user: str, server: str = "", timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> dict | None:
             model = self.server_model(user, server)
-            if model and model.get("ready"):
-                return model
             if model is None:
                 raise AssertionError(f"server {user}/{server} is gone:\n{self.log_tail()}")
-            time.sleep(0.5)
-        raise AssertionError(f"server {user}/{server} not ready in {timeout}s:\n{self.log_tail()}")
+            return model if model.get("ready") else None
+
+        return wait_for(ready, timeout, f"server {user}/{server} ready", every=0.5, details=self.log_tail)
 
     def spawn(self, user: str, profile: str | None = None, server: str = "") -> dict:
         r = self.start_server(user, profile, server)
@@ -284,10 +313,16 @@ class RealHub:
     def stop_server(self, user: str, server: str = "", timeout: float = 60) -> None:
         r = self.request("DELETE", f"/users/{user}/servers/{server}")
         assert r.status_code in (202, 204), r.text
-        deadline = time.monotonic() + timeout
-        while self.server_model(user, server) is not None:
-            assert time.monotonic() < deadline, f"{user}/{server} did not stop:\n{self.log_tail()}"
-            time.sleep(0.3)
+        self.wait_gone(user, server, timeout)
+
+    def wait_gone(self, user: str, server: str = "", timeout: float = 60) -> None:
+        """Until the hub no longer lists the server (stopped by anyone: a test, the culler, a crash)."""
+        wait_for(
+            lambda: self.server_model(user, server) is None,
+            timeout,
+            f"server {user}/{server} stopped",
+            details=self.log_tail,
+        )
 
     def stop_all_servers(self) -> None:
         users = self.request("GET", "/users").json()

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from .realhub import RealHub, engine, read_testbed, require_tools, running_hub
+from gpuspawner import labels
+
+from .realhub import RealHub, engine, read_testbed, require_tools, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -68,11 +70,12 @@ def hub(tmp_path_factory):
 
 
 def gpu_holders() -> dict[str, str]:
-    """container name -> the units it holds, for every e2e container on the engine."""
+    """container name -> the units it holds (comma-separated), for every e2e container on the engine."""
+    records = {c.name: labels.read_server(c.labels) for c in engine().containers.list(filters={"label": labels.GPUS})}
     return {
-        c.name: c.labels["gpuspawner.gpus"]
-        for c in engine().containers.list(filters={"label": "gpuspawner.gpus"})
-        if c.labels["gpuspawner.user"].endswith(RUN) and c.labels["gpuspawner.gpus"]
+        name: ",".join(record.unit_ids)
+        for name, record in records.items()
+        if record and record.user.endswith(RUN) and record.unit_ids
     }
 
 
@@ -99,12 +102,14 @@ def test_a_class_burst_gets_exactly_the_free_gpus_and_clean_refusals(hub: RealHu
             "One A100: Needs 1 whole GPU: all 4 NVIDIA A100-SXM4-80GB GPUs are taken (4/4 in use)."
         )
         assert hub.server_model(name) is None
+        # Refused at once, never after a start timeout: by the spawner, before any container.
+        hub.refused_before_start(name)
     seconds = sorted(t for _, _, t in refused)
     print(
         f"\nburst of {BURST}: 4 started, {len(refused)} refused;"
         f" refusal latency median {statistics.median(seconds):.2f}s, max {seconds[-1]:.2f}s"
+        " (measured by benchmarks/refusal.py, not asserted)"
     )
-    assert seconds[-1] < 10  # refused at once, never after a start timeout
 
     for name in started:
         hub.wait_ready(name)
@@ -164,9 +169,6 @@ def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
     assert r.status_code == 503, r.text  # a shared GPU is not handed out whole
 
     assert hub.request("DELETE", f"/users/{b}").status_code in (202, 204)  # stops the server first
-    deadline = time.monotonic() + 30
-    while hub.request("GET", f"/users/{b}").status_code != 404:
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.3)
+    wait_for(lambda: hub.request("GET", f"/users/{b}").status_code == 404, 30, f"{b} deleted", details=hub.log_tail)
     hub.spawn(c, "shared")
     assert hub.visible_devices(c) == freed

@@ -119,9 +119,14 @@ def write_config(folder, profiles: list[dict], extra: str = "") -> None:
     (folder / "jupyterhub_config.py").write_text(textwrap.dedent(body) + textwrap.dedent(extra))
 
 
-def gpuspawner(folder, *args: str, timeout: float = 120) -> tuple[int, str, str, float]:
-    """Run the command in ``folder`` (where the hub's config is); (exit status, stdout, stderr, seconds)."""
-    env = {**os.environ, "DOCKER_HOST": docker_host(), "PYTHONPATH": str(REPO)}
+def gpuspawner(folder, *args: str, timeout: float = 120, engine_at: str = "") -> tuple[int, str, str, float]:
+    """Run the command in ``folder`` (where the hub's config is); (exit status, stdout, stderr, seconds).
+
+    ``engine_at``: the DOCKER_HOST it is given (default: the test bed's engine). The
+    seconds are for printing: how long commands take is measured by
+    ``benchmarks/cli.py``, never asserted here.
+    """
+    env = {**os.environ, "DOCKER_HOST": engine_at or docker_host(), "PYTHONPATH": str(REPO)}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "gpuspawner.cli", *args],
@@ -159,7 +164,7 @@ def no_probe_left(image: str) -> None:
 
 def test_the_test_bed_image_passes(images, hub_dir):
     write_config(hub_dir, [])
-    status, out, err, took = gpuspawner(hub_dir, "image", "check", images["base"])
+    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["base"])
     assert status == 0, out + err
     assert "JupyterHub 6.1.1 (the hub runs 6.1.1)" in finding(out, "ok", "jupyterhub-singleuser")
     assert "jovyan (uid 1000), home /home/jovyan" in finding(out, "ok", "user")
@@ -168,7 +173,6 @@ def test_the_test_bed_image_passes(images, hub_dir):
     assert "none of torch, tensorflow, jax installed" in out
     assert "MiB" in finding(out, "ok", "size")
     assert line(out, "verdict:").startswith("verdict: OK")
-    assert took < 30
     no_probe_left(images["base"])
 
 
@@ -232,13 +236,12 @@ def test_every_profiles_image(images, hub_dir):
         {"slug": "gpu-too", "display_name": "GPU too", "image": images["cuda"], "gpus": 1},
     ]
     write_config(hub_dir, profiles)
-    status, out, err, took = gpuspawner(hub_dir, "image", "check", "--profiles")
+    status, out, err, _ = gpuspawner(hub_dir, "image", "check", "--profiles")
     assert status == 0, out + err
     assert f"{images['cu128']} (profiles cpu): running the check" in out
     assert f"{images['cuda']} (profiles gpu, gpu-too): running the check" in out  # each image once
     assert "only CPU profiles use this image" in out
     assert "2 images: 2 OK, 0 FAIL" in out
-    assert took < 40
 
     write_config(hub_dir, [{**profiles[0], "gpus": 1}, profiles[1]])
     status, out, _, _ = gpuspawner(hub_dir, "image", "check", "--profiles")
@@ -275,7 +278,7 @@ def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
         },
     ]
     write_config(hub_dir, profiles)
-    status, out, err, took = gpuspawner(hub_dir, "doctor")
+    status, out, err, _ = gpuspawner(hub_dir, "doctor")
     assert status == 0, out + err
     assert "jupyterhub_config.py loads; the hub's spawner is gpuspawner" in finding(out, "ok", "config")
     assert "2 profile(s) valid, images pinned: cpu, gpu" in finding(out, "ok", "profiles")
@@ -294,7 +297,6 @@ def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
     assert f"host path {data} is there" in finding(out, "ok", "dataset mnist")
     assert f"volume {share} is missing" in finding(out, "warn", "share ml101")
     assert line(out, "verdict:").startswith("verdict: OK (")
-    assert took < 30
     for image in (images["base"], images["cuda"]):
         no_probe_left(image)
 
@@ -369,7 +371,7 @@ def running_server(images):
 def test_status_shows_who_holds_which_gpu(images, hub_dir, running_server):
     user, container = running_server
     write_config(hub_dir, [{"slug": "gpu", "display_name": "GPU", "image": images["base"], "gpus": 1}])
-    status, out, err, took = gpuspawner(hub_dir, "status", "--json")
+    status, out, err, _ = gpuspawner(hub_dir, "status", "--json")
     assert status == 0, out + err
     data = json.loads(out)
     assert data["inventory"]["source"] == "static"
@@ -380,7 +382,6 @@ def test_status_shows_who_holds_which_gpu(images, hub_dir, running_server):
     assert held["holders"] == [
         {"user": user, "server": "exp", "profile": "gpu", "container": container.name, "shared": False}
     ]
-    assert took < 20
 
     status, out, err, _ = gpuspawner(hub_dir, "status")
     assert status == 0, out + err

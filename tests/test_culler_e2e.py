@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import secrets
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -25,7 +23,7 @@ import pytest
 from gpuspawner.dashboard.sources import Sources
 from gpuspawner.gpus import Inventory, Policy, parse_static_inventory
 
-from .realhub import engine, home_volume, read_testbed, require_tools, running_hub
+from .realhub import engine, home_volume, read_testbed, require_tools, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -60,15 +58,6 @@ def lab(tmp_path_factory):
     stops = workdir / "stops.jsonl"
     small = {"image": read_testbed("image"), "mem_limit": "512M", "cpu_limit": 0.5}
     gpus = UNITS
-    culler = [
-        sys.executable,
-        "-m",
-        "gpuspawner.culler",
-        "-f",
-        str(workdir / "jupyterhub_config.py"),
-        f"--usage-file={usage}",
-        "--cull-every=1",
-    ]
     config = f"""
     c.GPUSpawner.gpus = {gpus!r}
     c.GPUSpawner.profiles = [
@@ -79,10 +68,8 @@ def lab(tmp_path_factory):
     ]
     c.GPUSpawner.stops_file = {str(stops)!r}
     c.GPUSpawner.home_volume_name = "jupyterhub-user-{{username}}"
-    c.JupyterHub.services.append({{"name": "gpu-culler", "command": {culler!r},
-                                   "environment": {{"DOCKER_HOST": {os.environ["DOCKER_HOST"]!r}}}}})
-    c.JupyterHub.load_roles.append({{"name": "gpu-culler", "services": ["gpu-culler"],
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}})
+    from gpuspawner import services
+    services.add_culler(c, __file__, cull_every=1, args=[{f"--usage-file={usage}"!r}])
     """
     with running_hub(workdir, config, RUN) as hub:
         yield hub, usage, stops
@@ -96,20 +83,12 @@ def write_usage(path, readings: dict) -> None:
 
 def running_pid(hub, name: str, timeout: float = 120) -> int:
     """The host pid of the server's PID 1, once its container runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def pid() -> int:
         found = engine().containers.list(filters={"label": [f"gpuspawner.user={name}", "gpuspawner.server="]})
-        if found and found[0].attrs["State"]["Pid"]:
-            return found[0].attrs["State"]["Pid"]
-        time.sleep(0.3)
-    raise AssertionError(f"no running container for {name} in {timeout}s:\n{hub.log_tail()}")
+        return found[0].attrs["State"]["Pid"] if found else 0
 
-
-def wait_stopped(hub, name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while hub.server_model(name) is not None:
-        assert time.monotonic() < deadline, f"{name} still running after {timeout}s:\n{hub.log_tail()}"
-        time.sleep(0.5)
+    return wait_for(pid, timeout, f"a running container for {name}", details=hub.log_tail)
 
 
 def test_idle_stopped_busy_kept_time_limit_enforced(lab):
@@ -151,7 +130,7 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     # Both whole GPUs are held: dave cannot start.
     assert hub.start_server(dave, "gpu").status_code == 503
 
-    wait_stopped(hub, alice, timeout=IDLE_TIMEOUT + 30)
+    hub.wait_gone(alice, timeout=IDLE_TIMEOUT + 30)
     (record,) = [r for r in map(json.loads, stops.read_text().splitlines()) if r["user"] == alice]
     assert record["reason"] == "gpu_idle"
     assert record["message"] == f"stopped after {IDLE_TIMEOUT} seconds without GPU use"
@@ -170,7 +149,7 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     # Bob's own process keeps his GPU busy: still running, several idle timeouts later.
     assert hub.server_model(bob) and hub.server_model(bob)["ready"]
     # Carol stays busy but reaches her time limit.
-    wait_stopped(hub, carol, timeout=MAX_RUNTIME + 20)
+    hub.wait_gone(carol, timeout=MAX_RUNTIME + 20)
     reasons = {json.loads(line)["user"]: json.loads(line)["reason"] for line in stops.read_text().splitlines()}
     assert reasons == {alice: "gpu_idle", carol: "max_runtime"}
     # The dashboard's reading of the same files lists both stops, and bob and dave holding GPUs.

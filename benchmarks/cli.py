@@ -1,0 +1,142 @@
+"""The ``gpuspawner`` command's run time, as an admin runs it, on the test bed's engine.
+
+Each command runs in a process of its own (``python -m gpuspawner.cli``, so the
+figures include Python's start and the imports), in a folder with a
+``jupyterhub_config.py`` whose profiles use the test bed's two images:
+
+- ``image build`` refused for an unpinned tag, with no engine to reach (the
+  check comes before any Docker call: this is start-up and argument checking);
+- ``status --json`` with one server holding a GPU (a labelled container);
+- ``image check IMAGE``: one check container;
+- ``image check --profiles``: each profile's image once (two here);
+- ``doctor``: the config, the engine, the toolkit, the driver, every image.
+
+``--rounds`` runs of each, one at a time; median and max in seconds. The
+end-to-end tests check what these commands say; their durations are measured here.
+
+    .venv/bin/python benchmarks/cli.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import _lab
+
+GPUS = [{"index": i, "uuid": f"GPU-c11be0c0-0000-4000-8000-00000000000{i}", "name": "Bench GPU", "memory": "16G"}
+        for i in range(2)]  # fmt: skip
+
+
+def write_config(folder: Path, base: str, cuda: str) -> None:
+    profiles = [
+        {"slug": "cpu", "display_name": "CPU", "image": base},
+        {"slug": "gpu", "display_name": "GPU", "image": cuda, "gpus": 1},
+    ]
+    (folder / "jupyterhub_config.py").write_text(
+        textwrap.dedent(
+            f"""\
+            c = get_config()  # noqa
+            c.JupyterHub.spawner_class = "gpu"
+            c.GPUSpawner.pull_policy = "never"  # no registry on the test bed
+            c.GPUSpawner.driver_cuda_version = "12.4"
+            c.GPUSpawner.gpus = {GPUS!r}
+            c.GPUSpawner.profiles = {profiles!r}
+            """
+        )
+    )
+
+
+def server_container(image: str, run_id: str):
+    """A container labelled as gpuspawner labels a server holding GPU 1 (it runs ``sleep``)."""
+    from gpuspawner import labels
+
+    record = labels.ServerRecord(f"bench-{run_id}", "exp", "gpu", (GPUS[1]["uuid"],), groups=frozenset({"ml101"}))
+    return _lab.engine().containers.run(
+        image,
+        ["sleep", "3600"],
+        detach=True,
+        network_mode="none",
+        labels={**labels.server_labels(record), "gpuspawner-bench": run_id},
+        name=f"gpuspawner-cli-bench-{run_id}",
+    )
+
+
+def timed(folder: Path, args: list[str], docker_host: str) -> tuple[int, float]:
+    env = {**os.environ, "DOCKER_HOST": docker_host, "PYTHONPATH": str(_lab.REPO)}
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gpuspawner.cli", *args], cwd=folder, env=env, capture_output=True, timeout=600
+    )
+    return done.returncode, time.monotonic() - t0
+
+
+def run(rounds: int, run_id: str) -> dict:
+    base, cuda = _lab.read_testbed("image"), _lab.read_testbed("image-cuda")
+    engine_host = _lab.docker_host()
+    commands = {
+        "image build, refused (no engine)": (
+            ["image", "build", "--base", base, "--tag", "lab:latest"],
+            "unix:///nonexistent/docker.sock",
+        ),
+        "status --json (1 server)": (["status", "--json"], engine_host),
+        "image check IMAGE": (["image", "check", base], engine_host),
+        "image check --profiles (2 images)": (["image", "check", "--profiles"], engine_host),
+        "doctor": (["doctor"], engine_host),
+    }
+    result = {"rounds": rounds, "commands": {}}
+    container = server_container(base, run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+            folder = Path(tmp)
+            write_config(folder, base, cuda)
+            samples = {name: [] for name in commands}
+            statuses = {name: set() for name in commands}
+            for _ in range(rounds):
+                for name, (args, host) in commands.items():
+                    status, seconds = timed(folder, args, host)
+                    samples[name].append(seconds)
+                    statuses[name].add(status)
+    finally:
+        container.remove(force=True)
+    for name in commands:
+        result["commands"][name] = {
+            "median_s": _lab.median(samples[name]),
+            "max_s": max(samples[name]),
+            "exit_statuses": sorted(statuses[name]),
+            "seconds": samples[name],
+        }
+    return result
+
+
+def report(result: dict) -> str:
+    table = _lab.Table([f"gpuspawner command ({result['rounds']} runs)", "median (s)", "max (s)", "exit status"])
+    for name, figures in result["commands"].items():
+        statuses = ", ".join(map(str, figures["exit_statuses"]))
+        table.add(name, _lab.fmt(figures["median_s"]), _lab.fmt(figures["max_s"]), statuses)
+    return table.markdown()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each command (default 3)")
+    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
+    args = parser.parse_args(argv)
+    run_id = _lab.new_run()
+    before = _lab.machine()
+    result = run(args.rounds, run_id)
+    result.update(machine=before, load_after=_lab.loadavg())
+    print(report(result))
+    print(f"\nmachine: {before}; load after: {result['load_after']}")
+    _lab.print_json(result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
