@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import docker.errors
 
 from .docker_client import LazyClient
+from .quantities import format_bytes
 
 #: Where an image may declare the CUDA it needs, first match wins. ``gpuspawner.cuda``
 #: is the teacher's own label (it can describe a CUDA runtime that pip installed, e.g.
@@ -156,11 +157,6 @@ def image_digest(inspect: dict, name: str = "") -> str:
     return inspect["Id"]
 
 
-def _size(n: int) -> str:
-    # Decimal GB and MB, as `docker pull` and registries count a download (memory is in GiB: traits.format_bytes).
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
 @dataclass
 class PullProgress:
     """Overall progress of one ``docker pull`` stream; pure, fed one event at a time.
@@ -204,7 +200,7 @@ class PullProgress:
             return "starting"
         complete = sum(1 for k, s in self.sizes.items() if self.extracted.get(k, 0) >= s)
         return (
-            f"{_size(sum(self.downloaded.values()))} of {_size(total)} downloaded,"
+            f"{format_bytes(sum(self.downloaded.values()), decimal=True)} of {format_bytes(total, decimal=True)} downloaded,"
             f" {complete} of {len(self.sizes)} layers extracted"
         )
 

@@ -41,10 +41,14 @@ def parse_bytes(value: int | float | str) -> int:
     return size
 
 
-def format_bytes(size: int) -> str:
-    """Format a byte size for people: 17179869184 -> '16 GiB'."""
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
-        scale = 1024 ** ("KMGT".index(unit[0]) + 1)
+def format_bytes(size: int, *, decimal: bool = False) -> str:
+    """Format a byte size for people: 17179869184 -> '16 GiB'.
+
+    ``decimal``: powers of 1000, as ``docker pull`` counts (3100000000 -> '3.1 GB').
+    """
+    base, units = (1000, ("TB", "GB", "MB", "kB")) if decimal else (1024, ("TiB", "GiB", "MiB", "KiB"))
+    for power, unit in zip((4, 3, 2, 1), units):
+        scale = base**power
         if size >= scale:
             number = size / scale
             return f"{number:.0f} {unit}" if number == int(number) else f"{number:.1f} {unit}"

@@ -33,3 +33,18 @@ def test_parse_bytes_rejects(value):
 )
 def test_format_bytes(size, text):
     assert format_bytes(size) == text
+
+
+@pytest.mark.parametrize(
+    "size, binary, decimal",
+    [
+        (17179869184, "16 GiB", "17.2 GB"),
+        (100_000_000, "95.4 MiB", "100 MB"),
+        (3_100_000_000, "2.9 GiB", "3.1 GB"),
+        (512, "512 B", "512 B"),
+    ],
+    ids=["16GiB", "100MB", "3.1GB", "bytes"],
+)
+def test_one_byte_formatter_for_memory_and_downloads(size, binary, decimal):
+    assert format_bytes(size) == binary
+    assert format_bytes(size, decimal=True) == decimal
