@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .realhub import REPO, engine, read_testbed, require_tools, running_hub
+from .realhub import REPO, engine, read_testbed, require_tools, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -72,15 +72,17 @@ def test_student_picks_the_gpu_profile_and_lands_in_jupyterlab(hub, browser, tmp
 def test_progress_says_what_the_spawn_is_doing(hub):
     """The event stream the spawn-pending page shows: profile, GPUs, start, ready."""
     import concurrent.futures
-    import time
 
     name = f"prog-{RUN}"
     hub.ensure_user(name)
+
+    def pending() -> bool:
+        assert not posted.done() or posted.result().status_code == 202, posted.result().text
+        return bool((hub.server_model(name) or {}).get("pending"))
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         posted = pool.submit(hub.start_server, name, "gpu")
-        while not (hub.server_model(name) or {}).get("pending"):  # read while it spawns
-            assert not posted.done() or posted.result().status_code == 202, posted.result().text
-            time.sleep(0.05)
+        wait_for(pending, 60, f"{name}'s spawn pending", every=0.05, details=hub.log_tail)  # read while it spawns
         messages = read_progress(hub, name)
     assert posted.result().status_code in (201, 202)
     assert "Preparing Deep learning <1 GPU>" in messages

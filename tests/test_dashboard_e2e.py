@@ -35,41 +35,22 @@ def hub(tmp_path_factory):
         {"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"},
         {"index": 1, "uuid": GPU2_ID, "name": "Tesla T4", "memory": "16G"},
     ]
-    # The snippet of docs/how-to/dashboard.md, with the test's users.
+    # The line of docs/how-to/dashboard.md, next to the test's own users, groups and roles.
     config = f"""
-    import os, sys
+    from gpuspawner import services
     c.Authenticator.admin_users = {{{ADMIN!r}}}
     c.GPUSpawner.gpus = {gpus!r}
     c.GPUSpawner.profiles = [
         {{"slug": "cpu", "display_name": "CPU", "image": {image!r}, "mem_limit": "1G"}},
         {{"slug": "gpu", "display_name": "Deep {EVIL}", "image": {image!r}, "gpus": 1, "mem_limit": "1G"}},
     ]
-    c.JupyterHub.services.append({{
-        "name": "gpu-dashboard",
-        "url": "http://127.0.0.1:{free_port()}",
-        "command": [sys.executable, "-m", "gpuspawner.dashboard", "--refresh=60"],
-        "environment": {{"DOCKER_HOST": os.environ["DOCKER_HOST"]}},
-        "oauth_client_allowed_scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:read-groups",
-                                        "custom:gpu-dashboard:stop"],
-        "oauth_no_confirm": True,
-        "display": True,
-    }})
+    services.add_dashboard(c, __file__, url="http://127.0.0.1:{free_port()}", args=["--refresh=60"])
     c.JupyterHub.services.append({{"name": "prometheus", "api_token": {PROM_TOKEN!r}}})
-    c.JupyterHub.custom_scopes = {{
-        "custom:gpu-dashboard:read": {{"description": "See who holds which GPU on the GPU dashboard"}},
-        "custom:gpu-dashboard:stop": {{"description": "Stop servers from the GPU dashboard"}},
-        "custom:gpu-dashboard:read-groups": {{"description": "See the GPUs of your own groups' users"}},
-    }}
     c.JupyterHub.load_groups = {{
         "course-a": {{"users": [{TEACHER!r}, {STUDENT!r}]}},
         "course-b": {{"users": [{EVIL_USER!r}]}},
     }}
     c.JupyterHub.load_roles += [
-        {{"name": "gpu-dashboard-admins", "users": sorted(c.Authenticator.admin_users),
-          "scopes": ["custom:gpu-dashboard:read", "custom:gpu-dashboard:stop",
-                     "access:services!service=gpu-dashboard"]}},
-        {{"name": "gpu-dashboard-service", "services": ["gpu-dashboard"],
-          "scopes": ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]}},
         {{"name": "gpu-dashboard-teachers", "users": [{TEACHER!r}],
           "scopes": ["custom:gpu-dashboard:read-groups", "access:services!service=gpu-dashboard"]}},
         {{"name": "gpu-dashboard-course-b", "users": [{TEACHER_B!r}],
