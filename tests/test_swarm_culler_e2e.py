@@ -27,7 +27,7 @@ from collections import Counter
 
 import pytest
 
-from .realhub import RealHub, started
+from .realhub import RealHub, started, wait_for
 from .test_swarm_e2e import DIR, E2E_LABEL, HUB_IP, RUN, node_client, spawn_at_once, swarm, task, user, where
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
@@ -56,9 +56,8 @@ def hub(swarm, tmp_path_factory):
     c.SwarmGPUSpawner.nodes_refresh = 0.5
     c.Spawner.poll_interval = 2
     # The node's culler: an external service (not started by the hub), least privilege.
-    c.JupyterHub.services.append({{"name": "gpu-culler-node", "api_token": {token!r}}})
-    c.JupyterHub.load_roles.append({{"name": "gpu-culler-node", "services": ["gpu-culler-node"],
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}})
+    from gpuspawner import services
+    services.add_node_culler(c, "gpu-culler-node", {token!r})
     """
     with started(RealHub(workdir, config)) as h:
         yield h, token, workdir
@@ -118,16 +117,39 @@ def test_a_node_local_culler_stops_an_idle_server_on_its_node_only(hub):
         stderr=subprocess.STDOUT,
     )
     culler_started = time.monotonic()
+
+    def culler_log() -> str:
+        return (workdir / "culler.log").read_text()
+
+    def rounds() -> int:
+        """The culler's rounds so far: each lists the hub's users once, which the hub logs; fails if it exited."""
+        assert culler.poll() is None, culler_log()
+        hub_log = (workdir / "jupyterhub.log").read_text(errors="replace").splitlines()
+        return sum(1 for line in hub_log if "GET /hub/api/users" in line and "(gpu-culler-node@" in line)
+
+    def culled() -> bool:
+        rounds()  # the culler still runs
+        return h.server_model(idle) is None
+
     try:
-        deadline = time.monotonic() + IDLE_TIMEOUT + 30
-        while h.server_model(idle) is not None:
-            assert culler.poll() is None, (workdir / "culler.log").read_text()
-            assert time.monotonic() < deadline, (workdir / "culler.log").read_text() + h.log_tail()
-            time.sleep(0.5)
+        wait_for(
+            culled,
+            IDLE_TIMEOUT + 30,
+            f"the idle server {idle} culled",
+            every=0.5,
+            details=lambda: culler_log() + h.log_tail(),
+        )
         print(f"idle server culled {time.monotonic() - culler_started:.1f} s after the culler started")
-        # A few rounds more: the busy server and the other node's idle server run on.
-        time.sleep(2 * IDLE_TIMEOUT)
-        assert culler.poll() is None, (workdir / "culler.log").read_text()
+        # Rounds that span two idle timeouts more: the busy server and the other node's idle server run on.
+        after = rounds()
+        wait_for(
+            lambda: rounds() >= after + 2 * IDLE_TIMEOUT + 1,
+            2 * IDLE_TIMEOUT + 60,
+            f"{2 * IDLE_TIMEOUT + 1} more rounds of the culler",
+            every=0.5,
+            details=culler_log,
+        )
+        assert culler.poll() is None, culler_log()
     finally:
         culler.terminate()
         culler.wait(10)
