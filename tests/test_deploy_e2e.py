@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .realhub import REPO, TESTBED, docker_host, engine, free_port, pid1_environ, read_testbed
+from .realhub import REPO, TESTBED, docker_host, engine, free_port, pid1_environ, read_testbed, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -149,7 +149,8 @@ def hub_config(image: str, ports: dict, token: str) -> str:
         c.Authenticator.allow_all = True
         c.JupyterHub.services = [{{"name": "deploy-e2e", "api_token": {token!r}}}]
         c.JupyterHub.load_roles = [{{"name": "deploy-e2e", "services": ["deploy-e2e"],
-                                     "scopes": ["admin:users", "admin:servers", "access:servers"]}}]
+                                     "scopes": ["admin:users", "admin:servers", "access:servers", "read:services",
+                                                "custom:gpu-dashboard:read"]}}]
         c.JupyterHub.spawner_class = "gpu"
         c.GPUSpawner.gpus = {gpus!r}
         c.GPUSpawner.profiles = [
@@ -161,13 +162,17 @@ def hub_config(image: str, ports: dict, token: str) -> str:
         c.GPUSpawner.extra_create_kwargs = {{"labels": {{{LABEL!r}: {RUN!r}}}}}
         c.Spawner.http_timeout = 90
         c.Spawner.start_timeout = 120
+        # The deploy config's two lines: the services run in the hub's image, on this file (-f).
+        from gpuspawner import services
+        services.add_dashboard(c, __file__, url="http://127.0.0.1:{ports["dashboard"]}")
+        services.add_culler(c, __file__, cull_every=2)
         """)
 
 
 class ComposedHub:
     def __init__(self, workdir: Path):
         self.token = secrets.token_hex(16)
-        self.ports = {"proxy": free_port(), "hub": free_port(), "proxy_api": free_port()}
+        self.ports = {"proxy": free_port(), "hub": free_port(), "proxy_api": free_port(), "dashboard": free_port()}
         self.url = f"http://127.0.0.1:{self.ports['proxy']}"
         self.workdir = workdir
         (workdir / "tls").mkdir()  # empty: plain HTTP on loopback
@@ -193,23 +198,21 @@ class ComposedHub:
         )
 
     def wait_up(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             try:
-                if requests.get(f"{self.url}/hub/api/", timeout=2).ok:
-                    return
+                return requests.get(f"{self.url}/hub/api/", timeout=2).ok
             except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"the containerised hub did not answer in {timeout}s:\n{self.logs()}")
+                return False
+
+        wait_for(answers, timeout, "the containerised hub answers", every=0.5, details=self.logs)
 
     def container(self):
         (found,) = engine().containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
         return found
 
-    def logs(self) -> str:
+    def logs(self, tail: int | str = 60) -> str:
         try:
-            return self.container().logs(tail=60).decode(errors="replace")
+            return self.container().logs(tail=tail).decode(errors="replace")
         except Exception as e:  # noqa: BLE001 (only for a failure message)
             return f"(no hub logs: {e})"
 
@@ -219,13 +222,11 @@ class ComposedHub:
         return r.json().get("servers", {}).get("")
 
     def wait_server(self, user: str, ready: bool, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def done() -> bool:
             model = self.server(user)
-            if (ready and model and model.get("ready")) or (not ready and model is None):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"{user}'s server not {'ready' if ready else 'gone'} in {timeout}s:\n{self.logs()}")
+            return bool(model and model.get("ready")) if ready else model is None
+
+        wait_for(done, timeout, f"{user}'s server {'ready' if ready else 'gone'}", every=0.5, details=self.logs)
 
     def teardown(self) -> None:
         client = engine()
@@ -240,6 +241,27 @@ class ComposedHub:
                 v.remove(force=True)
             for v in home_volumes():
                 v.remove(force=True)
+
+
+CONFIG_IN_HUB = "/etc/jupyterhub/jupyterhub_config.py"  # where compose.yaml mounts the config
+
+
+def dashboard_units(hub: ComposedHub) -> list[dict] | None:
+    """The dashboard's units (its JSON API, through the hub's proxy), once it answers."""
+    try:
+        r = hub_get(hub, "/services/gpu-dashboard/api/v1/gpus")
+    except requests.RequestException:
+        return None
+    return r.json()["units"] if r.status_code == 200 else None
+
+
+def hub_get(hub: ComposedHub, path: str) -> requests.Response:
+    return requests.get(f"{hub.url}{path}", timeout=10, headers={"Authorization": f"token {hub.token}"})
+
+
+def culler_rounds(hub: ComposedHub) -> int:
+    """The culler's rounds so far: each lists the hub's users once, which the hub logs."""
+    return sum(1 for line in hub.logs("all").splitlines() if "GET /hub/api/users" in line and "(gpu-culler@" in line)
 
 
 def home_volumes() -> list:
@@ -295,6 +317,17 @@ def test_the_hub_image_runs_under_compose_and_spawns_a_gpu_server(tmp_path):
         # ... and opens JupyterLab through the hub's proxy, with its own login.
         r = session.get(f"{hub.url}/user/{name}/lab", timeout=60)
         assert r.status_code == 200 and "jupyter-config-data" in r.text, r.text[:500]
+
+        # The services of services.add_dashboard/add_culler run in the hub's container, on its config
+        # (-f) and its Docker engine (DOCKER_HOST handed on): the dashboard sees who holds the GPU ...
+        units = wait_for(lambda: dashboard_units(hub), 60, "the dashboard's GPU list", details=hub.logs)
+        assert [h["user"] for u in units if u["id"] in GPU_IDS for h in u["holders"]] == [name], units
+        # ... and the culler, every 2 s, lists the hub's servers and reads the containers without an error.
+        for service in ("gpu-dashboard", "gpu-culler"):
+            command = hub.api("GET", f"/services/{service}").json()["command"]
+            assert command[1:5] == ["-m", service.replace("gpu-", "gpuspawner."), "-f", CONFIG_IN_HUB], command
+        wait_for(lambda: culler_rounds(hub) >= 2, 60, "two rounds of the culler", details=hub.logs)
+        assert "Cannot read the GPU servers from Docker" not in hub.logs("all")
 
         # The hub's container restarts: database and cookie secret live in the volume, so the
         # server is still known, still holds its GPU, and the student's login still works.
