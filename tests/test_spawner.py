@@ -514,7 +514,7 @@ async def test_a_restarted_hub_keeps_group_quotas_from_the_labels(engine):
     again = spawner(engine, "alice", groups=[group], **quota)
     again.load_state(state)
     assert await again.poll() is None  # the first poll rebuilds the ledger from the labels
-    held = again.shared.ledger.assignment("alice/")
+    held = again.shared.ledger.assignment(again.holder)
     assert held.ids == ("GPU-0000",) and held.groups == frozenset({group})
     e = await refused(spawner(engine, "bob", profile="gpu", groups=[group], **quota))
     assert e.reason == "group_quota" and f"Your group '{group}' is using 1 of its 1 GPU(s)." in e.message

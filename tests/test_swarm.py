@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester
+from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
 from gpuspawner.gpus.inventory import InventoryError, parse_static_inventory
 from gpuspawner.swarm import (
     SwarmGPUSpawner,
@@ -28,9 +28,9 @@ from gpuspawner.swarm import (
 GiB = 1024**3
 
 
-def take(ledger: Ledger, holder: str, count: int, node: str | None = None):
-    """``holder`` (a user's default server) asks for ``count`` whole GPUs."""
-    return ledger.assign(holder, GPURequest(count=count), Requester(holder.split("/")[0]), node=node)
+def take(ledger: Ledger, user: str, count: int, node: str | None = None):
+    """``user``'s default server asks for ``count`` whole GPUs."""
+    return ledger.assign(holder_key(user), GPURequest(count=count), Requester(user), node=node)
 
 
 def unit(node: int, i: int, memory: int = 24 * GiB) -> GPU:
@@ -57,11 +57,11 @@ def api_node(n: int, units=(), state="ready", availability="active", kind="NVIDI
 
 def test_units_of_one_server_are_on_one_node():
     ledger = Ledger([unit(1, 0), unit(1, 1), unit(2, 0), unit(2, 1)], Policy(placement="spread"))
-    take(ledger, "a/", 1)  # spread: node 1, GPU 0
-    both = take(ledger, "b/", 2)
+    take(ledger, "a", 1)  # spread: node 1, GPU 0
+    both = take(ledger, "b", 2)
     assert {u.node for u in both.units} == {"gpu-node-2"}
     with pytest.raises(NoCapacity) as e:
-        take(ledger, "c/", 2)
+        take(ledger, "c", 2)
     assert e.value.reason == "no_gpu"
     assert e.value.message == "Needs 2 whole GPUs: only 1 of 4 NVIDIA L4 GPUs are free."
 
@@ -69,10 +69,10 @@ def test_units_of_one_server_are_on_one_node():
 def test_refusal_when_free_units_are_split_names_them_per_node():
     ledger = Ledger([unit(n, i) for n in (1, 2, 3) for i in (0, 1)], Policy(placement="spread"))
     for user in "abc":
-        take(ledger, f"{user}/", 1)
+        take(ledger, user, 1)
     assert sorted(a.units[0].node for a in ledger.assignments()) == ["gpu-node-1", "gpu-node-2", "gpu-node-3"]
     with pytest.raises(NoCapacity) as e:
-        take(ledger, "d/", 2)
+        take(ledger, "d", 2)
     assert e.value.message == (
         "Needs 2 whole GPUs on one node, and no node has that many free. Free now:"
         " gpu-node-1: 1 NVIDIA L4 GPU; gpu-node-2: 1 NVIDIA L4 GPU; gpu-node-3: 1 NVIDIA L4 GPU."
@@ -86,15 +86,15 @@ def test_refusal_when_free_units_are_split_names_them_per_node():
 )
 def test_placement_over_nodes(placement, expected):
     ledger = Ledger([unit(n, i) for n in (1, 2) for i in (0, 1)], Policy(placement=placement))
-    got = [take(ledger, f"{u}/", 1).units[0].node for u in "abc"]
+    got = [take(ledger, u, 1).units[0].node for u in "abc"]
     assert got == expected
 
 
 def test_one_host_inventories_are_unchanged_by_nodes():
     ledger = Ledger([GPU(0, "GPU-a", "A100", 80 * GiB), GPU(1, "GPU-b", "A100", 80 * GiB)])
-    take(ledger, "a/", 1)
+    take(ledger, "a", 1)
     with pytest.raises(NoCapacity) as e:
-        take(ledger, "b/", 2)
+        take(ledger, "b", 2)
     assert "on one node" not in e.value.message and "gpu-node" not in e.value.message
 
 
@@ -113,11 +113,11 @@ def test_static_inventory_indices_repeat_across_nodes_only():
 
 def test_update_inventory_keeps_holders_and_takes_units_out_of_the_pool():
     ledger = Ledger([unit(1, 0), unit(2, 0)])
-    take(ledger, "a/", 1)
+    take(ledger, "a", 1)
     ledger.update_inventory([unit(2, 0)])  # node 1 drained
-    assert ledger.assignment("a/").ids == ("GPU-n1-0",)
+    assert ledger.assignment(holder_key("a")).ids == ("GPU-n1-0",)
     assert [u.id for u in ledger.free()] == ["GPU-n2-0"]
-    ledger.release("a/")
+    ledger.release(holder_key("a"))
     assert [u.id for u in ledger.free()] == ["GPU-n2-0"]
 
 
@@ -130,9 +130,9 @@ def test_never_a_unit_twice_never_across_nodes(steps, placement):
     for user, count in steps:
         try:
             if count == 3:
-                ledger.release(f"{user}/")
+                ledger.release(holder_key(user))
             else:
-                take(ledger, f"{user}/", count)
+                take(ledger, user, count)
         except NoCapacity:
             pass
         ids = [i for a in ledger.assignments() for i in a.ids]
@@ -225,24 +225,24 @@ def test_decisions_on_the_home_node_and_the_refusal_says_so():
     units = [unit(1, 0), unit(2, 0), unit(2, 1)]
     nodes = read_nodes([api_node(1, ["GPU-n1-0"]), api_node(2, ["GPU-n2-0", "GPU-n2-1"])], {})
     ledger = Ledger(units, Policy(placement="spread"))
-    take(ledger, "x/", 1)  # spread: node 1's only unit
-    refusal = ledger.can_fit(GPURequest(count=1), Requester("ann"), "ann/", node=nodes[0].name)
+    take(ledger, "x", 1)  # spread: node 1's only unit
+    refusal = ledger.can_fit(GPURequest(count=1), Requester("ann"), holder_key("ann"), node=nodes[0].name)
     assert refusal is not None
     refusal = explain_refusal(refusal, nodes, nodes[0], ledger.free())
     assert refusal.message.startswith("Your home is on gpu-node-1.")
     assert "Other nodes have 2 free" in refusal.message
-    got = take(ledger, "ann/", 1)  # no home yet: any node
-    assert got.units[0].node == "gpu-node-2" and ledger.assignment("ann/").ids == got.ids
+    got = take(ledger, "ann", 1)  # no home yet: any node
+    assert got.units[0].node == "gpu-node-2" and ledger.assignment(holder_key("ann")).ids == got.ids
 
 
 def test_a_refusal_names_the_nodes_not_in_use_and_leaves_quotas_alone():
     nodes = read_nodes([api_node(1, ["GPU-n1-0"]), api_node(2, ["GPU-n2-0"], availability="drain")], {})
     ledger = Ledger(usable_units(nodes), Policy(max_gpus_per_user=1))
-    take(ledger, "x/", 1)
-    no_gpu = ledger.can_fit(GPURequest(count=1), Requester("ann"), "ann/")
+    take(ledger, "x", 1)
+    no_gpu = ledger.can_fit(GPURequest(count=1), Requester("ann"), holder_key("ann"))
     explained = explain_refusal(no_gpu, nodes, None, ledger.free())
     assert explained.message == no_gpu.message + " Not in use: gpu-node-2 (drained)."
-    quota = ledger.can_fit(GPURequest(count=1), Requester("x"), "x/big")
+    quota = ledger.can_fit(GPURequest(count=1), Requester("x"), holder_key("x", "big"))
     assert explain_refusal(quota, nodes, nodes[0], ledger.free()) is quota
 
 
@@ -250,11 +250,11 @@ def test_shared_slots_are_refused_before_anything_is_assigned():
     from .fakes import FakeDocker, make_spawner
 
     ledger = Ledger([unit(1, 0)])
-    take(ledger, "bob/", 1)
+    take(ledger, "bob", 1)
     spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), user="bob")
     with pytest.raises(NoCapacity, match="Shared GPU slots are not offered"):
         spawner._assign(ledger, GPURequest(shared=True))
-    assert ledger.assignment("bob/").ids == ("GPU-n1-0",)  # what it held stays held
+    assert ledger.assignment(holder_key("bob")).ids == ("GPU-n1-0",)  # what it held stays held
 
 
 def test_the_spawner_class_defaults():
