@@ -25,6 +25,7 @@ from unittest import mock
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
+from gpuspawner import labels  # noqa: E402
 from gpuspawner.dashboard import sources as sources_module  # noqa: E402
 from gpuspawner.dashboard.metrics import render_metrics  # noqa: E402
 from gpuspawner.dashboard.model import Reach, restrict  # noqa: E402
@@ -66,13 +67,10 @@ def fixtures(n_users: int, n_units: int, share_limit: int):
                 "Names": [f"/jupyter-{name}"],
                 "Image": "registry.example.edu/lab/pytorch:2025.1",
                 "Created": int(created.timestamp()),
-                "Labels": {
-                    "gpuspawner.user": name,
-                    "gpuspawner.server": "",
-                    "gpuspawner.profile": "gpu-shared",
-                    "gpuspawner.gpus": unit.uuid,
-                    "gpuspawner.shared": "1",
-                },
+                # As the spawner writes them (JSON lists), read back through labels.read_server.
+                "Labels": labels.server_labels(
+                    labels.ServerRecord(name, "", "gpu-shared", (unit.uuid,), shared=True, groups=frozenset())
+                ),
             }
         )
         users.append(

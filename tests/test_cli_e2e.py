@@ -352,13 +352,13 @@ def running_server(images):
         ["sleep", "300"],
         detach=True,
         network_mode="none",
-        labels={
+        labels={  # as gpuspawner.labels.server_labels writes them: lists as JSON arrays
             "gpuspawner.user": user,
             "gpuspawner.server": "exp",
             "gpuspawner.profile": "gpu",
-            "gpuspawner.gpus": GPUS[1]["uuid"],
+            "gpuspawner.gpus": json.dumps([GPUS[1]["uuid"]], separators=(",", ":")),
             "gpuspawner.shared": "",
-            "gpuspawner.groups": "ml101",
+            "gpuspawner.groups": json.dumps(["ml101"], separators=(",", ":")),
         },
         name=f"gpuspawner-cli-e2e-{RUN}",
     )
