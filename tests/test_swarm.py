@@ -293,3 +293,15 @@ def test_unit_metrics_carry_the_node():
         now=datetime.now(timezone.utc),
     )
     assert 'node=""' in render_metrics(one).decode()
+
+
+def test_check_config_reads_the_swarm_hubs_own_section():
+    from traitlets.config import Config
+
+    from gpuspawner.checks import ConfigInvalid, check_config
+
+    c = Config()
+    c.JupyterHub.spawner_class = "gpuspawner.swarm.SwarmGPUSpawner"
+    c.SwarmGPUSpawner.profiles = [{"slug": "x", "display_name": "X", "image": "i:1", "gpus": "one"}]
+    with pytest.raises(ConfigInvalid, match="profile 'x': field 'gpus'"):
+        check_config(c, prepull=False)
