@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -225,18 +224,16 @@ def test_page_metrics_and_json_agree():
     assert render_page(v, user="teacher", can_stop=False, xsrf_form_html="", refresh=15).count('class="stop"') == 0
 
 
-def test_the_view_of_500_servers_on_64_units_is_cheap():
-    """Not a benchmark: a guard that building and rendering stays far below a request's budget."""
+def test_the_view_of_500_servers_on_64_units():
+    """Builds and renders at a class's size (how long it takes: benchmarks/dashboard.py)."""
     units = tuple(GPU(i, f"GPU-{i}", "NVIDIA H100", 80 * G) for i in range(64))
     containers = [container(f"user{n}", gpus=f"GPU-{n % 64}", shared=True) for n in range(256)]
     containers += [container(f"cpu{n}", profile="cpu") for n in range(244)]
-    start = time.perf_counter()
     v = build_view(Inventory(units=units), Policy(share_limit=4), containers, now=NOW)
     render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15)
     render_metrics(v)
     json.dumps(v.as_json())
     assert v.totals.shared == 64 and v.servers_without_gpu == 244
-    assert time.perf_counter() - start < 2
 
 
 def test_public_surface():

@@ -387,11 +387,11 @@ async def test_a_slow_pull_blocks_neither_the_loop_nor_another_executor(make_pul
         task = await puller.ensure("course/big:1.0")
         while not client.pulls:  # the pull has started, and is stuck at the gate
             await asyncio.sleep(0.01)
-        t0 = time.monotonic()
+        # While the pull is held at the gate, the other executor still runs work.
         created = await asyncio.wait_for(
-            asyncio.get_running_loop().run_in_executor(spawner_executor, lambda: "created"), 2
+            asyncio.get_running_loop().run_in_executor(spawner_executor, lambda: "created"), 30
         )
-        assert created == "created" and time.monotonic() - t0 < 1
+        assert created == "created"
         assert not task.done
         (_, _, thread), *_ = client.pulls
         assert thread.startswith("gpuspawner-pull")
