@@ -287,7 +287,7 @@ class GPUSpawner(DockerSpawner):
 
         A pull never holds up other users' spawns: their Docker calls go
         through gpuspawner's Docker pool (``docker_threads``), not the pull threads. Missing profile images start pulling
-        in the background when the hub first creates a spawner.
+        in the background when the hub first uses its GPU ledger (its first poll, spawn page or spawn).
         """,
     ).tag(config=True)
 
@@ -304,14 +304,14 @@ class GPUSpawner(DockerSpawner):
         start one at a time anyway, and more threads only queue there. Image
         pulls (``pull_policy`` "ifnotpresent") run on threads of their own
         (``max_concurrent_pulls``) and take none of these. Read once, when the
-        hub's first Docker call is made.
+        hub's shared state is made (its first Docker call, ledger or profiles file).
         """,
     ).tag(config=True)
 
     prepull_images = Bool(
         True,
-        help="""Pull every profile's missing image in the background when the hub creates
-        its first spawner, so that students rarely wait for a pull.""",
+        help="""Pull every profile's missing image in the background when the hub first uses
+        its GPU ledger, and from ``check_config`` when the hub starts, so that students rarely wait for a pull.""",
     ).tag(config=True)
 
     denials_file = Unicode(
