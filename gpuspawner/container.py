@@ -161,10 +161,10 @@ def describe(
             groups=groups,
             image_digest=image.digest,
             rules=rules,
-        )
+        ),
+        # On Swarm the units are read back from the task (labels.with_units), never guessed here.
+        units_known=not units_by_swarm,
     )
-    if units_by_swarm:  # the units are read back from the task (labels.with_units), never guessed here
-        written = {name: value for name, value in written.items() if name != label.GPUS}
 
     environment = dict(base_environment or {})
     environment.update(profile.environment)

@@ -77,17 +77,23 @@ class ServerRecord:
         return holder_key(self.user, self.server)
 
 
-def server_labels(record: ServerRecord) -> dict[str, str]:
-    """The labels that record ``record`` on its container (or Swarm service)."""
+def server_labels(record: ServerRecord, *, units_known: bool = True) -> dict[str, str]:
+    """The labels that record ``record`` on its container (or Swarm service).
+
+    ``units_known=False``: the units are not written (Swarm picks them when it
+    places the task; they are read back from the task, see :func:`with_units`),
+    but the culling rules of a server with units still are.
+    """
     labels = {
         USER: record.user,
         SERVER: record.server,
         PROFILE: record.profile,
-        GPUS: encode_list(record.unit_ids),
         SHARED: "1" if record.shared else "",
         GROUPS: encode_list(sorted(record.groups)),
         IMAGE_DIGEST: record.image_digest,
     }
+    if units_known:
+        labels[GPUS] = encode_list(record.unit_ids)
     if record.unit_ids:  # what the GPU culler holds this server to, for as long as it runs
         labels[GPU_IDLE_TIMEOUT] = f"{record.rules.gpu_idle_timeout:g}"
         labels[MAX_RUNTIME] = f"{record.rules.max_runtime:g}"
