@@ -96,7 +96,8 @@ def run_swarm(
     units = nodes * per_node
     ledger = Ledger(swarm_lab(nodes, per_node), policy_for(units, groups, quotas=True))
     wants = [SWARM_REQUESTS[i % len(SWARM_REQUESTS)] for i in range(users)]
-    homes = [None if i % 10 == 9 else f"gpu-node-{i % nodes + 1}" for i in range(users)]
+    # spread over the nodes whatever each asks for (wants cycle with i, homes with i // len(wants))
+    homes = [None if i % 10 == 9 else f"gpu-node-{i // len(SWARM_REQUESTS) % nodes + 1}" for i in range(users)]
     result = drive(ledger, students(users, groups), wants, homes, decisions, seed)
     held = ledger.assignments()
     return {
