@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import docker.errors
 
 from .docker_client import LazyClient
+from .labels import IMAGE_CUDA
 from .quantities import format_bytes
 
 #: Where an image may declare the CUDA it needs, first match wins. ``gpuspawner.cuda``
 #: is the teacher's own label (it can describe a CUDA runtime that pip installed, e.g.
 #: PyTorch's cu128 wheels, which the base image knows nothing about); ``CUDA_VERSION``
 #: is what ``nvidia/cuda`` base images set; the other labels are set by some images.
-CUDA_LABEL = "gpuspawner.cuda"
+CUDA_LABEL = IMAGE_CUDA
 CUDA_ENV = "CUDA_VERSION"
 OTHER_CUDA_LABELS = ("com.nvidia.cuda.version", "org.opencontainers.image.cuda")
 

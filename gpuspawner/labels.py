@@ -32,6 +32,12 @@ JUPYTER_ACTIVITY_GRACE = "gpuspawner.jupyter-activity-grace"
 NODE = "gpuspawner.node"
 HOME = "gpuspawner.home"
 
+# On images, not containers: what an image declares (CUDA), and what `gpuspawner image build` records.
+IMAGE_CUDA = "gpuspawner.cuda"  # the CUDA version the image needs, where CUDA_VERSION does not say it
+IMAGE_JUPYTERHUB = "gpuspawner.jupyterhub"  # the JupyterHub version installed for the hub
+IMAGE_REQUIREMENTS = "gpuspawner.requirements"  # sha256 of the requirements file built in
+IMAGE_DATASETS = "gpuspawner.datasets"  # the datasets copied in, comma-separated (names have no comma)
+
 
 def encode_list(items: Iterable[str]) -> str:
     """A list as a label value: a JSON array, '' when empty."""

@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .. import labels as label
 from ..images import ImageError, check_pinned, major_minor, runs_as_root, split_reference
-from ..traits import format_bytes
+from ..quantities import format_bytes
 from .findings import FAIL, OK, WARN, Finding
 from .probe import ImageFacts
 
@@ -26,9 +27,9 @@ BUILD_DIR = "/tmp/gpuspawner-build"
 
 #: The labels ``image build`` sets on what it builds.
 LABEL_BASE = "org.opencontainers.image.base.name"
-LABEL_JUPYTERHUB = "gpuspawner.jupyterhub"
-LABEL_REQUIREMENTS = "gpuspawner.requirements"
-LABEL_DATASETS = "gpuspawner.datasets"
+LABEL_JUPYTERHUB = label.IMAGE_JUPYTERHUB
+LABEL_REQUIREMENTS = label.IMAGE_REQUIREMENTS
+LABEL_DATASETS = label.IMAGE_DATASETS
 
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
