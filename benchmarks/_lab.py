@@ -151,6 +151,17 @@ def hub_pair(workdir: Path, run: str, *, gpus: int = 8, server: str = "stub", bi
         yield hubs
 
 
+def server_option(parser, default: str) -> None:
+    """``--server``: what the containers run, as ``hub_configs`` takes it."""
+    parser.add_argument(
+        "--server",
+        choices=["stub", "singleuser"],
+        default=default,
+        help="what the containers run: 'stub', a few lines of Python that answer HTTP at once,"
+        f" or 'singleuser', the image's jupyterhub-singleuser (default: {default})",
+    )
+
+
 # --- driving a hub
 
 

@@ -22,7 +22,6 @@ in 10 has no home volume yet, and may go to any node.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 
@@ -170,13 +169,12 @@ def line(title: str):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--decisions", type=int, default=50_000, help="decisions to time (default 50,000)")
     parser.add_argument("--units", type=int, default=64, help="GPU units of the one host (default 64)")
     parser.add_argument("--users", type=int, default=1000, help="students (default 1,000)")
     parser.add_argument("--nodes", type=int, default=3, help="Swarm nodes (default 3)")
     parser.add_argument("--units-per-node", type=int, default=8, help="GPUs per Swarm node (default 8)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     result = {}
     for quotas in (True, False):

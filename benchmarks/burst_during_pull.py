@@ -23,7 +23,6 @@ and also at the median.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import threading
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import _lab
+import _report
 import class_burst
 from _lab import DOCKER, GPU, KINDS
 
@@ -135,12 +135,11 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--users", type=int, default=40, help="students, one of them pulling (default 40)")
     parser.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per spawner, alternating (default 2)")
     parser.add_argument("--pull-mb", type=int, default=512, help="size of the pulled image's own layer (default 512)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     run_id = _lab.new_run()
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp:
@@ -151,11 +150,7 @@ def main(argv=None) -> dict:
             before = _lab.machine()
             with _lab.hub_pair(tmp / "hubs", run_id, gpus=args.gpus, big_image=big) as hubs:
                 result = run(hubs, args.users, args.gpus, args.rounds, run_id, big)
-    result.update(pull_mb=args.pull_mb, machine=before, load_after=_lab.loadavg())
-    print(report(result))
-    print(f"\nmachine: {before}; load after: {result['load_after']}")
-    _lab.print_json(result, args.json)
-    return result
+    return _report.report_table(result, args.json, report, machine=before, pull_mb=args.pull_mb)
 
 
 if __name__ == "__main__":

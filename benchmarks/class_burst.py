@@ -18,11 +18,11 @@ jupyterhub-singleuser, whose start-up is CPU-bound (and on 2 cores dominates).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import _lab
+import _report
 from _lab import DOCKER, GPU, KINDS, Spawn
 
 
@@ -124,32 +124,24 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--users", type=int, default=40, help="students in the burst (default 40)")
     parser.add_argument("--gpus", type=int, default=8, help="simulated GPUs, one per GPU student (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="bursts per spawner, alternating (default 3)")
-    parser.add_argument(
-        "--server",
-        choices=["stub", "singleuser"],
-        default="stub",
-        help="what the containers run (default: a stub HTTP server; see above)",
-    )
+    _lab.server_option(parser, default="stub")
     parser.add_argument("--docker-threads", type=int, default=8, help="gpuspawner's docker_threads (default 8)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     run_id = _lab.new_run()
     before = _lab.machine()
     with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp:
         with _lab.hub_pair(Path(tmp), run_id, gpus=args.gpus, server=args.server, threads=args.docker_threads) as hubs:
             result = run(hubs, args.users, args.gpus, args.rounds, run_id)
-    result.update(server=args.server, machine=before, load_after=_lab.loadavg())
-    print(report(result))
-    print(f"\nmachine: {before}; load after: {result['load_after']}")
-    for kind in KINDS:
-        if result[kind]["errors"]:
-            print(f"{kind} errors: {result[kind]['errors'][:5]}")
-    _lab.print_json(result, args.json)
-    return result
+    return _report.report_table(result, args.json, report, machine=before, notes=errors, server=args.server)
+
+
+def errors(result: dict) -> list[str]:
+    """The first errors of each spawner, printed after its figures."""
+    return [f"{kind} errors: {result[kind]['errors'][:5]}" for kind in KINDS if result[kind]["errors"]]
 
 
 if __name__ == "__main__":

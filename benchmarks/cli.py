@@ -19,16 +19,13 @@ end-to-end tests check what these commands say; their durations are measured her
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
 import _lab
+import _report
+
+from tests.realhub import run_command, write_command_config
 
 GPUS = [{"index": i, "uuid": f"GPU-c11be0c0-0000-4000-8000-00000000000{i}", "name": "Bench GPU", "memory": "16G"}
         for i in range(2)]  # fmt: skip
@@ -39,18 +36,7 @@ def write_config(folder: Path, base: str, cuda: str) -> None:
         {"slug": "cpu", "display_name": "CPU", "image": base},
         {"slug": "gpu", "display_name": "GPU", "image": cuda, "gpus": 1},
     ]
-    (folder / "jupyterhub_config.py").write_text(
-        textwrap.dedent(
-            f"""\
-            c = get_config()  # noqa
-            c.JupyterHub.spawner_class = "gpu"
-            c.GPUSpawner.pull_policy = "never"  # no registry on the test bed
-            c.GPUSpawner.driver_cuda_version = "12.4"
-            c.GPUSpawner.gpus = {GPUS!r}
-            c.GPUSpawner.profiles = {profiles!r}
-            """
-        )
-    )
+    write_command_config(folder, GPUS, profiles)
 
 
 def server_container(image: str, run_id: str):
@@ -69,12 +55,8 @@ def server_container(image: str, run_id: str):
 
 
 def timed(folder: Path, args: list[str], docker_host: str) -> tuple[int, float]:
-    env = {**os.environ, "DOCKER_HOST": docker_host, "PYTHONPATH": str(_lab.REPO)}
-    t0 = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "gpuspawner.cli", *args], cwd=folder, env=env, capture_output=True, timeout=600
-    )
-    return done.returncode, time.monotonic() - t0
+    done, seconds = run_command(folder, args, engine_at=docker_host, timeout=600)
+    return done.returncode, seconds
 
 
 def run(rounds: int, run_id: str) -> dict:
@@ -124,18 +106,13 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each command (default 3)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     run_id = _lab.new_run()
     before = _lab.machine()
     result = run(args.rounds, run_id)
-    result.update(machine=before, load_after=_lab.loadavg())
-    print(report(result))
-    print(f"\nmachine: {before}; load after: {result['load_after']}")
-    _lab.print_json(result, args.json)
-    return result
+    return _report.report_table(result, args.json, report, machine=before)
 
 
 if __name__ == "__main__":

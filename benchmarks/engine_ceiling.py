@@ -12,7 +12,6 @@ all CPUs with one call at a time, more calls at once only queue inside them.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -42,11 +41,10 @@ def run(containers: int, threads: int, rounds: int, run_id: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--containers", type=int, default=40, help="containers per round (default 40)")
     parser.add_argument("--threads", type=int, default=8, help="calls at once in the pool (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating (default 3)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     result = run(args.containers, args.threads, args.rounds, _lab.new_run())
     return _report.report(

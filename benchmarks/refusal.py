@@ -18,7 +18,6 @@ exists. The end-to-end tests check the refusal itself; the times are measured he
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _lab
+import _report
 from _lab import GPU, Spawn
 
 
@@ -106,12 +106,11 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--gpus", type=int, default=4, help="simulated GPUs, all taken before the refusals (default 4)")
     parser.add_argument("--burst", type=int, default=30, help="students refused at once (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="bursts (default 3)")
     parser.add_argument("--single", type=int, default=20, help="refusals one at a time (default 20)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     _lab.require_tools()
     run_id = _lab.new_run()
@@ -120,11 +119,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-refusal-") as tmp:
         with _lab.running_hub(Path(tmp), config, run_id) as hub:
             result = run(hub, args.gpus, args.burst, args.rounds, args.single, run_id)
-    result.update(machine=before, load_after=_lab.loadavg())
-    print(report(result))
-    print(f"\nmachine: {before}; load after: {result['load_after']}")
-    _lab.print_json(result, args.json)
-    return result
+    return _report.report_table(result, args.json, report, machine=before)
 
 
 if __name__ == "__main__":

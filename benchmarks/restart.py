@@ -14,7 +14,6 @@ The containers are removed afterwards.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -120,10 +119,9 @@ def run(containers: int, repeats: int, run_id: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--containers", type=int, default=200, help="running servers to adopt (default 200)")
     parser.add_argument("--repeats", type=int, default=20, help="rebuilds to time (default 20)")
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
     args = parser.parse_args(argv)
     result = run(args.containers, args.repeats, _lab.new_run())
     return _report.report(

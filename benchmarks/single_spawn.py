@@ -11,11 +11,11 @@ The first spawn of each hub is a warm-up and is not counted.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import _lab
+import _report
 from _lab import DOCKER, GPU, KINDS, Spawn
 
 
@@ -59,26 +59,16 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _report.parser(__doc__)
     parser.add_argument("--rounds", type=int, default=10, help="spawns per spawner, alternating (default 10)")
-    parser.add_argument(
-        "--server",
-        choices=["singleuser", "stub"],
-        default="singleuser",
-        help="what the container runs: the image's jupyterhub-singleuser (default) or a stub",
-    )
-    parser.add_argument("--json", help="write all figures to this file ('-': stdout)")
+    _lab.server_option(parser, default="singleuser")
     args = parser.parse_args(argv)
     run_id = _lab.new_run()
     before = _lab.machine()
     with tempfile.TemporaryDirectory(prefix="bench-single-") as tmp:
         with _lab.hub_pair(Path(tmp), run_id, server=args.server) as hubs:
             result = run(hubs, args.rounds, run_id)
-    result.update(server=args.server, machine=before, load_after=_lab.loadavg())
-    print(report(result))
-    print(f"\nmachine: {before}; load after: {result['load_after']}")
-    _lab.print_json(result, args.json)
-    return result
+    return _report.report_table(result, args.json, report, machine=before, server=args.server)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The test bed (``deploy/testbed/testbed.sh up image``) runs an isolated Docker
 engine and builds the single-user image; this module starts hubs against it and
-drives them through the REST API with a service token, as an admin script would.
+drives them through the REST API with a service token, as an admin script would,
+and runs the ``gpuspawner`` command against it, as an admin does.
 """
 
 from __future__ import annotations
@@ -345,6 +346,40 @@ class RealHub:
         found = engine().containers.list(filters={"label": [f"gpuspawner.user={user}", f"gpuspawner.server={server}"]})
         assert len(found) == 1, f"expected one container for {user}/{server}, found {len(found)}"
         return found[0]
+
+
+# --- the ``gpuspawner`` command, as an admin runs it in the hub's folder
+
+
+def write_command_config(folder: Path, gpus: list[dict], profiles: list[dict], extra: str = "") -> None:
+    """A ``jupyterhub_config.py`` in ``folder`` for the command: simulated ``gpus``, ``profiles``, then ``extra``."""
+    body = f"""\
+        c = get_config()  # noqa
+        c.JupyterHub.spawner_class = "gpu"
+        c.GPUSpawner.pull_policy = "never"  # no registry on the test bed
+        c.GPUSpawner.driver_cuda_version = "12.4"
+        c.GPUSpawner.gpus = {gpus!r}
+        c.GPUSpawner.profiles = {profiles!r}
+    """
+    (folder / "jupyterhub_config.py").write_text(textwrap.dedent(body) + textwrap.dedent(extra))
+
+
+def run_command(
+    folder: Path, args, *, engine_at: str = "", timeout: float = 120
+) -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m gpuspawner.cli ARGS`` in ``folder``, with ``DOCKER_HOST=engine_at`` (default: the test
+    bed's engine); its completed process (text) and the seconds it took, Python's start and imports included."""
+    env = {**os.environ, "DOCKER_HOST": engine_at or docker_host(), "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gpuspawner.cli", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done, time.monotonic() - started
 
 
 def require_tools() -> None:

@@ -112,6 +112,17 @@ def test_allocation_core():
         assert finite(result["decisions_per_s"])
 
 
+def test_allocation_core_on_a_swarm():
+    result = allocation.run_swarm(decisions=300)
+    assert result["decisions"] == result["granted"] + result["refused"] == 300
+    assert result["granted"] > 0 and result["refused"] > 0  # the nodes were filled
+    assert result["nodes"] == 3 and result["units"] == 24 and result["without_home"] == 100
+    # every holding on one node, and no whole GPU held twice
+    assert result["units_on_one_node"] and result["exclusive_units_distinct"]
+    assert result["units_held_at_end"] <= 24
+    assert finite(result["decisions_per_s"])
+
+
 def test_restart():
     result = restart.run(containers=6, repeats=2, run_id=RUN)
     assert result["containers"] == 6 and len(result["rebuild_s"]) == 2

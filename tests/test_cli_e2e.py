@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import secrets
-import subprocess
-import sys
 import tarfile
 import textwrap
-import time
 
 import docker
 import docker.errors
@@ -27,7 +23,7 @@ import pytest
 from gpuspawner.cli import probe
 from gpuspawner.gpus.nvml import NVMLUnavailable, discover
 
-from .realhub import REPO, TESTBED, docker_host, engine, read_testbed
+from .realhub import TESTBED, docker_host, engine, read_testbed, run_command, write_command_config
 
 pytestmark = pytest.mark.docker
 
@@ -108,15 +104,7 @@ GPUS = [
 
 
 def write_config(folder, profiles: list[dict], extra: str = "") -> None:
-    body = f"""\
-        c = get_config()  # noqa
-        c.JupyterHub.spawner_class = "gpu"
-        c.GPUSpawner.pull_policy = "never"  # no registry on the test bed
-        c.GPUSpawner.driver_cuda_version = "12.4"
-        c.GPUSpawner.gpus = {GPUS!r}
-        c.GPUSpawner.profiles = {profiles!r}
-    """
-    (folder / "jupyterhub_config.py").write_text(textwrap.dedent(body) + textwrap.dedent(extra))
+    write_command_config(folder, GPUS, profiles, extra)
 
 
 def gpuspawner(folder, *args: str, timeout: float = 120, engine_at: str = "") -> tuple[int, str, str, float]:
@@ -126,17 +114,8 @@ def gpuspawner(folder, *args: str, timeout: float = 120, engine_at: str = "") ->
     seconds are for printing: how long commands take is measured by
     ``benchmarks/cli.py``, never asserted here.
     """
-    env = {**os.environ, "DOCKER_HOST": engine_at or docker_host(), "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "gpuspawner.cli", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+    done, seconds = run_command(folder, args, engine_at=engine_at, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr, seconds
 
 
 def line(out: str, *words: str) -> str:
