@@ -6,6 +6,8 @@ from dockerspawner import DockerSpawner
 
 import gpuspawner
 
+from .isolation import import_without_heavy
+
 
 def test_exports():
     assert gpuspawner.__all__ == ["GPUSpawner", "__version__", "check_config"]
@@ -55,27 +57,11 @@ def test_check_config_stops_the_hub_naming_profile_and_field():
 
 
 LIGHT = ["gpuspawner", "gpuspawner.gpus.nvml", "gpuspawner.gpus.allocation", "gpuspawner.culler.policy"]
-HEAVY = ["jupyterhub", "dockerspawner", "docker", "traitlets", "tornado", "rich"]
 
 
 def test_the_gpu_seam_the_core_and_the_culling_rules_import_light():
     """They run on a GPU machine that has only nvidia-ml-py: none of the hub's packages may load."""
-    import subprocess
-    import sys
-
-    # A finder that refuses the heavy packages, as if they were not installed.
-    script = f"""
-import importlib, importlib.abc, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {HEAVY!r}:
-            raise ImportError("not installed here: " + name)
-sys.meta_path.insert(0, Refuse())
-for module in {LIGHT!r}:
-    importlib.import_module(module)
-print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = import_without_heavy(*LIGHT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 

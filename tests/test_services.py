@@ -3,7 +3,6 @@ and living next to an admin's own services, scopes and roles."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from jupyterhub.scopes import scope_definitions
 from traitlets.config import Config, PyFileConfigLoader
 
 from gpuspawner import services
+
+from .isolation import import_without_heavy
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = "/etc/jupyterhub/jupyterhub_config.py"
@@ -268,17 +269,6 @@ def test_deploy_admins_and_teachers_are_groups(monkeypatch):
 
 def test_it_imports_nothing_but_the_standard_library():
     """A config file imports it before the hub has loaded anything: no traitlets, no rich, no Docker."""
-    heavy = ["jupyterhub", "dockerspawner", "docker", "traitlets", "tornado", "rich"]
-    script = f"""
-import importlib.abc, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {heavy!r}:
-            raise ImportError("not installed here: " + name)
-sys.meta_path.insert(0, Refuse())
-from gpuspawner import services
-print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = import_without_heavy("gpuspawner.services")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
