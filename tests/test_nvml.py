@@ -205,6 +205,11 @@ MIG_C = Dev(
 )
 
 
+def mig_gpu(*instances: Dev, uuid: str = "GPU-2222") -> Dev:
+    """A 40 GiB A100 in MIG mode with these ``instances`` in its first slots."""
+    return Dev(uuid, A100, 40 * GiB, mig="enabled", slots=list(instances))
+
+
 def host() -> FakeNVML:
     """Two whole GPUs, a GPU in MIG mode (3 instances among empty slots), a GPU without MIG."""
     return FakeNVML(
@@ -266,17 +271,7 @@ def test_a_mig_mode_gpu_never_appears_whole():
 
 def test_old_drivers_mig_uuid_form_is_kept_and_round_trips_through_config():
     old = "MIG-GPU-2222/1/0"
-    fake = FakeNVML(
-        [
-            Dev(
-                "GPU-2222",
-                A100,
-                40 * GiB,
-                mig="enabled",
-                slots=[Dev(old.encode(), A100 + " MIG 1g.5gb", 4864 * MiB, slices=1)],
-            )
-        ]
-    )
+    fake = FakeNVML([mig_gpu(Dev(old.encode(), A100 + " MIG 1g.5gb", 4864 * MiB, slices=1))])
     (unit,) = read_gpus(fake)
     assert (unit.uuid, unit.id, unit.gpu_uuid) == (old, old, "GPU-2222")
     assert parse_static_inventory(read_gpus_as_config(fake)) == (unit,)
@@ -285,17 +280,11 @@ def test_old_drivers_mig_uuid_form_is_kept_and_round_trips_through_config():
 def test_mig_profile_from_slices_and_memory_when_the_name_lacks_it():
     fake = FakeNVML(
         [
-            Dev(
-                "GPU-2222",
-                A100,
-                40 * GiB,
-                mig="enabled",
-                slots=[
-                    Dev("MIG-1", A100, 4864 * MiB, slices=1),  # 4.75 GiB: NVIDIA calls it 1g.5gb
-                    Dev("MIG-2", "NVIDIA A100-SXM4-40GB MIG", 19968 * MiB, slices=3),
-                    Dev("MIG-3", A100, 40192 * MiB, slices=7),  # 39.25 GiB: 7g.40gb
-                    Dev("MIG-4", A100 + " MIG 1c.3g.20gb", 19968 * MiB, slices=3),  # a compute instance: as named
-                ],
+            mig_gpu(
+                Dev("MIG-1", A100, 4864 * MiB, slices=1),  # 4.75 GiB: NVIDIA calls it 1g.5gb
+                Dev("MIG-2", "NVIDIA A100-SXM4-40GB MIG", 19968 * MiB, slices=3),
+                Dev("MIG-3", A100, 40192 * MiB, slices=7),  # 39.25 GiB: 7g.40gb
+                Dev("MIG-4", A100 + " MIG 1c.3g.20gb", 19968 * MiB, slices=3),  # a compute instance: as named
             )
         ]
     )
@@ -416,13 +405,7 @@ def test_read_usage_per_process_keeps_each_pids_highest_recent_share():
                 ],
             ),  # 1002's only sample is a minute old
             Dev("GPU-1111", A100, 40 * GiB, pids=(), samples=[]),
-            Dev(
-                "GPU-2222",
-                A100,
-                40 * GiB,
-                mig="enabled",
-                slots=[Dev("MIG-4", A100 + " MIG 1g.5gb", GiB, slices=1, utilization=None, samples=None, pids=(7,))],
-            ),
+            mig_gpu(Dev("MIG-4", A100 + " MIG 1g.5gb", GiB, slices=1, utilization=None, samples=None, pids=(7,))),
         ]
     )
     usage = read_usage(fake, per_process=True, window=10)
@@ -438,7 +421,7 @@ def test_names_exist_in_pynvml():
     The stand-in records what is called, so a misspelt function fails here, without a GPU.
     """
     fake = host()
-    fake.devices.append(Dev("GPU-4444", A100, 40 * GiB, mig="enabled", slots=[Dev("MIG-4", A100, GiB, slices=1)]))
+    fake.devices.append(mig_gpu(Dev("MIG-4", A100, GiB, slices=1), uuid="GPU-4444"))
     discover(fake)
     read_usage(fake, per_process=True)
     discover_auto(FakeNVML(fail_init=FakeNVML.NVML_ERROR_DRIVER_NOT_LOADED))
