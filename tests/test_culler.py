@@ -64,14 +64,37 @@ def test_unit_in_use(reading, in_use):
 # --- the rules over time
 
 
-def test_idle_for_the_timeout_stops_with_the_reason():
+@pytest.mark.parametrize(
+    "rules, reading, before, limit, reason, message",
+    [
+        pytest.param(
+            CullRules(gpu_idle_timeout=1800),
+            IDLE,
+            (0, 29),
+            30,
+            GPU_IDLE,
+            "stopped after 30 minutes without GPU use",
+            id="idle-for-the-timeout",
+        ),
+        pytest.param(  # first seen near the end: the limit counts from the server's start
+            CullRules(gpu_idle_timeout=1800, max_runtime=4 * 3600),
+            BUSY,
+            (239,),
+            240,
+            MAX_RUNTIME,
+            "stopped after 4 hours, the time limit of GPU servers",
+            id="max-runtime-of-a-busy-server",
+        ),
+    ],
+)
+def test_a_rule_stops_at_its_limit_with_the_reason(rules, reading, before, limit, reason, message):
     clocks = IdleClocks()
-    s = server()
-    assert not clocks.judge(s, {"GPU-0": IDLE}, at(0)).stop
-    assert not clocks.judge(s, {"GPU-0": IDLE}, at(29)).stop
-    verdict = clocks.judge(s, {"GPU-0": IDLE}, at(30))
-    assert verdict.stop and verdict.reason == GPU_IDLE
-    assert verdict.message == "stopped after 30 minutes without GPU use"
+    s = server(rules=rules)
+    for minute in before:
+        assert not clocks.judge(s, {"GPU-0": reading}, at(minute)).stop
+    verdict = clocks.judge(s, {"GPU-0": reading}, at(limit))
+    assert verdict.stop and verdict.reason == reason
+    assert verdict.message == message
 
 
 def test_use_resets_the_idle_clock():
@@ -107,15 +130,6 @@ def test_another_containers_work_neither_keeps_alive_nor_culls():
     clocks.judge(theirs, shared, at(0))
     assert clocks.judge(mine, shared, at(30)).stop  # the neighbour's training is not ours
     assert not clocks.judge(theirs, shared, at(30)).stop  # nor is our idle context theirs
-
-
-def test_max_runtime_stops_a_busy_server():
-    clocks = IdleClocks()
-    s = server(rules=CullRules(gpu_idle_timeout=1800, max_runtime=4 * 3600))
-    assert not clocks.judge(s, {"GPU-0": BUSY}, at(239)).stop
-    verdict = clocks.judge(s, {"GPU-0": BUSY}, at(240))
-    assert verdict.stop and verdict.reason == MAX_RUNTIME
-    assert verdict.message == "stopped after 4 hours, the time limit of GPU servers"
 
 
 def test_jupyter_activity_grace_spares_idle_gpus_but_not_the_time_limit():
