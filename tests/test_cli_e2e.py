@@ -97,6 +97,13 @@ def hub_dir(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def no_profiles(hub_dir):
+    """The hub's folder, with a config of no profiles (the two simulated GPUs, a driver for CUDA 12.4)."""
+    write_config(hub_dir, [])
+    return hub_dir
+
+
 GPUS = [
     {"index": i, "uuid": f"GPU-c11e2e00-{RUN}-4000-8000-00000000000{i}", "name": "NVIDIA TEST GPU", "memory": "16G"}
     for i in range(2)
@@ -116,6 +123,11 @@ def gpuspawner(folder, *args: str, timeout: float = 120, engine_at: str = "") ->
     """
     done, seconds = run_command(folder, args, engine_at=engine_at, timeout=timeout)
     return done.returncode, done.stdout, done.stderr, seconds
+
+
+def check_image(folder, image: str, *options: str) -> tuple[int, str, str, float]:
+    """``gpuspawner image check IMAGE [OPTIONS]`` in ``folder``, as ``gpuspawner`` returns it."""
+    return gpuspawner(folder, "image", "check", image, *options)
 
 
 def line(out: str, *words: str) -> str:
@@ -141,9 +153,8 @@ def no_probe_left(image: str) -> None:
 # --- image check
 
 
-def test_the_test_bed_image_passes(images, hub_dir):
-    write_config(hub_dir, [])
-    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["base"])
+def test_the_test_bed_image_passes(images, no_profiles):
+    status, out, err, _ = check_image(no_profiles, images["base"])
     assert status == 0, out + err
     assert "JupyterHub 6.1.1 (the hub runs 6.1.1)" in finding(out, "ok", "jupyterhub-singleuser")
     assert "jovyan (uid 1000), home /home/jovyan" in finding(out, "ok", "user")
@@ -155,17 +166,15 @@ def test_the_test_bed_image_passes(images, hub_dir):
     no_probe_left(images["base"])
 
 
-def test_the_cuda_image_passes_with_a_warning(images, hub_dir):
-    write_config(hub_dir, [])
-    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["cuda"])
+def test_the_cuda_image_passes_with_a_warning(images, no_profiles):
+    status, out, err, _ = check_image(no_profiles, images["cuda"])
     assert status == 0, out + err
     assert "declared 12.4.1; found none" in finding(out, "warn", "cuda")
     assert "verdict: OK (1 warning)" in out
 
 
-def test_an_image_without_jupyterhub_singleuser_fails(images, hub_dir):
-    write_config(hub_dir, [])
-    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["nosu"])
+def test_an_image_without_jupyterhub_singleuser_fails(images, no_profiles):
+    status, out, err, _ = check_image(no_profiles, images["nosu"])
     assert status == 1, out + err
     assert "not found on the image's PATH" in finding(out, "fail", "jupyterhub-singleuser")
     assert "-> fix: install jupyterhub==6.1.1" in out
@@ -173,31 +182,28 @@ def test_an_image_without_jupyterhub_singleuser_fails(images, hub_dir):
     no_probe_left(images["nosu"])
 
 
-def test_a_root_image_fails_unless_allowed(images, hub_dir):
-    write_config(hub_dir, [])
-    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["root"])
+def test_a_root_image_fails_unless_allowed(images, no_profiles):
+    status, out, _, _ = check_image(no_profiles, images["root"])
     assert status == 1
     assert "runs as root" in finding(out, "fail", "user")
     # Any hub option can be set for one run, over the config file.
-    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["root"], "--GPUSpawner.allow_root=True")
+    status, out, _, _ = check_image(no_profiles, images["root"], "--GPUSpawner.allow_root=True")
     assert status == 0, out
     assert "allowed by c.GPUSpawner.allow_root" in finding(out, "warn", "user")
 
 
-def test_a_cuda_newer_than_the_driver_fails(images, hub_dir):
-    write_config(hub_dir, [])  # driver_cuda_version = "12.4"
-    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["cu128"])
+def test_a_cuda_newer_than_the_driver_fails(images, no_profiles):
+    status, out, _, _ = check_image(no_profiles, images["cu128"])  # the config's driver: CUDA 12.4
     assert status == 1, out
     refusal = finding(out, "fail", "cuda")
     assert "needs CUDA 12.8, but this host's NVIDIA driver supports up to CUDA 12.4" in refusal
     assert "(CUDA 12.8 needs >= 570)" in refusal
-    status, out, _, _ = gpuspawner(hub_dir, "image", "check", images["cu128"], "--GPUSpawner.driver_cuda_version=12.8")
+    status, out, _, _ = check_image(no_profiles, images["cu128"], "--GPUSpawner.driver_cuda_version=12.8")
     assert status == 0, out
 
 
-def test_frameworks_are_imported_in_the_image(images, hub_dir):
-    write_config(hub_dir, [])
-    status, out, err, _ = gpuspawner(hub_dir, "image", "check", images["frameworks"])
+def test_frameworks_are_imported_in_the_image(images, no_profiles):
+    status, out, err, _ = check_image(no_profiles, images["frameworks"])
     assert status == 1, out + err
     assert "torch 2.5.1+cu124, built for CUDA 12.4" in finding(out, "ok", "torch")
     broken = finding(out, "fail", "tensorflow")
