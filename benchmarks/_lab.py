@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.realhub import RealHub, docker_host, engine, read_testbed, require_tools, running_hub  # noqa: E402, F401
+from tests.realhub import RealHub, docker_host, engine, read_testbed, running_hub, simulated_gpus  # noqa: E402, F401
 
 GPU = "gpuspawner"
 DOCKER = "dockerspawner"
@@ -116,10 +116,7 @@ c.DockerSpawner.pull_policy = "ifnotpresent"
 
 def fake_gpus(n: int) -> list[dict]:
     """``n`` simulated whole GPUs; the test bed's engine accepts their uuids (its hook is a test double)."""
-    return [
-        {"index": i, "uuid": f"GPU-bench{i:03d}-0000-4000-8000-{i:012d}", "name": "Bench GPU", "memory": "16G"}
-        for i in range(n)
-    ]
+    return simulated_gpus([f"GPU-bench{i:03d}-0000-4000-8000-{i:012d}" for i in range(n)], "Bench GPU", "16G")
 
 
 def hub_configs(image: str, gpus: int, server: str, big_image: str = "", threads: int = 8) -> dict[str, str]:
@@ -143,7 +140,6 @@ def hub_configs(image: str, gpus: int, server: str, big_image: str = "", threads
 @contextlib.contextmanager
 def hub_pair(workdir: Path, run: str, *, gpus: int = 8, server: str = "stub", big_image: str = "", threads: int = 8):
     """Both hubs, started, as ``{GPU: hub, DOCKER: hub}``; stopped and cleaned up afterwards."""
-    require_tools()
     image = read_testbed("image")
     configs = hub_configs(image, gpus, server, big_image, threads)
     with contextlib.ExitStack() as stack:

@@ -25,10 +25,9 @@ from pathlib import Path
 import _lab
 import _report
 
-from tests.realhub import run_command, write_command_config
+from tests.realhub import run_command, simulated_gpus, write_command_config
 
-GPUS = [{"index": i, "uuid": f"GPU-c11be0c0-0000-4000-8000-00000000000{i}", "name": "Bench GPU", "memory": "16G"}
-        for i in range(2)]  # fmt: skip
+GPUS = simulated_gpus([f"GPU-c11be0c0-0000-4000-8000-00000000000{i}" for i in range(2)], "Bench GPU", "16G")
 
 
 def write_config(folder: Path, base: str, cuda: str) -> None:

@@ -112,7 +112,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="bursts (default 3)")
     parser.add_argument("--single", type=int, default=20, help="refusals one at a time (default 20)")
     args = parser.parse_args(argv)
-    _lab.require_tools()
     run_id = _lab.new_run()
     before = _lab.machine()
     config = _lab.hub_configs(_lab.read_testbed("image"), args.gpus, "stub")[GPU]

@@ -90,10 +90,32 @@ def home_volume(container) -> str:
     return mount["Name"]
 
 
+def simulated_gpus(uuids, name: str = "NVIDIA A100-SXM4-80GB", memory: str = "80G") -> list[dict]:
+    """``c.GPUSpawner.gpus`` entries of whole GPUs, indexed 0, 1, ... (the engine's hook accepts any uuid)."""
+    return [{"index": i, "uuid": uuid, "name": name, "memory": memory} for i, uuid in enumerate(uuids)]
+
+
+def mig_instances(uuids, *, index: int, parent_uuid: str) -> list[dict]:
+    """``c.GPUSpawner.gpus`` entries of 1g.10gb MIG instances 0, 1, ... of the A100 at ``index``."""
+    return [
+        {
+            "index": index,
+            "uuid": uuid,
+            "name": "NVIDIA A100-SXM4-80GB",
+            "memory": "10G",
+            "mig_profile": "1g.10gb",
+            "parent_uuid": parent_uuid,
+            "mig_index": i,
+        }
+        for i, uuid in enumerate(uuids)
+    ]
+
+
 @contextlib.contextmanager
 def running_hub(workdir: Path, config: str, run: str):
     """A started RealHub; afterwards every server is stopped through the hub, and
     the run's containers and home volumes (names ending in ``run``) are removed."""
+    require_tools()
     remove_leftovers()  # of an earlier run that was killed before its clean-up
     mine = f"{run}:{os.getpid()}"
     hub = RealHub(workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config))

@@ -18,7 +18,7 @@ import pytest
 
 from gpuspawner import labels
 
-from .realhub import RealHub, engine, read_testbed, require_tools, running_hub, wait_for
+from .realhub import RealHub, engine, mig_instances, read_testbed, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -35,21 +35,8 @@ def user(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    require_tools()
     image = read_testbed("image")
-    gpus = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(WHOLE)]
-    gpus += [
-        {
-            "index": 4,
-            "uuid": u,
-            "name": "NVIDIA A100-SXM4-80GB",
-            "memory": "10G",
-            "mig_profile": "1g.10gb",
-            "parent_uuid": MIG_PARENT,
-            "mig_index": i,
-        }
-        for i, u in enumerate(MIGS)
-    ]
+    gpus = simulated_gpus(WHOLE) + mig_instances(MIGS, index=4, parent_uuid=MIG_PARENT)
     small = {"image": image, "mem_limit": "512M", "cpu_limit": 0.5}
     config = f"""
     c.JupyterHub.allow_named_servers = True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .realhub import REPO, engine, read_testbed, require_tools, running_hub, wait_for
+from .realhub import REPO, engine, read_testbed, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -24,9 +24,8 @@ GPU_IDS = ["GPU-b0000000-0000-4000-8000-000000000000", "GPU-b1111111-1111-4000-8
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    require_tools()
     image = read_testbed("image")
-    gpus = [{"index": i, "uuid": u, "name": "Tesla T4", "memory": "16G"} for i, u in enumerate(GPU_IDS)]
+    gpus = simulated_gpus(GPU_IDS, "Tesla T4", "16G")
     config = f"""
     c.GPUSpawner.gpus = {gpus!r}
     c.GPUSpawner.profiles = [
@@ -134,9 +133,8 @@ TUTORIAL_GPUS = [f"GPU-7e57ada0-0000-4000-8000-00000000000{i}" for i in range(4)
 
 @pytest.fixture(scope="module")
 def course_hub(tmp_path_factory):
-    require_tools()
     image = read_testbed("image")
-    gpus = [{"index": i, "uuid": u, "name": "NVIDIA L40S", "memory": "48G"} for i, u in enumerate(TUTORIAL_GPUS)]
+    gpus = simulated_gpus(TUTORIAL_GPUS, "NVIDIA L40S", "48G")
     config = f"""
     c.GPUSpawner.gpus = {gpus!r}
     c.GPUSpawner.profiles = [

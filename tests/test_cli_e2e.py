@@ -23,7 +23,7 @@ import pytest
 from gpuspawner.cli import probe
 from gpuspawner.gpus.nvml import NVMLUnavailable, discover
 
-from .realhub import TESTBED, docker_host, engine, read_testbed, run_command, write_command_config
+from .realhub import TESTBED, docker_host, engine, read_testbed, run_command, simulated_gpus, write_command_config
 
 pytestmark = pytest.mark.docker
 
@@ -104,10 +104,7 @@ def no_profiles(hub_dir):
     return hub_dir
 
 
-GPUS = [
-    {"index": i, "uuid": f"GPU-c11e2e00-{RUN}-4000-8000-00000000000{i}", "name": "NVIDIA TEST GPU", "memory": "16G"}
-    for i in range(2)
-]
+GPUS = simulated_gpus([f"GPU-c11e2e00-{RUN}-4000-8000-00000000000{i}" for i in range(2)], "NVIDIA TEST GPU", "16G")
 
 
 def write_config(folder, profiles: list[dict], extra: str = "") -> None:

@@ -23,24 +23,14 @@ import pytest
 from gpuspawner.dashboard.sources import Sources
 from gpuspawner.gpus import Inventory, Policy, parse_static_inventory
 
-from .realhub import engine, home_volume, read_testbed, require_tools, running_hub, wait_for
+from .realhub import engine, home_volume, mig_instances, read_testbed, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 RUN = secrets.token_hex(3)
 GPUS = [f"GPU-c0110000-0000-4000-8000-00000000000{i}" for i in range(2)]
 MIG = "MIG-c0110000-0000-4000-8000-0000000000m0"
-UNITS = [{"index": i, "uuid": u, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"} for i, u in enumerate(GPUS)] + [
-    {
-        "index": 2,
-        "uuid": MIG,
-        "name": "NVIDIA A100-SXM4-80GB",
-        "memory": "10G",
-        "mig_profile": "1g.10gb",
-        "parent_uuid": "GPU-c0110000-0000-4000-8000-000000000002",
-        "mig_index": 0,
-    }
-]
+UNITS = simulated_gpus(GPUS) + mig_instances([MIG], index=2, parent_uuid="GPU-c0110000-0000-4000-8000-000000000002")
 IDLE_TIMEOUT = 4  # seconds
 MAX_RUNTIME = 30
 
@@ -51,7 +41,6 @@ def user(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_tools()
     workdir = tmp_path_factory.mktemp("hub")
     usage = workdir / "usage.json"
     usage.write_text("{}")  # every unit unknown: nobody is idle yet

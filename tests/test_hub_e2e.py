@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from .realhub import RealHub, engine, home_volume, read_testbed, require_tools, running_hub
+from .realhub import RealHub, engine, home_volume, read_testbed, running_hub, simulated_gpus
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -27,13 +27,9 @@ def user(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    require_tools()
     image = read_testbed("image")
     cuda_image = read_testbed("image-cuda")  # sets NVIDIA_VISIBLE_DEVICES=all, as CUDA images do
-    gpus = [
-        {"index": i, "uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "memory": "80G"}
-        for i, uuid in enumerate(sorted(GPU_IDS))
-    ]
+    gpus = simulated_gpus(sorted(GPU_IDS))
     config = f"""
     c.GPUSpawner.profiles = [
         {{"slug": "cpu", "display_name": "CPU only", "image": {cuda_image!r},

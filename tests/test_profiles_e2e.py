@@ -68,7 +68,6 @@ def write_profiles(path, image, extra=""):
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, paths):
-    require_tools()
     image = read_testbed("image")
     write_profiles(paths["profiles"], image)
     config = f"""
