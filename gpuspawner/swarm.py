@@ -33,7 +33,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import docker.errors
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
@@ -81,16 +81,7 @@ def unit_from_resource(kind: str, uuid: str, position: int, node: str, described
     """A unit a node advertises: as ``gpus`` describes it, else as much as the kind says."""
     known = described.get(uuid)
     if known is not None:
-        return GPU(
-            index=known.index,
-            uuid=uuid,
-            name=known.name,
-            memory=known.memory,
-            mig_profile=known.mig_profile,
-            parent_uuid=known.parent_uuid,
-            mig_index=known.mig_index,
-            node=node,
-        )
+        return replace(known, uuid=uuid, node=node)  # every other field as described, new ones included
     rest = kind.split("-", 2)[-1] if kind.upper().startswith("NVIDIA-MIG-") else ""
     mig = rest.lower() if rest and is_mig_profile(rest.lower()) else ""
     if uuid.startswith("MIG-") and not mig:
