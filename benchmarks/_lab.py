@@ -333,10 +333,15 @@ def fmt(seconds: float) -> str:
 
 
 def print_json(result: dict, path: str | None) -> None:
+    """All figures as JSON: to stdout with ``-``, else to the file ``path`` (and say where)."""
+    if not path:
+        return
     text = json.dumps(result, indent=2, default=str)
-    if path:
+    if path == "-":
+        print(text)
+    else:
         Path(path).write_text(text + "\n")
-    print(text if path == "-" else f"(all figures in {path})" if path else "", file=sys.stderr)
+        print(f"(all figures in {path})", file=sys.stderr)
 
 
 # --- a large image in a registry on loopback, for the pull benchmark

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .realhub import engine, free_port, read_testbed, require_tools, running_hub
+from .realhub import engine, free_port, read_testbed, require_tools, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -65,15 +64,13 @@ def hub(tmp_path_factory):
 
 
 def wait_for_dashboard(hub, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
-            if requests.get(hub.dashboard + "metrics", timeout=2).status_code == 403:
-                return
+            return requests.get(hub.dashboard + "metrics", timeout=2).status_code == 403
         except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"the dashboard did not answer:\n{hub.log_tail()}")
+            return False
+
+    wait_for(answers, timeout, "the dashboard answers", details=hub.log_tail)
 
 
 def log_in_to_dashboard(browser, hub, name):
@@ -173,10 +170,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     with page.expect_navigation():
         rows_by_holder(page)[f"{STUDENT}/"].locator("button.stop").click()
     assert page.url == hub.dashboard, (page.url, page.content()[:1000])
-    deadline = time.monotonic() + 60
-    while hub.server_model(STUDENT) is not None:
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.3)
+    wait_for(lambda: hub.server_model(STUDENT) is None, 60, f"{STUDENT}'s server stopped", details=hub.log_tail)
     assert not engine().containers.list(filters={"label": f"gpuspawner.user={STUDENT}"})
     page.reload()
     assert page.locator(f'tr[data-unit="{student_unit}"]').get_attribute("data-state") == "free"

@@ -408,8 +408,11 @@ async def test_at_most_max_concurrent_pulls_run_at_once(make_puller):
     client = FakePullClient({i: script() for i in images}, gate=gate)
     tasks = await make_puller(client, max_concurrent=2).prepull(images + images[:1])
     assert len(tasks) == 3
-    await asyncio.sleep(0.2)
-    assert len(client.pulls) == 2  # the third waits for a free puller thread
+    while len(client.pulls) < 2:  # two start at once ...
+        await asyncio.sleep(0.01)
+    for _ in range(20):  # ... and the third waits for a free puller thread while both are held at the gate
+        await asyncio.sleep(0.01)
+        assert len(client.pulls) == 2
     gate.set()
     await asyncio.gather(*(t.wait() for t in tasks))
     assert sorted(f"{r}:{t}" for r, t, _ in client.pulls) == images
@@ -423,7 +426,8 @@ async def test_updates_from_several_listeners_each_end(make_puller):
         return [p async for p, _ in task.updates()]
 
     listeners = [asyncio.create_task(listen()) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    while len(task._listeners) < 3:  # every listener is waiting for updates
+        await asyncio.sleep(0.01)
     gate.set()
     for percents in await asyncio.gather(*listeners):
         assert percents[0] == 0 and percents[-1] == 100 and percents == sorted(percents)
