@@ -148,6 +148,14 @@ def sleeper():
     api.remove_container(c["Id"], force=True)
 
 
+async def handed_to_the_pool(server_order, timeout: float = 10) -> None:
+    """Until a server's Docker call has been handed to the pool: its order lock is taken just before."""
+    deadline = time.monotonic() + timeout
+    while (lock := server_order()) is None or not lock.locked():
+        assert time.monotonic() < deadline, "the call never reached the pool"
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 def real_spawners():
     client = docker.APIClient(base_url=docker_host(), version="auto")
@@ -158,7 +166,7 @@ async def test_a_slow_call_of_one_user_does_not_hold_up_another(real_spawners, s
     ana, ben = real_spawners
     image = read_testbed("image")
     slow = asyncio.ensure_future(ana.docker("wait", sleeper))
-    await asyncio.sleep(0.2)  # ana's wait is in flight
+    await handed_to_the_pool(lambda: ana._docker_order)  # ana's wait is in flight
     t0 = time.monotonic()
     for _ in range(3):
         assert (await ben.docker("inspect_image", image))["Id"].startswith("sha256:")
@@ -172,8 +180,9 @@ async def test_dockerspawners_single_thread_holds_everyone_up(real_spawners, sle
     client = real_spawners[0].client
     one_thread = DockerCalls(1)
     try:
-        slow = asyncio.ensure_future(one_thread.call(asyncio.Lock(), client, "wait", sleeper))
-        await asyncio.sleep(0.2)
+        order = asyncio.Lock()
+        slow = asyncio.ensure_future(one_thread.call(order, client, "wait", sleeper))
+        await handed_to_the_pool(lambda: order)  # the wait is first in the thread's queue
         await one_thread.call(asyncio.Lock(), client, "inspect_image", read_testbed("image"))
         assert slow.done()  # ben waited for all of ana's call
     finally:

@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .realhub import engine, free_port, read_testbed, require_tools, running_hub, wait_for
+from .realhub import engine, free_port, read_testbed, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -28,7 +28,6 @@ PROM_TOKEN = secrets.token_hex(16)
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    require_tools()
     image = read_testbed("image")
     gpus = [
         {"index": 0, "uuid": GPU_ID, "name": "Tesla T4", "memory": "16G"},
