@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
-from hypothesis import settings
 
-from gpuspawner.hub_state import reset_hub_state
+try:
+    from hypothesis import settings
+except ImportError:  # a GPU machine with only pytest, nvidia-ml-py and PyTorch (tests/test_real_gpu.py)
+    settings = None
 
-# "ci" (the default under tests/run.sh and CI): the same examples every run, and a failing
-# example printed as a blob to reproduce it. "dev": random, for hunting new failures.
-settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
-settings.register_profile("dev", print_blob=True, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if settings is not None:
+    # "ci" (the default under tests/run.sh and CI): the same examples every run, and a failing
+    # example printed as a blob to reproduce it. "dev": random, for hunting new failures.
+    settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+    settings.register_profile("dev", print_blob=True, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -24,9 +28,16 @@ def fresh_hub():
     """Each test starts as a hub that has just started: no ledger, Docker pool, puller or profiles
     files left by another (``gpuspawner.hub_state``); a test may call ``reset_hub_state()``
     itself to restart the hub while its containers keep running."""
-    reset_hub_state()
+    _reset_hub_state()
     yield
-    reset_hub_state()
+    _reset_hub_state()
+
+
+def _reset_hub_state() -> None:
+    # Where nothing imported the spawner's side (the pure and real-GPU tests), there is no state to forget.
+    hub_state = sys.modules.get("gpuspawner.hub_state")
+    if hub_state is not None:
+        hub_state.reset_hub_state()
 
 
 @pytest.fixture(scope="module")
