@@ -17,12 +17,14 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import docker.errors
+from typing import TYPE_CHECKING
 
 from .docker_client import LazyClient
 from .labels import IMAGE_CUDA
 from .quantities import format_bytes
+
+if TYPE_CHECKING:
+    import docker
 
 #: Where an image may declare the CUDA it needs, first match wins. ``gpuspawner.cuda``
 #: is the teacher's own label (it can describe a CUDA runtime that pip installed, e.g.
@@ -295,6 +297,8 @@ class ImagePuller:
         self._tasks: dict[str, PullTask] = {}
 
     def _is_present(self, image: str) -> bool:
+        import docker.errors  # the puller's I/O only: the pure checks above import no Docker
+
         with self._docker.use() as client:
             try:
                 client.inspect_image(image)
@@ -323,6 +327,8 @@ class ImagePuller:
         return list(await asyncio.gather(*(self.ensure(i) for i in dict.fromkeys(images))))
 
     def _pull(self, task: PullTask) -> None:
+        import docker.errors
+
         repo, tag, digest = split_reference(task.image)
         progress = PullProgress()
         task._update(0, f"Pulling {task.image}")

@@ -56,7 +56,16 @@ def test_check_config_stops_the_hub_naming_profile_and_field():
     assert [p.slug for p in gpuspawner.check_config(c, prepull=False)] == ["ml101"]
 
 
-LIGHT = ["gpuspawner", "gpuspawner.gpus.nvml", "gpuspawner.gpus.allocation", "gpuspawner.culler.policy"]
+LIGHT = [
+    "gpuspawner",
+    "gpuspawner.gpus.nvml",
+    "gpuspawner.gpus.allocation",
+    "gpuspawner.culler.policy",
+    "gpuspawner.culler.usage",
+    "gpuspawner.labels",
+    "gpuspawner.container",
+    "gpuspawner.images",
+]
 
 
 def test_the_gpu_seam_the_core_and_the_culling_rules_import_light():
