@@ -241,6 +241,19 @@ def test_stop_records_are_found_by_container_and_only_while_fresh(tmp_path):
     assert stop_record_for(path, ME, now=at(60)) is None  # too old: not this stop's reason
 
 
+@pytest.mark.parametrize(
+    "written",
+    ["2026-03-02T09:01:00", "2026-03-02T09:01:00Z", "2026-03-02T10:01:00+01:00", "not a time"],
+    ids=["no-timezone-is-utc", "zulu", "offset", "unreadable"],
+)
+def test_a_stop_record_time_in_any_iso_form_never_breaks_a_stop(tmp_path, written):
+    """A line written by hand or by another tool: read as UTC, or ignored, never a TypeError in stop()."""
+    path = tmp_path / "stops.jsonl"
+    path.write_text(json.dumps({"time": written, "container": ME, "message": "m"}) + "\n")
+    found = stop_record_for(str(path), ME, now=datetime(2026, 3, 2, 9, 2, tzinfo=timezone.utc))
+    assert (found is None) == (written == "not a time")
+
+
 # --- the culler service's arbiter
 
 

@@ -62,8 +62,10 @@ def stop_record_for(
         if not isinstance(event, dict) or event.get("container") != container:
             continue
         try:
-            when = datetime.fromisoformat(event["time"])
+            when = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
         except (KeyError, TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # written by hand or by another tool: the culler's own times are UTC
+            when = when.replace(tzinfo=timezone.utc)
         return event if now - when <= within else None
     return None
