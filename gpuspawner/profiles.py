@@ -345,8 +345,6 @@ def choose_profile(
     if not profiles:
         raise ProfileError("no profiles are configured (c.GPUSpawner.profiles is empty)")
     mine = allowed_profiles(profiles, user, groups, admin)
-    if isinstance(choice, list) and len(choice) == 1:  # a form field, passed through
-        choice = choice[0]
     if choice is None or choice == "":
         if not mine:
             raise ProfileForbidden("no profile is available to you: ask your teacher to add you to your course's group")

@@ -86,7 +86,10 @@ def test_choose_profile():
     assert choose_profile(profiles, None).slug == "cpu"
     assert choose_profile(profiles, "").slug == "cpu"
     assert choose_profile(profiles, "gpu").slug == "gpu"
-    assert choose_profile(profiles, ["gpu"]).slug == "gpu"
+    # The form's fields arrive as strings (options_from_form); a list, a number or an object is refused.
+    for wrong in (["gpu"], 1, {"slug": "gpu"}, True):
+        with pytest.raises(ProfileError, match="must be a profile's slug"):
+            choose_profile(profiles, wrong)
     with pytest.raises(ProfileError, match="unknown profile 'tpu'; choose one of: cpu, gpu"):
         choose_profile(profiles, "tpu")
     with pytest.raises(ProfileError, match="no profiles"):

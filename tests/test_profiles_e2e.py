@@ -107,8 +107,21 @@ def gpu_holders() -> list[str]:
         (STUDENT, {"profile": "open", "environment": {"LD_PRELOAD": "x"}}, 400, "not allowed: environment"),
         (STUDENT, {"profile": "open", "mem_limit": "64G", "cpu_limit": 16}, 400, "not allowed: cpu_limit, mem_limit"),
         (STUDENT, {"profile": "open", "volumes": {"/etc": "/mnt"}}, 400, "not allowed: volumes"),
+        (STUDENT, {"profile": ["open"]}, 400, "must be a profile's slug"),
+        (STUDENT, {"profile": 7}, 400, "must be a profile's slug"),
     ],
-    ids=["other-course", "not-my-course", "unknown", "image", "gpus", "environment", "limits", "mounts"],
+    ids=[
+        "other-course",
+        "not-my-course",
+        "unknown",
+        "image",
+        "gpus",
+        "environment",
+        "limits",
+        "mounts",
+        "slug-in-a-list",
+        "slug-a-number",
+    ],
 )
 def test_tampering_over_rest_is_refused_with_nothing_started(hub, user, options, status, message):
     hub.ensure_user(user)

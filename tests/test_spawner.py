@@ -298,8 +298,22 @@ def test_students_see_only_their_courses_profiles_admins_all(engine):
         ({"profile": "open", "environment": {"X": "1"}, "mem_limit": "1T"}, 400, "not allowed: environment, mem_limit"),
         ({"volumes": {"/": "/host"}}, 400, "not allowed: volumes"),
         ({"profile": ["ml101", "cv"]}, 400, "must be a profile's slug"),
+        ({"profile": ["ml101"]}, 400, "must be a profile's slug"),
+        ({"profile": 3}, 400, "must be a profile's slug"),
+        ({"profile": {"slug": "ml101"}}, 400, "must be a profile's slug"),
     ],
-    ids=["other-course", "unknown", "image", "gpus", "env-and-limits", "mounts", "two-profiles"],
+    ids=[
+        "other-course",
+        "unknown",
+        "image",
+        "gpus",
+        "env-and-limits",
+        "mounts",
+        "two-profiles",
+        "a-list",
+        "a-number",
+        "an-object",
+    ],
 )
 def test_tampering_is_refused(engine, options, status, message):
     s = spawner(engine, profiles=COURSES, groups=["ml101"])
