@@ -23,6 +23,7 @@ from gpuspawner.images import (
     declared_cuda,
     image_digest,
     major_minor,
+    runs_as_root,
     split_reference,
 )
 
@@ -449,3 +450,24 @@ async def test_the_puller_makes_a_new_client_after_the_engine_failed():
         assert (task.done, task.error, len(made)) == (True, "", 2)
     finally:
         puller.close()
+
+
+@pytest.mark.parametrize(
+    "user, root",
+    [
+        ("", True),
+        ("root", True),
+        ("0", True),
+        ("00", True),
+        ("0:0", True),
+        ("root:staff", True),
+        ("1000", False),
+        ("1000:0", False),  # group 0 is not root's power
+        ("jovyan", False),
+        ("010", False),
+    ],
+    ids=repr,
+)
+def test_runs_as_root_by_any_name_or_number(user, root):
+    assert runs_as_root({"Config": {"User": user}}) is root
+    assert runs_as_root({"User": user}) is root

@@ -239,8 +239,9 @@ async def test_hardening_loosened_explicitly(engine):
     assert "SecurityOpt" not in host and "CapDrop" not in host and "PidsLimit" not in host
 
 
-async def test_root_image_refused_before_any_gpu_unless_allowed(engine):
-    engine.images["root:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": ""}
+@pytest.mark.parametrize("user", ["", "root", "0", "00", "0:0", "root:users"], ids=repr)
+async def test_root_image_refused_before_any_gpu_unless_allowed(engine, user):
+    engine.images["root:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": user}
     profiles = [{"slug": "root", "display_name": "Root", "image": "root:1", "gpus": 1}]
     s = spawner(engine, profiles=profiles)
     with pytest.raises(SpawnException, match="runs as root") as e:
