@@ -102,6 +102,10 @@ c.GPUSpawner.profiles = [
     # {"slug": "slice", "display_name": "ML101 (A100 slice)", "image": image,
     #  "gpus": 1, "mig_profile": "1g.10gb", "mem_limit": "4G", "cpu_limit": 2},
 ]
+# Where datasets and shares may come from (default: nowhere). Whoever edits the profiles
+# can mount only folders under these roots, and volumes matching these names:
+# c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+# c.GPUSpawner.mount_volumes = ["course-*"]
 
 # --- Fair use ------------------------------------------------------------------
 # Shared GPUs: up to 4 servers on one GPU, time-sliced. Only MIG isolates memory.

@@ -7,6 +7,7 @@ names the profile and the field, so a typo shows before a student meets it.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -46,6 +47,39 @@ class Mount:
     name: str  # the folder: ~/datasets/<name> or ~/shared/<name>
     source: str
     writable_by: frozenset[str] = frozenset()  # groups; empty: read-only for all
+
+
+def normal_host_path(path: str) -> str:
+    """An absolute host path written one way: no ``.``, no doubled or trailing ``/``."""
+    normal = os.path.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal  # POSIX keeps a leading '//'
+
+
+@dataclass(frozen=True)
+class MountPolicy:
+    """What the admin's config lets a profile mount as a dataset or share.
+
+    ``roots``: host folders (absolute, normalised) a host-path source must be, or lie under;
+    ``volumes``: Docker volume names or ``fnmatch`` patterns. Empty: nothing of that kind.
+    A profile never widens it: only ``c.GPUSpawner.mount_roots`` and ``mount_volumes`` do.
+    """
+
+    roots: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+
+    def refusal(self, source: str) -> str:
+        """Why ``source`` (a normalised host path or a volume name) may not be mounted; '' when it may."""
+        if source.startswith("/"):
+            if any(os.path.commonpath([root, source]) == root for root in self.roots):
+                return ""
+            allowed = ", ".join(self.roots) or "none, so no host path may be mounted"
+            return (
+                f"source {source!r} is not under the mount roots the admin allows (c.GPUSpawner.mount_roots: {allowed})"
+            )
+        if any(fnmatch.fnmatchcase(source, pattern) for pattern in self.volumes):
+            return ""
+        allowed = ", ".join(self.volumes) or "none, so no volume may be mounted"
+        return f"source {source!r} is not a volume the admin allows (c.GPUSpawner.mount_volumes: {allowed})"
 
 
 @dataclass(frozen=True)
@@ -133,8 +167,13 @@ def _field_error(position: int, slug: object, field: str, problem: str) -> Profi
     return ProfileError(f"{name}: field {field!r}: {problem}")
 
 
-def parse_profile(position: int, entry: object, allow_unpinned: bool = False) -> Profile:
-    """Validate one profile dict (``position`` counts from 0, for messages)."""
+def parse_profile(
+    position: int, entry: object, allow_unpinned: bool = False, mount_policy: MountPolicy | None = None
+) -> Profile:
+    """Validate one profile dict (``position`` counts from 0, for messages).
+
+    Datasets and shares must be mounts ``mount_policy`` allows; ``None``: not checked.
+    """
     if not isinstance(entry, dict):
         raise ProfileError(f"profile #{position + 1}: must be a dict, got {type(entry).__name__}")
     slug = entry.get("slug")
@@ -227,8 +266,8 @@ def parse_profile(position: int, entry: object, allow_unpinned: bool = False) ->
             raise error("environment", f"{key}: must be a string or a number, got {value!r}")
         env[key] = str(value)
 
-    datasets = _parse_mounts(entry.get("datasets"), "datasets", error, writable=False)
-    shares = _parse_mounts(entry.get("shares"), "shares", error, writable=True)
+    datasets = _parse_mounts(entry.get("datasets"), "datasets", error, False, mount_policy)
+    shares = _parse_mounts(entry.get("shares"), "shares", error, True, mount_policy)
     names = [m.name for m in datasets]
     if len(set(names)) != len(names):
         raise error("datasets", "two datasets share a name")
@@ -272,7 +311,7 @@ def parse_profile(position: int, entry: object, allow_unpinned: bool = False) ->
     )
 
 
-def _parse_mounts(value, field_name, error, writable: bool) -> tuple[Mount, ...]:
+def _parse_mounts(value, field_name, error, writable: bool, policy: MountPolicy | None) -> tuple[Mount, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
@@ -294,21 +333,26 @@ def _parse_mounts(value, field_name, error, writable: bool) -> tuple[Mount, ...]
         writable_by = item.get("writable_by", [])
         if isinstance(writable_by, str) or not isinstance(writable_by, (list, tuple)):
             raise error(field_name, f"{name}: writable_by must be a list of groups, got {writable_by!r}")
-        mounts.append(
-            Mount(name, os.path.normpath(source) if source.startswith("/") else source, frozenset(writable_by))
-        )
+        source = normal_host_path(source) if source.startswith("/") else source
+        refusal = policy.refusal(source) if policy is not None else ""
+        if refusal:
+            raise error(field_name, f"{name}: {refusal}")
+        mounts.append(Mount(name, source, frozenset(writable_by)))
     return tuple(mounts)
 
 
-def parse_profiles(entries: object, allow_unpinned: bool = False) -> tuple[Profile, ...]:
+def parse_profiles(
+    entries: object, allow_unpinned: bool = False, mount_policy: MountPolicy | None = None
+) -> tuple[Profile, ...]:
     """Validate the whole ``c.GPUSpawner.profiles`` list; slugs must be unique.
 
     Images must be pinned (a tag other than ``latest``, or a digest) unless
-    ``allow_unpinned``.
+    ``allow_unpinned``. Datasets and shares must be mounts ``mount_policy`` allows
+    (the hub passes its ``mount_roots`` and ``mount_volumes``); ``None``: not checked.
     """
     if not isinstance(entries, (list, tuple)):
         raise ProfileError(f"profiles must be a list of dicts, got {type(entries).__name__}")
-    profiles = tuple(parse_profile(i, entry, allow_unpinned) for i, entry in enumerate(entries))
+    profiles = tuple(parse_profile(i, entry, allow_unpinned, mount_policy) for i, entry in enumerate(entries))
     seen: set[str] = set()
     for profile in profiles:
         if profile.slug in seen:
@@ -367,9 +411,16 @@ class ProfilesFile:
     never takes the hub's profiles away; the first read must succeed.
     """
 
-    def __init__(self, path: str, log: logging.Logger | None = None, allow_unpinned: bool = False):
+    def __init__(
+        self,
+        path: str,
+        log: logging.Logger | None = None,
+        allow_unpinned: bool = False,
+        mount_policy: MountPolicy | None = None,
+    ):
         self.path = Path(path)
         self.allow_unpinned = allow_unpinned
+        self.mount_policy = mount_policy
         self.log = log or logging.getLogger("gpuspawner")
         self._stamp: tuple[int, int] | None = None
         self._profiles: tuple[Profile, ...] | None = None
@@ -386,7 +437,7 @@ class ProfilesFile:
             data = yaml.safe_load(self.path.read_text())
             if isinstance(data, dict) and "profiles" in data:
                 data = data["profiles"]
-            profiles = parse_profiles(data if data is not None else [], self.allow_unpinned)
+            profiles = parse_profiles(data if data is not None else [], self.allow_unpinned, self.mount_policy)
         except (OSError, yaml.YAMLError, ProfileError) as e:
             self._stamp = stamp  # do not re-parse (and re-log) until it changes again
             return self._keep(f"{self.path}: {e}")

@@ -49,12 +49,14 @@ from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda
 from .labels import adopt_containers
 from .profiles import (
+    MountPolicy,
     Profile,
     ProfileError,
     ProfileForbidden,
     ProfilesFile,
     allowed_profiles,
     choose_profile,
+    normal_host_path,
     parse_profiles,
 )
 from .spawn_page import render_profile_cards
@@ -172,6 +174,67 @@ class GPUSpawner(DockerSpawner):
         a hub restart; a broken edit keeps the last good profiles and logs why.
         """,
     ).tag(config=True)
+
+    mount_roots = List(
+        Unicode(),
+        help="""Host folders under which a profile's dataset or share ``source`` may lie.
+
+        A host-path source is allowed only if it is one of these folders or inside
+        one (compared component by component: ``/srv/datasets-evil`` is not inside
+        ``/srv/datasets``). Each must be an absolute path; it is normalised. For example::
+
+            c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+
+        Empty (the default): no profile may mount a host path. Whoever may edit the
+        profiles (``profiles_file`` is often the teachers') can mount only what is here,
+        never ``/``, the Docker socket or the hub's own files. A profile that names a
+        source outside is refused with its profile and field named: the hub does not
+        start (``check_config``), or a profiles file edit keeps the last good profiles.
+        ``"/"`` is accepted only written as ``"/"``, and it lets a profile mount the
+        whole host, the Docker socket included: do not.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @validate("mount_roots")
+    def _validate_mount_roots(self, proposal):
+        roots = []
+        for root in proposal.value:
+            if not root.startswith("/") or ".." in root.split("/"):
+                raise TraitError(f"GPUSpawner.mount_roots: {root!r} must be an absolute host path, without '..'")
+            normal = normal_host_path(root)
+            if normal == "/" and root != "/":
+                raise TraitError(
+                    f"GPUSpawner.mount_roots: {root!r} is the whole host; write '/' itself if you mean it (not advised)"
+                )
+            roots.append(normal)
+        return roots
+
+    mount_volumes = List(
+        Unicode(),
+        help="""Docker volumes a profile's dataset or share ``source`` may name: names or ``fnmatch`` patterns.
+
+        For example ``["course-*", "imagenet"]``: ``course-ml101`` and ``imagenet``
+        may be mounted, ``jupyterhub-data`` (the hub's own) or another student's
+        home volume may not. Patterns match the whole name, case-sensitively.
+
+        Empty (the default): no profile may mount a volume. Avoid ``"*"``: it would
+        let a profile mount every volume of the engine, students' homes included.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @validate("mount_volumes")
+    def _validate_mount_volumes(self, proposal):
+        for pattern in proposal.value:
+            if not pattern.strip() or pattern.startswith("/"):
+                raise TraitError(
+                    f"GPUSpawner.mount_volumes: {pattern!r} must be a volume name or pattern such as 'course-*'"
+                    " (host folders go in mount_roots)"
+                )
+        return proposal.value
 
     gpus = Union(
         [Unicode(), List(Dict())],
@@ -474,18 +537,24 @@ class GPUSpawner(DockerSpawner):
         return hub_state(self)
 
     @property
+    def mount_policy(self) -> MountPolicy:
+        """What profiles may mount as datasets and shares: ``mount_roots`` and ``mount_volumes``."""
+        return MountPolicy(tuple(self.mount_roots), tuple(self.mount_volumes))
+
+    @property
     def lab_profiles(self) -> tuple[Profile, ...]:
-        """Every profile of the hub (from ``profiles_file`` or ``profiles``)."""
+        """Every profile of the hub (from ``profiles_file`` or ``profiles``), mounts checked against the
+        admin's ``mount_roots`` and ``mount_volumes`` (here, where all config is known)."""
         if self.profiles_file:
             files = self.shared.profiles_files
             source = files.get(self.profiles_file)
             if source is None:
                 source = files[self.profiles_file] = ProfilesFile(
-                    self.profiles_file, self.log, self.allow_unpinned_images
+                    self.profiles_file, self.log, self.allow_unpinned_images, self.mount_policy
                 )
             return source.load()
         if self.profiles:
-            return parse_profiles(self.profiles, self.allow_unpinned_images)
+            return parse_profiles(self.profiles, self.allow_unpinned_images, self.mount_policy)
         return (Profile(slug="default", display_name="Default", image=self.image),)
 
     @property

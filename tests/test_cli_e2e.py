@@ -259,7 +259,9 @@ def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
             "shares": [{"name": "ml101", "source": share, "writable_by": ["teachers"]}],
         },
     ]
-    write_config(hub_dir, profiles)
+    write_config(
+        hub_dir, profiles, f"c.GPUSpawner.mount_roots = [{str(data)!r}]\nc.GPUSpawner.mount_volumes = [{share!r}]\n"
+    )
     status, out, err, _ = gpuspawner(hub_dir, "doctor")
     assert status == 0, out + err
     assert "jupyterhub_config.py loads; the hub's spawner is gpuspawner" in finding(out, "ok", "config")
@@ -294,7 +296,7 @@ def test_doctor_fails_with_the_fixes(images, hub_dir):
         {"slug": "gpu", "display_name": "GPU", "image": images["cu128"], "gpus": 1},
         {"slug": "big", "display_name": "Big", "image": f"{REPOSITORY}:never-built-{RUN}", "gpus": 3},
     ]
-    write_config(hub_dir, profiles)
+    write_config(hub_dir, profiles, 'c.GPUSpawner.mount_roots = ["/nonexistent"]\n')
     status, out, err, _ = gpuspawner(hub_dir, "doctor")
     assert status == 1, out + err
     assert "runs as root" in finding(out, "fail", "image", images["root"])

@@ -1,6 +1,8 @@
+import logging
+
 import pytest
 
-from gpuspawner.profiles import ProfileError, choose_profile, parse_profiles
+from gpuspawner.profiles import MountPolicy, ProfileError, ProfilesFile, choose_profile, parse_profiles
 
 
 def profile(slug="ml101", **fields):
@@ -94,3 +96,107 @@ def test_choose_profile():
         choose_profile(profiles, "tpu")
     with pytest.raises(ProfileError, match="no profiles"):
         choose_profile((), None)
+
+
+# --- what a profile may mount: the admin's mount_roots and mount_volumes
+
+POLICY = MountPolicy(roots=("/srv/datasets", "/srv/courses"), volumes=("course-*",))
+
+
+def mounting(field, source):
+    entry = {"name": "x", "source": source}
+    return profile("ml101", **{field: [entry]})
+
+
+@pytest.mark.parametrize("field", ["datasets", "shares"])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("/", "source '/' is not under the mount roots the admin allows"),
+        ("/var/run", "source '/var/run' is not under the mount roots"),
+        ("/var/run/docker.sock", "source '/var/run/docker.sock' is not under the mount roots"),
+        ("/srv/datasets-evil", "source '/srv/datasets-evil' is not under the mount roots"),
+        ("/srv", "source '/srv' is not under the mount roots"),  # above a root
+        ("//srv/datasets/../../etc", "must be an absolute host path or a volume name"),  # '..': refused by parsing
+        ("/srv/./datasets-evil/", "source '/srv/datasets-evil' is not under"),  # normalised first
+        ("jupyterhub-data", "source 'jupyterhub-data' is not a volume the admin allows"),  # the hub's own
+        ("jupyterhub-user-alice", "source 'jupyterhub-user-alice' is not a volume"),  # a student's home
+        ("Course-ml101", "source 'Course-ml101' is not a volume"),  # patterns are case-sensitive
+    ],
+    ids=lambda v: v,
+)
+def test_a_mount_outside_the_admins_roots_is_refused_naming_profile_and_field(field, source, message):
+    with pytest.raises(ProfileError) as e:
+        parse_profiles([mounting(field, source)], mount_policy=POLICY)
+    assert str(e.value).startswith(f"profile 'ml101': field '{field}': x: ")
+    assert message in str(e.value)
+
+
+def test_the_refusal_lists_what_the_admin_allows():
+    with pytest.raises(ProfileError) as e:
+        parse_profiles([mounting("datasets", "/")], mount_policy=POLICY)
+    assert str(e.value) == (
+        "profile 'ml101': field 'datasets': x: source '/' is not under the mount roots the admin allows"
+        " (c.GPUSpawner.mount_roots: /srv/datasets, /srv/courses)"
+    )
+    with pytest.raises(ProfileError) as e:
+        parse_profiles([mounting("shares", "jupyterhub-data")], mount_policy=POLICY)
+    assert str(e.value) == (
+        "profile 'ml101': field 'shares': x: source 'jupyterhub-data' is not a volume the admin allows"
+        " (c.GPUSpawner.mount_volumes: course-*)"
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["/srv/data", "data-vol"],
+    ids=["host-path", "volume"],
+)
+def test_by_default_nothing_may_be_mounted(source):
+    with pytest.raises(ProfileError, match="none, so no (host path|volume) may be mounted"):
+        parse_profiles([mounting("datasets", source)], mount_policy=MountPolicy())
+
+
+@pytest.mark.parametrize("field", ["datasets", "shares"])
+@pytest.mark.parametrize(
+    "source, mounted",
+    [
+        ("/srv/datasets", "/srv/datasets"),  # the root itself
+        ("/srv/datasets/mnist", "/srv/datasets/mnist"),
+        ("/srv/courses/ml101/week1/", "/srv/courses/ml101/week1"),
+        ("//srv//datasets/./mnist", "/srv/datasets/mnist"),
+        ("course-ml101", "course-ml101"),  # a volume matching a pattern
+    ],
+    ids=lambda v: v,
+)
+def test_a_mount_under_a_root_or_matching_a_pattern_is_accepted(field, source, mounted):
+    (p,) = parse_profiles([mounting(field, source)], mount_policy=POLICY)
+    assert [m.source for m in getattr(p, field)] == [mounted]
+
+
+def test_the_root_of_the_host_is_a_root_only_when_the_admin_says_so():
+    (p,) = parse_profiles([mounting("datasets", "/var/run")], mount_policy=MountPolicy(roots=("/",)))
+    assert p.datasets[0].source == "/var/run"
+
+
+def test_without_a_policy_mounts_are_not_checked():
+    (p,) = parse_profiles([mounting("datasets", "/")])  # the pure tests of other things
+    assert p.datasets[0].source == "/"
+
+
+def test_a_profiles_file_edit_that_mounts_the_host_keeps_the_last_good(tmp_path, caplog):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', datasets: [{name: d, source: /srv/datasets/d}]}\n")
+    source = ProfilesFile(str(path), mount_policy=POLICY)
+    assert [m.source for m in source.load()[0].datasets] == ["/srv/datasets/d"]
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', shares: [{name: root, source: /}]}\n")
+    with caplog.at_level(logging.ERROR, logger="gpuspawner"):
+        (kept,) = source.load()
+    assert [m.source for m in kept.datasets] == ["/srv/datasets/d"] and kept.shares == ()
+    assert (
+        f"Keeping the last good profiles: {path}: profile 'a': field 'shares': root: source '/' is not under"
+        " the mount roots the admin allows (c.GPUSpawner.mount_roots: /srv/datasets, /srv/courses)"
+    ) in caplog.text
+    # The first read of a file that mounts the host fails: there is nothing good to keep.
+    with pytest.raises(ProfileError, match="field 'shares': root: source '/' is not under"):
+        ProfilesFile(str(path), mount_policy=POLICY).load()

@@ -72,6 +72,7 @@ def hub(tmp_path_factory, paths):
     write_profiles(paths["profiles"], image)
     config = f"""
     c.GPUSpawner.profiles_file = {str(paths["profiles"])!r}
+    c.GPUSpawner.mount_roots = [{str(paths["root"])!r}]  # the course's dataset and share, nothing else
     c.GPUSpawner.gpus = [{{"index": 0, "uuid": {GPU!r}, "name": "Tesla T4", "memory": "16G"}}]
     c.GPUSpawner.driver_cuda_version = "12.2"  # older than the CUDA image's 12.4
     c.JupyterHub.load_groups = {{
@@ -215,6 +216,25 @@ def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
     hub.stop_server(OTHER)
     assert hub.proc.pid == hub_pid
     assert "Keeping the last good profiles" in hub.log_tail(400)
+    # A teacher who mounts the host's / is refused the same way: nothing under the roots, no new profile.
+    write_profiles(
+        paths["profiles"],
+        image,
+        f"""\
+        - slug: exam
+          display_name: Exam
+          image: {image}
+          users: [{OTHER}]
+          datasets: [{{name: host, source: /}}]
+        """,
+    )
+    hub.spawn(OTHER, "exam")  # the last good exam profile, without the host
+    assert not any(m["Source"] == "/" for m in hub.container(OTHER).attrs["Mounts"])
+    hub.stop_server(OTHER)
+    assert (
+        f"Keeping the last good profiles: {paths['profiles']}: profile 'exam': field 'datasets': host: source '/'"
+        f" is not under the mount roots the admin allows (c.GPUSpawner.mount_roots: {paths['root']})"
+    ) in hub.log_tail(400)
 
 
 def test_a_broken_profile_stops_the_hub_at_start(tmp_path):

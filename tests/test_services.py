@@ -261,6 +261,19 @@ def test_the_shipped_configs_run_both_services_on_their_own_file(path, monkeypat
     }
 
 
+@pytest.mark.parametrize("path", ["jupyterhub_config.py", "deploy/hub/jupyterhub_config.py"], ids=["demo", "deploy"])
+def test_the_shipped_configs_profiles_mount_only_under_their_roots(path, monkeypatch):
+    from gpuspawner.spawner import GPUSpawner
+
+    profiles = GPUSpawner(config=load(REPO / path, monkeypatch)).lab_profiles  # raises on a refused mount
+    assert profiles
+
+
+def test_the_deploy_config_names_the_roots_of_its_datasets(monkeypatch):
+    c = load(REPO / "deploy/hub/jupyterhub_config.py", monkeypatch)
+    assert c.GPUSpawner.mount_roots == ["/srv/datasets", "/srv/courses"]
+
+
 def test_deploy_admins_and_teachers_are_groups(monkeypatch):
     c = load(REPO / "deploy/hub/jupyterhub_config.py", monkeypatch)
     assert role(c, "gpu-dashboard-admins")["groups"] == ["gpu-lab-admins"]

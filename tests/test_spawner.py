@@ -35,6 +35,8 @@ def engine():
 
 def spawner(engine, user="alice", profile=None, groups=(), admin=False, profiles=PROFILES, **config):
     config.setdefault("denials_file", "")  # never into the working tree
+    config.setdefault("mount_roots", ["/srv/datasets", "/srv/share"])  # what COURSES mounts
+    config.setdefault("mount_volumes", ["cifar-*"])
     s = make_spawner(GPUSpawner, engine, user=user, groups=groups, admin=admin, profiles=profiles, gpus=GPUS, **config)
     s.user_options = {"profile": profile} if profile else {}
     apply_profile_choice(s, s.user_options)
@@ -365,6 +367,107 @@ async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, c
     path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: lots}\n")
     assert [p.slug for p in s.lab_profiles] == ["a", "b"]
     assert "Keeping the last good profiles" in caplog.text and "field 'gpus'" in caplog.text
+
+
+# --- what profiles may mount: c.GPUSpawner.mount_roots and mount_volumes
+
+ROOTS = {"mount_roots": ["/srv/datasets", "/srv/courses"], "mount_volumes": ["course-*"]}
+
+
+def mounting(field, source):
+    return [{"slug": "ml101", "display_name": "ML 101", "image": "lab:1", field: [{"name": "x", "source": source}]}]
+
+
+@pytest.mark.parametrize("field", ["datasets", "shares"])
+@pytest.mark.parametrize(
+    "source, refusal",
+    [
+        ("/", "source '/' is not under the mount roots the admin allows"),
+        ("/var/run", "source '/var/run' is not under the mount roots"),
+        ("/var/run/docker.sock", "source '/var/run/docker.sock' is not under the mount roots"),
+        ("/srv/datasets-evil", "source '/srv/datasets-evil' is not under the mount roots"),
+        ("other-vol", "source 'other-vol' is not a volume the admin allows"),
+        ("jupyterhub-data", "source 'jupyterhub-data' is not a volume the admin allows"),
+    ],
+    ids=lambda v: v,
+)
+def test_a_mount_the_admin_does_not_allow_is_refused(engine, field, source, refusal):
+    s = make_spawner(GPUSpawner, engine, profiles=mounting(field, source), **ROOTS)
+    with pytest.raises(ProfileError) as e:
+        s.lab_profiles
+    assert str(e.value).startswith(f"profile 'ml101': field '{field}': x: {refusal}")
+    assert "(c.GPUSpawner.mount_" in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["datasets", "shares"])
+@pytest.mark.parametrize("source", ["/srv/datasets", "/srv/courses/ml101", "course-ml101"], ids=lambda v: v)
+def test_a_mount_under_a_root_or_matching_a_pattern_is_accepted(engine, field, source):
+    (p,) = make_spawner(GPUSpawner, engine, profiles=mounting(field, source), **ROOTS).lab_profiles
+    assert [m.source for m in getattr(p, field)] == [source]
+
+
+def test_by_default_a_profile_mounts_nothing(engine):
+    s = make_spawner(GPUSpawner, engine, profiles=mounting("datasets", "/srv/datasets/mnist"))
+    assert (s.mount_roots, s.mount_volumes) == ([], [])
+    with pytest.raises(ProfileError, match=r"c.GPUSpawner.mount_roots: none, so no host path may be mounted"):
+        s.lab_profiles
+
+
+@pytest.mark.parametrize(
+    "trait, value, message",
+    [
+        ("mount_roots", ["srv/datasets"], "'srv/datasets' must be an absolute host path"),
+        ("mount_roots", [""], "'' must be an absolute host path"),
+        ("mount_roots", ["/srv/../etc"], "'/srv/../etc' must be an absolute host path, without '..'"),
+        ("mount_roots", ["//"], "'//' is the whole host; write '/' itself"),
+        ("mount_roots", ["/."], "'/.' is the whole host"),
+        ("mount_volumes", [""], "'' must be a volume name or pattern"),
+        ("mount_volumes", ["/srv/datasets"], "(host folders go in mount_roots)"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_mount_traits_refuse_what_cannot_be_a_root_or_volume(engine, trait, value, message):
+    with pytest.raises(TraitError) as e:
+        make_spawner(GPUSpawner, engine, **{trait: value})
+    assert f"GPUSpawner.{trait}: " in str(e.value) and message in str(e.value)
+
+
+def test_mount_roots_are_normalised_and_slash_only_when_written(engine):
+    s = make_spawner(GPUSpawner, engine, mount_roots=["/srv/datasets/", "//srv/./courses", "/"])
+    assert s.mount_roots == ["/srv/datasets", "/srv/courses", "/"]
+
+
+def test_a_profiles_file_edit_that_mounts_the_host_keeps_the_last_good(engine, tmp_path, caplog):
+    path = tmp_path / "profiles.yaml"
+    good = "- {slug: a, display_name: A, image: 'lab:1', datasets: [{name: d, source: /srv/datasets/d}]}\n"
+    path.write_text(good)
+    s = spawner(engine, profiles=[], profiles_file=str(path), **ROOTS)
+    assert [m.source for m in s.lab_profiles[0].datasets] == ["/srv/datasets/d"]
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', datasets: [{name: d, source: /}]}\n")
+    assert [m.source for m in s.lab_profiles[0].datasets] == ["/srv/datasets/d"]
+    assert (
+        "Keeping the last good profiles: "
+        f"{path}: profile 'a': field 'datasets': d: source '/' is not under the mount roots the admin allows"
+        " (c.GPUSpawner.mount_roots: /srv/datasets, /srv/courses)"
+    ) in caplog.text
+
+
+def test_check_config_refuses_to_start_on_a_mount_the_admin_does_not_allow():
+    from traitlets.config import Config
+
+    from gpuspawner.checks import ConfigInvalid, check_config
+
+    c = Config()
+    c.GPUSpawner.profiles = mounting("shares", "/var/run")
+    c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+    with pytest.raises(ConfigInvalid) as e:
+        check_config(c, prepull=False)
+    assert str(e.value) == (
+        "gpuspawner: the hub's config is not valid: profile 'ml101': field 'shares': x: source '/var/run'"
+        " is not under the mount roots the admin allows (c.GPUSpawner.mount_roots: /srv/datasets, /srv/courses)"
+    )
+    c.GPUSpawner.mount_roots = ["/var/run"]
+    assert [p.shares[0].source for p in check_config(c, prepull=False)] == ["/var/run"]
 
 
 def test_unpinned_images_refused_at_load_unless_allowed(engine):

@@ -144,6 +144,11 @@ c.GPUSpawner.profiles = [
 ]
 # Teachers edit profiles without a hub restart: keep them in a YAML file instead.
 #   c.GPUSpawner.profiles_file = "/etc/jupyterhub/profiles.yaml"
+# What a profile may mount as a dataset or share, whoever edits the profiles: only host
+# folders under these (the profiles above use them), never /, the Docker socket or hub-data.
+c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+# Docker volumes by name or pattern; none here.
+c.GPUSpawner.mount_volumes = []
 
 # --- Fair use: quotas ----------------------------------------------------------------
 c.GPUSpawner.max_gpus_per_user = 1  # across all of a student's servers
