@@ -607,6 +607,21 @@ def test_unpinned_images_are_refused_as_the_hub_does(tmp_path):
         lab.profiles
 
 
+def test_mounts_the_admin_does_not_allow_are_refused_as_the_hub_does(tmp_path):
+    """The command, the dashboard and the culler read profiles through HubConfig.profiles: the hub's check."""
+    share = {"name": "all", "source": "/", "writable_by": ["teachers"]}
+    profile = {"slug": "a", "display_name": "A", "image": "lab:1", "shares": [share]}
+    body = f'c.JupyterHub.spawner_class = "gpu"\nc.GPUSpawner.profiles = [{profile!r}]\n'
+    body += 'c.GPUSpawner.mount_roots = ["/srv/courses"]\n'
+    lab = load_hub_config(str(write_config(tmp_path, body)))
+    with pytest.raises(ProfileError) as e:
+        lab.profiles
+    assert str(e.value) == (
+        "profile 'a': field 'shares': all: source '/' is not under the mount roots the admin allows"
+        " (c.GPUSpawner.mount_roots: /srv/courses)"
+    )
+
+
 def test_load_lab_without_a_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="no config file"):
