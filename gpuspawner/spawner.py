@@ -127,7 +127,8 @@ class GPUSpawner(DockerSpawner):
         - ``mem_limit``, ``cpu_limit``, ``shm_size``: limits (default: this spawner's);
         - ``environment``: variables for the server;
         - ``datasets`` (read-only at ``~/datasets/<name>``) and ``shares``
-          (at ``~/shared/<name>``, writable by the ``writable_by`` groups);
+          (at ``~/shared/<name>``, writable by the ``writable_by`` groups), from
+          sources ``mount_roots`` and ``mount_volumes`` allow;
         - ``groups`` and/or ``users`` who may choose it (none: everyone; admins: all);
         - ``default``: the profile used when a user chooses none (else their first).
 
@@ -172,6 +173,8 @@ class GPUSpawner(DockerSpawner):
         A list of profile dicts (or a mapping with a ``profiles:`` list), in the
         same form as ``profiles``. An edit takes effect on the next spawn, without
         a hub restart; a broken edit keeps the last good profiles and logs why.
+        Its editors cannot widen what it may mount: that is ``mount_roots`` and
+        ``mount_volumes``, here in the hub's config.
         """,
     ).tag(config=True)
 
