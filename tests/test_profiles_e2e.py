@@ -195,19 +195,15 @@ def test_student_reads_datasets_cannot_write_them_teacher_writes_the_share(hub):
     hub.stop_server(TEACHER)
 
 
+def exam_profile(image: str, more: str = "") -> str:
+    """The exam profile a teacher adds to the profiles file (``more``: its extra lines, indented by two)."""
+    return f"- slug: exam\n  display_name: Exam\n  image: {image}\n  users: [{OTHER}]\n{more}"
+
+
 def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
     image = read_testbed("image")
     hub_pid = hub.proc.pid
-    write_profiles(
-        paths["profiles"],
-        image,
-        f"""\
-        - slug: exam
-          display_name: Exam
-          image: {image}
-          users: [{OTHER}]
-        """,
-    )
+    write_profiles(paths["profiles"], image, exam_profile(image))
     hub.spawn(OTHER, "exam")
     assert hub.container(OTHER).labels["gpuspawner.profile"] == "exam"
     hub.stop_server(OTHER)
@@ -217,17 +213,7 @@ def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
     assert hub.proc.pid == hub_pid
     assert "Keeping the last good profiles" in hub.log_tail(400)
     # A teacher who mounts the host's / is refused the same way: nothing under the roots, no new profile.
-    write_profiles(
-        paths["profiles"],
-        image,
-        f"""\
-        - slug: exam
-          display_name: Exam
-          image: {image}
-          users: [{OTHER}]
-          datasets: [{{name: host, source: /}}]
-        """,
-    )
+    write_profiles(paths["profiles"], image, exam_profile(image, "  datasets: [{name: host, source: /}]\n"))
     hub.spawn(OTHER, "exam")  # the last good exam profile, without the host
     assert not any(m["Source"] == "/" for m in hub.container(OTHER).attrs["Mounts"])
     hub.stop_server(OTHER)
