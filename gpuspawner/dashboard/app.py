@@ -29,15 +29,12 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
 from .page import render_page
 from .sources import HubAPI, Sources
-
-READ_SCOPE = "custom:gpu-dashboard:read"
-STOP_SCOPE = "custom:gpu-dashboard:stop"
-READ_GROUPS_SCOPE = "custom:gpu-dashboard:read-groups"
 
 
 class _Handler(HubOAuthenticated, web.RequestHandler):
