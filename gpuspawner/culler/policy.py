@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..gpus.allocation import holder_key
 from ..quantities import format_duration
 
 GPU_IDLE = "gpu_idle"
@@ -82,7 +83,7 @@ class GPUServer:
 
     @property
     def key(self) -> str:
-        return f"{self.user}/{self.server}"
+        return holder_key(self.user, self.server)
 
 
 @dataclass(frozen=True)
