@@ -681,12 +681,16 @@ class GPUSpawner(DockerSpawner):
 
     _configured: dict | None = None  # the hub-wide limits, before a profile overrides them
 
-    def hub_settings(self) -> HubSettings:
-        """The hub's config values a server's container depends on."""
+    def _hub_limits(self) -> Limits:
+        """The hub-wide limits, as configured before a profile overrode ``mem_limit`` and ``cpu_limit``."""
         if self._configured is None:
             self._configured = {"mem_limit": self.mem_limit, "cpu_limit": self.cpu_limit}
+        return Limits(self._configured["mem_limit"], self._configured["cpu_limit"], self.shm_size)
+
+    def hub_settings(self) -> HubSettings:
+        """The hub's config values a server's container depends on."""
         return HubSettings(
-            limits=Limits(self._configured["mem_limit"], self._configured["cpu_limit"], self.shm_size),
+            limits=self._hub_limits(),
             home_volume=self.format_volume_name(self.home_volume_name, self) if self.home_volume_name else "",
             volumes=self.volume_binds,
             culling=self.hub_culling_rules,
@@ -708,7 +712,7 @@ class GPUSpawner(DockerSpawner):
         """Take image and limits from ``profile``; what it leaves out comes from config."""
         self.profile = profile
         self.image = profile.image
-        limits = Limits.of(profile, self.hub_settings().limits)
+        limits = Limits.of(profile, self._hub_limits())
         self.mem_limit, self.cpu_limit = limits.mem_limit, limits.cpu_limit  # also JupyterHub's MEM_LIMIT, ...
 
     def describe_container(self, units_by_swarm: bool = False) -> ServerContainer:
