@@ -521,15 +521,17 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             state = status.get("State", "")
             if state == "running":
                 break
-            if state in ("failed", "rejected", "shutdown", "complete", "orphaned", "remove") or task is None:
+            # Right after create_service the orchestrator may not have made the task yet:
+            # no task is "pending" until the deadline, not a failure.
+            if state in ("failed", "rejected", "shutdown", "complete", "orphaned", "remove"):
                 raise SpawnException(
-                    f"Swarm could not start the server on {self.node.name}: {status.get('Err') or state or 'no task'}",
+                    f"Swarm could not start the server on {self.node.name}: {status.get('Err') or state}",
                     reason="swarm_task",
                 )
             if time.monotonic() > deadline:
                 raise SpawnException(
                     f"Swarm did not place the server on {self.node.name} within {self.task_pending_timeout:g} s:"
-                    f" {status.get('Err') or status.get('Message') or state}",
+                    f" {status.get('Err') or status.get('Message') or state or 'Swarm made no task'}",
                     reason="swarm_pending",
                 )
             await asyncio.sleep(delay)

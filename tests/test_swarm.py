@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jupyterhub.spawner import SpawnException
 
 from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
 from gpuspawner.gpus.inventory import InventoryError, parse_static_inventory
@@ -305,3 +306,44 @@ def test_check_config_reads_the_swarm_hubs_own_section():
     c.SwarmGPUSpawner.profiles = [{"slug": "x", "display_name": "X", "image": "i:1", "gpus": "one"}]
     with pytest.raises(ConfigInvalid, match="profile 'x': field 'gpus'"):
         check_config(c, prepull=False)
+
+
+@pytest.mark.parametrize(
+    "tasks, outcome",
+    [
+        # The orchestrator had not made the task yet: that is pending, not a failure.
+        ([None, None, {"Status": {"State": "pending"}}, {"Status": {"State": "running"}}], "running"),
+        ([None, {"Status": {"State": "rejected", "Err": "no suitable node"}}], "no suitable node"),
+        ([None] * 50, "within 1 s: Swarm made no task"),
+    ],
+)
+def test_start_object_waits_for_the_task(monkeypatch, tasks, outcome):
+    import asyncio
+
+    spawner = SwarmGPUSpawner(task_pending_timeout=1 if outcome.startswith("within") else 60)
+    spawner.node = type("Node", (), {"name": "gpu-node-1"})()
+    answers = iter(tasks)
+    recorded = []
+
+    async def get_task():
+        return next(answers)
+
+    async def record(task):
+        recorded.append(task)
+
+    async def no_sleep(_):
+        return None
+
+    monkeypatch.setattr(spawner, "get_task", get_task)
+    monkeypatch.setattr(spawner, "_record_assigned", record)
+    monkeypatch.setattr("gpuspawner.swarm.asyncio.sleep", no_sleep)
+    if outcome == "running":
+        asyncio.run(spawner.start_object())
+        assert recorded == [{"Status": {"State": "running"}}]
+    else:
+        if outcome.startswith("within"):
+            clock = iter(range(0, 10_000))
+            monkeypatch.setattr("gpuspawner.swarm.time.monotonic", lambda: next(clock))
+        with pytest.raises(SpawnException, match=outcome):
+            asyncio.run(spawner.start_object())
+        assert recorded == []
