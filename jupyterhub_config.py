@@ -17,7 +17,17 @@ c = get_config()  # noqa: F821 (injected by jupyterhub)
 # Loopback only: put a TLS-terminating proxy in front for a real class.
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = 8000
-c.JupyterHub.hub_ip = "127.0.0.1"
+
+# --- The students' network -----------------------------------------------------
+# Each server in its own network namespace on the lab network (10.213.0.0/24 on the
+# bridge gpulab0), reaching the hub's API on the gateway and nothing else on the host
+# or in the lab: not the proxy's API, the dashboard, another student's server or any
+# other port. Made when the hub starts (it sets c.JupyterHub.hub_ip); see
+# docs/topic/security.md. A profile with "internet": True may also reach outside.
+from gpuspawner.lab_network import add_lab_network  # noqa: E402
+
+c.JupyterHub.hub_port = 8081
+add_lab_network(c)
 
 # Students keep working while the hub restarts (an upgrade, a config change):
 # their servers are left running and their GPU assignments are re-read from Docker.

@@ -8,6 +8,8 @@ and the field; it also starts pulling the profiles' missing images.
 
 from __future__ import annotations
 
+import ipaddress
+
 from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 from traitlets.config import Config
@@ -34,9 +36,34 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
         spawner.load_inventory()
     except (TraitError, ProfileError, InventoryError) as e:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {e}") from None
+    unreachable = _hub_unreachable(config, spawner)
+    if unreachable:
+        raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")
     if prepull and JupyterHub.initialized():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
+
+
+def _hub_unreachable(config: Config, spawner: GPUSpawner) -> str:
+    """Why servers on their own network could not reach the hub's API, or ''."""
+    if spawner.network_name == "host":
+        return ""
+    hub = config.JupyterHub
+    if hub.get("hub_connect_ip") or hub.get("hub_connect_url") or hub.get("hub_bind_url"):
+        return ""  # the admin's own routing
+    ip = hub.get("hub_ip", "127.0.0.1")
+    try:
+        loopback = ip == "localhost" or ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        loopback = False  # a host name: the admin's
+    if not loopback:
+        return ""
+    return (
+        f"servers run on the network {spawner.network_name!r}, from which the hub's API on {ip} cannot"
+        " be reached. Call gpuspawner.lab_network.add_lab_network(c) in the config (it sets"
+        ' c.JupyterHub.hub_ip), or run servers on the host\'s network with c.GPUSpawner.network_name = "host"'
+        " (no isolation: see docs/topic/security.md)."
+    )
 
 
 def _spawner_class(config: Config) -> type[GPUSpawner]:

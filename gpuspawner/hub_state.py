@@ -53,6 +53,7 @@ class HubState:
         self.docker_calls = DockerCalls(docker_threads)
         self.puller = ImagePuller(new_docker_client, max_concurrent_pulls)
         self.profiles_files: dict[str, ProfilesFile] = {}  # one per path
+        self.networks_seen: set[str] = set()  # Docker networks found on the engine (the lab's)
         # On a Swarm: the nodes as last read, and where each server runs.
         self.nodes: tuple[SwarmNode, ...] = ()
         self.nodes_read_at = float("-inf")

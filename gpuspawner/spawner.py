@@ -47,6 +47,8 @@ from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
 from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda
+from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
+from .lab_network import INTERNET_SUFFIX
 from .labels import adopt_containers
 from .profiles import (
     MountPolicy,
@@ -469,12 +471,24 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    lab_network = Dict(
+        help="""The students' network, as ``gpuspawner.lab_network.add_lab_network(c)`` sets it.
+
+        Set by that call in ``jupyterhub_config.py``, not by hand: it makes the
+        network, the rules that let a server reach the hub's API and nothing else,
+        and points the hub's API at the network's gateway. Every server joins
+        ``name``; servers of profiles with ``internet: true`` join ``<name>-internet``.
+        ``network_name = "host"`` instead runs servers in the host's own network,
+        which docs/topic/security.md explains the dangers of.
+        """,
+    ).tag(config=True)
+
     # --- DockerSpawner defaults that differ
 
     @default("network_name")
     def _default_network_name(self):
-        # An engine with no bridge network is enough: servers listen on 127.0.0.1.
-        return "host"
+        # Each server in its own network namespace on the lab's network (docs/topic/security.md).
+        return self.lab_network.get("name") or DEFAULT_LAB_NETWORK
 
     @default("use_internal_ip")
     def _default_use_internal_ip(self):
@@ -779,6 +793,8 @@ class GPUSpawner(DockerSpawner):
             if self.network_name == "host":
                 self.ip = "127.0.0.1"
                 self.port = self._choose_port()
+            else:
+                await self._check_network(self.server_network)
             held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
             self._report(75, f"Starting the container{held}")
             started = await super().start()
@@ -973,6 +989,8 @@ class GPUSpawner(DockerSpawner):
             host_config["CapDrop"] = list(described.cap_drop)
         if described.pids_limit:
             host_config["PidsLimit"] = described.pids_limit
+        if self.network_name != "host":
+            host_config["NetworkMode"] = self.server_network
         return {
             **create_kwargs,
             "environment": dict(described.environment),
@@ -983,6 +1001,44 @@ class GPUSpawner(DockerSpawner):
         if self.network_name == "host":
             return "127.0.0.1", self.port
         return await super().get_ip_and_port()
+
+    # --- the lab network
+
+    @property
+    def server_network(self) -> str:
+        """The Docker network this server joins: the lab's, or its internet one for an ``internet`` profile."""
+        if self.network_name != "host" and getattr(self.profile, "internet", False):
+            return self.network_name + INTERNET_SUFFIX
+        return self.network_name
+
+    async def _check_network(self, name: str) -> None:
+        """Refuse the spawn, before the container, when the server's network is not on the engine."""
+        seen = self.shared.networks_seen
+        if name in seen:
+            return
+        try:
+            await self.docker("inspect_network", name)
+        except docker.errors.NotFound:
+            if name.removesuffix(INTERNET_SUFFIX) == self.lab_network.get("name"):
+                why = "it is made when the hub starts (add_lab_network in its config): restart the hub"
+            else:
+                why = (
+                    "the hub's config must call gpuspawner.lab_network.add_lab_network(c), which makes it,"
+                    ' or set c.GPUSpawner.network_name = "host" (no isolation: see docs/topic/security.md)'
+                )
+            raise SpawnException(
+                f"The servers' network {name!r} does not exist on the Docker engine: {why}.",
+                reason="no_network",
+                status_code=503,
+            ) from None
+        seen.add(name)
+
+    def get_network_ip(self, network_settings):
+        """The server's address on the network it joined (the lab's or its internet one)."""
+        networks = network_settings["Networks"]
+        if self.server_network in networks:
+            return networks[self.server_network]["IPAddress"]
+        return super().get_network_ip(network_settings)
 
     async def poll(self):
         await self.ledger()  # a restarted hub polls every server first: adopt before deciding

@@ -39,7 +39,7 @@ import docker.errors
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import Float, Unicode
+from traitlets import Float, Unicode, default
 
 from . import labels as label
 from .container import ServerContainer
@@ -288,6 +288,11 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     host, across all nodes. Units are Swarm generic resources; a user's server
     always runs on the node that holds their home volume.
     """
+
+    @default("network_name")
+    def _default_network_name(self):
+        # On its node's own network, reached at the node's address (GPUSpawner's lab network is one host's).
+        return "host"
 
     gpu_resource_prefix = Unicode(
         "NVIDIA-",

@@ -38,6 +38,7 @@ class FakeDocker:
         self.ids = itertools.count(1)
         self.fail_start = False
         self.calls: list[str] = []
+        self.networks = {"gpuspawner-lab", "gpuspawner-lab-internet"}  # as add_lab_network makes them
 
     # the APIClient methods DockerSpawner and GPUSpawner use
     def create_host_config(self, **kwargs):
@@ -69,6 +70,12 @@ class FakeDocker:
                 return c
         raise not_found(name_or_id)
 
+    def inspect_network(self, name):
+        self.calls.append("inspect_network")
+        if name not in self.networks:
+            raise not_found(name)
+        return {"Name": name, "Driver": "bridge"}
+
     def inspect_container(self, name_or_id):
         self.calls.append("inspect_container")
         return self._find(name_or_id)
@@ -84,6 +91,9 @@ class FakeDocker:
             "Labels": labels or {},
             "HostConfig": host_config,
             "State": {"Running": False, "ExitCode": 0, "Error": "", "FinishedAt": ""},
+            "NetworkSettings": {
+                "Networks": {(host_config or {}).get("NetworkMode", "default"): {"IPAddress": f"10.213.0.{int(cid[1:]) % 250 + 2}"}}
+            },
         }
         return {"Id": cid}
 

@@ -25,6 +25,10 @@ from pathlib import Path
 import docker
 import requests
 
+from gpuspawner.lab_network import INTERNET_SUFFIX, LabNetwork, lab_network, remove_networks, remove_rules
+from gpuspawner.lab_network import LABEL as LAB_LABEL
+from gpuspawner.lab_network import settings as lab_settings
+
 TESTBED = Path(os.environ.get("GPUSPAWNER_TESTBED", "/var/lib/gpuspawner-testbed"))
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,16 +76,65 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_leftover(value: str, mine: str | None) -> bool:
+    pid = value.rpartition(":")[2]
+    return value == mine or (mine is None and not (pid.isdigit() and _pid_alive(int(pid))))
+
+
 def remove_leftovers(mine: str | None = None) -> list[str]:
     """Remove end-to-end containers: this run's (``mine``), else those of runs whose pytest died."""
     removed = []
     for c in engine().containers.list(all=True, filters={"label": E2E_LABEL}):
-        value = c.labels.get(E2E_LABEL, "")
-        pid = value.rpartition(":")[2]
-        if value == mine or (mine is None and not (pid.isdigit() and _pid_alive(int(pid)))):
+        if _is_leftover(c.labels.get(E2E_LABEL, ""), mine):
             c.remove(force=True)
             removed.append(c.name)
     return removed
+
+
+def e2e_lab(value: str, hub_port: int) -> LabNetwork:
+    """A lab network of one test hub: two free /24s (10.214.K and 10.215.K) on the bridges gseKa and gseKb.
+
+    Each hub has its own, as two labs on one host would: its rules name its own hub port.
+    """
+    used = {
+        config.get("Subnet")
+        for network in engine().networks.list()
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []
+    }
+    start = os.getpid() % 200  # two test runs at once start apart
+    for k in [2 + (start + i) % 240 for i in range(240)]:
+        if f"10.214.{k}.0/24" not in used and f"10.215.{k}.0/24" not in used:
+            return lab_network(
+                name=f"gpuspawner-e2e-{k}",
+                subnet=f"10.214.{k}.0/24",
+                internet_subnet=f"10.215.{k}.0/24",
+                interface=f"gse{k}a",
+                internet_interface=f"gse{k}b",
+                hub_port=hub_port,
+                labels={E2E_LABEL: value},
+            )
+    raise RuntimeError("no free 10.214.K.0/24 for a test lab network")
+
+
+def remove_lab(lab: LabNetwork) -> None:
+    """Take a test lab's rules and networks away (a real lab keeps them while servers may run)."""
+    remove_rules(lab)
+    remove_networks(engine().api, lab)
+
+
+def remove_leftover_labs() -> None:
+    """The lab networks (and their rules) of test runs whose pytest died."""
+    for network in engine().networks.list(filters={"label": E2E_LABEL}):
+        labels = network.attrs.get("Labels") or {}
+        name = labels.get(LAB_LABEL, "")
+        if name == network.name and _is_leftover(labels.get(E2E_LABEL, ""), None):
+            internet = engine().networks.get(name + INTERNET_SUFFIX)
+
+            def of(n):
+                return (n.attrs["IPAM"]["Config"][0]["Subnet"], n.attrs["Options"]["com.docker.network.bridge.name"])
+
+            (subnet, interface), (internet_subnet, internet_interface) = of(network), of(internet)
+            remove_lab(lab_network(name, subnet, internet_subnet, interface, internet_interface))
 
 
 def home_volume(container) -> str:
@@ -112,13 +165,19 @@ def mig_instances(uuids, *, index: int, parent_uuid: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def running_hub(workdir: Path, config: str, run: str):
+def running_hub(workdir: Path, config: str, run: str, lab: bool = True):
     """A started RealHub; afterwards every server is stopped through the hub, and
-    the run's containers and home volumes (names ending in ``run``) are removed."""
+    the run's containers and home volumes (names ending in ``run``) are removed.
+
+    ``lab``: servers on a lab network of this hub's own (``e2e_lab``), as by default;
+    else the config says where they run (``c.GPUSpawner.network_name = "host"``).
+    """
     require_tools()
     remove_leftovers()  # of an earlier run that was killed before its clean-up
+    remove_leftover_labs()
     mine = f"{run}:{os.getpid()}"
     hub = RealHub(workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config))
+    lab = hub.lab = e2e_lab(mine, hub.hub_port) if lab else None
     try:
         with started(hub):
             yield hub
@@ -127,6 +186,8 @@ def running_hub(workdir: Path, config: str, run: str):
         for volume in engine().volumes.list():
             if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
                 volume.remove()
+        if lab is not None:
+            remove_lab(lab)
         assert not left, f"servers left running after the hub stopped them: {left}"
 
 
@@ -188,6 +249,7 @@ class RealHub:
     proxy_api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen | None = None
+    lab: LabNetwork | None = None  # its servers' network (add_lab_network), made as the hub starts
 
     @property
     def url(self) -> str:
@@ -227,9 +289,15 @@ class RealHub:
                 c.Spawner.start_timeout = 120
                 """
             )
+            + (self.lab_config() if self.lab else "")
             + textwrap.dedent(self.config)
         )
         return path
+
+    def lab_config(self) -> str:
+        settings = lab_settings(self.lab)
+        del settings["hub_port"]  # the hub's, set above
+        return f"from gpuspawner.lab_network import add_lab_network\nadd_lab_network(c, **{settings!r})\n"
 
     def start(self, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

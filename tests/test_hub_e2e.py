@@ -74,7 +74,10 @@ def test_two_students_on_a_gpu_profile_get_different_gpus(hub):
         (request,) = attrs["HostConfig"]["DeviceRequests"]
         assert request["DeviceIDs"] == [visible_devices(hub, name)]
         assert attrs["HostConfig"]["ShmSize"] == 256 * 1024**2
-        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        # Each on the lab network, in a network namespace of its own, on the fixed port.
+        assert attrs["HostConfig"]["NetworkMode"] == hub.lab.name
+        assert list(attrs["NetworkSettings"]["Networks"]) == [hub.lab.name]
+        assert hub.server_model(name)["url"].startswith("/user/")
 
 
 def test_no_gpu_free_is_refused_at_once_and_holds_nothing(hub):

@@ -53,7 +53,17 @@ def test_check_config_stops_the_hub_naming_profile_and_field():
     with pytest.raises(ConfigInvalid, match="missing field"):
         gpuspawner.check_config(c, prepull=False)
     c.GPUSpawner.gpus = []
+    # Servers on the lab network (the default) cannot reach a hub's API on loopback.
+    with pytest.raises(ConfigInvalid, match="the hub's API on 127.0.0.1 cannot be reached. Call .*add_lab_network"):
+        gpuspawner.check_config(c, prepull=False)
+    from gpuspawner.lab_network import add_lab_network
+
+    add_lab_network(c)  # outside a starting hub: settings only, no network made
+    assert c.JupyterHub.hub_ip == "10.213.0.1" and c.GPUSpawner.lab_network["name"] == "gpuspawner-lab"
     assert [p.slug for p in gpuspawner.check_config(c, prepull=False)] == ["ml101"]
+    host = Config()
+    host.GPUSpawner.network_name = "host"  # the opt-in: servers on 127.0.0.1 of the host
+    assert [p.slug for p in gpuspawner.check_config(host, prepull=False)] == ["default"]
 
 
 LIGHT = [

@@ -50,18 +50,19 @@ def container_of(engine, s):
 async def test_gpu_profile_gets_explicit_device_ids_labels_and_env(engine):
     s = spawner(engine, profile="gpu")
     ip, port = await s.start()
-    assert ip == "127.0.0.1" and port == s.port
     c = container_of(engine, s)
+    # On the lab network, at the container's own address, on the fixed port.
+    assert (ip, port) == (c["NetworkSettings"]["Networks"]["gpuspawner-lab"]["IPAddress"], 8888)
     (request,) = c["HostConfig"]["DeviceRequests"]
     assert request["DeviceIDs"] == ["GPU-0000"]
     assert request["Capabilities"] == [["gpu"]]
     assert c["HostConfig"]["ShmSize"] == 1024**3
-    assert c["HostConfig"]["NetworkMode"] == "host"
+    assert c["HostConfig"]["NetworkMode"] == "gpuspawner-lab"
     assert c["Labels"][LABEL_GPUS] == '["GPU-0000"]'  # a JSON list (labels.py)
     assert c["Labels"][LABEL_PROFILE] == "gpu"
     assert c["Labels"][LABEL_USER] == "alice"
     assert c["Env"]["NVIDIA_VISIBLE_DEVICES"] == "GPU-0000"
-    assert c["Env"]["JUPYTERHUB_SERVICE_URL"].startswith(f"http://127.0.0.1:{s.port}/")
+    assert c["Env"]["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/")  # all of its own namespace
     assert s.get_state()["gpus"] == ["GPU-0000"]
 
 
@@ -460,6 +461,7 @@ def test_check_config_refuses_to_start_on_a_mount_the_admin_does_not_allow():
     c = Config()
     c.GPUSpawner.profiles = mounting("shares", "/var/run")
     c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+    c.GPUSpawner.network_name = "host"
     with pytest.raises(ConfigInvalid) as e:
         check_config(c, prepull=False)
     assert str(e.value) == (

@@ -17,6 +17,7 @@ from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import cuda_refusal, declared_cuda, runs_as_root
+from ..lab_network import LabNetworkError, check_networks, check_rules, forwarding_on, lab_network
 from ..profiles import Profile, ProfileError
 from ..spawner import GPUSpawner
 from ..traits import format_bytes
@@ -237,6 +238,51 @@ def mount_findings(profiles: tuple[Profile, ...], exists: Callable[[str], bool])
     return findings
 
 
+def network_findings(
+    network_name: str, lab: str, problems: Iterable[str], internet_profiles: Iterable[str], forwarding: bool | None
+) -> list[Finding]:
+    """Where servers run, and whether the lab network (``lab``: its name, '' none) is as the config says."""
+    problems = list(problems)
+    if network_name == "host":
+        return [
+            Finding(
+                WARN,
+                "network",
+                "servers run in the host's network: a student can reach every port of the host and of other"
+                " students' servers, and take ports the hub needs (docs/topic/security.md)",
+                "call gpuspawner.lab_network.add_lab_network(c) in the config",
+            )
+        ]
+    if not lab:
+        return [
+            Finding(
+                WARN,
+                "network",
+                f"servers run on {network_name!r}, which gpuspawner did not make: what they reach is up to its rules",
+                "call gpuspawner.lab_network.add_lab_network(c) in the config instead",
+            )
+        ]
+    findings = [
+        Finding(FAIL, "network", problem, "restart the hub: add_lab_network makes the networks and rules")
+        for problem in problems
+    ]
+    if not problems:
+        findings.append(
+            Finding(OK, "network", f"servers run on {lab!r}: its networks and rules are in place (the hub's API only)")
+        )
+    internet = sorted(internet_profiles)
+    if internet and forwarding is False:
+        findings.append(
+            Finding(
+                WARN,
+                "network",
+                f"profiles {', '.join(internet)} allow the internet, but this host does not forward IPv4",
+                "sysctl -w net.ipv4.ip_forward=1 (Docker sets it where it manages iptables)",
+            )
+        )
+    return findings
+
+
 def config_findings(
     path: str, profiles: tuple[Profile, ...] | None, error: str, spawner_problem: str = ""
 ) -> list[Finding]:
@@ -292,7 +338,8 @@ class DoctorApp(LabCommand):
     images; Docker answers; the NVIDIA container toolkit (the engine accepts GPU
     requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
     profile fits the inventory; each profile's image is present, not root, and
-    within the driver's CUDA; dataset and share sources exist. Exit status 1 when
+    within the driver's CUDA; dataset and share sources exist; the lab network and its
+    rules are in place. Exit status 1 when
     anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
     """
     examples = dedent("""
@@ -308,6 +355,7 @@ class DoctorApp(LabCommand):
         inventory = self.check_gpus(hub, spawner, profiles, findings)
         if client is not None:
             self.check_images(client, spawner, profiles, inventory, findings)
+        findings += self.check_network(client, spawner, profiles)
         findings += mount_findings(profiles, lambda source: _source_exists(client, source))
 
         out = output.console()
@@ -378,6 +426,22 @@ class DoctorApp(LabCommand):
                 driver_cuda=inventory.cuda_version or spawner.driver_cuda_version,
                 driver_version=inventory.driver_version,
             )
+
+    def check_network(self, client, spawner: GPUSpawner, profiles) -> list[Finding]:
+        """The lab network's Docker networks, and the host's rules that close them."""
+        problems: list[str] = []
+        lab_name = ""
+        if spawner.lab_network and spawner.network_name != "host":
+            try:
+                lab = lab_network(**spawner.lab_network)
+                lab_name = lab.name
+                if client is not None:
+                    problems += check_networks(client, lab)
+                problems += check_rules(lab)
+            except LabNetworkError as e:
+                problems.append(str(e))
+        internet = [p.slug for p in profiles if getattr(p, "internet", False)]
+        return network_findings(spawner.network_name, lab_name, problems, internet, forwarding_on())
 
 
 def _source_exists(client, source: str) -> bool:
