@@ -44,25 +44,26 @@ if str(REPO) not in sys.path:
 
 from tests.realhub import RealHub, docker_host, engine, read_testbed, running_hub, simulated_gpus  # noqa: E402, F401
 
-GPU = "gpuspawner"
+GPU = "gpuspawner"  # servers on its lab network (add_lab_network), as by default
+GPU_HOST = "gpuspawner-host"  # the same, on the host network (network_name = "host")
 DOCKER = "dockerspawner"
 KINDS = (GPU, DOCKER)
 POLL = 0.2  # seconds between looks at the hub's server models
 
-#: A server that answers any HTTP request at once, on the port the hub gives
-#: jupyterhub-singleuser (``JUPYTERHUB_SERVICE_URL``), so both spawners run it unchanged.
+#: A server that answers any HTTP request at once, on the address and port the hub gives
+#: jupyterhub-singleuser (``JUPYTERHUB_SERVICE_URL``), so every spawner runs it unchanged.
 STUB_SERVER = textwrap.dedent(
     """
     import http.server, os, signal, sys, urllib.parse
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1: no default action, docker stop would wait 10 s
-    port = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
+    url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.end_headers()
         def log_message(self, *args):
             pass
-    http.server.HTTPServer(("127.0.0.1", port), Answer).serve_forever()
+    http.server.HTTPServer((url.hostname, url.port), Answer).serve_forever()
     """
 ).strip()
 
@@ -131,20 +132,36 @@ def hub_configs(image: str, gpus: int, server: str, big_image: str = "", threads
         profiles.append({"slug": "big", "display_name": "Big image", "image": big_image})
         images["big"] = big_image
     common = COMMON.format(cmd=cmd)
+    gpu = common + GPU_HUB.format(gpus=fake_gpus(gpus), profiles=profiles, threads=threads)
     return {
-        GPU: common + GPU_HUB.format(gpus=fake_gpus(gpus), profiles=profiles, threads=threads),
+        GPU: gpu,
+        GPU_HOST: gpu + 'c.GPUSpawner.network_name = "host"\n',
         DOCKER: common + DOCKER_HUB.format(image=image, images=images),
     }
 
 
 @contextlib.contextmanager
-def hub_pair(workdir: Path, run: str, *, gpus: int = 8, server: str = "stub", big_image: str = "", threads: int = 8):
-    """Both hubs, started, as ``{GPU: hub, DOCKER: hub}``; stopped and cleaned up afterwards."""
+def hub_pair(
+    workdir: Path,
+    run: str,
+    *,
+    gpus: int = 8,
+    server: str = "stub",
+    big_image: str = "",
+    threads: int = 8,
+    kinds: tuple[str, ...] = KINDS,
+):
+    """The hubs of ``kinds``, started, as ``{GPU: hub, DOCKER: hub}``; stopped and cleaned up afterwards.
+
+    Only the ``GPU`` hub has a lab network (of its own); the others run servers on the host's.
+    """
     image = read_testbed("image")
     configs = hub_configs(image, gpus, server, big_image, threads)
     with contextlib.ExitStack() as stack:
-        hubs = {kind: stack.enter_context(running_hub(workdir / kind, configs[kind], run)) for kind in KINDS}
-        yield hubs
+        yield {
+            kind: stack.enter_context(running_hub(workdir / kind, configs[kind], run, lab=kind == GPU))
+            for kind in kinds
+        }
 
 
 def server_option(parser, default: str) -> None:
@@ -163,7 +180,7 @@ def server_option(parser, default: str) -> None:
 
 def options(kind: str, profile: str) -> dict:
     """What a user sends for ``profile``: gpuspawner's profile, or DockerSpawner's allowed image."""
-    return {"profile": profile} if kind == GPU else {"image": profile}
+    return {"image": profile} if kind == DOCKER else {"profile": profile}
 
 
 def started_at(container: dict) -> float:

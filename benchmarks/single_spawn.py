@@ -1,8 +1,9 @@
-"""Single spawn: hub-side latency of one user's spawn, gpuspawner against plain DockerSpawner.
+"""Single spawn: hub-side latency of one user's spawn, gpuspawner against plain DockerSpawner,
+and gpuspawner on its lab network against gpuspawner on the host network.
 
-Both hubs run side by side on the test bed's engine (see ``_lab.py``); one user
-at a time spawns the CPU profile, alternating between them, and each spawn is
-stopped before the next. For each spawn: from the REST request to the container
+The three hubs run side by side on the test bed's engine (see ``_lab.py``); one user
+at a time spawns the CPU profile, taking the hubs in turn (in another order each
+round), and each spawn is stopped before the next. For each spawn: from the REST request to the container
 running (Docker's ``State.StartedAt``), and to the hub reporting the server ready.
 The first spawn of each hub is a warm-up and is not counted.
 
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import _lab
 import _report
-from _lab import DOCKER, GPU, KINDS, Spawn
+from _lab import DOCKER, GPU, GPU_HOST, Spawn
+
+KINDS = (GPU, GPU_HOST, DOCKER)
 
 
 def run(hubs: dict, rounds: int, run_id: str, warmup: bool = True) -> dict:
-    samples: dict[str, list[Spawn]] = {k: [] for k in KINDS}
+    kinds = tuple(hubs)
+    samples: dict[str, list[Spawn]] = {k: [] for k in kinds}
     for r in range(-1 if warmup else 0, rounds):
-        order = KINDS if r % 2 == 0 else KINDS[::-1]  # alternate who goes first
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # each goes first in turn
         for kind in order:
             (user,) = _lab.user_names(f"s{kind[0]}{r + 1}", 1, run_id)
             (spawn,) = _lab.burst(hubs[kind], kind, [Spawn(user, "cpu")])
@@ -30,7 +34,7 @@ def run(hubs: dict, rounds: int, run_id: str, warmup: bool = True) -> dict:
             if r >= 0:
                 samples[kind].append(spawn)
     result = {"rounds": rounds}
-    for kind in KINDS:
+    for kind in kinds:
         spawns = samples[kind]
         result[kind] = {
             "running_median_s": _lab.median(s.to_running for s in spawns),
@@ -42,19 +46,24 @@ def run(hubs: dict, rounds: int, run_id: str, warmup: bool = True) -> dict:
     for what in ("running", "ready"):
         key = f"{what}_median_s"
         result[f"{what}_ratio"] = _lab.ratio(result[GPU][key], result[DOCKER][key])
+        if GPU_HOST in hubs:  # the lab network's cost
+            result[f"{what}_network_ratio"] = _lab.ratio(result[GPU][key], result[GPU_HOST][key])
     return result
 
 
 def report(result: dict) -> str:
-    table = _lab.Table(["single spawn (median of %d)" % result["rounds"], "gpuspawner", "DockerSpawner", "ratio"])
+    network = GPU_HOST in result
+    head = ["single spawn (median of %d)" % result["rounds"], "gpuspawner"]
+    head += ["gpuspawner, host network", "lab ÷ host"] if network else []
+    table = _lab.Table(head + ["DockerSpawner", "gpuspawner ÷ DockerSpawner"])
     for what in ("running", "ready"):
         key = f"{what}_median_s"
-        table.add(
-            f"request → {'container running' if what == 'running' else 'server ready'} (s)",
-            _lab.fmt(result[GPU][key]),
-            _lab.fmt(result[DOCKER][key]),
-            f"{result[what + '_ratio']:.2f}",
-        )
+        row = [f"request → {'container running' if what == 'running' else 'server ready'} (s)"]
+        row.append(_lab.fmt(result[GPU][key]))
+        if network:
+            row += [_lab.fmt(result[GPU_HOST][key]), f"{result[what + '_network_ratio']:.2f}"]
+        row += [_lab.fmt(result[DOCKER][key]), f"{result[what + '_ratio']:.2f}"]
+        table.add(*row)
     return table.markdown()
 
 
@@ -66,7 +75,7 @@ def main(argv=None) -> dict:
     run_id = _lab.new_run()
     before = _lab.machine()
     with tempfile.TemporaryDirectory(prefix="bench-single-") as tmp:
-        with _lab.hub_pair(Path(tmp), run_id, server=args.server) as hubs:
+        with _lab.hub_pair(Path(tmp), run_id, server=args.server, kinds=KINDS) as hubs:
             result = run(hubs, args.rounds, run_id)
     return _report.report_table(result, args.json, report, machine=before, server=args.server)
 

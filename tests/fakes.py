@@ -92,7 +92,11 @@ class FakeDocker:
             "HostConfig": host_config,
             "State": {"Running": False, "ExitCode": 0, "Error": "", "FinishedAt": ""},
             "NetworkSettings": {
-                "Networks": {(host_config or {}).get("NetworkMode", "default"): {"IPAddress": f"10.213.0.{int(cid[1:]) % 250 + 2}"}}
+                "Networks": {
+                    (host_config or {}).get("NetworkMode", "default"): {
+                        "IPAddress": f"10.213.0.{int(cid[1:]) % 250 + 2}"
+                    }
+                }
             },
         }
         return {"Id": cid}

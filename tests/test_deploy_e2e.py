@@ -27,7 +27,21 @@ from pathlib import Path
 import pytest
 import requests
 
-from .realhub import REPO, TESTBED, docker_host, engine, free_port, pid1_environ, read_testbed, wait_for
+from gpuspawner.lab_network import LabNetwork, check_rules
+from gpuspawner.lab_network import settings as lab_settings
+
+from .realhub import (
+    REPO,
+    TESTBED,
+    docker_host,
+    e2e_lab,
+    engine,
+    free_port,
+    pid1_environ,
+    read_testbed,
+    remove_lab,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -132,7 +146,7 @@ def compose(env: dict, *args: str, timeout: float = 120) -> str:
     return proc.stdout
 
 
-def hub_config(image: str, ports: dict, token: str) -> str:
+def hub_config(image: str, ports: dict, token: str, lab: LabNetwork) -> str:
     gpus = [{"index": i, "uuid": u, "name": "Tesla T4", "memory": "16G"} for i, u in enumerate(GPU_IDS)]
     return textwrap.dedent(f"""
         # The deploy test's own config: the image's layout (db and cookie secret in
@@ -166,6 +180,9 @@ def hub_config(image: str, ports: dict, token: str) -> str:
         from gpuspawner import services
         services.add_dashboard(c, __file__, url="http://127.0.0.1:{ports["dashboard"]}")
         services.add_culler(c, __file__, cull_every=2)
+        # The deploy config's lab network, with a subnet and bridges of this test's own.
+        from gpuspawner.lab_network import add_lab_network
+        add_lab_network(c, **{ {k: v for k, v in lab_settings(lab).items() if k != "hub_port"}!r})
         """)
 
 
@@ -174,6 +191,7 @@ class ComposedHub:
         self.token = secrets.token_hex(16)
         self.ports = {"proxy": free_port(), "hub": free_port(), "proxy_api": free_port(), "dashboard": free_port()}
         self.url = f"http://127.0.0.1:{self.ports['proxy']}"
+        self.lab = e2e_lab(f"deploy-{RUN}:{os.getpid()}", self.ports["hub"])
         self.workdir = workdir
         (workdir / "tls").mkdir()  # empty: plain HTTP on loopback
         (workdir / "hub.env").write_text("# no secrets: the test logs in with the dummy authenticator\n")
@@ -241,6 +259,7 @@ class ComposedHub:
                 v.remove(force=True)
             for v in home_volumes():
                 v.remove(force=True)
+            remove_lab(self.lab)
 
 
 CONFIG_IN_HUB = "/etc/jupyterhub/jupyterhub_config.py"  # where compose.yaml mounts the config
@@ -290,7 +309,7 @@ def test_the_hub_image_runs_under_compose_and_spawns_a_gpu_server(tmp_path):
     tag, build_s = hub_image(base=lab_image)
     hub = ComposedHub(tmp_path)
     hub.env["GPUSPAWNER_HUB_IMAGE"] = tag
-    hub.config.write_text(hub_config(lab_image, hub.ports, hub.token))
+    hub.config.write_text(hub_config(lab_image, hub.ports, hub.token, hub.lab))
     name = f"student-{RUN}"
     try:
         compose(hub.env, "up", "--detach", "--no-build")
@@ -313,6 +332,9 @@ def test_the_hub_image_runs_under_compose_and_spawns_a_gpu_server(tmp_path):
         hub.wait_server(name, ready=True)
         (server,) = engine().containers.list(filters={"label": [f"gpuspawner.user={name}", f"{LABEL}={RUN}"]})
         assert pid1_environ(server)["NVIDIA_VISIBLE_DEVICES"] in GPU_IDS
+        # On the lab network, closed by the rules the containerised hub installed (NET_ADMIN).
+        assert list(server.attrs["NetworkSettings"]["Networks"]) == [hub.lab.name]
+        assert check_rules(hub.lab) == []
         assert server.labels["gpuspawner.profile"] == "gpu"
         # ... and opens JupyterLab through the hub's proxy, with its own login.
         r = session.get(f"{hub.url}/user/{name}/lab", timeout=60)

@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -91,7 +92,8 @@ def probe(container, targets, api_url: str | None = None) -> dict:
 
 def address_of(hub, container) -> str:
     container.reload()
-    return container.attrs["NetworkSettings"]["Networks"][hub.lab.name]["IPAddress"]
+    (network,) = container.attrs["NetworkSettings"]["Networks"].values()
+    return network["IPAddress"]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,8 @@ def hub(tmp_path_factory):
     config = f"""
     c.GPUSpawner.profiles = [
         {{"slug": "cpu", "display_name": "CPU", "image": {image!r}, "mem_limit": "512M", "cpu_limit": 1}},
+        {{"slug": "pip", "display_name": "With the internet", "image": {image!r}, "mem_limit": "512M",
+          "cpu_limit": 1, "internet": True}},
     ]
     c.GPUSpawner.gpus = {simulated_gpus(["GPU-net00000-0000-0000-0000-000000000000"])!r}
     """
@@ -169,3 +173,61 @@ def test_the_rules_are_in_place_and_doctor_says_so(hub):
     from gpuspawner.lab_network import check_rules
 
     assert check_rules(hub.lab) == []
+
+
+@contextlib.contextmanager
+def outside(k: int):
+    """ "The internet": a network namespace of the test's own behind a veth, answering TCP on port 80,
+    with the host forwarding IPv4 meanwhile (as Docker's engines set it where they manage iptables)."""
+    ns, host_end, ns_end = f"gse-out-{RUN}", f"gseo{k}h", f"gseo{k}n"
+    address = f"10.216.{k}.2"
+
+    def sh(*command, check=True):
+        return subprocess.run(command, check=check, capture_output=True, text=True)
+
+    forward = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    sh("ip", "netns", "add", ns)
+    listener = None
+    try:
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+        sh("ip", "link", "set", ns_end, "netns", ns)
+        sh("ip", "addr", "add", f"10.216.{k}.1/30", "dev", host_end)
+        sh("ip", "link", "set", host_end, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/30", "dev", ns_end)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_end, "up")
+        serve = (
+            "import socket; s = socket.create_server(('0.0.0.0', 80)); [s.accept()[0].close() for _ in iter(int, 1)]"
+        )
+        listener = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", serve])
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+        for _ in range(50):  # the listener is up when the host reaches it
+            if sh("ip", "netns", "exec", ns, "ss", "-ltn", "sport", "= :80", check=False).stdout.count(":80") > 0:
+                break
+            time.sleep(0.1)
+        yield address
+    finally:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(forward)
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        sh("ip", "link", "del", host_end, check=False)
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def test_only_an_internet_profile_reaches_outside_the_host(hub):
+    closed, open_ = user("exam"), user("pip")
+    hub.spawn(closed, "cpu")
+    hub.spawn(open_, "pip")
+    exam, pip = hub.container(closed), hub.container(open_)
+    pip.reload()
+    assert list(pip.attrs["NetworkSettings"]["Networks"]) == [hub.lab.internet_name]
+    exam_ip = address_of(hub, exam)
+    k = int(hub.lab.subnet.split(".")[2])
+    with outside(k) as address:
+        assert probe(pip, [(address, 80), (exam_ip, 8888)]) == {f"{address}:80": "open", f"{exam_ip}:8888": "refused"}
+        assert probe(exam, [(address, 80)]) == {f"{address}:80": "refused"}
+        # The hub's API, from the internet network too.
+        found = probe(pip, [], f"http://{hub.lab.gateway}:{hub.hub_port}/hub/api/")
+        assert found["hub_api"]["version"]

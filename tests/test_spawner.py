@@ -641,3 +641,12 @@ async def test_a_restarted_hub_keeps_group_quotas_from_the_labels(engine):
     carol = spawner(engine, "carol", profile="gpu", groups=["cn=cv,ou=courses"], **quota)
     await carol.start()
     assert carol.gpu_ids == ("GPU-1111",)
+
+
+async def test_a_missing_lab_network_refuses_the_spawn_before_any_container(engine):
+    engine.networks = set()
+    s = spawner(engine, profile="gpu")
+    with pytest.raises(SpawnException, match="The servers' network 'gpuspawner-lab' does not exist .*add_lab_network"):
+        await s.start()
+    assert not engine.containers_by_id
+    assert s.shared.ledger.assignment(s.holder) is None  # nothing held

@@ -15,6 +15,7 @@
 import os
 
 from gpuspawner import check_config, services
+from gpuspawner.lab_network import add_lab_network
 
 c = get_config()  # noqa: F821 (injected by jupyterhub)
 
@@ -36,10 +37,19 @@ if os.path.exists(f"{TLS}/fullchain.pem"):
 else:
     c.JupyterHub.ip = "127.0.0.1"
     c.JupyterHub.port = 8000
-# The hub's own API, for the students' servers on this host (they run on the
-# host's network and listen on 127.0.0.1).
-c.JupyterHub.hub_ip = "127.0.0.1"
+
+# --- The students' network ---------------------------------------------------------
+# Each server in its own network namespace on the lab network (10.213.0.0/24 on the
+# bridge gpulab0): it reaches the hub's API on the network's gateway (this call sets
+# c.JupyterHub.hub_ip) and nothing else, not the proxy's API, the dashboard, another
+# student's server or any other port of this host. The hub makes the networks and
+# installs its iptables rules as it starts (compose.yaml gives it NET_ADMIN for that);
+# `gpuspawner doctor` checks them. Choose other subnets if these are in use on campus:
+#   add_lab_network(c, subnet="10.213.0.0/24", internet_subnet="10.213.1.0/24")
+# A course database every server may reach: add_lab_network(c, allow=["10.0.5.20:5432"]).
+# See docs/topic/security.md.
 c.JupyterHub.hub_port = 8081
+add_lab_network(c)
 
 # Students keep working while the hub restarts (an upgrade, a config change):
 # their servers are left running and their GPU assignments are re-read from Docker.
