@@ -52,6 +52,14 @@ def hub(tmp_path_factory):
         yield h
 
 
+def test_the_hubs_own_host_no_longer_serves_the_dashboard(hub):
+    """A bookmark of https://<hub>/services/gpu-dashboard/ gets the hub's 404: the dashboard moved to its host."""
+    r = requests.get(
+        f"{hub.url}/services/gpu-dashboard/", headers={"Host": f"localhost:{hub.proxy_port}"}, timeout=10
+    )
+    assert r.status_code == 404, (r.status_code, r.url)
+
+
 def dashboard_answers(hub) -> bool:
     """The proxy routes the dashboard's host name to it: its API says 403 without a login."""
     try:
@@ -119,6 +127,9 @@ def test_a_student_on_their_own_subdomain_and_the_dashboard_on_its_own(hub, brow
 
     # Websockets pass the proxy's host routing and the server's origin check.
     assert page.evaluate(OPEN_TERMINAL, f"/user/{STUDENT}/").startswith("message: "), hub.log_tail()
+    # A course page's link through the hub's host still reaches each student's own server.
+    page.goto(f"{hub.public}/hub/user-redirect/lab")
+    page.wait_for_url(f"{server}lab**")
     # The hub is another origin: the server's JavaScript cannot read the hub's pages or API with
     # the student's login, and the hub's cookies stay on the hub's host (never sent to a server).
     assert page.evaluate(READ_HUB, f"{hub.public}/hub/api/user") == "blocked"
