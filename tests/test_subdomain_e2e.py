@@ -54,9 +54,7 @@ def hub(tmp_path_factory):
 
 def test_the_hubs_own_host_no_longer_serves_the_dashboard(hub):
     """A bookmark of https://<hub>/services/gpu-dashboard/ gets the hub's 404: the dashboard moved to its host."""
-    r = requests.get(
-        f"{hub.url}/services/gpu-dashboard/", headers={"Host": f"localhost:{hub.proxy_port}"}, timeout=10
-    )
+    r = requests.get(f"{hub.url}/services/gpu-dashboard/", headers={"Host": f"localhost:{hub.proxy_port}"}, timeout=10)
     assert r.status_code == 404, (r.status_code, r.url)
 
 
