@@ -712,6 +712,118 @@ def test_doctor_without_an_engine_still_checks_the_rest(tmp_path, monkeypatch, c
     assert "verdict: FAIL (1 failure" in out
 
 
+# --- doctor and per-user subdomains (c.JupyterHub.subdomain_host)
+
+LAB = "gpu-lab.example.edu"
+
+
+def test_subdomain_findings_say_where_servers_and_the_dashboard_are():
+    assert doctor.subdomain_findings("") == []
+    (where, tls) = doctor.subdomain_findings(f"https://{LAB}", dashboard="gpu-dashboard")
+    assert where.level == OK
+    assert f"(https://alice.{LAB}/user/alice/)" in where.message and f"*.{LAB}" in where.message
+    assert f"dashboard is at https://gpu-dashboard--service.{LAB}/services/gpu-dashboard/" in where.message
+    assert (
+        tls.level == OK
+        and tls.message == f"TLS ends in front of the hub: that proxy's certificate must cover {LAB} and *.{LAB}"
+    )
+    # No scheme is https, as for the hub; a port is kept; JupyterHub's legacy hook puts services at services.<domain>.
+    (where, _) = doctor.subdomain_findings(
+        f"{LAB}:8443", dashboard="gpu-dashboard", hook=doctor.SUBDOMAIN_HOOKS["legacy"]
+    )
+    assert f"https://alice.{LAB}:8443/user/alice/" in where.message
+    assert f"https://services.{LAB}:8443/services/gpu-dashboard/" in where.message
+
+
+@pytest.mark.parametrize(
+    ("subdomain_host", "warns"),
+    [(f"http://{LAB}", True), (f"https://{LAB}", False), ("http://localhost:8000", False)],
+    ids=["http", "https", "localhost"],
+)
+def test_subdomains_over_plain_http_warn_except_on_loopback_names(subdomain_host, warns):
+    warnings = [f for f in doctor.subdomain_findings(subdomain_host) if f.level == WARN]
+    assert bool(warnings) == warns
+    if warns:
+        assert warnings[0].fix == f'c.JupyterHub.subdomain_host = "https://{LAB}"'
+
+
+@pytest.mark.parametrize(
+    ("names", "level", "missing"),
+    [
+        ([LAB, f"*.{LAB}"], OK, ""),
+        ([f"*.{LAB}", LAB.upper()], OK, ""),
+        ([LAB], FAIL, f"not alice.{LAB}, gpu-dashboard--service.{LAB}"),
+        ([f"*.{LAB}"], FAIL, f"not {LAB}:"),
+        ([LAB, f"*.x.{LAB}", f"alice.{LAB}"], FAIL, f"not gpu-dashboard--service.{LAB}:"),  # one label deep
+        ([], FAIL, "is for no DNS name"),
+    ],
+    ids=["both", "case", "hub-only", "wildcard-only", "deeper-wildcard", "no-names"],
+)
+def test_the_hubs_certificate_must_cover_the_domain_and_its_wildcard(names, level, missing):
+    findings = doctor.subdomain_findings(
+        f"https://{LAB}", ssl_cert="/etc/jupyterhub/tls/fullchain.pem", cert_names=names, dashboard="gpu-dashboard"
+    )
+    (tls,) = [f for f in findings if f.subject == "tls"]
+    assert tls.level == level, tls
+    assert missing in tls.message
+    if level == FAIL:
+        assert tls.fix.endswith(f"certbot certonly --dns-<provider> -d {LAB} -d '*.{LAB}'")
+    unreadable = doctor.subdomain_findings(f"https://{LAB}", ssl_cert="/nope.pem", cert_error="No such file")
+    assert (unreadable[-1].level, unreadable[-1].subject) == (FAIL, "tls")
+    assert "cannot read the hub's certificate /nope.pem: No such file" in unreadable[-1].message
+
+
+def self_signed(path, names):
+    """A PEM certificate (and nothing else) for ``names``: what certbot's fullchain.pem starts with."""
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.now(timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    )
+    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM) * 2)  # a "chain"
+    return path
+
+
+def test_doctor_checks_the_hubs_certificate_for_the_subdomains(tmp_path, monkeypatch, capsys):
+    cert = self_signed(tmp_path / "fullchain.pem", [LAB])
+    config = write_config(
+        tmp_path,
+        HUB_CONFIG
+        + f"""
+from gpuspawner import services
+c.JupyterHub.subdomain_host = "https://{LAB}"
+c.JupyterHub.ssl_cert = {str(cert)!r}
+services.add_dashboard(c, __file__)
+""",
+    )
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert main(["doctor", "-f", str(config)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"the GPU dashboard is at https://gpu-dashboard--service.{LAB}/services/gpu-dashboard/" in out
+    assert f"fail tls the hub's certificate {cert} is for {LAB}, not alice.{LAB}, gpu-dashboard--service.{LAB}" in out
+    self_signed(cert, [LAB, f"*.{LAB}"])
+    main(["doctor", "-f", str(config)])
+    assert f"ok tls the hub's certificate covers {LAB} and *.{LAB}" in " ".join(capsys.readouterr().out.split())
+    cert.write_text("not a certificate")
+    main(["doctor", "-f", str(config)])
+    assert f"fail tls cannot read the hub's certificate {cert}:" in " ".join(capsys.readouterr().out.split())
+
+
 # --- image build: the plan, the Dockerfile, the arguments (no Docker)
 
 

@@ -1,7 +1,8 @@
 """``gpuspawner doctor``: is this host ready for the hub? One line per finding, with the fix.
 
 The command gathers the facts (the config, the engine and its GPU path, NVML, the
-images, the dataset and share sources); the checks here (pure functions) judge them.
+images, the dataset and share sources, the hub's TLS certificate); the checks here
+(pure functions) judge them.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from textwrap import dedent
+from urllib.parse import urlparse
 
 import docker
 import docker.errors
+from jupyterhub.utils import subdomain_hook_idna, subdomain_hook_legacy
 
 from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
@@ -327,6 +330,84 @@ def inventory_finding(inventory: Inventory, gpu_profiles: int) -> Finding:
     )
 
 
+#: ``c.JupyterHub.subdomain_hook``'s short names, as the hub reads them.
+SUBDOMAIN_HOOKS = {"idna": subdomain_hook_idna, "legacy": subdomain_hook_legacy}
+
+
+def subdomain_findings(
+    subdomain_host: str,
+    *,
+    ssl_cert: str = "",
+    cert_names: Iterable[str] | None = None,
+    cert_error: str = "",
+    dashboard: str = "",
+    hook: Callable[[str, str, str], str] = subdomain_hook_idna,
+) -> list[Finding]:
+    """Per-user subdomains (``c.JupyterHub.subdomain_host``): where the servers and the dashboard
+    are, and whether the hub's own certificate covers those names.
+
+    ``cert_names``: the DNS names of the hub's ``ssl_cert`` (None, with ``cert_error``, when it
+    could not be read); ``dashboard``: the GPU dashboard's service name ('' when the hub runs
+    none); ``hook``: the hub's ``subdomain_hook``. Nothing to say when ``subdomain_host`` is ''.
+    """
+    if not subdomain_host:
+        return []
+    # As JupyterHub reads it: no scheme means https.
+    where = urlparse(subdomain_host if "://" in subdomain_host else f"https://{subdomain_host}")
+    domain, scheme = (where.hostname or "").lower(), where.scheme
+    port = f":{where.port}" if where.port else ""
+    local = domain == "localhost" or domain.endswith(".localhost")  # names a browser keeps on loopback
+    hosts = [domain, hook("alice", domain, "user")]
+    message = f"each user's server on a host of its own ({scheme}://{hosts[1]}{port}/user/alice/)"
+    if not local:
+        message += f", which needs a wildcard DNS record *.{domain} for this host"
+    if dashboard:
+        hosts.append(hook(dashboard, domain, "service"))
+        message += f"; the GPU dashboard is at {scheme}://{hosts[2]}{port}/services/{dashboard}/"
+    findings = [Finding(OK, "subdomains", message)]
+    if scheme != "https" and not local:
+        findings.append(
+            Finding(
+                WARN,
+                "subdomains",
+                f"{subdomain_host} is plain http: logins, cookies and tokens cross the network in clear",
+                f'c.JupyterHub.subdomain_host = "https://{domain}{port}"',
+            )
+        )
+    certbot = f"a certificate for both names, e.g. certbot certonly --dns-<provider> -d {domain} -d '*.{domain}'"
+    if ssl_cert and cert_names is None:
+        findings.append(Finding(FAIL, "tls", f"cannot read the hub's certificate {ssl_cert}: {cert_error}", certbot))
+    elif ssl_cert:
+        names = sorted(set(cert_names))
+        missing = [host for host in hosts if not _certificate_covers(names, host)]
+        if missing:
+            findings.append(
+                Finding(
+                    FAIL,
+                    "tls",
+                    f"the hub's certificate {ssl_cert} is for {', '.join(names) or 'no DNS name'},"
+                    f" not {', '.join(missing)}: browsers refuse those hosts",
+                    certbot,
+                )
+            )
+        else:
+            findings.append(Finding(OK, "tls", f"the hub's certificate covers {domain} and *.{domain}"))
+    elif scheme == "https":
+        findings.append(
+            Finding(
+                OK, "tls", f"TLS ends in front of the hub: that proxy's certificate must cover {domain} and *.{domain}"
+            )
+        )
+    return findings
+
+
+def _certificate_covers(names: Iterable[str], host: str) -> bool:
+    """Whether a certificate for ``names`` is valid for ``host`` (a wildcard covers one label)."""
+    host = host.lower()
+    parent = host.partition(".")[2]
+    return any(n.lower() == host or (n.startswith("*.") and n[2:].lower() == parent) for n in names)
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -339,7 +420,8 @@ class DoctorApp(LabCommand):
     requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
     profile fits the inventory; each profile's image is present, not root, and
     within the driver's CUDA; dataset and share sources exist; the lab network and its
-    rules are in place. Exit status 1 when
+    rules are in place; with per-user subdomains, where servers and the dashboard are
+    and that the hub's TLS certificate covers them (a wildcard). Exit status 1 when
     anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
     """
     examples = dedent("""
@@ -357,6 +439,8 @@ class DoctorApp(LabCommand):
             self.check_images(client, spawner, profiles, inventory, findings)
         findings += self.check_network(client, spawner, profiles)
         findings += mount_findings(profiles, lambda source: _source_exists(client, source))
+        if hub is not None:
+            findings += self.check_subdomains(hub)
 
         out = output.console()
         output.print_findings(out, findings)
@@ -415,6 +499,29 @@ class DoctorApp(LabCommand):
         findings += profile_findings(profiles, inventory, Ledger(inventory.units))
         return inventory
 
+    def check_subdomains(self, hub: HubConfig) -> list[Finding]:
+        """With ``c.JupyterHub.subdomain_host``: the hosts it makes, and the hub's certificate for them."""
+        section = hub.spawner.config.get("JupyterHub", {})
+        subdomain_host = section.get("subdomain_host", "")
+        if not subdomain_host:
+            return []
+        hook = section.get("subdomain_hook", "idna")
+        ssl_cert = section.get("ssl_cert", "")
+        names, error = None, ""
+        if ssl_cert:
+            try:
+                names = _certificate_names(ssl_cert)
+            except (OSError, ValueError) as e:
+                error = str(e)
+        return subdomain_findings(
+            subdomain_host,
+            ssl_cert=ssl_cert,
+            cert_names=names,
+            cert_error=error,
+            dashboard=_dashboard_service(section.get("services", [])),
+            hook=SUBDOMAIN_HOOKS.get(hook, hook) if isinstance(hook, str) else hook,
+        )
+
     def check_images(self, client, spawner: GPUSpawner, profiles, inventory: Inventory, findings: list[Finding]):
         for image, its_profiles in by_image(profiles).items():
             findings += profile_image_findings(
@@ -454,3 +561,26 @@ def _source_exists(client, source: str) -> bool:
     except docker.errors.NotFound:
         return False
     return True
+
+
+def _certificate_names(path: str) -> list[str]:
+    """The DNS names of a PEM certificate file (its first certificate: the server's own in a chain)."""
+    from cryptography import x509  # JupyterHub's own dependency (through certipy)
+
+    with open(path, "rb") as f:
+        certificate = x509.load_pem_x509_certificate(f.read())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []  # browsers ignore the common name
+    return names.get_values_for_type(x509.DNSName)
+
+
+def _dashboard_service(services) -> str:
+    """The name of the hub's GPU dashboard service (``services.add_dashboard``), '' when none."""
+    if hasattr(services, "get_value"):  # c.JupyterHub.services.append(...) with nothing set before
+        services = services.get_value([])
+    for service in services or ():
+        if "gpuspawner.dashboard" in (service.get("command") or ()) and service.get("url"):
+            return service.get("name", "")
+    return ""
