@@ -38,6 +38,16 @@ else:
     c.JupyterHub.ip = "127.0.0.1"
     c.JupyterHub.port = 8000
 
+# --- Per-user subdomains (recommended) ---------------------------------------------------
+# Each student's server on its own origin (https://alice.gpu-lab.example.edu/user/alice/):
+# one student's cookies and JavaScript then cannot act on another's server or on the hub.
+# Needs a wildcard DNS record (*.gpu-lab.example.edu -> this host) and a certificate in
+# /etc/jupyterhub/tls for both names, which Let's Encrypt issues through a DNS challenge:
+#   certbot certonly --dns-<provider> -d gpu-lab.example.edu -d '*.gpu-lab.example.edu'
+# The GPU dashboard then is at https://gpu-dashboard--service.gpu-lab.example.edu/services/gpu-dashboard/
+# `gpuspawner doctor` checks the certificate. See docs/how-to/subdomains.md.
+# c.JupyterHub.subdomain_host = "https://gpu-lab.example.edu"
+
 # --- The students' network ---------------------------------------------------------
 # Each server in its own network namespace on the lab network (10.213.0.0/24 on the
 # bridge gpulab0): it reaches the hub's API on the network's gateway (this call sets
@@ -171,7 +181,8 @@ c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 120
 
 # --- The GPU dashboard: who holds which GPU (a hub-managed service) -------------------
-# At /services/gpu-dashboard/ for admins, and for teachers about their own groups.
+# At /services/gpu-dashboard/ (with per-user subdomains: on its own host,
+# gpu-dashboard--service.<domain>) for admins, and for teachers about their own groups.
 # It reads this file (-f) and the hub's Docker settings (DOCKER_HOST, TLS).
 services.add_dashboard(
     c, __file__, admin_groups=["gpu-lab-admins"], teacher_groups=["ml101-teachers", "cv201-teachers"]
