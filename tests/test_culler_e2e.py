@@ -57,10 +57,12 @@ def lab(tmp_path_factory):
     ]
     c.GPUSpawner.stops_file = {str(stops)!r}
     c.GPUSpawner.home_volume_name = "jupyterhub-user-{{username}}"
+    # The opt-in host network (servers on 127.0.0.1 of the host), which this hub keeps tested.
+    c.GPUSpawner.network_name = "host"
     from gpuspawner import services
     services.add_culler(c, __file__, cull_every=1, args=[{f"--usage-file={usage}"!r}])
     """
-    with running_hub(workdir, config, RUN) as hub:
+    with running_hub(workdir, config, RUN, lab=False) as hub:
         yield hub, usage, stops
 
 
@@ -113,6 +115,7 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     for name in (alice, bob):
         hub.wait_ready(name)
     alice_volume = home_volume(hub.container(alice))
+    assert hub.container(alice).attrs["HostConfig"]["NetworkMode"] == "host"  # the opt-in
     # The GPU is also named as a mount, for a toolkit that reads device lists only from mounts.
     mounts = {m["Destination"]: m for m in hub.container(alice).attrs["Mounts"]}
     assert mounts[f"/var/run/nvidia-container-devices/{unit[alice]}"]["RW"] is False
