@@ -49,6 +49,7 @@ from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda
 from .labels import adopt_containers
 from .profiles import (
+    FileLimits,
     MountPolicy,
     Profile,
     ProfileError,
@@ -58,6 +59,7 @@ from .profiles import (
     choose_profile,
     normal_host_path,
     parse_profiles,
+    root_allowed,
 )
 from .spawn_page import render_profile_cards
 from .traits import Duration
@@ -130,7 +132,9 @@ class GPUSpawner(DockerSpawner):
           (at ``~/shared/<name>``, writable by the ``writable_by`` groups), from
           sources ``mount_roots`` and ``mount_volumes`` allow;
         - ``groups`` and/or ``users`` who may choose it (none: everyone; admins: all);
-        - ``default``: the profile used when a user chooses none (else their first).
+        - ``default``: the profile used when a user chooses none (else their first);
+        - only here, never in ``profiles_file``: ``allow_root`` (its image may run as
+          root) and ``internet`` (its servers may reach the internet; default false).
 
         Empty: one profile made of ``DockerSpawner.image`` and no GPU, as in plain DockerSpawner.
         The list is validated whenever a spawner loads its config (a broken
@@ -174,7 +178,24 @@ class GPUSpawner(DockerSpawner):
         same form as ``profiles``. An edit takes effect on the next spawn, without
         a hub restart; a broken edit keeps the last good profiles and logs why.
         Its editors cannot widen what it may mount: that is ``mount_roots`` and
-        ``mount_volumes``, here in the hub's config.
+        ``mount_volumes``, here in the hub's config. Nor may it set the fields only
+        the admin's config may (``allow_root``, ``internet``), or ask for more GPUs
+        than ``profiles_file_max_gpus``: such an edit is refused like a broken one.
+        """,
+    ).tag(config=True)
+
+    profiles_file_max_gpus = Int(
+        1,
+        min=0,
+        help="""The most GPU units (whole GPUs or MIG instances) a profile in ``profiles_file`` may ask for.
+
+        A profile there asking for more is refused, naming the profile and the field
+        (a profiles file edit keeps the last good profiles). 1 covers the usual course
+        profile (one GPU, one MIG instance or a shared slot per student); a profile that
+        gives each student several GPUs is the admin's call about the lab's capacity:
+        put it in ``profiles``, or raise this. 0: a profiles file may not ask for GPUs.
+
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -440,10 +461,13 @@ class GPUSpawner(DockerSpawner):
 
     allow_root = Bool(
         False,
-        help="""Allow images whose user is root.
+        help="""Allow images whose user is root, for every profile.
 
         By default a server runs as its image's non-root user, and an image
-        that runs as root is refused with a message saying how to fix it.
+        whose user is root (no ``USER``, ``root``, or uid 0 written any way, ``00``)
+        is refused with a message saying how to fix it. To allow root for one
+        profile only, give it ``allow_root: True`` in ``profiles`` (a profiles file
+        may not).
         """,
     ).tag(config=True)
 
@@ -553,7 +577,11 @@ class GPUSpawner(DockerSpawner):
             source = files.get(self.profiles_file)
             if source is None:
                 source = files[self.profiles_file] = ProfilesFile(
-                    self.profiles_file, self.log, self.allow_unpinned_images, self.mount_policy
+                    self.profiles_file,
+                    self.log,
+                    self.allow_unpinned_images,
+                    self.mount_policy,
+                    FileLimits(self.profiles_file_max_gpus),
                 )
             return source.load()
         if self.profiles:
@@ -908,11 +936,12 @@ class GPUSpawner(DockerSpawner):
     def _check_image(self, inspect: dict) -> None:
         """Refuse an image this host cannot run as configured, before any GPU is assigned."""
         image = self._image = ImageFacts.of(inspect, self.image, self.home_path)
-        if image.root and not self.allow_root:
+        if image.root and not root_allowed([self.profile] if self.profile else [], self.allow_root):
             raise SpawnException(
                 f"The image {self.image} runs as root. Build it with a non-root user"
                 " (for example USER 1000 in its Dockerfile), or an admin may allow root"
-                " images with c.GPUSpawner.allow_root = True.",
+                " for this profile (allow_root in c.GPUSpawner.profiles) or for every image"
+                " (c.GPUSpawner.allow_root = True).",
                 reason="image_root",
             )
         self.image_digest = image.digest

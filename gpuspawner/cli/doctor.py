@@ -17,7 +17,7 @@ from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import cuda_refusal, declared_cuda, runs_as_root
-from ..profiles import Profile, ProfileError
+from ..profiles import Profile, ProfileError, root_allowed
 from ..spawner import GPUSpawner
 from ..traits import format_bytes
 from . import output, probe
@@ -157,7 +157,10 @@ def profile_image_findings(
     driver_cuda: str,
     driver_version: str = "",
 ) -> list[Finding]:
-    """One profile image on the engine: present, not root, its CUDA within the driver's (for GPU profiles)."""
+    """One profile image on the engine: present, not root, its CUDA within the driver's (for GPU profiles).
+
+    Root passes with ``allow_root`` (``c.GPUSpawner.allow_root``) or when every profile in ``users`` allows it.
+    """
     slugs = ", ".join(p.slug for p in users)
     if inspect is None:
         if pull_policy.lower() == "never":
@@ -179,13 +182,13 @@ def profile_image_findings(
         ]
     findings = []
     config = inspect.get("Config") or {}
-    if runs_as_root(config) and not allow_root:
+    if runs_as_root(config) and not root_allowed(users, allow_root):
         findings.append(
             Finding(
                 FAIL,
                 "image",
                 f"{image} runs as root: the hub refuses it",
-                "USER 1000 in its Dockerfile (or c.GPUSpawner.allow_root = True)",
+                "USER 1000 in its Dockerfile (or allow_root on its profiles in c.GPUSpawner.profiles)",
             )
         )
     cuda = declared_cuda(config) or ""
