@@ -464,8 +464,8 @@ class GPUSpawner(DockerSpawner):
         help="""Allow images whose user is root, for every profile.
 
         By default a server runs as its image's non-root user, and an image
-        whose user is root (no ``USER``, ``root``, or uid 0 written any way, ``00``)
-        is refused with a message saying how to fix it. To allow root for one
+        whose user is root (no ``USER``, ``root``, uid 0 written any way, ``00``, or
+        a name the image's ``/etc/passwd`` gives uid 0) is refused with a message saying how to fix it. To allow root for one
         profile only, give it ``allow_root: True`` in ``profiles`` (a profiles file
         may not).
         """,
@@ -782,7 +782,8 @@ class GPUSpawner(DockerSpawner):
         refusal = self._can_fit(ledger, profile.gpu_request)
         if refusal is not None:
             raise self._refusal(profile, refusal, ledger)
-        self._check_image(await self._image_ready())
+        inspect = await self._image_ready()
+        self._check_image(inspect, await self.shared.puller.passwd(inspect))
 
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
@@ -933,9 +934,12 @@ class GPUSpawner(DockerSpawner):
                 self.log.warning("Could not remove failed container %s: %s", self.object_id[:12], e)
         self.object_id = ""
 
-    def _check_image(self, inspect: dict) -> None:
-        """Refuse an image this host cannot run as configured, before any GPU is assigned."""
-        image = self._image = ImageFacts.of(inspect, self.image, self.home_path)
+    def _check_image(self, inspect: dict, passwd: str = "") -> None:
+        """Refuse an image this host cannot run as configured, before any GPU is assigned.
+
+        ``passwd``: the image's ``/etc/passwd``, when its user is a name (uid 0 under any name is root).
+        """
+        image = self._image = ImageFacts.of(inspect, self.image, self.home_path, passwd)
         if image.root and not root_allowed([self.profile] if self.profile else [], self.allow_root):
             raise SpawnException(
                 f"The image {self.image} runs as root. Build it with a non-root user"

@@ -256,6 +256,30 @@ async def test_root_image_refused_before_any_gpu_unless_allowed(engine, user):
     assert s.gpu_ids == ("GPU-0000",)
 
 
+async def test_a_user_name_for_uid_0_is_refused_and_each_images_users_are_read_once(engine):
+    engine.images["alias:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": "toor"}
+    engine.passwd["alias:1"] = "root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/root:/bin/sh\n"
+    engine.passwd["lab:1"] = "jovyan:x:1000:100::/home/jovyan:/bin/bash\n"
+    profiles = [
+        {"slug": "alias", "display_name": "Alias", "image": "alias:1", "gpus": 1},
+        {"slug": "lab", "display_name": "Lab", "image": "lab:1"},
+    ]
+    s = spawner(engine, profile="alias", profiles=profiles)
+    with pytest.raises(SpawnException, match="runs as root") as e:
+        await s.start()
+    assert e.value.reason == "image_root" and len(s.shared.ledger.free()) == 2
+    for user in ("bob", "carol"):  # jovyan is uid 1000: both start, and the image's users were read once
+        await spawner(engine, user, profile="lab", profiles=profiles).start()
+    assert engine.calls.count("get_archive") == 2  # alias:1 once, lab:1 once
+    assert [c["Labels"].get("gpuspawner.user") for c in engine.containers_by_id.values()] == ["bob", "carol"]
+
+
+async def test_an_image_without_etc_passwd_is_taken_at_its_users_word(engine):
+    s = spawner(engine)  # lab:1 runs as jovyan; the fake engine has no /etc/passwd for it
+    await s.start()
+    assert s.object_id and engine.calls.count("get_archive") == 1
+
+
 async def test_a_profile_the_admin_allows_root_starts_a_root_image_others_do_not(engine):
     engine.images["root:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": "00"}
     profiles = [

@@ -6,9 +6,9 @@ docker-registry on loopback, ``tests/registry.py``); the local copy is removed.
 The admin then runs ``gpuspawner image check <the pushed name>`` in the hub's
 folder: it pulls the image, passes it, and prints the digest to pin. A profile
 pinned by that digest starts on a real hub. A root image pushed the same way
-(``USER 00``) is refused by the check; the hub refuses ``USER 0`` and ``USER 00``
-images before any GPU is assigned, and starts a root image only for a profile
-whose ``allow_root`` the admin's config sets.
+(``USER 00``) is refused by the check; the hub refuses ``USER 0``, ``USER 00`` and
+a second name for uid 0 before any GPU is assigned, and starts a root image only
+for a profile whose ``allow_root`` the admin's config sets.
 
 The registry keeps its blobs in ``tests.registry.CACHE`` under one fixed repository
 name, so the test bed image's layer is uploaded once per machine (~30 s), not once a
@@ -25,6 +25,8 @@ import tarfile
 import docker.errors
 import pytest
 
+from gpuspawner.images import PASSWD_LABEL
+
 from .realhub import engine, read_testbed, running_hub, simulated_gpus, write_command_config
 from .registry import CACHE, local_registry
 from .test_cli_e2e import finding, gpuspawner, line, no_probe_left
@@ -38,6 +40,8 @@ STUDENT = f"ada-{RUN}"
 # Not the student: her home volume is uid 1000's, and root without CAP_DAC_OVERRIDE could not write to it.
 ROOT_USER = f"rex-{RUN}"
 GPUS = simulated_gpus(["GPU-7ea00000-0000-4000-8000-000000000000"])
+# uid 0 under a second name: only the image's /etc/passwd says it is root.
+TOOR = "USER root\nRUN echo 'toor:x:0:0::/root:/bin/sh' >> /etc/passwd\nUSER toor"
 # A root image as they come: root's own home (the test bed image's /home/jovyan is not root's, and a server
 # runs without CAP_DAC_OVERRIDE), and Jupyter's --allow-root (it refuses to run as root without it).
 ROOT_IMAGE = 'USER 00\nENV HOME=/root\nWORKDIR /root\nCMD ["jupyterhub-singleuser", "--allow-root"]'
@@ -142,7 +146,7 @@ def test_a_root_image_pushed_the_same_way_is_refused_by_the_check(lab):
 def root_images(lab) -> dict[str, str]:
     """Root images on the hub's engine (built there, never pushed), by the profile that names them."""
     images = {}
-    for slug, lines in [("user0", "USER 0"), ("user00", "USER 00"), ("lab-admin", ROOT_IMAGE)]:
+    for slug, lines in [("user0", "USER 0"), ("user00", "USER 00"), ("toor", TOOR), ("lab-admin", ROOT_IMAGE)]:
         images[slug] = f"{REPOSITORY}-local:{slug}-{RUN}"
         lab["made"].append(build(images[slug], lines))
     return images
@@ -156,6 +160,7 @@ def hub(lab, class_image, root_images, tmp_path_factory):
         {"slug": "ml101", "display_name": "ML 101", "image": f"{lab['registry']}/{REPOSITORY}@{digest}", "gpus": 1},
         {"slug": "user0", "display_name": "USER 0", "image": root_images["user0"], "gpus": 1},
         {"slug": "user00", "display_name": "USER 00", "image": root_images["user00"], "gpus": 1},
+        {"slug": "toor", "display_name": "USER toor", "image": root_images["toor"], "gpus": 1},
         {"slug": "lab-admin", "display_name": "Root", "image": root_images["lab-admin"], "allow_root": True},
     ]
     config = f"""
@@ -176,8 +181,8 @@ def test_a_profile_pinned_by_the_checked_digest_starts(hub, lab, class_image):
     hub.stop_server(STUDENT)
 
 
-@pytest.mark.parametrize("slug, user", [("user0", "0"), ("user00", "00")])
-def test_a_root_image_is_refused_before_any_gpu_by_any_number(hub, root_images, slug, user):
+@pytest.mark.parametrize("slug, user", [("user0", "0"), ("user00", "00"), ("toor", "toor")])
+def test_a_root_image_is_refused_before_any_gpu_by_any_number_or_name(hub, root_images, slug, user):
     assert engine().api.inspect_image(root_images[slug])["Config"]["User"] == user
     r = hub.start_server(STUDENT, slug)
     assert r.status_code == 400, r.text
@@ -186,6 +191,7 @@ def test_a_root_image_is_refused_before_any_gpu_by_any_number(hub, root_images, 
     assert "allow root for this profile (allow_root in c.GPUSpawner.profiles)" in message
     assert hub.server_model(STUDENT) is None
     hub.refused_before_start(STUDENT)
+    assert not engine().containers.list(all=True, filters={"label": PASSWD_LABEL})  # the read of /etc/passwd: gone
 
 
 def test_a_profile_the_admin_allows_root_starts_a_root_image(hub):
