@@ -68,10 +68,11 @@ class ImageFacts:
     root: bool = False  # its user is root
 
     @classmethod
-    def of(cls, inspect: dict, image: str, home_path: str = "") -> ImageFacts:
-        """From ``inspect_image(image)``; ``home_path`` (config) wins over the image's home."""
+    def of(cls, inspect: dict, image: str, home_path: str = "", passwd: str = "") -> ImageFacts:
+        """From ``inspect_image(image)`` (and the image's ``/etc/passwd``, to resolve a user name);
+        ``home_path`` (config) wins over the image's home."""
         config = inspect.get("Config") or {}
-        return cls(home_path or image_home(config), image_digest(inspect, image), runs_as_root(config))
+        return cls(home_path or image_home(config), image_digest(inspect, image), runs_as_root(config, passwd))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ other users' creates and starts until it finished.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import tarfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 CUDA_LABEL = IMAGE_CUDA
 CUDA_ENV = "CUDA_VERSION"
 OTHER_CUDA_LABELS = ("com.nvidia.cuda.version", "org.opencontainers.image.cuda")
+#: The label of the short-lived containers ``ImagePuller.passwd`` reads an image's users from (never started).
+PASSWD_LABEL = "gpuspawner.passwd-read"
 
 #: The first Linux driver branch that supports each CUDA release (NVIDIA's CUDA
 #: release notes, "CUDA Toolkit and Corresponding Driver Versions"); only for messages.
@@ -96,14 +100,37 @@ def major_minor(version: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
-def runs_as_root(image_config: dict) -> bool:
-    """Whether an image's user is root: no user, ``root``, or uid 0 written any way (``0``, ``00``).
+def _image_user(image_config: dict) -> str:
+    config = image_config.get("Config", image_config) or {}
+    return (config.get("User") or "").split(":")[0].strip()
+
+
+def user_name_to_resolve(image_config: dict) -> str:
+    """The image's user when it is a name other than ``root``, whose uid only the image's
+    ``/etc/passwd`` knows; '' when the user is a number, root, or none."""
+    user = _image_user(image_config)
+    return "" if user in ("", "root") or user.isdigit() else user
+
+
+def passwd_uid(passwd: str, name: str) -> int | None:
+    """The uid of user ``name`` in the text of an ``/etc/passwd``; None when it is not there."""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            return int(fields[2]) if fields[2].isdigit() else None
+    return None
+
+
+def runs_as_root(image_config: dict, passwd: str = "") -> bool:
+    """Whether an image's user is root: no user, ``root``, uid 0 written any way (``0``, ``00``),
+    or a name that ``passwd`` (the image's ``/etc/passwd``, when read) gives uid 0 (``toor``).
 
     Takes ``inspect_image()["Config"]`` (or the whole ``inspect_image()`` result).
     """
-    config = image_config.get("Config", image_config) or {}
-    user = (config.get("User") or "").split(":")[0].strip()
-    return user in ("", "root") or (user.isdigit() and int(user) == 0)
+    user = _image_user(image_config)
+    if user in ("", "root") or user.isdigit():
+        return user in ("", "root") or int(user) == 0
+    return passwd_uid(passwd, user) == 0
 
 
 def declared_cuda(image_config: dict) -> str | None:
@@ -295,6 +322,7 @@ class ImagePuller:
         # Presence checks get their own thread, so they never queue behind long pulls.
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="gpuspawner-image-check")
         self._tasks: dict[str, PullTask] = {}
+        self._passwd: dict[str, str] = {}  # image id -> its /etc/passwd (images are immutable by id)
 
     def _is_present(self, image: str) -> bool:
         import docker.errors  # the puller's I/O only: the pure checks above import no Docker
@@ -350,6 +378,49 @@ class ImagePuller:
             task.digest = progress.digest
             task._update(100, f"Pulled {task.image}", done=True)
 
+    async def passwd(self, inspect: dict) -> str:
+        """The image's ``/etc/passwd`` when its user is a name other than root (``user_name_to_resolve``),
+        so that the name can be resolved to a uid; '' when not needed, or when it cannot be read.
+
+        Read once per image id, on the presence-check thread, from a container created from the
+        image and removed at once, never started. Unreadable: Docker could not start the image
+        as that user either, so the name is taken for what it says.
+        """
+        if not user_name_to_resolve(inspect):
+            return ""
+        image_id = inspect["Id"]
+        with self._lock:
+            known = self._passwd.get(image_id)
+        if known is None:
+            known = await asyncio.get_running_loop().run_in_executor(self._checks, self._read_passwd, image_id)
+            if known is not None:
+                with self._lock:
+                    self._passwd[image_id] = known
+        return known or ""
+
+    def _read_passwd(self, image_id: str) -> str | None:
+        """The text of ``/etc/passwd`` in the image; '' when it has none; None when the engine failed."""
+        import docker.errors
+
+        try:
+            with self._docker.use() as client:
+                cid = client.create_container(
+                    image_id, command=["true"], entrypoint=[], network_disabled=True, labels={PASSWD_LABEL: "1"}
+                )["Id"]
+                try:
+                    stream, _ = client.get_archive(cid, "/etc/passwd")
+                    archive = b"".join(stream)
+                except docker.errors.NotFound:
+                    return ""
+                finally:
+                    client.remove_container(cid, force=True)
+        except docker.errors.APIError:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            member = tar.next()
+            data = tar.extractfile(member) if member is not None and member.isfile() else None
+            return data.read().decode(errors="replace") if data is not None else ""
+
     def close(self) -> None:
         """Take no new work; pulls already started or queued finish in the background."""
         self._pulls.shutdown(wait=False)
@@ -367,5 +438,8 @@ __all__ = [
     "cuda_refusal",
     "declared_cuda",
     "image_digest",
+    "passwd_uid",
+    "runs_as_root",
     "split_reference",
+    "user_name_to_resolve",
 ]

@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -82,6 +83,22 @@ class MountPolicy:
         return f"source {source!r} is not a volume the admin allows (c.GPUSpawner.mount_volumes: {allowed})"
 
 
+#: Profile fields only the admin's config (``c.GPUSpawner.profiles``) may set: a profiles file that
+#: sets one, whatever its value, is refused (its editors, often teachers, must not loosen them).
+ADMIN_ONLY_FIELDS = ("allow_root", "internet")
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """What a profile in a profiles file (``c.GPUSpawner.profiles_file``, often the teachers') may not ask for.
+
+    None of ``ADMIN_ONLY_FIELDS``, and at most ``max_gpus`` GPU units (whole GPUs or
+    MIG instances; a shared slot counts 1). Profiles in the admin's config have no such limits.
+    """
+
+    max_gpus: int = 1
+
+
 @dataclass(frozen=True)
 class Profile:
     """One choice a student may make."""
@@ -105,6 +122,8 @@ class Profile:
     groups: frozenset[str] = frozenset()  # who may use it; with ``users`` empty too: everyone
     users: frozenset[str] = frozenset()
     default: bool = False
+    allow_root: bool = False  # its image may run as root (admin's config only)
+    internet: bool = False  # its servers may reach the internet (admin's config only)
     # GPU culling, in seconds (0: never); None: the spawner's hub-wide value.
     gpu_idle_timeout: float | None = None
     max_runtime: float | None = None
@@ -156,6 +175,7 @@ _KNOWN = (
         "groups",
         "users",
         "default",
+        *ADMIN_ONLY_FIELDS,
     }
     | _GPU_FIELDS
     | set(_CULL_FIELDS)
@@ -168,11 +188,17 @@ def _field_error(position: int, slug: object, field: str, problem: str) -> Profi
 
 
 def parse_profile(
-    position: int, entry: object, allow_unpinned: bool = False, mount_policy: MountPolicy | None = None
+    position: int,
+    entry: object,
+    allow_unpinned: bool = False,
+    mount_policy: MountPolicy | None = None,
+    file_limits: FileLimits | None = None,
 ) -> Profile:
     """Validate one profile dict (``position`` counts from 0, for messages).
 
     Datasets and shares must be mounts ``mount_policy`` allows; ``None``: not checked.
+    ``file_limits``: the profile comes from a profiles file and must keep to them; ``None``:
+    from the admin's config.
     """
     if not isinstance(entry, dict):
         raise ProfileError(f"profile #{position + 1}: must be a dict, got {type(entry).__name__}")
@@ -187,6 +213,10 @@ def parse_profile(
     unknown = sorted(set(entry) - _KNOWN)
     if unknown:
         raise error(unknown[0], f"is not a profile field; known fields: {', '.join(sorted(_KNOWN))}")
+    if file_limits is not None:
+        for field in ADMIN_ONLY_FIELDS:
+            if field in entry:
+                raise error(field, "only the admin's config (c.GPUSpawner.profiles) may set it, not a profiles file")
 
     if not isinstance(slug, str) or not _SLUG.match(slug):
         raise error(
@@ -211,6 +241,13 @@ def parse_profile(
         raise error("shared_gpu", f"must be true or false, got {shared_gpu!r}")
     if shared_gpu and gpus > 1:
         raise error("shared_gpu", f"is one slot on one shared GPU; set 'gpus' to 0 or 1, not {gpus}")
+    units = 1 if shared_gpu else gpus
+    if file_limits is not None and units > file_limits.max_gpus:
+        raise error(
+            "shared_gpu" if shared_gpu else "gpus",
+            f"asks for {units} GPU{'s' if units != 1 else ''}; a profiles file may ask for at most {file_limits.max_gpus}"
+            " (c.GPUSpawner.profiles_file_max_gpus): only the admin's config may set more",
+        )
     mig_profile = entry.get("mig_profile", "")
     if not isinstance(mig_profile, str) or (mig_profile and not is_mig_profile(mig_profile)):
         raise error("mig_profile", f"must be a MIG profile such as '1g.10gb', got {mig_profile!r}")
@@ -283,15 +320,17 @@ def parse_profile(
         if not all(isinstance(v, str) and v for v in value):
             raise error(field_name, f"must be a list of names, got {value!r}")
         who[field_name] = frozenset(value)
-    default = entry.get("default", False)
-    if not isinstance(default, bool):
-        raise error("default", f"must be true or false, got {default!r}")
+    flags = {}
+    for field_name in ("default", *ADMIN_ONLY_FIELDS):
+        flags[field_name] = entry.get(field_name, False)
+        if not isinstance(flags[field_name], bool):
+            raise error(field_name, f"must be true or false, got {flags[field_name]!r}")
 
     return Profile(
         slug=slug,
         display_name=entry["display_name"].strip(),
         image=entry["image"].strip(),
-        gpus=1 if shared_gpu else gpus,
+        gpus=units,
         gpu_kind=gpu_kind,
         gpu_model=gpu_model.strip(),
         gpu_min_memory=sizes["gpu_min_memory"] or 0,
@@ -306,7 +345,7 @@ def parse_profile(
         shares=shares,
         groups=who["groups"],
         users=who["users"],
-        default=default,
+        **flags,
         **culling,
     )
 
@@ -342,17 +381,23 @@ def _parse_mounts(value, field_name, error, writable: bool, policy: MountPolicy 
 
 
 def parse_profiles(
-    entries: object, allow_unpinned: bool = False, mount_policy: MountPolicy | None = None
+    entries: object,
+    allow_unpinned: bool = False,
+    mount_policy: MountPolicy | None = None,
+    file_limits: FileLimits | None = None,
 ) -> tuple[Profile, ...]:
     """Validate the whole ``c.GPUSpawner.profiles`` list; slugs must be unique.
 
     Images must be pinned (a tag other than ``latest``, or a digest) unless
     ``allow_unpinned``. Datasets and shares must be mounts ``mount_policy`` allows
     (the hub passes its ``mount_roots`` and ``mount_volumes``); ``None``: not checked.
+    Profiles from a profiles file keep to ``file_limits`` (see ``FileLimits``).
     """
     if not isinstance(entries, (list, tuple)):
         raise ProfileError(f"profiles must be a list of dicts, got {type(entries).__name__}")
-    profiles = tuple(parse_profile(i, entry, allow_unpinned, mount_policy) for i, entry in enumerate(entries))
+    profiles = tuple(
+        parse_profile(i, entry, allow_unpinned, mount_policy, file_limits) for i, entry in enumerate(entries)
+    )
     seen: set[str] = set()
     for profile in profiles:
         if profile.slug in seen:
@@ -371,6 +416,13 @@ def allowed_profiles(
 ) -> tuple[Profile, ...]:
     """The profiles this user may choose, in config order."""
     return tuple(p for p in profiles if p.allows(user, groups, admin))
+
+
+def root_allowed(profiles: Iterable[Profile], hub_wide: bool = False) -> bool:
+    """May an image that ``profiles`` use run as root? ``hub_wide`` (``c.GPUSpawner.allow_root``),
+    or every one of them allows it (``allow_root``): one that does not would refuse it."""
+    profiles = list(profiles)
+    return hub_wide or (bool(profiles) and all(p.allow_root for p in profiles))
 
 
 def choose_profile(
@@ -408,7 +460,8 @@ class ProfilesFile:
     """Profiles read from a YAML file, re-read when it changes.
 
     A broken edit keeps the last good profiles and logs why, so a teacher's typo
-    never takes the hub's profiles away; the first read must succeed.
+    never takes the hub's profiles away; the first read must succeed. So does an
+    edit that sets a field only the admin's config may (``FileLimits``).
     """
 
     def __init__(
@@ -417,10 +470,12 @@ class ProfilesFile:
         log: logging.Logger | None = None,
         allow_unpinned: bool = False,
         mount_policy: MountPolicy | None = None,
+        limits: FileLimits = FileLimits(),
     ):
         self.path = Path(path)
         self.allow_unpinned = allow_unpinned
         self.mount_policy = mount_policy
+        self.limits = limits
         self.log = log or logging.getLogger("gpuspawner")
         self._stamp: tuple[int, int] | None = None
         self._profiles: tuple[Profile, ...] | None = None
@@ -437,7 +492,9 @@ class ProfilesFile:
             data = yaml.safe_load(self.path.read_text())
             if isinstance(data, dict) and "profiles" in data:
                 data = data["profiles"]
-            profiles = parse_profiles(data if data is not None else [], self.allow_unpinned, self.mount_policy)
+            profiles = parse_profiles(
+                data if data is not None else [], self.allow_unpinned, self.mount_policy, self.limits
+            )
         except (OSError, yaml.YAMLError, ProfileError) as e:
             self._stamp = stamp  # do not re-parse (and re-log) until it changes again
             return self._keep(f"{self.path}: {e}")

@@ -51,6 +51,7 @@ from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
 from .lab_network import INTERNET_SUFFIX
 from .labels import adopt_containers
 from .profiles import (
+    FileLimits,
     MountPolicy,
     Profile,
     ProfileError,
@@ -60,6 +61,7 @@ from .profiles import (
     choose_profile,
     normal_host_path,
     parse_profiles,
+    root_allowed,
 )
 from .spawn_page import render_profile_cards
 from .traits import Duration
@@ -132,7 +134,9 @@ class GPUSpawner(DockerSpawner):
           (at ``~/shared/<name>``, writable by the ``writable_by`` groups), from
           sources ``mount_roots`` and ``mount_volumes`` allow;
         - ``groups`` and/or ``users`` who may choose it (none: everyone; admins: all);
-        - ``default``: the profile used when a user chooses none (else their first).
+        - ``default``: the profile used when a user chooses none (else their first);
+        - only here, never in ``profiles_file``: ``allow_root`` (its image may run as
+          root) and ``internet`` (its servers may reach the internet; default false).
 
         Empty: one profile made of ``DockerSpawner.image`` and no GPU, as in plain DockerSpawner.
         The list is validated whenever a spawner loads its config (a broken
@@ -176,7 +180,24 @@ class GPUSpawner(DockerSpawner):
         same form as ``profiles``. An edit takes effect on the next spawn, without
         a hub restart; a broken edit keeps the last good profiles and logs why.
         Its editors cannot widen what it may mount: that is ``mount_roots`` and
-        ``mount_volumes``, here in the hub's config.
+        ``mount_volumes``, here in the hub's config. Nor may it set the fields only
+        the admin's config may (``allow_root``, ``internet``), or ask for more GPUs
+        than ``profiles_file_max_gpus``: such an edit is refused like a broken one.
+        """,
+    ).tag(config=True)
+
+    profiles_file_max_gpus = Int(
+        1,
+        min=0,
+        help="""The most GPU units (whole GPUs or MIG instances) a profile in ``profiles_file`` may ask for.
+
+        A profile there asking for more is refused, naming the profile and the field
+        (a profiles file edit keeps the last good profiles). 1 covers the usual course
+        profile (one GPU, one MIG instance or a shared slot per student); a profile that
+        gives each student several GPUs is the admin's call about the lab's capacity:
+        put it in ``profiles``, or raise this. 0: a profiles file may not ask for GPUs.
+
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -442,10 +463,13 @@ class GPUSpawner(DockerSpawner):
 
     allow_root = Bool(
         False,
-        help="""Allow images whose user is root.
+        help="""Allow images whose user is root, for every profile.
 
         By default a server runs as its image's non-root user, and an image
-        that runs as root is refused with a message saying how to fix it.
+        whose user is root (no ``USER``, ``root``, uid 0 written any way, ``00``, or
+        a name the image's ``/etc/passwd`` gives uid 0) is refused with a message saying how to fix it. To allow root for one
+        profile only, give it ``allow_root: True`` in ``profiles`` (a profiles file
+        may not).
         """,
     ).tag(config=True)
 
@@ -567,7 +591,11 @@ class GPUSpawner(DockerSpawner):
             source = files.get(self.profiles_file)
             if source is None:
                 source = files[self.profiles_file] = ProfilesFile(
-                    self.profiles_file, self.log, self.allow_unpinned_images, self.mount_policy
+                    self.profiles_file,
+                    self.log,
+                    self.allow_unpinned_images,
+                    self.mount_policy,
+                    FileLimits(self.profiles_file_max_gpus),
                 )
             return source.load()
         if self.profiles:
@@ -768,7 +796,8 @@ class GPUSpawner(DockerSpawner):
         refusal = self._can_fit(ledger, profile.gpu_request)
         if refusal is not None:
             raise self._refusal(profile, refusal, ledger)
-        self._check_image(await self._image_ready())
+        inspect = await self._image_ready()
+        self._check_image(inspect, await self.shared.puller.passwd(inspect))
 
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
@@ -921,14 +950,18 @@ class GPUSpawner(DockerSpawner):
                 self.log.warning("Could not remove failed container %s: %s", self.object_id[:12], e)
         self.object_id = ""
 
-    def _check_image(self, inspect: dict) -> None:
-        """Refuse an image this host cannot run as configured, before any GPU is assigned."""
-        image = self._image = ImageFacts.of(inspect, self.image, self.home_path)
-        if image.root and not self.allow_root:
+    def _check_image(self, inspect: dict, passwd: str = "") -> None:
+        """Refuse an image this host cannot run as configured, before any GPU is assigned.
+
+        ``passwd``: the image's ``/etc/passwd``, when its user is a name (uid 0 under any name is root).
+        """
+        image = self._image = ImageFacts.of(inspect, self.image, self.home_path, passwd)
+        if image.root and not root_allowed([self.profile] if self.profile else [], self.allow_root):
             raise SpawnException(
                 f"The image {self.image} runs as root. Build it with a non-root user"
                 " (for example USER 1000 in its Dockerfile), or an admin may allow root"
-                " images with c.GPUSpawner.allow_root = True.",
+                " for this profile (allow_root in c.GPUSpawner.profiles) or for every image"
+                " (c.GPUSpawner.allow_root = True).",
                 reason="image_root",
             )
         self.image_digest = image.digest
@@ -1007,7 +1040,7 @@ class GPUSpawner(DockerSpawner):
     @property
     def server_network(self) -> str:
         """The Docker network this server joins: the lab's, or its internet one for an ``internet`` profile."""
-        if self.network_name != "host" and getattr(self.profile, "internet", False):
+        if self.network_name != "host" and self.profile is not None and self.profile.internet:
             return self.network_name + INTERNET_SUFFIX
         return self.network_name
 

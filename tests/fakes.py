@@ -7,7 +7,9 @@ real engine instead.
 
 from __future__ import annotations
 
+import io
 import itertools
+import tarfile
 from types import SimpleNamespace
 
 import docker.errors
@@ -34,6 +36,7 @@ class FakeDocker:
             "lab:1": {"Env": ["HOME=/home/jovyan"], "User": "jovyan", "Cmd": ["jupyterhub-singleuser"]}
         }
         self.pullable: dict[str, dict] = {}  # what the fake registry serves
+        self.passwd: dict[str, str] = {}  # image name -> its /etc/passwd (none: the image has no such file)
         self.containers_by_id: dict[str, dict] = {}
         self.ids = itertools.count(1)
         self.fail_start = False
@@ -48,7 +51,11 @@ class FakeDocker:
         self.calls.append("inspect_image")
         if name not in self.images:
             raise not_found(name)
-        return {"Id": f"sha256:{abs(hash(name)):064x}"[:71], "Config": self.images[name]}
+        return {"Id": self._image_id(name), "Config": self.images[name]}
+
+    @staticmethod
+    def _image_id(name):
+        return f"sha256:{abs(hash(name)):064x}"[:71]
 
     def pull(self, repo, tag=None, stream=False, decode=False):
         """A registry with one 2-layer image per name in ``pullable``."""
@@ -80,9 +87,10 @@ class FakeDocker:
         self.calls.append("inspect_container")
         return self._find(name_or_id)
 
-    def create_container(self, image, name, environment, labels=None, host_config=None, **kwargs):
+    def create_container(self, image, name=None, environment=None, labels=None, host_config=None, **kwargs):
         self.calls.append("create_container")
         cid = f"c{next(self.ids):063d}"
+        image = next((n for n in self.images if self._image_id(n) == image), image)  # by name or id
         self.containers_by_id[cid] = {
             "Id": cid,
             "Name": name,
@@ -100,6 +108,19 @@ class FakeDocker:
             },
         }
         return {"Id": cid}
+
+    def get_archive(self, cid, path):
+        """A tar of the one file ``path``; only /etc/passwd exists (``passwd``)."""
+        self.calls.append("get_archive")
+        text = self.passwd.get(self._find(cid)["Image"]) if path == "/etc/passwd" else None
+        if text is None:
+            raise not_found(path)
+        data, archive = text.encode(), io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return iter([archive.getvalue()]), {"name": info.name, "size": len(data)}
 
     def start(self, cid):
         self.calls.append("start")

@@ -196,6 +196,55 @@ def test_image_findings(facts, context, subject, level, says):
         assert verdict(findings)[0] == 0
 
 
+@pytest.mark.parametrize("user", ["0", "00", "0:0", "root", "toor"], ids=repr)
+def test_a_user_that_resolves_to_uid_0_fails_by_any_name_or_number(user):
+    """The image's USER as written, or the uid the probe saw it run as ("toor": a second name for uid 0)."""
+    facts = good_image(uid=0, user=user, config={**CONFIG, "User": user})
+    (finding,) = [f for f in image_check.image_findings(facts, ctx()) if f.subject == "user"]
+    assert finding.level == FAIL and f"{user} (uid 0) runs as root" in finding.message, finding
+    assert "allow_root on its profiles in c.GPUSpawner.profiles" in finding.fix
+
+
+def test_root_is_allowed_for_an_image_when_every_profile_that_uses_it_allows_it(tmp_path):
+    profiles = [
+        {"slug": "root", "display_name": "Root", "image": "root:1", "allow_root": True},
+        {"slug": "plain", "display_name": "Plain", "image": "root:1"},
+    ]
+    body = f'c.JupyterHub.spawner_class = "gpu"\nc.GPUSpawner.profiles = {profiles!r}\n'
+    hub = load_hub_config(str(write_config(tmp_path, body)))
+    root, plain = hub.profiles
+    assert image_check.hub_context(hub, [root]).allow_root
+    assert not image_check.hub_context(hub, [root, plain]).allow_root
+    assert not image_check.hub_context(hub).allow_root  # an image named on the command line: hub-wide only
+
+
+@pytest.mark.parametrize(
+    "image, inspect, says",
+    [
+        (
+            "127.0.0.1:5000/ml101:2026.1",
+            {"Id": "sha256:" + "1" * 64, "RepoDigests": ["127.0.0.1:5000/ml101@sha256:" + "a" * 64]},
+            "pin it in the profile as image: 127.0.0.1:5000/ml101@sha256:" + "a" * 64,
+        ),
+        (  # tagged under two names: the digest of the name checked
+            "lab.example.edu/ml101:2026.1",
+            {"Id": "sha256:1", "RepoDigests": ["other/ml101@sha256:" + "b" * 64, "lab.example.edu/ml101@sha256:c"]},
+            "image: lab.example.edu/ml101@sha256:c",
+        ),
+        (
+            "ml101:2026.1",
+            {"Id": "sha256:" + "1" * 64, "RepoDigests": []},
+            "none: ml101:2026.1 was built on this engine, never pulled from a registry (Id sha256:111111111111)",
+        ),
+    ],
+    ids=["from-a-registry", "two-names", "built-here"],
+)
+def test_the_digest_to_pin(image, inspect, says):
+    finding = image_check.pin_finding(image, inspect)
+    assert (finding.level, finding.subject) == (OK, "digest")
+    assert says in finding.message
+
+
 def test_a_configured_command_replaces_the_images():
     facts = good_image(config={**CONFIG, "Cmd": ["bash"]})
     assert "command" not in [f.subject for f in image_check.image_findings(facts, ctx(cmd=("jupyterhub-singleuser",)))]
@@ -320,6 +369,7 @@ PROFILES = [
     {"slug": "big", "display_name": "Two", "image": "lab-cuda:1", "gpus": 3},
     {"slug": "slice", "display_name": "Slice", "image": "lab-cuda:1", "gpus": 1, "mig_profile": "3g.40gb"},
     {"slug": "shared", "display_name": "Shared", "image": "lab:1", "shared_gpu": True},
+    {"slug": "root", "display_name": "Root", "image": "lab-root:1", "allow_root": True},
 ]
 
 
@@ -355,6 +405,8 @@ def inspect(user="jovyan", env=(), size=2 * 1024**3):
         (None, "never", False, ("gpu",), "12.4", FAIL, "pull_policy is 'never'"),
         (inspect(user=""), "ifnotpresent", False, ("cpu",), "12.4", FAIL, "runs as root"),
         (inspect(user=""), "ifnotpresent", True, ("cpu",), "12.4", OK, "is present"),
+        (inspect(user="00"), "ifnotpresent", False, ("root",), "12.4", OK, "is present"),  # its profile allows it
+        (inspect(user="00"), "ifnotpresent", False, ("cpu", "root"), "12.4", FAIL, "runs as root"),
         (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("gpu",), "12.4", FAIL, "needs CUDA 12.8"),
         (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("cpu",), "12.4", OK, "CUDA 12.8.0"),
         (inspect(env=["CUDA_VERSION=12.8.0"]), "ifnotpresent", False, ("gpu",), "", OK, "CUDA 12.8.0"),
@@ -365,6 +417,8 @@ def inspect(user="jovyan", env=(), size=2 * 1024**3):
         "missing-never-pulled",
         "root",
         "root-allowed",
+        "root-allowed-by-its-profile",
+        "root-not-allowed-by-every-profile",
         "cuda-too-new",
         "cuda-for-cpu-only",
         "driver-unknown",

@@ -23,8 +23,10 @@ from gpuspawner.images import (
     declared_cuda,
     image_digest,
     major_minor,
+    passwd_uid,
     runs_as_root,
     split_reference,
+    user_name_to_resolve,
 )
 
 from .fakes import not_found
@@ -471,3 +473,30 @@ async def test_the_puller_makes_a_new_client_after_the_engine_failed():
 def test_runs_as_root_by_any_name_or_number(user, root):
     assert runs_as_root({"Config": {"User": user}}) is root
     assert runs_as_root({"User": user}) is root
+
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\ntoor:x:0:0::/root:/bin/sh\njovyan:x:1000:100::/home/jovyan:/bin/bash\n"
+
+
+@pytest.mark.parametrize(
+    "user, resolve, root",
+    [
+        ("toor", "toor", True),  # a second name for uid 0
+        ("toor:staff", "toor", True),
+        ("jovyan", "jovyan", False),
+        ("nobody-here", "nobody-here", False),  # not in the file: Docker would not start it as that user
+        ("root", "", True),
+        ("00", "", True),
+        ("1000", "", False),
+        ("", "", True),
+    ],
+    ids=repr,
+)
+def test_a_user_name_is_resolved_to_its_uid_in_the_images_passwd(user, resolve, root):
+    assert user_name_to_resolve({"User": user}) == resolve
+    assert runs_as_root({"User": user}, PASSWD) is root
+
+
+def test_passwd_uid():
+    assert passwd_uid(PASSWD, "toor") == 0 and passwd_uid(PASSWD, "jovyan") == 1000
+    assert passwd_uid(PASSWD, "jo") is None and passwd_uid("broken\nx:y:notanumber:1\n", "x") is None

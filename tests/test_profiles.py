@@ -2,7 +2,16 @@ import logging
 
 import pytest
 
-from gpuspawner.profiles import MountPolicy, ProfileError, ProfilesFile, choose_profile, parse_profiles
+from gpuspawner.profiles import (
+    ADMIN_ONLY_FIELDS,
+    FileLimits,
+    MountPolicy,
+    ProfileError,
+    ProfilesFile,
+    choose_profile,
+    parse_profiles,
+    root_allowed,
+)
 
 
 def profile(slug="ml101", **fields):
@@ -200,3 +209,88 @@ def test_a_profiles_file_edit_that_mounts_the_host_keeps_the_last_good(tmp_path,
     # The first read of a file that mounts the host fails: there is nothing good to keep.
     with pytest.raises(ProfileError, match="field 'shares': root: source '/' is not under"):
         ProfilesFile(str(path), mount_policy=POLICY).load()
+
+
+# --- fields only the admin's config may set, and the profiles file's GPU cap
+
+FILE = FileLimits(max_gpus=1)
+
+
+def test_admin_only_fields_are_parsed_from_the_admins_config():
+    (plain, trusted) = parse_profiles([profile("plain"), profile("trusted", allow_root=True, internet=True)])
+    assert (plain.allow_root, plain.internet) == (False, False)  # the defaults: no root, no internet
+    assert (trusted.allow_root, trusted.internet) == (True, True)
+    (big,) = parse_profiles([profile(gpus=8)])  # the admin's config: no cap
+    assert big.gpus == 8
+
+
+@pytest.mark.parametrize("field", ["allow_root", "internet"])
+def test_admin_only_fields_must_be_booleans(field):
+    with pytest.raises(ProfileError, match=f"profile 'ml101': field '{field}': must be true or false, got 'yes'"):
+        parse_profiles([profile(**{field: "yes"})])
+
+
+@pytest.mark.parametrize("value", [True, False], ids=["true", "false"])
+@pytest.mark.parametrize("field", ADMIN_ONLY_FIELDS)
+def test_a_profiles_file_may_not_set_an_admin_only_field(field, value):
+    """Whatever the value: the file's editors do not decide it, even to say 'no'."""
+    with pytest.raises(ProfileError) as e:
+        parse_profiles([profile(), profile("exam", **{field: value})], file_limits=FILE)
+    assert str(e.value) == (
+        f"profile 'exam': field '{field}': only the admin's config (c.GPUSpawner.profiles) may set it,"
+        " not a profiles file"
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, max_gpus, refusal",
+    [
+        ({"gpus": 1}, 1, None),
+        ({"gpus": 2}, 1, "field 'gpus': asks for 2 GPUs"),
+        ({"gpus": 2, "mig_profile": "1g.10gb"}, 1, "field 'gpus': asks for 2 GPUs"),  # MIG instances are units too
+        ({"shared_gpu": True}, 1, None),  # a shared slot counts 1
+        ({"gpus": 4}, 4, None),
+        ({"gpus": 1}, 0, "field 'gpus': asks for 1 GPU"),  # 0: CPU profiles only
+        ({"shared_gpu": True}, 0, "field 'shared_gpu': asks for 1 GPU"),
+        ({}, 0, None),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, dict) else None,
+)
+def test_a_profiles_file_may_ask_for_at_most_max_gpus(fields, max_gpus, refusal):
+    entries = [profile(**fields)]
+    if refusal is None:
+        parse_profiles(entries, file_limits=FileLimits(max_gpus))
+        return
+    with pytest.raises(ProfileError) as e:
+        parse_profiles(entries, file_limits=FileLimits(max_gpus))
+    assert str(e.value) == (
+        f"profile 'ml101': {refusal}; a profiles file may ask for at most {max_gpus}"
+        " (c.GPUSpawner.profiles_file_max_gpus): only the admin's config may set more"
+    )
+
+
+def test_a_profiles_file_edit_that_sets_an_admin_only_field_keeps_the_last_good(tmp_path, caplog):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("- {slug: exam, display_name: Exam, image: 'lab:1', gpus: 1}\n")
+    source = ProfilesFile(str(path), mount_policy=POLICY)  # the default limits: max_gpus 1
+    assert source.limits == FileLimits(max_gpus=1)
+    (good,) = source.load()
+    for edit, field in [("allow_root: true", "allow_root"), ("internet: true", "internet"), ("gpus: 2", "gpus")]:
+        path.write_text(f"- {{slug: exam, display_name: Exam, image: 'lab:1', {edit}}}\n")
+        with caplog.at_level(logging.ERROR, logger="gpuspawner"):
+            assert source.load() == (good,)
+        assert f"Keeping the last good profiles: {path}: profile 'exam': field '{field}': " in caplog.text
+    # The first read of such a file fails: there is nothing good to keep.
+    path.write_text("- {slug: exam, display_name: Exam, image: 'lab:1', allow_root: true}\n")
+    with pytest.raises(ProfileError, match="profile 'exam': field 'allow_root': only the admin's config"):
+        ProfilesFile(str(path)).load()
+    path.write_text("- {slug: exam, display_name: Exam, image: 'lab:1', gpus: 3}\n")
+    assert ProfilesFile(str(path), limits=FileLimits(max_gpus=4)).load()[0].gpus == 3  # the admin raised it
+
+
+def test_root_is_allowed_hub_wide_or_by_every_profile_of_the_image():
+    root, plain = parse_profiles([profile("root", allow_root=True), profile("plain")])
+    assert root_allowed([root]) and not root_allowed([plain])
+    assert not root_allowed([root, plain])  # plain's spawns would refuse it
+    assert not root_allowed([])  # an image no profile names: only the hub-wide setting
+    assert root_allowed([], hub_wide=True) and root_allowed([plain], hub_wide=True)

@@ -223,6 +223,51 @@ def test_a_profiles_file_edit_takes_effect_without_a_restart(hub, paths):
     ) in hub.log_tail(400)
 
 
+def profiles_in_effect(hub) -> str:
+    """The profiles OTHER may choose, as the hub's refusal of an unknown one lists them (the file is read for it)."""
+    r = hub.start_server(OTHER, "nope")
+    assert r.status_code == 400, r.text
+    return r.json()["message"].partition("choose one of: ")[2]
+
+
+@pytest.mark.parametrize(
+    "more, refusal",
+    [
+        (
+            "  datasets: [{name: docker, source: /var/run}]\n",
+            "field 'datasets': docker: source '/var/run' is not under",
+        ),
+        (
+            "  shares: [{name: hub, source: jupyterhub-data}]\n",
+            "field 'shares': hub: source 'jupyterhub-data' is not a volume the admin allows"
+            " (c.GPUSpawner.mount_volumes: none, so no volume may be mounted)",
+        ),
+        (
+            "  allow_root: true\n",
+            "field 'allow_root': only the admin's config (c.GPUSpawner.profiles) may set it, not a profiles file",
+        ),
+        (
+            "  internet: true\n",
+            "field 'internet': only the admin's config (c.GPUSpawner.profiles) may set it, not a profiles file",
+        ),
+        (
+            "  gpus: 2\n",
+            "field 'gpus': asks for 2 GPUs; a profiles file may ask for at most 1 (c.GPUSpawner.profiles_file_max_gpus)",
+        ),
+    ],
+    ids=["var-run", "unlisted-volume", "allow-root", "internet", "gpus-over-the-cap"],
+)
+def test_a_profiles_file_that_sets_what_only_the_admin_may_is_refused_at_load(hub, paths, more, refusal):
+    """As for the host's / above: the edit is refused when the file loads, naming the profile and the field."""
+    image = read_testbed("image")
+    paths["profiles"].write_text("- {slug: open, display_name: Open lab, image: " + image + "}\n")
+    assert profiles_in_effect(hub) == "open"
+    write_profiles(paths["profiles"], image, exam_profile(image, more))
+    assert profiles_in_effect(hub) == "open"  # the last good profiles: no exam
+    assert f"Keeping the last good profiles: {paths['profiles']}: profile 'exam': {refusal}" in hub.log_tail(100)
+    assert hub.server_model(OTHER) is None and gpu_holders() == []
+
+
 def test_a_broken_profile_stops_the_hub_at_start(tmp_path):
     """With check_config(c) at the end of the config (as in the default one)."""
     require_tools()

@@ -257,6 +257,46 @@ async def test_root_image_refused_before_any_gpu_unless_allowed(engine, user):
     assert s.gpu_ids == ("GPU-0000",)
 
 
+async def test_a_user_name_for_uid_0_is_refused_and_each_images_users_are_read_once(engine):
+    engine.images["alias:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": "toor"}
+    engine.passwd["alias:1"] = "root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/root:/bin/sh\n"
+    engine.passwd["lab:1"] = "jovyan:x:1000:100::/home/jovyan:/bin/bash\n"
+    profiles = [
+        {"slug": "alias", "display_name": "Alias", "image": "alias:1", "gpus": 1},
+        {"slug": "lab", "display_name": "Lab", "image": "lab:1"},
+    ]
+    s = spawner(engine, profile="alias", profiles=profiles)
+    with pytest.raises(SpawnException, match="runs as root") as e:
+        await s.start()
+    assert e.value.reason == "image_root" and len(s.shared.ledger.free()) == 2
+    for user in ("bob", "carol"):  # jovyan is uid 1000: both start, and the image's users were read once
+        await spawner(engine, user, profile="lab", profiles=profiles).start()
+    assert engine.calls.count("get_archive") == 2  # alias:1 once, lab:1 once
+    assert [c["Labels"].get("gpuspawner.user") for c in engine.containers_by_id.values()] == ["bob", "carol"]
+
+
+async def test_an_image_without_etc_passwd_is_taken_at_its_users_word(engine):
+    s = spawner(engine)  # lab:1 runs as jovyan; the fake engine has no /etc/passwd for it
+    await s.start()
+    assert s.object_id and engine.calls.count("get_archive") == 1
+
+
+async def test_a_profile_the_admin_allows_root_starts_a_root_image_others_do_not(engine):
+    engine.images["root:1"] = {"Cmd": ["jupyterhub-singleuser"], "User": "00"}
+    profiles = [
+        {"slug": "root", "display_name": "Root", "image": "root:1", "allow_root": True},
+        {"slug": "plain", "display_name": "Plain", "image": "root:1"},
+    ]
+    s = spawner(engine, profile="root", profiles=profiles)
+    await s.start()
+    assert s.object_id
+    s = spawner(engine, "bob", profile="plain", profiles=profiles)
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.reason == "image_root"
+    assert "allow root for this profile (allow_root in c.GPUSpawner.profiles)" in str(e.value)
+
+
 async def test_missing_image_is_a_clear_refusal(engine):
     profiles = [{"slug": "x", "display_name": "X", "image": "nowhere:1", "gpus": 1}]
     s = spawner(engine, profiles=profiles, pull_policy="never")
@@ -368,6 +408,23 @@ async def test_profiles_file_reloads_and_keeps_the_last_good(engine, tmp_path, c
     path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: lots}\n")
     assert [p.slug for p in s.lab_profiles] == ["a", "b"]
     assert "Keeping the last good profiles" in caplog.text and "field 'gpus'" in caplog.text
+
+
+def test_a_profiles_file_keeps_to_the_admins_limits(engine, tmp_path, caplog):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', gpus: 2}\n")
+    assert GPUSpawner().profiles_file_max_gpus == 1
+    with pytest.raises(web.HTTPError, match="profile 'a': field 'gpus': asks for 2 GPUs; a profiles file may ask"):
+        spawner(engine, profiles=[], profiles_file=str(path))  # the first read: refused, nothing to keep
+    reset_hub_state()  # a hub restarted with a higher cap
+    s = spawner(engine, profiles=[], profiles_file=str(path), profiles_file_max_gpus=2)
+    assert s.lab_profiles[0].gpus == 2
+    path.write_text("- {slug: a, display_name: A, image: 'lab:1', allow_root: true}\n")
+    assert s.lab_profiles[0].gpus == 2 and not s.lab_profiles[0].allow_root
+    assert (
+        f"Keeping the last good profiles: {path}: profile 'a': field 'allow_root': only the admin's config"
+        " (c.GPUSpawner.profiles) may set it, not a profiles file"
+    ) in caplog.text
 
 
 # --- what profiles may mount: c.GPUSpawner.mount_roots and mount_volumes
@@ -650,3 +707,17 @@ async def test_a_missing_lab_network_refuses_the_spawn_before_any_container(engi
         await s.start()
     assert not engine.containers_by_id
     assert s.shared.ledger.assignment(s.holder) is None  # nothing held
+
+
+async def test_an_internet_profile_joins_the_labs_internet_network(engine):
+    profiles = [{"slug": "pip", "display_name": "Pip", "image": "lab:1", "internet": True}]
+    s = spawner(engine, profile="pip", profiles=profiles)
+    ip, port = await s.start()
+    c = container_of(engine, s)
+    assert c["HostConfig"]["NetworkMode"] == "gpuspawner-lab-internet"
+    assert (ip, port) == (c["NetworkSettings"]["Networks"]["gpuspawner-lab-internet"]["IPAddress"], 8888)
+    engine.networks.discard("gpuspawner-lab-internet")
+    other = spawner(engine, user="bob", profile="pip", profiles=profiles)
+    other.shared.networks_seen.clear()
+    with pytest.raises(SpawnException, match="'gpuspawner-lab-internet' does not exist"):
+        await other.start()

@@ -21,7 +21,7 @@ from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import cuda_refusal, declared_cuda, runs_as_root
 from ..lab_network import LabNetworkError, check_networks, check_rules, forwarding_on, lab_network
-from ..profiles import Profile, ProfileError
+from ..profiles import Profile, ProfileError, root_allowed
 from ..spawner import GPUSpawner
 from ..traits import format_bytes
 from . import output, probe
@@ -161,7 +161,10 @@ def profile_image_findings(
     driver_cuda: str,
     driver_version: str = "",
 ) -> list[Finding]:
-    """One profile image on the engine: present, not root, its CUDA within the driver's (for GPU profiles)."""
+    """One profile image on the engine: present, not root, its CUDA within the driver's (for GPU profiles).
+
+    Root passes with ``allow_root`` (``c.GPUSpawner.allow_root``) or when every profile in ``users`` allows it.
+    """
     slugs = ", ".join(p.slug for p in users)
     if inspect is None:
         if pull_policy.lower() == "never":
@@ -183,13 +186,13 @@ def profile_image_findings(
         ]
     findings = []
     config = inspect.get("Config") or {}
-    if runs_as_root(config) and not allow_root:
+    if runs_as_root(config) and not root_allowed(users, allow_root):
         findings.append(
             Finding(
                 FAIL,
                 "image",
                 f"{image} runs as root: the hub refuses it",
-                "USER 1000 in its Dockerfile (or c.GPUSpawner.allow_root = True)",
+                "USER 1000 in its Dockerfile (or allow_root on its profiles in c.GPUSpawner.profiles)",
             )
         )
     cuda = declared_cuda(config) or ""
@@ -547,7 +550,7 @@ class DoctorApp(LabCommand):
                 problems += check_rules(lab)
             except LabNetworkError as e:
                 problems.append(str(e))
-        internet = [p.slug for p in profiles if getattr(p, "internet", False)]
+        internet = [p.slug for p in profiles if p.internet]
         return network_findings(spawner.network_name, lab_name, problems, internet, forwarding_on())
 
 

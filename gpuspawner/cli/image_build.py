@@ -25,7 +25,6 @@ from rich.text import Text
 from traitlets import Float, List, Unicode
 
 from ..config import ConfigError, engine_where
-from ..images import split_reference
 from . import output, probe
 from .build_plan import (
     BuildPlan,
@@ -115,13 +114,9 @@ class ImageBuildApp(LabCommand):
 
         if not probe.image_inspect(client, self.base):
             out.print(f"{self.base} is not on this engine: pulling it...")
-            repo, tag, digest = split_reference(self.base)
-            try:
-                for event in client.pull(repo, tag=digest or tag, stream=True, decode=True):
-                    if "error" in event:
-                        raise ConfigError(f"cannot pull the base {self.base}: {event['error']}")
-            except docker.errors.APIError as e:
-                raise ConfigError(f"cannot pull the base {self.base}: {e.explanation or e}") from None
+            refused = probe.pull(client, self.base)
+            if refused:
+                raise ConfigError(f"cannot pull the base {self.base}: {refused}")
         out.print(f"{self.base}: looking at the base (one short run, no network)...")
         facts = probe.run_probe(client, self.base, self.timeout)
         findings = base_findings(facts)

@@ -19,8 +19,8 @@ from traitlets import Bool, Float
 from traitlets.config import Application
 
 from ..config import HubConfig, engine_where
-from ..images import cuda_refusal, declared_cuda, major_minor, runs_as_root
-from ..profiles import Profile
+from ..images import cuda_refusal, declared_cuda, major_minor, runs_as_root, split_reference
+from ..profiles import Profile, root_allowed
 from ..traits import format_bytes
 from . import output, probe
 from .command import LabCommand, by_image, profiles_of
@@ -87,13 +87,14 @@ def _user_finding(facts: ImageFacts, allow_root: bool) -> list[Finding]:
     who = f"{facts.user or '?'} (uid {facts.uid if facts.uid is not None else '?'})"
     if root:
         if allow_root:
-            return [Finding(WARN, "user", "runs as root; allowed by c.GPUSpawner.allow_root")]
+            return [Finding(WARN, "user", f"{who} runs as root; allowed by c.GPUSpawner.allow_root or its profiles")]
         return [
             Finding(
                 FAIL,
                 "user",
-                "runs as root: the hub refuses root images",
-                "add a non-root user and end the Dockerfile with USER 1000 (or set c.GPUSpawner.allow_root = True)",
+                f"{who} runs as root: the hub refuses root images",
+                "add a non-root user and end the Dockerfile with USER 1000"
+                " (or the admin sets allow_root on its profiles in c.GPUSpawner.profiles)",
             )
         ]
     findings = [Finding(OK, "user", f"{who}, home {facts.home or '?'}")]
@@ -250,6 +251,21 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
     return findings
 
 
+def pin_finding(image: str, inspect: dict) -> Finding:
+    """The reference to pin in a profile: ``repository@sha256:...`` from the registry, when it came from one."""
+    repo = split_reference(image)[0]
+    digests = inspect.get("RepoDigests") or []
+    pinned = next((d for d in digests if d.partition("@")[0] == repo), digests[0] if digests else "")
+    if pinned:
+        return Finding(OK, "digest", f"pin it in the profile as image: {pinned}")
+    return Finding(
+        OK,
+        "digest",
+        f"none: {image} was built on this engine, never pulled from a registry (Id {inspect.get('Id', '?')[:19]});"
+        " push it to the lab's registry and check the pushed name to get the digest to pin",
+    )
+
+
 def _dotted(version: tuple[int, int]) -> str:
     return f"{version[0]}.{version[1]}"
 
@@ -261,7 +277,7 @@ def hub_context(hub: HubConfig, users: list[Profile] = ()) -> HubContext:
     """What an image must fit on this hub (for the profiles ``users``; none: as a GPU image)."""
     return HubContext(
         jupyterhub_version=jupyterhub.__version__,
-        allow_root=hub.spawner.allow_root,
+        allow_root=root_allowed(users, hub.spawner.allow_root),
         driver_cuda=hub.driver_cuda,
         driver_version=hub.inventory.driver_version,
         for_gpu=not users or any(p.gpu_request.slots for p in users),
@@ -273,26 +289,31 @@ class ImageCheckApp(LabCommand):
     name = "gpuspawner image check"
     description = """Check that an image will start under this hub, before the class does.
 
-    Runs the image once on the hub's Docker engine with no GPU and no network, and
-    reports: jupyterhub-singleuser and its version (same major.minor as the hub's),
-    the user it runs as (root fails unless c.GPUSpawner.allow_root) and its home,
-    Python, JupyterLab, the CUDA it declares and contains against the driver's,
-    torch/tensorflow/jax when installed, and its size. Exit status 0 when it will
+    Pulls the image when the hub's Docker engine lacks it (with the registry login
+    of whoever runs the command; --no-pull: not), runs it once there with no GPU
+    and no network, and reports: jupyterhub-singleuser and its version (same
+    major.minor as the hub's), the user it runs as (root fails unless allowed:
+    c.GPUSpawner.allow_root, or allow_root on every profile that uses it) and its
+    home, Python, JupyterLab, the CUDA it declares and contains against the
+    driver's, torch/tensorflow/jax when installed, its size, and the registry
+    digest to pin in a profile (repository@sha256:...). Exit status 0 when it will
     start (warnings allowed), 1 when it will not, 2 when the check cannot run.
     """
     examples = dedent("""
-    gpuspawner image check course/ml101:2026.1
+    gpuspawner image check registry.example.edu/ml101-cuda:2026.1
     gpuspawner image check --profiles -f /srv/jupyterhub/jupyterhub_config.py
     gpuspawner image check lab:1 --GPUSpawner.driver_cuda_version=12.4
     """)
 
     profiles = Bool(False, help="Check the image of every profile in the hub's config.").tag(config=True)
     timeout = Float(60, help="Seconds the check may take in one image.").tag(config=True)
+    pull = Bool(True, help="Pull an image this engine lacks before checking it.").tag(config=True)
 
     aliases = {**LabCommand.aliases, "timeout": "ImageCheckApp.timeout"}
     flags = {
         **Application.flags,
         "profiles": ({"ImageCheckApp": {"profiles": True}}, "Check the image of every profile."),
+        "no-pull": ({"ImageCheckApp": {"pull": False}}, "Check only images already on this engine."),
     }
 
     def start(self) -> int:
@@ -306,30 +327,50 @@ class ImageCheckApp(LabCommand):
         statuses = []
         for image, users in images.items():
             ctx = hub_context(hub, users)
-            statuses.append(check_one(client, image, users, ctx, out, engine_where(hub.spawner), self.timeout))
+            where = engine_where(hub.spawner)
+            statuses.append(check_one(client, image, users, ctx, out, where, self.timeout, pull=self.pull))
         if len(statuses) > 1:
             failed = sum(statuses)
             out.print(f"{len(statuses)} images: {len(statuses) - failed} OK, {failed} FAIL")
         return max(statuses, default=0)
 
 
-def check_one(client, image: str, users: list[Profile], ctx: HubContext, out, where: str, timeout: float) -> int:
-    """Run the probe in ``image``, print its findings and verdict; the exit status."""
+def check_one(
+    client, image: str, users: list[Profile], ctx: HubContext, out, where: str, timeout: float, pull: bool = False
+) -> int:
+    """Run the probe in ``image`` (pulled first when missing, if ``pull``), print its findings and verdict;
+    the exit status."""
     used_by = f" (profiles {', '.join(p.slug for p in users)})" if users else ""
-    out.print(f"{image}{used_by}: running the check with no GPU and no network...")
-    try:
-        facts = probe.run_probe(client, image, timeout)
-    except docker.errors.ImageNotFound:
+    refused = ""
+    if pull and probe.image_inspect(client, image) is None:
+        out.print(f"{image}: not on this engine ({where}), pulling it...")
+        refused = probe.pull(client, image)
+    if refused:
         findings = [
             Finding(
                 FAIL,
                 "image",
-                f"{image} is not on this engine ({where})",
-                f"docker pull {image}, or build it on this host",
+                f"could not pull {image}: {refused}",
+                "check the name, and that this host can reach its registry (docker login, if it needs one)",
             )
         ]
     else:
-        findings = image_findings(facts, ctx)
+        out.print(f"{image}{used_by}: running the check with no GPU and no network...")
+        try:
+            facts = probe.run_probe(client, image, timeout)
+        except docker.errors.ImageNotFound:
+            findings = [
+                Finding(
+                    FAIL,
+                    "image",
+                    f"{image} is not on this engine ({where})",
+                    f"docker pull {image}, or build it on this host",
+                )
+            ]
+        else:
+            findings = image_findings(facts, ctx)
+            if not verdict(findings)[0]:  # what to pin, once it may be pinned
+                findings.append(pin_finding(image, client.inspect_image(image)))
     output.print_findings(out, findings, "  ")
     status, text = verdict(findings)
     will = "will not start under this hub" if status else "can start under this hub"

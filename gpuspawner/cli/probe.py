@@ -18,6 +18,8 @@ import docker.errors
 import docker.types
 import requests
 
+from ..images import split_reference
+
 #: The label on the command's own short-lived containers (never a server's).
 CLI_LABEL = "gpuspawner.cli"
 
@@ -275,6 +277,19 @@ def gpu_request_refusal(client: docker.APIClient, image: str, capabilities=(("gp
             client.remove_container(container["Id"], force=True)
         except docker.errors.APIError:
             pass
+
+
+def pull(client: docker.APIClient, image: str) -> str:
+    """Pull ``image`` onto the engine, with the registry login of whoever runs the command;
+    '' when it is there, else the registry's or the engine's message."""
+    repo, tag, digest = split_reference(image)
+    try:
+        for event in client.pull(repo, tag=digest or tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                return (event.get("errorDetail") or {}).get("message") or event["error"]
+    except docker.errors.APIError as e:
+        return str(e.explanation or e)
+    return ""
 
 
 def image_inspect(client: docker.APIClient, image: str) -> dict | None:
