@@ -82,6 +82,23 @@ class MountPolicy:
         allowed = ", ".join(self.volumes) or "none, so no volume may be mounted"
         return f"source {source!r} is not a volume the admin allows (c.GPUSpawner.mount_volumes: {allowed})"
 
+    def link_refusal(self, source: str, resolve: Callable[[str], str] = os.path.realpath) -> str:
+        """Why host path ``source`` may not be mounted as it stands now: a symbolic link on the way
+        leads outside every root (Docker follows it). '' when it may, or when ``source`` is a volume.
+
+        Checked at each spawn, since whoever may write inside a root (a teacher's share) can plant
+        a link after the profile was loaded. ``resolve`` follows links as the host does.
+        """
+        if not source.startswith("/"):
+            return ""
+        target = resolve(source)
+        if any(os.path.commonpath([resolve(root), target]) == resolve(root) for root in self.roots):
+            return ""
+        return (
+            f"source {source!r} leads through a symbolic link to {target!r}, which is not under the mount roots"
+            f" the admin allows (c.GPUSpawner.mount_roots: {', '.join(self.roots) or 'none'})"
+        )
+
 
 #: Profile fields only the admin's config (``c.GPUSpawner.profiles``) may set: a profiles file that
 #: sets one, whatever its value, is refused (its editors, often teachers, must not loosen them).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import datetime, timezone
 
 import docker.tls
@@ -791,6 +792,7 @@ class GPUSpawner(DockerSpawner):
         self._progress.clear()  # the same list and event: a reader may already be waiting
         self._report(2, f"Preparing {profile.display_name}")
         self._apply_profile(profile)
+        self._check_mount_links(profile)
         ledger = await self.ledger()
         # Fail fast: no image pull or inspection when the answer is already no.
         refusal = self._can_fit(ledger, profile.gpu_request)
@@ -837,6 +839,27 @@ class GPUSpawner(DockerSpawner):
             self.gpu_ids = ()
             self.gpu_shared = False
             raise
+
+    def _check_mount_links(self, profile: Profile) -> None:
+        """Refuse a dataset or share whose path now leads, through a symbolic link, outside the mount roots.
+
+        Only paths this hub sees can be resolved: the deploy's compose file mounts the roots
+        read-only into the hub's container at the same paths.
+        """
+        policy = self.mount_policy
+        for field_name, mounts in (("datasets", profile.datasets), ("shares", profile.shares)):
+            for mount in mounts:
+                if not os.path.lexists(mount.source):
+                    continue  # a volume, or a path on the engine's host that this hub does not see
+                refusal = policy.link_refusal(mount.source)
+                if refusal:
+                    self.log.warning("Not starting %s: profile %r: %s", self.holder, profile.slug, refusal)
+                    raise SpawnException(
+                        f"{profile.display_name} cannot start: its {field_name[:-1]} {mount.name!r}: {refusal}."
+                        " Nothing was started; an admin must fix the link.",
+                        reason="mount",
+                        status_code=503,
+                    )
 
     # --- images: pulled on their own threads, with progress
 

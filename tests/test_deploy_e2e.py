@@ -194,6 +194,8 @@ class ComposedHub:
         self.lab = e2e_lab(f"deploy-{RUN}:{os.getpid()}", self.ports["hub"])
         self.workdir = workdir
         (workdir / "tls").mkdir()  # empty: plain HTTP on loopback
+        (workdir / "datasets").mkdir()
+        (workdir / "courses").mkdir()
         (workdir / "hub.env").write_text("# no secrets: the test logs in with the dummy authenticator\n")
         self.config = workdir / "jupyterhub_config.py"
         client_dir = TESTBED / "client"
@@ -208,6 +210,8 @@ class ComposedHub:
             "GPUSPAWNER_HUB_CONFIG": str(self.config),
             "GPUSPAWNER_TLS_DIR": str(workdir / "tls"),
             "GPUSPAWNER_HUB_ENV_FILE": str(workdir / "hub.env"),
+            "GPUSPAWNER_DATASETS_ROOT": str(workdir / "datasets"),
+            "GPUSPAWNER_COURSES_ROOT": str(workdir / "courses"),
         }
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:

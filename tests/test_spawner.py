@@ -721,3 +721,35 @@ async def test_an_internet_profile_joins_the_labs_internet_network(engine):
     other.shared.networks_seen.clear()
     with pytest.raises(SpawnException, match="'gpuspawner-lab-internet' does not exist"):
         await other.start()
+
+
+async def test_a_link_planted_inside_a_root_is_refused_at_spawn(engine, tmp_path):
+    """A teacher who may write a share plants ``host -> /`` in it; a profile naming ``…/host`` loads
+    (its path is under the root as written) but never mounts the host's ``/``."""
+    courses = tmp_path / "courses"
+    (courses / "ml101" / "data").mkdir(parents=True)
+    (courses / "ml101" / "host").symlink_to("/")
+    (courses / "ml101" / "inside").symlink_to(courses / "ml101" / "data")  # a link within the root is fine
+    profiles = [
+        {
+            "slug": "ok",
+            "display_name": "OK",
+            "image": "lab:1",
+            "datasets": [{"name": "d", "source": f"{courses}/ml101/inside"}],
+        },
+        {
+            "slug": "bad",
+            "display_name": "Bad",
+            "image": "lab:1",
+            "datasets": [{"name": "d", "source": f"{courses}/ml101/host"}],
+        },
+    ]
+    good = spawner(engine, profile="ok", profiles=profiles, mount_roots=[str(courses)])
+    await good.start()
+    bad = spawner(engine, user="eve", profile="bad", profiles=profiles, mount_roots=[str(courses)])
+    with pytest.raises(
+        SpawnException,
+        match=r"Bad cannot start: its dataset 'd': source '.*/host' leads through a symbolic link to '/'",
+    ):
+        await bad.start()
+    assert len(engine.containers_by_id) == 1  # only the good one
