@@ -114,6 +114,8 @@ class FileLimits:
     """
 
     max_gpus: int = 1
+    admin_slugs: frozenset[str] = frozenset()  # the admin's config's profiles, which the file cannot replace
+    admin_default: str = ""  # the admin's default profile, if it names one
 
 
 @dataclass(frozen=True)
@@ -420,7 +422,16 @@ def parse_profiles(
         if profile.slug in seen:
             raise ProfileError(f"profile {profile.slug!r}: field 'slug': two profiles share this slug")
         seen.add(profile.slug)
-    defaults = [p.slug for p in profiles if p.default]
+    if file_limits is not None:
+        for profile in profiles:
+            if profile.slug in file_limits.admin_slugs:
+                raise ProfileError(
+                    f"profile {profile.slug!r}: field 'slug': the admin's config has a profile of this slug;"
+                    " a profiles file adds profiles beside the admin's, it cannot replace one"
+                )
+    defaults = ([file_limits.admin_default] if file_limits and file_limits.admin_default else []) + [
+        p.slug for p in profiles if p.default
+    ]
     if len(defaults) > 1:
         raise ProfileError(
             f"profile {defaults[1]!r}: field 'default': only one profile may be the default ({defaults[0]!r} is)"

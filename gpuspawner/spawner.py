@@ -175,10 +175,11 @@ class GPUSpawner(DockerSpawner):
 
     profiles_file = Unicode(
         "",
-        help="""A YAML file of profiles, used instead of ``profiles`` when set.
+        help="""A YAML file of profiles (often the teachers'), offered after the admin's ``profiles``.
 
         A list of profile dicts (or a mapping with a ``profiles:`` list), in the
-        same form as ``profiles``. An edit takes effect on the next spawn, without
+        same form as ``profiles``; it adds profiles and cannot replace one of the
+        admin's (same slug) or its default. An edit takes effect on the next spawn, without
         a hub restart; a broken edit keeps the last good profiles and logs why.
         Its editors cannot widen what it may mount: that is ``mount_roots`` and
         ``mount_volumes``, here in the hub's config. Nor may it set the fields only
@@ -585,23 +586,23 @@ class GPUSpawner(DockerSpawner):
 
     @property
     def lab_profiles(self) -> tuple[Profile, ...]:
-        """Every profile of the hub (from ``profiles_file`` or ``profiles``), mounts checked against the
-        admin's ``mount_roots`` and ``mount_volumes`` (here, where all config is known)."""
+        """Every profile of the hub: the admin's ``profiles``, then those of ``profiles_file``; mounts
+        checked against the admin's ``mount_roots`` and ``mount_volumes`` (here, where all config is known)."""
+        admins = parse_profiles(self.profiles, self.allow_unpinned_images, self.mount_policy) if self.profiles else ()
         if self.profiles_file:
             files = self.shared.profiles_files
             source = files.get(self.profiles_file)
             if source is None:
-                source = files[self.profiles_file] = ProfilesFile(
-                    self.profiles_file,
-                    self.log,
-                    self.allow_unpinned_images,
-                    self.mount_policy,
-                    FileLimits(self.profiles_file_max_gpus),
+                limits = FileLimits(
+                    self.profiles_file_max_gpus,
+                    admin_slugs=frozenset(p.slug for p in admins),
+                    admin_default=next((p.slug for p in admins if p.default), ""),
                 )
-            return source.load()
-        if self.profiles:
-            return parse_profiles(self.profiles, self.allow_unpinned_images, self.mount_policy)
-        return (Profile(slug="default", display_name="Default", image=self.image),)
+                source = files[self.profiles_file] = ProfilesFile(
+                    self.profiles_file, self.log, self.allow_unpinned_images, self.mount_policy, limits
+                )
+            return admins + source.load()
+        return admins or (Profile(slug="default", display_name="Default", image=self.image),)
 
     @property
     def user_profiles(self) -> tuple[Profile, ...]:

@@ -427,6 +427,21 @@ def test_a_profiles_file_keeps_to_the_admins_limits(engine, tmp_path, caplog):
     ) in caplog.text
 
 
+def test_a_profiles_file_adds_to_the_admins_profiles_and_replaces_none(engine, tmp_path, caplog):
+    """The admin's profiles (with what only they may set) come first; the teachers' file adds its own."""
+    admins = [{"slug": "pip", "display_name": "Pip", "image": "lab:1", "internet": True, "default": True}]
+    path = tmp_path / "profiles.yaml"
+    path.write_text("- {slug: ml101, display_name: ML101, image: 'lab:1', gpus: 1}\n")
+    s = spawner(engine, profiles=admins, profiles_file=str(path))
+    assert [(p.slug, p.internet) for p in s.lab_profiles] == [("pip", True), ("ml101", False)]
+    path.write_text("- {slug: pip, display_name: Mine, image: 'lab:1'}\n")  # a teacher's copy of the admin's
+    assert [p.slug for p in s.lab_profiles] == ["pip", "ml101"]  # refused: the last good ones stay
+    assert "profile 'pip': field 'slug': the admin's config has a profile of this slug" in caplog.text
+    path.write_text("- {slug: other, display_name: Other, image: 'lab:1', default: true}\n")
+    assert [p.slug for p in s.lab_profiles] == ["pip", "ml101"]
+    assert "only one profile may be the default ('pip' is)" in caplog.text
+
+
 # --- what profiles may mount: c.GPUSpawner.mount_roots and mount_volumes
 
 ROOTS = {"mount_roots": ["/srv/datasets", "/srv/courses"], "mount_volumes": ["course-*"]}
