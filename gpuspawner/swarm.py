@@ -15,7 +15,9 @@ How the parts fit (see docs/how-to/multi-host.md for the why):
   ids it has not given to any other task, and sets ``DOCKER_RESOURCE_<KIND>``
   in the container, which the NVIDIA toolkit's ``swarm-resource`` setting turns
   into the visible devices. The ids Swarm assigned are read back from the task
-  and recorded in the ledger.
+  and recorded in the ledger. Every other kind's variable is set empty, and an
+  image that sets such a variable itself is refused before any unit is assigned,
+  so no variable but Swarm's can name a unit.
 - **After a hub restart** the ledger is rebuilt from Swarm: services labelled
   by gpuspawner, their running tasks and the units assigned to them.
 - **Homes** are local volumes: a user is pinned to the node that holds their
@@ -156,6 +158,13 @@ def resource_request(units: Iterable[GPU], kinds: dict[str, str]) -> dict[str, i
         kind = kinds[unit.id]
         wanted[kind] = wanted.get(kind, 0) + 1
     return wanted
+
+
+def withheld_kinds(nodes: Iterable[SwarmNode], wanted: Iterable[str]) -> tuple[str, ...]:
+    """The GPU kinds of the Swarm (any node's, usable or not) that a server asking for ``wanted`` is not given."""
+    given = {kind.upper() for kind in wanted}
+    every = {kind.upper(): kind for node in nodes for kind in node.kinds.values()}
+    return tuple(every[k] for k in sorted(every) if k not in given)
 
 
 def assigned_ids(task: dict) -> tuple[str, ...]:
@@ -468,12 +477,14 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
         node = self.node
         await self._record_home()
-        described = self.container = self.describe_container(units_by_swarm=True)
-        labels = {**described.labels, label.NODE: node.id, **((self.extra_create_kwargs or {}).get("labels") or {})}
         wanted = {}
         if self.gpu_ids:
             units = [u for u in self.shared.ledger.inventory if u.id in self.gpu_ids]
             wanted = resource_request(units, node.kinds)
+        # Swarm sets DOCKER_RESOURCE_<KIND> for what it assigns; every other kind is blanked.
+        blank = withheld_kinds(self.shared.nodes, wanted)
+        described = self.container = self.describe_container(units_by_swarm=True, blank_kinds=blank)
+        labels = {**described.labels, label.NODE: node.id, **((self.extra_create_kwargs or {}).get("labels") or {})}
         limits = described.limits
         container = ContainerSpec(
             image=self.image,
@@ -644,4 +655,5 @@ __all__ = [
     "running_servers",
     "service_mounts",
     "usable_units",
+    "withheld_kinds",
 ]

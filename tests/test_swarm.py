@@ -24,6 +24,7 @@ from gpuspawner.swarm import (
     resource_request,
     running_servers,
     usable_units,
+    withheld_kinds,
 )
 
 GiB = 1024**3
@@ -176,6 +177,28 @@ def test_duplicate_hostnames_are_told_apart():
 def test_resource_request_counts_each_kind():
     nodes = read_nodes([api_node(1, ["GPU-a", "GPU-b"])], {})
     assert resource_request(nodes[0].units, nodes[0].kinds) == {"NVIDIA-GPU": 2}
+
+
+@pytest.mark.parametrize(
+    "wanted, blank",
+    [
+        ({}, ("NVIDIA-GPU", "NVIDIA-MIG-1g.10gb")),
+        ({"NVIDIA-GPU": 1}, ("NVIDIA-MIG-1g.10gb",)),
+        ({"NVIDIA-MIG-1G.10GB": 1}, ("NVIDIA-GPU",)),  # Swarm's variable names the kind in upper case
+    ],
+    ids=["cpu-server", "gpu-server", "mig-server"],
+)
+def test_every_kind_a_server_was_not_given_is_withheld(wanted, blank):
+    # The down node's kind counts too: it may come back while this server runs.
+    nodes = read_nodes(
+        [
+            api_node(1, ["GPU-a"]),
+            api_node(2, ["GPU-b"]),
+            api_node(3, ["MIG-c"], kind="NVIDIA-MIG-1g.10gb", state="down"),
+        ],
+        {},
+    )
+    assert withheld_kinds(nodes, wanted) == blank
 
 
 def test_running_servers_from_services_and_tasks():

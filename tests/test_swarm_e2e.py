@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
 import os
 import re
@@ -145,9 +146,21 @@ def swarm():
     cleanup_swarm()
 
 
+def resource_env_image(base: str) -> str:
+    """An image whose own environment names a GPU, on the manager (where the hub inspects images)."""
+    tag = "gpuspawner-lab-resource-env:" + base.rsplit(":", 1)[1]
+    api = manager()
+    if not api.images(name=tag):
+        dockerfile = f"FROM {base}\nENV DOCKER_RESOURCE_NVIDIA-GPU={gpu(1, 0)}\n".encode()
+        for event in api.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, decode=True):
+            assert "error" not in event, event
+    return tag
+
+
 @pytest.fixture(scope="module")
 def hub(swarm, tmp_path_factory):
     small = {"image": swarm, "mem_limit": "512M"}  # no CPU limit: start-up is CPU-bound on 2 cores
+    named_gpu = {**small, "image": resource_env_image(swarm)}
     gpus = [
         {"index": i, "uuid": gpu(n, i), "name": "NVIDIA L4", "memory": "24G", "node": f"gpu-node-{n}"}
         for n in (1, 2, 3)
@@ -181,6 +194,7 @@ def hub(swarm, tmp_path_factory):
         dict(slug="gpu", display_name="One L4", gpus=1, **{small!r}),
         dict(slug="gpu2", display_name="Two L4", gpus=2, **{small!r}),
         dict(slug="mig", display_name="A100 slice", gpus=1, mig_profile="1g.10gb", **{small!r}),
+        dict(slug="named-gpu", display_name="Image naming a GPU", gpus=1, **{named_gpu!r}),
     ]
     c.SwarmGPUSpawner.nodes_refresh = 0.5
     c.Spawner.poll_interval = 2
@@ -216,6 +230,7 @@ def test_1_spawns_spread_over_the_nodes_with_distinct_units(hub: RealHub):
         assert ids[0].startswith(gpu(int(host[-1]), 0)[:-3]), (name, host, ids)  # a unit of that node
         env = pid1_env(user(name))
         assert env["DOCKER_RESOURCE_NVIDIA-GPU"] == ids[0]
+        assert env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == ""  # a kind it was not given names nothing
         assert env["NVIDIA_VISIBLE_DEVICES"] == "void"  # Swarm's variable carries the unit, not ours
     # The dashboard reads the ledger from Swarm: every node's units and who holds them.
     sources = Sources(Inventory(units=(), source="swarm"), Policy(), manager, None, "", nvml=False)
@@ -236,12 +251,23 @@ def test_2_refusals_name_what_is_free_per_node_and_quotas_hold_across_nodes(hub:
     assert "on one node" in message, message
     for n in (1, 2, 3):
         assert re.search(rf"gpu-node-{n}: [^;]*\b1 NVIDIA L4 GPU\b", message), message
+    # An image whose own environment names a GPU is refused before any unit is assigned.
+    r = hub.start_server(user("kim"), "named-gpu")
+    assert r.status_code == 400, r.text
+    assert "sets DOCKER_RESOURCE_NVIDIA-GPU in its environment" in refusal(r), refusal(r)
+    assert "profile named-gpu" not in hub.log_text()  # the "Starting ..." line comes after the assignment
+    assert not manager().services(filters={"label": f"gpuspawner.user={user('kim')}"})
     # A group quota of 2 counts its members' servers on every node.
-    spawn_at_once(hub, ["gia", "hal", "mia"], "gpu", mia="mig")
+    spawn_at_once(hub, ["gia", "hal", "mia", "joe"], "gpu", mia="mig", joe="cpu")
     # A MIG instance is a unit of its own kind: Swarm assigns one, on the node that has them.
     host, units = where(user("mia"))
     assert host == "gpu-node-3" and len(units) == 1 and units[0] in (mig(0), mig(1)), (host, units)
-    assert pid1_env(user("mia"))["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == units[0]
+    env = pid1_env(user("mia"))
+    assert env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == units[0] and env["DOCKER_RESOURCE_NVIDIA-GPU"] == ""
+    # A server without a GPU: every kind is blank, so no variable from anywhere can name a unit.
+    env = pid1_env(user("joe"))
+    assert env["DOCKER_RESOURCE_NVIDIA-GPU"] == env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == "", env
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert where(user("gia"))[0] != where(user("hal"))[0]
     r = hub.start_server(user("ivy"), "gpu")
     assert r.status_code == 403, r.text

@@ -16,7 +16,7 @@ import docker.errors
 from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
-from ..images import cuda_refusal, declared_cuda, runs_as_root
+from ..images import cuda_refusal, declared_cuda, declared_resource_variables, runs_as_root
 from ..profiles import Profile, ProfileError
 from ..spawner import GPUSpawner
 from ..traits import format_bytes
@@ -186,6 +186,16 @@ def profile_image_findings(
                 "image",
                 f"{image} runs as root: the hub refuses it",
                 "USER 1000 in its Dockerfile (or c.GPUSpawner.allow_root = True)",
+            )
+        )
+    resource_variables = declared_resource_variables(config)
+    if resource_variables:
+        findings.append(
+            Finding(
+                FAIL,
+                "image",
+                f"{image} sets {', '.join(resource_variables)} in its environment: the hub refuses it",
+                "remove that ENV line (Swarm sets DOCKER_RESOURCE_* itself for the GPUs it assigns)",
             )
         )
     cuda = declared_cuda(config) or ""
