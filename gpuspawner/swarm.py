@@ -41,7 +41,7 @@ import docker.errors
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import Float, Unicode
+from traitlets import Float, Int, Unicode
 
 from . import labels as label
 from .container import ServerContainer
@@ -338,6 +338,22 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         """,
     ).tag(config=True)
 
+    server_port = Int(
+        8888,
+        min=1,
+        max=65535,
+        help="""The port a server listens on in its own network namespace, on a lab network.
+
+        With ``network_name`` a lab network (not ``"host"``: see
+        docs/how-to/multi-host.md, "A lab network of its own"), each server
+        listens on this port in its own namespace; Swarm publishes it on the
+        server's node in ``host`` mode (no routing mesh) at a port the hub chose,
+        where the hub and the proxy reach it.
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
     def load_inventory(self) -> Inventory:
         # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.
         described = () if isinstance(self.gpus, str) else parse_static_inventory(self.gpus)
@@ -437,6 +453,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 reason="home_node",
                 status_code=503,
             )
+        self.node = None  # chosen afresh for this start
         return await super().start()
 
     def _choose_port(self) -> int:
@@ -464,17 +481,46 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         shared.node_of[self.holder] = node.id
         shared.confirmed.discard(self.holder)
         self.node = node
+        if self.on_lab_network:
+            # The hub's port is published on the node; the server listens on its own port in its namespace.
+            self.published_port = port
+            self.ip = "0.0.0.0"
+            return self.server_port
         self.ip = node.addr
         return port
 
     node: SwarmNode | None = None
     _home_node: SwarmNode | None = None
+    published_port = 0  # on a lab network: where on its node the hub reaches the server
+
+    @property
+    def on_lab_network(self) -> bool:
+        """Servers in namespaces of their own on ``network_name``, not on their node's network."""
+        return self.network_name not in ("host", "")
 
     async def get_ip_and_port(self):
+        if self.on_lab_network:
+            return self.node.addr, self.published_port
         return self.ip, self.port
+
+    async def _check_lab_network(self) -> None:
+        """The lab network exists on the Swarm: a clear refusal, not Swarm's, when it does not."""
+        try:
+            found = await self.docker("inspect_network", self.network_name)
+        except docker.errors.NotFound:
+            found = None
+        if found is None or found.get("Scope") != "swarm":
+            raise SpawnException(
+                f"The lab network {self.network_name} is not a network of the Swarm. An admin makes it once"
+                " (docs/how-to/multi-host.md, 'A lab network of its own'), or sets network_name = 'host'.",
+                reason="network",
+                status_code=503,
+            )
 
     async def create_object(self):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
+        if self.node is None:  # (GPUSpawner chose it with the port, unless network_name is not "host")
+            self.port = self._choose_port()
         node = self.node
         await self._record_home()
         wanted = {}
@@ -503,6 +549,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         )
         if described.pids_limit:
             resources.setdefault("Limits", {})["Pids"] = described.pids_limit  # API 1.41; docker-py has no argument
+        endpoint = dict(self.extra_endpoint_spec)
+        if self.on_lab_network:
+            await self._check_lab_network()
+            # Published on its node only ("host" mode); dnsrr: no virtual IP, which needs IPVS.
+            endpoint = {"mode": "dnsrr", "ports": {self.published_port: (self.server_port, "tcp", "host")}, **endpoint}
+        networks = [self.network_name] if self.network_name else []
         template = TaskTemplate(
             container_spec=container,
             resources=resources,
@@ -510,7 +562,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             # server never moves: its home is on this node.
             restart_policy=RestartPolicy(condition="none"),
             placement=Placement(constraints=[f"node.id=={node.id}"], **self.extra_placement_spec),
-            networks=[self.network_name] if self.network_name else [],
+            networks=networks,
             **self.extra_task_spec,
         )
         service = await self.docker(
@@ -518,7 +570,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             task_template=template,
             name=self.service_name,
             labels=labels,
-            endpoint_spec=EndpointSpec(**self.extra_endpoint_spec) if self.extra_endpoint_spec else None,
+            endpoint_spec=EndpointSpec(**endpoint) if endpoint else None,
         )
         return service
 

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ SCRIPT = REPO / "deploy" / "swarm" / "testbed-swarm.sh"
 DIR = Path(os.environ.get("GPUSPAWNER_SWARM_TESTBED", "/var/lib/gpuspawner-testbed-swarm"))
 HUB_IP = "10.231.0.1"
 E2E_LABEL = "gpuspawner-e2e-swarm"
+LAB_NETWORK = "gpuspawner-lab"  # made by `testbed-swarm.sh isolate` (deploy/swarm/lab-network.sh)
 
 
 def gpu(node: int, i: int) -> str:
@@ -104,6 +106,37 @@ def run_in(name: str, cmd: list[str], server: str = "") -> str:
 def pid1_env(name: str, server: str = "") -> dict[str, str]:
     out = run_in(name, ["cat", "/proc/1/environ"], server)
     return dict(e.partition("=")[::2] for e in out.split("\0") if e)
+
+
+# Run in a server as its own user: try each (host, port) at once; "open", or why not ("ECONNREFUSED", ...).
+PROBE = """
+import concurrent.futures, errno, json, socket, sys
+def connect(target):
+    try:
+        socket.create_connection(tuple(target), timeout=3).close()
+        return "open"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, type(e).__name__)
+targets = json.loads(sys.argv[1])
+with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(list(pool.map(connect, targets))))
+"""
+
+
+def probe(name: str, targets: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    out = run_in(name, ["python3", "-c", PROBE, json.dumps(targets)])
+    return dict(zip(targets, json.loads(out), strict=True))
+
+
+def published(name: str) -> int:
+    """The port of the node where Swarm published ``name``'s server."""
+    (service,) = manager().services(filters={"label": f"gpuspawner.user={name}"})
+    return service["Endpoint"]["Ports"][0]["PublishedPort"]
+
+
+def lab_address(name: str) -> str:
+    client, cid = container_on_node(name)
+    return client.inspect_container(cid)["NetworkSettings"]["Networks"][LAB_NETWORK]["IPAddress"]
 
 
 def set_availability(hostname: str, availability: str) -> None:
@@ -184,6 +217,7 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.hub_ip = {HUB_IP!r}  # the bridge: servers in the nodes' namespaces call the hub here
     c.JupyterHub.allow_named_servers = True
     c.SwarmGPUSpawner.client_kwargs = {{"base_url": "unix://{DIR}/n1/docker.sock"}}
+    c.SwarmGPUSpawner.network_name = {LAB_NETWORK!r}  # each server in a namespace of its own
     c.SwarmGPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: {RUN!r}}}}}
     c.SwarmGPUSpawner.gpus = {gpus!r}
     c.SwarmGPUSpawner.placement = "spread"
@@ -199,7 +233,10 @@ def hub(swarm, tmp_path_factory):
     c.SwarmGPUSpawner.nodes_refresh = 0.5
     c.Spawner.poll_interval = 2
     """
-    with started(RealHub(tmp_path_factory.mktemp("swarmhub"), config)) as h:
+    h = RealHub(tmp_path_factory.mktemp("swarmhub"), config)
+    # The lab network on every node, its rules leaving servers only this hub's API.
+    subprocess.run(["bash", str(SCRIPT), "isolate", str(h.hub_port)], check=True)
+    with started(h) as h:
         yield h
 
 
@@ -241,6 +278,44 @@ def test_1_spawns_spread_over_the_nodes_with_distinct_units(hub: RealHub):
         assert held[user(name)].startswith(f"{host}: GPU "), held
     # The home follows the pin: ann's home is on ann's node.
     run_in(user("ann"), ["sh", "-c", "echo kept > /home/jovyan/work.txt"])
+
+
+def test_1b_a_server_on_the_lab_network_reaches_only_the_hubs_api(hub: RealHub):
+    """Each server in a namespace of its own: it reaches the hub's API and nothing else."""
+    started = time.monotonic()
+    addr = {h: f"10.231.0.1{h[-1]}" for h in ("gpu-node-1", "gpu-node-2", "gpu-node-3")}
+    ann_node, bob_node = where(user("ann"))[0], where(user("bob"))[0]
+    # ann opens a listener of her own, in her namespace.
+    client, cid = container_on_node(user("ann"))
+    client.exec_start(client.exec_create(cid, ["python3", "-m", "http.server", "9999"])["Id"], detach=True)
+    must_not = [
+        (HUB_IP, hub.proxy_port),  # the proxy, the proxy's API: on the hub host's loopback
+        (HUB_IP, hub.proxy_api_port),
+        (HUB_IP, 22),  # any other port of the hub's host
+        (addr[ann_node], 2377),  # her node's own services (Swarm's port)
+        (addr[ann_node], 7946),
+        (addr[ann_node], published(user("ann"))),  # a node's published ports: other servers' doors
+        (addr[bob_node], published(user("bob"))),  # bob's server, by its node's address and port
+        (lab_address(user("bob")), 8888),  # bob's server, by its own address (another node's bridge)
+        (f"10.232.{ann_node[-1]}.1", published(user("ann"))),  # her bridge's gateway: the node again
+    ]
+    seen = probe(user("ann"), [(HUB_IP, hub.hub_port), *must_not])
+    assert seen[(HUB_IP, hub.hub_port)] == "open", seen  # the hub's API answers (and she is ready: OAuth, activity)
+    # (refused, timed out in 3 s, or no route: EHOSTUNREACH)
+    answered = {t: seen[t] for t in must_not if seen[t] == "open"}
+    assert not answered, f"answered from ann's server: {answered}"
+    # Her listener is on no address of her node (tried from the node's own namespace), nor reachable from bob's server.
+    time.sleep(0.5)
+    on_node = [("127.0.0.1", 9999), (addr[ann_node], 9999), (f"10.232.{ann_node[-1]}.1", 9999)]
+    node_ns = f"--net=/var/run/netns/gpusw-n{ann_node[-1]}"
+    out = subprocess.run(["nsenter", node_ns, sys.executable, "-c", PROBE, json.dumps(on_node)], capture_output=True)
+    assert "open" not in json.loads(out.stdout), out
+    theirs = probe(user("bob"), [(addr[ann_node], 9999), (lab_address(user("ann")), 9999)])
+    assert "open" not in theirs.values(), theirs
+    assert probe(user("ann"), [("127.0.0.1", 9999)]) == {("127.0.0.1", 9999): "open"}  # it does listen
+    # The hub and the proxy reach her server: through the proxy, to her node's published port.
+    assert hub.server_model(user("ann"))["ready"]
+    print(f"network probes: {time.monotonic() - started:.1f} s: {seen}")
 
 
 def test_2_refusals_name_what_is_free_per_node_and_quotas_hold_across_nodes(hub: RealHub):
