@@ -370,3 +370,50 @@ def test_start_object_waits_for_the_task(monkeypatch, tasks, outcome):
         with pytest.raises(SpawnException, match=outcome):
             asyncio.run(spawner.start_object())
         assert recorded == []
+
+
+@pytest.mark.parametrize("network", ["host", "gpuspawner-lab"])
+def test_where_a_server_listens_and_where_the_hub_reaches_it(network):
+    """On the node's network: the node's address and the hub's port. On a lab network: the server's own
+    port in its own namespace, and the hub's port published on its node."""
+    import asyncio
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), network_name=network, server_port=8888)
+    spawner.shared.nodes = read_nodes([api_node(1, ["GPU-a"]), api_node(2, ["GPU-b"])], {})
+    listen = spawner.port = spawner._choose_port()  # as GPUSpawner.start does
+    hub_port = spawner.shared.ports[spawner.holder]
+    reached = asyncio.run(spawner.get_ip_and_port())
+    if network == "host":
+        assert (spawner.ip, listen) == (spawner.node.addr, hub_port) and reached == (spawner.node.addr, hub_port)
+    else:
+        assert (spawner.ip, listen) == ("0.0.0.0", 8888)
+        assert reached == (spawner.node.addr, hub_port) and spawner.published_port == hub_port
+
+
+def test_a_lab_network_that_is_not_the_swarms_is_a_clear_refusal(monkeypatch):
+    import asyncio
+
+    import docker.errors
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), network_name="gpuspawner-lab")
+    answers = {"gpuspawner-lab": {"Scope": "local"}}
+
+    async def docker_call(method, name):
+        assert method == "inspect_network"
+        if name not in answers:
+            raise docker.errors.NotFound("no such network")
+        return answers[name]
+
+    monkeypatch.setattr(spawner, "docker", docker_call)
+    for present in ({"Scope": "local"}, None):
+        answers.clear()
+        if present:
+            answers["gpuspawner-lab"] = present
+        with pytest.raises(SpawnException, match="The lab network gpuspawner-lab is not a network of the Swarm"):
+            asyncio.run(spawner._check_lab_network())
+    answers["gpuspawner-lab"] = {"Scope": "swarm"}
+    asyncio.run(spawner._check_lab_network())
