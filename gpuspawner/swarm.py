@@ -350,7 +350,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         server's node in ``host`` mode (no routing mesh) at a port the hub chose,
         where the hub and the proxy reach it.
 
-        .. versionadded:: 0.3
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
