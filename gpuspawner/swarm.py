@@ -23,6 +23,12 @@ How the parts fit (see docs/how-to/multi-host.md for the why):
 - **Homes** are local volumes: a user is pinned to the node that holds their
   home (recorded as a label on that node). A home on a drained or lost node is
   a clear refusal, never a new empty home elsewhere.
+- **Network**: each server in a network namespace of its own on the lab
+  network (``network_name``, a Swarm-scoped bridge with no traffic between
+  containers, made by deploy/swarm/lab-network.sh with node rules that leave
+  servers only the hub's API), its port published on its node in ``host``
+  mode. Not an overlay: on Docker 20.10 a node joining an overlay makes Swarm
+  reject the GPU tasks on it. ``network_name = "host"``: the node's network.
 - **Culling**: the service's container spec carries the GPU culler's labels
   (user, server, profile, rules); one culler on each GPU node
   (``gpuspawner.culler --node-local``) reads them from its engine, with the units
@@ -41,7 +47,7 @@ import docker.errors
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import Float, Int, Unicode
+from traitlets import Float, Int, Unicode, default
 
 from . import labels as label
 from .container import ServerContainer
@@ -59,7 +65,7 @@ class SwarmNode:
 
     id: str
     name: str  # its hostname (made unique)
-    addr: str  # where its servers listen with host networking
+    addr: str  # where the hub reaches its servers (their ports published there, or bound there on "host")
     state: str  # Swarm's: ready, down, unknown, disconnected
     availability: str  # active, pause, drain
     units: tuple[GPU, ...] = ()
@@ -252,6 +258,9 @@ def explain_refusal(
     return NoCapacity(refusal.reason, message, request=refusal.request, free=lambda: refusal.free)
 
 
+#: The default ``network_name`` of a Swarm lab: made by deploy/swarm/lab-network.sh.
+LAB_NETWORK = "gpuspawner-lab"
+
 SHARED_NOT_OFFERED = "Shared GPU slots are not offered on a Swarm: a Swarm unit has one holder."
 
 
@@ -295,7 +304,8 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
 
     Profiles, quotas, fail-fast refusals and the GPU ledger work as on one
     host, across all nodes. Units are Swarm generic resources; a user's server
-    always runs on the node that holds their home volume.
+    always runs on the node that holds their home volume, in a network
+    namespace of its own on the lab network.
     """
 
     gpu_resource_prefix = Unicode(
@@ -344,7 +354,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         max=65535,
         help="""The port a server listens on in its own network namespace, on a lab network.
 
-        With ``network_name`` a lab network (not ``"host"``: see
+        On a lab network (``network_name``, by default ``"gpuspawner-lab"``; see
         docs/how-to/multi-host.md, "A lab network of its own"), each server
         listens on this port in its own namespace; Swarm publishes it on the
         server's node in ``host`` mode (no routing mesh) at a port the hub chose,
@@ -353,6 +363,11 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         .. versionadded:: 0.2
         """,
     ).tag(config=True)
+
+    @default("network_name")
+    def _default_network_name(self):
+        # Each server in a namespace of its own; "host" (the node's network) only when an admin says so.
+        return LAB_NETWORK
 
     def load_inventory(self) -> Inventory:
         # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.

@@ -283,8 +283,9 @@ def test_shared_slots_are_refused_before_anything_is_assigned():
 
 def test_the_spawner_class_defaults():
     spawner = SwarmGPUSpawner()
-    assert spawner.remove is True and spawner.pull_policy == "skip" and spawner.network_name == "host"
-    for name in ("gpu_resource_prefix", "nodes_refresh", "task_pending_timeout"):
+    assert spawner.remove is True and spawner.pull_policy == "skip" and spawner.network_name == "gpuspawner-lab"
+    assert spawner.on_lab_network and not SwarmGPUSpawner(network_name="host").on_lab_network
+    for name in ("gpu_resource_prefix", "nodes_refresh", "task_pending_timeout", "server_port"):
         assert SwarmGPUSpawner.class_traits()[name].help
 
 

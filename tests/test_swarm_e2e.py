@@ -4,9 +4,10 @@ of its own (deploy/swarm/testbed-swarm.sh), with a real hub and proxy.
 Each node advertises two test GPUs as Swarm generic resources; Swarm puts the
 id it assigns in the container's PID-1 environment (DOCKER_RESOURCE_NVIDIA-GPU),
 as it does on a GPU host where the toolkit's swarm-resource setting reads it.
-The hub listens on the bridge (10.231.0.1); servers listen on their node's
-address. One hub, one scenario in steps, in order: spread, refusals and quotas
-across nodes, a drained node, a hub restart, a home kept.
+The hub listens on the bridge (10.231.0.1); each server runs in a network
+namespace of its own on the lab network (the default), published on its node.
+One hub, one scenario in steps, in order: spread, what a server can reach,
+refusals and quotas across nodes, a drained node, a hub restart, a home kept.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SCRIPT = REPO / "deploy" / "swarm" / "testbed-swarm.sh"
 DIR = Path(os.environ.get("GPUSPAWNER_SWARM_TESTBED", "/var/lib/gpuspawner-testbed-swarm"))
 HUB_IP = "10.231.0.1"
 E2E_LABEL = "gpuspawner-e2e-swarm"
-LAB_NETWORK = "gpuspawner-lab"  # made by `testbed-swarm.sh isolate` (deploy/swarm/lab-network.sh)
+LAB_NETWORK = "gpuspawner-lab"  # the default network_name; `testbed-swarm.sh isolate` makes it (lab-network.sh)
 
 
 def gpu(node: int, i: int) -> str:
@@ -217,7 +218,6 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.hub_ip = {HUB_IP!r}  # the bridge: servers in the nodes' namespaces call the hub here
     c.JupyterHub.allow_named_servers = True
     c.SwarmGPUSpawner.client_kwargs = {{"base_url": "unix://{DIR}/n1/docker.sock"}}
-    c.SwarmGPUSpawner.network_name = {LAB_NETWORK!r}  # each server in a namespace of its own
     c.SwarmGPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: {RUN!r}}}}}
     c.SwarmGPUSpawner.gpus = {gpus!r}
     c.SwarmGPUSpawner.placement = "spread"

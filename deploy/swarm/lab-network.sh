@@ -7,7 +7,7 @@
 #       hub's API; run it again after a change (idempotent)
 #   lab-network.sh swarm
 #       on a manager, once every node has its part: the Swarm network servers join
-#       (c.SwarmGPUSpawner.network_name = "gpuspawner-lab")
+#       (c.SwarmGPUSpawner.network_name, "gpuspawner-lab" by default)
 #   lab-network.sh check HUB_ADDR HUB_PORT
 #       on a node: are the node's part and its rules in place? (exit 1 if not)
 #   lab-network.sh remove
