@@ -39,12 +39,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import docker.errors
-from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    SecretReference,
+    TaskTemplate,
+)
 from dockerspawner import SwarmSpawner
 from jupyterhub.spawner import SpawnException
 from traitlets import Float, Int, Unicode, default
@@ -258,6 +268,9 @@ def explain_refusal(
     return NoCapacity(refusal.reason, message, request=refusal.request, free=lambda: refusal.free)
 
 
+#: The label of the Swarm secrets that carry one server's internal_ssl key and certificates.
+SSL = "gpuspawner.ssl"
+
 #: The default ``network_name`` of a Swarm lab: made by deploy/swarm/lab-network.sh.
 LAB_NETWORK = "gpuspawner-lab"
 
@@ -369,6 +382,16 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         # Each server in a namespace of its own; "host" (the node's network) only when an admin says so.
         return LAB_NETWORK
 
+    @default("ssl_alt_names")
+    def _default_ssl_alt_names(self):
+        # With internal_ssl: JupyterHub makes a server's certificate before start() chooses its node,
+        # and the hub and the proxy check the address they connect to, so it names every node's.
+        async def every_node(spawner: SwarmGPUSpawner) -> list[str]:
+            nodes = await spawner.swarm_nodes(fresh=True)
+            return [*spawner.trusted_alt_names, *sorted({f"IP:{n.addr}" for n in nodes if n.addr})]
+
+        return every_node
+
     def load_inventory(self) -> Inventory:
         # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.
         described = () if isinstance(self.gpus, str) else parse_static_inventory(self.gpus)
@@ -457,6 +480,14 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     # --- the spawn
 
     async def start(self):
+        try:
+            return await self._start()
+        except BaseException:
+            # A refused or failed start keeps no internal_ssl secrets (JupyterHub made them before start).
+            await self._forget_ssl_secrets()
+            raise
+
+    async def _start(self):
         await self.swarm_nodes(fresh=True)
         volume = self._home_volume()
         home = await self._find_home()
@@ -532,6 +563,48 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 status_code=503,
             )
 
+    # --- internal_ssl: the server's key and certificates as Swarm secrets
+
+    def _ssl_label(self) -> str:
+        return hashlib.sha256(self.service_name.encode()).hexdigest()[:16]
+
+    async def move_certs(self, paths):
+        """The server's key, certificate and CA bundle (JupyterHub's ``internal_ssl``) as Swarm secrets.
+
+        Only the node that runs the task receives them (over Swarm's mutual TLS),
+        at ``/run/secrets/jupyterhub-<key>``; they are removed with the service.
+        DockerSpawner's local volume would stay on the manager.
+        """
+        await self._remove_ssl_secrets()  # a failed start's
+        mine, stamp = self._ssl_label(), secrets.token_hex(4)
+        labels = {**((self.extra_create_kwargs or {}).get("labels") or {}), label.USER: self.user.name, SSL: mine}
+        self._ssl_secrets = []
+        in_container = {}
+        for key, path in paths.items():
+            with open(path, "rb") as f:
+                data = f.read()
+            name = f"gpuspawner-ssl-{mine}-{stamp}-{key}"  # (at most 64 characters)
+            created = await self.docker("create_secret", name, data, labels=labels)
+            target = f"jupyterhub-{key}"
+            self._ssl_secrets.append(SecretReference(created["ID"], name, filename=target, mode=0o444))
+            in_container[key] = f"/run/secrets/{target}"
+        return in_container
+
+    _ssl_secrets: list = []
+
+    async def _remove_ssl_secrets(self, keep: Iterable[SecretReference] = ()) -> None:
+        """This server's secrets, but those of ``keep`` (this start's, while an old service is removed)."""
+        kept = {ref["SecretID"] for ref in keep}
+        for found in await self.docker("secrets", filters={"label": f"{SSL}={self._ssl_label()}"}):
+            if found["ID"] in kept:
+                continue
+            try:
+                await self.docker("remove_secret", found["ID"])
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:  # still in use: the next start of this server removes it
+                self.log.warning("Could not remove secret %s: %s", found["Spec"]["Name"], e.explanation or e)
+
     async def create_object(self):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
         if self.node is None:  # (GPUSpawner chose it with the port, unless network_name is not "host")
@@ -554,6 +627,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             mounts=service_mounts(described),
             labels=dict(labels),
             cap_drop=list(described.cap_drop) or None,
+            secrets=list(self._ssl_secrets) or None,
             **self.extra_container_spec,
         )
         resources = Resources(
@@ -678,12 +752,20 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             await self.remove_object()
         self.object_id = ""
         self.shared.node_of.pop(self.holder, None)
+        await self._forget_ssl_secrets()
+
+    async def _forget_ssl_secrets(self) -> None:
+        if self.internal_ssl:
+            await self._remove_ssl_secrets()
+            self._ssl_secrets = []
 
     async def remove_object(self):
         try:
             await self.docker("remove_service", self.object_id)
         except docker.errors.NotFound:
             pass
+        if self.internal_ssl:  # (DockerSpawner removes an old service at start, after move_certs)
+            await self._remove_ssl_secrets(keep=self._ssl_secrets)
 
     async def poll(self):
         """Running only while the service's task runs: a crash, a drained or a lost node stops it.
@@ -706,6 +788,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     async def stop(self, now=False):
         await super().stop(now=now)
         self.shared.node_of.pop(self.holder, None)
+        await self._forget_ssl_secrets()
 
     def get_state(self):
         state = super().get_state()

@@ -418,3 +418,53 @@ def test_a_lab_network_that_is_not_the_swarms_is_a_clear_refusal(monkeypatch):
             asyncio.run(spawner._check_lab_network())
     answers["gpuspawner-lab"] = {"Scope": "swarm"}
     asyncio.run(spawner._check_lab_network())
+
+
+def test_internal_ssl_certificates_travel_as_swarm_secrets(tmp_path, monkeypatch):
+    """The key, certificate and CA bundle become Swarm secrets the server reads in /run/secrets; a
+    new start's are kept while an old service is removed; the certificate names every node."""
+    import asyncio
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), user="ann", internal_ssl=True)
+    store: dict[str, dict] = {"old": {"ID": "old", "Spec": {"Name": "old", "Labels": {}}}}
+
+    async def docker_call(method, *args, **kwargs):
+        if method == "create_secret":
+            name, data = args
+            store[name] = {"ID": name, "Spec": {"Name": name, "Labels": kwargs["labels"]}, "data": data}
+            return {"ID": name}
+        if method == "secrets":
+            return list(store.values())  # (the label filter is the engine's)
+        if method == "remove_secret":
+            store.pop(args[0])
+            return None
+        raise AssertionError(method)
+
+    monkeypatch.setattr(spawner, "docker", docker_call)
+    paths = {}
+    for key in ("keyfile", "certfile", "cafile"):
+        paths[key] = str(tmp_path / key)
+        (tmp_path / key).write_text(key)
+    in_container = asyncio.run(spawner.move_certs(paths))
+    assert in_container == {k: f"/run/secrets/jupyterhub-{k}" for k in paths}
+    assert "old" not in store and len(store) == 3  # a previous start's went first
+    assert {s["data"] for s in store.values()} == {b"keyfile", b"certfile", b"cafile"}
+    assert all(s["Spec"]["Labels"]["gpuspawner.user"] == "ann" for s in store.values())
+    assert all(len(name) <= 64 for name in store)
+    assert sorted(ref["File"]["Name"] for ref in spawner._ssl_secrets) == sorted(f"jupyterhub-{k}" for k in paths)
+    store["stale"] = {"ID": "stale", "Spec": {"Name": "stale", "Labels": {}}}
+    asyncio.run(spawner._remove_ssl_secrets(keep=spawner._ssl_secrets))  # an old service removed at start
+    assert len(store) == 3 and "stale" not in store
+    asyncio.run(spawner._forget_ssl_secrets())  # stopped, or the start failed
+    assert store == {} and spawner._ssl_secrets == []
+
+    spawner.shared.nodes = read_nodes([api_node(1, ["GPU-a"]), api_node(2, ["GPU-b"])], {})
+    spawner.trusted_alt_names = ["IP:10.9.9.9"]
+    monkeypatch.setattr(spawner, "swarm_nodes", lambda fresh=False: _done(spawner.shared.nodes))
+    assert asyncio.run(spawner.ssl_alt_names(spawner)) == ["IP:10.9.9.9", "IP:10.0.0.1", "IP:10.0.0.2"]
+
+
+async def _done(value):
+    return value

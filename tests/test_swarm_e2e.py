@@ -19,6 +19,8 @@ import json
 import os
 import re
 import secrets
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from gpuspawner.dashboard.sources import Sources
 from gpuspawner.gpus import Inventory, Policy
@@ -91,7 +94,8 @@ def where(name: str, server: str = "") -> tuple[str, tuple[str, ...]]:
 def container_on_node(name: str, server: str = "") -> tuple[docker.APIClient, str]:
     hostname, _ = where(name, server)
     client = node_client(int(hostname.rsplit("-", 1)[1]))
-    found = client.containers(filters={"label": [f"gpuspawner.user={name}", f"gpuspawner.server={server}"]})
+    # The running task's container (a stopped server's may still be on its way out).
+    found = client.containers(filters={"label": f"com.docker.swarm.task.id={task(name, server)['ID']}"})
     assert len(found) == 1, found
     return client, found[0]["Id"]
 
@@ -155,6 +159,8 @@ def cleanup_swarm() -> None:
     for n in api.nodes():
         if n["Spec"].get("Availability") != "active":
             api.update_node(n["ID"], n["Version"]["Index"], {**n["Spec"], "Availability": "active"})
+    for secret in api.secrets(filters={"label": E2E_LABEL}):  # internal_ssl secrets a failed test left
+        api.remove_secret(secret["ID"])
     for config in api.configs(filters={"label": "gpuspawner.home"}):
         if config["Spec"]["Labels"]["gpuspawner.home"].endswith(RUN):
             api.remove_config(config["ID"])
@@ -217,6 +223,9 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.spawner_class = "gpuspawner.swarm.SwarmGPUSpawner"
     c.JupyterHub.hub_ip = {HUB_IP!r}  # the bridge: servers in the nodes' namespaces call the hub here
     c.JupyterHub.allow_named_servers = True
+    # Mutual TLS between hub, proxy and servers; each server's key and certificates are Swarm secrets.
+    c.JupyterHub.internal_ssl = True
+    c.JupyterHub.trusted_alt_names = ["IP:{HUB_IP}"]  # where the servers call the hub
     c.SwarmGPUSpawner.client_kwargs = {{"base_url": "unix://{DIR}/n1/docker.sock"}}
     c.SwarmGPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: {RUN!r}}}}}
     c.SwarmGPUSpawner.gpus = {gpus!r}
@@ -234,6 +243,7 @@ def hub(swarm, tmp_path_factory):
     c.Spawner.poll_interval = 2
     """
     h = RealHub(tmp_path_factory.mktemp("swarmhub"), config)
+    h.config += f'c.ConfigurableHTTPProxy.api_url = "https://127.0.0.1:{h.proxy_api_port}"  # TLS too\n    '
     # The lab network on every node, its rules leaving servers only this hub's API.
     subprocess.run(["bash", str(SCRIPT), "isolate", str(h.hub_port)], check=True)
     with started(h) as h:
@@ -313,8 +323,24 @@ def test_1b_a_server_on_the_lab_network_reaches_only_the_hubs_api(hub: RealHub):
     theirs = probe(user("bob"), [(addr[ann_node], 9999), (lab_address(user("ann")), 9999)])
     assert "open" not in theirs.values(), theirs
     assert probe(user("ann"), [("127.0.0.1", 9999)]) == {("127.0.0.1", 9999): "open"}  # it does listen
-    # The hub and the proxy reach her server: through the proxy, to her node's published port.
+    # The hub and the proxy reach her server (through the proxy, to her node's published port) over mutual
+    # TLS: without a certificate of the lab's CAs, her server answers nothing, in plain HTTP or in TLS.
     assert hub.server_model(user("ann"))["ready"]
+    door = (addr[ann_node], published(user("ann")))
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://{door[0]}:{door[1]}/", timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        with tls.wrap_socket(socket.create_connection(door, timeout=5)) as s:
+            s.sendall(b"GET /hub/api HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100) == b"", "a server answered a client without a certificate"
+    # Her key and certificates reached her node as Swarm secrets, and only as those.
+    mine = manager().secrets(filters={"label": f"gpuspawner.user={user('ann')}"})
+    assert sorted(s["Spec"]["Name"].rsplit("-", 1)[1] for s in mine) == ["cafile", "certfile", "keyfile"]
+    env = pid1_env(user("ann"))
+    assert env["JUPYTERHUB_SSL_KEYFILE"] == "/run/secrets/jupyterhub-keyfile", env
+    assert env["JUPYTERHUB_API_URL"].startswith(f"https://{HUB_IP}:"), env
     print(f"network probes: {time.monotonic() - started:.1f} s: {seen}")
 
 
@@ -332,6 +358,7 @@ def test_2_refusals_name_what_is_free_per_node_and_quotas_hold_across_nodes(hub:
     assert "sets DOCKER_RESOURCE_NVIDIA-GPU in its environment" in refusal(r), refusal(r)
     assert "profile named-gpu" not in hub.log_text()  # the "Starting ..." line comes after the assignment
     assert not manager().services(filters={"label": f"gpuspawner.user={user('kim')}"})
+    assert not manager().secrets(filters={"label": f"gpuspawner.user={user('kim')}"})  # its internal_ssl secrets
     # A group quota of 2 counts its members' servers on every node.
     spawn_at_once(hub, ["gia", "hal", "mia", "joe"], "gpu", mia="mig", joe="cpu")
     # A MIG instance is a unit of its own kind: Swarm assigns one, on the node that has them.
@@ -420,6 +447,8 @@ def test_5_the_home_is_kept_when_the_server_comes_back(hub: RealHub):
     hub.spawn(user("ann"), "gpu")
     assert where(user("ann"))[0] == host
     assert run_in(user("ann"), ["cat", "/home/jovyan/work.txt"]).strip() == "kept"
+    # Her previous server's internal_ssl secrets went with its service: three, this start's.
+    assert len(manager().secrets(filters={"label": f"gpuspawner.user={user('ann')}"})) == 3
     # And the hub's route reaches the server on its node, through the proxy.
     r = hub.request("GET", f"/users/{user('ann')}")
     assert json.loads(r.text)["servers"][""]["url"]
