@@ -29,6 +29,8 @@ How the parts fit (see docs/how-to/multi-host.md for the why):
   servers only the hub's API), its port published on its node in ``host``
   mode. Not an overlay: on Docker 20.10 a node joining an overlay makes Swarm
   reject the GPU tasks on it. ``network_name = "host"``: the node's network.
+- **internal_ssl**: a server's key and certificates are Swarm secrets (only
+  its node receives them), its certificate names every node's address.
 - **Culling**: the service's container spec carries the GPU culler's labels
   (user, server, profile, rules); one culler on each GPU node
   (``gpuspawner.culler --node-local``) reads them from its engine, with the units
