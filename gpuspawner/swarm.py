@@ -501,6 +501,8 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 reason="home_node",
                 status_code=503,
             )
+        if self.on_lab_network:  # before any unit is assigned or any home recorded
+            await self._check_lab_network()
         self.node = None  # chosen afresh for this start
         return await super().start()
 
@@ -642,7 +644,6 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             resources.setdefault("Limits", {})["Pids"] = described.pids_limit  # API 1.41; docker-py has no argument
         endpoint = dict(self.extra_endpoint_spec)
         if self.on_lab_network:
-            await self._check_lab_network()
             # Published on its node only ("host" mode); dnsrr: no virtual IP, which needs IPVS.
             endpoint = {"mode": "dnsrr", "ports": {self.published_port: (self.server_port, "tcp", "host")}, **endpoint}
         networks = [self.network_name] if self.network_name else []
