@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import labels as label
 from .culler.policy import CullRules
-from .images import image_digest, runs_as_root
+from .images import declared_resource_variables, image_digest, is_resource_variable, resource_variable, runs_as_root
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -66,13 +66,19 @@ class ImageFacts:
     home: str = DEFAULT_HOME  # where the home volume goes
     digest: str = ""  # the sha256 actually run
     root: bool = False  # its user is root
+    resource_variables: tuple[str, ...] = ()  # the DOCKER_RESOURCE_* variables its ENV sets (refused)
 
     @classmethod
     def of(cls, inspect: dict, image: str, home_path: str = "", passwd: str = "") -> ImageFacts:
         """From ``inspect_image(image)`` (and the image's ``/etc/passwd``, to resolve a user name);
         ``home_path`` (config) wins over the image's home."""
         config = inspect.get("Config") or {}
-        return cls(home_path or image_home(config), image_digest(inspect, image), runs_as_root(config, passwd))
+        return cls(
+            home_path or image_home(config),
+            image_digest(inspect, image),
+            runs_as_root(config, passwd),
+            declared_resource_variables(config),
+        )
 
 
 @dataclass(frozen=True)
@@ -140,14 +146,19 @@ def describe(
     units: Iterable[str] = (),
     shared: bool = False,
     units_by_swarm: bool = False,
+    blank_kinds: Iterable[str] = (),
     base_environment: Mapping[str, str] | None = None,
 ) -> ServerContainer:
     """The container of ``user``'s server ``server`` running ``profile`` with ``units``.
 
     ``units_by_swarm``: Swarm picks the units when it places the task (of the
     kinds and count of ``units``), so the container names none: no device
-    request, no unit label, ``NVIDIA_VISIBLE_DEVICES=void``. ``base_environment``
-    is JupyterHub's (the hub's API token, URLs, ``Spawner.environment``).
+    request, no unit label, ``NVIDIA_VISIBLE_DEVICES=void``. ``blank_kinds``: the
+    Swarm's generic resource kinds this server was not given; each one's
+    ``DOCKER_RESOURCE_<KIND>`` is set empty, so that no variable can name a unit
+    of that kind. ``DOCKER_RESOURCE_*`` variables of the profile or the hub are
+    dropped: only Swarm sets them. ``base_environment`` is JupyterHub's (the
+    hub's API token, URLs, ``Spawner.environment``).
     """
     units = tuple(units)
     groups = frozenset(groups)
@@ -169,6 +180,10 @@ def describe(
 
     environment = dict(base_environment or {})
     environment.update(profile.environment)
+    # The toolkit takes a Swarm container's GPUs from every DOCKER_RESOURCE_<KIND> it lists: Swarm sets the
+    # kinds it assigned (after these, so its value wins), and a kind not given is empty, which names no unit.
+    environment = {name: value for name, value in environment.items() if not is_resource_variable(name)}
+    environment.update({resource_variable(kind): "" for kind in blank_kinds})
     # Always ours: CUDA images set NVIDIA_VISIBLE_DEVICES=all, which the toolkit would honour. On a
     # Swarm the toolkit takes the units from DOCKER_RESOURCE_<KIND>, which wins over this.
     environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(units) if units and not units_by_swarm else "void"

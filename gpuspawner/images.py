@@ -133,6 +133,46 @@ def runs_as_root(image_config: dict, passwd: str = "") -> bool:
     return passwd_uid(passwd, user) == 0
 
 
+#: Swarm's variables for the generic resources it assigns a task, ``DOCKER_RESOURCE_<KIND>`` (the kind in upper
+#: case). On a GPU node the NVIDIA toolkit's ``swarm-resource`` setting takes a container's GPUs from them: the
+#: union of every listed variable present, before ``NVIDIA_VISIBLE_DEVICES``. So they are Swarm's to set, never
+#: an image's or a profile's.
+RESOURCE_ENV_PREFIX = "DOCKER_RESOURCE_"
+
+
+def resource_variable(kind: str) -> str:
+    """The variable Swarm sets for units of generic resource ``kind``: ``DOCKER_RESOURCE_NVIDIA-GPU``."""
+    return RESOURCE_ENV_PREFIX + kind.upper()
+
+
+def is_resource_variable(name: str) -> bool:
+    """Whether ``name`` is a ``DOCKER_RESOURCE_*`` variable (any case)."""
+    return name.upper().startswith(RESOURCE_ENV_PREFIX)
+
+
+def declared_resource_variables(image_config: dict) -> tuple[str, ...]:
+    """The ``DOCKER_RESOURCE_*`` variables an image's own environment sets (its ``ENV`` lines), in order.
+
+    Takes ``inspect_image()["Config"]`` (or the whole ``inspect_image()`` result).
+    """
+    config = image_config.get("Config", image_config) or {}
+    names = (entry.partition("=")[0] for entry in config.get("Env") or ())
+    return tuple(dict.fromkeys(name for name in names if is_resource_variable(name)))
+
+
+def resource_variables_refusal(image: str, names: Iterable[str]) -> str | None:
+    """Why an image that sets ``DOCKER_RESOURCE_*`` variables is refused, or None when it sets none."""
+    names = list(names)
+    if not names:
+        return None
+    listed = ", ".join(names)
+    return (
+        f"The image {image} sets {listed} in its environment. On a Swarm GPU node the NVIDIA toolkit takes a"
+        " container's GPUs from such variables, so a value built into the image could name GPUs assigned to"
+        " someone else. Remove that ENV line from the image: Swarm sets the variable itself for the GPUs it assigns."
+    )
+
+
 def declared_cuda(image_config: dict) -> str | None:
     """The CUDA version an image declares (e.g. ``"12.4.1"``, kept whole), or None.
 
@@ -434,11 +474,16 @@ __all__ = [
     "ImagePuller",
     "PullProgress",
     "PullTask",
+    "RESOURCE_ENV_PREFIX",
     "check_pinned",
     "cuda_refusal",
     "declared_cuda",
+    "declared_resource_variables",
     "image_digest",
+    "is_resource_variable",
     "passwd_uid",
+    "resource_variable",
+    "resource_variables_refusal",
     "runs_as_root",
     "split_reference",
     "user_name_to_resolve",

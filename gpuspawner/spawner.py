@@ -47,7 +47,7 @@ from .gpus import (
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
 from .hub_state import HubState, hub_state
-from .images import ImageError, cuda_refusal, declared_cuda
+from .images import ImageError, cuda_refusal, declared_cuda, resource_variables_refusal
 from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
 from .lab_network import INTERNET_SUFFIX
 from .labels import adopt_containers
@@ -759,7 +759,7 @@ class GPUSpawner(DockerSpawner):
         limits = Limits.of(profile, self._hub_limits())
         self.mem_limit, self.cpu_limit = limits.mem_limit, limits.cpu_limit  # also JupyterHub's MEM_LIMIT, ...
 
-    def describe_container(self, units_by_swarm: bool = False) -> ServerContainer:
+    def describe_container(self, units_by_swarm: bool = False, blank_kinds: tuple[str, ...] = ()) -> ServerContainer:
         """This start's container, from what was decided for it (``container.describe``)."""
         return describe(
             self.profile,
@@ -771,6 +771,7 @@ class GPUSpawner(DockerSpawner):
             units=self.gpu_ids,
             shared=self.gpu_shared,
             units_by_swarm=units_by_swarm,
+            blank_kinds=blank_kinds,
             base_environment=self.get_env(),
         )
 
@@ -988,6 +989,9 @@ class GPUSpawner(DockerSpawner):
                 " (c.GPUSpawner.allow_root = True).",
                 reason="image_root",
             )
+        refusal = resource_variables_refusal(self.image, image.resource_variables)
+        if refusal:
+            raise SpawnException(refusal, reason="image_resource_env")
         self.image_digest = image.digest
         if self.profile is not None and self.profile.gpu_request.slots:
             inventory = self.shared.inventory

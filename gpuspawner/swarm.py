@@ -15,12 +15,22 @@ How the parts fit (see docs/how-to/multi-host.md for the why):
   ids it has not given to any other task, and sets ``DOCKER_RESOURCE_<KIND>``
   in the container, which the NVIDIA toolkit's ``swarm-resource`` setting turns
   into the visible devices. The ids Swarm assigned are read back from the task
-  and recorded in the ledger.
+  and recorded in the ledger. Every other kind's variable is set empty, and an
+  image that sets such a variable itself is refused before any unit is assigned,
+  so no variable but Swarm's can name a unit.
 - **After a hub restart** the ledger is rebuilt from Swarm: services labelled
   by gpuspawner, their running tasks and the units assigned to them.
 - **Homes** are local volumes: a user is pinned to the node that holds their
   home (recorded as a label on that node). A home on a drained or lost node is
   a clear refusal, never a new empty home elsewhere.
+- **Network**: each server in a network namespace of its own on the lab
+  network (``network_name``, a Swarm-scoped bridge with no traffic between
+  containers, made by deploy/swarm/lab-network.sh with node rules that leave
+  servers only the hub's API), its port published on its node in ``host``
+  mode. Not an overlay: on Docker 20.10 a node joining an overlay makes Swarm
+  reject the GPU tasks on it. ``network_name = "host"``: the node's network.
+- **internal_ssl**: a server's key and certificates are Swarm secrets (only
+  its node receives them), its certificate names every node's address.
 - **Culling**: the service's container spec carries the GPU culler's labels
   (user, server, profile, rules); one culler on each GPU node
   (``gpuspawner.culler --node-local``) reads them from its engine, with the units
@@ -31,15 +41,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import docker.errors
-from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    SecretReference,
+    TaskTemplate,
+)
 from dockerspawner import SwarmSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import Float, Unicode, default
+from traitlets import Float, Int, Unicode, default
 
 from . import labels as label
 from .container import ServerContainer
@@ -57,7 +77,7 @@ class SwarmNode:
 
     id: str
     name: str  # its hostname (made unique)
-    addr: str  # where its servers listen with host networking
+    addr: str  # where the hub reaches its servers (their ports published there, or bound there on "host")
     state: str  # Swarm's: ready, down, unknown, disconnected
     availability: str  # active, pause, drain
     units: tuple[GPU, ...] = ()
@@ -158,6 +178,13 @@ def resource_request(units: Iterable[GPU], kinds: dict[str, str]) -> dict[str, i
     return wanted
 
 
+def withheld_kinds(nodes: Iterable[SwarmNode], wanted: Iterable[str]) -> tuple[str, ...]:
+    """The GPU kinds of the Swarm (any node's, usable or not) that a server asking for ``wanted`` is not given."""
+    given = {kind.upper() for kind in wanted}
+    every = {kind.upper(): kind for node in nodes for kind in node.kinds.values()}
+    return tuple(every[k] for k in sorted(every) if k not in given)
+
+
 def assigned_ids(task: dict) -> tuple[str, ...]:
     """The unit ids Swarm assigned to a task (``GenericResources`` of the task)."""
     return tuple(
@@ -243,6 +270,12 @@ def explain_refusal(
     return NoCapacity(refusal.reason, message, request=refusal.request, free=lambda: refusal.free)
 
 
+#: The label of the Swarm secrets that carry one server's internal_ssl key and certificates.
+SSL = "gpuspawner.ssl"
+
+#: The default ``network_name`` of a Swarm lab: made by deploy/swarm/lab-network.sh.
+LAB_NETWORK = "gpuspawner-lab"
+
 SHARED_NOT_OFFERED = "Shared GPU slots are not offered on a Swarm: a Swarm unit has one holder."
 
 
@@ -286,13 +319,9 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
 
     Profiles, quotas, fail-fast refusals and the GPU ledger work as on one
     host, across all nodes. Units are Swarm generic resources; a user's server
-    always runs on the node that holds their home volume.
+    always runs on the node that holds their home volume, in a network
+    namespace of its own on the lab network.
     """
-
-    @default("network_name")
-    def _default_network_name(self):
-        # On its node's own network, reached at the node's address (GPUSpawner's lab network is one host's).
-        return "host"
 
     gpu_resource_prefix = Unicode(
         "NVIDIA-",
@@ -333,6 +362,37 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         .. versionadded:: 0.2
         """,
     ).tag(config=True)
+
+    server_port = Int(
+        8888,
+        min=1,
+        max=65535,
+        help="""The port a server listens on in its own network namespace, on a lab network.
+
+        On a lab network (``network_name``, by default ``"gpuspawner-lab"``; see
+        docs/how-to/multi-host.md, "A lab network of its own"), each server
+        listens on this port in its own namespace; Swarm publishes it on the
+        server's node in ``host`` mode (no routing mesh) at a port the hub chose,
+        where the hub and the proxy reach it.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("network_name")
+    def _default_network_name(self):
+        # Each server in a namespace of its own; "host" (the node's network) only when an admin says so.
+        return LAB_NETWORK
+
+    @default("ssl_alt_names")
+    def _default_ssl_alt_names(self):
+        # With internal_ssl: JupyterHub makes a server's certificate before start() chooses its node,
+        # and the hub and the proxy check the address they connect to, so it names every node's.
+        async def every_node(spawner: SwarmGPUSpawner) -> list[str]:
+            nodes = await spawner.swarm_nodes(fresh=True)
+            return [*spawner.trusted_alt_names, *sorted({f"IP:{n.addr}" for n in nodes if n.addr})]
+
+        return every_node
 
     def load_inventory(self) -> Inventory:
         # The units come from the nodes (see swarm_nodes()); ``gpus`` only describes them.
@@ -422,6 +482,14 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     # --- the spawn
 
     async def start(self):
+        try:
+            return await self._start()
+        except BaseException:
+            # A refused or failed start keeps no internal_ssl secrets (JupyterHub made them before start).
+            await self._forget_ssl_secrets()
+            raise
+
+    async def _start(self):
         await self.swarm_nodes(fresh=True)
         volume = self._home_volume()
         home = await self._find_home()
@@ -433,6 +501,16 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 reason="home_node",
                 status_code=503,
             )
+        if self.on_lab_network:  # before any unit is assigned or any home recorded
+            await self._check_lab_network()
+            if self.profile is not None and self.profile.internet:
+                raise SpawnException(
+                    f"{self.profile.display_name} asks for the internet, which a Swarm lab network does not"
+                    " offer yet: an admin can run this profile's servers with network_name = 'host'.",
+                    reason="network",
+                    status_code=503,
+                )
+        self.node = None  # chosen afresh for this start
         return await super().start()
 
     def _choose_port(self) -> int:
@@ -460,25 +538,103 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         shared.node_of[self.holder] = node.id
         shared.confirmed.discard(self.holder)
         self.node = node
+        if self.on_lab_network:
+            # The hub's port is published on the node; the server listens on its own port in its namespace.
+            self.published_port = port
+            self.ip = "0.0.0.0"
+            return self.server_port
         self.ip = node.addr
         return port
 
     node: SwarmNode | None = None
     _home_node: SwarmNode | None = None
+    published_port = 0  # on a lab network: where on its node the hub reaches the server
+
+    @property
+    def server_network(self) -> str:
+        """The lab network (a Swarm lab has no internet network of its own)."""
+        return self.network_name
+
+    @property
+    def on_lab_network(self) -> bool:
+        """Servers in namespaces of their own on ``network_name``, not on their node's network."""
+        return self.network_name not in ("host", "")
 
     async def get_ip_and_port(self):
+        if self.on_lab_network:
+            return self.node.addr, self.published_port
         return self.ip, self.port
+
+    async def _check_lab_network(self) -> None:
+        """The lab network exists on the Swarm: a clear refusal, not Swarm's, when it does not."""
+        try:
+            found = await self.docker("inspect_network", self.network_name)
+        except docker.errors.NotFound:
+            found = None
+        if found is None or found.get("Scope") != "swarm":
+            raise SpawnException(
+                f"The lab network {self.network_name} is not a network of the Swarm. An admin makes it once"
+                " (docs/how-to/multi-host.md, 'A lab network of its own'), or sets network_name = 'host'.",
+                reason="network",
+                status_code=503,
+            )
+
+    # --- internal_ssl: the server's key and certificates as Swarm secrets
+
+    def _ssl_label(self) -> str:
+        return hashlib.sha256(self.service_name.encode()).hexdigest()[:16]
+
+    async def move_certs(self, paths):
+        """The server's key, certificate and CA bundle (JupyterHub's ``internal_ssl``) as Swarm secrets.
+
+        Only the node that runs the task receives them (over Swarm's mutual TLS),
+        at ``/run/secrets/jupyterhub-<key>``; they are removed with the service.
+        DockerSpawner's local volume would stay on the manager.
+        """
+        await self._remove_ssl_secrets()  # a failed start's
+        mine, stamp = self._ssl_label(), secrets.token_hex(4)
+        labels = {**((self.extra_create_kwargs or {}).get("labels") or {}), label.USER: self.user.name, SSL: mine}
+        self._ssl_secrets = []
+        in_container = {}
+        for key, path in paths.items():
+            with open(path, "rb") as f:
+                data = f.read()
+            name = f"gpuspawner-ssl-{mine}-{stamp}-{key}"  # (at most 64 characters)
+            created = await self.docker("create_secret", name, data, labels=labels)
+            target = f"jupyterhub-{key}"
+            self._ssl_secrets.append(SecretReference(created["ID"], name, filename=target, mode=0o444))
+            in_container[key] = f"/run/secrets/{target}"
+        return in_container
+
+    _ssl_secrets: list = []
+
+    async def _remove_ssl_secrets(self, keep: Iterable[SecretReference] = ()) -> None:
+        """This server's secrets, but those of ``keep`` (this start's, while an old service is removed)."""
+        kept = {ref["SecretID"] for ref in keep}
+        for found in await self.docker("secrets", filters={"label": f"{SSL}={self._ssl_label()}"}):
+            if found["ID"] in kept:
+                continue
+            try:
+                await self.docker("remove_secret", found["ID"])
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:  # still in use: the next start of this server removes it
+                self.log.warning("Could not remove secret %s: %s", found["Spec"]["Name"], e.explanation or e)
 
     async def create_object(self):
         """The service: pinned to the chosen node, asking Swarm for the units' kinds, never restarted."""
+        if self.node is None:  # (GPUSpawner chose it with the port, unless network_name is not "host")
+            self.port = self._choose_port()
         node = self.node
         await self._record_home()
-        described = self.container = self.describe_container(units_by_swarm=True)
-        labels = {**described.labels, label.NODE: node.id, **((self.extra_create_kwargs or {}).get("labels") or {})}
         wanted = {}
         if self.gpu_ids:
             units = [u for u in self.shared.ledger.inventory if u.id in self.gpu_ids]
             wanted = resource_request(units, node.kinds)
+        # Swarm sets DOCKER_RESOURCE_<KIND> for what it assigns; every other kind is blanked.
+        blank = withheld_kinds(self.shared.nodes, wanted)
+        described = self.container = self.describe_container(units_by_swarm=True, blank_kinds=blank)
+        labels = {**described.labels, label.NODE: node.id, **((self.extra_create_kwargs or {}).get("labels") or {})}
         limits = described.limits
         container = ContainerSpec(
             image=self.image,
@@ -487,6 +643,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             mounts=service_mounts(described),
             labels=dict(labels),
             cap_drop=list(described.cap_drop) or None,
+            secrets=list(self._ssl_secrets) or None,
             **self.extra_container_spec,
         )
         resources = Resources(
@@ -497,6 +654,11 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         )
         if described.pids_limit:
             resources.setdefault("Limits", {})["Pids"] = described.pids_limit  # API 1.41; docker-py has no argument
+        endpoint = dict(self.extra_endpoint_spec)
+        if self.on_lab_network:
+            # Published on its node only ("host" mode); dnsrr: no virtual IP, which needs IPVS.
+            endpoint = {"mode": "dnsrr", "ports": {self.published_port: (self.server_port, "tcp", "host")}, **endpoint}
+        networks = [self.network_name] if self.network_name else []
         template = TaskTemplate(
             container_spec=container,
             resources=resources,
@@ -504,7 +666,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             # server never moves: its home is on this node.
             restart_policy=RestartPolicy(condition="none"),
             placement=Placement(constraints=[f"node.id=={node.id}"], **self.extra_placement_spec),
-            networks=[self.network_name] if self.network_name else [],
+            networks=networks,
             **self.extra_task_spec,
         )
         service = await self.docker(
@@ -512,7 +674,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             task_template=template,
             name=self.service_name,
             labels=labels,
-            endpoint_spec=EndpointSpec(**self.extra_endpoint_spec) if self.extra_endpoint_spec else None,
+            endpoint_spec=EndpointSpec(**endpoint) if endpoint else None,
         )
         return service
 
@@ -605,12 +767,20 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             await self.remove_object()
         self.object_id = ""
         self.shared.node_of.pop(self.holder, None)
+        await self._forget_ssl_secrets()
+
+    async def _forget_ssl_secrets(self) -> None:
+        if self.internal_ssl:
+            await self._remove_ssl_secrets()
+            self._ssl_secrets = []
 
     async def remove_object(self):
         try:
             await self.docker("remove_service", self.object_id)
         except docker.errors.NotFound:
             pass
+        if self.internal_ssl:  # (DockerSpawner removes an old service at start, after move_certs)
+            await self._remove_ssl_secrets(keep=self._ssl_secrets)
 
     async def poll(self):
         """Running only while the service's task runs: a crash, a drained or a lost node stops it.
@@ -633,6 +803,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     async def stop(self, now=False):
         await super().stop(now=now)
         self.shared.node_of.pop(self.holder, None)
+        await self._forget_ssl_secrets()
 
     def get_state(self):
         state = super().get_state()
@@ -649,4 +820,5 @@ __all__ = [
     "running_servers",
     "service_mounts",
     "usable_units",
+    "withheld_kinds",
 ]

@@ -166,6 +166,13 @@ def test_a_good_image_passes():
             "libcudart.so.11.0",
         ),
         (good_image(probe_error="exec: /bin/sh: no such file"), ctx(), "probe", FAIL, "/bin/sh"),
+        (
+            good_image(config={**CONFIG, "Env": ["DOCKER_RESOURCE_NVIDIA-GPU=GPU-x"]}),
+            ctx(),
+            "environment",
+            FAIL,
+            "DOCKER_RESOURCE_NVIDIA-GPU",
+        ),
     ],
     ids=[
         "no-singleuser",
@@ -182,6 +189,7 @@ def test_a_good_image_passes():
         "command-not-jupyter",
         "framework-does-not-import",
         "probe-failed",
+        "sets-a-swarm-resource-variable",
     ],
 )
 def test_image_findings(facts, context, subject, level, says):

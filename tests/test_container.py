@@ -123,6 +123,25 @@ def test_environment(kw, base, expected):
     assert env["GPUSPAWNER_PROFILE"] == "ml101" and env["COURSE"] == "ml101"
 
 
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({}, {}),
+        ({"blank_kinds": ("NVIDIA-GPU", "NVIDIA-MIG-1g.10gb")}, {"DOCKER_RESOURCE_NVIDIA-GPU": "", "DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB": ""}),
+        ({"units": ("GPU-a",), "units_by_swarm": True, "blank_kinds": ("NVIDIA-MIG-1g.10gb",)}, {"DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB": ""}),
+    ],
+    ids=["none-named", "no-gpu-every-kind-blank", "gpu-other-kinds-blank"],
+)  # fmt: skip
+def test_only_swarm_names_units_in_docker_resource_variables(kw, expected):
+    """A profile's or the hub's DOCKER_RESOURCE_* never reach the container; kinds not given are empty."""
+    # (profiles.py refuses such a name; a profile made in code, or an admin's Spawner.environment, may not)
+    p = dataclasses.replace(GPU, environment={"DOCKER_RESOURCE_NVIDIA-GPU": "GPU-other", "docker_resource_x": "1"})
+    base = {"DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB": "MIG-other", "JUPYTERHUB_API_TOKEN": "t"}
+    env = server(p, base_environment=base, **kw).environment
+    assert {k: v for k, v in env.items() if k.upper().startswith("DOCKER_RESOURCE_")} == expected
+    assert env["JUPYTERHUB_API_TOKEN"] == "t"
+
+
 # --- mounts
 
 
@@ -248,8 +267,15 @@ def test_the_description_is_frozen():
         ({"WorkingDir": "/", "User": ""}, "", ImageFacts("/home/jovyan", "sha256:" + "b" * 64, True)),
         ({"Env": ["HOME=/root"], "User": "00:0"}, "/home/me", ImageFacts("/home/me", "sha256:" + "b" * 64, True)),
         ({"User": "root"}, "", ImageFacts("/home/jovyan", "sha256:" + "b" * 64, True)),
+        (
+            {"Env": ["DOCKER_RESOURCE_NVIDIA-GPU=GPU-x", "docker_resource_ssd=1", "PATH=/bin"], "User": "1000"},
+            "",
+            ImageFacts(
+                "/home/jovyan", "sha256:" + "b" * 64, False, ("DOCKER_RESOURCE_NVIDIA-GPU", "docker_resource_ssd")
+            ),
+        ),
     ],
-    ids=["home-env", "workdir", "default-home-no-user", "uid-00-and-home-path", "root"],
+    ids=["home-env", "workdir", "default-home-no-user", "uid-00-and-home-path", "root", "resource-variables"],
 )
 def test_image_facts(config, home_path, expected):
     inspect = {"Id": "sha256:" + "b" * 64, "Config": config}

@@ -21,9 +21,12 @@ from gpuspawner.images import (
     check_pinned,
     cuda_refusal,
     declared_cuda,
+    declared_resource_variables,
     image_digest,
     major_minor,
     passwd_uid,
+    resource_variable,
+    resource_variables_refusal,
     runs_as_root,
     split_reference,
     user_name_to_resolve,
@@ -500,3 +503,33 @@ def test_a_user_name_is_resolved_to_its_uid_in_the_images_passwd(user, resolve, 
 def test_passwd_uid():
     assert passwd_uid(PASSWD, "toor") == 0 and passwd_uid(PASSWD, "jovyan") == 1000
     assert passwd_uid(PASSWD, "jo") is None and passwd_uid("broken\nx:y:notanumber:1\n", "x") is None
+
+
+# --- Swarm's resource variables
+
+
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        ([], ()),
+        (["PATH=/bin", "CUDA_VERSION=12.4.1", "NVIDIA_VISIBLE_DEVICES=all"], ()),
+        (["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1"], ("DOCKER_RESOURCE_NVIDIA-GPU",)),
+        (["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB="], ("DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB",)),  # empty: still refused
+        (["docker_resource_x=1", "DOCKER_RESOURCE_X=2"], ("docker_resource_x", "DOCKER_RESOURCE_X")),
+        (["DOCKER_RESOURCES=1", "MY_DOCKER_RESOURCE_X=1"], ()),
+    ],
+    ids=["none", "others", "gpu", "mig-empty", "any-case", "look-alikes"],
+)
+def test_declared_resource_variables(env, names):
+    assert declared_resource_variables({"Config": {"Env": env}}) == names
+    assert declared_resource_variables({"Env": env}) == names
+
+
+def test_a_resource_variable_refusal_names_the_variable_and_the_fix():
+    assert resource_variables_refusal("lab:1", ()) is None
+    message = resource_variables_refusal("lab:1", ["DOCKER_RESOURCE_NVIDIA-GPU"])
+    assert "lab:1 sets DOCKER_RESOURCE_NVIDIA-GPU" in message and "Remove that ENV line" in message
+
+
+def test_resource_variable_is_swarms_name():
+    assert resource_variable("NVIDIA-MIG-1g.10gb") == "DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"

@@ -297,6 +297,21 @@ async def test_a_profile_the_admin_allows_root_starts_a_root_image_others_do_not
     assert "allow root for this profile (allow_root in c.GPUSpawner.profiles)" in str(e.value)
 
 
+async def test_image_setting_a_swarm_resource_variable_refused_before_any_gpu(engine):
+    engine.images["res:1"] = {
+        "Cmd": ["jupyterhub-singleuser"],
+        "User": "1000",
+        "Env": ["DOCKER_RESOURCE_NVIDIA-GPU=GPU-1"],
+    }
+    profiles = [{"slug": "res", "display_name": "Res", "image": "res:1", "gpus": 1}]
+    s = spawner(engine, profiles=profiles)
+    with pytest.raises(SpawnException, match="sets DOCKER_RESOURCE_NVIDIA-GPU in its environment") as e:
+        await s.start()
+    assert e.value.reason == "image_resource_env"
+    assert len(s.shared.ledger.free()) == 2
+    assert engine.containers_by_id == {}
+
+
 async def test_missing_image_is_a_clear_refusal(engine):
     profiles = [{"slug": "x", "display_name": "X", "image": "nowhere:1", "gpus": 1}]
     s = spawner(engine, profiles=profiles, pull_policy="never")

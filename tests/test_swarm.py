@@ -24,6 +24,7 @@ from gpuspawner.swarm import (
     resource_request,
     running_servers,
     usable_units,
+    withheld_kinds,
 )
 
 GiB = 1024**3
@@ -178,6 +179,28 @@ def test_resource_request_counts_each_kind():
     assert resource_request(nodes[0].units, nodes[0].kinds) == {"NVIDIA-GPU": 2}
 
 
+@pytest.mark.parametrize(
+    "wanted, blank",
+    [
+        ({}, ("NVIDIA-GPU", "NVIDIA-MIG-1g.10gb")),
+        ({"NVIDIA-GPU": 1}, ("NVIDIA-MIG-1g.10gb",)),
+        ({"NVIDIA-MIG-1G.10GB": 1}, ("NVIDIA-GPU",)),  # Swarm's variable names the kind in upper case
+    ],
+    ids=["cpu-server", "gpu-server", "mig-server"],
+)
+def test_every_kind_a_server_was_not_given_is_withheld(wanted, blank):
+    # The down node's kind counts too: it may come back while this server runs.
+    nodes = read_nodes(
+        [
+            api_node(1, ["GPU-a"]),
+            api_node(2, ["GPU-b"]),
+            api_node(3, ["MIG-c"], kind="NVIDIA-MIG-1g.10gb", state="down"),
+        ],
+        {},
+    )
+    assert withheld_kinds(nodes, wanted) == blank
+
+
 def test_running_servers_from_services_and_tasks():
     services = [
         {
@@ -260,8 +283,9 @@ def test_shared_slots_are_refused_before_anything_is_assigned():
 
 def test_the_spawner_class_defaults():
     spawner = SwarmGPUSpawner()
-    assert spawner.remove is True and spawner.pull_policy == "skip" and spawner.network_name == "host"
-    for name in ("gpu_resource_prefix", "nodes_refresh", "task_pending_timeout"):
+    assert spawner.remove is True and spawner.pull_policy == "skip" and spawner.network_name == "gpuspawner-lab"
+    assert spawner.on_lab_network and not SwarmGPUSpawner(network_name="host").on_lab_network
+    for name in ("gpu_resource_prefix", "nodes_refresh", "task_pending_timeout", "server_port"):
         assert SwarmGPUSpawner.class_traits()[name].help
 
 
@@ -347,3 +371,100 @@ def test_start_object_waits_for_the_task(monkeypatch, tasks, outcome):
         with pytest.raises(SpawnException, match=outcome):
             asyncio.run(spawner.start_object())
         assert recorded == []
+
+
+@pytest.mark.parametrize("network", ["host", "gpuspawner-lab"])
+def test_where_a_server_listens_and_where_the_hub_reaches_it(network):
+    """On the node's network: the node's address and the hub's port. On a lab network: the server's own
+    port in its own namespace, and the hub's port published on its node."""
+    import asyncio
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), network_name=network, server_port=8888)
+    spawner.shared.nodes = read_nodes([api_node(1, ["GPU-a"]), api_node(2, ["GPU-b"])], {})
+    listen = spawner.port = spawner._choose_port()  # as GPUSpawner.start does
+    hub_port = spawner.shared.ports[spawner.holder]
+    reached = asyncio.run(spawner.get_ip_and_port())
+    if network == "host":
+        assert (spawner.ip, listen) == (spawner.node.addr, hub_port) and reached == (spawner.node.addr, hub_port)
+    else:
+        assert (spawner.ip, listen) == ("0.0.0.0", 8888)
+        assert reached == (spawner.node.addr, hub_port) and spawner.published_port == hub_port
+
+
+def test_a_lab_network_that_is_not_the_swarms_is_a_clear_refusal(monkeypatch):
+    import asyncio
+
+    import docker.errors
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), network_name="gpuspawner-lab")
+    answers = {"gpuspawner-lab": {"Scope": "local"}}
+
+    async def docker_call(method, name):
+        assert method == "inspect_network"
+        if name not in answers:
+            raise docker.errors.NotFound("no such network")
+        return answers[name]
+
+    monkeypatch.setattr(spawner, "docker", docker_call)
+    for present in ({"Scope": "local"}, None):
+        answers.clear()
+        if present:
+            answers["gpuspawner-lab"] = present
+        with pytest.raises(SpawnException, match="The lab network gpuspawner-lab is not a network of the Swarm"):
+            asyncio.run(spawner._check_lab_network())
+    answers["gpuspawner-lab"] = {"Scope": "swarm"}
+    asyncio.run(spawner._check_lab_network())
+
+
+def test_internal_ssl_certificates_travel_as_swarm_secrets(tmp_path, monkeypatch):
+    """The key, certificate and CA bundle become Swarm secrets the server reads in /run/secrets; a
+    new start's are kept while an old service is removed; the certificate names every node."""
+    import asyncio
+
+    from .fakes import FakeDocker, make_spawner
+
+    spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), user="ann", internal_ssl=True)
+    store: dict[str, dict] = {"old": {"ID": "old", "Spec": {"Name": "old", "Labels": {}}}}
+
+    async def docker_call(method, *args, **kwargs):
+        if method == "create_secret":
+            name, data = args
+            store[name] = {"ID": name, "Spec": {"Name": name, "Labels": kwargs["labels"]}, "data": data}
+            return {"ID": name}
+        if method == "secrets":
+            return list(store.values())  # (the label filter is the engine's)
+        if method == "remove_secret":
+            store.pop(args[0])
+            return None
+        raise AssertionError(method)
+
+    monkeypatch.setattr(spawner, "docker", docker_call)
+    paths = {}
+    for key in ("keyfile", "certfile", "cafile"):
+        paths[key] = str(tmp_path / key)
+        (tmp_path / key).write_text(key)
+    in_container = asyncio.run(spawner.move_certs(paths))
+    assert in_container == {k: f"/run/secrets/jupyterhub-{k}" for k in paths}
+    assert "old" not in store and len(store) == 3  # a previous start's went first
+    assert {s["data"] for s in store.values()} == {b"keyfile", b"certfile", b"cafile"}
+    assert all(s["Spec"]["Labels"]["gpuspawner.user"] == "ann" for s in store.values())
+    assert all(len(name) <= 64 for name in store)
+    assert sorted(ref["File"]["Name"] for ref in spawner._ssl_secrets) == sorted(f"jupyterhub-{k}" for k in paths)
+    store["stale"] = {"ID": "stale", "Spec": {"Name": "stale", "Labels": {}}}
+    asyncio.run(spawner._remove_ssl_secrets(keep=spawner._ssl_secrets))  # an old service removed at start
+    assert len(store) == 3 and "stale" not in store
+    asyncio.run(spawner._forget_ssl_secrets())  # stopped, or the start failed
+    assert store == {} and spawner._ssl_secrets == []
+
+    spawner.shared.nodes = read_nodes([api_node(1, ["GPU-a"]), api_node(2, ["GPU-b"])], {})
+    spawner.trusted_alt_names = ["IP:10.9.9.9"]
+    monkeypatch.setattr(spawner, "swarm_nodes", lambda fresh=False: _done(spawner.shared.nodes))
+    assert asyncio.run(spawner.ssl_alt_names(spawner)) == ["IP:10.9.9.9", "IP:10.0.0.1", "IP:10.0.0.2"]
+
+
+async def _done(value):
+    return value

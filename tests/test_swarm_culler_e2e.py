@@ -47,6 +47,7 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.spawner_class = "gpuspawner.swarm.SwarmGPUSpawner"
     c.JupyterHub.hub_ip = {HUB_IP!r}
     c.SwarmGPUSpawner.client_kwargs = {{"base_url": "unix://{DIR}/n1/docker.sock"}}
+    c.SwarmGPUSpawner.network_name = "host"  # the node's own network (test_swarm_e2e.py: the lab network)
     c.SwarmGPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: {RUN!r}}}}}
     c.SwarmGPUSpawner.placement = "pack"  # two servers on one node, the third on another
     c.SwarmGPUSpawner.profiles = [

@@ -4,25 +4,31 @@ of its own (deploy/swarm/testbed-swarm.sh), with a real hub and proxy.
 Each node advertises two test GPUs as Swarm generic resources; Swarm puts the
 id it assigns in the container's PID-1 environment (DOCKER_RESOURCE_NVIDIA-GPU),
 as it does on a GPU host where the toolkit's swarm-resource setting reads it.
-The hub listens on the bridge (10.231.0.1); servers listen on their node's
-address. One hub, one scenario in steps, in order: spread, refusals and quotas
-across nodes, a drained node, a hub restart, a home kept.
+The hub listens on the bridge (10.231.0.1); each server runs in a network
+namespace of its own on the lab network (the default), published on its node.
+One hub, one scenario in steps, in order: spread, what a server can reach,
+refusals and quotas across nodes, a drained node, a hub restart, a home kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
 import os
 import re
 import secrets
+import socket
+import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from gpuspawner.dashboard.sources import Sources
 from gpuspawner.gpus import Inventory, Policy
@@ -36,6 +42,7 @@ SCRIPT = REPO / "deploy" / "swarm" / "testbed-swarm.sh"
 DIR = Path(os.environ.get("GPUSPAWNER_SWARM_TESTBED", "/var/lib/gpuspawner-testbed-swarm"))
 HUB_IP = "10.231.0.1"
 E2E_LABEL = "gpuspawner-e2e-swarm"
+LAB_NETWORK = "gpuspawner-lab"  # the default network_name; `testbed-swarm.sh isolate` makes it (lab-network.sh)
 
 
 def gpu(node: int, i: int) -> str:
@@ -87,7 +94,8 @@ def where(name: str, server: str = "") -> tuple[str, tuple[str, ...]]:
 def container_on_node(name: str, server: str = "") -> tuple[docker.APIClient, str]:
     hostname, _ = where(name, server)
     client = node_client(int(hostname.rsplit("-", 1)[1]))
-    found = client.containers(filters={"label": [f"gpuspawner.user={name}", f"gpuspawner.server={server}"]})
+    # The running task's container (a stopped server's may still be on its way out).
+    found = client.containers(filters={"label": f"com.docker.swarm.task.id={task(name, server)['ID']}"})
     assert len(found) == 1, found
     return client, found[0]["Id"]
 
@@ -105,6 +113,37 @@ def pid1_env(name: str, server: str = "") -> dict[str, str]:
     return dict(e.partition("=")[::2] for e in out.split("\0") if e)
 
 
+# Run in a server as its own user: try each (host, port) at once; "open", or why not ("ECONNREFUSED", ...).
+PROBE = """
+import concurrent.futures, errno, json, socket, sys
+def connect(target):
+    try:
+        socket.create_connection(tuple(target), timeout=3).close()
+        return "open"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, type(e).__name__)
+targets = json.loads(sys.argv[1])
+with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(list(pool.map(connect, targets))))
+"""
+
+
+def probe(name: str, targets: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    out = run_in(name, ["python3", "-c", PROBE, json.dumps(targets)])
+    return dict(zip(targets, json.loads(out), strict=True))
+
+
+def published(name: str) -> int:
+    """The port of the node where Swarm published ``name``'s server."""
+    (service,) = manager().services(filters={"label": f"gpuspawner.user={name}"})
+    return service["Endpoint"]["Ports"][0]["PublishedPort"]
+
+
+def lab_address(name: str) -> str:
+    client, cid = container_on_node(name)
+    return client.inspect_container(cid)["NetworkSettings"]["Networks"][LAB_NETWORK]["IPAddress"]
+
+
 def set_availability(hostname: str, availability: str) -> None:
     api = manager()
     n = api.inspect_node(node_id(hostname))
@@ -120,6 +159,8 @@ def cleanup_swarm() -> None:
     for n in api.nodes():
         if n["Spec"].get("Availability") != "active":
             api.update_node(n["ID"], n["Version"]["Index"], {**n["Spec"], "Availability": "active"})
+    for secret in api.secrets(filters={"label": E2E_LABEL}):  # internal_ssl secrets a failed test left
+        api.remove_secret(secret["ID"])
     for config in api.configs(filters={"label": "gpuspawner.home"}):
         if config["Spec"]["Labels"]["gpuspawner.home"].endswith(RUN):
             api.remove_config(config["ID"])
@@ -145,9 +186,21 @@ def swarm():
     cleanup_swarm()
 
 
+def resource_env_image(base: str) -> str:
+    """An image whose own environment names a GPU, on the manager (where the hub inspects images)."""
+    tag = "gpuspawner-lab-resource-env:" + base.rsplit(":", 1)[1]
+    api = manager()
+    if not api.images(name=tag):
+        dockerfile = f"FROM {base}\nENV DOCKER_RESOURCE_NVIDIA-GPU={gpu(1, 0)}\n".encode()
+        for event in api.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, decode=True):
+            assert "error" not in event, event
+    return tag
+
+
 @pytest.fixture(scope="module")
 def hub(swarm, tmp_path_factory):
     small = {"image": swarm, "mem_limit": "512M"}  # no CPU limit: start-up is CPU-bound on 2 cores
+    named_gpu = {**small, "image": resource_env_image(swarm)}
     gpus = [
         {"index": i, "uuid": gpu(n, i), "name": "NVIDIA L4", "memory": "24G", "node": f"gpu-node-{n}"}
         for n in (1, 2, 3)
@@ -170,6 +223,9 @@ def hub(swarm, tmp_path_factory):
     c.JupyterHub.spawner_class = "gpuspawner.swarm.SwarmGPUSpawner"
     c.JupyterHub.hub_ip = {HUB_IP!r}  # the bridge: servers in the nodes' namespaces call the hub here
     c.JupyterHub.allow_named_servers = True
+    # Mutual TLS between hub, proxy and servers; each server's key and certificates are Swarm secrets.
+    c.JupyterHub.internal_ssl = True
+    c.JupyterHub.trusted_alt_names = ["IP:{HUB_IP}"]  # where the servers call the hub
     c.SwarmGPUSpawner.client_kwargs = {{"base_url": "unix://{DIR}/n1/docker.sock"}}
     c.SwarmGPUSpawner.extra_create_kwargs = {{"labels": {{{E2E_LABEL!r}: {RUN!r}}}}}
     c.SwarmGPUSpawner.gpus = {gpus!r}
@@ -181,11 +237,16 @@ def hub(swarm, tmp_path_factory):
         dict(slug="gpu", display_name="One L4", gpus=1, **{small!r}),
         dict(slug="gpu2", display_name="Two L4", gpus=2, **{small!r}),
         dict(slug="mig", display_name="A100 slice", gpus=1, mig_profile="1g.10gb", **{small!r}),
+        dict(slug="named-gpu", display_name="Image naming a GPU", gpus=1, **{named_gpu!r}),
     ]
     c.SwarmGPUSpawner.nodes_refresh = 0.5
     c.Spawner.poll_interval = 2
     """
-    with started(RealHub(tmp_path_factory.mktemp("swarmhub"), config)) as h:
+    h = RealHub(tmp_path_factory.mktemp("swarmhub"), config)
+    h.config += f'c.ConfigurableHTTPProxy.api_url = "https://127.0.0.1:{h.proxy_api_port}"  # TLS too\n    '
+    # The lab network on every node, its rules leaving servers only this hub's API.
+    subprocess.run(["bash", str(SCRIPT), "isolate", str(h.hub_port)], check=True)
+    with started(h) as h:
         yield h
 
 
@@ -216,6 +277,7 @@ def test_1_spawns_spread_over_the_nodes_with_distinct_units(hub: RealHub):
         assert ids[0].startswith(gpu(int(host[-1]), 0)[:-3]), (name, host, ids)  # a unit of that node
         env = pid1_env(user(name))
         assert env["DOCKER_RESOURCE_NVIDIA-GPU"] == ids[0]
+        assert env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == ""  # a kind it was not given names nothing
         assert env["NVIDIA_VISIBLE_DEVICES"] == "void"  # Swarm's variable carries the unit, not ours
     # The dashboard reads the ledger from Swarm: every node's units and who holds them.
     sources = Sources(Inventory(units=(), source="swarm"), Policy(), manager, None, "", nvml=False)
@@ -228,6 +290,60 @@ def test_1_spawns_spread_over_the_nodes_with_distinct_units(hub: RealHub):
     run_in(user("ann"), ["sh", "-c", "echo kept > /home/jovyan/work.txt"])
 
 
+def test_1b_a_server_on_the_lab_network_reaches_only_the_hubs_api(hub: RealHub):
+    """Each server in a namespace of its own: it reaches the hub's API and nothing else."""
+    started = time.monotonic()
+    addr = {h: f"10.231.0.1{h[-1]}" for h in ("gpu-node-1", "gpu-node-2", "gpu-node-3")}
+    ann_node, bob_node = where(user("ann"))[0], where(user("bob"))[0]
+    # ann opens a listener of her own, in her namespace.
+    client, cid = container_on_node(user("ann"))
+    client.exec_start(client.exec_create(cid, ["python3", "-m", "http.server", "9999"])["Id"], detach=True)
+    must_not = [
+        (HUB_IP, hub.proxy_port),  # the proxy, the proxy's API: on the hub host's loopback
+        (HUB_IP, hub.proxy_api_port),
+        (HUB_IP, 22),  # any other port of the hub's host
+        (addr[ann_node], 2377),  # her node's own services (Swarm's port)
+        (addr[ann_node], 7946),
+        (addr[ann_node], published(user("ann"))),  # a node's published ports: other servers' doors
+        (addr[bob_node], published(user("bob"))),  # bob's server, by its node's address and port
+        (lab_address(user("bob")), 8888),  # bob's server, by its own address (another node's bridge)
+        (f"10.232.{ann_node[-1]}.1", published(user("ann"))),  # her bridge's gateway: the node again
+    ]
+    seen = probe(user("ann"), [(HUB_IP, hub.hub_port), *must_not])
+    assert seen[(HUB_IP, hub.hub_port)] == "open", seen  # the hub's API answers (and she is ready: OAuth, activity)
+    # (refused, timed out in 3 s, or no route: EHOSTUNREACH)
+    answered = {t: seen[t] for t in must_not if seen[t] == "open"}
+    assert not answered, f"answered from ann's server: {answered}"
+    # Her listener is on no address of her node (tried from the node's own namespace), nor reachable from bob's server.
+    time.sleep(0.5)
+    on_node = [("127.0.0.1", 9999), (addr[ann_node], 9999), (f"10.232.{ann_node[-1]}.1", 9999)]
+    node_ns = f"--net=/var/run/netns/gpusw-n{ann_node[-1]}"
+    out = subprocess.run(["nsenter", node_ns, sys.executable, "-c", PROBE, json.dumps(on_node)], capture_output=True)
+    assert "open" not in json.loads(out.stdout), out
+    theirs = probe(user("bob"), [(addr[ann_node], 9999), (lab_address(user("ann")), 9999)])
+    assert "open" not in theirs.values(), theirs
+    assert probe(user("ann"), [("127.0.0.1", 9999)]) == {("127.0.0.1", 9999): "open"}  # it does listen
+    # The hub and the proxy reach her server (through the proxy, to her node's published port) over mutual
+    # TLS: without a certificate of the lab's CAs, her server answers nothing, in plain HTTP or in TLS.
+    assert hub.server_model(user("ann"))["ready"]
+    door = (addr[ann_node], published(user("ann")))
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://{door[0]}:{door[1]}/", timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        with tls.wrap_socket(socket.create_connection(door, timeout=5)) as s:
+            s.sendall(b"GET /hub/api HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100) == b"", "a server answered a client without a certificate"
+    # Her key and certificates reached her node as Swarm secrets, and only as those.
+    mine = manager().secrets(filters={"label": f"gpuspawner.user={user('ann')}"})
+    assert sorted(s["Spec"]["Name"].rsplit("-", 1)[1] for s in mine) == ["cafile", "certfile", "keyfile"]
+    env = pid1_env(user("ann"))
+    assert env["JUPYTERHUB_SSL_KEYFILE"] == "/run/secrets/jupyterhub-keyfile", env
+    assert env["JUPYTERHUB_API_URL"].startswith(f"https://{HUB_IP}:"), env
+    print(f"network probes: {time.monotonic() - started:.1f} s: {seen}")
+
+
 def test_2_refusals_name_what_is_free_per_node_and_quotas_hold_across_nodes(hub: RealHub):
     # One unit free on each node: three units are free, but not two on one node.
     r = hub.start_server(user("dan"), "gpu2")
@@ -236,12 +352,24 @@ def test_2_refusals_name_what_is_free_per_node_and_quotas_hold_across_nodes(hub:
     assert "on one node" in message, message
     for n in (1, 2, 3):
         assert re.search(rf"gpu-node-{n}: [^;]*\b1 NVIDIA L4 GPU\b", message), message
+    # An image whose own environment names a GPU is refused before any unit is assigned.
+    r = hub.start_server(user("kim"), "named-gpu")
+    assert r.status_code == 400, r.text
+    assert "sets DOCKER_RESOURCE_NVIDIA-GPU in its environment" in refusal(r), refusal(r)
+    assert "profile named-gpu" not in hub.log_text()  # the "Starting ..." line comes after the assignment
+    assert not manager().services(filters={"label": f"gpuspawner.user={user('kim')}"})
+    assert not manager().secrets(filters={"label": f"gpuspawner.user={user('kim')}"})  # its internal_ssl secrets
     # A group quota of 2 counts its members' servers on every node.
-    spawn_at_once(hub, ["gia", "hal", "mia"], "gpu", mia="mig")
+    spawn_at_once(hub, ["gia", "hal", "mia", "joe"], "gpu", mia="mig", joe="cpu")
     # A MIG instance is a unit of its own kind: Swarm assigns one, on the node that has them.
     host, units = where(user("mia"))
     assert host == "gpu-node-3" and len(units) == 1 and units[0] in (mig(0), mig(1)), (host, units)
-    assert pid1_env(user("mia"))["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == units[0]
+    env = pid1_env(user("mia"))
+    assert env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == units[0] and env["DOCKER_RESOURCE_NVIDIA-GPU"] == ""
+    # A server without a GPU: every kind is blank, so no variable from anywhere can name a unit.
+    env = pid1_env(user("joe"))
+    assert env["DOCKER_RESOURCE_NVIDIA-GPU"] == env["DOCKER_RESOURCE_NVIDIA-MIG-1G.10GB"] == "", env
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert where(user("gia"))[0] != where(user("hal"))[0]
     r = hub.start_server(user("ivy"), "gpu")
     assert r.status_code == 403, r.text
@@ -319,6 +447,8 @@ def test_5_the_home_is_kept_when_the_server_comes_back(hub: RealHub):
     hub.spawn(user("ann"), "gpu")
     assert where(user("ann"))[0] == host
     assert run_in(user("ann"), ["cat", "/home/jovyan/work.txt"]).strip() == "kept"
+    # Her previous server's internal_ssl secrets went with its service: three, this start's.
+    assert len(manager().secrets(filters={"label": f"gpuspawner.user={user('ann')}"})) == 3
     # And the hub's route reaches the server on its node, through the proxy.
     r = hub.request("GET", f"/users/{user('ann')}")
     assert json.loads(r.text)["servers"][""]["url"]

@@ -5,6 +5,9 @@
 #
 #   testbed-swarm.sh up      make the bridge, namespaces and engines; form the Swarm;
 #                            load the single-user image on every node (cached)
+#   testbed-swarm.sh isolate HUB_PORT
+#                            the lab network (deploy/swarm/lab-network.sh) on every node,
+#                            its rules leaving servers only $HUB_ADDR:HUB_PORT (the hub's API)
 #   testbed-swarm.sh env     print export lines for eval
 #   testbed-swarm.sh status  nodes, their state and their GPUs
 #   testbed-swarm.sh down    stop the engines this script started, remove the
@@ -153,9 +156,13 @@ engine_up() {
     if [ "$i" = "$NODES" ]; then
         for g in 0 1; do args+=(--node-generic-resource "$MIG_KIND=$(mig_uuid "$i" "$g")"); done
     fi
+    # iptables on, as on a real node: Docker's rules (NAT of docker_gwbridge for servers in a network of
+    # their own, published ports, no traffic between containers on docker_gwbridge) and `isolate`'s rules
+    # live in the node's own namespace, never in the machine's.
+    args+=(--iptables=true --ip-masq=true --ip-forward=true)
     if pid="$(node_pid "$i")"; then
         [ "$(cat "$d/args" 2>/dev/null || true)" = "${args[*]}" ] && return 0
-        log "node $i advertises other units now: restarting its engine"
+        log "node $i has other settings now (units, iptables): restarting its engine"
         engine_down "$i"
     fi
     [ -x /usr/sbin/dockerd ] || die "no /usr/sbin/dockerd; run deploy/testbed/testbed.sh install"
@@ -178,7 +185,7 @@ engine_up() {
         --containerd-namespace="gpusw-n$i" \
         --containerd-plugins-namespace="gpusw-n$i-plugins" \
         --cgroup-parent="/gpuspawner-testbed-swarm-n$i" \
-        --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
+        --bridge=none \
         "${args[@]}" \
         </dev/null >>"$d/dockerd.log" 2>&1 9>&- &
     disown $! 2>/dev/null || true
@@ -265,6 +272,19 @@ do_up() {
     log "up: $NODES nodes, $GPUS_PER_NODE GPUs each, manager unix://$(sock 1) ($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s)"
 }
 
+# The lab network on every node, each node's iptables rules in its own namespace.
+do_isolate() {
+    need_root isolate
+    local port=${1:-} i api
+    [[ "$port" =~ ^[0-9]+$ ]] || die "usage: testbed-swarm.sh isolate HUB_PORT"
+    api=${DOCKER_API:+env DOCKER_API_VERSION=$DOCKER_API }
+    for i in $(seq 1 "$NODES"); do
+        DOCKER="${api}$DOCKER_BIN -H unix://$(sock "$i")" \
+            nsenter --net="/var/run/netns/$(ns "$i")" bash "$HERE/lab-network.sh" node "10.232.$i.0/24" "$HUB_ADDR" "$port"
+    done
+    DOCKER="${api}$DOCKER_BIN -H unix://$(sock 1)" bash "$HERE/lab-network.sh" swarm
+}
+
 do_down() {
     need_root down
     local i
@@ -303,10 +323,11 @@ do_status() {
 
 case "${1:-}" in
     up) take_lock; do_up ;;
+    isolate) take_lock; do_isolate "${2:-}" ;;
     down) take_lock; do_down ;;
     clean) take_lock; do_clean ;;
     env) do_env ;;
     status) do_status ;;
-    -h|--help|help|"") sed -n '2,26p' "$SELF" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help|"") sed -n '2,31p' "$SELF" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command: $1" ;;
 esac

@@ -19,7 +19,7 @@ from jupyterhub.utils import subdomain_hook_idna, subdomain_hook_legacy
 from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
-from ..images import cuda_refusal, declared_cuda, runs_as_root
+from ..images import cuda_refusal, declared_cuda, declared_resource_variables, runs_as_root
 from ..lab_network import LabNetworkError, check_networks, check_rules, forwarding_on, lab_network
 from ..profiles import Profile, ProfileError, root_allowed
 from ..spawner import GPUSpawner
@@ -193,6 +193,16 @@ def profile_image_findings(
                 "image",
                 f"{image} runs as root: the hub refuses it",
                 "USER 1000 in its Dockerfile (or allow_root on its profiles in c.GPUSpawner.profiles)",
+            )
+        )
+    resource_variables = declared_resource_variables(config)
+    if resource_variables:
+        findings.append(
+            Finding(
+                FAIL,
+                "image",
+                f"{image} sets {', '.join(resource_variables)} in its environment: the hub refuses it",
+                "remove that ENV line (Swarm sets DOCKER_RESOURCE_* itself for the GPUs it assigns)",
             )
         )
     cuda = declared_cuda(config) or ""

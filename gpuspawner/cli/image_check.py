@@ -19,7 +19,14 @@ from traitlets import Bool, Float
 from traitlets.config import Application
 
 from ..config import HubConfig, engine_where
-from ..images import cuda_refusal, declared_cuda, major_minor, runs_as_root, split_reference
+from ..images import (
+    cuda_refusal,
+    declared_cuda,
+    declared_resource_variables,
+    major_minor,
+    runs_as_root,
+    split_reference,
+)
 from ..profiles import Profile, root_allowed
 from ..traits import format_bytes
 from . import output, probe
@@ -205,6 +212,17 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
         ]
     findings = [_jupyterhub_finding(facts, ctx.jupyterhub_version)]
     findings += _user_finding(facts, ctx.allow_root)
+    resource_variables = declared_resource_variables(facts.config)
+    if resource_variables:
+        findings.append(
+            Finding(
+                FAIL,
+                "environment",
+                f"sets {', '.join(resource_variables)}: the hub refuses it (on a Swarm GPU node the NVIDIA toolkit"
+                " takes GPUs from such variables)",
+                "remove that ENV line: Swarm sets the variable itself for the GPUs it assigns",
+            )
+        )
     if facts.python_version:
         findings.append(Finding(OK, "python", f"Python {facts.python_version} ({facts.python})"))
     else:
