@@ -15,6 +15,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from .gpus.inventory import InventoryError
+from .lab_network import in_the_hub
 from .profiles import Profile, ProfileError
 from .spawner import GPUSpawner
 
@@ -39,7 +40,7 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     unreachable = _hub_unreachable(config, spawner)
     if unreachable:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")
-    if prepull and JupyterHub.initialized():  # in the hub itself, not in a tool reading its config
+    if prepull and in_the_hub():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
 

@@ -437,6 +437,17 @@ def settings(lab: LabNetwork) -> dict:
     }
 
 
+def in_the_hub() -> bool:
+    """Whether this process is the hub reading its config (not a command or a service reading the same file).
+
+    Not ``JupyterHub.initialized()``: any traitlets Application's ``instance()`` (the
+    ``gpuspawner`` command's subcommands) sets the ``_instance`` that JupyterHub inherits.
+    """
+    from jupyterhub.app import JupyterHub
+
+    return isinstance(getattr(JupyterHub, "_instance", None), JupyterHub)
+
+
 def add_lab_network(
     c,
     name: str = DEFAULT_NAME,
@@ -477,9 +488,7 @@ def add_lab_network(
     hub.hub_ip = lab.gateway
     c.GPUSpawner.lab_network = settings(lab)
 
-    from jupyterhub.app import JupyterHub
-
-    if JupyterHub.initialized():  # the hub itself is starting, as root
+    if in_the_hub():  # the hub itself is starting, as root
         import docker
         from docker.utils import kwargs_from_env
 
@@ -502,6 +511,7 @@ __all__ = [
     "check_rules",
     "ensure_networks",
     "forwarding_on",
+    "in_the_hub",
     "install_rules",
     "lab_network",
     "remove_networks",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from traitlets.config import Config
 
-from gpuspawner.cli.doctor import network_findings
+from gpuspawner.cli.network import network_findings
 from gpuspawner.lab_network import Allowed, LabNetwork, LabNetworkError, add_lab_network, lab_network, settings
 
 
@@ -111,3 +111,19 @@ def test_doctor_findings():
     assert forwarding.level == "warn" and "pip" in forwarding.message
     (other,) = network_findings("campus-net", "", [], [], True)
     assert other.level == "warn" and "gpuspawner did not make" in other.message
+
+
+def test_only_the_hub_itself_sets_the_lab_up(monkeypatch):
+    """A command's traitlets Application instance must not pass for the hub (JupyterHub inherits ``_instance``)."""
+    from jupyterhub.app import JupyterHub
+
+    from gpuspawner.cli.network import NetworkApp
+    from gpuspawner.lab_network import in_the_hub
+
+    assert not in_the_hub()
+    NetworkApp.instance()
+    try:
+        assert JupyterHub.initialized()  # traitlets' own test is fooled ...
+        assert not in_the_hub()  # ... this one is not
+    finally:
+        NetworkApp.clear_instance()

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from .realhub import read_testbed, running_hub, simulated_gpus
+from .realhub import read_testbed, run_command, running_hub, simulated_gpus
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -169,10 +169,31 @@ def test_ports_held_in_one_server_touch_nobody_else(hub):
     assert hub.container(ann).attrs["Config"]["ExposedPorts"] == {"8888/tcp": {}}
 
 
-def test_the_rules_are_in_place_and_doctor_says_so(hub):
-    from gpuspawner.lab_network import check_rules
+def test_the_command_checks_removes_and_reinstalls_the_rules_and_they_are_what_closes_the_lab(hub):
+    from gpuspawner.lab_network import check_rules, remove_rules
 
-    assert check_rules(hub.lab) == []
+    config = str(hub.workdir / "jupyterhub_config.py")
+    sam = user("sam")
+    hub.spawn(sam, "cpu")
+    server = hub.container(sam)
+    with host_listener() as open_port:
+        target = [(hub.lab.gateway, open_port)]
+        assert check_rules(hub.lab) == []
+        done, _ = run_command(hub.workdir, ["network", "-f", config])
+        assert done.returncode == 0 and f"servers run on {hub.lab.name!r}" in done.stdout, done.stdout + done.stderr
+        # Taken away (as by a host firewall reload), the host's own service answers the student ...
+        remove_rules(hub.lab)
+        assert probe(server, target) == {f"{hub.lab.gateway}:{open_port}": "open"}
+        done, _ = run_command(hub.workdir, ["network", "-f", config])
+        assert done.returncode == 1 and f"GPUSPAWNER-{hub.lab.interface}-IN" in done.stdout, done.stdout
+        # ... until an admin puts them back (the hub does at every start).
+        done, _ = run_command(hub.workdir, ["network", "up", "-f", config])
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert probe(server, target) == {f"{hub.lab.gateway}:{open_port}": "refused"}
+        assert check_rules(hub.lab) == []
+    # Never taken down under a running server.
+    done, _ = run_command(hub.workdir, ["network", "down", "-f", config])
+    assert done.returncode == 1 and "servers still use the lab network" in done.stderr, done.stderr
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@
 - ``gpuspawner prepull``: pull every profile's image before class, with progress and a summary.
 - ``gpuspawner doctor``: is this host ready (Docker, NVIDIA toolkit, driver, images, datasets)?
 - ``gpuspawner status [--json]``: who holds which GPU now.
+- ``gpuspawner network [check|up|down]``: the students' lab network and the rules that close it.
 
 Each reads the hub's own ``jupyterhub_config.py`` (``-f``, ``gpuspawner.config``), so
 profiles are written once. One module per command, its checks beside it (pure
@@ -21,6 +22,7 @@ from .command import LabCommand
 from .doctor import DoctorApp
 from .image_build import ImageBuildApp
 from .image_check import ImageCheckApp
+from .network import NetworkApp
 from .prepull import PrepullApp
 from .status import StatusApp
 
@@ -46,10 +48,11 @@ class GPUSpawnerApp(LabCommand):
         "prepull": (PrepullApp, "Pull every profile's image before class, with progress and a summary."),
         "doctor": (DoctorApp, "Check this host: Docker, NVIDIA toolkit and driver, images, datasets."),
         "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
+        "network": (NetworkApp, "The students' lab network and its rules: check (default), up, down."),
     }
 
 
-_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, ImageBuildApp, PrepullApp, DoctorApp, StatusApp)
+_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, ImageBuildApp, PrepullApp, DoctorApp, StatusApp, NetworkApp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,13 @@ from ..config import ConfigError, HubConfig, engine_where
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import cuda_refusal, declared_cuda, declared_resource_variables, runs_as_root
-from ..lab_network import LabNetworkError, check_networks, check_rules, forwarding_on, lab_network
 from ..profiles import Profile, ProfileError, root_allowed
 from ..spawner import GPUSpawner
 from ..traits import format_bytes
 from . import output, probe
 from .command import LabCommand, by_image
 from .findings import FAIL, OK, WARN, Finding, verdict
+from .network import lab_network_findings
 
 
 def docker_finding(version: dict | None, error: str = "", where: str = "") -> Finding:
@@ -254,51 +254,6 @@ def mount_findings(profiles: tuple[Profile, ...], exists: Callable[[str], bool])
     return findings
 
 
-def network_findings(
-    network_name: str, lab: str, problems: Iterable[str], internet_profiles: Iterable[str], forwarding: bool | None
-) -> list[Finding]:
-    """Where servers run, and whether the lab network (``lab``: its name, '' none) is as the config says."""
-    problems = list(problems)
-    if network_name == "host":
-        return [
-            Finding(
-                WARN,
-                "network",
-                "servers run in the host's network: a student can reach every port of the host and of other"
-                " students' servers, and take ports the hub needs (docs/topic/security.md)",
-                "call gpuspawner.lab_network.add_lab_network(c) in the config",
-            )
-        ]
-    if not lab:
-        return [
-            Finding(
-                WARN,
-                "network",
-                f"servers run on {network_name!r}, which gpuspawner did not make: what they reach is up to its rules",
-                "call gpuspawner.lab_network.add_lab_network(c) in the config instead",
-            )
-        ]
-    findings = [
-        Finding(FAIL, "network", problem, "restart the hub: add_lab_network makes the networks and rules")
-        for problem in problems
-    ]
-    if not problems:
-        findings.append(
-            Finding(OK, "network", f"servers run on {lab!r}: its networks and rules are in place (the hub's API only)")
-        )
-    internet = sorted(internet_profiles)
-    if internet and forwarding is False:
-        findings.append(
-            Finding(
-                WARN,
-                "network",
-                f"profiles {', '.join(internet)} allow the internet, but this host does not forward IPv4",
-                "sysctl -w net.ipv4.ip_forward=1 (Docker sets it where it manages iptables)",
-            )
-        )
-    return findings
-
-
 def config_findings(
     path: str, profiles: tuple[Profile, ...] | None, error: str, spawner_problem: str = ""
 ) -> list[Finding]:
@@ -450,7 +405,7 @@ class DoctorApp(LabCommand):
         inventory = self.check_gpus(hub, spawner, profiles, findings)
         if client is not None:
             self.check_images(client, spawner, profiles, inventory, findings)
-        findings += self.check_network(client, spawner, profiles)
+        findings += lab_network_findings(client, spawner, profiles)
         findings += mount_findings(profiles, lambda source: _source_exists(client, source))
         if hub is not None:
             findings += self.check_subdomains(hub)
@@ -546,22 +501,6 @@ class DoctorApp(LabCommand):
                 driver_cuda=inventory.cuda_version or spawner.driver_cuda_version,
                 driver_version=inventory.driver_version,
             )
-
-    def check_network(self, client, spawner: GPUSpawner, profiles) -> list[Finding]:
-        """The lab network's Docker networks, and the host's rules that close them."""
-        problems: list[str] = []
-        lab_name = ""
-        if spawner.lab_network and spawner.network_name != "host":
-            try:
-                lab = lab_network(**spawner.lab_network)
-                lab_name = lab.name
-                if client is not None:
-                    problems += check_networks(client, lab)
-                problems += check_rules(lab)
-            except LabNetworkError as e:
-                problems.append(str(e))
-        internet = [p.slug for p in profiles if p.internet]
-        return network_findings(spawner.network_name, lab_name, problems, internet, forwarding_on())
 
 
 def _source_exists(client, source: str) -> bool:
