@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gpuspawner.gpus import GPU, Caps, GPURequest, Ledger, NoCapacity, Policy, Requester, ServerResources, holder_key
-from gpuspawner.gpus.resources import REASONS, Usage, refusal
+from gpuspawner.gpus.resources import REASONS, Usage, oversized, refusal
 from gpuspawner.labels import ServerRecord, adopt_containers, read_server, server_labels
 
 GiB = 1024**3
@@ -107,6 +107,15 @@ def test_no_caps_and_no_resources_refuse_nothing():
     assert refusal(Usage(), "a/", BIG, Caps(), user="a") is None
     assert refusal(Usage(), "a/", ServerResources(), Caps(memory_per_user=0), user="a") is None
     assert not Caps() and Caps(group_cpus={"g": 1})
+
+
+def test_a_profile_bigger_than_a_cap_is_named():
+    limits = Caps(cpus_per_user=4, memory_per_user=8 * GiB, group_memory={"ml101": 6 * GiB})
+    assert oversized(ServerResources(2, 4 * GiB), limits, {"ml101"}) == ""
+    assert oversized(ServerResources(8, 7 * GiB), limits, {"ml101", "cv"}) == (
+        "8 CPUs, over max_cpus_per_user; 7 GiB of memory, over group_memory_quotas['ml101']"
+    )
+    assert oversized(ServerResources(8, 7 * GiB), Caps()) == ""
 
 
 def test_labels_keep_the_limits_and_a_restarted_hub_counts_them():

@@ -789,6 +789,18 @@ async def test_a_restarted_hub_counts_memory_from_the_labels(engine):
     assert e.reason == "user_memory_quota" and "Your servers use 4 GiB of your 6 GiB of memory" in e.message
 
 
+@pytest.mark.parametrize("section", ["Spawner", "DockerSpawner", "GPUSpawner"])
+def test_the_default_limits_are_set_as_dockerspawner_s(section):
+    from traitlets.config import Config
+
+    assert (GPUSpawner().mem_limit, GPUSpawner().cpu_limit) == (4 * 1024**3, 2)
+    config = Config()
+    getattr(config, section).mem_limit = "1G"
+    getattr(config, section).cpu_limit = None
+    s = GPUSpawner(config=config)
+    assert (s.mem_limit, s.cpu_limit) == (1024**3, None)
+
+
 def test_memory_quotas_are_sizes():
     s = make_spawner(GPUSpawner, FakeDocker(), group_memory_quotas={"ml101": "64G", "cv": 1024})
     assert s.group_memory_quotas == {"ml101": 64 * 1024**3, "cv": 1024}

@@ -182,6 +182,22 @@ def refusal(
     return None
 
 
+def oversized(resources: ServerResources, caps: Caps, groups: Iterable[str] = ()) -> str:
+    """Why a server of ``resources`` could never start under ``caps`` for a user in ``groups``
+    (only an exempt admin could start it), or ''. For the hub's check of its profiles."""
+    too_big = []
+    if caps.memory_per_user is not None and resources.memory > caps.memory_per_user:
+        too_big.append(f"{format_bytes(resources.memory)} of memory, over max_memory_per_user")
+    if caps.cpus_per_user is not None and _milli(resources.cpus) > _milli(caps.cpus_per_user):
+        too_big.append(f"{format_cpus(resources.cpus)}, over max_cpus_per_user")
+    for group in sorted(groups):
+        if resources.memory > caps.group_memory.get(group, resources.memory):
+            too_big.append(f"{format_bytes(resources.memory)} of memory, over group_memory_quotas[{group!r}]")
+        if _milli(resources.cpus) > _milli(caps.group_cpus.get(group, resources.cpus)):
+            too_big.append(f"{format_cpus(resources.cpus)}, over group_cpu_quotas[{group!r}]")
+    return "; ".join(too_big)
+
+
 @dataclass(frozen=True)
 class _Kind:
     """How amounts of one resource are said: memory in bytes, CPUs in thousandths."""
@@ -231,5 +247,6 @@ __all__ = [
     "ServerResources",
     "Usage",
     "format_cpus",
+    "oversized",
     "refusal",
 ]
