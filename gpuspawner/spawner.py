@@ -1070,7 +1070,9 @@ class GPUSpawner(DockerSpawner):
         message = f"{profile.display_name}: {e.message}"
         by_caps = e.reason in CAP_REASONS  # then say what each would take
         startable = [
-            f"{p.display_name} ({self._resources_of(p).describe()})" if by_caps else p.display_name
+            f"{p.display_name} ({self._resources_of(p).describe()})"
+            if by_caps and self._resources_of(p)
+            else p.display_name
             for p in self.user_profiles
             if p is not profile and self._can_start(ledger, p) is None
         ]
