@@ -127,6 +127,16 @@ c.GPUSpawner.max_gpus_per_user = 1
 # A course's cap, for the members of a JupyterHub group:
 # c.GPUSpawner.group_gpu_quotas = {"ml101": 4}
 c.JupyterHub.allow_named_servers = True
+# At most 2 named servers per student besides their default one: a script cannot start
+# hundreds. JupyterHub counts stopped named servers too; a student deletes one on the home page.
+c.JupyterHub.named_server_limit_per_user = 2
+# CPUs and memory across all of a student's servers, each counting its profile's limits:
+# the GPU profile (2 CPUs, 4G) and two small servers fit, nothing more (admins exempt).
+c.GPUSpawner.max_cpus_per_user = 4
+c.GPUSpawner.max_memory_per_user = "8G"
+# A course's cap on CPUs and memory: c.GPUSpawner.group_memory_quotas = {"ml101": "64G"}
+# A profile without mem_limit or cpu_limit gets the hub-wide c.GPUSpawner.mem_limit ("4G")
+# and cpu_limit (2) by default: no server is unlimited.
 
 # Profiles may instead live in a YAML file that teachers edit; a change takes
 # effect on the next spawn, and a broken edit keeps the last good profiles:

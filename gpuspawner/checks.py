@@ -15,6 +15,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from .gpus.inventory import InventoryError
+from .gpus.resources import oversized
 from .lab_network import in_the_hub
 from .profiles import Profile, ProfileError
 from .spawner import GPUSpawner
@@ -37,6 +38,13 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
         spawner.load_inventory()
     except (TraitError, ProfileError, InventoryError) as e:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {e}") from None
+    caps = spawner.policy.resource_caps
+    for profile in profiles:
+        too_big = oversized(spawner._resources_of(profile), caps, profile.groups)
+        if too_big:  # an admin-only profile may mean it: said, not refused
+            spawner.log.warning(
+                "gpuspawner: profile %r needs %s: only exempt admins can start it", profile.slug, too_big
+            )
     unreachable = _hub_unreachable(config, spawner)
     if unreachable:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")

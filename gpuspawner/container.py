@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import labels as label
 from .culler.policy import CullRules
+from .gpus.resources import ServerResources
 from .images import declared_resource_variables, image_digest, is_resource_variable, resource_variable, runs_as_root
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ def describe(
     units = tuple(units)
     groups = frozenset(groups)
     rules = culling_rules(profile, hub.culling) if units else CullRules()
+    limits = Limits.of(profile, hub.limits)
     written = label.server_labels(
         label.ServerRecord(
             user=user,
@@ -173,6 +175,7 @@ def describe(
             groups=groups,
             image_digest=image.digest,
             rules=rules,
+            resources=ServerResources.of(limits.cpu_limit, limits.mem_limit),
         ),
         # On Swarm the units are read back from the task (labels.with_units), never guessed here.
         units_known=not units_by_swarm,
@@ -196,7 +199,7 @@ def describe(
         labels=MappingProxyType(written),
         environment=MappingProxyType(environment),
         mounts=_mounts(profile, hub, groups, image.home, devices),
-        limits=Limits.of(profile, hub.limits),
+        limits=limits,
         devices=devices,
         no_new_privileges=hub.no_new_privileges,
         cap_drop=tuple(hub.cap_drop),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .culler.policy import CullRules
 from .gpus.allocation import Ledger, holder_key
+from .gpus.resources import NO_RESOURCES, ServerResources
 
 USER = "gpuspawner.user"
 SERVER = "gpuspawner.server"
@@ -24,6 +25,9 @@ GPUS = "gpuspawner.gpus"  # the unit ids (GPU-... or MIG-...); '' when none
 SHARED = "gpuspawner.shared"  # "1" when the units are shared slots
 GROUPS = "gpuspawner.groups"  # the user's groups at spawn time, for group quotas
 IMAGE_DIGEST = "gpuspawner.image-digest"  # the sha256 of the image actually run
+# The limits the server counts against the CPU and memory caps ('' or absent: none).
+CPU_LIMIT = "gpuspawner.cpu-limit"  # CPUs
+MEM_LIMIT = "gpuspawner.mem-limit"  # bytes
 # The culling rules the server started with, in seconds ('' or 0: off), for the GPU culler.
 GPU_IDLE_TIMEOUT = "gpuspawner.gpu-idle-timeout"
 MAX_RUNTIME = "gpuspawner.max-runtime"
@@ -58,6 +62,13 @@ def decode_list(value: str | None) -> tuple[str, ...]:
     return tuple(item for item in value.split(",") if item)
 
 
+def _number(value: str | None) -> float:
+    try:
+        return max(float(value or 0), 0.0)
+    except ValueError:
+        return 0.0
+
+
 def _seconds(value: str | None) -> float:
     try:
         return max(float(value or 0), 0.0)
@@ -77,6 +88,7 @@ class ServerRecord:
     groups: frozenset[str] = field(default_factory=frozenset)
     image_digest: str = ""
     rules: CullRules = CullRules()  # the GPU culler's rules; all 0 on a server without units
+    resources: ServerResources = NO_RESOURCES  # its CPU and memory limits, for the caps
 
     @property
     def holder(self) -> str:
@@ -100,6 +112,10 @@ def server_labels(record: ServerRecord, *, units_known: bool = True) -> dict[str
     }
     if units_known:
         labels[GPUS] = encode_list(record.unit_ids)
+    if record.resources.cpus:
+        labels[CPU_LIMIT] = f"{record.resources.cpus:g}"
+    if record.resources.memory:
+        labels[MEM_LIMIT] = str(record.resources.memory)
     if record.unit_ids:  # what the GPU culler holds this server to, for as long as it runs
         labels[GPU_IDLE_TIMEOUT] = f"{record.rules.gpu_idle_timeout:g}"
         labels[MAX_RUNTIME] = f"{record.rules.max_runtime:g}"
@@ -125,6 +141,7 @@ def read_server(labels: dict[str, str] | None) -> ServerRecord | None:
             _seconds(labels.get(MAX_RUNTIME)),
             _seconds(labels.get(JUPYTER_ACTIVITY_GRACE)),
         ),
+        resources=ServerResources(_number(labels.get(CPU_LIMIT)), int(_number(labels.get(MEM_LIMIT)))),
     )
 
 
@@ -134,7 +151,7 @@ def with_units(labels: dict[str, str], unit_ids: Iterable[str]) -> dict[str, str
 
 
 def adopt_containers(ledger: Ledger, containers: Iterable[dict]) -> list[str]:
-    """Record in ``ledger`` what running containers hold, from their labels.
+    """Record in ``ledger`` what running containers hold, from their labels: units, CPUs and memory.
 
     ``containers`` are docker-py ``APIClient.containers()`` entries (each with
     ``Labels``). Returns one warning per container holding units this inventory
@@ -143,10 +160,15 @@ def adopt_containers(ledger: Ledger, containers: Iterable[dict]) -> list[str]:
     warnings = []
     for container in containers:
         record = read_server(container.get("Labels"))
-        if record is None or not record.unit_ids:
+        if record is None or not (record.unit_ids or record.resources):
             continue
         unknown = ledger.adopt(
-            record.holder, record.unit_ids, user=record.user, shared=record.shared, groups=record.groups
+            record.holder,
+            record.unit_ids,
+            user=record.user,
+            shared=record.shared,
+            groups=record.groups,
+            resources=record.resources,
         )
         if unknown:
             warnings.append(f"server {record.holder} holds units not in this inventory: {','.join(unknown)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from .gpus import GPURequest, Ledger, NoCapacity
+from .gpus import Ledger, NoCapacity
 from .profiles import Profile
 
 _templates = jinja2.Environment(
@@ -23,7 +23,7 @@ _templates = jinja2.Environment(
 def render_profile_cards(
     profiles: tuple[Profile, ...],
     ledger: Ledger,
-    can_fit: Callable[[GPURequest], NoCapacity | None],
+    can_fit: Callable[[Profile], NoCapacity | None],
     chosen: str | None,
     *,
     node: str | None = None,
@@ -32,8 +32,8 @@ def render_profile_cards(
 ) -> str:
     """The cards, each with its availability or why it cannot start now.
 
-    ``can_fit``: why this user's server cannot start a request now, or None (the
-    spawner's answer); ``node``: count only that node's units (a Swarm home's).
+    ``can_fit``: why this user's server cannot start a profile now (its GPUs, or the
+    CPU and memory caps), or None (the spawner's answer); ``node``: count only that node's units (a Swarm home's).
     Pre-selects the user's last choice, else the default, among those that can start now.
     ``stopped``: why the GPU culler stopped this server last time, told above the cards;
     ``limits``: each profile's culling rules in words, by slug.
@@ -41,7 +41,7 @@ def render_profile_cards(
     choices = []
     for p in profiles:
         free, total = ledger.availability(p.gpu_request, node=node)
-        refusal = can_fit(p.gpu_request)
+        refusal = can_fit(p)
         fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
         choices.append(
             {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import docker.tls
@@ -24,7 +25,20 @@ from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future, random_port
 from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
+from traitlets import (
+    Bool,
+    Callable,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
 from . import labels as label
 from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
@@ -32,20 +46,24 @@ from .culler.policy import CullRules
 from .culler.records import stop_record_for
 from .docker_pool import DEFAULT_THREADS
 from .gpus import (
+    NO_RESOURCES,
     PACK,
     SPREAD,
     Assignment,
+    Caps,
     GPURequest,
     Inventory,
     Ledger,
     NoCapacity,
     Policy,
     Requester,
+    ServerResources,
     holder_key,
     parse_static_inventory,
 )
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
+from .gpus.resources import REASONS as CAP_REASONS
 from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda, resource_variables_refusal
 from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
@@ -64,6 +82,7 @@ from .profiles import (
     parse_profiles,
     root_allowed,
 )
+from .quantities import parse_bytes
 from .spawn_page import render_profile_cards
 from .traits import Duration
 
@@ -335,9 +354,67 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    max_cpus_per_user = Float(
+        None,
+        allow_none=True,
+        min=0,
+        help="""The most CPUs one user's servers may have together, across all their named servers.
+
+        Each server counts its ``cpu_limit`` (its profile's, else the hub-wide
+        ``cpu_limit``) from its start until it stops. A start that would go past
+        it is refused at once, saying what the user's servers use. None: no limit.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    max_memory_per_user = ByteSpecification(
+        None,
+        allow_none=True,
+        help="""The most memory one user's servers may have together (``"8G"``), across all their named servers.
+
+        Each server counts its ``mem_limit`` (its profile's, else the hub-wide
+        ``mem_limit``), as ``max_cpus_per_user`` counts CPUs. None: no limit.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    group_cpu_quotas = Dict(
+        value_trait=Float(),
+        help="""CPU quotas of JupyterHub groups: a course's cap, e.g. ``{"ml101": 64}``.
+
+        The CPUs of all the servers of a group's members together stay within its
+        quota; a user in several groups is held to each. Counted as ``max_cpus_per_user``.
+        One dict per resource, as ``group_gpu_quotas``: each cap can be set alone.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    group_memory_quotas = Dict(
+        help="""Memory quotas of JupyterHub groups: a course's cap, e.g. ``{"ml101": "256G"}``.
+
+        Sizes as ``mem_limit`` takes them (bytes, or a number with K, M, G or T).
+        Counted as ``max_memory_per_user``, for all the members of the group together.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @validate("group_memory_quotas")
+    def _validate_group_memory_quotas(self, proposal):
+        try:
+            return {group: parse_bytes(size) for group, size in proposal.value.items()}
+        except ValueError as e:
+            raise TraitError(f"GPUSpawner.group_memory_quotas: {e}") from None
+
     quota_exempt_admins = Bool(
         True,
-        help="JupyterHub admins are exempt from ``max_gpus_per_user`` and ``group_gpu_quotas``.",
+        help="""JupyterHub admins are exempt from the GPU, CPU and memory quotas, per user and per group.
+
+        What an admin's servers hold still counts in their groups' totals.
+        """,
     ).tag(config=True)
 
     home_volume_name = Unicode(
@@ -357,6 +434,39 @@ class GPUSpawner(DockerSpawner):
 
         Empty (default): the image's home, read from the image (its ``HOME``,
         else its working directory, else ``/home/jovyan``).
+        """,
+    ).tag(config=True)
+
+    mem_limit = Union(
+        [Callable(), ByteSpecification(allow_none=True)],
+        default_value=4 * 1024**3,
+        allow_none=True,
+        help="""The memory of a server whose profile sets no ``mem_limit`` (default ``"4G"``).
+
+        So that no server is unlimited: without a limit one student's notebook
+        can take the host's memory, and the kernel's OOM killer then picks from
+        everyone's servers, the hub's included. 4G runs a notebook with pandas and a
+        small model; give profiles that need more their own ``mem_limit``. A server
+        counts its limit against ``max_memory_per_user`` and ``group_memory_quotas``.
+        Set on ``c.GPUSpawner`` (or ``c.Spawner``); a callable ``(spawner) -> size``
+        works, as in DockerSpawner. None: no limit (not advised).
+
+        .. versionchanged:: 0.2
+           The default was None (no limit).
+        """,
+    ).tag(config=True)
+
+    cpu_limit = Union(
+        [Callable(), Float(allow_none=True)],
+        default_value=2.0,
+        allow_none=True,
+        help="""The CPUs of a server whose profile sets no ``cpu_limit`` (default 2).
+
+        Docker's CPU quota: the server's processes get at most this many CPUs' time.
+        Counted against ``max_cpus_per_user`` and ``group_cpu_quotas``. None: no limit.
+
+        .. versionchanged:: 0.2
+           The default was None (no limit).
         """,
     ).tag(config=True)
 
@@ -410,7 +520,9 @@ class GPUSpawner(DockerSpawner):
         help="""Where refused GPU spawns are appended, one JSON object a line.
 
         Each line has time, user, server, profile, reason (``no_gpu``,
-        ``user_quota``, ``group_quota``) and the message the student saw: the
+        ``user_quota``, ``group_quota``, and for CPU and memory caps
+        ``user_cpu_quota``, ``user_memory_quota``, ``group_cpu_quota``,
+        ``group_memory_quota``) and the message the student saw: the
         demand that was turned away, for the GPU dashboard. Relative to the
         hub's working directory. Empty: not recorded.
         """,
@@ -664,6 +776,12 @@ class GPUSpawner(DockerSpawner):
             share_limit=self.shared_gpu_users,
             max_gpus_per_user=self.max_gpus_per_user,
             group_quotas=dict(self.group_gpu_quotas),
+            resource_caps=Caps(
+                cpus_per_user=self.max_cpus_per_user,
+                memory_per_user=self.max_memory_per_user,
+                group_cpus=dict(self.group_cpu_quotas),
+                group_memory=dict(self.group_memory_quotas),
+            ),
         )
 
     @property
@@ -706,13 +824,28 @@ class GPUSpawner(DockerSpawner):
         """The node whose units this server may take (on a Swarm, its home's); None: any."""
         return None
 
-    def _can_fit(self, ledger: Ledger, request: GPURequest) -> NoCapacity | None:
-        """Why this user cannot start a server of ``request`` now, or None."""
-        return ledger.can_fit(request, self.requester, self.holder, node=self.decision_node)
+    def _can_fit(
+        self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES
+    ) -> NoCapacity | None:
+        """Why this user cannot start a server of ``request`` (with ``resources``) now, or None."""
+        return ledger.can_fit(request, self.requester, self.holder, node=self.decision_node, resources=resources)
 
-    def _assign(self, ledger: Ledger, request: GPURequest) -> Assignment:
-        """Decide and record this server's units, under the hub's lock; raises ``NoCapacity``."""
-        return ledger.assign(self.holder, request, self.requester, node=self.decision_node)
+    def _assign(self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES) -> Assignment:
+        """Decide and record this server's units and resources, under the hub's lock; raises ``NoCapacity``."""
+        return ledger.assign(self.holder, request, self.requester, node=self.decision_node, resources=resources)
+
+    def _resources_of(self, profile: Profile) -> ServerResources:
+        """What a server of ``profile`` counts against the CPU and memory caps: its limits."""
+        limits = Limits.of(profile, self._hub_limits())
+        return ServerResources.of(limits.cpu_limit, limits.mem_limit)
+
+    def _limits_of(self, profile: Profile) -> dict:
+        limits = Limits.of(profile, self._hub_limits())
+        return {"mem_limit": limits.mem_limit, "cpu_limit": limits.cpu_limit}
+
+    def _can_start(self, ledger: Ledger, profile: Profile) -> NoCapacity | None:
+        """Why this user cannot start ``profile`` now (GPUs, CPUs, memory), or None."""
+        return self._can_fit(ledger, profile.gpu_request, self._resources_of(profile))
 
     def _release_gpus(self, why: str) -> None:
         shared = self.shared
@@ -797,7 +930,7 @@ class GPUSpawner(DockerSpawner):
         self._check_mount_links(profile)
         ledger = await self.ledger()
         # Fail fast: no image pull or inspection when the answer is already no.
-        refusal = self._can_fit(ledger, profile.gpu_request)
+        refusal = self._can_start(ledger, profile)
         if refusal is not None:
             raise self._refusal(profile, refusal, ledger)
         inspect = await self._image_ready()
@@ -807,7 +940,7 @@ class GPUSpawner(DockerSpawner):
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
         async with self.shared.lock:
             try:
-                assignment = self._assign(ledger, profile.gpu_request)
+                assignment = self._assign(ledger, profile.gpu_request, self._resources_of(profile))
             except NoCapacity as e:
                 raise self._refusal(profile, e, ledger) from None
         self.gpu_ids = assignment.ids
@@ -936,10 +1069,13 @@ class GPUSpawner(DockerSpawner):
     def _refusal(self, profile: Profile, e: NoCapacity, ledger: Ledger) -> SpawnException:
         """A spawn refused at once: what was asked, what is in use, what can start instead."""
         message = f"{profile.display_name}: {e.message}"
+        by_caps = e.reason in CAP_REASONS  # then say what each would take
         startable = [
-            p.display_name
+            f"{p.display_name} ({self._resources_of(p).describe()})"
+            if by_caps and self._resources_of(p)
+            else p.display_name
             for p in self.user_profiles
-            if p is not profile and self._can_fit(ledger, p.gpu_request) is None
+            if p is not profile and self._can_start(ledger, p) is None
         ]
         if startable:
             message += " Can start now: " + "; ".join(startable) + "."
@@ -1130,7 +1266,8 @@ class GPUSpawner(DockerSpawner):
         """The profile choice on JupyterHub's spawn page: one card per profile this user may choose."""
         ledger = await self.ledger()
         chosen = self.user_options.get("profile") if self.user_options else None
-        profiles = self.user_profiles
+        # Each card says the limits its server gets: the profile's, else the hub-wide ones.
+        profiles = tuple(replace(p, **self._limits_of(p)) for p in self.user_profiles)
         if len(profiles) <= 1 and not self.stop_reason:
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
         limits = {}
@@ -1140,7 +1277,7 @@ class GPUSpawner(DockerSpawner):
         return render_profile_cards(
             profiles,
             ledger,
-            lambda request: self._can_fit(ledger, request),
+            lambda profile: self._can_start(ledger, profile),
             chosen,
             node=self.decision_node,
             stopped=self.stop_reason.get("message", ""),

@@ -63,7 +63,7 @@ from traitlets import Float, Int, Unicode, default
 
 from . import labels as label
 from .container import ServerContainer
-from .gpus import GPU, Assignment, GPURequest, Inventory, Ledger, NoCapacity
+from .gpus import GPU, NO_RESOURCES, Assignment, GPURequest, Inventory, Ledger, NoCapacity, ServerResources
 from .gpus.inventory import parse_static_inventory
 from .spawner import GPUSpawner
 from .traits import is_mig_profile
@@ -218,6 +218,7 @@ class RunningServer:
     unit_ids: tuple[str, ...]
     shared: bool
     groups: tuple[str, ...]
+    resources: ServerResources = NO_RESOURCES  # its CPU and memory limits, for the caps
 
 
 def running_servers(services: Iterable[dict], tasks: Iterable[dict]) -> list[RunningServer]:
@@ -240,6 +241,7 @@ def running_servers(services: Iterable[dict], tasks: Iterable[dict]) -> list[Run
                 unit_ids=assigned_ids(task),  # Swarm's choice, not the labels'
                 shared=record.shared,
                 groups=tuple(sorted(record.groups)),
+                resources=record.resources,
             )
         )
     return found
@@ -439,11 +441,16 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         for server in running_servers(services, tasks):
             shared.node_of[server.holder] = server.node_id
             shared.confirmed.add(server.holder)
+            unknown = ledger.adopt(
+                server.holder,
+                server.unit_ids,
+                user=server.user,
+                shared=server.shared,
+                groups=server.groups,
+                resources=server.resources,
+            )
             if not server.unit_ids:
                 continue
-            unknown = ledger.adopt(
-                server.holder, server.unit_ids, user=server.user, shared=server.shared, groups=server.groups
-            )
             if unknown:
                 self.log.warning("Adopting %s: units not on a usable node: %s", server.holder, ",".join(unknown))
             self.log.info("Adopted GPUs %s of running server %s", ",".join(server.unit_ids), server.holder)
@@ -457,15 +464,17 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     def _explained(self, refusal: NoCapacity, ledger: Ledger) -> NoCapacity:
         return explain_refusal(refusal, self.shared.nodes, self._home_node, ledger.free())
 
-    def _can_fit(self, ledger: Ledger, request: GPURequest) -> NoCapacity | None:
-        refusal = super()._can_fit(ledger, request)
+    def _can_fit(
+        self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES
+    ) -> NoCapacity | None:
+        refusal = super()._can_fit(ledger, request, resources)
         return None if refusal is None else self._explained(refusal, ledger)
 
-    def _assign(self, ledger: Ledger, request: GPURequest) -> Assignment:
+    def _assign(self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES) -> Assignment:
         if request.shared:
             raise NoCapacity("no_gpu", SHARED_NOT_OFFERED, request=request)
         try:
-            return super()._assign(ledger, request)
+            return super()._assign(ledger, request, resources)
         except NoCapacity as e:
             raise self._explained(e, ledger) from None
 
@@ -721,14 +730,15 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                         if other.holder == self.holder or other.holder in shared.confirmed or not spare:
                             continue
                         ids = [spare.pop() if i == unit_id else i for i in other.ids]
+                        kept = ledger.resources_held(other.holder)
                         ledger.release(other.holder)
-                        ledger.adopt(other.holder, ids, user=other.user, groups=other.groups)
+                        ledger.adopt(other.holder, ids, user=other.user, groups=other.groups, resources=kept)
                 self.log.info(
                     "Swarm assigned %s to %s (ledger chose %s)", ",".join(actual), self.holder, ",".join(decided)
                 )
+            kept = ledger.resources_held(self.holder)
             ledger.release(self.holder)
-            if actual:
-                ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups)
+            ledger.adopt(self.holder, actual, user=self.user.name, groups=self.requester.groups, resources=kept)
             shared.confirmed.add(self.holder)
         self.gpu_ids = tuple(actual)
 

@@ -1,5 +1,5 @@
 """The allocation promise on the real hub, proxy and engine: bursts, hub crashes,
-MIG instances, shared slots, quotas, user deletion.
+MIG instances, shared slots, quotas, CPU and memory caps, user deletion.
 
 Four simulated whole GPUs and one GPU in MIG mode (two 1g.10gb instances);
 the engine's test double of the NVIDIA hook puts the ids into each container's
@@ -46,10 +46,13 @@ def hub(tmp_path_factory):
         dict(slug="gpu", display_name="One A100", gpus=1, **{small!r}),
         dict(slug="mig", display_name="A100 slice", gpus=1, mig_profile="1g.10gb", **{small!r}),
         dict(slug="shared", display_name="Shared A100", shared_gpu=True, gpu_kind="gpu", **{small!r}),
+        dict(slug="big", display_name="Big CPU", image={image!r}, mem_limit="1G", cpu_limit=0.5),
     ]
     c.GPUSpawner.shared_gpu_users = 2
     c.GPUSpawner.max_gpus_per_user = 1
     c.GPUSpawner.group_gpu_quotas = {{"ml101": 1}}
+    c.GPUSpawner.max_memory_per_user = "1536M"
+    c.JupyterHub.named_server_limit_per_user = 2  # as the shipped configs
     c.JupyterHub.load_groups = {{"ml101": {{"users": [{user("mia")!r}, {user("max")!r}]}}}}
     """
     with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
@@ -159,3 +162,32 @@ def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
     wait_for(lambda: hub.request("GET", f"/users/{b}").status_code == 404, 30, f"{b} deleted", details=hub.log_tail)
     hub.spawn(c, "shared")
     assert hub.visible_devices(c) == freed
+
+
+def test_a_user_at_their_memory_cap_is_refused_at_once_and_told_why(hub: RealHub):
+    kim = user("kim")
+    assert hub.start_server(kim, "big").status_code in (201, 202)  # 1G of kim's 1.5G
+    started = time.monotonic()
+    r = hub.start_server(kim, "big", server="more")
+    took = time.monotonic() - started
+    assert r.status_code == 403, r.text
+    message = r.json()["message"]
+    assert message.startswith(
+        "Big CPU: Your servers use 1 GiB of your 1.5 GiB of memory, and this one needs 1 GiB (512 MiB left)."
+        " Stop one of your servers, or choose a smaller profile. Can start now: "
+    ), message
+    assert "CPU only (0.5 CPUs, 512 MiB RAM)" in message
+    hub.refused_before_start(kim, "more")  # no container, no start timeout
+    print(f"\nmemory cap refusal over REST: {took:.3f}s")
+    # JupyterHub's own limit on named servers (2, as in the shipped configs) says what to do:
+    # mia has two named servers already (test_a_mig_instance_and_the_per_user_cap_across_named_servers).
+    r = hub.start_server(user("mia"), "cpu", server="third")
+    assert r.status_code == 400, r.text
+    assert "already has the maximum of 2 named servers.  One must be deleted" in r.json()["message"]
+    # The spawn page's card says why, and offers only what can start.
+    hub.wait_ready(kim)
+    page = " ".join(hub.login(kim).get(f"{hub.url}/hub/spawn/{kim}/more", timeout=60).text.split())
+    assert "Unavailable now: Your servers use 1 GiB of your 1.5 GiB of memory" in page
+    assert 'value="big" disabled' in page and 'value="cpu" disabled' not in page
+    hub.stop_server(kim)
+    hub.spawn(kim, "big", server="more")  # room again

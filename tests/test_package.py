@@ -66,6 +66,24 @@ def test_check_config_stops_the_hub_naming_profile_and_field():
     assert [p.slug for p in gpuspawner.check_config(host, prepull=False)] == ["default"]
 
 
+def test_check_config_warns_of_a_profile_bigger_than_a_cap(caplog):
+    from traitlets.config import Config
+
+    c = Config()
+    c.GPUSpawner.network_name = "host"
+    c.GPUSpawner.max_memory_per_user = "8G"
+    c.GPUSpawner.profiles = [
+        {"slug": "huge", "display_name": "Huge", "image": "lab:1", "mem_limit": "16G"},
+        {"slug": "plain", "display_name": "Plain", "image": "lab:1"},  # the default 4G fits
+    ]
+    with caplog.at_level("WARNING"):
+        gpuspawner.check_config(c, prepull=False)
+    warned = [r.getMessage() for r in caplog.records if "only exempt admins" in r.getMessage()]
+    assert warned == [
+        "gpuspawner: profile 'huge' needs 16 GiB of memory, over max_memory_per_user: only exempt admins can start it"
+    ]
+
+
 LIGHT = [
     "gpuspawner",
     "gpuspawner.gpus.nvml",

@@ -187,7 +187,7 @@ async def test_limits_of_one_start_do_not_leak_into_the_next(engine):
     s.user_options = {"profile": "gpu"}
     apply_profile_choice(s, s.user_options)
     await s.start()
-    assert s.mem_limit == 8 * 1024**3 and not s.cpu_limit  # the hub-wide values again
+    assert s.mem_limit == 8 * 1024**3 and s.cpu_limit == 2  # the hub-wide values again (cpu: the default)
     assert container_of(engine, s)["HostConfig"]["Memory"] == 8 * 1024**3
 
 
@@ -728,6 +728,100 @@ async def test_a_restarted_hub_keeps_group_quotas_from_the_labels(engine):
     carol = spawner(engine, "carol", profile="gpu", groups=["cn=cv,ou=courses"], **quota)
     await carol.start()
     assert carol.gpu_ids == ("GPU-1111",)
+
+
+# --- CPU and memory caps, and the hub-wide default limits
+
+CAPPED = [
+    {"slug": "cpu", "display_name": "CPU only", "image": "lab:1", "mem_limit": "2G", "cpu_limit": 1},
+    {"slug": "dl", "display_name": "Deep learning", "image": "lab:1", "gpus": 1, "mem_limit": "4G", "cpu_limit": 2},
+    {"slug": "plain", "display_name": "Plain", "image": "lab:1"},  # no limits: the hub-wide defaults
+]
+
+
+async def test_a_profile_without_limits_gets_the_hub_defaults_and_counts_them(engine):
+    s = spawner(engine, profile="plain", profiles=CAPPED)
+    await s.start()
+    host = container_of(engine, s)["HostConfig"]
+    assert host["Memory"] == 4 * 1024**3 and host["CpuQuota"] == 2 * host["CpuPeriod"]
+    labels = container_of(engine, s)["Labels"]
+    assert labels["gpuspawner.mem-limit"] == str(4 * 1024**3) and labels["gpuspawner.cpu-limit"] == "2"
+    assert s.shared.ledger.usage.of_user("alice").memory == 4 * 1024**3
+    set_by_admin = spawner(engine, "bob", profile="plain", profiles=CAPPED, mem_limit="1G", cpu_limit=0.5)
+    await set_by_admin.start()
+    assert container_of(engine, set_by_admin)["HostConfig"]["Memory"] == 1024**3
+
+
+async def test_a_user_at_their_memory_cap_is_refused_at_once_holding_nothing(engine):
+    caps = {"max_memory_per_user": "8G", "profiles": CAPPED}
+    await spawner(engine, "mia", profile="dl", **caps).start()
+    await spawner(engine, "mia", profile="cpu", server_name="notes", **caps).start()
+    third = spawner(engine, "mia", profile="dl", server_name="train", **caps)
+    engine.calls.clear()
+    e = await refused(third)
+    assert (e.reason, e.status_code) == ("user_memory_quota", 403)
+    assert e.message == (
+        "Deep learning: Your servers use 6 GiB of your 8 GiB of memory, and this one needs 4 GiB (2 GiB left)."
+        " Stop one of your servers, or choose a smaller profile. Can start now: CPU only (1 CPU, 2 GiB RAM)."
+    )
+    assert engine.calls == []  # no pull, no inspection, no container
+    assert third.shared.ledger.resources_held(third.holder).memory == 0 and len(engine.containers_by_id) == 2
+    # The spawn page says why, on the card.
+    html = await third.get_options_form()
+    assert 'value="dl" disabled' in " ".join(html.split())
+    assert "Unavailable now: Your servers use 6 GiB of your 8 GiB of memory" in html
+    assert "Plain" in html and "2 CPUs, 4 GiB RAM" in html  # the hub-wide limits, said on its card
+    notes = spawner(engine, "mia", profile="cpu", server_name="notes", **caps)
+    ids = [c["Id"] for c in engine.containers_by_id.values() if c["Labels"]["gpuspawner.server"] == "notes"]
+    notes.load_state({"object_id": ids[0], "profile": "cpu"})
+    await notes.stop()
+    await third.start()  # room again
+
+
+async def test_cpu_and_group_caps_through_the_spawner(engine):
+    caps = {"max_cpus_per_user": 2, "group_memory_quotas": {"ml101": "6G"}, "profiles": CAPPED}
+    await spawner(engine, "ann", profile="dl", groups=["ml101"], **caps).start()
+    e = await refused(spawner(engine, "ann", profile="cpu", server_name="b", groups=["ml101"], **caps))
+    assert e.reason == "user_cpu_quota" and "Your servers use 2 of your 2 CPUs" in e.message
+    e = await refused(spawner(engine, "bob", profile="plain", groups=["ml101"], **caps))
+    assert e.reason == "group_memory_quota" and "Your group 'ml101' is using 4 GiB of its 6 GiB of memory" in e.message
+    await spawner(engine, "bob", profile="cpu", groups=["ml101"], **caps).start()  # 2 GiB fits
+    await spawner(engine, "root", profile="plain", groups=["ml101"], admin=True, **caps).start()  # exempt
+
+
+async def test_a_restarted_hub_counts_memory_from_the_labels(engine):
+    caps = {"max_memory_per_user": "6G", "profiles": CAPPED}
+    mia = spawner(engine, "mia", profile="plain", **caps)
+    await mia.start()
+    state = mia.get_state()
+    reset_hub_state()  # the hub restarts; the container keeps running
+
+    again = spawner(engine, "mia", **caps)
+    again.load_state(state)
+    assert await again.poll() is None  # the first poll rebuilds the ledger from the labels
+    assert again.shared.ledger.usage.of_user("mia").memory == 4 * 1024**3
+    e = await refused(spawner(engine, "mia", profile="dl", server_name="b", **caps))
+    assert e.reason == "user_memory_quota" and "Your servers use 4 GiB of your 6 GiB of memory" in e.message
+
+
+@pytest.mark.parametrize("section", ["Spawner", "DockerSpawner", "GPUSpawner"])
+def test_the_default_limits_are_set_as_dockerspawner_s(section):
+    from traitlets.config import Config
+
+    assert (GPUSpawner().mem_limit, GPUSpawner().cpu_limit) == (4 * 1024**3, 2)
+    config = Config()
+    getattr(config, section).mem_limit = "1G"
+    getattr(config, section).cpu_limit = None
+    s = GPUSpawner(config=config)
+    assert (s.mem_limit, s.cpu_limit) == (1024**3, None)
+
+
+def test_memory_quotas_are_sizes():
+    s = make_spawner(GPUSpawner, FakeDocker(), group_memory_quotas={"ml101": "64G", "cv": 1024})
+    assert s.group_memory_quotas == {"ml101": 64 * 1024**3, "cv": 1024}
+    assert s.policy.resource_caps.group_memory == {"ml101": 64 * 1024**3, "cv": 1024}
+    with pytest.raises(TraitError, match="group_memory_quotas: 'lots' is not a byte size"):
+        make_spawner(GPUSpawner, FakeDocker(), group_memory_quotas={"ml101": "lots"})
 
 
 async def test_a_missing_lab_network_refuses_the_spawn_before_any_container(engine):

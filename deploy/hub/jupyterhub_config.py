@@ -175,6 +175,19 @@ c.GPUSpawner.max_gpus_per_user = 1  # across all of a student's servers
 c.GPUSpawner.group_gpu_quotas = {"ml101": 3, "cv201": 1}  # a course's cap (a shared slot counts 1/4)
 c.GPUSpawner.shared_gpu_users = 4
 c.GPUSpawner.placement = "pack"  # keep whole GPUs free for whole-GPU profiles
+# At most 2 named servers per student besides the default one, so that no script starts
+# hundreds (JupyterHub counts stopped named servers too: delete one on the home page).
+c.JupyterHub.named_server_limit_per_user = 2
+# CPUs and memory across all of a student's servers, each counting its profile's limits:
+# an ML101 GPU server (4 CPUs, 16G) and a CPU notebook (2 CPUs, 4G) fit, a third does not.
+c.GPUSpawner.max_cpus_per_user = 6
+c.GPUSpawner.max_memory_per_user = "20G"
+# A course's cap on CPUs and memory, if you want one (size it to the host, less what the hub needs):
+#   c.GPUSpawner.group_cpu_quotas = {"ml101": 48, "cv201": 16}
+#   c.GPUSpawner.group_memory_quotas = {"ml101": "192G", "cv201": "64G"}
+# Limits of a profile that sets none (these are the defaults): no server is unlimited.
+c.GPUSpawner.mem_limit = "4G"
+c.GPUSpawner.cpu_limit = 2
 
 # Server start-up of a large image takes time on a busy host.
 c.Spawner.start_timeout = 300

@@ -14,12 +14,15 @@ from .allocation import (
     split_holder,
 )
 from .inventory import GPU, Inventory, InventoryError, parse_static_inventory
+from .resources import NO_RESOURCES, Caps, ServerResources
 
 __all__ = [
     "GPU",
+    "NO_RESOURCES",
     "PACK",
     "SPREAD",
     "Assignment",
+    "Caps",
     "GPURequest",
     "Inventory",
     "InventoryError",
@@ -27,6 +30,7 @@ __all__ = [
     "NoCapacity",
     "Policy",
     "Requester",
+    "ServerResources",
     "decide",
     "holder_key",
     "parse_static_inventory",

@@ -3,7 +3,8 @@
 Pure: no Docker, no NVML, no clock. ``decide`` is a function of the inventory,
 the current holdings, a request and the policy; it returns the units to hold or
 raises ``NoCapacity`` saying what is in use and what is free. ``Ledger`` keeps
-the holdings of one hub and applies the decisions. After a hub restart the
+the holdings of one hub and applies the decisions, and, beside the units, the
+CPUs and memory each server counts against the caps (``resources.py``). After a hub restart the
 ledger is rebuilt from what the running containers' labels say (``adopt``).
 
 The promise it keeps: a unit held exclusively has exactly one holder; a shared
@@ -21,6 +22,8 @@ from functools import lru_cache
 
 from ..quantities import format_bytes
 from .inventory import GPU
+from .resources import NO_RESOURCES, Caps, ServerResources, Usage
+from .resources import refusal as caps_refusal
 
 PACK = "pack"
 SPREAD = "spread"
@@ -96,6 +99,7 @@ class Policy:
     share_limit: int = 4  # K: users per shared unit
     max_gpus_per_user: float | None = None  # across all of a user's servers
     group_quotas: Mapping[str, float] = field(default_factory=dict)  # group -> GPUs
+    resource_caps: Caps = Caps()  # CPUs and memory, per user and per group
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def split_holder(holder: str) -> tuple[str, str]:
 
 
 class NoCapacity(Exception):
-    """A request that cannot be met now. ``reason`` is 'no_gpu', 'user_quota' or 'group_quota'.
+    """A request that cannot be met now. ``reason`` is 'no_gpu', 'user_quota', 'group_quota',
+    or a CPU or memory cap's (``resources.REASONS``: 'user_memory_quota', ...).
 
     ``message`` and ``free`` may be given as functions: they are then made only when
     someone reads them (a refusal the hub shows), not for every refusal along the way.
@@ -462,11 +467,14 @@ class Ledger:
 
     A decision may be limited to the units of one ``node`` (on a Swarm, the node
     of the user's home); quotas and holdings are the whole hub's either way.
+    Every server's CPUs and memory (``resources``) are kept in ``usage``, with or
+    without units, and held to ``policy.resource_caps`` before any unit is decided.
     """
 
     def __init__(self, inventory: Iterable[GPU], policy: Policy | None = None):
         self.policy = policy or Policy()
         self._holders: dict[str, Assignment] = {}
+        self.usage = Usage()  # every server's CPUs and memory, and their totals
         self._occupancy_of: Occupancy | None = None
         self.update_inventory(inventory)
 
@@ -509,7 +517,7 @@ class Ledger:
         return _decide(self._units(node), others, request, requester, self.policy, self._fitting(request, node))
 
     def _hold(self, assignment: Assignment) -> None:
-        self.release(assignment.holder)
+        self._release_units(assignment.holder)
         occupancy = self._occupancy  # made (if need be) before the new holding is in
         self._holders[assignment.holder] = assignment
         occupancy.add(assignment)
@@ -537,15 +545,41 @@ class Ledger:
         )
         return len(candidates), len(matching)
 
+    def resources_held(self, holder: str) -> ServerResources:
+        """The CPUs and memory ``holder``'s server counts against the caps."""
+        held = self.usage.held.get(holder)
+        return held.resources if held else NO_RESOURCES
+
+    def _check_caps(self, request: GPURequest, requester: Requester, holder: str, resources: ServerResources) -> None:
+        refusal = caps_refusal(
+            self.usage,
+            holder,
+            resources,
+            self.policy.resource_caps,
+            user=requester.user,
+            groups=requester.groups,
+            exempt=requester.exempt,
+        )
+        if refusal is not None:
+            raise NoCapacity(refusal.reason, refusal.message, request=request)
+
     def can_fit(
-        self, request: GPURequest, requester: Requester, holder: str = "", *, node: str | None = None
+        self,
+        request: GPURequest,
+        requester: Requester,
+        holder: str = "",
+        *,
+        node: str | None = None,
+        resources: ServerResources = NO_RESOURCES,
     ) -> NoCapacity | None:
-        """Why ``request`` cannot start now (on ``node`` if given), or None when it can (for the spawn page).
+        """Why ``request`` (with ``resources``) cannot start now (on ``node`` if given), or None when it
+        can (for the spawn page).
 
         What ``holder`` holds counts as given up, as when its server starts again.
         """
         held = self._holders.get(holder)
         try:
+            self._check_caps(request, requester, holder, resources)
             self._decide(self._occupancy if held is None else self._occupancy.without(held), request, requester, node)
         except NoCapacity as e:
             return e
@@ -553,21 +587,37 @@ class Ledger:
 
     # --- decisions
 
-    def assign(self, holder: str, request: GPURequest, requester: Requester, *, node: str | None = None) -> Assignment:
-        """Decide and record what ``holder`` holds, or raise ``NoCapacity`` holding nothing.
+    def assign(
+        self,
+        holder: str,
+        request: GPURequest,
+        requester: Requester,
+        *,
+        node: str | None = None,
+        resources: ServerResources = NO_RESOURCES,
+    ) -> Assignment:
+        """Decide and record what ``holder`` holds (its units and ``resources``), or raise
+        ``NoCapacity`` holding nothing.
 
         A holder that already holds units gives them up first: a server starts fresh.
         ``node``: the units are taken on that node only.
         """
         self.release(holder)
+        self._check_caps(request, requester, holder, resources)
         units = self._decide(self._occupancy, request, requester, node)
         assignment = Assignment(holder, requester.user, units, request.shared and bool(units), requester.groups)
         if units:
             self._hold(assignment)
+        self.usage.hold(holder, requester.user, requester.groups, resources)
         return assignment
 
     def release(self, holder: str) -> Assignment | None:
-        """Free what ``holder`` holds; returns it (None when it held nothing)."""
+        """Free what ``holder`` holds, its units and its resources; returns its units' assignment
+        (None when it held no unit)."""
+        self.usage.release(holder)
+        return self._release_units(holder)
+
+    def _release_units(self, holder: str) -> Assignment | None:
         assignment = self._holders.pop(holder, None)
         if assignment is not None and self._occupancy_of is not None:
             self._occupancy_of.remove(assignment)
@@ -581,13 +631,18 @@ class Ledger:
         user: str | None = None,
         shared: bool = False,
         groups: Iterable[str] = (),
+        resources: ServerResources | None = None,
     ) -> tuple[str, ...]:
         """Record what a running container already holds (after a hub restart).
 
         Ids unknown to the inventory are skipped and returned, so the caller can
         warn. A unit found held twice stays held by both: the truth on the host
         wins over the promise, and the unit stays out of the free pool until both stop.
+        ``resources``: its CPUs and memory, counted against the caps (None: left as recorded).
         """
+        groups = frozenset(groups)
+        if resources is not None:
+            self.usage.hold(holder, user if user is not None else split_holder(holder)[0], groups, resources)
         unit_ids = list(unit_ids)
         known = [self._by_id[i] for i in unit_ids if i in self._by_id]
         unknown = tuple(i for i in unit_ids if i not in self._by_id)
