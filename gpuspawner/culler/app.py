@@ -31,6 +31,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from textwrap import dedent
 
+from jupyterhub.traitlets import ByteSpecification
 from jupyterhub_idle_culler import IdleCuller, parse_date
 from tornado.ioloop import IOLoop
 from traitlets import Any, Bool, Callable, Int, Unicode, default
@@ -121,6 +122,12 @@ class GPUCuller(IdleCuller):
     stops_file = Unicode(
         help="Where GPU stops are recorded (default: GPUSpawner.stops_file of the hub's config; '' for none)."
     ).tag(config=True)
+    stops_file_max_size = ByteSpecification(
+        "10M",
+        help="Rotate the stops file when a line would make it larger than this; 0: never. It becomes FILE.1"
+        " (FILE.1 becomes FILE.2, ...), by the standard library's RotatingFileHandler.",
+    ).tag(config=True)
+    stops_file_backups = Int(3, min=1, help="How many rotated generations of the stops file are kept.").tag(config=True)
     proc = Unicode("/proc", help="The host's /proc, to place GPU processes in their containers.").tag(config=True)
     timeout = Int(
         0,
@@ -278,6 +285,8 @@ class GPUCuller(IdleCuller):
                             reason=verdict.reason,
                             message=verdict.message,
                             now=now,
+                            max_bytes=self.stops_file_max_size,
+                            backups=self.stops_file_backups,
                         )
                     except OSError as e:
                         self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
