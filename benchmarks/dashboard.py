@@ -3,10 +3,14 @@
 The real pure code and template (``build_view`` through ``Sources.view``, ``restrict``,
 ``render_page``, ``as_json``, ``render_metrics``) with fakes for the I/O: a Docker client
 that returns 500 labelled containers, a hub API that returns their 500 user models, NVML
-usage for the 64 units and a denials file of 2,000 lines. It prints the median and p95
-per request over ``--runs`` runs; the issue's target is 100 ms. Not a test: no assertion.
+usage for the 64 units and a denials file of 2,000 lines (``--denials``). It prints the median
+and p95 per request over ``--runs`` runs; the issue's target is 100 ms. Not a test: no assertion.
+
+``--append`` appends one refusal to the denials file before every request, as a REST loop of
+refusals does, so that the dashboard never finds the file unchanged.
 
     .venv/bin/python benchmarks/dashboard.py [--runs 200] [--users 500] [--units 64]
+    .venv/bin/python benchmarks/dashboard.py --denials 1000000 --append   # a 1,000,000-line file
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ class FakeHub:
         return self._users
 
 
+def denial_line(n: int) -> str:
+    return json.dumps(
+        {
+            "time": NOW.isoformat(),
+            "user": f"late{n}",
+            "server": "",
+            "profile": "gpu",
+            "reason": ("no_gpu", "user_quota", "group_quota")[n % 3],
+            "message": "refused",
+        }
+    )
+
+
 def fixtures(n_users: int, n_units: int, share_limit: int):
     units = tuple(GPU(i, f"GPU-{i:04d}", "NVIDIA H100 80GB HBM3", 80 * G) for i in range(n_units))
     containers, users = [], []
@@ -81,20 +98,7 @@ def fixtures(n_users: int, n_units: int, share_limit: int):
             }
         )
     usage = {u.uuid: UnitUsage(60, 40 * G, 80 * G, 65, ()) for u in units}
-    denials = [
-        json.dumps(
-            {
-                "time": NOW.isoformat(),
-                "user": f"late{n}",
-                "server": "",
-                "profile": "gpu",
-                "reason": ("no_gpu", "user_quota", "group_quota")[n % 3],
-                "message": "refused",
-            }
-        )
-        for n in range(2000)
-    ]
-    return Inventory(units=units, source="static"), containers, users, usage, denials
+    return Inventory(units=units, source="static"), containers, users, usage
 
 
 def percentile(values, p):
@@ -103,9 +107,19 @@ def percentile(values, p):
 
 
 async def bench(args) -> dict[str, list[float]]:
-    inventory, containers, users, usage, denials = fixtures(args.users, args.units, args.share_limit)
+    inventory, containers, users, usage = fixtures(args.users, args.units, args.share_limit)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
-        f.write("\n".join(denials) + "\n")
+        for n in range(args.denials):
+            f.write(denial_line(n) + "\n")
+    appended = args.denials
+
+    def append_one():  # with --append: the file changes before every request
+        nonlocal appended
+        if args.append:
+            with open(f.name, "a") as out:
+                out.write(denial_line(appended) + "\n")
+            appended += 1
+
     src = Sources(
         inventory,
         Policy(share_limit=args.share_limit),
@@ -135,13 +149,16 @@ async def bench(args) -> dict[str, list[float]]:
             render(view)
         gc.freeze()  # as the service does once started: the long-lived objects leave the collector's scans
         for _ in range(args.runs):
+            append_one()
             start = time.perf_counter()
             await src.view()
             times["view only (sources + build_view)"].append(time.perf_counter() - start)
             for name, render in requests.items():
+                append_one()
                 start = time.perf_counter()
                 render(await src.view())
                 times[name].append(time.perf_counter() - start)
+    args.file_mb = os.path.getsize(f.name) / 1e6
     os.unlink(f.name)
     return times
 
@@ -152,12 +169,16 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--share-limit", type=int, default=8)
+    parser.add_argument("--denials", type=int, default=2000, help="lines in the denials file (default 2000)")
+    parser.add_argument("--append", action="store_true", help="append a refusal before every request")
     args = parser.parse_args(argv)
     args.share_limit = max(args.share_limit, -(-args.users // args.units))
     times = asyncio.run(bench(args))
     print(
         f"{args.users} users on {args.units} units (shared, up to {args.share_limit} a unit), "
-        f"{args.runs} runs, Python {sys.version.split()[0]}; server time per request, target 100 ms"
+        f"{args.runs} runs, Python {sys.version.split()[0]}; denials file of {args.denials:,} lines"
+        f" ({args.file_mb:.1f} MB at the end{', one appended per request' if args.append else ''});"
+        " server time per request, target 100 ms"
     )
     print(f"{'request':<36} {'median ms':>10} {'p95 ms':>10} {'max ms':>10}")
     for name, values in times.items():

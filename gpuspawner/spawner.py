@@ -11,10 +11,8 @@ server's state).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import docker.tls
 import docker.types
@@ -45,6 +43,7 @@ from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling
 from .culler.policy import CullRules
 from .culler.records import stop_record_for
 from .docker_pool import DEFAULT_THREADS
+from .eventfiles import DenialLog
 from .gpus import (
     NO_RESOURCES,
     PACK,
@@ -520,11 +519,47 @@ class GPUSpawner(DockerSpawner):
         help="""Where refused GPU spawns are appended, one JSON object a line.
 
         Each line has time, user, server, profile, reason (``no_gpu``,
-        ``user_quota``, ``group_quota``, and for CPU and memory caps
-        ``user_cpu_quota``, ``user_memory_quota``, ``group_cpu_quota``,
-        ``group_memory_quota``) and the message the student saw: the
-        demand that was turned away, for the GPU dashboard. Relative to the
-        hub's working directory. Empty: not recorded.
+        ``user_quota``, ``group_quota``, and for CPU and memory caps ``user_cpu_quota``,
+        ``user_memory_quota``, ``group_cpu_quota``, ``group_memory_quota``), the message
+        the student saw and ``count``:
+        refusals of one user for one profile and reason within ``denials_merge_window``
+        are one record. The demand that was turned away, for the GPU dashboard.
+        Rotated by size (``denials_file_max_size``). Relative to the hub's working
+        directory. Empty: not recorded.
+        """,
+    ).tag(config=True)
+
+    denials_merge_window = Duration(
+        60,
+        help="""Refusals of one user for one profile, for one reason, within this long are one record.
+
+        The first is written at once (``count`` 1); those after it within the window
+        are written as one record when the window closes, with their ``count``, the
+        time of the first (``first``) and the latest's time and message. A REST loop
+        of refusals thus writes two lines a window, not one a request. 0: every
+        refusal is a line of its own.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    denials_file_max_size = ByteSpecification(
+        "10M",
+        help="""Rotate ``denials_file`` when a line would make it larger than this (``"10M"``); 0: never.
+
+        The file becomes ``FILE.1`` (``FILE.1`` becomes ``FILE.2``, ...), by the
+        standard library's ``RotatingFileHandler``; ``denials_file_backups`` are kept.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    denials_file_backups = Int(
+        3,
+        min=1,
+        help="""How many rotated generations of ``denials_file`` are kept (``FILE.1`` ... ``FILE.N``).
+
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -1084,22 +1119,26 @@ class GPUSpawner(DockerSpawner):
         return SpawnException(message, reason=e.reason, status_code=status)
 
     def _record_denial(self, profile: Profile, reason: str, message: str) -> None:
-        """Append a refused spawn to ``denials_file``: the demand that was turned away."""
+        """Record a refused spawn in ``denials_file``: the demand that was turned away.
+
+        Merged with this user's other refusals for this profile and reason within
+        ``denials_merge_window``, appended with rotation (``gpuspawner.eventfiles``).
+        """
         if not self.denials_file:
             return
         event = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "user": self.user.name,
             "server": self.name or "",
             "profile": profile.slug,
             "reason": reason,
             "message": message,
         }
-        try:
-            with open(self.denials_file, "a") as f:
-                f.write(json.dumps(event) + "\n")
-        except OSError as err:
-            self.log.warning("Could not record a denial in %s: %s", self.denials_file, err)
+        DenialLog.of(
+            self.denials_file,
+            window=self.denials_merge_window,
+            max_bytes=self.denials_file_max_size,
+            backups=self.denials_file_backups,
+        ).record(event, self.log)
 
     async def _discard_container(self) -> None:
         if not self.object_id:
@@ -1245,7 +1284,7 @@ class GPUSpawner(DockerSpawner):
         return status
 
     async def stop(self, now=False):
-        record = stop_record_for(self.stops_file, self.object_id) if self.object_id else None
+        record = stop_record_for(self.stops_file, self.object_id, log=self.log) if self.object_id else None
         if record:
             self.stop_reason = {k: record.get(k, "") for k in ("time", "reason", "message")}
             self.log.info("Stopping %s: %s (GPU culler)", self.holder, record.get("message"))

@@ -165,18 +165,21 @@ def mig_instances(uuids, *, index: int, parent_uuid: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def running_hub(workdir: Path, config: str, run: str, lab: bool = True):
+def running_hub(workdir: Path, config: str, run: str, lab: bool = True, sigint_ignored: bool = False):
     """A started RealHub; afterwards every server is stopped through the hub, and
     the run's containers and home volumes (names ending in ``run``) are removed.
 
     ``lab``: servers on a lab network of this hub's own (``e2e_lab``), as by default;
     else the config says where they run (``c.GPUSpawner.network_name = "host"``).
+    ``sigint_ignored``: started as a script's background job is (``RealHub.sigint_ignored``).
     """
     require_tools()
     remove_leftovers()  # of an earlier run that was killed before its clean-up
     remove_leftover_labs()
     mine = f"{run}:{os.getpid()}"
-    hub = RealHub(workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config))
+    hub = RealHub(
+        workdir, E2E_CONFIG.format(label=E2E_LABEL, value=mine) + textwrap.dedent(config), sigint_ignored=sigint_ignored
+    )
     lab = hub.lab = e2e_lab(mine, hub.hub_port) if lab else None
     try:
         with started(hub):
@@ -250,6 +253,9 @@ class RealHub:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen | None = None
     lab: LabNetwork | None = None  # its servers' network (add_lab_network), made as the hub starts
+    # Started as a non-interactive shell's background job (`hub &` in a script) is: with SIGINT ignored,
+    # which the hub's children then inherit.
+    sigint_ignored: bool = False
 
     @property
     def url(self) -> str:
@@ -312,6 +318,7 @@ class RealHub:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if self.sigint_ignored else None,
         )
 
         def answers() -> bool:

@@ -244,14 +244,37 @@ def test_stop_records_are_found_by_container_and_only_while_fresh(tmp_path):
 @pytest.mark.parametrize(
     "written",
     ["2026-03-02T09:01:00", "2026-03-02T09:01:00Z", "2026-03-02T10:01:00+01:00", "not a time"],
-    ids=["no-timezone-is-utc", "zulu", "offset", "unreadable"],
+    ids=["no-timezone-skipped", "zulu", "offset", "unreadable"],
 )
-def test_a_stop_record_time_in_any_iso_form_never_breaks_a_stop(tmp_path, written):
-    """A line written by hand or by another tool: read as UTC, or ignored, never a TypeError in stop()."""
+def test_a_stop_record_time_in_any_iso_form_never_breaks_a_stop(tmp_path, written, caplog):
+    """A line written by hand or by another tool: read, or skipped with a warning (no timezone:
+    whose time is it?), never a TypeError in stop()."""
     path = tmp_path / "stops.jsonl"
     path.write_text(json.dumps({"time": written, "container": ME, "message": "m"}) + "\n")
     found = stop_record_for(str(path), ME, now=datetime(2026, 3, 2, 9, 2, tzinfo=timezone.utc))
-    assert (found is None) == (written == "not a time")
+    unusable = written in ("2026-03-02T09:01:00", "not a time")
+    assert (found is None) == unusable
+    assert ("Skipped 1 unusable line(s)" in caplog.text) == unusable
+
+
+def test_stop_records_are_read_from_a_bounded_tail_and_after_a_rotation(tmp_path):
+    path = str(tmp_path / "stops.jsonl")
+    for n in range(400):
+        record_stop(
+            path,
+            user=f"u{n}",
+            server="",
+            profile="gpu",
+            container=f"c{n}",
+            reason=GPU_IDLE,
+            message="m",
+            now=at(0),
+            max_bytes=16 * 1024,
+            backups=1,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stops.jsonl", "stops.jsonl.1"]
+    assert stop_record_for(path, "c399", now=at(1))["user"] == "u399"
+    assert stop_record_for(path, "c0", now=at(1)) is None  # rotated away with the oldest generation
 
 
 # --- the culler service's arbiter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -310,7 +311,10 @@ def test_groups_come_from_the_hubs_user_models_or_are_unknown():
 
 
 def test_a_teacher_sees_only_their_groups_users_and_the_free_units():
-    denials = [json.dumps({"user": u, "reason": "no_gpu", "message": f"refused {u}"}) for u in ("mia", "li", "zed")]
+    denials = [
+        json.dumps({"time": "2026-03-02T09:00:00Z", "user": u, "reason": "no_gpu", "message": f"refused {u}"})
+        for u in ("mia", "li", "zed")
+    ]
     full = view(
         groups=COURSES, denials=parse_events(denials, 10), containers=CONTAINERS + [container("eve", gpus="GPU-gone")]
     )
@@ -540,3 +544,43 @@ def test_the_dashboard_makes_a_new_docker_client_after_a_failure():
     assert "the engine is restarting" in asyncio.run(src.view()).docker_error
     assert asyncio.run(src.view()).docker_error == "" and len(made) == 2
     assert asyncio.run(src.view()).docker_error == "" and len(made) == 2  # kept while it works
+
+
+def test_merged_refusals_count_as_many_and_the_page_says_so():
+    merged = json.dumps(
+        {
+            "time": "2026-03-02T09:01:00+00:00",
+            "first": "2026-03-02T09:00:01+00:00",
+            "user": "ana",
+            "profile": "gpu",
+            "reason": "no_gpu",
+            "message": "all taken",
+            "count": 99,
+        }
+    )
+    v = view(denials=parse_events([DENIAL_LINES[0], merged], 5))
+    assert v.denials_by_reason == {"no_gpu": 100}
+    assert (v.denials[0].count, v.denials[0].first) == (99, "2026-03-02T09:00:01+00:00")
+    assert v.as_json()["denials"][0]["count"] == 99
+    page = render_page(v, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
+    assert "(99 times since 2026-03-02T09:00:01+00:00)" in page
+
+
+def test_the_dashboard_reads_a_bounded_tail_and_skips_unusable_lines(tmp_path, caplog):
+    from gpuspawner.dashboard.sources import Sources
+
+    path = tmp_path / "denials.jsonl"
+    line = json.loads(DENIAL_LINES[0])
+    with open(path, "w") as f:
+        for n in range(20_000):  # 3 MB: far more than the tail
+            f.write(json.dumps({**line, "user": f"u{n}"}) + "\n")
+        f.write('{"time": "2026-03-02T09:00:00", "user": "naive", "reason": "no_gpu"}\n')
+        f.write("not json\n")
+        f.write(json.dumps({**line, "user": "last"}) + "\n")
+        f.write('{"time": "2026-03-02T09:0')  # the hub is halfway through a line
+    src = Sources(INVENTORY, POLICY, lambda: None, None, str(path), nvml=False, host="h", tail_bytes=64 * 1024)
+    with caplog.at_level(logging.WARNING):
+        (recent, counts), error = src._events(src.denials_file, src._denials_cache)
+    assert error == "" and recent[0].user == "last" and recent[1].user == "u19999"
+    assert 0 < counts["no_gpu"] < 64 * 1024 // 150 + 1  # the tail's, not the whole file's
+    assert "Skipped 3 unusable line(s)" in caplog.text and "a time without a timezone" in caplog.text

@@ -3,6 +3,7 @@ through the hub's OAuth in Debian's headless Chromium, servers run on the test b
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 
@@ -43,6 +44,7 @@ def hub(tmp_path_factory):
         {{"slug": "gpu", "display_name": "Deep {EVIL}", "image": {image!r}, "gpus": 1, "mem_limit": "1G"}},
     ]
     services.add_dashboard(c, __file__, url="http://127.0.0.1:{free_port()}", args=["--refresh=60"])
+    c.GPUSpawner.denials_merge_window = 3  # a short window: the test sees it close
     c.JupyterHub.services.append({{"name": "prometheus", "api_token": {PROM_TOKEN!r}}})
     c.JupyterHub.load_groups = {{
         "course-a": {{"users": [{TEACHER!r}, {STUDENT!r}]}},
@@ -100,6 +102,17 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     hub.spawn(EVIL_USER, "gpu")
     refused = hub.start_server(LATE, "gpu")  # no GPU left: recorded in the denials file
     assert refused.status_code == 503, refused.text
+    # A REST loop of refusals: one record at once, the 30 that follow as one when the window closes.
+    for _ in range(30):
+        assert hub.start_server(LATE, "gpu").status_code == 503
+    denials_file = hub.workdir / "gpuspawner-denials.jsonl"
+
+    def records():
+        found = [json.loads(line) for line in denials_file.read_text().splitlines()]
+        return found if len(found) == 2 else None
+
+    merged = wait_for(records, 15, "the window's refusals written as one record", details=hub.log_tail)
+    assert [(r["user"], r["reason"], r["count"]) for r in merged] == [(LATE, "no_gpu", 1), (LATE, "no_gpu", 30)]
 
     context, page = log_in_to_dashboard(browser, hub, ADMIN)
     dialogs = []
@@ -125,6 +138,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     denials = page.locator("#denials").inner_text()
     assert LATE in denials and "no_gpu" in denials
     assert f"Deep {EVIL}" in denials  # the profile's display name, shown as text
+    assert "(30 times since" in denials
     assert page.locator("#denials script").count() == 0 and not dialogs
     # No driver here, and the GPUs are a static list: said as a note, not as an alarm.
     assert "No GPU usage figures" in page.content() and "Cannot read NVML" not in page.content()
@@ -159,7 +173,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
         for s in families["gpuspawner_denials"].samples
         if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"
     ]
-    assert no_gpu == [1]
+    assert no_gpu == [31]  # the merged record counts as its 30
 
     # A POST without the xsrf token is refused: the stop action needs the page's form.
     forged = page.request.post(hub.dashboard + "stop", form={"user": STUDENT, "server": ""})

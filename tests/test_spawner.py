@@ -8,6 +8,7 @@ from tornado import web
 from traitlets import TraitError
 
 from gpuspawner import GPUSpawner
+from gpuspawner.eventfiles import DenialLog
 from gpuspawner.hub_state import reset_hub_state
 from gpuspawner.labels import GPUS as LABEL_GPUS
 from gpuspawner.labels import PROFILE as LABEL_PROFILE
@@ -877,3 +878,20 @@ async def test_a_link_planted_inside_a_root_is_refused_at_spawn(engine, tmp_path
     ):
         await bad.start()
     assert len(engine.containers_by_id) == 1  # only the good one
+
+
+def test_10000_refused_spawns_leave_a_few_merged_records(engine, tmp_path):
+    """10,000 refusals of 20 students (a REST loop each, within one window), through the
+    spawner's own recording: 20 records when they happen, 20 more when the window closes
+    (the hub's exit here), under 16 KB in all, where one line a refusal made about 1.7 MB."""
+    denials = tmp_path / "denials.jsonl"
+    students = [spawner(engine, f"student{n}", profile="gpu", denials_file=str(denials)) for n in range(20)]
+    gpu = students[0].choose_profile("gpu")
+    for n in range(10_000):
+        students[n % 20]._record_denial(gpu, "no_gpu", "GPU: Needs 1 whole GPU: all 2 A100 GPUs are taken.")
+    assert len(denials.read_text().splitlines()) == 20  # each student's first, at once
+    DenialLog.flush_all()  # what the hub's exit does
+    records = [json.loads(line) for line in denials.read_text().splitlines()]
+    assert len(records) == 40 and sum(r["count"] for r in records) == 10_000
+    assert {r["user"] for r in records} == {f"student{n}" for n in range(20)}
+    assert denials.stat().st_size < 16 * 1024, denials.stat().st_size

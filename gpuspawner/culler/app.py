@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from textwrap import dedent
 
+from jupyterhub.traitlets import ByteSpecification
 from jupyterhub_idle_culler import IdleCuller, parse_date
+from tornado.ioloop import IOLoop
 from traitlets import Any, Bool, Callable, Int, Unicode, default
 
 from .. import labels as label
@@ -119,6 +122,12 @@ class GPUCuller(IdleCuller):
     stops_file = Unicode(
         help="Where GPU stops are recorded (default: GPUSpawner.stops_file of the hub's config; '' for none)."
     ).tag(config=True)
+    stops_file_max_size = ByteSpecification(
+        "10M",
+        help="Rotate the stops file when a line would make it larger than this; 0: never. It becomes FILE.1"
+        " (FILE.1 becomes FILE.2, ...), by the standard library's RotatingFileHandler.",
+    ).tag(config=True)
+    stops_file_backups = Int(3, min=1, help="How many rotated generations of the stops file are kept.").tag(config=True)
     proc = Unicode("/proc", help="The host's /proc, to place GPU processes in their containers.").tag(config=True)
     timeout = Int(
         0,
@@ -276,6 +285,8 @@ class GPUCuller(IdleCuller):
                             reason=verdict.reason,
                             message=verdict.message,
                             now=now,
+                            max_bytes=self.stops_file_max_size,
+                            backups=self.stops_file_backups,
                         )
                     except OSError as e:
                         self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
@@ -290,7 +301,16 @@ class GPUCuller(IdleCuller):
                 "no JUPYTERHUB_API_TOKEN: run the culler as a hub-managed service"
                 " (or, with --node-local, give it the token of its external service)"
             )
+        # The hub stops a managed service with SIGINT, and only 30 s later with SIGTERM. A
+        # service started before the hub set its own handlers inherits SIGINT *ignored*
+        # when the hub runs in the background (a non-interactive shell's `&`): answer both
+        # here, so that the hub's shutdown does not wait those 30 s.
+        loop = IOLoop.current().asyncio_loop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, loop.stop)
+        self.log.info("GPU culler running: a round every %d s", self.cull_every)
         super().start()
+        self.log.info("GPU culler stopping")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,4 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gpuspawner-culler: {e}", file=sys.stderr)
         return 2
+    exit_at_once()  # asked to stop: the hub waits on this process, polling at growing intervals
     return 0
+
+
+def exit_at_once(status: int = 0) -> None:
+    """End the process now, without the interpreter's teardown (a full garbage collection of
+    every module, joining idle threads): a second or more on a busy host, which the hub's
+    shutdown waits for. Nothing is left to write: the stops file is closed after each line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -2,14 +2,25 @@
 
 The culler appends a record just before it asks the hub to stop a server; the
 spawner finds it by container id when the stop comes, to tell the student why
-on the next spawn page; the dashboard lists the recent ones.
+on the next spawn page; the dashboard lists the recent ones. The file rotates by
+size, and its readers read a bounded tail that skips unusable lines
+(``gpuspawner.eventfiles``).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 from datetime import datetime, timedelta, timezone
+
+from ..eventfiles import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
+    Skipped,
+    append_event,
+    events_from_lines,
+    parse_time,
+    read_tail,
+)
 
 # How far back from its end the spawner looks: thousands of records.
 _TAIL_BYTES = 256 * 1024
@@ -25,8 +36,11 @@ def record_stop(
     reason: str,
     message: str,
     now: datetime | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backups: int = DEFAULT_BACKUPS,
 ) -> None:
-    """Append one stop; raises ``OSError`` when the file cannot be written."""
+    """Append one stop, rotating the file past ``max_bytes`` (``backups`` generations kept);
+    raises ``OSError`` when the file cannot be written."""
     event = {
         "time": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
         "user": user,
@@ -36,36 +50,34 @@ def record_stop(
         "reason": reason,
         "message": message,
     }
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(event) + "\n")
+    append_event(path, event, max_bytes=max_bytes, backups=backups)
 
 
 def stop_record_for(
-    path: str, container: str, now: datetime | None = None, within: timedelta = timedelta(minutes=10)
+    path: str,
+    container: str,
+    now: datetime | None = None,
+    within: timedelta = timedelta(minutes=10),
+    log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> dict | None:
-    """The culler's latest record for ``container`` made within ``within`` of ``now``, or None."""
+    """The culler's latest record for ``container`` made within ``within`` of ``now``, or None.
+
+    Reads the file's last 256 KB; a line that cannot be used (not JSON, no time, a time
+    without a timezone, torn) is skipped with a warning in ``log``. Never raises.
+    """
     if not path or not container:
         return None
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _TAIL_BYTES))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
+        lines, torn = read_tail(path, _TAIL_BYTES)
     except OSError:
         return None
+    skipped = Skipped()
+    events = events_from_lines(lines, torn, skipped)
+    skipped.warn(path, log)
     now = now or datetime.now(timezone.utc)
-    for line in reversed(lines):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a torn line
-        if not isinstance(event, dict) or event.get("container") != container:
+    for event in reversed(events):
+        if event.get("container") != container:
             continue
-        try:
-            when = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
-        except (KeyError, TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # written by hand or by another tool: the culler's own times are UTC
-            when = when.replace(tzinfo=timezone.utc)
-        return event if now - when <= within else None
+        when = parse_time(event["time"])  # aware: events_from_lines left out the others
+        return event if when is not None and now - when <= within else None
     return None

@@ -22,6 +22,7 @@ from textwrap import dedent
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import HTTPClientError
@@ -162,6 +163,11 @@ class GPUDashboard(Application):
     stops_file = Unicode(
         help="The GPU culler's stops file (default: GPUSpawner.stops_file of the hub's config; '' for none)."
     ).tag(config=True)
+    events_tail = ByteSpecification(
+        "256K",
+        help="How much of the end of the denials and stops files each page reads (continued into the rotated"
+        " FILE.1 right after a rotation); the counts by reason are over this tail. Bounds a page's time.",
+    ).tag(config=True)
     nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
     read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
     stop_scope = Unicode(STOP_SCOPE, help="The custom scope that also allows stopping servers.").tag(config=True)
@@ -183,6 +189,7 @@ class GPUDashboard(Application):
         "denials-file": "GPUDashboard.denials_file",
         "denials-shown": "GPUDashboard.denials_shown",
         "stops-file": "GPUDashboard.stops_file",
+        "events-tail": "GPUDashboard.events_tail",
         "dcgm-job-mapping-dir": "GPUDashboard.dcgm_job_mapping_dir",
     }
     flags = {
@@ -224,6 +231,8 @@ class GPUDashboard(Application):
             self.denials_shown,
             self.nvml,
             stops_file=self.stops_file,
+            tail_bytes=self.events_tail,
+            log=self.log,
         )
 
     async def keep_job_mapping(self) -> None:
@@ -291,4 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuspawner-dashboard: {e}", file=sys.stderr)
         return 2
     app.start()
+    _exit_at_once()  # asked to stop: the hub waits on this process, polling at growing intervals
     return 0
+
+
+def _exit_at_once(status: int = 0) -> None:
+    """End the process now, without the interpreter's teardown (a full garbage collection of
+    every module), which the hub's shutdown would wait for: nothing is left to write."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -10,13 +10,13 @@ read is named in the view (``*_error``), never replaced by old data.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import labels as label
+from ..eventfiles import Skipped, count_of, events_from_lines
 from ..gpus import Inventory, Ledger, Policy, holder_key, split_holder
 from ..gpus.nvml import UnitUsage
 
@@ -82,6 +82,8 @@ class LabEvent:
     profile: str
     reason: str
     message: str
+    count: int = 1  # refusals merged into this record (one user, one profile, one reason, one window)
+    first: str = ""  # with a count: the time of the first of them
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class DashboardView:
     units: tuple[UnitView, ...]
     totals: Totals
     denials: tuple[LabEvent, ...]  # the most recent first
-    denials_by_reason: Mapping[str, int]  # over the whole file
+    denials_by_reason: Mapping[str, int]  # over the tail read (merged records count as many)
     servers_without_gpu: int | None
     docker_error: str = ""
     nvml_error: str = ""
@@ -102,7 +104,7 @@ class DashboardView:
     denials_error: str = ""
     stops_error: str = ""
     stops: tuple[LabEvent, ...] = ()  # GPU culler's stops, the most recent first
-    stops_by_reason: Mapping[str, int] = field(default_factory=dict)  # over the whole stops file
+    stops_by_reason: Mapping[str, int] = field(default_factory=dict)  # over the stops file's tail read
     warnings: tuple[str, ...] = field(default_factory=tuple)
     restricted_to: str = ""  # '' for the whole view; else whose units a restricted viewer sees
     groups_error: str = ""  # why the users' hub groups are unknown ('' when known)
@@ -223,24 +225,24 @@ def groups_from_users(users: Iterable[dict]) -> dict[str, tuple[str, ...]] | Non
     return groups
 
 
-def parse_events(lines: Iterable[str], keep: int) -> tuple[tuple[LabEvent, ...], dict[str, int]]:
+def parse_events(
+    lines: Iterable[str], keep: int, skipped: Skipped | None = None
+) -> tuple[tuple[LabEvent, ...], dict[str, int]]:
     """(the last ``keep`` events, newest first; the count of every event by reason).
 
-    Lines that are not a JSON object (a torn last line while the hub writes) are skipped.
+    A merged record (``count``) counts as that many. Lines that cannot be used (not a
+    JSON object, no time or one without a timezone) are left out and counted in ``skipped``.
     """
     recent: deque[LabEvent] = deque(maxlen=keep)
     counts: Counter[str] = Counter()
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
+    for event in events_from_lines(lines, skipped=skipped):
+        count = count_of(event)
         denial = LabEvent(
-            *(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message"))
+            *(str(event.get(k) or "") for k in ("time", "user", "server", "profile", "reason", "message")),
+            count=count,
+            first=str(event.get("first") or "") if count > 1 else "",
         )
-        counts[denial.reason or "unknown"] += 1
+        counts[denial.reason or "unknown"] += count
         recent.append(denial)
     return tuple(reversed(recent)), dict(counts)
 

@@ -108,7 +108,8 @@ TEMPLATE = """<!DOCTYPE html>
 <tbody>
 {% for d in rows %}
  <tr><td>{{ d.time }}</td><td>{{ d.user }}</td><td>{{ d.server or "(default)" }}</td><td>{{ d.profile }}</td>
- <td>{{ d.reason }}</td><td>{{ d.message }}</td></tr>
+ <td>{{ d.reason }}</td><td>{{ d.message }}{% if d.count > 1 %}
+ <span class="count muted">({{ d.count }} times{% if d.first %} since {{ d.first }}{% endif %})</span>{% endif %}</td></tr>
 {% endfor %}
 </tbody>
 </table>

@@ -1,13 +1,16 @@
 """The dashboard's I/O: Docker, NVML, the hub's REST API, the denials and the stops files.
 
 Each source is read afresh for every request; a source that fails is reported
-in the view (``*_error``) and nothing cached from before stands in for it.
+in the view (``*_error``) and nothing cached from before stands in for it. Of the
+denials and stops files only a bounded tail is read (``tail_bytes``), so a page
+takes as long with a file of gigabytes as with one of kilobytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -18,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .. import labels as label
 from ..docker_client import LazyClient
+from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_tail
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
 from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
@@ -78,6 +82,8 @@ class Sources:
         nvml: bool = True,
         host: str | None = None,
         stops_file: str = "",
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        log: logging.Logger | None = None,
     ):
         self.inventory = inventory
         self._described = inventory.units  # on a Swarm: what the config says of each unit
@@ -89,6 +95,8 @@ class Sources:
         self._denials_cache: dict = {}
         self.stops_file = stops_file
         self._stops_cache: dict = {}
+        self.tail_bytes = tail_bytes
+        self.log = log or logging.getLogger("gpuspawner.dashboard")
         self.nvml = nvml
         self.host = socket.gethostname() if host is None else host
 
@@ -102,17 +110,22 @@ class Sources:
             return client.containers(filters={"label": label.USER})
 
     def _events(self, path: str, cache: dict):
-        """(recent events, counts by reason) of a JSON-lines file, and an error ('' when read)."""
+        """(recent events, counts by reason) of the tail of a JSON-lines file, and an error ('' when read)."""
         if not path:
             return ((), {}), ""
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                # The same file, unchanged (inode, size, mtime): the same parse, not an old one.
-                st = os.fstat(f.fileno())
-                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self.denials_shown)
-                if cache.get("key") != key:
-                    cache.update(key=key, parsed=parse_events(f, self.denials_shown))
-                return cache["parsed"], ""
+            # The same file, unchanged (inode, size, mtime): the same parse, not an old one.
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self.denials_shown, self.tail_bytes)
+            if cache.get("key") != key:
+                lines, torn = read_tail(path, self.tail_bytes)
+                skipped = Skipped()
+                parsed = parse_events(lines, self.denials_shown, skipped)
+                if torn.strip():  # the writer's line in progress, or one a crash cut short
+                    skipped.add("a torn last line", torn)
+                skipped.warn(path, self.log)
+                cache.update(key=key, parsed=parsed)
+            return cache["parsed"], ""
         except FileNotFoundError:
             return ((), {}), ""  # nothing recorded yet
         except OSError as e:
