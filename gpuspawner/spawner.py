@@ -741,8 +741,8 @@ class GPUSpawner(DockerSpawner):
             self.log.info("Released GPUs %s of %s: no running container holds them", ",".join(a.ids), a.holder)
         for holder in changes.adopted:
             self.log.warning("Adopted GPUs of %s: its container runs, but the ledger did not have it", holder)
-        for warning in changes.warnings:
-            self.log.warning("Checking the GPU ledger: %s", warning)
+        for warning in changes.warnings:  # said at the hub's first adoption; again at every check
+            self.log.debug("Checking the GPU ledger: %s", warning)
 
     async def _adopt_running_containers(self, ledger: Ledger) -> None:
         containers = await self.docker("containers", filters={"label": label.GPUS})
@@ -946,6 +946,8 @@ class GPUSpawner(DockerSpawner):
 
     async def _server_answers(self, ip: str, port: int) -> bool:
         """Does the server accept a connection at ``ip:port`` (where the hub will reach it)?"""
+        if not ip:  # a container that exited at once has no address on its network
+            return False
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
         except (OSError, asyncio.TimeoutError):
