@@ -67,7 +67,7 @@ def last_lines(log: bytes | str, lines: int = 10, width: int = 300) -> list[str]
 
 def exit_message(exited: Exited, log_lines: list[str], seconds: float) -> tuple[str, str]:
     """(text, HTML) for the spawn page: the exit status, why where Docker knows, the log's last lines."""
-    what = f"Your server exited with status {exited.status} {seconds:.1f} s after it started, before it answered"
+    what = f"Your server exited with status {exited.status} before it answered ({seconds:.1f} s after it started)"
     if exited.oom_killed:
         what += ": it used more memory than its profile allows"
     elif exited.error:

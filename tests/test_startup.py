@@ -71,7 +71,7 @@ def test_the_message_has_the_status_and_the_logs_last_lines_escaped_in_html():
     lines = last_lines(b"one\r\n\n  \ntwo <b>\n" + "é".encode() + b"\xff" + b"x" * 400 + b"\n", lines=2, width=10)
     assert lines == ["two <b>", "é\ufffdxxxxxxx…"]
     text, page = exit_message(Exited(1), lines, 0.64)
-    assert text.startswith("Your server exited with status 1 0.6 s after it started, before it answered.")
+    assert text.startswith("Your server exited with status 1 before it answered (0.6 s after it started).")
     assert "\ntwo <b>\n" in text and "two &lt;b&gt;" in page and "<b>" not in page
     assert "out of memory" not in text
     oom, _ = exit_message(Exited(137, oom_killed=True), [], 3)
