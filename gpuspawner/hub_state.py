@@ -49,6 +49,8 @@ class HubState:
         self.log = log or logging.getLogger(__name__)
         self.lock = asyncio.Lock()  # every decision of every spawner of the hub
         self.synced = False  # the ledger rebuilt from the running containers yet?
+        self.synced_at = float("-inf")  # time.monotonic() of the last check of the ledger against Docker
+        self.starting: set[str] = set()  # holders assigned units whose start() has not ended: no container yet
         self.ports: dict[str, int] = {}  # holder -> port, while starting or running
         self.docker_calls = DockerCalls(docker_threads)
         self.puller = ImagePuller(new_docker_client, max_concurrent_pulls)

@@ -11,11 +11,12 @@ gpuspawner 0.2 still reads.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .culler.policy import CullRules
-from .gpus.allocation import Ledger, holder_key
+from .gpus.allocation import Assignment, Ledger, holder_key
 from .gpus.resources import NO_RESOURCES, ServerResources
 
 USER = "gpuspawner.user"
@@ -173,3 +174,33 @@ def adopt_containers(ledger: Ledger, containers: Iterable[dict]) -> list[str]:
         if unknown:
             warnings.append(f"server {record.holder} holds units not in this inventory: {','.join(unknown)}")
     return warnings
+
+
+class LedgerChanges(NamedTuple):
+    adopted: list[str]  # holders whose running container the ledger lacked
+    released: list[Assignment]  # what holders no running container holds had held
+    warnings: list[str]  # as adopt_containers says them
+
+
+def reconcile_ledger(ledger: Ledger, containers: Iterable[dict], keep: Collection[str] = ()) -> LedgerChanges:
+    """Bring ``ledger`` in line with the running ``containers``, as a hub checks it now and then.
+
+    A holder that no running container holds is released: its server exited, or
+    it was a server the hub had forgotten, whose container the GPU culler has
+    stopped. Holders in ``keep`` are not: their servers are starting and have no
+    running container yet. A running container whose holder the ledger lacks is
+    adopted, as at a restart: the truth on the host wins.
+    """
+    containers = list(containers)
+    running = {record.holder for c in containers if (record := read_server(c.get("Labels"))) and record.unit_ids}
+    released = [
+        ledger.release(a.holder) for a in ledger.assignments() if a.holder not in running and a.holder not in keep
+    ]
+    missing = [
+        c
+        for c in containers
+        if (record := read_server(c.get("Labels"))) and record.unit_ids and ledger.assignment(record.holder) is None
+    ]
+    warnings = adopt_containers(ledger, missing)
+    adopted = sorted({read_server(c.get("Labels")).holder for c in missing})
+    return LedgerChanges([h for h in adopted if ledger.assignment(h) is not None], released, warnings)

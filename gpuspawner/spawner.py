@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import replace
 
 import docker.tls
@@ -67,7 +68,7 @@ from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda, resource_variables_refusal
 from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
 from .lab_network import INTERNET_SUFFIX
-from .labels import adopt_containers
+from .labels import adopt_containers, reconcile_ledger
 from .profiles import (
     FileLimits,
     MountPolicy,
@@ -83,7 +84,16 @@ from .profiles import (
 )
 from .quantities import parse_bytes
 from .spawn_page import render_profile_cards
+from .startup import Exited, exit_message, last_lines, watch_start
 from .traits import Duration
+
+
+def told(e: SpawnException) -> SpawnException:
+    """``e``, with its message (and HTML) as the spawn page's progress shows them, not its ``str()``."""
+    e.jupyterhub_message = e.message
+    if e.message_html:
+        e.jupyterhub_html_message = e.message_html
+    return e
 
 
 def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
@@ -610,6 +620,21 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    ledger_sync_interval = Float(
+        30,
+        min=0,
+        help="""Check the GPU ledger against the running containers at most this often (seconds).
+
+        The hub rebuilds its ledger from the containers' labels when it starts; after
+        that, units whose container no longer runs (a server the hub had forgotten,
+        stopped by the GPU culler's reconciler; a server that exited) are freed, and
+        a labelled container the ledger lacks is adopted, at the first use of the
+        ledger (a poll, a spawn, the spawn page) after this many seconds.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     allow_root = Bool(
         False,
         help="""Allow images whose user is root, for every profile.
@@ -837,15 +862,40 @@ class GPUSpawner(DockerSpawner):
         return Inventory(units=parse_static_inventory(self.gpus), source="static")
 
     async def ledger(self) -> Ledger:
-        """The hub's GPU ledger, rebuilt from running containers on the hub's first use."""
+        """The hub's GPU ledger, rebuilt from running containers on the hub's first use,
+        and checked against them again at most every ``ledger_sync_interval`` seconds."""
         shared = self.shared
-        if not shared.synced:
+        if not shared.synced or self._sync_due():
             async with shared.lock:
                 if not shared.synced:
                     self._prepull_profile_images()  # the hub's first use: missing images start pulling
                     await self._adopt_running_containers(shared.ledger)
                     shared.synced = True
+                    shared.synced_at = time.monotonic()
+                elif self._sync_due():
+                    shared.synced_at = time.monotonic()  # first: a failed check is not retried by every caller
+                    await self._resync_ledger(shared.ledger)
         return shared.ledger
+
+    def _sync_due(self) -> bool:
+        return time.monotonic() - self.shared.synced_at >= self.ledger_sync_interval
+
+    async def _resync_ledger(self, ledger: Ledger) -> None:
+        """Free the units no running container holds (unless their server is starting); adopt the others."""
+        starting = set(self.shared.starting)  # read under the lock, before the engine is asked
+        try:
+            containers = await self.docker("containers", filters={"label": label.GPUS})
+        except Exception as e:  # noqa: BLE001 - the engine is away: the ledger stays as it is
+            self.log.warning("Cannot check the GPU ledger against Docker: %s", e)
+            return
+        changes = reconcile_ledger(ledger, containers, keep=starting)
+        for a in changes.released:
+            self.shared.ports.pop(a.holder, None)
+            self.log.info("Released GPUs %s of %s: no running container holds them", ",".join(a.ids), a.holder)
+        for holder in changes.adopted:
+            self.log.warning("Adopted GPUs of %s: its container runs, but the ledger did not have it", holder)
+        for warning in changes.warnings:  # said at the hub's first adoption; again at every check
+            self.log.debug("Checking the GPU ledger: %s", warning)
 
     async def _adopt_running_containers(self, ledger: Ledger) -> None:
         containers = await self.docker("containers", filters={"label": label.GPUS})
@@ -953,6 +1003,7 @@ class GPUSpawner(DockerSpawner):
         return port
 
     async def start(self):
+        self._start_began = time.monotonic()
         if self.profile is None:  # an admin replaced apply_user_options
             try:
                 self.profile = self.choose_profile(self.user_options.get("profile"))
@@ -978,6 +1029,7 @@ class GPUSpawner(DockerSpawner):
                 assignment = self._assign(ledger, profile.gpu_request, self._resources_of(profile))
             except NoCapacity as e:
                 raise self._refusal(profile, e, ledger) from None
+            self.shared.starting.add(self.holder)  # no container runs yet: the ledger's check keeps its units
         self.gpu_ids = assignment.ids
         self.gpu_shared = assignment.shared
         # A lasting record of what ran (the container and its labels go when it stops).
@@ -1001,6 +1053,7 @@ class GPUSpawner(DockerSpawner):
             started = await super().start()
             self.stop_reason = {}  # told on the spawn page; a new server starts afresh
             self._report(90, "Container started; waiting for the server to answer")
+            await self._until_it_answers(started)
             return started
         except BaseException:
             # A refused or failed spawn holds no GPU and leaves no container.
@@ -1009,6 +1062,82 @@ class GPUSpawner(DockerSpawner):
             self.gpu_ids = ()
             self.gpu_shared = False
             raise
+        finally:
+            self.shared.starting.discard(self.holder)
+
+    # --- a server that dies before it answers: told at once, not after http_timeout
+
+    watches_start = True  # a subclass whose server is not one container of this engine says False
+    start_check_interval = 0.5  # seconds between looks at the container and at the server's port
+    _start_began = 0.0  # time.monotonic() when this start began
+
+    async def _until_it_answers(self, started) -> None:
+        """Wait until the server accepts connections; if its container exits first, fail the spawn now.
+
+        JupyterHub waits up to ``http_timeout`` for a started server and does not poll
+        meanwhile. Here the container is watched during that wait: an exit fails the
+        spawn at once with its status and the last lines of its log (the caller frees
+        the GPUs and removes the container). A server that stays silent is failed
+        after ``http_timeout``, as JupyterHub would, with its log's last lines. Within
+        ``start_timeout`` only: what is left of it after a long pull goes to JupyterHub's wait.
+        """
+        if not self.watches_start or not isinstance(started, tuple):
+            return
+        ip, port = started
+        began = time.monotonic()
+        left = self.start_timeout - (began - self._start_began) - 1  # JupyterHub cancels start() then
+        window = min(self.http_timeout, left)
+        try:
+            exited = await watch_start(
+                lambda: self._server_answers(ip, port),
+                self._container_exited,
+                timeout=max(window, 0),
+                every=self.start_check_interval,
+            )
+        except TimeoutError:
+            if window < self.http_timeout:
+                return  # start_timeout is near: JupyterHub's own wait takes over
+            lines = await self._log_tail()
+            shown = ". The last lines of its log:\n" + "\n".join(lines) if lines else ""
+            raise told(
+                SpawnException(
+                    f"Your server did not answer within {self.http_timeout:g} s{shown}\n"
+                    "Its GPUs are free again and your files are kept; start it again, or show this to the admin.",
+                    reason="http_timeout",
+                    status_code=504,
+                )
+            ) from None
+        if exited is None:
+            return
+        text, page = exit_message(exited, await self._log_tail(), time.monotonic() - began)
+        self.log.warning("Server %s exited with status %s before it answered", self.holder, exited.status)
+        raise told(SpawnException(text, reason="early_exit", message_html=page, status_code=500))
+
+    async def _server_answers(self, ip: str, port: int) -> bool:
+        """Does the server accept a connection at ``ip:port`` (where the hub will reach it)?"""
+        if not ip:  # a container that exited at once has no address on its network
+            return False
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    async def _container_exited(self) -> Exited | None:
+        try:
+            inspect = await self.docker("inspect_container", self.object_id)
+        except docker.errors.NotFound:
+            return Exited(status=-1, error="its container is gone")
+        return Exited.of(inspect.get("State") or {})
+
+    async def _log_tail(self, lines: int = 12) -> list[str]:
+        try:
+            log = await self.docker("logs", self.object_id, stdout=True, stderr=True, tail=lines * 4)
+        except docker.errors.APIError as e:
+            self.log.debug("No log of %s: %s", self.holder, e)
+            return []
+        return last_lines(log, lines)
 
     def _check_mount_links(self, profile: Profile) -> None:
         """Refuse a dataset or share whose path now leads, through a symbolic link, outside the mount roots.
@@ -1227,6 +1356,9 @@ class GPUSpawner(DockerSpawner):
             host_config["PidsLimit"] = described.pids_limit
         if self.network_name != "host":
             host_config["NetworkMode"] = self.server_network
+        # Not Docker's auto-remove: a server that exits before it answers is told with its status and its
+        # log, which go with the container. start() and poll() remove an exited container themselves.
+        host_config["AutoRemove"] = False
         return {
             **create_kwargs,
             "environment": dict(described.environment),
@@ -1281,6 +1413,7 @@ class GPUSpawner(DockerSpawner):
         status = await super().poll()
         if status is not None:
             self._release_gpus(f"server not running: {status}")
+            await self._discard_container()  # exited: no auto-remove (see _as_described)
         return status
 
     async def stop(self, now=False):
@@ -1289,7 +1422,19 @@ class GPUSpawner(DockerSpawner):
             self.stop_reason = {k: record.get(k, "") for k in ("time", "reason", "message")}
             self.log.info("Stopping %s: %s (GPU culler)", self.holder, record.get("message"))
         if self.object_id:
-            await super().stop(now=now)
+            try:
+                await super().stop(now=now)
+            except Exception as e:
+                # JupyterHub forgets the server all the same (and may not log why): the container keeps
+                # its units until the GPU culler's reconciler stops it.
+                self.log.error(
+                    "Could not stop %s (container %s): %s. Its GPUs stay held until the GPU culler stops"
+                    " its container (orphan_grace), or an admin does.",
+                    self.holder,
+                    self.object_id[:12],
+                    e,
+                )
+                raise
         else:
             self.clear_state()
         self._release_gpus("stopped")

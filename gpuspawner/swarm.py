@@ -325,6 +325,13 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     namespace of its own on the lab network.
     """
 
+    # A server is a service whose task runs on another node's engine: start_object already waits for the
+    # task, and the ledger is rebuilt from the tasks only at the hub's start (not checked against one engine).
+    watches_start = False
+
+    async def _resync_ledger(self, ledger: Ledger) -> None:
+        return None
+
     gpu_resource_prefix = Unicode(
         "NVIDIA-",
         help="""Generic resources whose kind starts with this are GPU units.

@@ -40,6 +40,8 @@ class FakeDocker:
         self.containers_by_id: dict[str, dict] = {}
         self.ids = itertools.count(1)
         self.fail_start = False
+        self.exit_on_start: int | None = None  # the status a started server exits with at once (None: it runs)
+        self.log = b""  # what every container wrote (``logs``)
         self.calls: list[str] = []
         self.networks = {"gpuspawner-lab", "gpuspawner-lab-internet"}  # as add_lab_network makes them
 
@@ -127,6 +129,8 @@ class FakeDocker:
         if self.fail_start:
             raise docker.errors.APIError("start failed", response=_Response(500))
         self._find(cid)["State"]["Running"] = True
+        if self.exit_on_start is not None:
+            self.crash(cid, self.exit_on_start)
 
     def stop(self, cid):
         self.calls.append("stop")
@@ -144,8 +148,14 @@ class FakeDocker:
             if (all or c["State"]["Running"]) and (label is None or label in c["Labels"])
         ]
 
-    def crash(self, cid):
-        self._find(cid)["State"].update(Running=False, ExitCode=1)
+    def logs(self, cid, stdout=True, stderr=True, tail="all"):
+        self.calls.append("logs")
+        self._find(cid)
+        lines = self.log.splitlines(keepends=True)
+        return b"".join(lines if tail == "all" else lines[-tail:])
+
+    def crash(self, cid, status=1):
+        self._find(cid)["State"].update(Running=False, ExitCode=status)
 
 
 def fake_user(name="alice", groups=(), admin=False):
@@ -162,10 +172,14 @@ def fake_user(name="alice", groups=(), admin=False):
 
 def make_spawner(spawner_class, fake_docker, user="alice", server_name="", groups=(), admin=False, **config):
     """A spawner of ``spawner_class`` talking to ``fake_docker`` instead of an engine."""
+
+    async def answers(self, ip, port):  # a fake container's server answers as soon as it runs
+        return fake_docker._find(self.object_id)["State"]["Running"]
+
     cls = type(
         "Fake" + spawner_class.__name__,
         (spawner_class,),
-        {"client": fake_docker, "new_docker_client": lambda self: fake_docker},
+        {"client": fake_docker, "new_docker_client": lambda self: fake_docker, "_server_answers": answers},
     )
     orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, state=None, server=None)
     spawner = cls(user=fake_user(user, groups, admin), hub=Hub(), orm_spawner=orm_spawner, **config)

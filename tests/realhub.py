@@ -305,10 +305,11 @@ class RealHub:
         del settings["hub_port"]  # the hub's, set above
         return f"from gpuspawner.lab_network import add_lab_network\nadd_lab_network(c, **{settings!r})\n"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, engine_at: str = "") -> None:
+        """Start the hub and wait until it answers; ``engine_at``: its DOCKER_HOST (default: the test bed's)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
-        env = {**os.environ, "DOCKER_HOST": docker_host()}
+        env = {**os.environ, "DOCKER_HOST": engine_at or docker_host()}
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         self.log = open(self.workdir / "jupyterhub.log", "ab")
         self.proc = subprocess.Popen(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gpuspawner import GPUSpawner
 from gpuspawner import labels as label
 from gpuspawner.culler.app import GPUCuller, gpu_servers
+from gpuspawner.culler.orphans import ORPHAN, OrphanClocks, orphan_message
 from gpuspawner.culler.policy import GPU_IDLE, MAX_RUNTIME, CullRules, GPUServer, IdleClocks, UnitReading, unit_in_use
 from gpuspawner.culler.records import record_stop, stop_record_for
 from gpuspawner.culler.usage import FileUsage, container_of
@@ -329,9 +330,9 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def culler(tmp_path, containers, readings, clock=None, **config):
+def culler(tmp_path, containers, readings, clock=None, hub="", **config):
     hub_config = tmp_path / "jupyterhub_config.py"
-    hub_config.write_text(f"c.GPUSpawner.stops_file = {str(tmp_path / 'stops.jsonl')!r}\n")
+    hub_config.write_text(f"c.GPUSpawner.stops_file = {str(tmp_path / 'stops.jsonl')!r}\n{hub}")
     GPUCuller.clear_instance()
     app = GPUCuller(usage_source=Usage(readings), clock=clock or Clock(), **config)
     app.initialize(["-f", str(hub_config)])
@@ -642,3 +643,105 @@ def test_node_local_is_a_flag():
     app.parse_command_line(["--node-local", "--stops-file=/srv/lab/stops.jsonl"])
     assert app.node_local is True and app.stops_file == "/srv/lab/stops.jsonl"
     assert GPUCuller.class_traits()["node_local"].help and GPUCuller.class_traits()["gpu_resource_prefix"].help
+
+
+# --- the reconciler: containers holding units for servers the hub does not know
+
+
+def test_an_orphan_is_due_only_after_an_unbroken_grace():
+    clocks = OrphanClocks(grace=600)
+    held = {ME: "alice/", OTHER: "bob/"}
+    assert clocks.due(held, {"bob/"}, T0) == []  # alice's clock starts
+    assert clocks.due(held, {"bob/"}, at(9)) == []
+    assert clocks.due(held, {"alice/", "bob/"}, at(9.5)) == []  # listed again (a slow spawn): forgiven
+    assert clocks.due(held, {"bob/"}, at(10)) == []  # a new stretch
+    assert clocks.due(held, {"bob/"}, at(19.9)) == []
+    assert clocks.due(held, {"bob/"}, at(20)) == [ME]
+    assert clocks.due({OTHER: "bob/"}, set(), at(21)) == []  # alice's container gone: her clock too
+    assert clocks.first_seen == {OTHER: at(21)}
+    assert orphan_message(600) == (
+        "stopped: it held GPUs, but the hub had no record of its server for 10 minutes (the home volume is kept)"
+    )
+
+
+class Engine:
+    """The culler's Docker client: listed containers, and the stops and removals asked of it."""
+
+    def __init__(self, containers):
+        self.listed = containers
+        self.calls = []
+
+    def containers(self, filters):
+        return self.listed
+
+    def stop(self, cid, timeout):
+        self.calls.append(("stop", cid))
+
+    def remove_container(self, cid, **kwargs):
+        self.calls.append(("remove", cid, kwargs))
+        self.listed = [c for c in self.listed if c["Id"] != cid]
+
+
+HUB_GPUS = "c.GPUSpawner.gpus = " + repr(
+    [{"index": i, "uuid": f"GPU-{i}", "name": "NVIDIA A100", "memory": "80G"} for i in range(2)]
+)
+
+
+async def test_the_reconciler_stops_a_container_without_a_server_after_the_grace_and_records_why(tmp_path):
+    clock = Clock()
+    app = culler(tmp_path, [], {}, clock, hub=HUB_GPUS, cull_every=1, orphan_grace=5)
+    engine = Engine(
+        [
+            container("alice", "", ["GPU-0"]),
+            container("bob", "", ["GPU-1"], cid=OTHER),
+            container("zoe", "", ["GPU-9"], cid="c" * 64),  # another hub's, on the same engine
+        ]
+    )
+    app.new_docker_client = lambda: engine
+    listed = {"bob/"}
+
+    async def hub_servers():
+        if listed is None:
+            raise ConnectionError("the hub restarts")
+        return set(listed)
+
+    app.hub_servers = hub_servers
+    assert await app.reconcile() == []
+    clock.advance(4.9)
+    assert await app.reconcile() == [] and engine.calls == []
+    listed = None  # the hub cannot be read: nothing judged
+    clock.advance(1)
+    assert await app.reconcile() == [] and engine.calls == []
+    listed = {"bob/"}
+    assert await app.reconcile() == ["alice/"]
+    assert engine.calls == [("stop", ME), ("remove", ME, {})]  # the container goes; no v=True: volumes stay
+    (record,) = map(json.loads, (tmp_path / "stops.jsonl").read_text().splitlines())
+    assert (record["user"], record["container"], record["reason"]) == ("alice", ME, ORPHAN)
+    assert record["message"] == orphan_message(5)
+    clock.advance(10)
+    assert await app.reconcile() == []  # bob's server is known; zoe's units are not this hub's
+    assert len(engine.calls) == 2
+
+
+async def test_the_reconciler_judges_nothing_without_an_inventory(tmp_path):
+    clock = Clock()
+    app = culler(tmp_path, [container("alice", "", ["GPU-0"])], {}, clock, hub="c.GPUSpawner.gpus = []", orphan_grace=1)
+
+    async def nobody():
+        return set()
+
+    app.hub_servers = nobody
+    for _ in range(3):
+        assert await app.reconcile() == []
+        clock.advance(1)
+
+
+async def test_the_reconciler_is_off_with_a_grace_of_0_and_on_a_node(tmp_path):
+    for config in ({"orphan_grace": 0}, {"node_local": True}):
+        app = culler(tmp_path, [container("alice", "", ["GPU-0"])], {}, Clock(), **config)
+
+        async def nobody():
+            return set()
+
+        app.hub_servers = nobody
+        assert await app.reconcile() == []

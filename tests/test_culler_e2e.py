@@ -72,6 +72,11 @@ def write_usage(path, readings: dict) -> None:
     tmp.replace(path)  # the culler never reads half a file
 
 
+def busy(pid: int) -> dict:
+    """A unit's reading: the process ``pid`` alone on it, running kernels 90% of the time."""
+    return {"utilization": 90, "processes": [pid], "process_utilization": {str(pid): 90}}
+
+
 def running_pid(hub, name: str, timeout: float = 120) -> int:
     """The host pid of the server's PID 1, once its container runs."""
 
@@ -130,7 +135,13 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     assert datetime.fromisoformat(record["time"]) >= written + timedelta(seconds=IDLE_TIMEOUT)
 
     # The GPU is free again and goes to the next student; the home volume stays.
-    hub.spawn(dave, "gpu")
+    r = hub.start_server(dave, "gpu")
+    assert r.status_code in (201, 202), r.text
+    # Dave's own process keeps the GPU busy before his server is ready (the culler judges ready servers):
+    # else his profile's idle timeout would stop him too, before carol's time limit, on a fast spawn.
+    pid[dave] = running_pid(hub, dave)
+    write_usage(usage, {**json.loads(usage.read_text()), unit[alice]: busy(pid[dave])})
+    hub.wait_ready(dave)
     assert hub.visible_devices(dave) == unit[alice]
     assert engine().volumes.get(alice_volume)
     # Alice's next spawn page says why.

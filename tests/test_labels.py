@@ -78,3 +78,25 @@ def test_units_unknown_to_the_inventory_are_warned_about():
     ledger = Ledger([GPU(0, "GPU-0", "NVIDIA A100", 80 * 2**30)], Policy())
     warnings = label.adopt_containers(ledger, [{"Labels": label.server_labels(record(unit_ids=("GPU-9",)))}])
     assert warnings == ["server alice/big holds units not in this inventory: GPU-9"]
+
+
+def test_the_ledger_check_frees_units_no_running_container_holds_keeps_starts_and_adopts():
+    units = [GPU(i, f"GPU-{i}", "NVIDIA A100", 80 * 2**30) for i in range(4)]
+    ledger = Ledger(units, Policy())
+    for holder, unit in (("alice/", "GPU-0"), ("bob/", "GPU-1"), ("carol/", "GPU-2")):
+        ledger.adopt(holder, [unit])
+    running = [
+        {"Labels": label.server_labels(record(user="alice", server="", unit_ids=("GPU-0",)))},
+        {"Labels": label.server_labels(record(user="dave", server="x", unit_ids=("GPU-3",)))},  # not in the ledger
+        {"Labels": label.server_labels(record(user="erin", server="", unit_ids=()))},  # a CPU server
+    ]
+    # bob's container is gone (stopped by the reconciler); carol is starting: no container yet.
+    changes = label.reconcile_ledger(ledger, running, keep={"carol/"})
+    assert [a.holder for a in changes.released] == ["bob/"]
+    assert changes.adopted == ["dave/x"] and changes.warnings == []
+    assert {a.holder: a.ids for a in ledger.assignments()} == {
+        "alice/": ("GPU-0",),
+        "carol/": ("GPU-2",),
+        "dave/x": ("GPU-3",),
+    }
+    assert [u.id for u in ledger.free()] == ["GPU-1"]

@@ -895,3 +895,65 @@ def test_10000_refused_spawns_leave_a_few_merged_records(engine, tmp_path):
     assert len(records) == 40 and sum(r["count"] for r in records) == 10_000
     assert {r["user"] for r in records} == {f"student{n}" for n in range(20)}
     assert denials.stat().st_size < 16 * 1024, denials.stat().st_size
+
+
+async def test_a_server_that_exits_before_it_answers_fails_the_spawn_at_once_holding_nothing(engine):
+    engine.exit_on_start = 3
+    engine.log = b"starting\n" + b"".join(b"line %d\n" % i for i in range(20)) + b"ImportError: no <module>\n"
+    s = spawner(engine, profile="two")
+    with pytest.raises(SpawnException) as raised:
+        await s.start()
+    e = raised.value
+    assert e.reason == "early_exit" and e.status_code == 500
+    assert "exited with status 3" in e.jupyterhub_message and "before it answered" in e.jupyterhub_message
+    assert e.jupyterhub_message.splitlines()[-2] == "ImportError: no <module>"  # then what to do
+    assert "line 8" not in e.jupyterhub_message and "line 9" in e.jupyterhub_message  # the last 12 lines
+    assert "<pre>" in e.jupyterhub_html_message and "no &lt;module&gt;" in e.jupyterhub_html_message
+    assert engine.containers_by_id == {}
+    assert len(s.shared.ledger.free()) == 2 and s.shared.starting == set()
+
+
+async def test_a_server_that_never_answers_fails_after_http_timeout_with_its_log(engine):
+    engine.log = b"Waiting for the database...\n"
+    s = spawner(engine, profile="gpu", http_timeout=1)
+    s.start_check_interval = 0.05
+
+    async def silent(ip, port):
+        return False
+
+    s._server_answers = silent
+    with pytest.raises(SpawnException, match="did not answer within 1 s. The last lines of its log:\nWaiting"):
+        await s.start()
+    assert engine.containers_by_id == {} and len(s.shared.ledger.free()) == 2
+
+    # With start_timeout nearly spent (a long pull), the rest of the wait is JupyterHub's.
+    s = spawner(engine, profile="gpu", http_timeout=30, start_timeout=2)
+    s._server_answers = silent
+    s.start_check_interval = 0.05
+    await s.start()
+    assert s.gpu_ids and await s.poll() is None
+
+
+async def test_units_of_a_container_stopped_behind_the_hubs_back_are_freed_at_the_next_check(engine):
+    alice = spawner(engine, "alice", profile="two")
+    await alice.start()
+    reset_hub_state()  # the hub restarts and no longer knows alice's server; her container runs
+    bob = spawner(engine, "bob", profile="gpu", ledger_sync_interval=0)
+    with pytest.raises(SpawnException):  # adopted from the labels: no GPU given twice
+        await bob.start()
+    engine.stop(alice.object_id)  # the culler's reconciler stops it
+    engine.remove_container(alice.object_id)
+    await bob.start()
+    assert bob.gpu_ids == ("GPU-0000",)
+
+
+async def test_the_ledger_check_keeps_a_server_that_is_starting(engine):
+    s = spawner(engine, "alice", profile="gpu", ledger_sync_interval=0)
+    ledger = await s.ledger()
+    ledger.assign("carol/", s.profile.gpu_request, s.requester)  # decided; her container not made yet
+    s.shared.starting.add("carol/")
+    await s.ledger()
+    assert ledger.assignment("carol/") is not None
+    s.shared.starting.discard("carol/")  # her start ended, and no container runs
+    await s.ledger()
+    assert ledger.assignment("carol/") is None

@@ -15,6 +15,11 @@ and the home volume is left alone. This app is that culler with one arbiter:
 Before a GPU stop it appends a record to the stops file, which the spawner reads
 to tell the student why and the dashboard lists.
 
+Each round it also reconciles: a labelled container that holds GPU units but
+belongs to no server the hub lists, for ``orphan_grace`` seconds in a row, is
+stopped and removed (its home volume is kept), with a stop record of reason
+``orphan``; the hub's ledger frees its units at its next check (``orphans.py``).
+
 On a Docker Swarm (``--node-local``), one culler runs on each GPU node, as an
 external service of the hub: it reads the task containers of its own engine
 (the units Swarm assigned are in their ``DOCKER_RESOURCE_<KIND>`` variables),
@@ -24,6 +29,7 @@ GPU usage of its own host, and judges only the servers that run on its node.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -33,12 +39,16 @@ from textwrap import dedent
 
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub_idle_culler import IdleCuller, parse_date
-from tornado.ioloop import IOLoop
-from traitlets import Any, Bool, Callable, Int, Unicode, default
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httputil import url_concat
+from tornado.ioloop import IOLoop, PeriodicCallback
+from traitlets import Any, Bool, Callable, Float, Int, Unicode, default
 
 from .. import labels as label
 from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
+from ..gpus.allocation import holder_key
+from .orphans import ORPHAN, OrphanClocks, orphan_message
 from .policy import GPUServer, IdleClocks, UnitReading
 from .records import record_stop
 from .usage import FileUsage, NVMLUsage
@@ -157,6 +167,25 @@ class GPUCuller(IdleCuller):
         ``--stops-file`` the hub's stops file on a shared filesystem so that
         students are told why (docs/how-to/culling.md).""",
     ).tag(config=True)
+    orphan_grace = Float(
+        600,
+        min=0,
+        help="""Stop a container that holds GPUs for a server the hub does not know, after this many seconds.
+
+        The hub forgets a server whose container still runs when Docker was away as
+        it started, when it was killed during a spawn, or when a stop failed. Each
+        round the culler lists the hub's servers (pending ones included) and the
+        containers gpuspawner labelled with units of this hub's GPUs (the inventory
+        of its config: another hub's containers on the same engine are left alone);
+        one found without its server in
+        every round for this long is stopped and removed, its home volume kept, and
+        recorded in the stops file with reason ``orphan``. The hub's ledger frees its
+        units at its next check (``GPUSpawner.ledger_sync_interval``). 0: never
+        (not on a Swarm with ``--node-local`` either, where a server is a service).
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
     gpu_resource_prefix = Unicode(
         "NVIDIA-",
         help="With --node-local: Swarm generic resources whose kind starts with this are GPU units "
@@ -171,6 +200,7 @@ class GPUCuller(IdleCuller):
         "stops-file": "GPUCuller.stops_file",
         "timeout": "GPUCuller.timeout",
         "cull-every": "GPUCuller.cull_every",
+        "orphan-grace": "GPUCuller.orphan_grace",
         "gpu-resource-prefix": "GPUCuller.gpu_resource_prefix",
     }
     flags = {
@@ -204,6 +234,9 @@ class GPUCuller(IdleCuller):
         self._round: tuple[datetime, dict[str, GPUServer], dict[str, UnitReading]] | None = None
         self._round_lock = asyncio.Lock()
         self._usage_error = ""
+        self.orphans = OrphanClocks(self.orphan_grace)
+        self._hub = hub
+        self._units: frozenset[str] | None = None  # this hub's unit ids, read once
 
     # --- one round's view, read once and shared by the round's servers
 
@@ -295,6 +328,91 @@ class GPUCuller(IdleCuller):
             return inactive.total_seconds() >= inactive_limit
         return False
 
+    # --- the reconciler: containers holding units for servers the hub does not know
+
+    async def hub_servers(self) -> set[str]:
+        """The "user/server" of every server the hub lists, pending ones included (``GET /users``)."""
+        headers = {
+            "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
+            "Accept": "application/jupyterhub-pagination+json",
+        }
+        client = AsyncHTTPClient()
+        url: str | None = url_concat(f"{self.url}/users", {"state": "active"})
+        known = set()
+        while url:
+            response = await client.fetch(HTTPRequest(url, headers=headers))
+            page = json.loads(response.body.decode("utf-8", "replace"))
+            users = page["items"] if isinstance(page, dict) else page
+            for user in users:
+                known.update(holder_key(user["name"], name) for name in user.get("servers") or {})
+            following = page.get("_pagination", {}).get("next") if isinstance(page, dict) else None
+            url = following["url"] if following else None
+        return known
+
+    def _hub_units(self) -> frozenset[str]:
+        """The ids of the units this hub hands out (its inventory): only their holders are its business."""
+        if self._units is None:
+            inventory = self._hub.inventory
+            if not inventory.units:
+                raise RuntimeError(f"the hub's GPU inventory is empty ({inventory.note or inventory.source})")
+            self._units = frozenset(u.id for u in inventory.units)
+        return self._units
+
+    def _stop_container(self, container: str) -> None:
+        with self._docker.use() as client:
+            client.stop(container, timeout=10)
+            client.remove_container(container)  # never v=True: the home volume stays
+
+    async def reconcile(self) -> list[str]:
+        """One round of the reconciler; returns the holders whose containers it stopped.
+
+        Only containers holding units of this hub's inventory are judged (another hub
+        may share the engine). Nothing is stopped in a round where the inventory,
+        Docker or the hub cannot be read.
+        """
+        if not self.orphan_grace or self.node_local:
+            return []
+        try:
+            units = await asyncio.to_thread(self._hub_units)
+            containers = await asyncio.to_thread(self._containers)
+            known = await self.hub_servers()  # after the containers: a new spawn is listed before it has one
+        except Exception as e:  # noqa: BLE001 - nothing known: nothing judged
+            self.log.warning("Reconciler: cannot read the GPUs, the containers or the hub's servers: %s", e)
+            return []
+        records = {}
+        for c in containers:
+            record = label.read_server(c.get("Labels"))
+            # Another hub's container on the same engine holds other units: never this hub's to stop.
+            if record is not None and units.intersection(record.unit_ids):
+                records[c["Id"]] = record
+        now = self.clock()
+        stopped = []
+        for cid in self.orphans.due({cid: r.holder for cid, r in records.items()}, known, now):
+            record = records[cid]
+            message = orphan_message(self.orphan_grace)
+            self.log.warning("Stopping %s (GPUs %s): %s", record.holder, ",".join(record.unit_ids), message)
+            if self.stops_file:
+                try:
+                    record_stop(
+                        self.stops_file,
+                        user=record.user,
+                        server=record.server,
+                        profile=record.profile,
+                        container=cid,
+                        reason=ORPHAN,
+                        message=message,
+                        now=now,
+                    )
+                except OSError as e:
+                    self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
+            try:
+                await asyncio.to_thread(self._stop_container, cid)
+            except Exception as e:  # noqa: BLE001 - tried again next round
+                self.log.warning("Could not stop container %s of %s: %s", cid[:12], record.holder, e)
+                continue
+            stopped.append(record.holder)
+        return stopped
+
     def start(self):
         if "JUPYTERHUB_API_TOKEN" not in os.environ:
             raise ConfigError(
@@ -308,6 +426,9 @@ class GPUCuller(IdleCuller):
         loop = IOLoop.current().asyncio_loop
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, loop.stop)
+        if self.orphan_grace and not self.node_local and not self.generate_config:
+            IOLoop.current().add_callback(self.reconcile)
+            PeriodicCallback(self.reconcile, 1e3 * self.cull_every).start()
         self.log.info("GPU culler running: a round every %d s", self.cull_every)
         super().start()
         self.log.info("GPU culler stopping")

@@ -88,7 +88,7 @@ class _ViewCollector:
         if not v.stops_error:
             stops = CounterMetricFamily(
                 "gpuspawner_culled",
-                "GPU servers stopped by the GPU culler, by reason (gpu_idle, max_runtime; from stops_file)",
+                "GPU servers stopped by the GPU culler, by reason (gpu_idle, max_runtime, orphan; from stops_file)",
                 labels=["reason"],
             )
             for reason, count in sorted(v.stops_by_reason.items()):
