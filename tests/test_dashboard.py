@@ -199,7 +199,7 @@ def test_every_user_controlled_string_is_escaped():
 def test_page_metrics_and_json_agree():
     v = view()
     body = v.as_json()
-    assert body["totals"] == {"units": 4, "free": 1, "used": 2, "shared": 1}
+    assert body["totals"] == {"units": 4, "free": 1, "used": 2, "shared": 1, "quarantined": 0}
     assert json.loads(json.dumps(body)) == body
     families = {f.name: f for f in text_string_to_metric_families(render_metrics(v).decode())}
     value = lambda name: families[name].samples[0].value  # noqa: E731

@@ -29,6 +29,7 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..quarantine import put_back
 from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
@@ -96,6 +97,7 @@ class PageHandler(_Handler):
                 view,
                 user=self.current_user["name"],
                 can_stop=self.may_stop(self.current_user),
+                can_put_back=self.reach(self.current_user, self.dashboard.stop_scope).everyone,
                 xsrf_form_html=self.xsrf_form_html(),
                 refresh=self.dashboard.refresh,
             )
@@ -135,6 +137,26 @@ class StopHandler(_Handler):
         self.redirect(self.dashboard.service_prefix)
 
 
+class PutBackHandler(_Handler):
+    """Take a unit out of quarantine: for whoever may stop every server (an admin), not a teacher."""
+
+    @web.authenticated
+    async def post(self):
+        unit = self.get_body_argument("unit")
+        if not self.reach(self.current_user, self.dashboard.stop_scope).everyone:
+            raise web.HTTPError(403, f"putting a GPU back needs scope {self.dashboard.stop_scope}, unfiltered")
+        path = self.dashboard.quarantine_file
+        if not path:
+            raise web.HTTPError(404, "the hub keeps no quarantine file (GPUSpawner.quarantine_file)")
+        try:
+            removed = put_back(path, [unit])
+        except OSError as e:
+            raise web.HTTPError(500, f"cannot write {path}: {e.strerror or e}") from None
+        if removed:
+            self.dashboard.log.info("%s put unit %s back from quarantine", self.current_user["name"], unit)
+        self.redirect(self.dashboard.service_prefix)
+
+
 class GPUDashboard(Application):
     name = "gpuspawner-dashboard"
     description = """The GPU dashboard: who holds which GPU, as a JupyterHub service.
@@ -161,6 +183,9 @@ class GPUDashboard(Application):
     denials_shown = Int(20, min=0, help="How many recent denials (and culler's stops) the page shows.").tag(config=True)
     stops_file = Unicode(
         help="The GPU culler's stops file (default: GPUSpawner.stops_file of the hub's config; '' for none)."
+    ).tag(config=True)
+    quarantine_file = Unicode(
+        help="The hub's quarantined units (default: GPUSpawner.quarantine_file of the hub's config; '' for none)."
     ).tag(config=True)
     nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
     read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
@@ -210,6 +235,8 @@ class GPUDashboard(Application):
             self.denials_file = spawner.denials_file
         if not self.stops_file and "stops_file" not in self.config.get("GPUDashboard", {}):
             self.stops_file = spawner.stops_file
+        if not self.quarantine_file and "quarantine_file" not in self.config.get("GPUDashboard", {}):
+            self.quarantine_file = spawner.quarantine_file
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -224,6 +251,9 @@ class GPUDashboard(Application):
             self.denials_shown,
             self.nvml,
             stops_file=self.stops_file,
+            quarantine_file=self.quarantine_file,
+            reload_inventory=spawner.load_inventory if spawner.gpus in ("nvml", "auto") else None,
+            inventory_retry=spawner.nvml_retry_interval,
         )
 
     async def keep_job_mapping(self) -> None:
@@ -250,6 +280,7 @@ class GPUDashboard(Application):
                 (url_path_join(prefix, "api/v1/gpus"), GPUsAPIHandler, route),
                 (url_path_join(prefix, "metrics"), MetricsHandler, route),
                 (url_path_join(prefix, "stop"), StopHandler, route),
+                (url_path_join(prefix, "put-back"), PutBackHandler, route),
             ],
             cookie_secret=secrets.token_bytes(32),
             xsrf_cookies=True,

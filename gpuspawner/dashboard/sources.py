@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from .. import labels as label
 from ..docker_client import LazyClient
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
+from ..quarantine import QuarantineFile
 from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
 
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -78,6 +80,9 @@ class Sources:
         nvml: bool = True,
         host: str | None = None,
         stops_file: str = "",
+        quarantine_file: str = "",
+        reload_inventory: Callable[[], Inventory] | None = None,
+        inventory_retry: float = 0,
     ):
         self.inventory = inventory
         self._described = inventory.units  # on a Swarm: what the config says of each unit
@@ -91,6 +96,22 @@ class Sources:
         self._stops_cache: dict = {}
         self.nvml = nvml
         self.host = socket.gethostname() if host is None else host
+        self.quarantine = QuarantineFile(quarantine_file)
+        # NVML that did not answer when the dashboard started: asked again, as the hub does.
+        self._reload_inventory = reload_inventory
+        self.inventory_retry = inventory_retry if reload_inventory else 0
+        self._inventory_tried = time.monotonic()
+
+    async def _retry_inventory(self) -> None:
+        if self.inventory.source != "none" or not self.inventory_retry:
+            return
+        if time.monotonic() - self._inventory_tried < self.inventory_retry:
+            return
+        self._inventory_tried = time.monotonic()
+        try:
+            self.inventory = await asyncio.to_thread(self._reload_inventory)
+        except Exception:  # noqa: BLE001 - a GPU fallen off the bus: still none, said as before
+            return
 
     def _containers(self) -> list[dict]:
         with self._docker.use() as client:  # a failure: a new client next time (the engine may have restarted)
@@ -119,6 +140,8 @@ class Sources:
             return ((), {}), f"{path}: {e.strerror or e}"
 
     async def view(self) -> DashboardView:
+        await self._retry_inventory()
+
         async def containers():
             try:
                 return await asyncio.to_thread(self._containers), ""
@@ -167,4 +190,6 @@ class Sources:
             groups=groups,
             stops=stops,
             stops_error=stops_error,
+            quarantined=self.quarantine.current(),
+            inventory_retry=self.inventory_retry,
         )
