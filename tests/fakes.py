@@ -127,9 +127,9 @@ class FakeDocker:
     def start(self, cid):
         self.calls.append("start")
         if self.fail_start:
-            raise docker.errors.APIError(
-                self.fail_start if isinstance(self.fail_start, str) else "start failed", response=_Response(500)
-            )
+            # as docker-py raises it: the daemon's words in ``explanation``
+            why = self.fail_start if isinstance(self.fail_start, str) else None
+            raise docker.errors.APIError("start failed", response=_Response(500), explanation=why)
         container = self._find(cid)
         if "gpuspawner.home.copy" in container["Labels"]:  # cp -a /from/. /to/
             binds = {b.split(":")[1]: b.split(":")[0] for b in container["HostConfig"]["Binds"]}

@@ -5,6 +5,7 @@
 - ``gpuspawner prepull``: pull every profile's image before class, with progress and a summary.
 - ``gpuspawner doctor``: is this host ready (Docker, NVIDIA toolkit, driver, images, datasets)?
 - ``gpuspawner status [--json]``: who holds which GPU now.
+- ``gpuspawner quarantine [list|put-back UNIT]``: units set aside after failed starts.
 
 Each reads the hub's own ``jupyterhub_config.py`` (``-f``, ``gpuspawner.config``), so
 profiles are written once. One module per command, its checks beside it (pure
@@ -22,6 +23,7 @@ from .doctor import DoctorApp
 from .image_build import ImageBuildApp
 from .image_check import ImageCheckApp
 from .prepull import PrepullApp
+from .quarantine import QuarantineApp, QuarantineListApp, QuarantinePutBackApp
 from .status import StatusApp
 
 
@@ -46,10 +48,22 @@ class GPUSpawnerApp(LabCommand):
         "prepull": (PrepullApp, "Pull every profile's image before class, with progress and a summary."),
         "doctor": (DoctorApp, "Check this host: Docker, NVIDIA toolkit and driver, images, datasets."),
         "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
+        "quarantine": (QuarantineApp, "Units set aside after failed starts: `quarantine list`, `put-back UNIT`."),
     }
 
 
-_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, ImageBuildApp, PrepullApp, DoctorApp, StatusApp)
+_APPS = (
+    GPUSpawnerApp,
+    ImageApp,
+    ImageCheckApp,
+    ImageBuildApp,
+    PrepullApp,
+    DoctorApp,
+    StatusApp,
+    QuarantineApp,
+    QuarantineListApp,
+    QuarantinePutBackApp,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
