@@ -576,3 +576,14 @@ def test_nvml_that_does_not_answer_is_said_with_the_retry():
     page = render_page(waiting, user="a", can_stop=False, xsrf_form_html="", refresh=15)
     assert 'id="nvml-retry"' in page and "asks again every 60 s" in page and "Driver Not Loaded" in page
     assert build_view(INVENTORY, POLICY, [], now=NOW, inventory_retry=60).inventory_retry == 0  # answered
+
+
+def test_a_limited_viewer_sees_a_quarantined_unit_but_not_whose_start_failed():
+    from gpuspawner.gpus.health import Quarantined
+
+    aside = Quarantined("GPU-1", NOW, "device error", 2, "max/")
+    limited = restrict(
+        build_view(INVENTORY, POLICY, [], now=NOW, quarantined={"GPU-1": aside}), Reach(users=frozenset({"mia"}))
+    )
+    (unit,) = [u for u in limited.units if u.id == "GPU-1"]
+    assert unit.state == "quarantined" and unit.quarantine.reason == "device error" and unit.quarantine.holder == ""

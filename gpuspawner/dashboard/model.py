@@ -460,7 +460,9 @@ def restrict(view: DashboardView, reach: Reach) -> DashboardView:
     for u in view.units:
         seen = tuple(h for h in u.holders if reach.covers(h.user, h.groups))
         if seen or not u.holders:
-            units.append(replace(u, holders=seen))
+            # whose start failed last is not for a limited viewer either
+            aside = replace(u.quarantine, holder="") if u.quarantine else None
+            units.append(replace(u, holders=seen, quarantine=aside))
     return replace(
         view,
         units=tuple(units),
