@@ -4,7 +4,8 @@ Users log in through the hub's OAuth (``HubOAuthenticated``). Reading needs the
 custom scope ``custom:gpu-dashboard:read``: unfiltered, it shows every unit; filtered
 (``!group=physics``, ``!user=ana``), or as ``custom:gpu-dashboard:read-groups`` (the
 viewer's own groups), it shows only those users' units. Stopping a server needs
-``custom:gpu-dashboard:stop`` reaching its user. Everyone else gets 403. The service
+``custom:gpu-dashboard:stop`` reaching its user; putting a quarantined unit back
+needs that scope unfiltered (an admin's). Everyone else gets 403. The service
 itself uses its own token for the hub API with ``list:users``, ``read:users:activity``,
 ``read:users:groups``, ``read:servers`` and ``delete:servers``, nothing more.
 """
