@@ -63,15 +63,10 @@ def hub(tmp_path_factory):
     ]
     services.add_dashboard(c, __file__, url="http://127.0.0.1:{free_port()}", args=["--refresh=60"])
     """
-    try:
-        with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
-            h.dashboard = f"{h.url}/services/gpu-dashboard/"
-            wait_for_dashboard(h)
-            yield h
-    finally:  # the archives (running_hub removes the homes, whose names end with the run)
-        for volume in engine().volumes.list():
-            if volume.name.startswith("jupyterhub-user-") and RUN in volume.name:
-                volume.remove(force=True)
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:  # it removes the homes and archives
+        h.dashboard = f"{h.url}/services/gpu-dashboard/"
+        wait_for_dashboard(h)
+        yield h
 
 
 def test_a_failing_gpu_is_quarantined_shown_and_put_back(hub, browser):
