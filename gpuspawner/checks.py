@@ -15,6 +15,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from .gpus.inventory import InventoryError
+from .gpus.nvml import discover
 from .gpus.resources import oversized
 from .lab_network import in_the_hub
 from .profiles import Profile, ProfileError
@@ -35,7 +36,8 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     try:
         spawner = _spawner_class(config)(config=config)
         profiles = spawner.lab_profiles
-        spawner.load_inventory()
+        if spawner.gpus != "nvml" or type(spawner).load_inventory is not GPUSpawner.load_inventory:
+            spawner.load_inventory()
     except (TraitError, ProfileError, InventoryError) as e:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {e}") from None
     caps = spawner.policy.resource_caps
@@ -45,12 +47,28 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
             spawner.log.warning(
                 "gpuspawner: profile %r needs %s: only exempt admins can start it", profile.slug, too_big
             )
+    if spawner.gpus == "nvml" and type(spawner).load_inventory is GPUSpawner.load_inventory:
+        _check_nvml()
     unreachable = _hub_unreachable(config, spawner)
     if unreachable:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")
     if prepull and in_the_hub():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
+
+
+def _check_nvml(nvml=None) -> None:
+    """``gpus = "nvml"`` says this host has GPUs: a driver that does not answer stops the hub."""
+    try:
+        discover(nvml)
+    except Exception as e:  # noqa: BLE001 - NVMLUnavailable, or a GPU fallen off the bus
+        raise ConfigInvalid(
+            f'gpuspawner: c.GPUSpawner.gpus = "nvml", but NVML does not answer: {e}. Check that the NVIDIA'
+            " driver is loaded (`nvidia-smi` works on the host), that the hub sees the GPUs and libnvidia-ml"
+            " (in a container: the NVIDIA Container Toolkit, and the GPU reservation of deploy/hub/compose.yaml),"
+            " and that nvidia-ml-py is installed; `gpuspawner doctor` checks all of these. Or set"
+            ' c.GPUSpawner.gpus = "auto" to start without GPUs and take them once NVML answers.'
+        ) from None
 
 
 def _hub_unreachable(config: Config, spawner: GPUSpawner) -> str:

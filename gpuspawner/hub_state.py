@@ -12,14 +12,18 @@ rebuilt from their labels).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from .docker_pool import DockerCalls
 from .gpus import Inventory, Ledger, Policy
+from .gpus.health import FailureCount, Quarantined, device_failure, short_reason
 from .images import ImagePuller
+from .quarantine import QuarantineFile, quarantine
 
 if TYPE_CHECKING:
     from .profiles import ProfilesFile
@@ -43,6 +47,9 @@ class HubState:
         new_docker_client: Callable,
         max_concurrent_pulls: int,
         log: logging.Logger | None = None,
+        quarantine_file: str = "",
+        quarantine_after: int = 0,
+        inventory_retry: float = 0,
     ):
         self._load_inventory = load_inventory
         self.policy = policy
@@ -61,6 +68,13 @@ class HubState:
         self.nodes_read_at = float("-inf")
         self.node_of: dict[str, str] = {}  # holder -> node id, while starting or running
         self.confirmed: set[str] = set()  # holders whose units Swarm has assigned (read back)
+        # Units that fail (gpus.health): failed starts in a row, and the units set aside.
+        self.failures = FailureCount(quarantine_after)
+        self.quarantine = QuarantineFile(quarantine_file)
+        self._unrecorded: frozenset[str] = frozenset()  # quarantined, but the file could not be written
+        # NVML that did not answer: asked again every this many seconds (0: never).
+        self.inventory_retry = inventory_retry
+        self._retrying: asyncio.Task | None = None
 
     @classmethod
     def for_spawner(cls, spawner: GPUSpawner) -> HubState:
@@ -72,6 +86,9 @@ class HubState:
             new_docker_client=spawner.new_docker_client,
             max_concurrent_pulls=spawner.max_concurrent_pulls,
             log=spawner.log,
+            quarantine_file=spawner.quarantine_file,
+            quarantine_after=spawner.quarantine_after,
+            inventory_retry=spawner.nvml_retry_interval if spawner.gpus in ("nvml", "auto") else 0,
         )
 
     @cached_property
@@ -86,8 +103,77 @@ class HubState:
     def ledger(self) -> Ledger:
         return Ledger(self.inventory.units, self.policy)
 
+    # --- NVML that does not answer yet
+
+    def retry_inventory(self) -> None:
+        """While no driver answers (``gpus`` "auto", or "nvml" in a hub started without
+        ``check_config``): ask again every ``inventory_retry`` seconds, in the background."""
+        if self._retrying is None and self.inventory_retry and self.inventory.source == "none":
+            self._retrying = asyncio.get_running_loop().create_task(self._retry_inventory())
+
+    async def _retry_inventory(self) -> None:
+        while True:
+            await asyncio.sleep(self.inventory_retry)
+            try:
+                inventory = await asyncio.to_thread(self._load_inventory)
+            except Exception as e:  # noqa: BLE001 - a GPU fallen off the bus: try again later
+                self.log.warning("GPU inventory still unreadable: %s", e)
+                continue
+            if inventory.source != "none":
+                self.__dict__["inventory"] = inventory
+                self.ledger.update_inventory(inventory.units)
+                units = ", ".join(u.describe() for u in inventory.units) or "none"
+                self.log.info("NVML answers now: GPU inventory (%s): %s", inventory.source, units)
+                return
+
+    # --- units that fail
+
+    def refresh_quarantine(self) -> None:
+        """The units set aside, as the quarantine file says now (an admin may have put one back)."""
+        units = frozenset(self.quarantine.current()) | self._unrecorded
+        ledger = self.ledger
+        if units != ledger.quarantined:
+            back = ledger.quarantined - units
+            if back:
+                self.log.info("Units put back from quarantine: %s", ", ".join(sorted(back)))
+            ledger.quarantined = units
+
+    def started(self, unit_ids: Iterable[str]) -> None:
+        """A container started on these units: they work."""
+        self.failures.started(unit_ids)
+
+    def start_failed(
+        self, holder: str, unit_ids: Iterable[str], error: str
+    ) -> tuple[tuple[str, ...], list[Quarantined]]:
+        """A container of ``holder`` on ``unit_ids`` failed to start with ``error``.
+
+        Returns (the units the error blames, none when it is not the device's; those
+        now quarantined). A unit quarantined is skipped at once, and the file keeps it
+        so across restarts; if the file cannot be written, only this hub skips it.
+        """
+        blamed = device_failure(error, unit_ids)
+        if not blamed:
+            return (), []
+        now = datetime.now(timezone.utc)
+        reason = short_reason(error)
+        records = [Quarantined(u, now, reason, n, holder) for u, n in self.failures.failed(blamed).items()]
+        if records:
+            self.ledger.quarantined |= {q.unit for q in records}
+            for q in records:
+                self.log.error("Quarantined unit %s after %d failed starts in a row: %s", q.unit, q.failures, reason)
+            if self.quarantine.path:
+                try:
+                    quarantine(self.quarantine.path, records)
+                except OSError as e:
+                    self._unrecorded |= {q.unit for q in records}
+                    self.log.error("Could not record the quarantine in %s: %s", self.quarantine.path, e)
+        return blamed, records
+
     def close(self) -> None:
-        """Stop the Docker pool's threads (the calls still queued are dropped)."""
+        """Stop the Docker pool's threads (the calls still queued are dropped), and the NVML retries."""
+        if self._retrying is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is already closed
+                self._retrying.cancel()
         self.docker_calls.close()
 
 

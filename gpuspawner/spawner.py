@@ -39,6 +39,7 @@ from traitlets import (
     validate,
 )
 
+from . import homes
 from . import labels as label
 from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
 from .culler.policy import CullRules
@@ -64,6 +65,7 @@ from .gpus import (
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
 from .gpus.resources import REASONS as CAP_REASONS
+from .homes import HomeError, HomeOwner, HomeVolumes
 from .hub_state import HubState, hub_state
 from .images import ImageError, cuda_refusal, declared_cuda, resource_variables_refusal
 from .lab_network import DEFAULT_NAME as DEFAULT_LAB_NETWORK
@@ -298,8 +300,9 @@ class GPUSpawner(DockerSpawner):
         help="""The GPUs of this host: ``"nvml"``, ``"auto"``, or a static list.
 
         - ``"nvml"``: discover them through NVML (``nvidia-ml-py``) when the hub
-          starts; the hub refuses to spawn GPU profiles if no driver answers.
-        - ``"auto"``: NVML when a driver answers, else no GPUs.
+          starts; with ``check_config(c)`` the hub does not start if no driver answers.
+        - ``"auto"``: NVML when a driver answers, else no GPUs until it does (asked
+          again every ``nvml_retry_interval``; the GPU dashboard says so).
         - a list of dicts with ``index`` (as ``nvidia-smi`` numbers it), ``uuid``
           (``GPU-...``, from ``nvidia-smi -L``), ``name`` and ``memory`` (``"80G"``);
           a MIG instance also has ``mig_profile`` (``"1g.10gb"``) and ``parent_uuid``.
@@ -476,6 +479,79 @@ class GPUSpawner(DockerSpawner):
 
         .. versionchanged:: 0.2
            The default was None (no limit).
+        """,
+    ).tag(config=True)
+
+    deleted_user_home = CaselessStrEnum(
+        [homes.ARCHIVE, homes.REMOVE, homes.KEEP],
+        default_value=homes.ARCHIVE,
+        help="""What becomes of a user's home volume when the user is deleted from the hub.
+
+        ``"archive"``: copied into ``<home>-archived-<UTC time>`` (Docker cannot rename a
+        volume), then removed; ``"remove"``: removed; ``"keep"``: left as it is. Either
+        way a new user given the same name starts with an empty home: a home volume is
+        labelled with the hub user it was made for, and one made for someone else is
+        archived at the next spawn. See docs/how-to/homes.md.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    unowned_home = CaselessStrEnum(
+        [homes.ADOPT, homes.ARCHIVE],
+        default_value=homes.ADOPT,
+        help="""What a spawn does with a home volume that names no owner (made before gpuspawner 0.2, or by hand).
+
+        ``"adopt"``: mount it for the user of its name, as before (logged; docs/how-to/homes.md
+        says how to tie it to its user). ``"archive"``: archive it, and the user starts
+        with an empty home (for a lab that knows its names were given again).
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    home_copy_image = Unicode(
+        "",
+        help="""The image whose ``sh`` and ``cp`` archive a home (a throwaway container, no network).
+
+        Empty: the first profile's image, which the engine already has.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    quarantine_after = Int(
+        2,
+        min=0,
+        help="""Set a unit aside after this many failed starts in a row caused by the device.
+
+        The device's: the NVIDIA hook or runtime could not set up the GPU (an Xid, a GPU
+        fallen off the bus). Placement is deterministic and would pick it again; a
+        quarantined unit is skipped until an admin puts it back (``gpuspawner quarantine
+        put-back`` or the GPU dashboard). 0: never.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    quarantine_file = Unicode(
+        "gpuspawner-quarantine.json",
+        help="""Where the quarantined units are kept, so that a restarted hub still skips them.
+
+        Read by the hub (again whenever it changes), the dashboard and the command.
+        Relative to the hub's working directory. Empty: quarantine lasts until the hub restarts.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    nvml_retry_interval = Duration(
+        60,
+        help="""How often to ask NVML again while it does not answer (``gpus`` "auto"): ``"1m"``.
+
+        The hub hands out no GPU until it answers, then the GPUs it finds. 0: never again.
+
+        .. versionadded:: 0.2
         """,
     ).tag(config=True)
 
@@ -870,11 +946,13 @@ class GPUSpawner(DockerSpawner):
                 if not shared.synced:
                     self._prepull_profile_images()  # the hub's first use: missing images start pulling
                     await self._adopt_running_containers(shared.ledger)
+                    shared.retry_inventory()
                     shared.synced = True
                     shared.synced_at = time.monotonic()
                 elif self._sync_due():
                     shared.synced_at = time.monotonic()  # first: a failed check is not retried by every caller
                     await self._resync_ledger(shared.ledger)
+        shared.refresh_quarantine()
         return shared.ledger
 
     def _sync_due(self) -> bool:
@@ -1021,6 +1099,7 @@ class GPUSpawner(DockerSpawner):
             raise self._refusal(profile, refusal, ledger)
         inspect = await self._image_ready()
         self._check_image(inspect, await self.shared.puller.passwd(inspect))
+        await self._claim_home()
 
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
@@ -1051,16 +1130,21 @@ class GPUSpawner(DockerSpawner):
             held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
             self._report(75, f"Starting the container{held}")
             started = await super().start()
+            self.shared.started(self.gpu_ids)
             self.stop_reason = {}  # told on the spawn page; a new server starts afresh
             self._report(90, "Container started; waiting for the server to answer")
             await self._until_it_answers(started)
             return started
-        except BaseException:
+        except BaseException as e:
             # A refused or failed spawn holds no GPU and leaves no container.
             await self._discard_container()
             self._release_gpus("spawn failed")
-            self.gpu_ids = ()
+            units, self.gpu_ids = self.gpu_ids, ()
             self.gpu_shared = False
+            if isinstance(e, docker.errors.APIError):
+                failure = self._device_failure(units, e)
+                if failure is not None:
+                    raise failure from None
             raise
         finally:
             self.shared.starting.discard(self.holder)
@@ -1138,6 +1222,68 @@ class GPUSpawner(DockerSpawner):
             self.log.debug("No log of %s: %s", self.holder, e)
             return []
         return last_lines(log, lines)
+
+    def _device_failure(self, units: tuple[str, ...], error: docker.errors.APIError) -> SpawnException | None:
+        """The spawn's error when its GPU could not be set up (counted towards quarantine), else None."""
+        blamed, quarantined = self.shared.start_failed(self.holder, units, str(error.explanation or error))
+        if not blamed:
+            return None
+        by_id = {u.id: u for u in self.shared.ledger.inventory}
+        which = ", ".join(by_id[u].describe() if u in by_id else u for u in blamed)
+        message = f"Your server could not start: its GPU ({which}) failed to set up."
+        if quarantined:
+            message += " That GPU is now set aside until an admin checks it: start again to get another one."
+        else:
+            message += " Start again; if it fails again, that GPU is set aside and you get another one."
+        self.log.warning("Not starting %s: device failure on %s: %s", self.holder, ",".join(blamed), error)
+        return SpawnException(message, reason="gpu_failed", status_code=503)
+
+    # --- the home volume: one person's
+
+    def _home_volumes(self) -> HomeVolumes:
+        image = self.home_copy_image or next((p.image for p in self.lab_profiles), "") or self.image
+        return HomeVolumes(self.client, image, self.log)
+
+    async def _on_pool(self, target, method: str, *args, **kwargs):
+        """``target.method(...)`` on the hub's Docker pool, after this server's earlier calls."""
+        if self._docker_order is None:
+            self._docker_order = asyncio.Lock()
+        return await self.shared.docker_calls.call(self._docker_order, target, method, *args, **kwargs)
+
+    async def _claim_home(self) -> None:
+        """Make sure the home volume is this user's (``homes.py``) before it is mounted."""
+        volume = self.hub_settings().home_volume
+        if not volume:
+            return
+        try:
+            done = await self._on_pool(
+                self._home_volumes(), "claim", volume, HomeOwner.of(self.user), self.unowned_home
+            )
+        except (HomeError, docker.errors.APIError) as e:
+            self.log.error("Not starting %s: home %s: %s", self.holder, volume, e)
+            raise SpawnException(
+                f"Your home ({volume}) could not be prepared: {e}. Nothing was started; ask an admin.",
+                reason="home",
+                status_code=503,
+            ) from None
+        if done.startswith("archived"):
+            self._report(62, "The home of a former user of this name was archived: yours starts empty")
+
+    async def _retire_home(self) -> None:
+        """The user is deleted: archive or remove their home, as ``deleted_user_home`` says."""
+        volume = self.hub_settings().home_volume
+        if not volume or self.deleted_user_home == homes.KEEP:
+            return
+        try:
+            done = await self._on_pool(self._home_volumes(), "retire", volume, self.deleted_user_home)
+        except (HomeError, docker.errors.APIError) as e:
+            # Kept as it is: the next user of this name will find it someone else's and archive it then.
+            self.log.error(
+                "Could not %s the home %s of deleted user %s: %s", self.deleted_user_home, volume, self.user.name, e
+            )
+            return
+        if done:
+            self.log.info("Home %s of deleted user %s: %s", volume, self.user.name, done)
 
     def _check_mount_links(self, profile: Profile) -> None:
         """Refuse a dataset or share whose path now leads, through a symbolic link, outside the mount roots.
@@ -1440,9 +1586,16 @@ class GPUSpawner(DockerSpawner):
         self._release_gpus("stopped")
 
     async def delete_forever(self):
-        """The user (or this named server) is deleted: free what it held; keep the home volume."""
+        """The user (or this named server) is deleted: free what it held.
+
+        The home volume goes (``deleted_user_home``) with the user, that is with their
+        default server, which JupyterHub deletes only when it deletes the user; a
+        named server's deletion keeps it, unless the home is per server (``{servername}``).
+        """
         self._release_gpus("deleted")
         await maybe_future(super().delete_forever())
+        if not self.name or "{servername}" in self.home_volume_name:
+            await self._retire_home()
 
     # --- the spawn page
 

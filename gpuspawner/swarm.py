@@ -779,6 +779,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                     status_code=503,
                 ) from None
 
+    async def _claim_home(self) -> None:
+        """Not on a Swarm (yet): a home lives on its node's engine, which the manager cannot inspect."""
+
+    async def _retire_home(self) -> None:
+        """Not on a Swarm (yet): see ``_claim_home``."""
+
     async def _discard_container(self) -> None:
         if self.object_id:
             await self.remove_object()

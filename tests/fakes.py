@@ -44,6 +44,8 @@ class FakeDocker:
         self.log = b""  # what every container wrote (``logs``)
         self.calls: list[str] = []
         self.networks = {"gpuspawner-lab", "gpuspawner-lab-internet"}  # as add_lab_network makes them
+        self.volumes: dict[str, dict] = {}  # name -> {"Labels": ..., "files": {path: text}}
+        self.fail_copy = False
 
     # the APIClient methods DockerSpawner and GPUSpawner use
     def create_host_config(self, **kwargs):
@@ -127,10 +129,39 @@ class FakeDocker:
     def start(self, cid):
         self.calls.append("start")
         if self.fail_start:
-            raise docker.errors.APIError("start failed", response=_Response(500))
-        self._find(cid)["State"]["Running"] = True
+            # as docker-py raises it: the daemon's words in ``explanation``
+            why = self.fail_start if isinstance(self.fail_start, str) else None
+            raise docker.errors.APIError("start failed", response=_Response(500), explanation=why)
+        container = self._find(cid)
+        if "gpuspawner.home.copy" in container["Labels"]:  # cp -a /from/. /to/
+            binds = {b.split(":")[1]: b.split(":")[0] for b in container["HostConfig"]["Binds"]}
+            if not self.fail_copy:
+                self.volumes[binds["/to"]]["files"].update(self.volumes[binds["/from"]]["files"])
+            container["State"]["ExitCode"] = 1 if self.fail_copy else 0
+            return
+        container["State"]["Running"] = True
         if self.exit_on_start is not None:
             self.crash(cid, self.exit_on_start)
+
+    def wait(self, cid, timeout=None):
+        return {"StatusCode": self._find(cid)["State"]["ExitCode"]}
+
+    def inspect_volume(self, name):
+        self.calls.append("inspect_volume")
+        if name not in self.volumes:
+            raise not_found(name)
+        return {"Name": name, "Labels": self.volumes[name]["Labels"] or None}
+
+    def create_volume(self, name, labels=None):
+        self.calls.append("create_volume")
+        self.volumes.setdefault(name, {"Labels": dict(labels or {}), "files": {}})
+        return {"Name": name}
+
+    def remove_volume(self, name):
+        self.calls.append("remove_volume")
+        if name not in self.volumes:
+            raise not_found(name)
+        del self.volumes[name]
 
     def stop(self, cid):
         self.calls.append("stop")
@@ -150,7 +181,8 @@ class FakeDocker:
 
     def logs(self, cid, stdout=True, stderr=True, tail="all"):
         self.calls.append("logs")
-        self._find(cid)
+        if "gpuspawner.home.copy" in self._find(cid)["Labels"]:
+            return b"cp: cannot write" if self.fail_copy else b""
         lines = self.log.splitlines(keepends=True)
         return b"".join(lines if tail == "all" else lines[-tail:])
 
@@ -161,7 +193,8 @@ class FakeDocker:
 def fake_user(name="alice", groups=(), admin=False):
     return SimpleNamespace(
         name=name,
-        id=hash(name) % 1000,
+        id=sum(map(ord, name)) % 1000,
+        created=None,
         url=f"/user/{name}/",
         base_url="/",
         server=None,

@@ -167,7 +167,7 @@ def mig_instances(uuids, *, index: int, parent_uuid: str) -> list[dict]:
 @contextlib.contextmanager
 def running_hub(workdir: Path, config: str, run: str, lab: bool = True, sigint_ignored: bool = False):
     """A started RealHub; afterwards every server is stopped through the hub, and
-    the run's containers and home volumes (names ending in ``run``) are removed.
+    the run's containers and home volumes (names ending in ``run``, and their archives) are removed.
 
     ``lab``: servers on a lab network of this hub's own (``e2e_lab``), as by default;
     else the config says where they run (``c.GPUSpawner.network_name = "host"``).
@@ -187,7 +187,10 @@ def running_hub(workdir: Path, config: str, run: str, lab: bool = True, sigint_i
     finally:
         left = remove_leftovers(mine)
         for volume in engine().volumes.list():
-            if volume.name.startswith("jupyterhub-user-") and volume.name.endswith(run):
+            # the homes, and the archives of those whose users a test deleted (deleted_user_home)
+            if volume.name.startswith("jupyterhub-user-") and (
+                volume.name.endswith(run) or f"{run}-archived-" in volume.name
+            ):
                 volume.remove()
         if lab is not None:
             remove_lab(lab)

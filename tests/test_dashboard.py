@@ -200,7 +200,7 @@ def test_every_user_controlled_string_is_escaped():
 def test_page_metrics_and_json_agree():
     v = view()
     body = v.as_json()
-    assert body["totals"] == {"units": 4, "free": 1, "used": 2, "shared": 1}
+    assert body["totals"] == {"units": 4, "free": 1, "used": 2, "shared": 1, "quarantined": 0}
     assert json.loads(json.dumps(body)) == body
     families = {f.name: f for f in text_string_to_metric_families(render_metrics(v).decode())}
     value = lambda name: families[name].samples[0].value  # noqa: E731
@@ -584,3 +584,50 @@ def test_the_dashboard_reads_a_bounded_tail_and_skips_unusable_lines(tmp_path, c
     assert error == "" and recent[0].user == "last" and recent[1].user == "u19999"
     assert 0 < counts["no_gpu"] < 64 * 1024 // 150 + 1  # the tail's, not the whole file's
     assert "Skipped 3 unusable line(s)" in caplog.text and "a time without a timezone" in caplog.text
+
+
+def test_a_quarantined_unit_shows_why_and_only_an_admin_gets_put_back():
+    from gpuspawner.gpus.health import Quarantined
+
+    aside = Quarantined("GPU-1", NOW - timedelta(minutes=5), "nvidia-container-cli: device error: GPU-1", 2, "max/")
+    free_aside = build_view(INVENTORY, POLICY, [], now=NOW, quarantined={"GPU-1": aside})
+    states = {u.id: u.state for u in free_aside.units}
+    assert states["GPU-1"] == "quarantined" and states["GPU-0"] == "free"
+    assert free_aside.totals.free == 3 and free_aside.totals.quarantined == 1
+    body = free_aside.as_json()
+    assert body["units"][1]["quarantine"]["reason"] == "nvidia-container-cli: device error: GPU-1"
+    families = {f.name: f for f in text_string_to_metric_families(render_metrics(free_aside).decode())}
+    assert families["gpuspawner_units_quarantined"].samples[0].value == 1
+    # Still held by a server that started before: held, and said to be set aside.
+    held = view(quarantined={"GPU-1": aside})
+    assert {u.id: u.state for u in held.units}["GPU-1"] == "used"
+    admin = render_page(free_aside, user="a", can_stop=True, can_put_back=True, xsrf_form_html="", refresh=15)
+    assert 'data-quarantine="GPU-1"' in admin and "set aside 5 min ago" in admin
+    assert 'class="put-back" data-unit="GPU-1"' in admin and 'id="total-quarantined">1<' in admin
+    teacher = render_page(free_aside, user="t", can_stop=True, xsrf_form_html="", refresh=15)
+    assert 'data-quarantine="GPU-1"' in teacher and "put-back" not in teacher
+
+
+def test_nvml_that_does_not_answer_is_said_with_the_retry():
+    waiting = build_view(
+        Inventory(source="none", note="NVML did not initialise: Driver Not Loaded"),
+        POLICY,
+        [],
+        now=NOW,
+        inventory_retry=60,
+    )
+    assert waiting.as_json()["inventory"]["retry_seconds"] == 60
+    page = render_page(waiting, user="a", can_stop=False, xsrf_form_html="", refresh=15)
+    assert 'id="nvml-retry"' in page and "asks again every 60 s" in page and "Driver Not Loaded" in page
+    assert build_view(INVENTORY, POLICY, [], now=NOW, inventory_retry=60).inventory_retry == 0  # answered
+
+
+def test_a_limited_viewer_sees_a_quarantined_unit_but_not_whose_start_failed():
+    from gpuspawner.gpus.health import Quarantined
+
+    aside = Quarantined("GPU-1", NOW, "device error", 2, "max/")
+    limited = restrict(
+        build_view(INVENTORY, POLICY, [], now=NOW, quarantined={"GPU-1": aside}), Reach(users=frozenset({"mia"}))
+    )
+    (unit,) = [u for u in limited.units if u.id == "GPU-1"]
+    assert unit.state == "quarantined" and unit.quarantine.reason == "device error" and unit.quarantine.holder == ""

@@ -149,7 +149,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     api = page.request.get(hub.dashboard + "api/v1/gpus")
     assert api.status == 200
     body = api.json()
-    assert body["totals"] == {"units": 2, "free": 0, "used": 2, "shared": 0}
+    assert body["totals"] == {"units": 2, "free": 0, "used": 2, "shared": 0, "quarantined": 0}
     held = {h["user"]: (u["id"], h["server"], h["profile"]) for u in body["units"] for h in u["holders"]}
     assert held == {STUDENT: (student_unit, "", "gpu"), EVIL_USER: (held[EVIL_USER][0], "", "gpu")}
     holders = {h["user"]: h for u in body["units"] for h in u["holders"]}

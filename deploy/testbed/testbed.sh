@@ -160,6 +160,14 @@ do_up() {
     if pid="$(our_pid)"; then
         engine_answers || die "dockerd (pid $pid) runs but $SOCK does not answer; see $LOG"
         log "engine already running (pid $pid, $SOCK, gpu: $(cat "$DIR/gpu" 2>/dev/null || echo '?'))"
+        # A newer double reaches the running engine too (runc runs the file afresh for
+        # each container): replaced whole, never half-written under a starting container.
+        if [ "$(cat "$DIR/gpu" 2>/dev/null || true)" = fake ] &&
+            ! cmp -s "$HERE/fake-nvidia/nvidia-container-runtime-hook" "$DIR/fake-nvidia/nvidia-container-runtime-hook"; then
+            install -m 0755 "$HERE/fake-nvidia/nvidia-container-runtime-hook" "$DIR/fake-nvidia/.hook.new"
+            mv -f "$DIR/fake-nvidia/.hook.new" "$DIR/fake-nvidia/nvidia-container-runtime-hook"
+            log "hook double updated in $DIR/fake-nvidia"
+        fi
         return 0
     fi
     [ -x /usr/sbin/dockerd ] || die "no /usr/sbin/dockerd; run: $SELF install"

@@ -6,6 +6,7 @@
 - ``gpuspawner doctor``: is this host ready (Docker, NVIDIA toolkit, driver, images, datasets)?
 - ``gpuspawner status [--json]``: who holds which GPU now.
 - ``gpuspawner network [check|up|down]``: the students' lab network and the rules that close it.
+- ``gpuspawner quarantine [list|put-back UNIT]``: units set aside after failed starts.
 
 Each reads the hub's own ``jupyterhub_config.py`` (``-f``, ``gpuspawner.config``), so
 profiles are written once. One module per command, its checks beside it (pure
@@ -24,6 +25,7 @@ from .image_build import ImageBuildApp
 from .image_check import ImageCheckApp
 from .network import NetworkApp
 from .prepull import PrepullApp
+from .quarantine import QuarantineApp, QuarantineListApp, QuarantinePutBackApp
 from .status import StatusApp
 
 
@@ -49,10 +51,23 @@ class GPUSpawnerApp(LabCommand):
         "doctor": (DoctorApp, "Check this host: Docker, NVIDIA toolkit and driver, images, datasets."),
         "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
         "network": (NetworkApp, "The students' lab network and its rules: check (default), up, down."),
+        "quarantine": (QuarantineApp, "Units set aside after failed starts: `quarantine list`, `put-back UNIT`."),
     }
 
 
-_APPS = (GPUSpawnerApp, ImageApp, ImageCheckApp, ImageBuildApp, PrepullApp, DoctorApp, StatusApp, NetworkApp)
+_APPS = (
+    GPUSpawnerApp,
+    ImageApp,
+    ImageCheckApp,
+    ImageBuildApp,
+    PrepullApp,
+    DoctorApp,
+    StatusApp,
+    QuarantineApp,
+    QuarantineListApp,
+    QuarantinePutBackApp,
+    NetworkApp,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ Users log in through the hub's OAuth (``HubOAuthenticated``). Reading needs the
 custom scope ``custom:gpu-dashboard:read``: unfiltered, it shows every unit; filtered
 (``!group=physics``, ``!user=ana``), or as ``custom:gpu-dashboard:read-groups`` (the
 viewer's own groups), it shows only those users' units. Stopping a server needs
-``custom:gpu-dashboard:stop`` reaching its user. Everyone else gets 403. The service
+``custom:gpu-dashboard:stop`` reaching its user; putting a quarantined unit back
+needs that scope unfiltered (an admin's). Everyone else gets 403. The service
 itself uses its own token for the hub API with ``list:users``, ``read:users:activity``,
 ``read:users:groups``, ``read:servers`` and ``delete:servers``, nothing more.
 """
@@ -30,6 +31,7 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..quarantine import put_back
 from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
 from .metrics import CONTENT_TYPE, render_metrics
@@ -97,6 +99,7 @@ class PageHandler(_Handler):
                 view,
                 user=self.current_user["name"],
                 can_stop=self.may_stop(self.current_user),
+                can_put_back=self.reach(self.current_user, self.dashboard.stop_scope).everyone,
                 xsrf_form_html=self.xsrf_form_html(),
                 refresh=self.dashboard.refresh,
             )
@@ -136,6 +139,26 @@ class StopHandler(_Handler):
         self.redirect(self.dashboard.service_prefix)
 
 
+class PutBackHandler(_Handler):
+    """Take a unit out of quarantine: for whoever may stop every server (an admin), not a teacher."""
+
+    @web.authenticated
+    async def post(self):
+        unit = self.get_body_argument("unit")
+        if not self.reach(self.current_user, self.dashboard.stop_scope).everyone:
+            raise web.HTTPError(403, f"putting a GPU back needs scope {self.dashboard.stop_scope}, unfiltered")
+        path = self.dashboard.quarantine_file
+        if not path:
+            raise web.HTTPError(404, "the hub keeps no quarantine file (GPUSpawner.quarantine_file)")
+        try:
+            removed = put_back(path, [unit])
+        except OSError as e:
+            raise web.HTTPError(500, f"cannot write {path}: {e.strerror or e}") from None
+        if removed:
+            self.dashboard.log.info("%s put unit %s back from quarantine", self.current_user["name"], unit)
+        self.redirect(self.dashboard.service_prefix)
+
+
 class GPUDashboard(Application):
     name = "gpuspawner-dashboard"
     description = """The GPU dashboard: who holds which GPU, as a JupyterHub service.
@@ -167,6 +190,9 @@ class GPUDashboard(Application):
         "256K",
         help="How much of the end of the denials and stops files each page reads (continued into the rotated"
         " FILE.1 right after a rotation); the counts by reason are over this tail. Bounds a page's time.",
+    ).tag(config=True)
+    quarantine_file = Unicode(
+        help="The hub's quarantined units (default: GPUSpawner.quarantine_file of the hub's config; '' for none)."
     ).tag(config=True)
     nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
     read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
@@ -217,6 +243,8 @@ class GPUDashboard(Application):
             self.denials_file = spawner.denials_file
         if not self.stops_file and "stops_file" not in self.config.get("GPUDashboard", {}):
             self.stops_file = spawner.stops_file
+        if not self.quarantine_file and "quarantine_file" not in self.config.get("GPUDashboard", {}):
+            self.quarantine_file = spawner.quarantine_file
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -233,6 +261,9 @@ class GPUDashboard(Application):
             stops_file=self.stops_file,
             tail_bytes=self.events_tail,
             log=self.log,
+            quarantine_file=self.quarantine_file,
+            reload_inventory=spawner.load_inventory if spawner.gpus in ("nvml", "auto") else None,
+            inventory_retry=spawner.nvml_retry_interval,
         )
 
     async def keep_job_mapping(self) -> None:
@@ -259,6 +290,7 @@ class GPUDashboard(Application):
                 (url_path_join(prefix, "api/v1/gpus"), GPUsAPIHandler, route),
                 (url_path_join(prefix, "metrics"), MetricsHandler, route),
                 (url_path_join(prefix, "stop"), StopHandler, route),
+                (url_path_join(prefix, "put-back"), PutBackHandler, route),
             ],
             cookie_secret=secrets.token_bytes(32),
             xsrf_cookies=True,

@@ -43,6 +43,11 @@ class _ViewCollector:
         yield GaugeMetricFamily(
             "gpuspawner_units", "GPU units (whole GPUs and MIG instances) the hub hands out", value=v.totals.units
         )
+        yield GaugeMetricFamily(
+            "gpuspawner_units_quarantined",
+            "Units set aside after failed starts, until an admin puts them back",
+            value=v.totals.quarantined,
+        )
         if v.totals.free is not None:
             yield GaugeMetricFamily("gpuspawner_units_free", "Units no server holds", value=v.totals.free)
             yield GaugeMetricFamily(

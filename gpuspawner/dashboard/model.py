@@ -18,9 +18,11 @@ from datetime import datetime, timezone
 from .. import labels as label
 from ..eventfiles import Skipped, count_of, events_from_lines
 from ..gpus import Inventory, Ledger, Policy, holder_key, split_holder
+from ..gpus.health import Quarantined
 from ..gpus.nvml import UnitUsage
 
-FREE, USED, SHARED, UNKNOWN = "free", "used", "shared", "unknown"
+# QUARANTINED: no server holds it, and none will until an admin puts it back (gpus.health).
+FREE, USED, SHARED, UNKNOWN, QUARANTINED = "free", "used", "shared", "unknown", "quarantined"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class UnitView:
     holders: tuple[Holding, ...] = ()
     usage: UnitUsage | None = None
     node: str = ""  # the Swarm node it is on; "" on one host
+    quarantine: Quarantined | None = None  # set aside after failed starts (its state says so once no one holds it)
 
     @property
     def label(self) -> str:
@@ -70,6 +73,7 @@ class Totals:
     free: int | None  # None: unknown (Docker could not be read)
     used: int | None
     shared: int | None
+    quarantined: int = 0  # set aside, whether or not a server still holds them
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class DashboardView:
     restricted_to: str = ""  # '' for the whole view; else whose units a restricted viewer sees
     groups_error: str = ""  # why the users' hub groups are unknown ('' when known)
     user_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # of the hub's active users
+    inventory_retry: float = 0  # NVML did not answer: asked again every this many seconds (0: not)
 
     def as_json(self) -> dict:
         """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
@@ -116,7 +121,11 @@ class DashboardView:
             "version": 1,
             "generated_at": _iso(self.generated_at),
             "host": self.host,
-            "inventory": {"source": self.inventory_source, "note": self.inventory_note},
+            "inventory": {
+                "source": self.inventory_source,
+                "note": self.inventory_note,
+                "retry_seconds": self.inventory_retry or None,
+            },
             "share_limit": self.share_limit,
             "sources": {
                 "docker": _source(self.docker_error),
@@ -131,6 +140,7 @@ class DashboardView:
                 "free": self.totals.free,
                 "used": self.totals.used,
                 "shared": self.totals.shared,
+                "quarantined": self.totals.quarantined,
             },
             "servers_without_gpu": self.servers_without_gpu,
             "units": [_unit_json(u) for u in self.units],
@@ -164,6 +174,7 @@ def _unit_json(u: UnitView) -> dict:
         "memory": u.memory,
         "node": u.node or None,
         "state": u.state,
+        "quarantine": u.quarantine.as_json() if u.quarantine else None,
         "usage": None
         if usage is None
         else {
@@ -267,6 +278,8 @@ def build_view(
     groups: Mapping[str, tuple[str, ...]] | None = None,
     stops: tuple[tuple[LabEvent, ...], Mapping[str, int]] = ((), {}),
     stops_error: str = "",
+    quarantined: Mapping[str, Quarantined] | None = None,
+    inventory_retry: float = 0,
 ) -> DashboardView:
     """The dashboard as the sources say it is now.
 
@@ -274,7 +287,9 @@ def build_view(
     could not be read, and every unit's state is UNKNOWN). ``usage`` is NVML's
     reading by unit uuid (None: not read). ``activity`` is ``{holder: last activity}``,
     ``groups`` is ``{user: hub groups}`` (None: unknown; a group-limited viewer then sees no holder).
+    ``quarantined`` is the quarantine file's units by id.
     """
+    quarantined = quarantined or {}
     activity = activity or {}
     ledger = Ledger(inventory.units, policy)
     warnings: list[str] = []
@@ -307,7 +322,7 @@ def build_view(
         if containers is None:
             state = UNKNOWN
         elif not holders:
-            state = FREE
+            state = QUARANTINED if gpu.id in quarantined else FREE
         else:
             state = SHARED if any(h.shared for h in holders) else USED
         units.append(
@@ -323,13 +338,15 @@ def build_view(
                 holders=holders,
                 usage=(usage or {}).get(gpu.uuid),
                 node=gpu.node,
+                quarantine=quarantined.get(gpu.id),
             )
         )
+    aside = sum(u.quarantine is not None for u in units)
     if containers is None:
-        totals = Totals(len(units), None, None, None)
+        totals = Totals(len(units), None, None, None, aside)
     else:
         states = Counter(u.state for u in units)
-        totals = Totals(len(units), states[FREE], states[USED], states[SHARED])
+        totals = Totals(len(units), states[FREE], states[USED], states[SHARED], aside)
     recent, counts = denials
     return DashboardView(
         generated_at=now,
@@ -355,6 +372,7 @@ def build_view(
         else (hub_error and "the hub API could not be read")
         or "the hub gave no groups: the service's token needs read:users:groups",
         user_groups=dict(groups or {}),
+        inventory_retry=inventory_retry if inventory.source == "none" else 0,
     )
 
 
@@ -444,7 +462,9 @@ def restrict(view: DashboardView, reach: Reach) -> DashboardView:
     for u in view.units:
         seen = tuple(h for h in u.holders if reach.covers(h.user, h.groups))
         if seen or not u.holders:
-            units.append(replace(u, holders=seen))
+            # whose start failed last is not for a limited viewer either
+            aside = replace(u.quarantine, holder="") if u.quarantine else None
+            units.append(replace(u, holders=seen, quarantine=aside))
     return replace(
         view,
         units=tuple(units),

@@ -29,6 +29,7 @@ TEMPLATE = """<!DOCTYPE html>
  th { background: #f4f4f4; }
  .free { color: #176f2c; font-weight: 600; } .used { color: #a33; font-weight: 600; }
  .shared { color: #a60; font-weight: 600; } .unknown { color: #666; font-weight: 600; }
+ .quarantined { color: #7a1f7a; font-weight: 600; } .quarantine { font-weight: normal; }
  .error { background: #fde8e8; border: 1px solid #e99; padding: .5rem .75rem; margin: .5rem 0; }
  .totals span { margin-right: 1.5rem; font-size: 1.1rem; }
  .muted { color: #666; font-size: .9em; }
@@ -61,9 +62,13 @@ TEMPLATE = """<!DOCTYPE html>
  <span>Free: <b id="total-free">{{ na(view.totals.free) }}</b></span>
  <span>Used: <b id="total-used">{{ na(view.totals.used) }}</b></span>
  <span>Shared: <b id="total-shared">{{ na(view.totals.shared) }}</b></span>
+ {% if view.totals.quarantined %}<span>Quarantined: <b id="total-quarantined">{{ view.totals.quarantined }}</b></span>{% endif %}
  {% if view.servers_without_gpu is not none %}<span class="muted">Servers without GPU: {{ view.servers_without_gpu }}</span>{% endif %}
 </p>
-{% if not view.units %}<p>The hub hands out no GPU ({{ view.inventory_source }}{% if view.inventory_note %}: {{ view.inventory_note }}{% endif %}).</p>{% endif %}
+{% if view.inventory_retry %}<div class="error" data-source="inventory" id="nvml-retry">NVML does not answer
+ ({{ view.inventory_note }}): the hub hands out no GPU for now, asks again every {{ view.inventory_retry|int }} s, and
+ hands its GPUs out once it answers. Check that <code>nvidia-smi</code> works on the host (<code>gpuspawner doctor</code>).</div>
+{% elif not view.units %}<p>The hub hands out no GPU ({{ view.inventory_source }}{% if view.inventory_note %}: {{ view.inventory_note }}{% endif %}).</p>{% endif %}
 
 {% if view.units %}
 <table id="units">
@@ -79,7 +84,12 @@ TEMPLATE = """<!DOCTYPE html>
   <td rowspan="{{ rows|length }}">{{ u.model }}{% if u.mig_profile %} <span class="muted">MIG {{ u.mig_profile }}</span>{% endif %}</td>
   <td rowspan="{{ rows|length }}">{% if u.usage %}{{ bytes(u.usage.memory_used) }} / {{ bytes(u.usage.memory_total) }}{% else %}{{ bytes(u.memory) }}{% endif %}</td>
   <td rowspan="{{ rows|length }}">{% if u.usage %}{{ na(u.usage.utilization_gpu, "%") }}{% if u.usage.temperature is not none %}, {{ u.usage.temperature }}&deg;C{% endif %}{% else %}<span class="muted">n/a</span>{% endif %}</td>
-  <td rowspan="{{ rows|length }}" class="{{ u.state }}">{{ u.state }}</td>
+  <td rowspan="{{ rows|length }}" class="{{ u.state }}">{{ u.state }}
+   {%- if u.quarantine %}<div class="quarantine muted" data-quarantine="{{ u.id }}">set aside {{ ago(u.quarantine.since) }}
+   after {{ u.quarantine.failures }} failed start(s): {{ u.quarantine.reason }}</div>
+   {%- if can_put_back %}<form method="post" action="put-back">{{ xsrf_form_html }}
+   <input type="hidden" name="unit" value="{{ u.id }}"><button type="submit" class="put-back" data-unit="{{ u.id }}">Put back</button></form>{% endif %}
+   {%- endif %}</td>
   {% endif %}
   {% if h %}
   <td class="user">{{ h.user }}</td>
@@ -127,8 +137,11 @@ _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _template = _env.from_string(TEMPLATE)
 
 
-def render_page(view: DashboardView, *, user: str, can_stop: bool, xsrf_form_html: str, refresh: int) -> str:
-    """The page for ``user``; stop buttons only for those allowed to stop servers."""
+def render_page(
+    view: DashboardView, *, user: str, can_stop: bool, xsrf_form_html: str, refresh: int, can_put_back: bool = False
+) -> str:
+    """The page for ``user``; stop buttons only for those allowed to stop servers, and
+    put-back buttons of quarantined units only for those who may stop every server."""
     now = view.generated_at
 
     def ago(when: datetime | None) -> str:
@@ -147,6 +160,7 @@ def render_page(view: DashboardView, *, user: str, can_stop: bool, xsrf_form_htm
         view=view,
         user=user,
         can_stop=can_stop,
+        can_put_back=can_put_back,
         xsrf_form_html=Markup(xsrf_form_html),  # tornado builds it escaped
         refresh=refresh,
         ago=ago,

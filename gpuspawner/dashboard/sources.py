@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from ..docker_client import LazyClient
 from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_tail
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
+from ..quarantine import QuarantineFile
 from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
 
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -84,6 +86,9 @@ class Sources:
         stops_file: str = "",
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         log: logging.Logger | None = None,
+        quarantine_file: str = "",
+        reload_inventory: Callable[[], Inventory] | None = None,
+        inventory_retry: float = 0,
     ):
         self.inventory = inventory
         self._described = inventory.units  # on a Swarm: what the config says of each unit
@@ -99,6 +104,22 @@ class Sources:
         self.log = log or logging.getLogger("gpuspawner.dashboard")
         self.nvml = nvml
         self.host = socket.gethostname() if host is None else host
+        self.quarantine = QuarantineFile(quarantine_file)
+        # NVML that did not answer when the dashboard started: asked again, as the hub does.
+        self._reload_inventory = reload_inventory
+        self.inventory_retry = inventory_retry if reload_inventory else 0
+        self._inventory_tried = time.monotonic()
+
+    async def _retry_inventory(self) -> None:
+        if self.inventory.source != "none" or not self.inventory_retry:
+            return
+        if time.monotonic() - self._inventory_tried < self.inventory_retry:
+            return
+        self._inventory_tried = time.monotonic()
+        try:
+            self.inventory = await asyncio.to_thread(self._reload_inventory)
+        except Exception:  # noqa: BLE001 - a GPU fallen off the bus: still none, said as before
+            return
 
     def _containers(self) -> list[dict]:
         with self._docker.use() as client:  # a failure: a new client next time (the engine may have restarted)
@@ -132,6 +153,8 @@ class Sources:
             return ((), {}), f"{path}: {e.strerror or e}"
 
     async def view(self) -> DashboardView:
+        await self._retry_inventory()
+
         async def containers():
             try:
                 return await asyncio.to_thread(self._containers), ""
@@ -180,4 +203,6 @@ class Sources:
             groups=groups,
             stops=stops,
             stops_error=stops_error,
+            quarantined=self.quarantine.current(),
+            inventory_retry=self.inventory_retry,
         )

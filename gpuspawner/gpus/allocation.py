@@ -288,10 +288,12 @@ def _candidates(
     policy: Policy,
     matching: list[GPU] | None = None,
     best_only: bool = False,
+    quarantined: frozenset[str] = frozenset(),
 ) -> tuple[list[GPU], list[GPU]]:
     """(the units that could take ``request`` now, best first; all units that fit it at all).
 
     ``best_only``: only the best of the units that could take it (none when none can).
+    ``quarantined``: units set aside (``gpus.health``): they fit, but take nothing.
     """
     holders_of = occupancy.holders_of
     # How busy each physical GPU and each node is (its units held), for pack/spread.
@@ -320,9 +322,10 @@ def _candidates(
                 unit.mig_index or 0,
             )
 
-        fitting = [u for u in matching if room(u)]
+        fitting = [u for u in matching if room(u) and u.uuid not in quarantined]
     else:
-        fitting = [u for u in matching if u.uuid not in holders_of]  # no holder: room
+        # no holder: room
+        fitting = [u for u in matching if u.uuid not in holders_of and u.uuid not in quarantined]
 
         def order(unit: GPU):
             # the smallest unit that fits leaves the most room for others; then the
@@ -372,18 +375,19 @@ def decide(
     policy: Policy,
     holder: str,
     node: str | None = None,
+    quarantined: Iterable[str] = (),
 ) -> tuple[GPU, ...]:
     """The units ``holder`` should hold for ``request``, or ``NoCapacity``.
 
     ``holdings`` are everyone's current assignments; ``holder``'s own are
     ignored, since a server that starts gives up what it held. ``node``: take
     units of that node only (a Swarm server goes where its home is); quotas
-    and the holdings stay the whole hub's.
+    and the holdings stay the whole hub's. ``quarantined``: unit ids never taken.
     """
     if request.slots == 0:
         return ()
     others = Occupancy.of((a for a in holdings if a.holder != holder), policy.share_limit)
-    return _decide(_units_on(inventory, node), others, request, requester, policy)
+    return _decide(_units_on(inventory, node), others, request, requester, policy, None, frozenset(quarantined))
 
 
 def _decide(
@@ -393,13 +397,14 @@ def _decide(
     requester: Requester,
     policy: Policy,
     matching: list[GPU] | None = None,
+    quarantined: frozenset[str] = frozenset(),
 ) -> tuple[GPU, ...]:
     """``decide`` over the holdings of everyone else, summed up in ``others``."""
     if request.slots == 0:
         return ()
     check_quotas(others, request, requester, policy)
     one = request.slots == 1
-    candidates, matching = _candidates(inventory, others, request, policy, matching, best_only=one)
+    candidates, matching = _candidates(inventory, others, request, policy, matching, one, quarantined)
     if one and candidates:
         return (candidates[0],)
     # Every unit of one server is on one node: the first node, in candidate order, with enough.
@@ -412,11 +417,16 @@ def _decide(
             return tuple(u for u in inventory if u.uuid in chosen)  # in nvidia-smi's order: CUDA device 0 first
 
     def free() -> tuple[GPU, ...]:
-        return tuple(u for u in inventory if u.uuid not in others.holders_of)
+        return tuple(u for u in inventory if u.uuid not in others.holders_of and u.uuid not in quarantined)
 
-    raise NoCapacity(
-        "no_gpu", lambda: _no_capacity_message(request, matching, candidates, free()), request=request, free=free
-    )
+    def message() -> str:
+        text = _no_capacity_message(request, matching, candidates, free())
+        aside = sum(u.uuid in quarantined for u in matching)
+        if aside:
+            text += f" {aside} of them {'is' if aside == 1 else 'are'} set aside after failed starts (quarantined)."
+        return text
+
+    raise NoCapacity("no_gpu", message, request=request, free=free)
 
 
 def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: list[GPU], free: tuple[GPU, ...]) -> str:
@@ -473,6 +483,8 @@ class Ledger:
 
     def __init__(self, inventory: Iterable[GPU], policy: Policy | None = None):
         self.policy = policy or Policy()
+        # Units set aside after failed starts (gpus.health): never chosen, even when free.
+        self.quarantined: frozenset[str] = frozenset()
         self._holders: dict[str, Assignment] = {}
         self.usage = Usage()  # every server's CPUs and memory, and their totals
         self._occupancy_of: Occupancy | None = None
@@ -514,7 +526,9 @@ class Ledger:
         self, others: Occupancy, request: GPURequest, requester: Requester, node: str | None
     ) -> tuple[GPU, ...]:
         """``decide``, from ``others``: the running totals less what the holder holds."""
-        return _decide(self._units(node), others, request, requester, self.policy, self._fitting(request, node))
+        return _decide(
+            self._units(node), others, request, requester, self.policy, self._fitting(request, node), self.quarantined
+        )
 
     def _hold(self, assignment: Assignment) -> None:
         self._release_units(assignment.holder)
@@ -541,7 +555,13 @@ class Ledger:
     def availability(self, request: GPURequest, *, node: str | None = None) -> tuple[int, int]:
         """(units that could take ``request`` now, units that fit it at all), on ``node`` if given."""
         candidates, matching = _candidates(
-            self._units(node), self._occupancy, request, self.policy, self._fitting(request, node)
+            self._units(node),
+            self._occupancy,
+            request,
+            self.policy,
+            self._fitting(request, node),
+            False,
+            self.quarantined,
         )
         return len(candidates), len(matching)
 
