@@ -84,7 +84,8 @@ def home_file(volume: str) -> str:
 
 
 def containers_of(name: str) -> list:
-    return engine().containers.list(all=True, filters={"label": f"gpuspawner.user={name}"})
+    # sparse: no inspect of each one listed, which races with the culler removing it (404)
+    return engine().containers.list(all=True, sparse=True, filters={"label": f"gpuspawner.user={name}"})
 
 
 def stop_reasons(stops: Path) -> dict[str, str]:
