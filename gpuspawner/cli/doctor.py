@@ -402,8 +402,8 @@ def disk_quota_findings(
         )
     else:
         refusal = home_quota_refusal(homes or HomesRootFacts(""), home_quota)
-        if refusal:
-            findings.append(Finding(FAIL, "home quota", refusal, HOME_QUOTA_HOWTO))
+        if refusal:  # the refusal says what to run
+            findings.append(Finding(FAIL, "home quota", refusal, "then run gpuspawner doctor again"))
         else:
             limit = f"limited to {format_bytes(home_quota)} (or their profile's)" if home_quota else "without a limit"
             findings.append(
@@ -415,9 +415,11 @@ def disk_quota_findings(
     on = f"{driver} on {backing}" if backing else driver
     refusal = writable_layer_refusal(docker_info, container_quota)
     if refusal:
-        level = FAIL if container_quota else WARN
-        message = refusal if container_quota else f"the engine stores containers with {on}: it cannot limit them"
-        findings.append(Finding(level, "container quota", message, LAYER_QUOTA_HOWTO))
+        if container_quota:
+            findings.append(Finding(FAIL, "container quota", refusal, LAYER_QUOTA_HOWTO.split("; then")[0]))
+        else:
+            message = f"the engine stores containers with {on}: it cannot limit their writable layers"
+            findings.append(Finding(WARN, "container quota", message, LAYER_QUOTA_HOWTO))
     elif container_quota:
         note = " (XFS must be mounted with pquota, or Docker refuses each server)" if driver == "overlay2" else ""
         findings.append(
