@@ -68,13 +68,18 @@ def disk_quota_refusal(spawner: GPUSpawner, profiles: tuple[Profile, ...], docke
     ``docker_info``: the engine's ``docker info`` (asked when needed and not given).
     """
     homes = [q for q in (spawner.home_quota, *(spawner.home_quota_of(p) for p in profiles)) if q]
+    layers = [q for q in (spawner.container_quota, *(spawner.container_quota_of(p) for p in profiles)) if q]
+    if (homes or layers or spawner.homes_root) and not spawner.enforces_disk_quotas:
+        return (
+            f"{type(spawner).__name__} does not apply home_quota, container_quota or homes_root yet (its homes"
+            " live on the nodes' engines): remove them from the config, or run the lab on one host with GPUSpawner"
+        )
     if homes or spawner.homes_root:
         quotas = spawner.home_quotas()
         facts = quotas.facts() if quotas else HomesRootFacts("")
         refusal = home_quota_refusal(facts, max(homes) if homes else None)
         if refusal:
             return refusal
-    layers = [q for q in (spawner.container_quota, *(spawner.container_quota_of(p) for p in profiles)) if q]
     if layers:
         if docker_info is None:
             try:

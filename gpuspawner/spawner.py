@@ -1288,6 +1288,9 @@ class GPUSpawner(DockerSpawner):
         image = self.home_copy_image or next((p.image for p in self.lab_profiles), "") or self.image
         return HomeVolumes(self.client, image, self.log, quotas=self.home_quotas())
 
+    #: Whether this spawner applies ``home_quota`` and ``container_quota``; check_config refuses them where not.
+    enforces_disk_quotas = True
+
     def home_quotas(self) -> HomeQuotas | None:
         """The homes' subvolumes and limits (``homes_root``); None: homes are plain volumes."""
         return HomeQuotas(self.homes_root) if self.homes_root else None

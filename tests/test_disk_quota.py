@@ -315,3 +315,10 @@ def test_doctor_says_whether_quotas_can_be_enforced(homes, home_quota, info, con
         if f.level != OK:  # how to get there, in the message or the fix
             assert "btrfs" in f.message + f.fix
             assert "pquota" in f.message + f.fix or f.subject == "home quota"
+
+
+def test_a_swarm_refuses_quotas_it_would_not_apply():
+    from gpuspawner.swarm import SwarmGPUSpawner
+
+    assert "SwarmGPUSpawner does not apply home_quota" in disk_quota_refusal(SwarmGPUSpawner(home_quota="1G"), (), {})
+    assert disk_quota_refusal(SwarmGPUSpawner(), (), {}) == ""
