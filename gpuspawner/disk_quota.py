@@ -119,7 +119,8 @@ def home_quota_refusal(facts: HomesRootFacts, home_quota: int | None = None) -> 
         )
     if facts.quota_enabled is None:
         return (
-            f"cannot ask btrfs about quotas on {facts.path}: {facts.error or 'no btrfs command'}. Install btrfs-progs"
+            f"cannot ask btrfs about quotas on {facts.path}: {facts.error or 'no btrfs command'}. The hub needs"
+            " btrfs-progs and runs it as root (with CAP_SYS_ADMIN in a container)"
         )
     if not facts.quota_enabled:
         return (

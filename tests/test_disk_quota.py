@@ -71,11 +71,12 @@ BTRFS = Mount("/srv/homes", "btrfs")
         (HomesRootFacts(""), "needs c.GPUSpawner.homes_root"),
         (HomesRootFacts("/srv/homes"), "/srv/homes does not exist"),
         (HomesRootFacts("/srv/homes", True, Mount("/", "ext4")), "is on ext4, not btrfs"),
-        (HomesRootFacts("/srv/homes", True, BTRFS, None, "btrfs: command not found"), "Install btrfs-progs"),
+        (HomesRootFacts("/srv/homes", True, BTRFS, None, "btrfs: command not found"), "needs btrfs-progs"),
+        (HomesRootFacts("/srv/homes", True, BTRFS, None, "Operation not permitted"), "as root"),
         (HomesRootFacts("/srv/homes", True, BTRFS, False), "btrfs quota enable /srv/homes"),
         (HomesRootFacts("/srv/homes", True, BTRFS, True), ""),
     ],
-    ids=["no-root", "missing", "ext4", "no-command", "quota-off", "ok"],
+    ids=["no-root", "missing", "ext4", "no-command", "not-root", "quota-off", "ok"],
 )
 def test_can_homes_be_held_to_a_quota(facts, says):
     refusal = home_quota_refusal(facts, 10 * 1024**3)
