@@ -1,9 +1,13 @@
-"""Home quotas end to end: homes as btrfs subvolumes with qgroup limits, on the test bed's engine.
+"""Disk quotas end to end: homes as btrfs subvolumes with qgroup limits, on the test bed's engine.
 
 The module makes a 256 MB btrfs filesystem on a loop file, with quotas on, and removes it
 afterwards (this kernel has no XFS or ext4 quotas: ../shared/TESTBED.md). One hub, two
 students with a 20 MB quota each: the one who writes 40 MB gets "Disk quota exceeded" in
 their own server at 20 MB, and the other student, the filesystem and the hub are unaffected.
+
+Writable layers: the test bed's engine (overlay2 on ext4) cannot limit them. A second, throwaway
+engine with the btrfs storage driver on a loop file of its own shows that the ``storage_opt``
+gpuspawner sets is enforced there (a tiny image of the host's ``sh`` and ``dd``: no registry).
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import textwrap
+import time
+from pathlib import Path
 
+import docker
 import pytest
 
 from gpuspawner import GPUSpawner
 from gpuspawner.checks import disk_quota_refusal
+from gpuspawner.disk_quota import storage_opt, writable_layer_refusal
 from gpuspawner.homes import ARCHIVED_FROM
 
 from .realhub import RealHub, engine, home_volume, read_testbed, require_tools, running_hub
@@ -159,3 +168,86 @@ def test_the_test_engine_cannot_limit_writable_layers():
         pytest.skip(f"the engine stores containers with {info['Driver']}")
     refusal = disk_quota_refusal(GPUSpawner(container_quota="1G"), (), info)
     assert "cannot limit them" in refusal and "pquota" in refusal
+
+
+@pytest.fixture
+def btrfs_engine():
+    """A Docker engine of its own, storage driver btrfs on a 512 MB loop file; all of it removed after."""
+    needed = ("dockerd", "mkfs.btrfs", "ldd")
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in needed):
+        pytest.skip(f"needs root and {', '.join(needed)}")
+    folder = Path(tempfile.mkdtemp(prefix="gsq-", dir="/tmp"))  # short: the engine's sockets live under it
+    image, mountpoint = folder / "engine.img", folder / "mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(512 * MiB)
+    run("mkfs.btrfs", "-q", str(image))
+    run("mount", "-o", "loop", str(image), str(mountpoint))
+    sock, log = folder / "docker.sock", open(folder / "dockerd.log", "wb")
+    dockerd = None
+    try:
+        dockerd = subprocess.Popen(
+            ["dockerd", "--data-root", str(mountpoint / "data"), "--exec-root", str(folder / "exec")]
+            + ["--pidfile", str(folder / "docker.pid"), "-H", f"unix://{sock}", "--storage-driver", "btrfs"]
+            + ["--bridge=none", "--iptables=false", "--ip-masq=false"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = docker.DockerClient(base_url=f"unix://{sock}", version="auto")  # asks the engine
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if dockerd.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the btrfs engine did not start: {(folder / 'dockerd.log').read_text()[-2000:]}"
+                    )
+                time.sleep(0.3)
+        yield client, _tiny_image(client, folder / "rootfs")
+    finally:
+        if dockerd is not None:
+            dockerd.terminate()
+            try:
+                dockerd.wait(30)
+            except subprocess.TimeoutExpired:
+                dockerd.kill()
+                dockerd.wait(10)
+        log.close()
+        inside = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if str(folder) in line]
+        for point in sorted(inside, reverse=True):  # what the engine left mounted, then the loop filesystem
+            subprocess.run(["umount", point], check=False)
+        for line in run("losetup", "-j", str(image)).splitlines():
+            subprocess.run(["losetup", "-d", line.split(":")[0]], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tiny_image(client, rootfs: Path) -> str:
+    """An image of the host's sh and dd with the libraries they load."""
+    files = ["/bin/sh", "/bin/dd"]
+    libraries = run("ldd", *files).split()
+    files += [word for word in libraries if word.startswith("/") and os.path.isfile(word)]
+    for path in set(files):
+        target = rootfs / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)  # follows links
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
+    client.api.import_image_from_data(tar, repository="gpuspawner-e2e-tiny", tag="1")
+    return "gpuspawner-e2e-tiny:1"
+
+
+def test_a_btrfs_engine_limits_the_writable_layer_to_container_quota(btrfs_engine):
+    client, image = btrfs_engine
+    info = client.info()
+    assert info["Driver"] == "btrfs" and writable_layer_refusal(info, 10 * MiB) == ""
+    assert disk_quota_refusal(GPUSpawner(container_quota="10M"), (), info) == ""
+    out = client.containers.run(
+        image,
+        ["/bin/sh", "-c", "dd if=/dev/zero of=/big bs=1M count=30 2>&1; echo rc=$?"],
+        storage_opt=storage_opt(10 * MiB),  # what the spawner sets as HostConfig.StorageOpt
+        network_mode="none",
+        remove=True,
+    ).decode()
+    assert "rc=1" in out and ("Disk quota exceeded" in out or "No space left" in out), out
+    print(f"\nwritable layer, container_quota 10 MiB, 30 MiB written: {out.splitlines()[0]}")
