@@ -536,6 +536,12 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    @validate("homes_root")
+    def _validate_homes_root(self, proposal):
+        if proposal.value and not proposal.value.startswith("/"):
+            raise TraitError(f"GPUSpawner.homes_root: must be an absolute path, got {proposal.value!r}")
+        return normal_host_path(proposal.value) if proposal.value else ""
+
     home_quota = ByteSpecification(
         None,
         allow_none=True,
@@ -1315,6 +1321,15 @@ class GPUSpawner(DockerSpawner):
         volume = self.hub_settings().home_volume
         if not volume:
             return
+        quota = self.home_quota_of(self.profile)
+        if quota and self.home_quotas() is None:  # check_config refuses this; a hub without it must too
+            self.log.error("Not starting %s: home_quota is set, but not homes_root", self.holder)
+            raise SpawnException(
+                "Your home cannot be held to its quota: the hub's home_quota is set, but homes_root (a btrfs"
+                " filesystem with quotas on) is not. Nothing was started; ask an admin.",
+                reason="home",
+                status_code=503,
+            )
         try:
             done = await self._on_pool(
                 self._home_volumes(),
@@ -1322,7 +1337,7 @@ class GPUSpawner(DockerSpawner):
                 volume,
                 HomeOwner.of(self.user),
                 self.unowned_home,
-                quota=self.home_quota_of(self.profile),
+                quota=quota,
             )
         except (HomeError, docker.errors.APIError) as e:
             self.log.error("Not starting %s: home %s: %s", self.holder, volume, e)

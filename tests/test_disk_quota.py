@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 from jupyterhub.spawner import SpawnException
+from traitlets import TraitError
 from traitlets.config import Config
 
 from gpuspawner import GPUSpawner
@@ -323,3 +324,17 @@ def test_a_swarm_refuses_quotas_it_would_not_apply():
 
     assert "SwarmGPUSpawner does not apply home_quota" in disk_quota_refusal(SwarmGPUSpawner(home_quota="1G"), (), {})
     assert disk_quota_refusal(SwarmGPUSpawner(), (), {}) == ""
+
+
+async def test_a_quota_without_a_homes_root_refuses_the_spawn_even_without_check_config():
+    engine = FakeDocker()
+    s = spawner(engine, home_quota="20M")
+    with pytest.raises(SpawnException, match="homes_root .* is not"):
+        await s.start()
+    assert not engine.containers_by_id and not engine.volumes
+
+
+def test_homes_root_is_an_absolute_path():
+    assert GPUSpawner(homes_root="/srv/homes/").homes_root == "/srv/homes"
+    with pytest.raises(TraitError, match="absolute path"):
+        GPUSpawner(homes_root="homes")
