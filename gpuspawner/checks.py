@@ -14,6 +14,7 @@ from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 from traitlets.config import Config
 
+from .disk_quota import HomesRootFacts, home_quota_refusal, writable_layer_refusal
 from .gpus.inventory import InventoryError
 from .gpus.nvml import discover
 from .gpus.resources import oversized
@@ -52,9 +53,42 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     unreachable = _hub_unreachable(config, spawner)
     if unreachable:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")
+    unenforced = disk_quota_refusal(spawner, profiles)
+    if unenforced:
+        raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unenforced}")
     if prepull and in_the_hub():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
+
+
+def disk_quota_refusal(spawner: GPUSpawner, profiles: tuple[Profile, ...], docker_info: dict | None = None) -> str:
+    """Why the disk quotas the config asks for would not be enforced, or ''.
+
+    A quota that is set is enforced or the hub does not start: never silently not.
+    ``docker_info``: the engine's ``docker info`` (asked when needed and not given).
+    """
+    homes = [q for q in (spawner.home_quota, *(spawner.home_quota_of(p) for p in profiles)) if q]
+    layers = [q for q in (spawner.container_quota, *(spawner.container_quota_of(p) for p in profiles)) if q]
+    if (homes or layers or spawner.homes_root) and not spawner.enforces_disk_quotas:
+        return (
+            f"{type(spawner).__name__} does not apply home_quota, container_quota or homes_root yet (its homes"
+            " live on the nodes' engines): remove them from the config, or run the lab on one host with GPUSpawner"
+        )
+    if homes or spawner.homes_root:
+        quotas = spawner.home_quotas()
+        facts = quotas.facts() if quotas else HomesRootFacts("")
+        refusal = home_quota_refusal(facts, max(homes) if homes else None)
+        if refusal:
+            return refusal
+    if layers:
+        if docker_info is None:
+            try:
+                docker_info = spawner.client.info()
+            except Exception as e:  # noqa: BLE001 - Docker down as the hub starts: spawns say it then
+                spawner.log.warning("gpuspawner: cannot ask Docker whether it can limit writable layers: %s", e)
+                return ""
+        return writable_layer_refusal(docker_info, max(layers))
+    return ""
 
 
 def _check_nvml(nvml=None) -> None:

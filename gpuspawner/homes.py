@@ -18,6 +18,11 @@ and removes the original only once the copy succeeded. The copy runs in a
 throwaway container (``cp -a``, as root so that every owner and mode is kept,
 without a network) on the engine, never through the hub.
 
+With ``quotas`` (``disk_quota.HomeQuotas``, from ``GPUSpawner.homes_root``), a
+home volume is a ``local`` volume bound to a btrfs subvolume of its own name with
+a size limit; archives are subvolumes too (without a limit), and removing such a
+volume deletes its subvolume, so that a new home of the same name starts empty.
+
 ``HomeVolumes`` does the engine's part, one blocking call per step, on the hub's
 Docker pool; deciding what to do (``home_verdict``) is a pure function.
 """
@@ -30,6 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import docker.errors
+
+from .disk_quota import HomeQuotas, QuotaError, bound_device
 
 USER = "gpuspawner.home.user"  # the hub user the volume was made for: name,
 USER_ID = "gpuspawner.home.user-id"  # id in the hub's database,
@@ -111,29 +118,45 @@ class HomeVolumes:
     ``sh`` and ``cp`` (a class image), for the copy.
     """
 
-    def __init__(self, client, image: str, log: logging.Logger | None = None, copy_timeout: float = COPY_TIMEOUT):
+    def __init__(
+        self,
+        client,
+        image: str,
+        log: logging.Logger | None = None,
+        copy_timeout: float = COPY_TIMEOUT,
+        quotas: HomeQuotas | None = None,
+    ):
         self.client = client
         self.image = image
         self.log = log or logging.getLogger(__name__)
         self.copy_timeout = copy_timeout
+        self.quotas = quotas
+
+    def _inspect(self, volume: str) -> dict | None:
+        try:
+            return self.client.inspect_volume(volume)
+        except docker.errors.NotFound:
+            return None
 
     def _labels(self, volume: str) -> tuple[bool, dict]:
-        try:
-            info = self.client.inspect_volume(volume)
-        except docker.errors.NotFound:
-            return False, {}
-        return True, info.get("Labels") or {}
+        info = self._inspect(volume)
+        return info is not None, (info or {}).get("Labels") or {}
 
-    def claim(self, volume: str, owner: HomeOwner, unowned: str = ADOPT, now: datetime | None = None) -> str:
+    def claim(
+        self, volume: str, owner: HomeOwner, unowned: str = ADOPT, now: datetime | None = None, quota: int | None = None
+    ) -> str:
         """Make ``volume`` ``owner``'s home before their server mounts it; returns what was done.
 
         'created', 'mine', 'adopted' (an unlabelled home, used as before), or
         'archived <name>' (the home of someone else, or an unlabelled one with
-        ``unowned`` ARCHIVE, was archived and a new empty one made). Raises ``HomeError``.
+        ``unowned`` ARCHIVE, was archived and a new empty one made). With ``quotas``,
+        the home's limit is set to ``quota`` bytes (None: none) each time. Raises ``HomeError``.
         """
-        exists, labels = self._labels(volume)
+        info = self._inspect(volume)
+        exists, labels = info is not None, (info or {}).get("Labels") or {}
         verdict = home_verdict(labels, owner, exists)
         if verdict == MINE:
+            self._limit(volume, info, quota)
             return "mine"
         if verdict == UNOWNED and unowned != ARCHIVE:
             self.log.warning(
@@ -142,6 +165,7 @@ class HomeVolumes:
                 volume,
                 owner.name,
             )
+            self._limit(volume, info, quota)
             return "adopted"
         archived = ""
         if verdict != NEW:
@@ -154,8 +178,45 @@ class HomeVolumes:
                 owner.name,
             )
             archived = self.archive(volume, now=now)
-        self.client.create_volume(volume, labels=owner.labels())
+        self._create(volume, owner.labels(), quota)
         return f"archived {archived}" if archived else "created"
+
+    def _create(self, volume: str, labels: dict, quota: int | None = None) -> None:
+        """A new volume; with ``quotas``, bound to a new subvolume limited to ``quota`` bytes."""
+        if self.quotas is None:
+            self.client.create_volume(volume, labels=labels)
+            return
+        try:
+            path = self.quotas.create(volume, quota)
+        except QuotaError as e:
+            raise HomeError(str(e)) from None
+        try:
+            self.client.create_volume(
+                volume, driver="local", driver_opts=self.quotas.volume_options(path), labels=labels
+            )
+        except BaseException:
+            self.quotas.remove(path, quiet=True)  # empty: nothing was in it yet
+            raise
+
+    def _limit(self, volume: str, info: dict | None, quota: int | None) -> None:
+        """Set the limit of an existing home; a home not on a subvolume cannot have one: said, not refused."""
+        if self.quotas is None:
+            return
+        device = bound_device(info or {})
+        if not self.quotas.holds(device):
+            if quota:
+                self.log.warning(
+                    "Home %s is not a subvolume under %s (made before home quotas were turned on): its quota of %d"
+                    " bytes cannot be enforced. docs/how-to/homes.md ('Disk quotas') says how to move it.",
+                    volume,
+                    self.quotas.root,
+                    quota,
+                )
+            return
+        try:
+            self.quotas.limit(device, quota)
+        except QuotaError as e:
+            raise HomeError(str(e)) from None
 
     def retire(self, volume: str, mode: str, now: datetime | None = None) -> str:
         """The home of a deleted user: archived (returns the archive's name), removed ('removed'),
@@ -174,9 +235,7 @@ class HomeVolumes:
         target = archive_name(volume, now)
         _, labels = self._labels(volume)
         kept = {k: v for k, v in labels.items() if k in (USER, USER_ID, USER_CREATED)}
-        self.client.create_volume(
-            target, labels={**kept, ARCHIVED_FROM: volume, ARCHIVED_AT: now.isoformat(timespec="seconds")}
-        )
+        self._create(target, {**kept, ARCHIVED_FROM: volume, ARCHIVED_AT: now.isoformat(timespec="seconds")})
         try:
             self._copy(volume, target)
         except BaseException:
@@ -217,6 +276,8 @@ class HomeVolumes:
                 self.log.warning("Could not remove the copy container %s: %s", cid[:12], e)
 
     def _remove(self, volume: str, quiet: bool = False) -> None:
+        """Remove the volume, and with ``quotas`` its subvolume: Docker removes only its record of a bound one."""
+        device = bound_device(self._inspect(volume) or {}) if self.quotas is not None else ""
         try:
             self.client.remove_volume(volume)
         except docker.errors.NotFound:
@@ -226,6 +287,14 @@ class HomeVolumes:
                 self.log.warning("Could not remove volume %s: %s", volume, e)
                 return
             raise HomeError(f"could not remove home {volume}: {e.explanation or e}") from None
+        if device and self.quotas.holds(device):
+            try:
+                self.quotas.remove(device)
+            except QuotaError as e:
+                if quiet:
+                    self.log.warning("Could not delete the subvolume of %s: %s", volume, e)
+                    return
+                raise HomeError(f"home {volume} removed, but not its files: {e}") from None
 
 
 __all__ = [

@@ -102,7 +102,8 @@ class MountPolicy:
 
 #: Profile fields only the admin's config (``c.GPUSpawner.profiles``) may set: a profiles file that
 #: sets one, whatever its value, is refused (its editors, often teachers, must not loosen them).
-ADMIN_ONLY_FIELDS = ("allow_root", "internet")
+ADMIN_ONLY_FIELDS = ("allow_root", "internet", "home_quota", "container_quota")
+_ADMIN_FLAGS = ("allow_root", "internet")  # the true-or-false ones
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ class Profile:
     default: bool = False
     allow_root: bool = False  # its image may run as root (admin's config only)
     internet: bool = False  # its servers may reach the internet (admin's config only)
+    # Disk quotas in bytes (admin's config only); None: the spawner's hub-wide home_quota / container_quota.
+    home_quota: int | None = None
+    container_quota: int | None = None
     # GPU culling, in seconds (0: never); None: the spawner's hub-wide value.
     gpu_idle_timeout: float | None = None
     max_runtime: float | None = None
@@ -291,7 +295,7 @@ def parse_profile(
             raise error(field, str(e)) from None
 
     sizes = {}
-    for field in ("mem_limit", "shm_size", "gpu_min_memory"):
+    for field in ("mem_limit", "shm_size", "gpu_min_memory", "home_quota", "container_quota"):
         value = entry.get(field)
         if value is None:
             sizes[field] = None
@@ -340,7 +344,7 @@ def parse_profile(
             raise error(field_name, f"must be a list of names, got {value!r}")
         who[field_name] = frozenset(value)
     flags = {}
-    for field_name in ("default", *ADMIN_ONLY_FIELDS):
+    for field_name in ("default", *_ADMIN_FLAGS):
         flags[field_name] = entry.get(field_name, False)
         if not isinstance(flags[field_name], bool):
             raise error(field_name, f"must be true or false, got {flags[field_name]!r}")
@@ -358,6 +362,8 @@ def parse_profile(
         mem_limit=sizes["mem_limit"],
         cpu_limit=cpu_limit,
         shm_size=sizes["shm_size"],
+        home_quota=sizes["home_quota"],
+        container_quota=sizes["container_quota"],
         description=description.strip(),
         environment=env,
         datasets=datasets,

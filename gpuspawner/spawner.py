@@ -44,6 +44,7 @@ from . import labels as label
 from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
 from .culler.policy import CullRules
 from .culler.records import stop_record_for
+from .disk_quota import HomeQuotas, storage_opt
 from .docker_pool import DEFAULT_THREADS
 from .eventfiles import DenialLog
 from .gpus import (
@@ -515,6 +516,55 @@ class GPUSpawner(DockerSpawner):
         help="""The image whose ``sh`` and ``cp`` archive a home (a throwaway container, no network).
 
         Empty: the first profile's image, which the engine already has.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    homes_root = Unicode(
+        "",
+        help="""A folder on a btrfs filesystem with quotas enabled, where each home is a subvolume with a size limit.
+
+        Each home volume is then a ``local`` Docker volume bound to the subvolume
+        ``<homes_root>/<home volume name>``, made at the user's first spawn; its limit
+        is ``home_quota`` (the profile's, else the hub-wide one), set again at each
+        spawn. The hub runs ``btrfs`` (btrfs-progs) as root and must see this folder
+        at the same path as the engine. Empty (default): homes are plain Docker
+        volumes, on the engine's disk, without a limit. See docs/how-to/homes.md.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @validate("homes_root")
+    def _validate_homes_root(self, proposal):
+        if proposal.value and not proposal.value.startswith("/"):
+            raise TraitError(f"GPUSpawner.homes_root: must be an absolute path, got {proposal.value!r}")
+        return normal_host_path(proposal.value) if proposal.value else ""
+
+    home_quota = ByteSpecification(
+        None,
+        allow_none=True,
+        help="""The most a home may hold, e.g. ``"10G"``, unless the server's profile sets ``home_quota``.
+
+        Enforced with btrfs qgroups under ``homes_root``: a write past it fails with
+        "Disk quota exceeded" in the student's server, and nothing else fills up.
+        ``check_config`` refuses to start the hub when a quota is set and ``homes_root``
+        cannot enforce it. None: no limit.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    container_quota = ByteSpecification(
+        None,
+        allow_none=True,
+        help="""The most a server may write outside its home and mounts (its writable layer), e.g. ``"20G"``.
+
+        Unless the server's profile sets ``container_quota``. Docker's ``storage_opt size``:
+        enforced only by the ``btrfs`` and ``zfs`` storage drivers, and by ``overlay2``
+        on XFS mounted with ``pquota``; ``check_config`` refuses to start the hub when
+        the engine's storage cannot. None: no limit.
 
         .. versionadded:: 0.2
         """,
@@ -1242,7 +1292,23 @@ class GPUSpawner(DockerSpawner):
 
     def _home_volumes(self) -> HomeVolumes:
         image = self.home_copy_image or next((p.image for p in self.lab_profiles), "") or self.image
-        return HomeVolumes(self.client, image, self.log)
+        return HomeVolumes(self.client, image, self.log, quotas=self.home_quotas())
+
+    #: Whether this spawner applies ``home_quota`` and ``container_quota``; check_config refuses them where not.
+    enforces_disk_quotas = True
+
+    def home_quotas(self) -> HomeQuotas | None:
+        """The homes' subvolumes and limits (``homes_root``); None: homes are plain volumes."""
+        return HomeQuotas(self.homes_root) if self.homes_root else None
+
+    def home_quota_of(self, profile: Profile | None) -> int | None:
+        """The limit of a home when a server of ``profile`` starts: the profile's, else the hub-wide one."""
+        value = profile.home_quota if profile is not None else None
+        return self.home_quota if value is None else value
+
+    def container_quota_of(self, profile: Profile | None) -> int | None:
+        value = profile.container_quota if profile is not None else None
+        return self.container_quota if value is None else value
 
     async def _on_pool(self, target, method: str, *args, **kwargs):
         """``target.method(...)`` on the hub's Docker pool, after this server's earlier calls."""
@@ -1255,9 +1321,23 @@ class GPUSpawner(DockerSpawner):
         volume = self.hub_settings().home_volume
         if not volume:
             return
+        quota = self.home_quota_of(self.profile)
+        if quota and self.home_quotas() is None:  # check_config refuses this; a hub without it must too
+            self.log.error("Not starting %s: home_quota is set, but not homes_root", self.holder)
+            raise SpawnException(
+                "Your home cannot be held to its quota: the hub's home_quota is set, but homes_root (a btrfs"
+                " filesystem with quotas on) is not. Nothing was started; ask an admin.",
+                reason="home",
+                status_code=503,
+            )
         try:
             done = await self._on_pool(
-                self._home_volumes(), "claim", volume, HomeOwner.of(self.user), self.unowned_home
+                self._home_volumes(),
+                "claim",
+                volume,
+                HomeOwner.of(self.user),
+                self.unowned_home,
+                quota=quota,
             )
         except (HomeError, docker.errors.APIError) as e:
             self.log.error("Not starting %s: home %s: %s", self.holder, volume, e)
@@ -1500,6 +1580,9 @@ class GPUSpawner(DockerSpawner):
             host_config["CapDrop"] = list(described.cap_drop)
         if described.pids_limit:
             host_config["PidsLimit"] = described.pids_limit
+        quota = storage_opt(self.container_quota_of(self.profile))
+        if quota:
+            host_config["StorageOpt"] = quota
         if self.network_name != "host":
             host_config["NetworkMode"] = self.server_network
         # Not Docker's auto-remove: a server that exits before it answers is told with its status and its

@@ -328,6 +328,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
     # A server is a service whose task runs on another node's engine: start_object already waits for the
     # task, and the ledger is rebuilt from the tasks only at the hub's start (not checked against one engine).
     watches_start = False
+    enforces_disk_quotas = False  # homes live on the nodes' engines (``_claim_home``): check_config refuses quotas
 
     async def _resync_ledger(self, ledger: Ledger) -> None:
         return None

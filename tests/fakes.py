@@ -150,11 +150,14 @@ class FakeDocker:
         self.calls.append("inspect_volume")
         if name not in self.volumes:
             raise not_found(name)
-        return {"Name": name, "Labels": self.volumes[name]["Labels"] or None}
+        volume = self.volumes[name]
+        return {"Name": name, "Labels": volume["Labels"] or None, "Options": volume.get("Options")}
 
-    def create_volume(self, name, labels=None):
+    def create_volume(self, name, driver=None, driver_opts=None, labels=None):
         self.calls.append("create_volume")
         self.volumes.setdefault(name, {"Labels": dict(labels or {}), "files": {}})
+        if driver_opts:
+            self.volumes[name]["Options"] = dict(driver_opts)
         return {"Name": name}
 
     def remove_volume(self, name):

@@ -105,6 +105,13 @@ c.GPUSpawner.gpus = "nvml"
 
 # Each student's files: a Docker volume that outlives their servers (back it up).
 c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
+# A size limit on each home (a profile may set its own "home_quota"): homes become btrfs subvolumes
+# under homes_root, a btrfs filesystem with quotas on; the hub refuses to start if it cannot enforce
+# it. Mount it into the hub in compose.yaml (docs/how-to/homes.md, "Disk quotas").
+#   c.GPUSpawner.homes_root = "/srv/homes"
+#   c.GPUSpawner.home_quota = "10G"
+# The writable layer of each server (needs the engine on XFS with pquota, or btrfs):
+#   c.GPUSpawner.container_quota = "20G"
 
 # The class images: built and checked by the teachers (`gpuspawner image build`),
 # pinned, pulled before class (`gpuspawner prepull`).

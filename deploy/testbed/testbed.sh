@@ -105,8 +105,9 @@ do_install() {
     local missing=() p
     # chromium: the browser tests drive Debian's build (no browser download is possible here);
     # docker-compose: the deploy test runs deploy/hub/compose.yaml with it;
-    # iproute2, iptables, util-linux: the Swarm test bed's namespaces, bridge and nsenter
-    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux; do pkg_installed "$p" || missing+=("$p"); done
+    # iproute2, iptables, util-linux: the Swarm test bed's namespaces, bridge and nsenter;
+    # btrfs-progs: the disk quota test's loop filesystems (this kernel has btrfs qgroups, no XFS/ext4 quotas)
+    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux btrfs-progs; do pkg_installed "$p" || missing+=("$p"); done
     command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         wait_for_apt

@@ -17,6 +17,7 @@ import docker.errors
 from jupyterhub.utils import subdomain_hook_idna, subdomain_hook_legacy
 
 from ..config import ConfigError, HubConfig, engine_where
+from ..disk_quota import HomesRootFacts, engine_storage, home_quota_refusal, writable_layer_refusal
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
 from ..images import cuda_refusal, declared_cuda, declared_resource_variables, runs_as_root
@@ -369,6 +370,70 @@ def subdomain_findings(
     return findings
 
 
+HOME_QUOTA_HOWTO = (
+    "homes on btrfs: mkfs.btrfs /dev/<disk>; mount /dev/<disk> /srv/homes; btrfs quota enable /srv/homes;"
+    ' then c.GPUSpawner.homes_root = "/srv/homes" and c.GPUSpawner.home_quota = "10G" (docs/how-to/homes.md)'
+)
+LAYER_QUOTA_HOWTO = (
+    "put the engine's data root on XFS mounted with pquota (mkfs.xfs /dev/<disk>; mount -o pquota /dev/<disk>"
+    " /var/lib/docker, or prjquota in /etc/fstab), or on btrfs with the btrfs storage driver"
+    ' ({"storage-driver": "btrfs"} in daemon.json); then c.GPUSpawner.container_quota = "20G"'
+)
+
+
+def disk_quota_findings(
+    homes: HomesRootFacts | None,
+    home_quota: int | None,
+    docker_info: dict | None,
+    container_quota: int | None,
+) -> list[Finding]:
+    """Can the lab's filesystems enforce the homes' and the writable layers' quotas, and how to get there?
+
+    ``homes``: what was found at ``homes_root`` (None when it is not set); ``home_quota``,
+    ``container_quota``: the largest asked for (None: none); ``docker_info``: ``docker info``, None
+    when the engine did not answer.
+    """
+    findings = []
+    if homes is None and not home_quota:
+        findings.append(
+            Finding(
+                WARN, "home quota", "homes have no size limit: one student can fill the engine's disk", HOME_QUOTA_HOWTO
+            )
+        )
+    else:
+        refusal = home_quota_refusal(homes or HomesRootFacts(""), home_quota)
+        if refusal:  # the refusal says what to run
+            findings.append(Finding(FAIL, "home quota", refusal, "then run gpuspawner doctor again"))
+        else:
+            limit = f"limited to {format_bytes(home_quota)} (or their profile's)" if home_quota else "without a limit"
+            findings.append(
+                Finding(OK, "home quota", f"homes are btrfs subvolumes under {homes.path}, quotas enabled, {limit}")
+            )
+    if docker_info is None:
+        return findings
+    driver, backing = engine_storage(docker_info)
+    on = f"{driver} on {backing}" if backing else driver
+    refusal = writable_layer_refusal(docker_info, container_quota)
+    if refusal:
+        if container_quota:
+            findings.append(Finding(FAIL, "container quota", refusal, LAYER_QUOTA_HOWTO.split("; then")[0]))
+        else:
+            message = f"the engine stores containers with {on}: it cannot limit their writable layers"
+            findings.append(Finding(WARN, "container quota", message, LAYER_QUOTA_HOWTO))
+    elif container_quota:
+        note = " (XFS must be mounted with pquota, or Docker refuses each server)" if driver == "overlay2" else ""
+        findings.append(
+            Finding(OK, "container quota", f"writable layers limited to {format_bytes(container_quota)}, {on}{note}")
+        )
+    else:
+        findings.append(
+            Finding(
+                OK, "container quota", f"the engine ({on}) can limit writable layers: set c.GPUSpawner.container_quota"
+            )
+        )
+    return findings
+
+
 def _certificate_covers(names: Iterable[str], host: str) -> bool:
     """Whether a certificate for ``names`` is valid for ``host`` (a wildcard covers one label)."""
     host = host.lower()
@@ -407,6 +472,7 @@ class DoctorApp(LabCommand):
             self.check_images(client, spawner, profiles, inventory, findings)
         findings += lab_network_findings(client, spawner, profiles)
         findings += mount_findings(profiles, lambda source: _source_exists(client, source))
+        findings += self.check_disk_quotas(client, spawner, profiles)
         if hub is not None:
             findings += self.check_subdomains(hub)
 
@@ -466,6 +532,18 @@ class DoctorApp(LabCommand):
         findings.append(inventory_finding(inventory, sum(bool(p.gpu_request.slots) for p in profiles)))
         findings += profile_findings(profiles, inventory, Ledger(inventory.units))
         return inventory
+
+    def check_disk_quotas(self, client, spawner: GPUSpawner, profiles) -> list[Finding]:
+        homes = [q for q in (spawner.home_quota, *(spawner.home_quota_of(p) for p in profiles)) if q]
+        layers = [q for q in (spawner.container_quota, *(spawner.container_quota_of(p) for p in profiles)) if q]
+        quotas = spawner.home_quotas()
+        try:
+            info = client.info() if client is not None else None
+        except (docker.errors.DockerException, OSError):
+            info = None
+        return disk_quota_findings(
+            quotas.facts() if quotas else None, max(homes, default=None), info, max(layers, default=None)
+        )
 
     def check_subdomains(self, hub: HubConfig) -> list[Finding]:
         """With ``c.JupyterHub.subdomain_host``: the hosts it makes, and the hub's certificate for them."""
