@@ -233,7 +233,7 @@ def test_2_the_hub_is_killed_in_a_burst_of_spawns(chaos):
     # What the hub's ledger holds is what Docker holds: the free units start, one more is refused.
     extra = [user(f"after{i}") for i in range(4 - held(truth))]
     for name in extra:
-        hub.spawn(name, "gpu")
+        spawn_when_free(hub, name)
     r = hub.start_server(user("late"), "gpu")
     assert r.status_code == 503, r.text
     truth, ledger = agree(hub, command)
@@ -283,7 +283,7 @@ def test_3_the_state_filesystem_fills_up_and_recovers(chaos):
     free = [unit for unit, holders in truth.items() if not holders]
     spawned = [user(f"back{i}") for i in range(len(free))]
     for name in spawned:
-        hub.spawn(name, "gpu")
+        spawn_when_free(hub, name)
     truth, ledger = agree(hub, command)
     assert held(truth) == 4
     homes_intact(engine, homes)
@@ -296,10 +296,24 @@ def test_3_the_state_filesystem_fills_up_and_recovers(chaos):
     }
 
 
+def spawn_when_free(hub, name: str) -> None:
+    """Spawn on a unit Docker shows free: the hub's ledger frees a unit whose container went away at its
+    next check (``ledger_sync_interval``, 1 s here), so a refusal is asked again until then."""
+    answers = []
+
+    def started() -> bool:
+        r = hub.start_server(name, "gpu")
+        answers.append(f"{r.status_code} {r.text}")
+        return r.status_code in (201, 202)
+
+    wait_for(started, 5, f"{name}'s spawn accepted", every=0.5, details=lambda: answers[-1])
+    hub.wait_ready(name)
+
+
 def kill_hub(hub) -> None:
     """SIGKILL the hub and its services (the culler), as a crash of its unit would; the proxy lives on."""
     pid = hub.proc.pid
-    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    children = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
     proxy = int((hub.workdir / "proxy.pid").read_text()) if (hub.workdir / "proxy.pid").exists() else None
     hub.kill()
     for child in children:
