@@ -14,6 +14,7 @@ import asyncio
 import os
 import time
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import docker.tls
 import docker.types
@@ -1598,6 +1599,32 @@ class GPUSpawner(DockerSpawner):
         if self.network_name == "host":
             return "127.0.0.1", self.port
         return await super().get_ip_and_port()
+
+    async def get_url(self):
+        """The server's URL, asked by a restarted hub of a server that poll() says runs.
+
+        A hub killed after the container started but before it stored the address
+        has in its database neither the address nor the port the server listens on
+        (on the host network, chosen for that start): JupyterHub then looks for the
+        server elsewhere, never finds it, and stops it after ``http_timeout``. Both
+        come from the container instead (its ``JUPYTERHUB_SERVICE_URL``).
+        """
+        url = await super().get_url()
+        server = self.server
+        if server is None or server.ip:
+            return url
+        try:
+            found = await self.docker("inspect_container", self.object_id or self.container_name)
+            env = dict(entry.partition("=")[::2] for entry in found["Config"].get("Env") or [])
+            listens = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "")).port
+            if listens:
+                self.port = self.shared.ports[self.holder] = listens
+            ip, port = await self.get_ip_and_port()
+        except Exception as e:  # noqa: BLE001 - then JupyterHub's own check decides
+            self.log.warning("Could not find the address of %s in Docker: %s", self._log_name, e)
+            return url
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"{server.proto}://{host}:{int(port)}{server.base_url}"
 
     # --- the lab network
 

@@ -100,6 +100,7 @@ class FakeDocker:
             "Name": name,
             "Image": image,
             "Env": environment,
+            "Config": {"Env": [f"{k}={v}" for k, v in (environment or {}).items()]},  # as Docker reports them
             "Labels": labels or {},
             "HostConfig": host_config,
             "State": {"Running": False, "ExitCode": 0, "Error": "", "FinishedAt": ""},

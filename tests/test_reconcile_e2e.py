@@ -88,6 +88,18 @@ def containers_of(name: str) -> list:
     return engine().containers.list(all=True, sparse=True, filters={"label": f"gpuspawner.user={name}"})
 
 
+def start_once_free(hub, name: str) -> None:
+    """Start ``name``'s GPU server once the hub's ledger has seen the freed GPU (it checks Docker every
+    ``ledger_sync_interval``, 1 s here); a refusal before that holds nothing."""
+    wait_for(
+        lambda: hub.start_server(name, "gpu").status_code in (201, 202),
+        15,
+        f"{name}'s GPU server started",
+        every=1,
+        details=hub.log_tail,
+    )
+
+
 def stop_reasons(stops: Path) -> dict[str, str]:
     lines = stops.read_text().splitlines() if stops.exists() else []
     return {record["user"]: record["reason"] for record in map(json.loads, lines)}
@@ -159,10 +171,9 @@ def test_servers_the_hub_forgot_are_stopped_after_the_grace_and_their_gpus_freed
     assert stop_reasons(stops) == {alice: "orphan", carol: "orphan"}
     assert {name: home_file(volume) for name, volume in homes.items()} == {alice: alice, carol: carol}
 
-    # Both GPUs go to the next students.
+    # Both GPUs go to the next students (once the hub's ledger has checked Docker again: ledger_sync_interval).
     for name in (bob, dora):
-        r = hub.start_server(name, "gpu")
-        assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{hub.log_tail()}"
+        start_once_free(hub, name)
     for name in (bob, dora):
         hub.wait_ready(name)
     assert sorted(hub.visible_devices(name) for name in (bob, dora)) == sorted(GPUS)
@@ -182,7 +193,8 @@ def test_a_failed_stop_leaves_a_container_the_culler_stops_and_its_gpu_freed(lab
     wait_for(lambda: not containers_of(dora), GRACE + 20, "dora's container stopped", details=hub.log_tail)
     assert stop_reasons(stops)[dora] == "orphan"
     assert home_file(home) == dora
-    hub.spawn(erin, "gpu")
+    start_once_free(hub, erin)
+    hub.wait_ready(erin)
     assert hub.visible_devices(erin) == gpu
     # bob's server, which the hub knows, ran through all those rounds of the culler.
     bob = user("bob")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from jupyterhub import orm
 from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import TraitError
@@ -170,6 +171,26 @@ async def test_restarted_hub_adopts_running_containers(engine):
     bob = spawner(engine, "bob", profile="gpu")
     await bob.start()
     assert bob.gpu_ids == ("GPU-1111",)
+
+
+async def test_a_hub_killed_mid_spawn_finds_the_servers_address_in_its_container(engine):
+    # The hub stored the server's row before start() returned: no address, and not the port it listens on.
+    alice = spawner(engine, "alice", profile="gpu", network_name="host")
+    await alice.start()
+    listens = alice.port
+    reset_hub_state()  # SIGKILLed: no state saved either
+
+    again = spawner(engine, "alice", network_name="host")
+    again.orm_spawner.server = orm.Server(
+        proto="http", ip="", port=listens + 1, base_url="/user/alice/", cookie_name="c"
+    )
+    assert await again.poll() is None
+    assert await again.get_url() == f"http://127.0.0.1:{listens}/user/alice/"
+    # An address stored by the hub is trusted, as JupyterHub does.
+    again.orm_spawner.server = orm.Server(
+        proto="http", ip="127.0.0.1", port=listens, base_url="/user/alice/", cookie_name="c"
+    )
+    assert await again.get_url() == f"http://127.0.0.1:{listens}/user/alice/"
 
 
 def test_unknown_profile_is_a_400_naming_the_choices(engine):
