@@ -307,26 +307,33 @@ class GPUCuller(IdleCuller):
             verdict = self.clocks.judge(gpu_server, readings, now, last_activity)
             if verdict.stop:
                 self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), verdict.message)
-                if self.stops_file:
-                    try:
-                        record_stop(
-                            self.stops_file,
-                            user=found.user,
-                            server=found.server,
-                            profile=found.profile,
-                            container=self._record_as.get(found.container, found.container),
-                            reason=verdict.reason,
-                            message=verdict.message,
-                            now=now,
-                            max_bytes=self.stops_file_max_size,
-                            backups=self.stops_file_backups,
-                        )
-                    except OSError as e:
-                        self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
+                container = self._record_as.get(found.container, found.container)
+                self._record_stop(found, container, verdict.reason, verdict.message, now)
                 return True
         if self.timeout > 0 and inactive is not None:
             return inactive.total_seconds() >= inactive_limit
         return False
+
+    def _record_stop(self, server, container: str, reason: str, message: str, now) -> None:
+        """A line in the stops file for the dashboard and the next spawn page (``server``: its user,
+        server and profile), rotated as configured; a write that fails is logged, never raised."""
+        if not self.stops_file:
+            return
+        try:
+            record_stop(
+                self.stops_file,
+                user=server.user,
+                server=server.server,
+                profile=server.profile,
+                container=container,
+                reason=reason,
+                message=message,
+                now=now,
+                max_bytes=self.stops_file_max_size,
+                backups=self.stops_file_backups,
+            )
+        except OSError as e:
+            self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
 
     # --- the reconciler: containers holding units for servers the hub does not know
 
@@ -391,20 +398,7 @@ class GPUCuller(IdleCuller):
             record = records[cid]
             message = orphan_message(self.orphan_grace)
             self.log.warning("Stopping %s (GPUs %s): %s", record.holder, ",".join(record.unit_ids), message)
-            if self.stops_file:
-                try:
-                    record_stop(
-                        self.stops_file,
-                        user=record.user,
-                        server=record.server,
-                        profile=record.profile,
-                        container=cid,
-                        reason=ORPHAN,
-                        message=message,
-                        now=now,
-                    )
-                except OSError as e:
-                    self.log.warning("Could not record the stop in %s: %s", self.stops_file, e)
+            self._record_stop(record, cid, ORPHAN, message, now)
             try:
                 await asyncio.to_thread(self._stop_container, cid)
             except Exception as e:  # noqa: BLE001 - tried again next round
