@@ -1148,6 +1148,8 @@ class GPUSpawner(DockerSpawner):
         refusal = self._can_start(ledger, profile)
         if refusal is not None:
             raise self._refusal(profile, refusal, ledger)
+        if self.network_name != "host":
+            await self._check_network(self.server_network)
         inspect = await self._image_ready()
         self._check_image(inspect, await self.shared.puller.passwd(inspect))
         await self._claim_home()
@@ -1176,8 +1178,6 @@ class GPUSpawner(DockerSpawner):
             if self.network_name == "host":
                 self.ip = "127.0.0.1"
                 self.port = self._choose_port()
-            else:
-                await self._check_network(self.server_network)
             held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
             self._report(75, f"Starting the container{held}")
             started = await super().start()
@@ -1636,7 +1636,7 @@ class GPUSpawner(DockerSpawner):
         return self.network_name
 
     async def _check_network(self, name: str) -> None:
-        """Refuse the spawn, before the container, when the server's network is not on the engine."""
+        """Refuse the spawn, before any unit is assigned, when the server's network is not on the engine."""
         seen = self.shared.networks_seen
         if name in seen:
             return

@@ -518,15 +518,6 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
                 reason="home_node",
                 status_code=503,
             )
-        if self.on_lab_network:  # before any unit is assigned or any home recorded
-            await self._check_lab_network()
-            if self.profile is not None and self.profile.internet:
-                raise SpawnException(
-                    f"{self.profile.display_name} asks for the internet, which a Swarm lab network does not"
-                    " offer yet: an admin can run this profile's servers with network_name = 'host'.",
-                    reason="network",
-                    status_code=503,
-                )
         self.node = None  # chosen afresh for this start
         return await super().start()
 
@@ -581,6 +572,20 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         if self.on_lab_network:
             return self.node.addr, self.published_port
         return self.ip, self.port
+
+    async def _check_network(self, name: str) -> None:
+        """GPUSpawner's check before any unit is assigned or any home recorded: the lab network is one
+        of the Swarm, and a profile asks for no internet, which a Swarm lab network does not offer."""
+        if not self.on_lab_network:
+            return
+        await self._check_lab_network()
+        if self.profile is not None and self.profile.internet:
+            raise SpawnException(
+                f"{self.profile.display_name} asks for the internet, which a Swarm lab network does not"
+                " offer yet: an admin can run this profile's servers with network_name = 'host'.",
+                reason="network",
+                status_code=503,
+            )
 
     async def _check_lab_network(self) -> None:
         """The lab network exists on the Swarm: a clear refusal, not Swarm's, when it does not."""
