@@ -88,7 +88,7 @@ class HubState:
             log=spawner.log,
             quarantine_file=spawner.quarantine_file,
             quarantine_after=spawner.quarantine_after,
-            inventory_retry=spawner.nvml_retry_interval if spawner.gpus in ("nvml", "auto") else 0,
+            inventory_retry=spawner.inventory_retry,
         )
 
     @cached_property

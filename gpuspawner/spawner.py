@@ -606,6 +606,11 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    @property
+    def inventory_retry(self) -> float:
+        """Seconds between asks of NVML while it does not answer; 0 where the GPUs are not NVML's."""
+        return self.nvml_retry_interval if self.gpus in ("nvml", "auto") else 0
+
     shm_size = ByteSpecification(
         None,
         allow_none=True,

@@ -262,8 +262,8 @@ class GPUDashboard(Application):
             tail_bytes=self.events_tail,
             log=self.log,
             quarantine_file=self.quarantine_file,
-            reload_inventory=spawner.load_inventory if spawner.gpus in ("nvml", "auto") else None,
-            inventory_retry=spawner.nvml_retry_interval,
+            reload_inventory=spawner.load_inventory if spawner.inventory_retry else None,
+            inventory_retry=spawner.inventory_retry,
         )
 
     async def keep_job_mapping(self) -> None:
