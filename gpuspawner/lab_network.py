@@ -37,6 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_NAME = "gpuspawner-lab"
+# The defaults of LabNetwork, lab_network and add_lab_network: one place.
+DEFAULT_SUBNET, DEFAULT_INTERFACE = "10.213.0.0/24", "gpulab0"
+DEFAULT_INTERNET_SUBNET, DEFAULT_INTERNET_INTERFACE = "10.213.1.0/24", "gpulab1"
 INTERNET_SUFFIX = "-internet"
 LABEL = "gpuspawner.lab-network"  # on both networks: the lab's name
 
@@ -89,10 +92,10 @@ class LabNetwork:
     """One lab's two networks and the hub port servers may reach."""
 
     name: str = DEFAULT_NAME
-    subnet: str = "10.213.0.0/24"
-    interface: str = "gpulab0"
-    internet_subnet: str = "10.213.1.0/24"
-    internet_interface: str = "gpulab1"
+    subnet: str = DEFAULT_SUBNET
+    interface: str = DEFAULT_INTERFACE
+    internet_subnet: str = DEFAULT_INTERNET_SUBNET
+    internet_interface: str = DEFAULT_INTERNET_INTERFACE
     hub_port: int = 8081
     allow: tuple[Allowed, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())  # more labels for both networks (tests)
@@ -221,10 +224,10 @@ class LabNetwork:
 
 def lab_network(
     name: str = DEFAULT_NAME,
-    subnet: str = "10.213.0.0/24",
-    internet_subnet: str = "10.213.1.0/24",
-    interface: str = "gpulab0",
-    internet_interface: str = "gpulab1",
+    subnet: str = DEFAULT_SUBNET,
+    internet_subnet: str = DEFAULT_INTERNET_SUBNET,
+    interface: str = DEFAULT_INTERFACE,
+    internet_interface: str = DEFAULT_INTERNET_INTERFACE,
     hub_port: int = 8081,
     allow: Iterable[str] = (),
     labels: dict[str, str] | None = None,
@@ -451,10 +454,10 @@ def in_the_hub() -> bool:
 def add_lab_network(
     c,
     name: str = DEFAULT_NAME,
-    subnet: str = "10.213.0.0/24",
-    internet_subnet: str = "10.213.1.0/24",
-    interface: str = "gpulab0",
-    internet_interface: str = "gpulab1",
+    subnet: str = DEFAULT_SUBNET,
+    internet_subnet: str = DEFAULT_INTERNET_SUBNET,
+    interface: str = DEFAULT_INTERFACE,
+    internet_interface: str = DEFAULT_INTERNET_INTERFACE,
     allow: Iterable[str] = (),
     labels: dict[str, str] | None = None,
 ) -> LabNetwork:
