@@ -9,6 +9,8 @@ and the field; it also starts pulling the profiles' missing images.
 from __future__ import annotations
 
 import ipaddress
+import os
+import ssl
 
 from jupyterhub.app import JupyterHub
 from traitlets import TraitError
@@ -56,6 +58,9 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
     unenforced = disk_quota_refusal(spawner, profiles)
     if unenforced:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unenforced}")
+    unserved = tls_refusal(config.JupyterHub.get("ssl_cert", ""), config.JupyterHub.get("ssl_key", ""))
+    if unserved:
+        raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unserved}")
     if prepull and in_the_hub():  # in the hub itself, not in a tool reading its config
         spawner._prepull_profile_images()
     return profiles
@@ -125,6 +130,52 @@ def _hub_unreachable(config: Config, spawner: GPUSpawner) -> str:
         ' c.JupyterHub.hub_ip), or run servers on the host\'s network with c.GPUSpawner.network_name = "host"'
         " (no isolation: see docs/topic/security.md)."
     )
+
+
+def tls_refusal(cert: str, key: str) -> str:
+    """Why the hub could not serve HTTPS with ``c.JupyterHub.ssl_cert`` and ``ssl_key``, or ''.
+
+    A certificate that is configured but cannot be used stops the hub: it must never
+    fall back to plain HTTP. Both files must be readable here, and the key must be the
+    certificate's (a chain of PEM certificates, the leaf first, as certbot's fullchain.pem).
+    """
+    if not cert and not key:
+        return ""
+    if not cert or not key:
+        given, missing = ("ssl_cert", "ssl_key") if cert else ("ssl_key", "ssl_cert")
+        return f"c.JupyterHub.{given} is set but c.JupyterHub.{missing} is not: HTTPS needs both"
+    for name, path in (("certificate", cert), ("key", key)):
+        unreadable = _unreadable(path)
+        if unreadable:
+            return f"the TLS {name} {path} {unreadable}; the hub will not serve plain HTTP instead"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        return (
+            f"the TLS certificate {cert} and key {key} do not make a pair ({e.reason or e}): the key must be"
+            " the certificate's, both PEM, the certificate first in its file"
+        )
+    return ""
+
+
+def _unreadable(path: str) -> str:
+    """How ``path`` fails to be a readable file, as the rest of a sentence; '' when it is one."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return (
+            f"is a symbolic link to {os.readlink(path)}, which does not exist here (in the hub's container only"
+            " /etc/jupyterhub is mounted: copy the files there, with certbot's --deploy-hook, instead of linking)"
+        )
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isfile(path):
+        return "is not a file"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return ""
 
 
 def _spawner_class(config: Config) -> type[GPUSpawner]:

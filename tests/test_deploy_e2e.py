@@ -1,35 +1,47 @@
-"""The deploy works: the hub image from deploy/hub/, run with its compose file, spawns a GPU server.
+"""The admin's path, as shipped: deploy/hub/compose.yaml runs deploy/hub/jupyterhub_config.py.
 
-The image is built from ``deploy/hub/Dockerfile`` with the test bed's single-user image as
+The hub image is built from ``deploy/hub/Dockerfile`` with the test bed's single-user image as
 its base (no registry here: a real site uses the Dockerfile's pinned default), tagged by a
-hash of its inputs so that a rerun finds it cached. ``deploy/hub/compose.yaml`` then runs it
-with Debian's docker-compose against the test engine, with a small config of this test's own
-(a simulated GPU list); a student logs in through the login form, gets a GPU server through
-the containerised hub, keeps it across a restart of the hub's container, and stops it.
-Everything made here is removed at the end: the compose project and its volume, and the
-student's container and home volume (found by this run's label and name).
+hash of its inputs so that a rerun finds it cached. The example course config is used as
+shipped: only its "Fill in" block differs, with what the admin is told to fill in there (the
+hub's address and ports, the certificate, the single sign-on provider's URLs, the GPU list, the
+lab's subnets, the folders and the class images), and the test checks that nothing else does.
+
+Around it, what a site has: a single sign-on provider on loopback (``oidc-provider-mock``, a
+packaged OpenID Connect provider on Authlib) issuing a student and a teacher with course group
+claims; a certificate the test makes, which the hub serves HTTPS with; the class images in a
+registry on loopback; dataset and course folders as the admin tutorial creates them. In
+Chromium, the student logs in through the provider, sees only the course's profiles and starts
+one; the teacher sees the course on the GPU dashboard, a profile added to
+``/etc/jupyterhub/profiles.yaml``, and writes to the course share. ``gpuspawner prepull`` and
+``doctor`` run in the hub's container as the tutorial says; the culler and the dashboard run
+with the shipped settings; the hub's container restarts under a running server. Everything
+made here is removed at the end.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from gpuspawner.lab_network import LabNetwork, check_rules
+from gpuspawner.lab_network import check_rules
 from gpuspawner.lab_network import settings as lab_settings
 
+from .conftest import CHROMIUM
 from .realhub import (
     REPO,
     TESTBED,
@@ -42,15 +54,27 @@ from .realhub import (
     remove_lab,
     wait_for,
 )
+from .registry import CACHE, local_registry
+from .tls import make_certificate
 
-pytestmark = [pytest.mark.docker, pytest.mark.hub]
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
 RUN = secrets.token_hex(3)
 PROJECT = f"gpuspawner-deploy-e2e-{RUN}"
-LABEL = "gpuspawner-deploy-e2e"
-COMPOSE_FILE = REPO / "deploy" / "hub" / "compose.yaml"
+DEPLOY = REPO / "deploy" / "hub"
+COMPOSE_FILE = DEPLOY / "compose.yaml"
 GPU_IDS = ["GPU-d0000000-0000-4000-8000-000000000000", "GPU-d1111111-1111-4000-8000-111111111111"]
-PASSWORD = "deploy-e2e"
+STUDENT, TEACHER = f"alice-{RUN}", f"carol-{RUN}"
+IDP_USERS = [  # as the university's provider sends them: its groups claim names the course groups
+    {"sub": STUDENT, "preferred_username": STUDENT, "name": "Alice", "groups": ["ml101"]},
+    # a teacher is in the course's group and in its teachers' group
+    {"sub": TEACHER, "preferred_username": TEACHER, "name": "Carol", "groups": ["ml101", "ml101-teachers"]},
+]
+CLASS_IMAGES = {
+    "ML101_IMAGE": "ml101-cuda:2026.1",
+    "CV201_IMAGE": "cv201-cuda:2026.1",
+    "CPU_IMAGE": "python-cpu:2026.1",
+}
 
 
 # --- the image ---------------------------------------------------------------------
@@ -134,70 +158,108 @@ def hub_image(base: str) -> tuple[str, float]:
 # --- the hub, run by compose ----------------------------------------------------------
 
 
-def compose_cmd() -> list[str]:
-    exe = shutil.which("docker-compose")
-    assert exe, "docker-compose is not installed: run `bash deploy/testbed/testbed.sh install`"
-    return [exe, "--project-name", PROJECT, "--file", str(COMPOSE_FILE)]
+# --- the site around the hub ------------------------------------------------------------
+
+FILL_IN_START = "# --- Fill in: your site"
+FILL_IN_END = "# --- End of what to fill in"
 
 
-def compose(env: dict, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(compose_cmd() + list(args), env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+def fill_in(shipped: str, values: dict[str, object]) -> str:
+    """The shipped config with its "Fill in" block given ``values``: every name it assigns, nothing else."""
+    start = shipped.index(FILL_IN_START)
+    start = shipped.index("\n", start) + 1
+    end = shipped.index(FILL_IN_END)
+    block = shipped[start:end]
+    names = [t.id for node in ast.parse(block).body for t in getattr(node, "targets", [])]
+    assert sorted(names) == sorted(values), f"the Fill in block assigns {names}; the test fills in {list(values)}"
+    filled = "".join(f"{name} = {values[name]!r}\n" for name in names)
+    return shipped[:start] + filled + shipped[end:]
 
 
-def hub_config(image: str, ports: dict, token: str, lab: LabNetwork) -> str:
-    gpus = [{"index": i, "uuid": u, "name": "Tesla T4", "memory": "16G"} for i, u in enumerate(GPU_IDS)]
-    return textwrap.dedent(f"""
-        # The deploy test's own config: the image's layout (db and cookie secret in
-        # /srv/jupyterhub, the working directory), loopback ports of its own.
-        c = get_config()  # noqa
-        c.JupyterHub.ip = "127.0.0.1"
-        c.JupyterHub.port = {ports["proxy"]}
-        c.JupyterHub.hub_ip = "127.0.0.1"
-        c.JupyterHub.hub_port = {ports["hub"]}
-        c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports["proxy_api"]}"
-        c.JupyterHub.cleanup_servers = False
-        c.JupyterHub.authenticator_class = "dummy"
-        c.DummyAuthenticator.password = {PASSWORD!r}
-        c.Authenticator.allow_all = True
-        c.JupyterHub.services = [{{"name": "deploy-e2e", "api_token": {token!r}}}]
-        c.JupyterHub.load_roles = [{{"name": "deploy-e2e", "services": ["deploy-e2e"],
-                                     "scopes": ["admin:users", "admin:servers", "access:servers", "read:services",
-                                                "custom:gpu-dashboard:read"]}}]
-        c.JupyterHub.spawner_class = "gpu"
-        c.GPUSpawner.gpus = {gpus!r}
-        c.GPUSpawner.profiles = [
-            {{"slug": "cpu", "display_name": "Python (CPU only)", "image": {image!r}, "mem_limit": "1G"}},
-            {{"slug": "gpu", "display_name": "Deep learning (1 GPU)", "image": {image!r}, "gpus": 1,
-              "mem_limit": "1G"}},
-        ]
-        c.GPUSpawner.pull_policy = "never"  # the test engine has no registry
-        c.GPUSpawner.extra_create_kwargs = {{"labels": {{{LABEL!r}: {RUN!r}}}}}
-        c.Spawner.http_timeout = 90
-        c.Spawner.start_timeout = 120
-        # The deploy config's two lines: the services run in the hub's image, on this file (-f).
-        from gpuspawner import services
-        services.add_dashboard(c, __file__, url="http://127.0.0.1:{ports["dashboard"]}")
-        services.add_culler(c, __file__, cull_every=2)
-        # The deploy config's lab network, with a subnet and bridges of this test's own.
-        from gpuspawner.lab_network import add_lab_network
-        add_lab_network(c, **{ {k: v for k, v in lab_settings(lab).items() if k != "hub_port"}!r})
-        """)
+class Provider:
+    """The university's OpenID Connect provider, on loopback: a process of its own."""
 
-
-class ComposedHub:
     def __init__(self, workdir: Path):
-        self.token = secrets.token_hex(16)
-        self.ports = {"proxy": free_port(), "hub": free_port(), "proxy_api": free_port(), "dashboard": free_port()}
-        self.url = f"http://127.0.0.1:{self.ports['proxy']}"
-        self.lab = e2e_lab(f"deploy-{RUN}:{os.getpid()}", self.ports["hub"])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(self.port)]
+        for user in IDP_USERS:
+            args += ["--user-claims", json.dumps(user)]
+        self.log = workdir / "provider.log"
+        self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{self.url}/.well-known/openid-configuration", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, 30, "the OpenID Connect provider answers", details=self.log.read_text)
+
+    def endpoints(self) -> dict[str, str]:
+        found = requests.get(f"{self.url}/.well-known/openid-configuration", timeout=5).json()
+        return {
+            "SSO_AUTHORIZE_URL": found["authorization_endpoint"],
+            "SSO_TOKEN_URL": found["token_endpoint"],
+            "SSO_USERINFO_URL": found["userinfo_endpoint"],
+        }
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Site:
+    """/etc/jupyterhub, the data folders, the class images and the hub, as the admin tutorial makes them."""
+
+    def __init__(self, workdir: Path, registry: str, provider: Provider):
         self.workdir = workdir
-        (workdir / "tls").mkdir()  # empty: plain HTTP on loopback
-        (workdir / "datasets").mkdir()
-        (workdir / "courses").mkdir()
-        (workdir / "hub.env").write_text("# no secrets: the test logs in with the dummy authenticator\n")
-        self.config = workdir / "jupyterhub_config.py"
+        self.ports = {"https": free_port(), "hub_api": free_port(), "proxy_api": free_port(), "dashboard": free_port()}
+        self.url = f"https://127.0.0.1:{self.ports['https']}"
+        self.lab = e2e_lab(f"deploy-{RUN}:{os.getpid()}", self.ports["hub_api"])
+        self.images = {name: f"{registry}/{ref}" for name, ref in CLASS_IMAGES.items()}
+
+        # /etc/jupyterhub: the config and profiles file copied from deploy/hub, the secrets, the certificate.
+        self.etc = workdir / "etc-jupyterhub"
+        (self.etc / "tls").mkdir(parents=True)
+        self.cert = make_certificate(workdir / "certbot", ["127.0.0.1", "localhost"])
+        shutil.copy(self.cert.fullchain, self.etc / "tls" / "fullchain.pem")
+        shutil.copy(self.cert.privkey, self.etc / "tls" / "privkey.pem")
+        shutil.copy(DEPLOY / "profiles.yaml", self.etc / "profiles.yaml")
+        env = self.etc / "hub.env"
+        env.write_text(f"OAUTH_CLIENT_ID=gpu-lab-{RUN}\nOAUTH_CLIENT_SECRET={secrets.token_hex(16)}\n")
+        env.chmod(0o600)
+
+        # The folders the profiles mount, made as the admin tutorial says: datasets owned by root and
+        # readable by all, the course shares owned by the class images' user (uid 1000).
+        self.datasets, self.courses = workdir / "datasets", workdir / "courses"
+        for name in ("mnist", "cifar10", "coco-val"):
+            (self.datasets / name).mkdir(parents=True)
+            (self.datasets / name / "README").write_text(f"{name}\n")
+        for course in ("ml101", "cv201"):
+            subprocess.run(["install", "-d", "-o", "1000", "-g", "100", "-m", "2775", str(self.courses / course)],
+                           check=True)  # fmt: skip
+        for folder in (self.datasets, self.courses, workdir):
+            folder.chmod(0o755)
+
+        gpus = [{"index": i, "uuid": u, "name": "Tesla T4", "memory": "16G"} for i, u in enumerate(GPU_IDS)]
+        self.shipped = (DEPLOY / "jupyterhub_config.py").read_text()
+        values = {
+            "PUBLIC_URL": self.url,
+            "LISTEN_IP": "127.0.0.1",
+            "PORTS": self.ports,
+            "TLS": "/etc/jupyterhub/tls",
+            **provider.endpoints(),
+            "GPUS": gpus,
+            "LAB_NETWORK": {k: v for k, v in lab_settings(self.lab).items() if k not in ("hub_port", "allow")},
+            "DATASETS": str(self.datasets),
+            "COURSES": str(self.courses),
+            **self.images,
+        }
+        (self.etc / "jupyterhub_config.py").write_text(fill_in(self.shipped, values))
         client_dir = TESTBED / "client"
         client_dir.mkdir(exist_ok=True)
         self.env = {
@@ -207,26 +269,23 @@ class ComposedHub:
             "DOCKER_HOST": docker_host(),
             "DOCKER_CONFIG": str(client_dir),
             "GPUSPAWNER_DOCKER_SOCKET": str(TESTBED / "docker.sock"),
-            "GPUSPAWNER_HUB_CONFIG": str(self.config),
-            "GPUSPAWNER_TLS_DIR": str(workdir / "tls"),
-            "GPUSPAWNER_HUB_ENV_FILE": str(workdir / "hub.env"),
-            "GPUSPAWNER_DATASETS_ROOT": str(workdir / "datasets"),
-            "GPUSPAWNER_COURSES_ROOT": str(workdir / "courses"),
+            "GPUSPAWNER_HUB_ETC": str(self.etc),
+            "GPUSPAWNER_DATASETS_ROOT": str(self.datasets),
+            "GPUSPAWNER_COURSES_ROOT": str(self.courses),
         }
 
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(
-            method, f"{self.url}/hub/api{path}", timeout=60, headers={"Authorization": f"token {self.token}"}, **kwargs
-        )
+    def get(self, path: str, **kwargs) -> requests.Response:
+        """Over HTTPS, trusting only the test's certificate authority."""
+        return requests.get(f"{self.url}{path}", timeout=30, verify=str(self.cert.ca), **kwargs)
 
     def wait_up(self, timeout: float = 90) -> None:
         def answers() -> bool:
             try:
-                return requests.get(f"{self.url}/hub/api/", timeout=2).ok
+                return self.get("/hub/api/").ok
             except requests.RequestException:
                 return False
 
-        wait_for(answers, timeout, "the containerised hub answers", every=0.5, details=self.logs)
+        wait_for(answers, timeout, "the containerised hub answers over HTTPS", every=0.5, details=self.logs)
 
     def container(self):
         (found,) = engine().containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
@@ -238,142 +297,239 @@ class ComposedHub:
         except Exception as e:  # noqa: BLE001 (only for a failure message)
             return f"(no hub logs: {e})"
 
-    def server(self, user: str) -> dict | None:
-        r = self.api("GET", f"/users/{user}")
-        r.raise_for_status()
-        return r.json().get("servers", {}).get("")
-
-    def wait_server(self, user: str, ready: bool, timeout: float = 120) -> None:
-        def done() -> bool:
-            model = self.server(user)
-            return bool(model and model.get("ready")) if ready else model is None
-
-        wait_for(done, timeout, f"{user}'s server {'ready' if ready else 'gone'}", every=0.5, details=self.logs)
+    def server_of(self, user: str):
+        found = engine().containers.list(filters={"label": f"gpuspawner.user={user}"})
+        return found[0] if found else None
 
     def teardown(self) -> None:
         client = engine()
         try:
             compose(self.env, "down", "--volumes", "--remove-orphans", timeout=90)
         finally:
-            for c in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
-                c.remove(force=True)
+            for user in (STUDENT, TEACHER):
+                for c in client.containers.list(all=True, filters={"label": f"gpuspawner.user={user}"}):
+                    c.remove(force=True)
             for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
                 c.remove(force=True)
             for v in client.volumes.list(filters={"label": f"com.docker.compose.project={PROJECT}"}):
                 v.remove(force=True)
             for v in home_volumes():
                 v.remove(force=True)
+            for ref in self.images.values():
+                try:
+                    client.images.remove(ref)
+                except Exception:  # noqa: BLE001 - not pulled
+                    pass
             remove_lab(self.lab)
 
 
-CONFIG_IN_HUB = "/etc/jupyterhub/jupyterhub_config.py"  # where compose.yaml mounts the config
+def compose_cmd() -> list[str]:
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is not installed: run `bash deploy/testbed/testbed.sh install`"
+    return [exe, "--project-name", PROJECT, "--file", str(COMPOSE_FILE)]
 
 
-def dashboard_units(hub: ComposedHub) -> list[dict] | None:
-    """The dashboard's units (its JSON API, through the hub's proxy), once it answers."""
-    try:
-        r = hub_get(hub, "/services/gpu-dashboard/api/v1/gpus")
-    except requests.RequestException:
-        return None
-    return r.json()["units"] if r.status_code == 200 else None
-
-
-def hub_get(hub: ComposedHub, path: str) -> requests.Response:
-    return requests.get(f"{hub.url}{path}", timeout=10, headers={"Authorization": f"token {hub.token}"})
-
-
-def culler_rounds(hub: ComposedHub) -> int:
-    """The culler's rounds so far: each lists the hub's users once, which the hub logs."""
-    return sum(1 for line in hub.logs("all").splitlines() if "GET /hub/api/users" in line and "(gpu-culler@" in line)
+def compose(env: dict, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(compose_cmd() + list(args), env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
 
 
 def home_volumes() -> list:
-    """This run's student's home volume (DockerSpawner escapes the name's hyphen)."""
+    """This run's users' home volumes (DockerSpawner escapes the names' hyphens)."""
     return [v for v in engine().volumes.list() if v.name.startswith("jupyterhub-user-") and v.name.endswith(RUN)]
 
 
-def log_in(hub: ComposedHub, name: str) -> requests.Session:
-    """Through the hub's login form, as a student's browser does."""
-    s = requests.Session()
-    s.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
-    r = s.post(
-        f"{hub.url}/hub/login",
-        timeout=30,
-        data={"username": name, "password": PASSWORD, "_xsrf": s.cookies.get("_xsrf", "")},
-    )
-    r.raise_for_status()
-    assert r.url == f"{hub.url}/hub/spawn", r.url  # logged in, shown the spawn page
-    assert "Deep learning (1 GPU)" in r.text and "2 of 2 Tesla T4 free now" in r.text
-    return s
+def push_class_images(registry: str) -> None:
+    """The teachers' class images in the lab's registry (the test bed's image under the config's names)."""
+    client = engine()
+    base = client.images.get(read_testbed("image"))
+    for ref in CLASS_IMAGES.values():
+        repository, tag = f"{registry}/{ref}".rsplit(":", 1)
+        base.tag(repository, tag)
+        for line in client.api.push(repository, tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+        client.images.remove(f"{repository}:{tag}")  # only the tag: `gpuspawner prepull` pulls it
 
 
-def test_the_hub_image_runs_under_compose_and_spawns_a_gpu_server(tmp_path):
-    lab_image = read_testbed("image")
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("deploy")
     t0 = time.monotonic()
-    tag, build_s = hub_image(base=lab_image)
-    hub = ComposedHub(tmp_path)
-    hub.env["GPUSPAWNER_HUB_IMAGE"] = tag
-    hub.config.write_text(hub_config(lab_image, hub.ports, hub.token, hub.lab))
-    name = f"student-{RUN}"
-    try:
-        compose(hub.env, "up", "--detach", "--no-build")
-        hub.wait_up()
-        up_s = time.monotonic() - t0
-        print(f"\nhub image {tag}: build {build_s:.0f} s (0: cached); the hub answers after {up_s:.0f} s")
-
-        # The container is what compose.yaml says: restart policy, host network, state volume.
-        attrs = hub.container().attrs
-        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-        assert attrs["HostConfig"]["NetworkMode"] == "host"
-        assert attrs["HostConfig"]["Init"] is True
-        (state,) = [m for m in attrs["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
-        assert state["Type"] == "volume" and state["Name"] == f"{PROJECT}_hub-data"
-
-        # A student logs in through the form, and gets a GPU server through the containerised hub.
-        session = log_in(hub, name)
-        r = hub.api("POST", f"/users/{name}/server", data=json.dumps({"user_options": {"profile": "gpu"}}))
-        assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{hub.logs()}"
-        hub.wait_server(name, ready=True)
-        (server,) = engine().containers.list(filters={"label": [f"gpuspawner.user={name}", f"{LABEL}={RUN}"]})
-        assert pid1_environ(server)["NVIDIA_VISIBLE_DEVICES"] in GPU_IDS
-        # On the lab network, closed by the rules the containerised hub installed (NET_ADMIN).
-        assert list(server.attrs["NetworkSettings"]["Networks"]) == [hub.lab.name]
-        assert check_rules(hub.lab) == []
-        assert server.labels["gpuspawner.profile"] == "gpu"
-        # ... and opens JupyterLab through the hub's proxy, with its own login.
-        r = session.get(f"{hub.url}/user/{name}/lab", timeout=60)
-        assert r.status_code == 200 and "jupyter-config-data" in r.text, r.text[:500]
-
-        # The services of services.add_dashboard/add_culler run in the hub's container, on its config
-        # (-f) and its Docker engine (DOCKER_HOST handed on): the dashboard sees who holds the GPU ...
-        units = wait_for(lambda: dashboard_units(hub), 60, "the dashboard's GPU list", details=hub.logs)
-        assert [h["user"] for u in units if u["id"] in GPU_IDS for h in u["holders"]] == [name], units
-        # ... and the culler, every 2 s, lists the hub's servers and reads the containers without an error.
-        for service in ("gpu-dashboard", "gpu-culler"):
-            command = hub.api("GET", f"/services/{service}").json()["command"]
-            assert command[1:5] == ["-m", service.replace("gpu-", "gpuspawner."), "-f", CONFIG_IN_HUB], command
-        wait_for(lambda: culler_rounds(hub) >= 2, 60, "two rounds of the culler", details=hub.logs)
-        assert "Cannot read the GPU servers from Docker" not in hub.logs("all")
-
-        # The hub's container restarts: database and cookie secret live in the volume, so the
-        # server is still known, still holds its GPU, and the student's login still works.
-        secret = hub.container().exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"]).output
-        assert len(secret.strip()) >= 64
-        compose(hub.env, "restart", "hub")
-        hub.wait_up()
-        assert hub.container().exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"]).output == secret
-        hub.wait_server(name, ready=True)
-        assert session.get(f"{hub.url}/user/{name}/lab", timeout=60).status_code == 200
-        assert server.id in [c.id for c in engine().containers.list(filters={"label": f"{LABEL}={RUN}"})]
-
-        # Stopped through the hub: the container goes, the home volume stays.
-        r = hub.api("DELETE", f"/users/{name}/server")
-        assert r.status_code in (202, 204), r.text
-        hub.wait_server(name, ready=False)
-        assert not engine().containers.list(all=True, filters={"label": f"{LABEL}={RUN}"})
-        assert len(home_volumes()) == 1
-        print(f"spawned, restarted, stopped: {time.monotonic() - t0:.0f} s before tear-down")
-    finally:
-        hub.teardown()
+    tag, build_s = hub_image(base=read_testbed("image"))
+    with local_registry(workdir / "registry", storage=CACHE) as (registry, _):
+        push_class_images(registry)
+        provider = Provider(workdir)
+        site = Site(workdir, registry, provider)
+        site.env["GPUSPAWNER_HUB_IMAGE"] = tag
+        try:
+            compose(site.env, "up", "--detach", "--no-build")
+            site.wait_up()
+            print(f"\nhub image {tag}: build {build_s:.0f} s (0: cached); answers after {time.monotonic() - t0:.0f} s")
+            yield site
+        finally:
+            try:
+                site.teardown()
+            finally:
+                provider.stop()
     assert not engine().containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
-    assert not engine().volumes.list(filters={"label": f"com.docker.compose.project={PROJECT}"})
+
+
+@pytest.fixture(scope="module")
+def pinned_browser(site):
+    """Chromium that trusts the hub's certificate (pinned by its key), nothing more."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--ignore-certificate-errors-spki-list={site.cert.spki_sha256}",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def log_in(browser, site: Site, user: str):
+    """A browser page logged in through the single sign-on provider, as a student's browser does."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(f"{site.url}/hub/login")
+    page.get_by_role("button", name="Sign in with university login").click()
+    page.get_by_placeholder("sub").fill(user)  # the provider's login form
+    page.get_by_role("button", name="Authorize").click()
+    # the spawn page, or with a server running, that server
+    page.wait_for_url(re.compile(rf".*/(hub/(spawn|home)|user/{user}/).*"), timeout=30_000)
+    return page
+
+
+# --- the tests, in the tutorial's order ------------------------------------------------------
+
+
+def test_only_the_fill_in_block_differs_from_the_shipped_config(site):
+    written = (site.etc / "jupyterhub_config.py").read_text()
+    before, after = site.shipped.split(FILL_IN_START, 1), written.split(FILL_IN_START, 1)
+    assert before[0] == after[0]
+    assert before[1].split(FILL_IN_END, 1)[1] == after[1].split(FILL_IN_END, 1)[1]
+
+
+def test_the_hub_serves_https_with_the_sites_certificate_and_nothing_in_plain_http(site):
+    attrs = site.container().attrs
+    assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert attrs["HostConfig"]["NetworkMode"] == "host" and attrs["HostConfig"]["Init"] is True
+    (state,) = [m for m in attrs["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
+    assert state["Type"] == "volume" and state["Name"] == f"{PROJECT}_hub-data"
+    (etc,) = [m for m in attrs["Mounts"] if m["Destination"] == "/etc/jupyterhub"]
+    assert etc["Source"] == str(site.etc) and etc["RW"] is False
+    assert site.get("/hub/api/").json()["version"]  # verified against the test's CA
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{site.ports['https']}/hub/api/", timeout=5)
+
+
+def test_prepull_and_doctor_run_in_the_hubs_container_as_the_tutorial_says(site):
+    # `docker compose exec hub gpuspawner prepull`: no -f, the hub's config all the same.
+    out = compose(site.env, "exec", "-T", "hub", "gpuspawner", "prepull", timeout=300)
+    for ref in site.images.values():
+        assert ref in out.stdout, out.stdout
+        engine().images.get(ref)  # pulled, from the lab's registry
+    # `docker compose exec hub gpuspawner doctor`: the hub's config, its folders and images.
+    doctor = compose(site.env, "exec", "-T", "hub", "gpuspawner", "doctor", timeout=300, check=False)
+    report = doctor.stdout + doctor.stderr
+    assert doctor.returncode == 0, report
+    assert "FAIL" not in report, report
+    assert str(site.datasets / "mnist") in report or "mnist" in report, report
+
+
+def test_a_student_logs_in_through_single_sign_on_and_starts_the_courses_gpu_profile(site, pinned_browser):
+    page = log_in(pinned_browser, site, STUDENT)
+    assert "/hub/spawn" in page.url, page.url
+    text = page.inner_text("body")
+    # only their course's profiles: ML101's and the CPU one, never CV201's
+    assert "ML101 - PyTorch 2.5, 1 GPU" in text and "Python (CPU only)" in text and "CV201" not in text, text
+    page.check("#profile-ml101-gpu")
+    page.get_by_role("button", name=re.compile("Start")).click()
+    page.wait_for_url(re.compile(rf".*/user/{STUDENT}/lab.*"), timeout=120_000)
+    server = site.server_of(STUDENT)
+    assert server is not None and server.labels["gpuspawner.profile"] == "ml101-gpu"
+    assert pid1_environ(server)["NVIDIA_VISIBLE_DEVICES"] in GPU_IDS
+    # on the lab network, closed by the rules the containerised hub installed (NET_ADMIN)
+    assert list(server.attrs["NetworkSettings"]["Networks"]) == [site.lab.name]
+    assert check_rules(site.lab) == []
+    # the course's datasets and share, read-only for a student
+    mounts = {m["Source"]: m for m in server.attrs["Mounts"]}
+    for source in (site.datasets / "mnist", site.datasets / "cifar10", site.courses / "ml101"):
+        assert mounts[str(source)]["RW"] is False, mounts
+    page.context.close()
+
+
+def test_a_teacher_sees_the_course_on_the_dashboard_and_a_profile_added_to_the_profiles_file(site, pinned_browser):
+    # A teacher adds a profile to /etc/jupyterhub/profiles.yaml: the hub re-reads it, no restart.
+    profiles = site.etc / "profiles.yaml"
+    shipped = profiles.read_text()
+    assert "profiles: []" in shipped
+    exam = (
+        "profiles:\n"
+        "  - slug: ml101-exam\n"
+        '    display_name: "ML101 - exam (CPU)"\n'
+        f"    image: {site.images['CPU_IMAGE']}\n"
+        "    groups: [ml101, ml101-teachers]\n"
+        f"    datasets: [{{name: mnist, source: {site.datasets / 'mnist'}}}]\n"
+    )
+    profiles.write_text(shipped.replace("profiles: []\n", exam))
+
+    page = log_in(pinned_browser, site, TEACHER)
+
+    def shows_the_exam() -> bool:
+        page.reload()
+        return "ML101 - exam (CPU)" in page.inner_text("body")
+
+    wait_for(shows_the_exam, 30, "the edited profiles file read", every=1)
+    assert "CV201" not in page.inner_text("body")
+
+    page.goto(f"{site.url}/services/gpu-dashboard/")
+    wait_for(lambda: STUDENT in page.inner_text("body"), 30, "the student's GPU on the teacher's dashboard")
+
+    # The teacher's own server: the course share is writable for the share's writers (uid 1000).
+    page.goto(f"{site.url}/hub/spawn")
+    page.check("#profile-ml101-gpu")
+    page.get_by_role("button", name=re.compile("Start")).click()
+    page.wait_for_url(re.compile(rf".*/user/{TEACHER}/lab.*"), timeout=120_000)
+    server = site.server_of(TEACHER)
+    (share,) = [m for m in server.attrs["Mounts"] if m["Source"] == str(site.courses / "ml101")]
+    assert share["RW"] is True
+    done = server.exec_run(["sh", "-c", f"echo week 1 > {share['Destination']}/notes.txt"])
+    assert done.exit_code == 0, done.output
+    assert (site.courses / "ml101" / "notes.txt").read_text() == "week 1\n"
+    page.context.close()
+
+
+def test_the_culler_and_the_dashboard_run_with_the_shipped_settings(site):
+    for service in ("gpu-dashboard", "gpu-culler"):
+        assert f"Starting managed service {service}" in site.logs("all")
+    wait_for(lambda: "(gpu-culler@" in site.logs("all"), 90, "the culler's first round", every=1, details=site.logs)
+    logs = site.logs("all")
+    assert "Cannot read the GPU servers from Docker" not in logs
+    assert not re.search(r"Service gpu-(culler|dashboard) exited", logs), logs
+
+
+def test_students_keep_their_server_while_the_hubs_container_restarts(site, pinned_browser):
+    server = site.server_of(STUDENT)
+    secret = site.container().exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"]).output
+    assert len(secret.strip()) >= 64
+    compose(site.env, "restart", "hub")
+    site.wait_up()
+    assert site.container().exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"]).output == secret
+    assert site.server_of(STUDENT).id == server.id
+
+    # logged in again (the provider remembers nothing), the student is back in the same server,
+    # and stops it from the hub's home page: the container goes, the home volume stays
+    page = log_in(pinned_browser, site, STUDENT)
+    page.goto(f"{site.url}/hub/home")
+    page.get_by_role("button", name=re.compile("Stop My Server")).click()
+    wait_for(lambda: site.server_of(STUDENT) is None, 60, "the student's server stopped", details=site.logs)
+    assert any(v.name.endswith(RUN) and "alice" in v.name for v in home_volumes())
+    page.context.close()

@@ -76,3 +76,50 @@ def test_the_message_has_the_status_and_the_logs_last_lines_escaped_in_html():
     assert "out of memory" not in text
     oom, _ = exit_message(Exited(137, oom_killed=True), [], 3)
     assert "more memory than its profile allows" in oom and "It wrote nothing to its log." in oom
+
+
+# --- HTTPS: a certificate that is configured but unusable stops the hub
+
+
+def test_tls_refusal_passes_a_readable_pair_and_names_what_is_wrong_otherwise(tmp_path):
+    from gpuspawner.checks import tls_refusal
+
+    from .tls import make_certificate
+
+    good = make_certificate(tmp_path / "good", ["127.0.0.1", "gpu-lab.example.edu"])
+    other = make_certificate(tmp_path / "other", ["127.0.0.1"])
+    assert tls_refusal("", "") == ""  # no HTTPS asked for
+    assert tls_refusal(str(good.fullchain), str(good.privkey)) == ""
+
+    assert "c.JupyterHub.ssl_key is not" in tls_refusal(str(good.fullchain), "")
+    missing = tls_refusal(str(tmp_path / "nope.pem"), str(good.privkey))
+    assert "nope.pem does not exist" in missing and "will not serve plain HTTP" in missing
+
+    # certbot's files linked, not copied: the link dangles where only the tls folder is mounted
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "fullchain.pem").symlink_to("/etc/letsencrypt/live/gpu-lab.example.edu/fullchain.pem")
+    dangling = tls_refusal(str(tls / "fullchain.pem"), str(good.privkey))
+    assert "is a symbolic link to /etc/letsencrypt/live/gpu-lab.example.edu/fullchain.pem" in dangling
+    assert "copy the files" in dangling
+
+    assert "is not a file" in tls_refusal(str(tmp_path), str(good.privkey))
+    mismatch = tls_refusal(str(good.fullchain), str(other.privkey))
+    assert "do not make a pair" in mismatch
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    assert "do not make a pair" in tls_refusal(str(garbage), str(good.privkey))
+
+
+def test_check_config_refuses_a_configured_certificate_it_cannot_read(tmp_path):
+    from traitlets.config import Config
+
+    from gpuspawner.checks import ConfigInvalid, check_config
+
+    c = Config()
+    c.JupyterHub.ssl_cert = str(tmp_path / "fullchain.pem")
+    c.JupyterHub.ssl_key = str(tmp_path / "privkey.pem")
+    c.GPUSpawner.gpus = []
+    c.GPUSpawner.network_name = "host"
+    with pytest.raises(ConfigInvalid, match="fullchain.pem does not exist; the hub will not serve plain HTTP"):
+        check_config(c, prepull=False)

@@ -19,19 +19,49 @@ from gpuspawner.lab_network import add_lab_network
 
 c = get_config()  # noqa: F821 (injected by jupyterhub)
 
+# --- Fill in: your site ------------------------------------------------------------
+# What every site changes is here, and only here; the rest is the lab's policy (courses,
+# quotas, culling), to adapt when you like. Secrets go in /etc/jupyterhub/hub.env.
+PUBLIC_URL = "https://gpu-lab.example.edu"  # what students type; the name on the certificate
+LISTEN_IP = ""  # the proxy's address: "" for all of this host's addresses
+PORTS = {"https": 443, "hub_api": 8081, "proxy_api": 8001, "dashboard": 10101}  # this host's ports the hub uses
+# The certificate (fullchain.pem, privkey.pem: copies, not links), or None behind a TLS-terminating
+# reverse proxy, which then forwards to 127.0.0.1:8000 (docs/tutorials/admin.md, "HTTPS").
+TLS = "/etc/jupyterhub/tls"
+# The university's OpenID Connect provider (Keycloak's layout here); the client's id and
+# secret are OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET in hub.env.
+SSO_AUTHORIZE_URL = "https://sso.example.edu/realms/uni/protocol/openid-connect/auth"
+SSO_TOKEN_URL = "https://sso.example.edu/realms/uni/protocol/openid-connect/token"
+SSO_USERINFO_URL = "https://sso.example.edu/realms/uni/protocol/openid-connect/userinfo"
+# The host's GPUs: "nvml" reads them as the hub starts (compose.yaml gives the hub's container
+# the driver's utility libraries for that), or list them:
+#   [{"index": 0, "uuid": "GPU-...", "name": "NVIDIA L40S", "memory": "48G"}, ...]
+# (`nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv`).
+GPUS = "nvml"
+# The students' network: change the subnets if these are in use on campus.
+LAB_NETWORK = {"subnet": "10.213.0.0/24", "internet_subnet": "10.213.1.0/24"}
+# Host folders the profiles mount: datasets (read-only for all) and course shares.
+DATASETS = "/srv/datasets"
+COURSES = "/srv/courses"
+# The class images, built and checked by the teachers (`gpuspawner image build`), pinned,
+# pulled before class (`gpuspawner prepull`).
+ML101_IMAGE = "registry.example.edu/ml101-cuda:2026.1"
+CV201_IMAGE = "registry.example.edu/cv201-cuda:2026.1"
+CPU_IMAGE = "registry.example.edu/python-cpu:2026.1"
+# --- End of what to fill in ------------------------------------------------------------
+
 # --- The hub ----------------------------------------------------------------------
 # Where the hub keeps its state: the volume of the compose file (back it up).
 c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "/srv/jupyterhub/jupyterhub_cookie_secret"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PORTS['proxy_api']}"
 
-# HTTPS. With a certificate in /etc/jupyterhub/tls (mounted by compose.yaml), the
-# hub's proxy terminates TLS itself on port 443. Without one, it listens on
-# loopback only, for a TLS-terminating reverse proxy on the same host (nginx,
-# Caddy, ...) to forward to; see deploy/hub/README.md.
-TLS = "/etc/jupyterhub/tls"
-if os.path.exists(f"{TLS}/fullchain.pem"):
-    c.JupyterHub.ip = ""  # all interfaces
-    c.JupyterHub.port = 443
+# HTTPS. With TLS set, the hub's proxy terminates TLS itself; the hub refuses to start if
+# the certificate or key cannot be read (never plain HTTP instead). Without it, the proxy
+# listens on loopback only, for a TLS-terminating reverse proxy on the same host.
+if TLS:
+    c.JupyterHub.ip = LISTEN_IP
+    c.JupyterHub.port = PORTS["https"]
     c.JupyterHub.ssl_cert = f"{TLS}/fullchain.pem"
     c.JupyterHub.ssl_key = f"{TLS}/privkey.pem"
 else:
@@ -54,12 +84,11 @@ else:
 # c.JupyterHub.hub_ip) and nothing else, not the proxy's API, the dashboard, another
 # student's server or any other port of this host. The hub makes the networks and
 # installs its iptables rules as it starts (compose.yaml gives it NET_ADMIN for that);
-# `gpuspawner doctor` checks them. Choose other subnets if these are in use on campus:
-#   add_lab_network(c, subnet="10.213.0.0/24", internet_subnet="10.213.1.0/24")
-# A course database every server may reach: add_lab_network(c, allow=["10.0.5.20:5432"]).
+# `gpuspawner doctor` checks them. The subnets are LAB_NETWORK's, above. A course database
+# every server may reach: add_lab_network(c, **LAB_NETWORK, allow=["10.0.5.20:5432"]).
 # See docs/topic/security.md.
-c.JupyterHub.hub_port = 8081
-add_lab_network(c)
+c.JupyterHub.hub_port = PORTS["hub_api"]
+add_lab_network(c, **LAB_NETWORK)
 
 # Students keep working while the hub restarts (an upgrade, a config change):
 # their servers are left running and their GPU assignments are re-read from Docker.
@@ -71,16 +100,19 @@ c.JupyterHub.allow_named_servers = True
 # OIDC, ...) with the callback URL below; pass the client's id and secret in the
 # environment (compose.yaml: an env_file), never in this file.
 c.JupyterHub.authenticator_class = "generic-oauth"
-c.GenericOAuthenticator.oauth_callback_url = "https://gpu-lab.example.edu/hub/oauth_callback"
+c.GenericOAuthenticator.login_service = "university login"  # the button: "Sign in with university login"
+c.GenericOAuthenticator.oauth_callback_url = f"{PUBLIC_URL}/hub/oauth_callback"
 c.GenericOAuthenticator.client_id = os.environ.get("OAUTH_CLIENT_ID", "")
 c.GenericOAuthenticator.client_secret = os.environ.get("OAUTH_CLIENT_SECRET", "")
-c.GenericOAuthenticator.authorize_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/auth"
-c.GenericOAuthenticator.token_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/token"
-c.GenericOAuthenticator.userdata_url = "https://sso.example.edu/realms/uni/protocol/openid-connect/userinfo"
+c.GenericOAuthenticator.authorize_url = SSO_AUTHORIZE_URL
+c.GenericOAuthenticator.token_url = SSO_TOKEN_URL
+c.GenericOAuthenticator.userdata_url = SSO_USERINFO_URL
 c.GenericOAuthenticator.scope = ["openid", "profile", "groups"]
 c.GenericOAuthenticator.username_claim = "preferred_username"
-# The course groups come from the provider's "groups" claim, and JupyterHub's
-# groups follow it at every login: enrolment is managed in one place.
+# The course groups come from the provider's "groups" claim (in its userinfo answer; in
+# Keycloak, a "Group Membership" mapper with "Full group path" off), and JupyterHub's groups
+# follow it at every login: enrolment is managed in one place. Its values must be the
+# groups named here and in the profiles.
 c.GenericOAuthenticator.manage_groups = True
 c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
 c.GenericOAuthenticator.allowed_groups = {"ml101", "ml101-teachers", "cv201", "cv201-teachers"}
@@ -97,11 +129,8 @@ c.GenericOAuthenticator.admin_groups = {"gpu-lab-admins"}
 # --- The spawner -------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu"
 
-# The host's GPUs (and MIG instances), read through NVML when the hub starts.
-# compose.yaml gives the hub container the driver's utility libraries for this.
-# Without them, list the GPUs: `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv`
-#   c.GPUSpawner.gpus = [{"index": 0, "uuid": "GPU-...", "name": "NVIDIA L40S", "memory": "48G"}, ...]
-c.GPUSpawner.gpus = "nvml"
+# The host's GPUs (and MIG instances): GPUS, above.
+c.GPUSpawner.gpus = GPUS
 
 # Each student's files: a Docker volume that outlives their servers (back it up).
 c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
@@ -112,12 +141,6 @@ c.GPUSpawner.home_volume_name = "jupyterhub-user-{username}"
 #   c.GPUSpawner.home_quota = "10G"
 # The writable layer of each server (needs the engine on XFS with pquota, or btrfs):
 #   c.GPUSpawner.container_quota = "20G"
-
-# The class images: built and checked by the teachers (`gpuspawner image build`),
-# pinned, pulled before class (`gpuspawner prepull`).
-ML101_IMAGE = "registry.example.edu/ml101-cuda:2026.1"
-CV201_IMAGE = "registry.example.edu/cv201-cuda:2026.1"
-CPU_IMAGE = "registry.example.edu/python-cpu:2026.1"
 
 # Course profiles. Each course's students see their own (admins see all); the
 # datasets are host folders mounted read-only at ~/datasets/<name>, the shares
@@ -144,10 +167,10 @@ c.GPUSpawner.profiles = [
         "shm_size": "2G",  # PyTorch DataLoader workers (Docker's default is 64M)
         "environment": {"COURSE": "ml101"},
         "datasets": [
-            {"name": "mnist", "source": "/srv/datasets/mnist"},
-            {"name": "cifar10", "source": "/srv/datasets/cifar10"},
+            {"name": "mnist", "source": f"{DATASETS}/mnist"},
+            {"name": "cifar10", "source": f"{DATASETS}/cifar10"},
         ],
-        "shares": [{"name": "ml101", "source": "/srv/courses/ml101", "writable_by": ["ml101-teachers"]}],
+        "shares": [{"name": "ml101", "source": f"{COURSES}/ml101", "writable_by": ["ml101-teachers"]}],
         # Lab sessions are long; the GPU is freed sooner when left idle.
         "max_runtime": "6h",
     },
@@ -161,19 +184,22 @@ c.GPUSpawner.profiles = [
         "mem_limit": "8G",
         "cpu_limit": 2,
         "shm_size": "1G",
-        "datasets": [{"name": "coco-val", "source": "/srv/datasets/coco-val"}],
-        "shares": [{"name": "cv201", "source": "/srv/courses/cv201", "writable_by": ["cv201-teachers"]}],
+        "datasets": [{"name": "coco-val", "source": f"{DATASETS}/coco-val"}],
+        "shares": [{"name": "cv201", "source": f"{COURSES}/cv201", "writable_by": ["cv201-teachers"]}],
     },
     # On an A100/H100 in MIG mode: an isolated slice (memory and faults) per student.
     # {"slug": "cv201-mig", "display_name": "CV201 - A100 slice", "image": CV201_IMAGE,
     #  "groups": ["cv201", "cv201-teachers"], "gpus": 1, "mig_profile": "1g.10gb",
     #  "mem_limit": "8G", "cpu_limit": 2, "shm_size": "1G"},
 ]
-# Teachers edit profiles without a hub restart: keep them in a YAML file instead.
-#   c.GPUSpawner.profiles_file = "/etc/jupyterhub/profiles.yaml"
+# More profiles, which teachers edit without a hub restart: the hub re-reads this file when it
+# changes (a broken edit keeps the last good profiles). It may not ask for more than the
+# admin allows: mounts under mount_roots, at most profiles_file_max_gpus GPUs (1), never
+# allow_root or internet. The example, deploy/hub/profiles.yaml, lists none yet.
+c.GPUSpawner.profiles_file = "/etc/jupyterhub/profiles.yaml"
 # What a profile may mount as a dataset or share, whoever edits the profiles: only host
 # folders under these (the profiles above use them), never /, the Docker socket or hub-data.
-c.GPUSpawner.mount_roots = ["/srv/datasets", "/srv/courses"]
+c.GPUSpawner.mount_roots = [DATASETS, COURSES]
 # Docker volumes by name or pattern; none here.
 c.GPUSpawner.mount_volumes = []
 
@@ -202,10 +228,15 @@ c.Spawner.http_timeout = 120
 
 # --- The GPU dashboard: who holds which GPU (a hub-managed service) -------------------
 # At /services/gpu-dashboard/ (with per-user subdomains: on its own host,
-# gpu-dashboard--service.<domain>) for admins, and for teachers about their own groups.
+# gpu-dashboard--service.<domain>) for admins, and for teachers about their own groups: a
+# teacher in the groups ml101 and ml101-teachers sees the GPUs of ML101's students.
 # It reads this file (-f) and the hub's Docker settings (DOCKER_HOST, TLS).
 services.add_dashboard(
-    c, __file__, admin_groups=["gpu-lab-admins"], teacher_groups=["ml101-teachers", "cv201-teachers"]
+    c,
+    __file__,
+    url=f"http://127.0.0.1:{PORTS['dashboard']}",
+    admin_groups=["gpu-lab-admins"],
+    teacher_groups=["ml101-teachers", "cv201-teachers"],
 )
 
 # --- Culling ---------------------------------------------------------------------------
