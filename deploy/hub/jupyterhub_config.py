@@ -5,10 +5,10 @@
 # MIG slice on an A100 if the server has one). Students log in with the
 # university's single sign-on; their course groups come from it.
 #
-# Install it where deploy/hub/compose.yaml (or the systemd unit) reads it:
-#   /etc/jupyterhub/jupyterhub_config.py
-# and check it before the hub starts with it:
-#   gpuspawner doctor -f /etc/jupyterhub/jupyterhub_config.py
+# Install it where deploy/hub/compose.yaml reads it, with the teachers' profiles file:
+#   cp deploy/hub/jupyterhub_config.py deploy/hub/profiles.yaml /etc/jupyterhub/
+# fill in the block below, start the hub, and check the whole set-up in its container:
+#   docker compose exec hub gpuspawner doctor
 #
 # Every GPUSpawner option is in the configuration reference (docs/reference/config.md).
 
