@@ -510,6 +510,11 @@ def test_a_teacher_sees_the_course_on_the_dashboard_and_a_profile_added_to_the_p
 def test_the_culler_and_the_dashboard_run_with_the_shipped_settings(site):
     for service in ("gpu-dashboard", "gpu-culler"):
         assert f"Starting managed service {service}" in site.logs("all")
+    # both read the hub's own config (-f), as the hub's container mounts it
+    ps = "import glob; print(*(open(p, 'rb').read().replace(b'\\0', b' ').decode() for p in glob.glob('/proc/[0-9]*/cmdline')), sep='\\n')"
+    running = site.container().exec_run(["python3", "-c", ps]).output.decode()
+    for module in ("gpuspawner.dashboard", "gpuspawner.culler"):
+        assert f"-m {module} -f /etc/jupyterhub/jupyterhub_config.py" in running, running
     wait_for(lambda: "(gpu-culler@" in site.logs("all"), 90, "the culler's first round", every=1, details=site.logs)
     logs = site.logs("all")
     assert "Cannot read the GPU servers from Docker" not in logs

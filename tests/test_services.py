@@ -265,7 +265,11 @@ def test_the_shipped_configs_run_both_services_on_their_own_file(path, monkeypat
 def test_the_shipped_configs_profiles_mount_only_under_their_roots(path, monkeypatch):
     from gpuspawner.spawner import GPUSpawner
 
-    profiles = GPUSpawner(config=load(REPO / path, monkeypatch)).lab_profiles  # raises on a refused mount
+    c = load(REPO / path, monkeypatch)
+    if "profiles_file" in c.GPUSpawner:  # /etc/jupyterhub/profiles.yaml: the one deploy/hub ships
+        assert c.GPUSpawner.profiles_file == "/etc/jupyterhub/profiles.yaml"
+        c.GPUSpawner.profiles_file = str(REPO / "deploy/hub/profiles.yaml")
+    profiles = GPUSpawner(config=c).lab_profiles  # raises on a refused mount
     assert profiles
 
 
@@ -285,3 +289,21 @@ def test_it_imports_nothing_but_the_standard_library():
     done = import_without_heavy("gpuspawner.services")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_deploy_profiles_files_commented_example_is_a_valid_teachers_profile():
+    """deploy/hub/profiles.yaml ships no profile, and an example a teacher uncomments: it must load as it is."""
+    import yaml
+
+    from gpuspawner.profiles import FileLimits, MountPolicy, parse_profiles
+
+    text = (REPO / "deploy/hub/profiles.yaml").read_text()
+    assert yaml.safe_load(text) == {"profiles": []}
+    example = text[text.index("# profiles:") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in example.splitlines())
+    (profile,) = parse_profiles(
+        yaml.safe_load(uncommented)["profiles"],
+        mount_policy=MountPolicy(roots=("/srv/datasets", "/srv/courses")),
+        file_limits=FileLimits(),
+    )
+    assert profile.slug == "ml101-exam" and profile.datasets[0].source == "/srv/datasets/ml101-exam"

@@ -28,8 +28,9 @@ class _QuarantineCommand(LabCommand):
         path = hub.spawner.quarantine_file
         if not path:
             raise ConfigError("c.GPUSpawner.quarantine_file is '': this hub keeps no quarantine")
-        if not os.path.isabs(path) and hub.config_file:  # the hub runs in its config's folder
-            path = os.path.join(os.path.dirname(os.path.abspath(hub.config_file)), path)
+        # Relative to the hub's working directory, as the hub and its services read it: run the
+        # command there (`docker compose exec hub` does: the hub image's /srv/jupyterhub).
+        path = os.path.abspath(path)
         try:
             units = {u.id: u for u in hub.inventory.units}
         except Exception:  # noqa: BLE001 - NVML down: the ids still say which unit
