@@ -183,7 +183,8 @@ class Profile:
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
 _CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace")
-_KNOWN = (
+#: Every key a profile may have; any other is refused, naming it (docs/how-to/profiles.md has one row each).
+PROFILE_FIELDS = frozenset(
     {
         "slug",
         "display_name",
@@ -233,9 +234,9 @@ def parse_profile(
     for field in _REQUIRED:
         if field not in entry:
             raise error(field, "is required")
-    unknown = sorted(set(entry) - _KNOWN)
+    unknown = sorted(set(entry) - PROFILE_FIELDS)
     if unknown:
-        raise error(unknown[0], f"is not a profile field; known fields: {', '.join(sorted(_KNOWN))}")
+        raise error(unknown[0], f"is not a profile field; known fields: {', '.join(sorted(PROFILE_FIELDS))}")
     if file_limits is not None:
         for field in ADMIN_ONLY_FIELDS:
             if field in entry:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from gpuspawner.culler.policy import GPU_IDLE
+from gpuspawner.culler.records import record_stop
+
 from .realhub import REPO, engine, read_testbed, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
@@ -122,9 +125,10 @@ def test_the_spawn_page_works_without_javascript(hub, browser):
 
 # --- The student tutorial's screenshots --------------------------------------------------
 #
-# A hub with a course's profiles, and a student who logs in, picks the GPU profile and
-# lands in JupyterLab. The pictures go to docs/tutorials/img/ when they are missing there,
-# or always with GPUSPAWNER_SCREENSHOTS=1 (so that a test run does not rewrite them).
+# A hub with a course's profiles and the lab's culling rules, and a student who logs in, picks
+# the GPU profile, lands in JupyterLab, and comes back after the GPU culler stopped the server.
+# The pictures go to docs/tutorials/img/ when they are missing there, or always with
+# GPUSPAWNER_SCREENSHOTS=1 (so that a test run does not rewrite them).
 
 SCREENSHOTS = REPO / "docs" / "tutorials" / "img"
 TUTORIAL_STUDENT = "ada"  # a fixed name, so the pictures do not change from run to run
@@ -147,6 +151,8 @@ def course_hub(tmp_path_factory):
           "shared_gpu": True, "mem_limit": "2G", "cpu_limit": 1,
           "description": "A slot on a GPU shared with up to 3 classmates."}},
     ]
+    c.GPUSpawner.gpu_idle_timeout = "30m"  # the rules each GPU card states
+    c.GPUSpawner.max_runtime = "4h"
     """
     run = f"tutorial-{RUN}"
     try:
@@ -172,7 +178,7 @@ def save(page, tmp_path: Path, name: str) -> Path:
 
 def test_student_tutorial_screenshots(course_hub, browser, tmp_path):
     hub = course_hub
-    context = browser.new_context(viewport={"width": 1024, "height": 640})
+    context = browser.new_context(viewport={"width": 1024, "height": 720})
     page = context.new_page()
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", TUTORIAL_STUDENT)
@@ -183,6 +189,9 @@ def test_student_tutorial_screenshots(course_hub, browser, tmp_path):
 
     gpu_card = page.locator("label[for=profile-ml101-gpu]")
     assert "4 of 4 NVIDIA L40S free now" in gpu_card.inner_text()
+    rules = "Stops after 30 minutes without GPU use; runs 4 hours at most."
+    assert page.locator(".gpuspawner-limits").all_inner_texts() == [rules, rules]  # the two GPU cards
+    assert page.locator("label[for=profile-cpu] .gpuspawner-limits").count() == 0
     page.check("#profile-ml101-gpu")
     save(page, tmp_path, "student-spawn-page.png")
 
@@ -198,4 +207,24 @@ def test_student_tutorial_screenshots(course_hub, browser, tmp_path):
     page.wait_for_timeout(500)  # let the launcher's icons paint
     save(page, tmp_path, "student-jupyterlab.png")
     assert hub.visible_devices(TUTORIAL_STUDENT) in TUTORIAL_GPUS
+
+    # The GPU culler stops the server: its record, written as the culler writes it, then the stop
+    # through the hub's API, as the culler asks for it (the culler's own rounds: tests/test_culler_e2e.py).
+    record_stop(
+        str(hub.workdir / "gpuspawner-stops.jsonl"),  # GPUSpawner.stops_file, in the hub's working directory
+        user=TUTORIAL_STUDENT,
+        server="",
+        profile="ml101-gpu",
+        container=hub.container(TUTORIAL_STUDENT).id,
+        reason=GPU_IDLE,
+        message="stopped after 30 minutes without GPU use",
+    )
+    hub.stop_server(TUTORIAL_STUDENT)
+    page.goto(f"{hub.url}/hub/spawn")
+    assert page.locator(".gpuspawner-stopped").inner_text() == (
+        "Your last server was stopped after 30 minutes without GPU use."
+        " Your files are kept: start again when you need the GPU."
+    )
+    assert page.locator("#profile-ml101-gpu").is_checked()  # the last choice, offered again
+    save(page, tmp_path, "student-stopped.png")
     context.close()

@@ -1,9 +1,13 @@
 import logging
+import re
+from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 from gpuspawner.profiles import (
     ADMIN_ONLY_FIELDS,
+    PROFILE_FIELDS,
     FileLimits,
     MountPolicy,
     ProfileError,
@@ -294,3 +298,64 @@ def test_root_is_allowed_hub_wide_or_by_every_profile_of_the_image():
     assert not root_allowed([root, plain])  # plain's spawns would refuse it
     assert not root_allowed([])  # an image no profile names: only the hub-wide setting
     assert root_allowed([], hub_wide=True) and root_allowed([plain], hub_wide=True)
+
+
+# --- The fields table of docs/how-to/profiles.md ------------------------------------------------
+
+PROFILES_DOC = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "profiles.md"
+
+
+def documented_fields(text: str, section: str = "Fields") -> list[str]:
+    """The first column of the first table under the ``## <section>`` heading, read as MyST reads it.
+
+    Each cell must be one field name in backticks; anything else is an error, so that a row
+    the test cannot read does not pass unseen.
+    """
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    heading = next(
+        (
+            i
+            for i, t in enumerate(tokens)
+            if t.type == "heading_open" and t.tag == "h2" and tokens[i + 1].content == section
+        ),
+        None,
+    )
+    assert heading is not None, f"no '## {section}' heading"
+    start = next((i for i in range(heading, len(tokens)) if tokens[i].type == "table_open"), None)
+    assert start is not None, f"no table under '## {section}'"
+    fields, in_body, first_cell = [], False, False
+    for t in tokens[start:]:
+        if t.type == "table_close":
+            break
+        in_body = {"tbody_open": True, "tbody_close": False}.get(t.type, in_body)
+        if in_body and t.type == "tr_open":
+            first_cell = True
+        elif in_body and first_cell and t.type == "inline":
+            first_cell = False
+            cell = t.children or []
+            assert len(cell) == 1 and cell[0].type == "code_inline", (
+                f"a row whose first cell is not `field`: {t.content!r}"
+            )
+            fields.append(cell[0].content)
+    return fields
+
+
+def test_the_docs_fields_table_has_one_row_for_each_field_the_parser_accepts():
+    with pytest.raises(ProfileError, match="is not a profile field") as e:
+        parse_profiles([profile(ram="16G")])
+    accepted = set(re.search(r"known fields: (.*)$", str(e.value)).group(1).split(", "))
+    assert accepted == PROFILE_FIELDS  # what the parser names is the constant
+    rows = documented_fields(PROFILES_DOC.read_text())
+    assert len(rows) == len(set(rows)), f"fields with two rows: {sorted({r for r in rows if rows.count(r) > 1})}"
+    assert sorted(PROFILE_FIELDS - set(rows)) == [], (
+        "fields the parser accepts, without a row in docs/how-to/profiles.md"
+    )
+    assert sorted(set(rows) - PROFILE_FIELDS) == [], "rows in docs/how-to/profiles.md for fields the parser refuses"
+
+
+def test_the_fields_table_reader_reads_that_table_only_and_refuses_a_row_it_cannot_read():
+    table = "## Fields\n\n| Field | Required | Meaning |\n|---|---|---|\n| `slug` | yes | id |\n| `image` | yes | x |\n"
+    assert documented_fields(table) == ["slug", "image"]
+    assert documented_fields("# Profiles\n\n" + table + "\n## Next\n\n| A |\n|---|\n| `later` |\n") == ["slug", "image"]
+    with pytest.raises(AssertionError, match="not `field`"):
+        documented_fields(table + "| slug, image | no | two in one |\n")
