@@ -56,7 +56,9 @@ def network_findings(
             )
         ]
     findings = [
-        Finding(FAIL, "network", problem, "restart the hub: add_lab_network makes the networks and rules")
+        Finding(
+            FAIL, "network", problem, "gpuspawner network up (or restart the hub): both make the networks and rules"
+        )
         for problem in problems
     ]
     if not problems:
