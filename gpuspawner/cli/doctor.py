@@ -16,7 +16,7 @@ import docker
 import docker.errors
 from jupyterhub.utils import subdomain_hook_idna, subdomain_hook_legacy
 
-from ..config import ConfigError, HubConfig, engine_where
+from ..config import CONFIG_VARIABLE, ConfigError, HubConfig, NoConfigFile, engine_where
 from ..disk_quota import HomesRootFacts, engine_storage, home_quota_refusal, writable_layer_refusal
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
@@ -264,7 +264,12 @@ def config_findings(
     """
     if not path:
         findings = [
-            Finding(WARN, "config", "no config file: checking the hub's defaults", "name the hub's config with -f")
+            Finding(
+                WARN,
+                "config",
+                "no config file: checking the hub's defaults (--defaults)",
+                f"name the hub's config with -f or {CONFIG_VARIABLE}",
+            )
         ]
     elif spawner_problem:
         findings = [
@@ -457,6 +462,8 @@ class DoctorApp(LabCommand):
     and that the hub's TLS certificate covers them (a wildcard). Exit status 1 when
     anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
     """
+    judges_the_hub = True
+    reports_unset_variables = True
     examples = dedent("""
     gpuspawner doctor
     gpuspawner doctor -f /srv/jupyterhub/jupyterhub_config.py
@@ -487,6 +494,8 @@ class DoctorApp(LabCommand):
     def check_config(self, findings: list[Finding]) -> tuple[HubConfig | None, tuple[Profile, ...]]:
         try:
             hub = self.load_hub_config()
+        except NoConfigFile:
+            raise  # nothing to judge: said, exit status 2
         except ConfigError as e:
             findings.append(
                 Finding(FAIL, "config", str(e), "fix the config file (jupyterhub -f ... fails the same way)")

@@ -72,6 +72,7 @@ class PrepullApp(LabCommand):
     whether it was already present, pulled, or failed (with the registry's message).
     Exit status 1 when any pull failed.
     """
+    judges_the_hub = True
     examples = dedent("""
     gpuspawner prepull
     gpuspawner prepull -f /srv/jupyterhub/jupyterhub_config.py

@@ -13,7 +13,6 @@ from textwrap import dedent
 from rich.table import Table
 from rich.text import Text
 from traitlets import Bool
-from traitlets.config import Application
 
 from .. import labels as label
 from ..config import ConfigError
@@ -90,13 +89,14 @@ class StatusApp(LabCommand):
     The same record a restarted hub reads its ledger from: every unit of the hub's
     inventory, its holder (user/server), profile and whether it is shared.
     """
+    judges_the_hub = True
     examples = dedent("""
     gpuspawner status
     gpuspawner status --json | jq '.units[] | select(.free)'
     """)
 
     json = Bool(False, help="Print JSON for scripts instead of a table.").tag(config=True)
-    flags = {**Application.flags, "json": ({"StatusApp": {"json": True}}, "Print JSON instead of a table.")}
+    flags = {**LabCommand.flags, "json": ({"StatusApp": {"json": True}}, "Print JSON instead of a table.")}
 
     def start(self) -> int:
         hub = self.load_hub_config()
