@@ -300,6 +300,8 @@ def _look(client, image: str, uses: list[MountUse], looker: dict, looked: Mounts
     mounted = [u.source for u in uses if u.source not in looked.missing]
     looked.there.update(u.source for u in uses if u.host_path and u.source not in looked.missing)
     try:
+        if not mounted:
+            return ImageLook(image)  # every source it mounts is missing: nothing to look at
         client.start(cid)
         status = client.wait(cid, timeout=timeout).get("StatusCode", 0)
         out = client.logs(cid, stdout=True, stderr=False).decode(errors="replace")
