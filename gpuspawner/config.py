@@ -10,6 +10,7 @@ once. No printing here: the command and the services say what they like about
 from __future__ import annotations
 
 import io
+import logging
 import os
 import secrets
 import sys
@@ -284,12 +285,16 @@ def unset_variables(path: str, config: Config, unset: Mapping[str, str | None]) 
             continue
         token = secrets.token_hex(4)
         marker = f"gpuspawner-unset-{token}:{token}"  # passes for an image name, a path, a host name
+        disabled = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)  # what the config says again, with a marker in it, is not news
         try:
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
                 other, _ = _read_config_file(path, {name: marker})
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a config can raise anything (check_config exits)
             found.append(UnsetVariable(name, default, unknown=f"with it set, the config fails: {type(e).__name__}"))
             continue
+        finally:
+            logging.disable(disabled)
         found.append(UnsetVariable(name, default, settings_changed(before, flat_settings(other), marker)))
     return tuple(found)
 

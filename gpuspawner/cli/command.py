@@ -37,6 +37,7 @@ class LabCommand(Application):
     """What every subcommand shares: the hub's config file."""
 
     hub_config = Unicode(
+        DEFAULT_CONFIG_FILE,  # shown in --help; the default is computed below
         help=f"""The hub's config file, read as JupyterHub reads it (profiles, gpus, images...).
 
         Default: the environment variable {CONFIG_VARIABLE} when it is set (the hub's container

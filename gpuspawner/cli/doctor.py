@@ -1,7 +1,8 @@
 """``gpuspawner doctor``: is this host ready for the hub? One line per finding, with the fix.
 
-The command gathers the facts (the config, the engine and its GPU path, NVML, the
-images, the dataset and share sources, the hub's TLS certificate); the checks here
+The command gathers the facts (the config and the environment it reads, the engine and
+its GPU path, NVML, the images, the dataset and share sources as each image's user finds
+them through the engine (``mount_access``), the hub's TLS certificate); the checks here
 (pure functions) judge them.
 """
 
@@ -623,16 +624,21 @@ class DoctorApp(LabCommand):
     images; Docker answers; the NVIDIA container toolkit (the engine accepts GPU
     requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
     profile fits the inventory; each profile's image is present, not root, and
-    within the driver's CUDA; dataset and share sources exist; the lab network and its
-    rules are in place; with per-user subdomains, where servers and the dashboard are
-    and that the hub's TLS certificate covers them (a wildcard). Exit status 1 when
-    anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
+    within the driver's CUDA; datasets are there, not empty and readable, and shares
+    writable by their writable_by users, as each image's user finds them (one short
+    container per image, through the engine: the same on the host and in the hub's
+    container); the lab network and its rules are in place; with per-user subdomains,
+    where servers and the dashboard are and that the hub's TLS certificate covers them
+    (a wildcard); environment variables the config reads that are unset here. Exit
+    status 1 when anything fails (warnings do not); 2 when no config file is found
+    (--defaults: check the hub's defaults).
     """
     judges_the_hub = True
     reports_unset_variables = True
     examples = dedent("""
     gpuspawner doctor
     gpuspawner doctor -f /srv/jupyterhub/jupyterhub_config.py
+    docker compose exec hub gpuspawner doctor     # the hub's image sets GPUSPAWNER_CONFIG
     """)
 
     def start(self) -> int:
