@@ -319,7 +319,9 @@ def load_hub_config(path: str, explicit: bool = True, overrides: Config | None =
         raise NoConfigFile(f"no config file {path}: name the hub's config with -f")
     else:
         config, config_file = Config(), ""
-        notes.append(f"no {path} in {os.getcwd()}: using the hub's defaults (name the hub's config with -f)")
+        notes.append(
+            f"no {path} in {os.getcwd()}: using the hub's defaults (name the hub's config with -f or {CONFIG_VARIABLE})"
+        )
     if overrides:
         config.merge(overrides)
     cls, problem = _spawner_class(config)

@@ -296,3 +296,11 @@ def test_a_missing_image_is_fetched_with_prepull():
             "lab:1", None, users, pull_policy=policy, allow_root=False, driver_cuda="12.4"
         )
         assert missing.fix.startswith("gpuspawner prepull") and "docker pull" not in missing.fix
+
+
+def test_a_short_default_in_the_profiles_is_not_taken_for_the_image():
+    profiles = parse_profiles([{"slug": "cpu", "display_name": "CPU", "image": "lab:1"}])
+    (found,) = doctor.environment_findings([UnsetVariable("CPUS", "1", ("GPUSpawner.profiles",))], profiles)
+    assert found.level == WARN and found.message.startswith("the config reads CPUS, which is not set here")
+    (found,) = doctor.environment_findings([UnsetVariable("TAG", "lab:1", ("GPUSpawner.mount_roots",))], profiles)
+    assert "runs lab:1" not in found.message  # it decides no profile

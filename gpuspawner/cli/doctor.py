@@ -398,7 +398,8 @@ def environment_findings(variables: Iterable[UnsetVariable], profiles: tuple[Pro
         if not v.decides_the_lab:
             others.append(v)
             continue
-        users = [p for p in profiles if v.default and v.default in p.image] if v.settings else []
+        decides_profiles = any(s.endswith(".profiles") for s in v.settings)
+        users = [p for p in profiles if decides_profiles and len(v.default or "") >= 4 and v.default in p.image]
         if users:
             images = ", ".join(dict.fromkeys(p.image for p in users))
             message = (
