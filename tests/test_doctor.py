@@ -304,3 +304,11 @@ def test_a_short_default_in_the_profiles_is_not_taken_for_the_image():
     assert found.level == WARN and found.message.startswith("the config reads CPUS, which is not set here")
     (found,) = doctor.environment_findings([UnsetVariable("TAG", "lab:1", ("GPUSpawner.mount_roots",))], profiles)
     assert "runs lab:1" not in found.message  # it decides no profile
+
+
+def test_one_variable_the_lab_does_not_judge_is_said_in_the_singular():
+    (found,) = doctor.environment_findings([UnsetVariable("PASSWORD", "x", ("DummyAuthenticator.password",))], ())
+    assert found.message == (
+        "the config reads PASSWORD, not set here: it decides only c.DummyAuthenticator.password,"
+        " which doctor does not check"
+    )

@@ -417,7 +417,12 @@ def environment_findings(variables: Iterable[UnsetVariable], profiles: tuple[Pro
                 OK,
                 "environment",
                 f"the config reads {', '.join(v.name for v in others)}, not set here"
-                + (f": they decide only {', '.join(settings)}, which doctor does not check" if settings else ""),
+                + (
+                    f": {'it decides' if len(others) == 1 else 'they decide'} only {', '.join(settings)},"
+                    " which doctor does not check"
+                    if settings
+                    else ""
+                ),
             )
         )
     return findings
