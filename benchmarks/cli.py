@@ -9,7 +9,9 @@ figures include Python's start and the imports), in a folder with a
 - ``status --json`` with one server holding a GPU (a labelled container);
 - ``image check IMAGE``: one check container;
 - ``image check --profiles``: each profile's image once (two here);
-- ``doctor``: the config, the engine, the toolkit, the driver, every image.
+- ``doctor``: the config, the engine, the toolkit, the driver, every image;
+- ``doctor`` again, the two profiles mounting four datasets and shares each: one more
+  short container per image, looking at them as its user.
 
 ``--rounds`` runs of each, one at a time; median and max in seconds. The
 end-to-end tests check what these commands say; their durations are measured here.
@@ -19,6 +21,7 @@ end-to-end tests check what these commands say; their durations are measured her
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,12 +33,27 @@ from tests.realhub import run_command, simulated_gpus, write_command_config
 GPUS = simulated_gpus([f"GPU-c11be0c0-0000-4000-8000-00000000000{i}" for i in range(2)], "Bench GPU", "16G")
 
 
-def write_config(folder: Path, base: str, cuda: str) -> None:
+def write_config(folder: Path, base: str, cuda: str, mounts: Path | None = None) -> None:
+    """The two profiles; with ``mounts``, each mounts two datasets and two shares (teachers write one) from it."""
     profiles = [
         {"slug": "cpu", "display_name": "CPU", "image": base},
         {"slug": "gpu", "display_name": "GPU", "image": cuda, "gpus": 1},
     ]
-    write_command_config(folder, GPUS, profiles)
+    extra = ""
+    if mounts is not None:
+        for name in ("mnist", "cifar", "notes", "ml101"):
+            (mounts / name).mkdir()
+            (mounts / name / "README").write_text("data\n")
+            (mounts / name).chmod(0o755)
+        os.chown(mounts / "ml101", 1000, 100)  # the test bed images' user writes it
+        for p in profiles:
+            p["datasets"] = [{"name": n, "source": str(mounts / n)} for n in ("mnist", "cifar")]
+            p["shares"] = [
+                {"name": "notes", "source": str(mounts / "notes")},
+                {"name": "ml101", "source": str(mounts / "ml101"), "writable_by": ["teachers"]},
+            ]
+        extra = f"c.GPUSpawner.mount_roots = [{str(mounts)!r}]\n"
+    write_command_config(folder, GPUS, profiles, extra)
 
 
 def server_container(image: str, run_id: str):
@@ -70,18 +88,27 @@ def run(rounds: int, run_id: str) -> dict:
         "image check IMAGE": (["image", "check", base], engine_host),
         "image check --profiles (2 images)": (["image", "check", "--profiles"], engine_host),
         "doctor": (["doctor"], engine_host),
+        "doctor, 2 images mounting 4 datasets and shares each": (["doctor"], engine_host),
     }
     result = {"rounds": rounds, "commands": {}}
     container = server_container(base, run_id)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
-            folder = Path(tmp)
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp,
+            tempfile.TemporaryDirectory(prefix="bench-cli-mounts-") as with_mounts,
+        ):
+            folder, mounts_folder = Path(tmp), Path(with_mounts)
             write_config(folder, base, cuda)
+            mounts_folder.chmod(0o755)  # the servers' user must pass it
+            (mounts_folder / "hub").mkdir()
+            (mounts_folder / "srv").mkdir(mode=0o755)
+            write_config(mounts_folder / "hub", base, cuda, mounts_folder / "srv")
             samples = {name: [] for name in commands}
             statuses = {name: set() for name in commands}
             for _ in range(rounds):
                 for name, (args, host) in commands.items():
-                    status, seconds = timed(folder, args, host)
+                    where = mounts_folder / "hub" if "mounting" in name else folder
+                    status, seconds = timed(where, args, host)
                     samples[name].append(seconds)
                     statuses[name].add(status)
     finally:

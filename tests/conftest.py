@@ -24,6 +24,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(autouse=True)
+def no_config_named_by_the_environment(monkeypatch):
+    """The ``gpuspawner`` command reads the file GPUSPAWNER_CONFIG names (the hub's container image
+    sets it): a test names its config itself."""
+    monkeypatch.delenv("GPUSPAWNER_CONFIG", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def fresh_hub():
     """Each test starts as a hub that has just started: no ledger, Docker pool, puller or profiles
     files left by another (``gpuspawner.hub_state``); a test may call ``reset_hub_state()``

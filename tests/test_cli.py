@@ -450,34 +450,6 @@ def test_profile_image_findings_name_every_failure():
     assert "runs as root" in root.message and "needs CUDA 12.8" in cuda.message
 
 
-def test_mount_findings():
-    profiles = parse_profiles(
-        [
-            {
-                "slug": "a",
-                "display_name": "A",
-                "image": "lab:1",
-                "datasets": [{"name": "mnist", "source": "/srv/data/mnist"}, {"name": "gone", "source": "/srv/gone"}],
-                "shares": [{"name": "ml101", "source": "ml101-share", "writable_by": ["teachers"]}],
-            },
-            {
-                "slug": "b",
-                "display_name": "B",
-                "image": "lab:1",
-                "datasets": [{"name": "mnist", "source": "/srv/data/mnist"}],
-            },
-        ]
-    )
-    findings = doctor.mount_findings(profiles, {"/srv/data/mnist"}.__contains__)
-    assert [(f.subject, f.level) for f in findings] == [
-        ("dataset mnist", OK),  # once, though two profiles mount it
-        ("dataset gone", FAIL),
-        ("share ml101", WARN),  # Docker creates a missing volume, empty
-    ]
-    assert "host path /srv/gone is missing" in findings[1].message
-    assert findings[2].message.startswith("volume ml101-share")
-
-
 def test_config_findings():
     profiles = parse_profiles(PROFILES[:2])
     assert [f.level for f in doctor.config_findings("hub.py", profiles, "")] == [OK, OK]

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import textwrap
+import time
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -23,7 +30,16 @@ import pytest
 from gpuspawner.cli import probe
 from gpuspawner.gpus.nvml import NVMLUnavailable, discover
 
-from .realhub import TESTBED, docker_host, engine, read_testbed, run_command, simulated_gpus, write_command_config
+from .realhub import (
+    REPO,
+    TESTBED,
+    docker_host,
+    engine,
+    read_testbed,
+    run_command,
+    simulated_gpus,
+    write_command_config,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -241,8 +257,34 @@ def nvml_answers() -> bool:
     return True
 
 
-def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
-    data = tmp_path_factory.mktemp("mnist")
+@pytest.fixture
+def srv():
+    """A folder of mount roots the servers' users may reach (pytest's own temporary folders are
+    mode 700: uid 1000 could not pass them), removed after."""
+    root = Path(tempfile.mkdtemp(prefix=f"gpuspawner-cli-e2e-{RUN}-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def folder(path: Path, mode: int = 0o755, owner: tuple[int, int] = (0, 0), files: int = 1) -> Path:
+    path.mkdir(parents=True)
+    for n in range(files):
+        (path / f"part-{n}.csv").write_text("x,y\n1,2\n")
+    os.chown(path, *owner)
+    path.chmod(mode)
+    return path
+
+
+def no_look_left() -> None:
+    left = engine().containers.list(all=True, filters={"label": f"{probe.CLI_LABEL}=doctor-mounts"})
+    assert not [c for c in left if RUN in str(c.attrs.get("Mounts"))], "doctor's look containers left behind"
+
+
+def test_doctor_on_the_test_bed(images, hub_dir, srv):
+    data = folder(srv / "mnist")
     share = f"gpuspawner-cli-e2e-missing-{RUN}"  # never created: Docker would make it empty
     profiles = [
         {
@@ -256,7 +298,7 @@ def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
             "display_name": "GPU",
             "image": images["cuda"],
             "gpus": 1,
-            "shares": [{"name": "ml101", "source": share, "writable_by": ["teachers"]}],
+            "shares": [{"name": "ml101", "source": share}],  # read-only for all: a missing one only warns
         },
     ]
     write_config(
@@ -278,11 +320,103 @@ def test_doctor_on_the_test_bed(images, hub_dir, tmp_path_factory):
     assert "2 unit(s) from the list in c.GPUSpawner.gpus" in finding(out, "ok", "gpus")
     assert "1 whole GPU: 2 unit(s) fit" in finding(out, "ok", "profile gpu")
     assert f"{images['cuda']} is present" in finding(out, "ok", "image", images["cuda"])
-    assert f"host path {data} is there" in finding(out, "ok", "dataset mnist")
-    assert f"volume {share} is missing" in finding(out, "warn", "share ml101")
+    assert f"host path {data} is there, not empty, readable by uid 1000 (jovyan)" in finding(out, "ok", "dataset mnist")
+    assert f"volume {share} is missing: Docker creates it empty on first use" in finding(out, "warn", "share ml101")
     assert line(out, "verdict:").startswith("verdict: OK (")
     for image in (images["base"], images["cuda"]):
         no_probe_left(image)
+    with pytest.raises(docker.errors.NotFound):
+        engine().volumes.get(share)  # looked for, never made
+
+
+def test_doctor_judges_datasets_and_shares_as_the_servers_user_where_the_hub_runs(images, srv, hub_dir):
+    """In the hub's container the mount roots may not be there at all: doctor asks the engine. Here it
+    runs where they are hidden (a mount namespace with an empty folder over them), the config named by
+    GPUSPAWNER_CONFIG as the hub's image does, and the profile's image from an unset variable's default."""
+    folder(srv / "data" / "good")
+    secret = folder(srv / "data" / "secret", mode=0o700)  # root's, mode 700
+    empty = folder(srv / "data" / "empty", files=0)
+    locked = folder(srv / "courses" / "locked", files=0)  # root's: uid 1000 cannot write
+    folder(srv / "courses" / "open", owner=(1000, 100), files=0)
+    new = srv / "courses" / "new"  # not there: Docker would make it root's
+    image_variable = f"GPUSPAWNER_E2E_LAB_IMAGE_{RUN}"
+    profiles = [
+        {
+            "slug": "ml101",
+            "display_name": "ML 101",
+            "image": "replaced-below:1",
+            "datasets": [{"name": n, "source": str(srv / "data" / n)} for n in ("good", "secret", "empty")],
+            "shares": [
+                {"name": n, "source": str(srv / "courses" / n), "writable_by": ["teachers"]}
+                for n in ("locked", "open", "new")
+            ],
+        }
+    ]
+    config_dir = hub_dir  # not under the hidden roots
+    write_config(
+        config_dir,
+        profiles,
+        f"""
+        import os
+        c.GPUSpawner.mount_roots = [{str(srv)!r}]
+        c.GPUSpawner.profiles[0]["image"] = os.environ.get({image_variable!r}, {images["base"]!r})
+        """,
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k != image_variable},
+        "DOCKER_HOST": docker_host(),
+        "PYTHONPATH": str(REPO),
+        "GPUSPAWNER_CONFIG": str(config_dir / "jupyterhub_config.py"),
+    }
+    hidden = f'mount -t tmpfs gpuspawner-e2e {srv} && test ! -e {srv}/data && exec "$@"'
+    started = time.monotonic()
+    done = subprocess.run(
+        ["unshare", "--mount", "--", "sh", "-c", hidden, "sh", sys.executable, "-m", "gpuspawner.cli", "doctor"],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(f"\ndoctor with 6 mounts: {time.monotonic() - started:.1f} s")
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert finding(out, "warn", "environment").startswith(
+        f"warn  environment      profile ml101 runs {images['base']}, from the default the config gives"
+        f" {image_variable}, which is not set here: the hub, where it is set, may run another image,"
+        " so doctor may be checking another image than the hub  -> fix: export"
+    )
+    assert f"host path {srv}/data/good is there, not empty, readable by uid 1000 (jovyan)" in finding(
+        out, "ok", "dataset good"
+    )
+    who = f"uid 1000 (jovyan) of image {images['base']}"
+    assert finding(out, "fail", "dataset secret").endswith(
+        f"host path {secret} is not readable by {who} (owned by 0:0, mode 700): its servers would get"
+        f" 'Permission denied'  -> fix: chmod -R a+rX {secret}"
+    )
+    assert finding(out, "fail", "dataset empty").endswith(
+        f"host path {empty} is empty: students would see an empty folder (profile ml101)"
+        f"  -> fix: cp -a /path/to/the/data/. {empty}/ && chmod -R a+rX {empty}"
+    )
+    assert finding(out, "fail", "share locked").endswith(
+        f"host path {locked} is not writable by {who} (owned by 0:0, mode 755), though writable_by lets teachers"
+        f" write it (profile ml101)  -> fix: chown -R 1000:1000 {locked}"
+    )
+    assert "writable by uid 1000 (jovyan) for writable_by teachers" in finding(out, "ok", "share open")
+    assert finding(out, "fail", "share new").endswith(
+        f"host path {new} is missing: Docker would create it empty and owned by root, and uid 1000 (jovyan) could"
+        f" not write it (writable_by teachers, profile ml101)  -> fix: mkdir -p {new} && chown 1000:1000 {new}"
+    )
+    assert line(out, "verdict:").startswith("verdict: FAIL (4 failures")
+    assert not new.exists() and not any(locked.iterdir())  # looked at, nothing made or written
+    no_look_left()
+
+
+def test_doctor_refuses_to_judge_no_config(tmp_path):
+    status, out, err, _ = gpuspawner(tmp_path, "doctor")
+    assert (status, out) == (2, "")
+    assert err.startswith(f"gpuspawner: no hub config: there is no jupyterhub_config.py in {tmp_path}")
+    assert "gpuspawner doctor -f /etc/jupyterhub/jupyterhub_config.py" in err and "--defaults" in err
 
 
 def test_doctor_fails_with_the_fixes(images, hub_dir):
@@ -372,3 +506,15 @@ def test_status_shows_who_holds_which_gpu(images, hub_dir, running_server):
     row = line(out, GPUS[1]["uuid"])
     assert f"{user}/exp" in row and "gpu" in row and "NVIDIA TEST GPU" in row and "16 GiB" in row
     assert "free" in line(out, GPUS[0]["uuid"])
+
+
+def test_status_at_80_columns_cuts_nothing(images, hub_dir, running_server, monkeypatch):
+    user, _ = running_server
+    write_config(hub_dir, [{"slug": "gpu", "display_name": "GPU", "image": images["base"], "gpus": 1}])
+    monkeypatch.setenv("COLUMNS", "80")  # piped: as wide as COLUMNS says
+    status, out, err, _ = gpuspawner(hub_dir, "status")
+    assert status == 0, out + err
+    short = [f"{u['uuid'][:12]}…{u['uuid'][-4:]}" for u in GPUS]
+    assert line(out, short[1]) == f"GPU 1  {short[1]}  NVIDIA TEST GPU  16 GiB: {user}/exp (profile gpu)"
+    assert line(out, short[0]).endswith(": free")
+    assert "(ids shortened: `gpuspawner status --json` prints them whole)" in out

@@ -8,7 +8,7 @@
 - ``gpuspawner network [check|up|down]``: the students' lab network and the rules that close it.
 - ``gpuspawner quarantine [list|put-back UNIT]``: units set aside after failed starts.
 
-Each reads the hub's own ``jupyterhub_config.py`` (``-f``, ``gpuspawner.config``), so
+Each reads the hub's own ``jupyterhub_config.py`` (``-f``, else ``GPUSPAWNER_CONFIG``; ``gpuspawner.config``), so
 profiles are written once. One module per command, its checks beside it (pure
 functions of the facts it gathers); ``probe.py`` looks inside images, ``output.py``
 prints.
@@ -42,7 +42,9 @@ class GPUSpawnerApp(LabCommand):
     name = "gpuspawner"
     description = """gpuspawner's command for teachers and admins: check images, check the host, see GPU use.
 
-    Every subcommand reads the hub's jupyterhub_config.py (-f), so profiles are written once.
+    Every subcommand reads the hub's jupyterhub_config.py, so profiles are written once: the file -f
+    names, else the one $GPUSPAWNER_CONFIG names, else ./jupyterhub_config.py. With none found, the
+    commands that judge a hub (doctor, prepull, status, network, quarantine) stop, unless --defaults.
     `gpuspawner SUBCOMMAND --help` for each.
     """
     subcommands = {

@@ -1,7 +1,8 @@
 """``gpuspawner doctor``: is this host ready for the hub? One line per finding, with the fix.
 
-The command gathers the facts (the config, the engine and its GPU path, NVML, the
-images, the dataset and share sources, the hub's TLS certificate); the checks here
+The command gathers the facts (the config and the environment it reads, the engine and
+its GPU path, NVML, the images, the dataset and share sources as each image's user finds
+them through the engine (``mount_access``), the hub's TLS certificate); the checks here
 (pure functions) judge them.
 """
 
@@ -16,7 +17,7 @@ import docker
 import docker.errors
 from jupyterhub.utils import subdomain_hook_idna, subdomain_hook_legacy
 
-from ..config import ConfigError, HubConfig, engine_where
+from ..config import CONFIG_VARIABLE, ConfigError, HubConfig, NoConfigFile, UnsetVariable, engine_where
 from ..disk_quota import HomesRootFacts, engine_storage, home_quota_refusal, writable_layer_refusal
 from ..gpus import GPU, Inventory, Ledger
 from ..gpus.nvml import NVMLUnavailable, discover
@@ -27,6 +28,7 @@ from ..traits import format_bytes
 from . import output, probe
 from .command import LabCommand, by_image
 from .findings import FAIL, OK, WARN, Finding, verdict
+from .mount_access import DATASET, MountsLooked, MountUse, RunAs, SourceSeen, look_at_mounts, mount_uses
 from .network import lab_network_findings
 
 
@@ -174,7 +176,7 @@ def profile_image_findings(
                     FAIL,
                     "image",
                     f"{image} is not on this engine, and pull_policy is 'never' (profiles {slugs})",
-                    f"docker pull {image} (or load it) on this host",
+                    "gpuspawner prepull on this host (it pulls whatever the pull_policy), or docker load the image",
                 )
             ]
         return [
@@ -182,7 +184,7 @@ def profile_image_findings(
                 WARN,
                 "image",
                 f"{image} is not on this engine yet: the first spawn of {slugs} will pull it, and wait",
-                f"docker pull {image} before class",
+                "gpuspawner prepull before class",
             )
         ]
     findings = []
@@ -220,38 +222,209 @@ def profile_image_findings(
     return findings
 
 
-def mount_findings(profiles: tuple[Profile, ...], exists: Callable[[str], bool]) -> list[Finding]:
-    """Datasets and shares: is each source there? ``exists`` answers for a host path or a volume name."""
+def mount_findings(
+    uses: Iterable[MountUse], looked: MountsLooked | None, exists_here: Callable[[str], bool]
+) -> list[Finding]:
+    """Datasets and shares: is each source there; readable by the user of each image that mounts it
+    (a dataset: and not empty); writable by that user where a share's ``writable_by`` lets groups write?
+
+    ``looked``: what the engine showed (None: no engine answered); a source it could not tell about
+    is looked for on this machine with ``exists_here`` (a host path, or a volume's name).
+    """
+    by_source: dict[tuple[str, str], list[MountUse]] = {}
+    for u in uses:
+        by_source.setdefault((u.kind, u.source), []).append(u)
     findings = []
-    seen: set[tuple[str, str]] = set()
-    for p in profiles:
-        for kind, mounts in (("dataset", p.datasets), ("share", p.shares)):
-            for m in mounts:
-                if (kind, m.source) in seen:
-                    continue
-                seen.add((kind, m.source))
-                what = "host path" if m.source.startswith("/") else "volume"
-                subject = f"{kind} {m.name}"
-                if exists(m.source):
-                    findings.append(Finding(OK, subject, f"{what} {m.source} is there"))
-                elif kind == "dataset":
-                    findings.append(
-                        Finding(
-                            FAIL,
-                            subject,
-                            f"{what} {m.source} is missing: students would see an empty folder",
-                            f"create {m.source} and copy the data in (profile {p.slug})",
-                        )
-                    )
-                else:
-                    findings.append(
-                        Finding(
-                            WARN,
-                            subject,
-                            f"{what} {m.source} is missing: Docker creates it empty on first use",
-                            f"create {m.source} with the course's files, writable by the teachers",
-                        )
-                    )
+    for (kind, source), its in by_source.items():
+        first = its[0]
+        subject, what = f"{kind} {first.name}", first.what
+        writers = sorted({g for u in its for g in u.writers})
+        slugs = tuple(dict.fromkeys(p for u in its for p in u.profiles))
+        looks = [(u, looked.by_image.get(u.image)) if looked else (u, None) for u in its]
+        known = looked is not None and looked.knows(source)
+        if not (source in looked.there if known else exists_here(source)):
+            findings.append(_missing_source(kind, first, what, writers, slugs, [look for _, look in looks if look]))
+            continue
+        here = "" if known else " (as this machine sees it: the engine could not tell)"
+        problems, fine, unlooked = _source_access(kind, what, subject, looks, writers, slugs)
+        if problems:
+            findings += problems
+            continue
+        fine_text = "; ".join(fine)
+        message = f"{what} is there{here}" + (f", {fine_text}" if fine_text else "")
+        if unlooked:
+            message += f"; not looked at as the user of {', '.join(unlooked)}, which is not on this engine yet"
+        findings.append(Finding(OK, subject, message))
+    return findings
+
+
+def _profiles(slugs: Iterable[str]) -> str:
+    """'profile cpu', 'profiles cpu, gpu'."""
+    slugs = list(dict.fromkeys(slugs))
+    return f"profile{'s' if len(slugs) != 1 else ''} {', '.join(slugs)}"
+
+
+def _missing_source(kind: str, use: MountUse, what: str, writers, slugs: tuple[str, ...], looks) -> Finding:
+    subject, source = f"{kind} {use.name}", use.source
+    if kind == DATASET:
+        fix = (
+            f"mkdir -p {source} && cp -a /path/to/the/data/. {source}/ && chmod -R a+rX {source}"
+            if use.host_path
+            else f"docker volume create {source}, then copy the data in"
+        )
+        return Finding(
+            FAIL, subject, f"{what} is missing: students would see an empty folder ({_profiles(slugs)})", fix
+        )
+    if not writers:
+        return Finding(
+            WARN,
+            subject,
+            f"{what} is missing: Docker creates it empty on first use",
+            f"create {source} with the course's files"
+            + (f" (mkdir -p {source} && chmod a+rX {source})" if use.host_path else ""),
+        )
+    run_as = next((look.run_as for look in looks if look.run_as), None)
+    who = str(run_as) if run_as else "the servers' users"
+    if run_as and use.host_path:
+        fix = f"mkdir -p {source} && chown {run_as.uid}:{run_as.gid} {source}"
+    elif run_as:
+        fix = (
+            f"docker volume create {source} && docker run --rm -u 0 -v {source}:/share {use.image}"
+            f" chown {run_as.uid}:{run_as.gid} /share"
+        )
+    else:
+        fix = f"create {source}, owned by the uid the servers run as (gpuspawner image check shows it)"
+    return Finding(
+        FAIL,
+        subject,
+        f"{what} is missing: Docker would create it empty and owned by root, and {who} could not write it"
+        f" (writable_by {', '.join(writers)}, {_profiles(slugs)})",
+        fix,
+    )
+
+
+def _source_access(kind: str, what: str, subject: str, looks, writers, slugs: tuple[str, ...]):
+    """(problem findings, what is fine, images not looked with) for one source, from each image's look."""
+    problems, fine, unlooked, said = [], [], [], set()
+    readers, writers_ok = [], []
+    for use, look in looks:
+        if look is None:
+            unlooked.append(use.image)
+            continue
+        seen = look.seen.get(use.source)
+        if look.error or look.run_as is None or seen is None:
+            problems.append(
+                Finding(
+                    WARN,
+                    subject,
+                    f"{what}: could not look at it as the user of {use.image}: {look.error or 'no answer'}",
+                    "gpuspawner image check " + use.image,
+                )
+            )
+            continue
+        run_as = look.run_as
+        who = f"{run_as} of image {use.image}"
+        owned = f" ({seen.describe()})" if seen.describe() else ""
+        if use.writers and not seen.writable and ("write", run_as) not in said:
+            said.add(("write", run_as))
+            problems.append(
+                Finding(
+                    FAIL,
+                    subject,
+                    f"{what} is not writable by {who}{owned}, though writable_by lets {', '.join(use.writers)}"
+                    f" write it ({_profiles(use.profiles)})",
+                    _writable_fix(use, run_as, seen),
+                )
+            )
+        elif not seen.usable and ("read", run_as) not in said:
+            said.add(("read", run_as))
+            problems.append(
+                Finding(
+                    FAIL,
+                    subject,
+                    f"{what} is not readable by {who}{owned}: its servers would get 'Permission denied'",
+                    f"chmod -R a+rX {use.source}"
+                    if use.host_path
+                    else f"docker run --rm -u 0 -v {use.source}:/data {use.image} chmod -R a+rX /data",
+                )
+            )
+        elif kind == DATASET and not seen.has_entries and "empty" not in said:
+            said.add("empty")
+            problems.append(
+                Finding(
+                    FAIL,
+                    subject,
+                    f"{what} is empty: students would see an empty folder ({_profiles(slugs)})",
+                    f"cp -a /path/to/the/data/. {use.source}/ && chmod -R a+rX {use.source}"
+                    if use.host_path
+                    else "copy the data into the volume",
+                )
+            )
+        else:
+            readers.append(str(run_as))
+            if use.writers:
+                writers_ok.append(str(run_as))
+    if readers:
+        fine.append(("not empty, " if kind == DATASET else "") + f"readable by {', '.join(dict.fromkeys(readers))}")
+    if writers_ok:
+        fine.append(f"writable by {', '.join(dict.fromkeys(writers_ok))} for writable_by {', '.join(writers)}")
+    return problems, fine, unlooked
+
+
+def _writable_fix(use: MountUse, run_as: RunAs, seen: SourceSeen) -> str:
+    """The command that makes a share writable by ``run_as``: its owner, with rwx for the owner."""
+    if not use.host_path:
+        return (
+            f"docker run --rm -u 0 -v {use.source}:/share {use.image}"
+            f" sh -c 'chown -R {run_as.uid}:{run_as.gid} /share && chmod -R u+rwX /share'"
+        )
+    owner_bits = int(seen.mode[-3]) if len(seen.mode) >= 3 and seen.mode[-3].isdigit() else 0
+    chmod = f"chmod -R u+rwX {use.source}"
+    if seen.owner_uid == run_as.uid:
+        return chmod
+    chown = f"chown -R {run_as.uid}:{run_as.gid} {use.source}"
+    return chown if owner_bits & 3 == 3 else f"{chown} && {chmod}"
+
+
+def environment_findings(variables: Iterable[UnsetVariable], profiles: tuple[Profile, ...]) -> list[Finding]:
+    """The environment variables the config read that are not set here: where the hub has them,
+    it may run another set-up (another image) than the one doctor checks."""
+    findings, others = [], []
+    fix = (
+        "export {name}=<the hub's value> (as the hub's env_file has it), or run doctor where the hub runs:"
+        " docker compose exec hub gpuspawner doctor"
+    )
+    for v in variables:
+        if not v.decides_the_lab:
+            others.append(v)
+            continue
+        decides_profiles = any(s.endswith(".profiles") for s in v.settings)
+        users = [p for p in profiles if decides_profiles and len(v.default or "") >= 4 and v.default in p.image]
+        if users:
+            images = ", ".join(dict.fromkeys(p.image for p in users))
+            message = (
+                f"{_profiles(p.slug for p in users)} run{'s' if len(users) == 1 else ''} {images}, from the default"
+                f" the config gives {v.name}, which is not set here: the hub, where it is set, may run another image,"
+                " so doctor may be checking another image than the hub"
+            )
+        else:
+            message = v.note().replace("than this command", "than doctor checks")
+        findings.append(Finding(WARN, "environment", message, fix.format(name=v.name)))
+    if others:
+        settings = sorted({f"c.{s}" for v in others for s in v.settings})
+        findings.append(
+            Finding(
+                OK,
+                "environment",
+                f"the config reads {', '.join(v.name for v in others)}, not set here"
+                + (
+                    f": {'it decides' if len(others) == 1 else 'they decide'} only {', '.join(settings)},"
+                    " which doctor does not check"
+                    if settings
+                    else ""
+                ),
+            )
+        )
     return findings
 
 
@@ -264,7 +437,12 @@ def config_findings(
     """
     if not path:
         findings = [
-            Finding(WARN, "config", "no config file: checking the hub's defaults", "name the hub's config with -f")
+            Finding(
+                WARN,
+                "config",
+                "no config file: checking the hub's defaults (--defaults)",
+                f"name the hub's config with -f or {CONFIG_VARIABLE}",
+            )
         ]
     elif spawner_problem:
         findings = [
@@ -452,14 +630,21 @@ class DoctorApp(LabCommand):
     images; Docker answers; the NVIDIA container toolkit (the engine accepts GPU
     requests); the driver through NVML (version, GPUs, MIG, highest CUDA); every GPU
     profile fits the inventory; each profile's image is present, not root, and
-    within the driver's CUDA; dataset and share sources exist; the lab network and its
-    rules are in place; with per-user subdomains, where servers and the dashboard are
-    and that the hub's TLS certificate covers them (a wildcard). Exit status 1 when
-    anything fails (warnings do not). Run it on the hub's host: host paths are checked here.
+    within the driver's CUDA; datasets are there, not empty and readable, and shares
+    writable by their writable_by users, as each image's user finds them (one short
+    container per image, through the engine: the same on the host and in the hub's
+    container); the lab network and its rules are in place; with per-user subdomains,
+    where servers and the dashboard are and that the hub's TLS certificate covers them
+    (a wildcard); environment variables the config reads that are unset here. Exit
+    status 1 when anything fails (warnings do not); 2 when no config file is found
+    (--defaults: check the hub's defaults).
     """
+    judges_the_hub = True
+    reports_unset_variables = True
     examples = dedent("""
     gpuspawner doctor
     gpuspawner doctor -f /srv/jupyterhub/jupyterhub_config.py
+    docker compose exec hub gpuspawner doctor     # the hub's image sets GPUSPAWNER_CONFIG
     """)
 
     def start(self) -> int:
@@ -471,7 +656,7 @@ class DoctorApp(LabCommand):
         if client is not None:
             self.check_images(client, spawner, profiles, inventory, findings)
         findings += lab_network_findings(client, spawner, profiles)
-        findings += mount_findings(profiles, lambda source: _source_exists(client, source))
+        findings += self.check_mounts(client, spawner, profiles)
         findings += self.check_disk_quotas(client, spawner, profiles)
         if hub is not None:
             findings += self.check_subdomains(hub)
@@ -487,6 +672,8 @@ class DoctorApp(LabCommand):
     def check_config(self, findings: list[Finding]) -> tuple[HubConfig | None, tuple[Profile, ...]]:
         try:
             hub = self.load_hub_config()
+        except NoConfigFile:
+            raise  # nothing to judge: said, exit status 2
         except ConfigError as e:
             findings.append(
                 Finding(FAIL, "config", str(e), "fix the config file (jupyterhub -f ... fails the same way)")
@@ -497,6 +684,7 @@ class DoctorApp(LabCommand):
         except ProfileError as e:
             profiles, error = None, str(e)
         findings += config_findings(hub.config_file, profiles, error, hub.spawner_problem)
+        findings += environment_findings(hub.unset_variables, profiles or ())
         return hub, profiles or ()
 
     def check_engine(self, spawner: GPUSpawner, profiles, findings: list[Finding]) -> docker.APIClient | None:
@@ -568,6 +756,23 @@ class DoctorApp(LabCommand):
             hook=SUBDOMAIN_HOOKS.get(hook, hook) if isinstance(hook, str) else hook,
         )
 
+    def check_mounts(self, client, spawner: GPUSpawner, profiles) -> list[Finding]:
+        """Datasets and shares as each image's user finds them, through the engine (one container per image)."""
+        uses = mount_uses(profiles)
+        looked = None
+        if client is not None and uses:
+            create = spawner.extra_create_kwargs if isinstance(spawner.extra_create_kwargs, dict) else {}
+            host = spawner.extra_host_config if isinstance(spawner.extra_host_config, dict) else {}
+            looked = look_at_mounts(
+                client,
+                uses,
+                user=str(create.get("user") or ""),
+                group_add=host.get("group_add") or (),
+                cap_drop=spawner.cap_drop,
+                no_new_privileges=spawner.no_new_privileges,
+            )
+        return mount_findings(uses, looked, _source_here)
+
     def check_images(self, client, spawner: GPUSpawner, profiles, inventory: Inventory, findings: list[Finding]):
         for image, its_profiles in by_image(profiles).items():
             findings += profile_image_findings(
@@ -581,16 +786,10 @@ class DoctorApp(LabCommand):
             )
 
 
-def _source_exists(client, source: str) -> bool:
-    if source.startswith("/"):
-        return os.path.exists(source)
-    if client is None:
-        return False
-    try:
-        client.inspect_volume(source)
-    except docker.errors.NotFound:
-        return False
-    return True
+def _source_here(source: str) -> bool:
+    """Whether a source is there as this machine sees it: only for when the engine cannot say
+    (in the hub's container the mount roots may not be mounted at all)."""
+    return source.startswith("/") and os.path.exists(source)
 
 
 def _certificate_names(path: str) -> list[str]:

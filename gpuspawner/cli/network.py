@@ -116,6 +116,7 @@ class NetworkApp(LabCommand):
     `down`: remove the rules and the networks, once no server is attached to them.
     The settings are those of add_lab_network(c) in the hub's config (-f).
     """
+    judges_the_hub = True
     examples = dedent("""
     gpuspawner network -f /etc/jupyterhub/jupyterhub_config.py
     gpuspawner network up -f /etc/jupyterhub/jupyterhub_config.py

@@ -50,6 +50,27 @@ def prepull_summary(results: Iterable[PullResult]) -> tuple[int, str]:
 _PULL_STYLE = {PRESENT: "green", PULLED: "green", FAILED: "bold red"}
 
 
+def prepull_lines(results: list[PullResult]) -> list[Text]:
+    """The same as ``prepull_table``, one line per image, for a console too narrow for the table."""
+    lines, width = [], max((len(r.state) for r in results), default=0)
+    for r in results:
+        line = Text(f"{r.state:<{width}}", style=_PULL_STYLE.get(r.state, ""))
+        size = f"{format_bytes(r.size)}, " if r.size else ""
+        line.append(f"  {r.image}  ({size}{r.seconds:.1f} s; profiles {', '.join(r.profiles) or '-'})")
+        lines.append(line)
+    return lines
+
+
+def print_results(out, results: list[PullResult]) -> None:
+    """The table when it fits whole, else one line per image: image names are never cut."""
+    table = prepull_table(results)
+    if output.fits(out, table):
+        out.print(table)
+    else:
+        for line in prepull_lines(results):
+            out.print(line)
+
+
 def prepull_table(results: list[PullResult]) -> Table:
     """One line per image: its size, the seconds its pull took, and what happened."""
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
@@ -72,6 +93,7 @@ class PrepullApp(LabCommand):
     whether it was already present, pulled, or failed (with the registry's message).
     Exit status 1 when any pull failed.
     """
+    judges_the_hub = True
     examples = dedent("""
     gpuspawner prepull
     gpuspawner prepull -f /srv/jupyterhub/jupyterhub_config.py
@@ -106,7 +128,7 @@ class PrepullApp(LabCommand):
             )
             for r in results
         ]
-        out.print(prepull_table(results))
+        print_results(out, results)
         output.print_findings(
             out,
             [
@@ -128,7 +150,8 @@ class PrepullApp(LabCommand):
             TextColumn("{task.percentage:>3.0f}%"),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=out) as progress:
+        # Live bars on a terminal only, gone when done (a narrow one cuts their names); the results follow.
+        with Progress(*columns, console=out, transient=True, disable=not out.is_terminal) as progress:
             tasks = await puller.prepull(users)
             bars = [progress.add_task(escape(t.image), total=100) for t in tasks]
 

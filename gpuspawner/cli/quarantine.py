@@ -13,7 +13,6 @@ from textwrap import dedent
 
 from rich.table import Table
 from traitlets import Bool
-from traitlets.config import Application
 
 from ..config import ConfigError
 from ..quarantine import put_back, read_quarantine
@@ -22,6 +21,8 @@ from .command import LabCommand
 
 
 class _QuarantineCommand(LabCommand):
+    judges_the_hub = True
+
     def quarantine_file(self) -> tuple[str, dict]:
         """The hub's quarantine file and, by unit id, the units its inventory knows (to describe them)."""
         hub = self.load_hub_config()
@@ -44,7 +45,7 @@ class QuarantineListApp(_QuarantineCommand):
     examples = "gpuspawner quarantine list\ngpuspawner quarantine list --json"
 
     json = Bool(False, help="Print JSON for scripts instead of a table.").tag(config=True)
-    flags = {**Application.flags, "json": ({"QuarantineListApp": {"json": True}}, "Print JSON instead of a table.")}
+    flags = {**LabCommand.flags, "json": ({"QuarantineListApp": {"json": True}}, "Print JSON instead of a table.")}
 
     def start(self) -> int:
         path, units = self.quarantine_file()
@@ -83,7 +84,7 @@ class QuarantinePutBackApp(_QuarantineCommand):
     """)
 
     all = Bool(False, help="Put back every quarantined unit.").tag(config=True)
-    flags = {**Application.flags, "all": ({"QuarantinePutBackApp": {"all": True}}, "Put back every unit.")}
+    flags = {**LabCommand.flags, "all": ({"QuarantinePutBackApp": {"all": True}}, "Put back every unit.")}
 
     def start(self) -> int:
         path, units = self.quarantine_file()
@@ -107,6 +108,7 @@ class QuarantinePutBackApp(_QuarantineCommand):
 class QuarantineApp(LabCommand):
     name = "gpuspawner quarantine"
     description = "Units set aside after failed starts: list them, put them back."
+    judges_the_hub = True
     subcommands = {
         "list": (QuarantineListApp, QuarantineListApp.description),
         "put-back": (QuarantinePutBackApp, QuarantinePutBackApp.description),

@@ -13,7 +13,6 @@ from textwrap import dedent
 from rich.table import Table
 from rich.text import Text
 from traitlets import Bool
-from traitlets.config import Application
 
 from .. import labels as label
 from ..config import ConfigError
@@ -55,14 +54,17 @@ def holder_name(holder: dict) -> str:
     return f"{holder['user']}/{holder['server']}" if holder["server"] else holder["user"]
 
 
-def status_table(rows: list[dict], share_limit: int) -> Table:
-    """The assignment of every GPU unit: one line per unit and holder, 'free' for units no one holds."""
+def status_table(rows: list[dict], share_limit: int, ids: dict[str, str] | None = None) -> Table:
+    """The assignment of every GPU unit: one line per unit and holder, 'free' for units no one holds.
+
+    ``ids``: how to print each unit's id (``output.short_ids``); whole when not given.
+    """
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for column in ("Unit", "Id", "Model", "Memory", "Holder", "Profile", "Shared"):
         table.add_column(column, no_wrap=column in ("Unit", "Id", "Memory"))
     for row in rows:
         unit = row["unit"] + (f" {row['mig_profile']}" if row["mig_profile"] else "")
-        first = [unit, row["id"], row["model"], format_bytes(row["memory"])]
+        first = [unit, (ids or {}).get(row["id"], row["id"]), row["model"], format_bytes(row["memory"])]
         if row["free"]:
             table.add_row(*first, Text("free", style="green"), "", "")
             continue
@@ -72,6 +74,40 @@ def status_table(rows: list[dict], share_limit: int) -> Table:
             cells = first if n == 0 else ["", "", "", ""]
             table.add_row(*cells, holder_name(h), h["profile"], shared)
     return table
+
+
+def status_lines(rows: list[dict], share_limit: int, ids: dict[str, str] | None = None) -> list[Text]:
+    """The same as ``status_table``, one line per unit, for a console too narrow for the table."""
+    lines = []
+    for row in rows:
+        unit = row["unit"] + (f" {row['mig_profile']}" if row["mig_profile"] else "")
+        unit_id = (ids or {}).get(row["id"], row["id"])
+        line = Text(f"{unit}  {unit_id}  {row['model']}  {format_bytes(row['memory'])}: ")
+        if row["free"]:
+            line.append("free", style="green")
+        holders = row["holders"]
+        for n, h in enumerate(holders):
+            shared = f", shared {len(holders)}/{share_limit}" if h["shared"] else ""
+            line.append(f"{', ' if n else ''}{holder_name(h)} (profile {h['profile']}{shared})")
+        lines.append(line)
+    return lines
+
+
+def print_status(out, rows: list[dict], share_limit: int) -> None:
+    """The table when it fits whole; else with short ids; else one line per unit. Nothing is cut."""
+    table = status_table(rows, share_limit)
+    if output.fits(out, table):
+        out.print(table)
+        return
+    ids = output.short_ids(r["id"] for r in rows)
+    table = status_table(rows, share_limit, ids)
+    if output.fits(out, table):
+        out.print(table)
+    else:
+        for line in status_lines(rows, share_limit, ids):
+            out.print(line)
+    if any(short != whole for whole, short in ids.items()):
+        out.print("(ids shortened: `gpuspawner status --json` prints them whole)")
 
 
 def status_summary(rows: list[dict], cpu_servers: int) -> str:
@@ -90,13 +126,14 @@ class StatusApp(LabCommand):
     The same record a restarted hub reads its ledger from: every unit of the hub's
     inventory, its holder (user/server), profile and whether it is shared.
     """
+    judges_the_hub = True
     examples = dedent("""
     gpuspawner status
     gpuspawner status --json | jq '.units[] | select(.free)'
     """)
 
     json = Bool(False, help="Print JSON for scripts instead of a table.").tag(config=True)
-    flags = {**Application.flags, "json": ({"StatusApp": {"json": True}}, "Print JSON instead of a table.")}
+    flags = {**LabCommand.flags, "json": ({"StatusApp": {"json": True}}, "Print JSON instead of a table.")}
 
     def start(self) -> int:
         hub = self.load_hub_config()
@@ -125,7 +162,7 @@ class StatusApp(LabCommand):
             return 0
         out = output.console()
         if rows:
-            out.print(status_table(rows, view.share_limit))
+            print_status(out, rows, view.share_limit)
         else:
             note = f": {view.inventory_note}" if view.inventory_note else ""
             out.print(f"The hub hands out no GPU ({view.inventory_source}{note}).")
