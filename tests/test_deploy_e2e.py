@@ -533,7 +533,7 @@ def test_students_keep_their_server_while_the_hubs_container_restarts(site, pinn
     # logged in again (the provider remembers nothing), the student is back in the same server,
     # and stops it from the hub's home page: the container goes, the home volume stays
     page = log_in(pinned_browser, site, STUDENT)
-    page.goto(f"{site.url}/hub/home")
+    page.goto(f"{site.url}/hub/home", wait_until="networkidle")  # the button works once home.js is loaded
     page.get_by_role("button", name=re.compile("Stop My Server")).click()
     wait_for(lambda: site.server_of(STUDENT) is None, 60, "the student's server stopped", details=site.logs)
     assert any(v.name.endswith(RUN) and "alice" in v.name for v in home_volumes())
