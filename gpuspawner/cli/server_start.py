@@ -46,6 +46,8 @@ CHECK_USER = "image-check"
 STAND_IN_HUB_PORT = 8081
 #: The command ``image build`` gives an image whose base has no Jupyter one.
 JUPYTER_COMMAND = ("jupyterhub-singleuser",)
+#: On the started server's container and home volume: the image checked.
+CHECKED_IMAGE_LABEL = "gpuspawner.cli.image"
 #: The lines of the server's log a failed start shows.
 LOG_LINES = 12
 
@@ -330,9 +332,10 @@ def start_server(client: docker.APIClient, plan: StartPlan, python: str) -> Star
     ``python``: the image's interpreter, for the helper that stands in for the hub. The
     container and its home volume are removed whatever happens.
     """
+    labels = {CLI_LABEL: "image-check-start", CHECKED_IMAGE_LABEL: plan.image}
     volumes = [m.source for m in plan.container.mounts if m.target == plan.home and plan.home]
     for volume in volumes:
-        client.create_volume(volume, labels={CLI_LABEL: "image-check"})
+        client.create_volume(volume, labels=labels)
     cid = ""
     try:
         try:
@@ -340,7 +343,7 @@ def start_server(client: docker.APIClient, plan: StartPlan, python: str) -> Star
                 plan.image,
                 command=list(plan.command.command),
                 environment=dict(plan.container.environment),
-                labels={CLI_LABEL: "image-check-start"},
+                labels=labels,
                 host_config=host_config_of(client, plan.container),
             )["Id"]
             client.start(cid)
@@ -400,6 +403,7 @@ def _watch(client: docker.APIClient, cid: str, plan: StartPlan, python: str) -> 
 
 
 __all__ = [
+    "CHECKED_IMAGE_LABEL",
     "CHECK_USER",
     "JUPYTER_COMMAND",
     "ServerCommand",
