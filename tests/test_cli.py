@@ -1505,3 +1505,15 @@ def test_data_takes_several_dirs_after_one_option(tmp_path):
             app.validate()
     finally:
         ImageBuildApp.clear_instance()
+
+
+def test_the_start_takes_the_admins_user_and_says_when_the_environment_cannot_be_made(tmp_path):
+    body = """
+    c.JupyterHub.spawner_class = "gpu"
+    c.GPUSpawner.extra_create_kwargs = {"user": "root", "labels": {"lab": "x"}}
+    c.Spawner.environment = {"COURSE": lambda spawner: spawner.user.auth_state["course"]}
+    """
+    hub = load_hub_config(str(write_config(tmp_path, body)))
+    plan = server_start.start_plan(hub, "lab:1", {"Id": "sha256:1", "Config": {"Cmd": ["start-notebook.sh"]}})
+    assert plan.user == "root"  # docker-stacks' start.sh switches to NB_UID itself
+    assert plan.environment_error.startswith("AttributeError:") and "auth_state" in plan.environment_error

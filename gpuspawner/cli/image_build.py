@@ -42,6 +42,7 @@ from .build_plan import (
     more_data_dirs,
     start_command_step,
     strip_escapes,
+    tag_users,
 )
 from .command import LabCommand, profiles_of
 from .findings import verdict
@@ -136,8 +137,9 @@ class ImageBuildApp(LabCommand):
             return 2
         hub = self.load_hub_config()
         out = output.console()
+        profiles = profiles_of(hub)
         try:
-            moving = check_tag_unused(self.tag, profiles_of(hub), self.force)
+            moving = check_tag_unused(self.tag, profiles, self.force)
         except BuildRefused as e:
             print(f"gpuspawner image build: {e}", file=sys.stderr)
             return 2
@@ -200,7 +202,8 @@ class ImageBuildApp(LabCommand):
                 out.print(output.verdict_line(1, "FAIL", f"the engine refused the build: {e.explanation or e}"))
                 return 1
         out.print(f"built {self.tag} ({image_id[:19]}) in {time.monotonic() - started:.0f} s; checking it:")
-        return check_one(client, hub, self.tag, [], out, self.timeout)
+        # Checked for the profiles that use the tag (--force), as `image check --profiles` would.
+        return check_one(client, hub, self.tag, tag_users(self.tag, profiles), out, self.timeout)
 
 
 def _here_python() -> str:

@@ -34,7 +34,15 @@ from . import output, probe
 from .command import LabCommand, by_image, profiles_of
 from .findings import FAIL, OK, WARN, Finding, verdict
 from .probe import FRAMEWORKS, ImageFacts
-from .server_start import JUPYTER_COMMAND, ServerCommand, server_command, start_finding, start_plan, start_server
+from .server_start import (
+    CHECK_USER,
+    JUPYTER_COMMAND,
+    ServerCommand,
+    server_command,
+    start_finding,
+    start_plan,
+    start_server,
+)
 
 
 @dataclass(frozen=True)
@@ -316,10 +324,15 @@ class ImageCheckApp(LabCommand):
     and no network, and reports: jupyterhub-singleuser and its version (same
     major.minor as the hub's), the user it runs as (root fails unless allowed:
     c.GPUSpawner.allow_root, or allow_root on every profile that uses it) and its
-    home, Python, JupyterLab, the CUDA it declares and contains against the
-    driver's, torch/tensorflow/jax when installed, its size, and the registry
-    digest to pin in a profile (repository@sha256:...). Exit status 0 when it will
-    start (warnings allowed), 1 when it will not, 2 when the check cannot run.
+    home, Python, JupyterLab, the command the hub runs (c.Spawner.cmd, else the
+    image's CMD), the CUDA it declares and contains against the driver's,
+    torch/tensorflow/jax when installed, its size. When nothing failed, it starts
+    the server as the hub would (that command, user, JupyterHub's environment, the
+    hub's limits and hardening, a new home volume; no GPU, no network) and passes
+    only if it answers within c.Spawner.http_timeout; else the exit status and the
+    server's last log lines. Then the registry digest to pin in a profile
+    (repository@sha256:...). Exit status 0 when it will start (warnings allowed),
+    1 when it will not, 2 when the check cannot run.
     """
     examples = dedent("""
     gpuspawner image check registry.example.edu/ml101-cuda:2026.1
@@ -328,7 +341,9 @@ class ImageCheckApp(LabCommand):
     """)
 
     profiles = Bool(False, help="Check the image of every profile in the hub's config.").tag(config=True)
-    timeout = Float(60, help="Seconds the check may take in one image.").tag(config=True)
+    timeout = Float(
+        60, help="Seconds the look inside one image may take (the server's start has c.Spawner.http_timeout)."
+    ).tag(config=True)
     pull = Bool(True, help="Pull an image this engine lacks before checking it.").tag(config=True)
 
     aliases = {**LabCommand.aliases, "timeout": "ImageCheckApp.timeout"}
@@ -420,8 +435,10 @@ def _start(client, hub: HubConfig, image: str, users: list[Profile], out, facts:
         return Finding(
             FAIL,
             "start",
-            f"the hub's environment for a server could not be computed: {plan.environment_error}",
-            "fix c.Spawner.environment in the hub's config (a callable raised)",
+            f"the hub's environment for a server could not be computed, so it was not started:"
+            f" {plan.environment_error}",
+            "make c.Spawner.environment's callables work for any user (the check's stand-in user"
+            f" {CHECK_USER!r} has a name, no groups, no auth state)",
         )
     out.print(f"{image}: starting its server as the hub would: {plan.command.describe()}...")
     result = start_server(client, plan, facts.python)

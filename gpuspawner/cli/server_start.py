@@ -6,7 +6,8 @@ config) what a spawn takes: the command as DockerSpawner resolves it
 (``c.Spawner.cmd``, else the image's ``CMD``; the image's ``ENTRYPOINT`` either
 way; then ``c.Spawner.args``), the image's user, JupyterHub's environment
 (``Spawner.get_env`` itself, for a stand-in user), and ``container.describe``'s
-limits, hardening and a fresh home volume at the image's home. ``start_server``
+limits, hardening and a fresh home volume at the image's home (the user of
+``extra_create_kwargs``, when the admin sets one there). ``start_server``
 runs it with no network and no GPU; a small helper exec'd in the container
 stands in for the hub's API on the container's own loopback (the server asks
 it for the hub's version before it listens) and waits for the server to answer
@@ -15,7 +16,8 @@ whatever happens. ``start_finding`` (pure) judges what came of it.
 
 What a spawn adds that a check on another host cannot know is left out: the
 profile's datasets and shares (``doctor`` checks those), the admin's volumes,
-``extra_host_config`` and ``extra_create_kwargs``, disk quotas, and the
+``extra_host_config`` and the rest of ``extra_create_kwargs``, disk quotas,
+hooks (``pre_spawn_hook``, ``auth_state_hook``), and the
 server's labels (a labelled container would count as a student's server).
 """
 
@@ -149,6 +151,8 @@ class StandInUser:
     """The hub user ``Spawner.get_env`` reads: a name and its URL."""
 
     name: str = CHECK_USER
+    groups: tuple = ()
+    admin: bool = False
 
     @property
     def escaped_name(self) -> str:
@@ -186,6 +190,7 @@ class StartPlan:
     home: str = ""  # where the home volume goes ('' when the hub mounts none)
     profile: str = ""  # the profile whose settings it starts with; '' for the hub's defaults
     environment_error: str = ""  # the hub's environment could not be computed (a callable raised)
+    user: str = ""  # the container's user when the admin's extra_create_kwargs sets one; '' the image's
 
 
 def start_plan(hub: HubConfig, image: str, inspect: dict, profile: Profile | None = None) -> StartPlan:
@@ -224,6 +229,8 @@ def start_plan(hub: HubConfig, image: str, inspect: dict, profile: Profile | Non
     # No server record for the stand-in user: JupyterHub would put its URL in these two.
     environment["JUPYTERHUB_SERVICE_PREFIX"] = prefix
     environment["JUPYTERHUB_SERVICE_URL"] = f"http://{ip}:{port}{prefix}"
+    extra = spawner.extra_create_kwargs
+    user = str(extra.get("user") or "") if isinstance(extra, Mapping) else ""  # a callable: not known here
     return StartPlan(
         image=image,
         command=server_command(inspect.get("Config") or {}, spawner.cmd, spawner.args),
@@ -235,6 +242,7 @@ def start_plan(hub: HubConfig, image: str, inspect: dict, profile: Profile | Non
         home=facts.home if home_volume else "",
         profile=profile.slug if profile else "",
         environment_error=environment_error,
+        user=user,
     )
 
 
@@ -342,6 +350,7 @@ def start_server(client: docker.APIClient, plan: StartPlan, python: str) -> Star
             cid = client.create_container(
                 plan.image,
                 command=list(plan.command.command),
+                user=plan.user or None,
                 environment=dict(plan.container.environment),
                 labels=labels,
                 host_config=host_config_of(client, plan.container),
