@@ -36,7 +36,7 @@ import requests
 
 from ..config import HubConfig
 from ..container import ImageFacts as ServerImage
-from ..container import ServerContainer, describe
+from ..container import Limits, ServerContainer, describe
 from ..profiles import Profile
 from ..startup import Exited, last_lines
 from .findings import FAIL, OK, Finding
@@ -217,7 +217,7 @@ def start_plan(hub: HubConfig, image: str, inspect: dict, profile: Profile | Non
     home_volume = f"gpuspawner-check-home-{secrets.token_hex(6)}" if settings.home_volume else ""
     settings = replace(settings, home_volume=home_volume, volumes=MappingProxyType({}))
     facts = ServerImage.of(inspect, image, spawner.home_path)
-    limits = describe(chosen, settings, user=CHECK_USER).limits
+    limits = Limits.of(chosen, settings.limits)
     stand_in.mem_limit, stand_in.cpu_limit = limits.mem_limit, limits.cpu_limit  # MEM_LIMIT, CPU_LIMIT
     ip = "127.0.0.1" if spawner.network_name == "host" else (spawner.ip or "0.0.0.0")
     prefix = StandInUser().url
