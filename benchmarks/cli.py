@@ -7,7 +7,10 @@ figures include Python's start and the imports), in a folder with a
 - ``image build`` refused for an unpinned tag, with no engine to reach (the
   check comes before any Docker call: this is start-up and argument checking);
 - ``status --json`` with one server holding a GPU (a labelled container);
-- ``image check IMAGE``: one check container;
+- ``image check IMAGE``: one check container, then the server started as the hub would;
+- the server's start alone (``server_start.start_server``, in this process: the home
+  volume, the container, the helper's wait for the server's answer, the clean-up):
+  what the start adds to ``image check`` and to ``image build``;
 - ``image check --profiles``: each profile's image once (two here);
 - ``doctor``: the config, the engine, the toolkit, the driver, every image;
 - ``doctor`` again, the two profiles mounting four datasets and shares each: one more
@@ -76,6 +79,24 @@ def timed(folder: Path, args: list[str], docker_host: str) -> tuple[int, float]:
     return done.returncode, seconds
 
 
+def start_seconds(folder: Path, image: str, docker_host: str) -> tuple[int, float]:
+    """(0 when the server answered, else 1; seconds) of one start of ``image``'s server as the hub would."""
+    import os
+    import time
+
+    from gpuspawner.cli import probe, server_start
+    from gpuspawner.config import load_hub_config
+
+    os.environ["DOCKER_HOST"] = docker_host
+    hub = load_hub_config(str(folder / "jupyterhub_config.py"))
+    client = hub.docker()
+    facts = probe.run_probe(client, image)
+    plan = server_start.start_plan(hub, image, client.inspect_image(image))
+    began = time.monotonic()
+    result = server_start.start_server(client, plan, facts.python)
+    return (0 if result.answered else 1), time.monotonic() - began
+
+
 def run(rounds: int, run_id: str) -> dict:
     base, cuda = _lab.read_testbed("image"), _lab.read_testbed("image-cuda")
     engine_host = _lab.docker_host()
@@ -105,15 +126,20 @@ def run(rounds: int, run_id: str) -> dict:
             write_config(mounts_folder / "hub", base, cuda, mounts_folder / "srv")
             samples = {name: [] for name in commands}
             statuses = {name: set() for name in commands}
+            started = "image check: the server's start alone"
+            samples[started], statuses[started] = [], set()
             for _ in range(rounds):
                 for name, (args, host) in commands.items():
                     where = mounts_folder / "hub" if "mounting" in name else folder
                     status, seconds = timed(where, args, host)
                     samples[name].append(seconds)
                     statuses[name].add(status)
+                status, seconds = start_seconds(folder, base, engine_host)
+                samples[started].append(seconds)
+                statuses[started].add(status)
     finally:
         container.remove(force=True)
-    for name in commands:
+    for name in samples:
         result["commands"][name] = {
             "median_s": _lab.median(samples[name]),
             "max_s": max(samples[name]),

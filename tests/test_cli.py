@@ -13,12 +13,13 @@ import textwrap
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import docker
 import pytest
 from rich.console import Console
 from traitlets.config import Config
 
 from gpuspawner import GPUSpawner
-from gpuspawner.cli import build_plan, doctor, image_check, main, prepull, probe
+from gpuspawner.cli import build_plan, doctor, image_check, main, prepull, probe, server_start
 from gpuspawner.cli.findings import FAIL, OK, WARN, Finding, verdict
 from gpuspawner.cli.image_check import HubContext
 from gpuspawner.cli.output import finding_lines
@@ -30,6 +31,7 @@ from gpuspawner.dashboard.model import DashboardView, build_view
 from gpuspawner.gpus import GPU, Inventory, Ledger, Policy, parse_static_inventory
 from gpuspawner.images import PullTask
 from gpuspawner.profiles import ProfileError, parse_profiles
+from gpuspawner.startup import Exited
 
 HUB = "6.1.1"
 
@@ -157,7 +159,8 @@ def test_a_good_image_passes():
         (good_image(home_writable=False), ctx(), "home", FAIL, "not writable"),
         (good_image(python_version=""), ctx(), "python", FAIL, "no Python"),
         (good_image(jupyterlab=""), ctx(), "jupyterlab", WARN, "not installed"),
-        (good_image(config={**CONFIG, "Cmd": ["bash"]}), ctx(), "command", WARN, "['bash']"),
+        (good_image(config={**CONFIG, "Cmd": ["bash"]}), ctx(), "command", WARN, "the hub runs bash (the image's CMD)"),
+        (good_image(config={**CONFIG, "Cmd": None}), ctx(), "command", FAIL, "the image has no CMD"),
         (
             good_image(frameworks=(Framework("tensorflow", error="ImportError: libcudart.so.11.0"),)),
             ctx(),
@@ -187,6 +190,7 @@ def test_a_good_image_passes():
         "no-python",
         "no-jupyterlab",
         "command-not-jupyter",
+        "no-command",
         "framework-does-not-import",
         "probe-failed",
         "sets-a-swarm-resource-variable",
@@ -899,7 +903,8 @@ def test_the_dockerfile_with_wheels_and_nothing_to_install():
     text = build_plan.dockerfile(plan(wheels=True, python="/opt/my venv/bin/python"))
     assert "COPY wheels /tmp/gpuspawner-build/wheels" in text
     assert (
-        "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --find-links /tmp/gpuspawner-build/wheels" in text
+        "RUN '/opt/my venv/bin/python' -m pip install --no-cache-dir --no-index --find-links"
+        " /tmp/gpuspawner-build/wheels" in text  # the offline route: the wheels only, no index
     )
     # A base with the hub's JupyterHub, no requirements, no data: no pip at all; its USER kept.
     bare = build_plan.dockerfile(plan(install_jupyterhub=False, requirements_sha256="", datasets=(), user=""))
@@ -1041,3 +1046,446 @@ async def test_prepull_follows_the_pullers_tasks():
         ("lab:3", prepull.FAILED, ("old",)),
     ]
     assert results[2].error == "Could not pull lab:3" and results[1].seconds >= 0.04
+
+
+# --- image check: the server started as the hub would (no Docker)
+
+
+@pytest.mark.parametrize(
+    "config, cmd, args, argv, source",
+    [
+        ({"Cmd": ["jupyterhub-singleuser"]}, None, (), ("jupyterhub-singleuser",), "the image's CMD"),
+        ({"Cmd": ["python3"]}, ["jupyterhub-singleuser"], (), ("jupyterhub-singleuser",), "c.Spawner.cmd"),
+        (
+            {"Entrypoint": ["tini", "-g", "--"], "Cmd": ["start-notebook.py"]},
+            None,
+            ["--debug"],
+            ("tini", "-g", "--", "start-notebook.py", "--debug"),
+            "the image's CMD",
+        ),
+        (  # c.Spawner.cmd replaces the CMD, never the ENTRYPOINT
+            {"Entrypoint": ["/opt/nvidia/nvidia_entrypoint.sh"], "Cmd": None},
+            ["jupyterhub-singleuser"],
+            (),
+            ("/opt/nvidia/nvidia_entrypoint.sh", "jupyterhub-singleuser"),
+            "c.Spawner.cmd",
+        ),
+        ({"Entrypoint": ["jupyterhub-singleuser"], "Cmd": None}, None, (), ("jupyterhub-singleuser",), ""),
+        ({}, None, (), (), ""),
+    ],
+    ids=["image-cmd", "spawner-cmd-wins", "entrypoint-and-args", "entrypoint-kept", "no-cmd", "nothing"],
+)
+def test_the_command_the_hub_runs(config, cmd, args, argv, source):
+    """As DockerSpawner.get_command: c.Spawner.cmd, else the image's CMD (None: the spawn fails); then the args."""
+    command = server_start.server_command(config, cmd, args)
+    assert command.argv == argv and command.source == source
+    assert command.missing is (source == "")
+
+
+def test_what_looks_like_a_jupyter_server():
+    looks = lambda *argv: server_start.ServerCommand((), argv, "x").looks_like_jupyter  # noqa: E731
+    assert looks("jupyterhub-singleuser") and looks("start-notebook.sh") and looks("/opt/conda/bin/jupyter", "lab")
+    assert not looks("python3") and not looks("/bin/bash") and not looks()
+
+
+def a_start_plan(command=("jupyterhub-singleuser",), home="/home/jovyan", profile=""):
+    from gpuspawner.container import Limits, ServerContainer
+
+    container = ServerContainer({}, {}, (), Limits(), (), True, ("ALL",), 4096)
+    return server_start.StartPlan(
+        "ml101:1",
+        server_start.ServerCommand((), command, "the image's CMD"),
+        container,
+        8888,
+        "/user/x/",
+        30,
+        8081,
+        home,
+        profile,
+    )
+
+
+@pytest.mark.parametrize(
+    "plan, result, level, says, fix",
+    [
+        (
+            a_start_plan(profile="ml101"),
+            server_start.StartResult(answered=200, seconds=3.2),
+            OK,
+            "the server answered on port 8888 after 3.2 s, started as the hub starts it with profile ml101's"
+            " settings (a new home volume at /home/jovyan, no network, no GPU)",
+            "",
+        ),
+        (
+            a_start_plan(command=("python3",)),
+            server_start.StartResult(seconds=0.1, exited=Exited(0)),
+            FAIL,
+            "python3 (the image's CMD) exited with status 0, 0.1 s after it started, without answering, and wrote"
+            " nothing to its log: students' spawns on the hub would fail the same way",
+            'CMD ["jupyterhub-singleuser"] in the Dockerfile',
+        ),
+        (
+            a_start_plan(),
+            server_start.StartResult(seconds=2.5, exited=Exited(1), log=("ImportError: no module named torch",)),
+            FAIL,
+            "jupyterhub-singleuser (the image's CMD) exited with status 1, 2.5 s after it started, without answering:",
+            "fix what the server's log below says",
+        ),
+        (
+            a_start_plan(),
+            server_start.StartResult(seconds=9, exited=Exited(137, oom_killed=True), log=("Killed",)),
+            FAIL,
+            "exited with status 137 (out of memory: more than the server's mem_limit)",
+            "",
+        ),
+        (
+            a_start_plan(command=("jupyter-nope",)),
+            server_start.StartResult(refused='exec: "jupyter-nope": executable file not found in $PATH'),
+            FAIL,
+            "the engine could not start jupyter-nope (the image's CMD): exec:",
+            "the command must be a program on the image's PATH",
+        ),
+        (
+            a_start_plan(),
+            server_start.StartResult(seconds=30, log=("[I ServerApp] loading",)),
+            FAIL,
+            "did not answer on port 8888 within 30 s (the hub's c.Spawner.http_timeout)",
+            "",
+        ),
+        (
+            a_start_plan(home=""),
+            server_start.StartResult(seconds=1, helper_error="python3 -c <helper> said: no such file"),
+            FAIL,
+            "the server started, but the check could not watch it: python3 -c <helper> said: no such file",
+            "Python 3",
+        ),
+    ],
+    ids=["answered", "command-exits", "server-crashes", "out-of-memory", "no-such-program", "silent", "no-helper"],
+)
+def test_the_start_finding(plan, result, level, says, fix):
+    finding = server_start.start_finding(plan, result)
+    assert (finding.level, finding.subject) == (level, "start")
+    assert says in finding.message, finding.message
+    assert fix in finding.fix
+    if level == FAIL:
+        assert finding.fix
+
+
+def test_the_start_is_planned_as_the_hub_would_start_it(tmp_path):
+    profiles = [
+        {
+            "slug": "ml101",
+            "display_name": "ML 101",
+            "image": "ml101:1",
+            "mem_limit": "2G",
+            "cpu_limit": 1.5,
+            "shm_size": "1G",
+            "environment": {"COURSE": "ml101"},
+            "datasets": [{"name": "mnist", "source": "/srv/datasets/mnist"}],
+        }
+    ]
+    body = f"""
+    c.JupyterHub.spawner_class = "gpu"
+    c.GPUSpawner.profiles = {profiles!r}
+    c.GPUSpawner.mount_roots = ["/srv/datasets"]
+    c.GPUSpawner.volumes = {{"/srv/admin-tools": "/opt/tools"}}
+    c.Spawner.environment = {{"TERM_OF": lambda spawner: "2026 for " + spawner.user.name}}
+    c.Spawner.http_timeout = 45
+    c.Spawner.hub_connect_url = "http://hub.example.edu:8081"
+    c.Spawner.args = ["--ServerApp.shutdown_no_activity_timeout=600"]
+    """
+    hub = load_hub_config(str(write_config(tmp_path, body)))
+    inspect = {
+        "Id": "sha256:1",
+        "Config": {"User": "jovyan", "Cmd": ["jupyterhub-singleuser"], "Env": ["HOME=/home/jovyan"]},
+    }
+    plan = server_start.start_plan(hub, "ml101:1", inspect, hub.profiles[0])
+    env = plan.container.environment
+    # JupyterHub's own environment, for the stand-in user, with the hub's API on the server's loopback
+    assert env["JUPYTERHUB_API_URL"] == "http://127.0.0.1:8081/hub/api"  # not hub_connect_url: no network
+    assert env["JUPYTERHUB_USER"] == "image-check" and env["JUPYTERHUB_API_TOKEN"]
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/user/image-check/"
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8888/user/image-check/"
+    assert env["JUPYTERHUB_ACTIVITY_URL"] == "http://127.0.0.1:8081/hub/api/users/image-check/activity"
+    assert env["MEM_LIMIT"] == str(2 * 1024**3) and env["CPU_LIMIT"] == "1.5"  # the profile's
+    assert env["COURSE"] == "ml101" and env["TERM_OF"] == "2026 for image-check"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void" and env["JUPYTER_IMAGE_SPEC"] == "ml101:1"
+    # the command, with c.Spawner.args; the hub's wait
+    assert plan.command.argv == ("jupyterhub-singleuser", "--ServerApp.shutdown_no_activity_timeout=600")
+    assert plan.timeout == 45 and plan.port == 8888 and plan.profile == "ml101"
+    # a fresh home volume of its own at the image's home; no dataset, share or admin volume
+    (home,) = plan.container.mounts
+    assert home.target == "/home/jovyan" and home.mode == "rw" and plan.home == "/home/jovyan"
+    assert re.fullmatch(r"gpuspawner-check-home-[0-9a-f]{12}", home.source)
+    assert plan.container.limits.mem_limit == 2 * 1024**3 and plan.container.limits.shm_size == 1024**3
+    assert plan.container.cap_drop == ("ALL",) and plan.container.no_new_privileges
+    assert plan.container.pids_limit == 4096
+    # what Docker is given: the hub's limits and hardening, no network
+    client = docker.APIClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41")
+    host = server_start.host_config_of(client, plan.container)
+    assert host["NetworkMode"] == "none" and host["Binds"] == [f"{home.source}:/home/jovyan:rw"]
+    assert host["Memory"] == 2 * 1024**3 and host["CpuQuota"] == 150_000 and host["CpuPeriod"] == 100_000
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["PidsLimit"] == 4096 and host["ShmSize"] == 1024**3
+    assert "DeviceRequests" not in host
+
+
+def test_the_start_with_the_hubs_defaults_and_no_home_volume(tmp_path):
+    body = (
+        'c.JupyterHub.spawner_class = "gpu"\nc.GPUSpawner.home_volume_name = ""\nc.GPUSpawner.network_name = "host"\n'
+    )
+    hub = load_hub_config(str(write_config(tmp_path, body)))
+    plan = server_start.start_plan(hub, "lab:1", {"Id": "sha256:1", "Config": {"User": "1000", "Cmd": ["python3"]}})
+    assert plan.container.mounts == () and plan.home == "" and plan.profile == ""
+    assert plan.container.limits.mem_limit == 4 * 1024**3  # the hub's default
+    assert plan.container.environment["JUPYTERHUB_SERVICE_URL"] == "http://127.0.0.1:8888/user/image-check/"
+    assert plan.command.argv == ("python3",) and not plan.command.looks_like_jupyter
+    assert plan.timeout == 30
+
+
+# --- image build: the start command, a tag in use, pip's errors, the arguments (no Docker)
+
+
+@pytest.mark.parametrize(
+    "config, command, says",
+    [
+        ({"Cmd": ["python3"]}, ("jupyterhub-singleuser",), "the base runs python3 (the image's CMD): setting CMD [\""),
+        ({"Cmd": ["/bin/bash"]}, ("jupyterhub-singleuser",), "the base runs /bin/bash"),
+        ({"Cmd": None}, ("jupyterhub-singleuser",), "the base runs no command: setting CMD"),
+        (
+            {"Entrypoint": ["/opt/nvidia/nvidia_entrypoint.sh"], "Cmd": None},
+            ("jupyterhub-singleuser",),
+            "setting CMD",
+        ),
+        ({"Cmd": ["jupyterhub-singleuser"]}, (), "the base runs jupyterhub-singleuser (the image's CMD): kept"),
+        ({"Entrypoint": ["tini", "-g", "--"], "Cmd": ["start-notebook.py"]}, (), "kept"),
+    ],
+    ids=["python3", "bash", "none", "nvidia-entrypoint", "jupyter", "docker-stacks"],
+)
+def test_the_build_sets_a_jupyter_start_command(config, command, says):
+    got, finding = build_plan.start_command_step(config)
+    assert got == command and finding.level == OK and says in finding.message
+    lines = build_plan.dockerfile(plan(command=got, user="")).splitlines()
+    if command:
+        assert lines[-1] == 'CMD ["jupyterhub-singleuser"]'  # after USER: the image's last word
+    else:
+        assert not any(ln.startswith("CMD") for ln in lines)
+
+
+def profile_named(slug, image):
+    return parse_profiles([{"slug": slug, "display_name": slug, "image": image}])[0]
+
+
+@pytest.mark.parametrize(
+    "tag, image, moves",
+    [
+        ("ml101-cuda:2026.1", "ml101-cuda:2026.1", True),
+        ("ml101-cuda:2026.1", "docker.io/library/ml101-cuda:2026.1", True),
+        ("lab/ml101:1", "docker.io/lab/ml101:1", True),
+        ("ml101-cuda:2026.1", "ml101-cuda:2026.1@sha256:" + "a" * 64, False),  # pinned: the tag does not matter
+        ("ml101-cuda:2026.2", "ml101-cuda:2026.1", False),
+        ("registry.example.edu/ml101-cuda:2026.1", "ml101-cuda:2026.1", False),
+    ],
+    ids=["same", "docker-hub-long-form", "docker-hub-user", "pinned-by-digest", "other-tag", "other-registry"],
+)
+def test_the_tags_the_profiles_use(tag, image, moves):
+    assert bool(build_plan.tag_users(tag, [profile_named("ml101", image)])) is moves
+
+
+def test_a_tag_a_profile_uses_is_moved_only_when_forced():
+    profiles = [profile_named("ml101", "ml101:1"), profile_named("ml101-gpu", "ml101:1"), profile_named("x", "x:1")]
+    with pytest.raises(build_plan.BuildRefused) as refused:
+        build_plan.check_tag_unused("ml101:1", profiles, force=False)
+    assert "the hub's profiles ml101, ml101-gpu use this tag" in str(refused.value)
+    assert "Build under a new tag" in str(refused.value) and "--force" in str(refused.value)
+    moving = build_plan.check_tag_unused("ml101:1", profiles, force=True)
+    assert moving.level == WARN and "profiles ml101, ml101-gpu get the new image at their next start" in moving.message
+    assert build_plan.check_tag_unused("ml101:2", profiles, force=False) is None
+
+
+# What pip printed in real builds on the test bed (the classic builder's stream: stderr in red).
+PIP_CERTIFICATE = (
+    "Step 5/11 : RUN /opt/venv/bin/python3 -m pip install --no-cache-dir -r /tmp/gpuspawner-build/requirements.txt"
+    " jupyterhub==6.1.1\n"
+    "\x1b[91mWARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection"
+    " broken by 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed:"
+    " self-signed certificate in certificate chain (_ssl.c:992)'))': /simple/jupyterhub/\n\x1b[0m"
+    "Could not fetch URL https://pypi.org/simple/jupyterhub/: There was a problem confirming the ssl certificate\n"
+    "\x1b[91mERROR: Could not find a version that satisfies the requirement jupyterhub==6.1.1 (from versions: none)\n"
+    "\x1b[0m\x1b[91mERROR: No matching distribution found for jupyterhub==6.1.1\n\x1b[0m"
+)
+PIP_NO_NETWORK = (
+    "WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken"
+    " by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f4f7beeeb50>: Failed to"
+    " establish a new connection: [Errno -3] Temporary failure in name resolution')': /simple/six/\n"
+    "ERROR: Could not find a version that satisfies the requirement six==1.16.0 (from versions: none)\n"
+    "ERROR: No matching distribution found for six==1.16.0\n"
+)
+PIP_MISSPELLED = (
+    "Looking in links: /tmp/gpuspawner-build/wheels\n"
+    "ERROR: Could not find a version that satisfies the requirement torchvison==0.20.1 (from versions: none)\n"
+    "ERROR: No matching distribution found for torchvison==0.20.1\n"
+)
+PIP_NO_SUCH_VERSION = (
+    "ERROR: Could not find a version that satisfies the requirement jupyterhub==6.1.9 (from versions: 5.4.0, 6.0.0,"
+    " 6.1.0, 6.1.1)\nERROR: No matching distribution found for jupyterhub==6.1.9\n"
+)
+PIP_CONFLICT = (
+    "ERROR: Cannot install numpy==1.26.4 and pandas==2.3.0 because these package versions have conflicting"
+    " dependencies.\nERROR: ResolutionImpossible: for help visit https://pip.pypa.io/...\n"
+)
+PIP_SYSTEM = (  # pip 23+ on a Debian or Ubuntu system Python
+    "error: externally-managed-environment\n\n\u00d7 This environment is externally managed\n"
+    "\u2570\u2500> To install Python packages system-wide, try apt install\n    python3-xyz\n"
+    "hint: See PEP 668 for the detailed specification.\n"
+)
+ENGINE = "The command '/bin/sh -c /opt/venv/bin/python3 -m pip install ...' returned a non-zero code: 1"
+
+
+@pytest.mark.parametrize(
+    "log, wheels, errors, fix",
+    [
+        (
+            PIP_CERTIFICATE,
+            False,
+            [
+                "ERROR: Could not find a version that satisfies the requirement jupyterhub==6.1.1 (from versions: none)",
+                "ERROR: No matching distribution found for jupyterhub==6.1.1",
+            ],
+            "pip in the build could not reach the package index (a certificate error): build offline instead."
+            " Where pip reaches the index, `pip download -d wheels -r requirements.txt jupyterhub==6.1.1`, then add"
+            " `--wheels wheels` to this command",
+        ),
+        (PIP_NO_NETWORK, False, 2, "could not reach the package index (a network error)"),
+        (
+            PIP_MISSPELLED,
+            True,
+            2,
+            "torchvison==0.20.1 is not among the wheels: a misspelled name or version? Correct it, then make the"
+            " wheels again: `pip download -d wheels -r requirements.txt jupyterhub==6.1.1`",
+        ),
+        (
+            PIP_MISSPELLED,
+            False,
+            2,
+            "no package torchvison==0.20.1 on the index: a misspelled name or version? (`pip index versions"
+            " torchvison` lists",
+        ),
+        (
+            PIP_NO_SUCH_VERSION,
+            False,
+            2,
+            "no release jupyterhub==6.1.9 on the index: a misspelled version? jupyterhub has 5.4.0, 6.0.0, 6.1.0,"
+            " 6.1.1",
+        ),
+        (PIP_CONFLICT, False, 2, "two pins conflict"),
+        (PIP_SYSTEM, False, 1, "(PEP 668)"),
+    ],
+    ids=["certificate", "no-network", "misspelled-with-wheels", "misspelled", "no-such-version", "conflict", "pep668"],
+)
+def test_a_failed_pip_is_quoted_with_what_to_do(log, wheels, errors, fix):
+    findings = build_plan.build_failure_findings(
+        ENGINE, log, plan(wheels=wheels), "requirements.txt", "3.11.2", "3.11.7"
+    )
+    assert all(f.level == FAIL and f.subject == "pip" for f in findings)
+    if isinstance(errors, list):
+        assert [f.message for f in findings] == errors  # pip's own lines, without its colour codes
+    else:
+        assert len(findings) == errors
+    assert fix in findings[-1].fix, findings[-1].fix
+    assert not any("\x1b" in f.message or "[0m" in f.message for f in findings)
+
+
+def test_a_failed_build_without_pip_says_the_engines_message():
+    (finding,) = build_plan.build_failure_findings(
+        "COPY failed: file not found in build context", "Step 3/9 : COPY data/x /opt/datasets/x\n", plan(), "", "", ""
+    )
+    assert (finding.level, finding.subject, finding.message) == (
+        FAIL,
+        "build",
+        "COPY failed: file not found in build context",
+    )
+
+
+@pytest.mark.parametrize(
+    "requirements, install, base, here, command",
+    [
+        ("requirements.txt", True, "3.11.2", "3.11.7", "pip download -d wheels -r requirements.txt jupyterhub==6.1.1"),
+        ("req.txt", False, "3.11.2", "3.11.7", "pip download -d wheels -r req.txt"),
+        (
+            "requirements.txt",
+            True,
+            "3.10.14",
+            "3.12.1",
+            "pip download -d wheels -r requirements.txt jupyterhub==6.1.1 --python-version 3.10 --only-binary=:all:",
+        ),
+        ("", True, "3.11.2", "3.11.7", "pip download -d wheels jupyterhub==6.1.1"),
+        ("my reqs.txt", False, "", "3.11.7", "pip download -d wheels -r 'my reqs.txt'"),
+    ],
+)
+def test_the_pip_download_of_the_offline_route(requirements, install, base, here, command):
+    assert build_plan.pip_download_command(requirements, plan(install_jupyterhub=install), base, here) == command
+
+
+def test_escape_codes_are_stripped():
+    assert build_plan.strip_escapes("\x1b[91mERROR: x\n\x1b[0m\x1b[1;31mbold\x1b[K") == "ERROR: x\nbold"
+    assert build_plan.pip_errors(PIP_CERTIFICATE)[-1] == "ERROR: No matching distribution found for jupyterhub==6.1.1"
+
+
+def test_dockers_colours_are_dropped_in_a_pipe_and_kept_on_a_terminal():
+    from gpuspawner.cli.output import docker_text
+
+    line = "  \x1b[91mERROR: No matching distribution found for torchvison\n\x1b[0m"
+    piped = io.StringIO()
+    Console(file=piped, width=160).print(docker_text(line))
+    assert piped.getvalue() == "  ERROR: No matching distribution found for torchvison\n"  # no [91m, no stray [0m
+    terminal = io.StringIO()
+    Console(file=terminal, force_terminal=True, color_system="standard", width=160).print(docker_text(line))
+    assert "\x1b[91m" in terminal.getvalue() and "[0m" in terminal.getvalue()
+
+
+@pytest.mark.parametrize(
+    "argv, more",
+    [
+        (["--base", "b:1", "--data", "a", "b", "--tag", "t:1"], ["b"]),
+        (["--data", "a", "b", "c"], ["b", "c"]),
+        (["--data=a", "b", "--data", "c", "d"], ["b", "d"]),
+        (["--data", "a", "--data", "b"], []),
+        (["--tag", "t:1", "stray"], []),
+    ],
+)
+def test_more_data_dirs(argv, more):
+    assert build_plan.more_data_dirs(argv) == more
+
+
+def test_data_takes_several_dirs_after_one_option(tmp_path):
+    from gpuspawner.cli.image_build import ImageBuildApp
+
+    for name in ("mnist", "labels", "extra"):
+        (tmp_path / name).mkdir()
+    a, b, c = (str(tmp_path / n) for n in ("mnist", "labels", "extra"))
+    app = ImageBuildApp()
+    try:
+        app.initialize(["--base", "lab:1", "--tag", "lab:2", "--data", a, b, "--data", c])
+        assert app.validate() == ["mnist", "extra", "labels"] and app.extra_args == [b]
+    finally:
+        ImageBuildApp.clear_instance()
+    app = ImageBuildApp()
+    try:
+        app.initialize(["--base", "lab:1", "--tag", "lab:2", "stray", "--data", a])
+        with pytest.raises(build_plan.BuildRefused, match="unexpected arguments stray: name the base and the result"):
+            app.validate()
+    finally:
+        ImageBuildApp.clear_instance()
+
+
+def test_the_start_takes_the_admins_user_and_says_when_the_environment_cannot_be_made(tmp_path):
+    body = """
+    c.JupyterHub.spawner_class = "gpu"
+    c.GPUSpawner.extra_create_kwargs = {"user": "root", "labels": {"lab": "x"}}
+    c.Spawner.environment = {"COURSE": lambda spawner: spawner.user.auth_state["course"]}
+    """
+    hub = load_hub_config(str(write_config(tmp_path, body)))
+    plan = server_start.start_plan(hub, "lab:1", {"Id": "sha256:1", "Config": {"Cmd": ["start-notebook.sh"]}})
+    assert plan.user == "root"  # docker-stacks' start.sh switches to NB_UID itself
+    assert plan.environment_error.startswith("AttributeError:") and "auth_state" in plan.environment_error

@@ -79,6 +79,8 @@ def test_build_a_class_image(tmp_path):
         assert "/opt/datasets/tiny-data" in line(out, "ok", "dataset tiny-data")
         assert "Step 1/" in out and f"Successfully tagged {tag}" in out  # the build's progress, line by line
         assert f"Successfully installed {WHEEL_NAME}-0.1" in out
+        assert "the base runs jupyterhub-singleuser (the image's CMD): kept" in line(out, "ok", "command")
+        assert "the server answered on port 8888" in line(out, "ok", "start")  # the built image's server started
         assert line(out, "verdict:").startswith("verdict: OK")
 
         inspect = engine().api.inspect_image(tag)
@@ -159,6 +161,20 @@ def test_build_refuses_unpinned_names(tmp_path):
     assert status == 2 and "--tag: image 'lab:latest' uses the tag 'latest'" in err
     status, _, err, _ = gpuspawner(tmp_path, "image", "build", "--base", "gpuspawner-lab", "--tag", "lab:1")
     assert status == 2 and "--base: image 'gpuspawner-lab' has no tag" in err
+
+
+def test_build_never_moves_a_tag_a_profile_uses(tmp_path):
+    """Refused before any Docker call (no engine here either); --force goes on (to the engine, which is not there)."""
+    profiles = [{"slug": s, "display_name": s, "image": "ml101-cuda:2026.1"} for s in ("ml101", "ml101-gpu")]
+    write_config(tmp_path, profiles)
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    args = ["image", "build", "--base", read_testbed("image"), "--tag", "ml101-cuda:2026.1"]
+    status, out, err, _ = gpuspawner(tmp_path, *args, engine_at=nowhere)
+    assert status == 2 and not out
+    assert "--tag ml101-cuda:2026.1: the hub's profiles ml101, ml101-gpu use this tag" in err
+    assert "(or add --force to move it: ml101, ml101-gpu would get the new image at their next start)" in err
+    status, _, err, _ = gpuspawner(tmp_path, *args, "--force", engine_at=nowhere)
+    assert status == 2 and "no Docker engine answers" in err  # past the refusal
 
 
 def pushed_image(address: str, tag: str) -> str:

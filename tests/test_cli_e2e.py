@@ -27,7 +27,7 @@ import docker
 import docker.errors
 import pytest
 
-from gpuspawner.cli import probe
+from gpuspawner.cli import probe, server_start
 from gpuspawner.gpus.nvml import NVMLUnavailable, discover
 
 from .realhub import (
@@ -54,7 +54,10 @@ BROKEN_TENSORFLOW = (
 DOCKERFILES = {
     # the venv's jupyterhub-singleuser removed: the hub could not start it
     "nosu": "USER root\nRUN rm /opt/venv/bin/jupyterhub-singleuser\nUSER jovyan\n",
-    "root": "USER root\n",
+    # a root image as they come: root's own home, and Jupyter's --allow-root (it refuses root without it)
+    "root": 'USER root\nENV HOME=/root\nWORKDIR /root\nCMD ["jupyterhub-singleuser", "--allow-root"]\n',
+    # an import error the probe cannot see: `import jupyterhub` works, the server's own imports do not
+    "broken-server": "USER root\nRUN rm -r /opt/venv/lib/python3.*/site-packages/tornado\nUSER jovyan\n",
     "cu128": "ENV CUDA_VERSION=12.8.0\n",
     # what a PyTorch image looks like to the check, without gigabytes of PyTorch: a CUDA
     # runtime, a torch that imports, and a tensorflow that fails as a CUDA mismatch does
@@ -161,6 +164,8 @@ def finding(out: str, level: str, subject: str, *words: str) -> str:
 def no_probe_left(image: str) -> None:
     left = engine().containers.list(all=True, filters={"label": probe.CLI_LABEL, "ancestor": image})
     assert not left, f"check containers left behind: {[c.name for c in left]}"
+    volumes = engine().volumes.list(filters={"label": f"{server_start.CHECKED_IMAGE_LABEL}={image}"})
+    assert not volumes, f"home volumes of checked servers left behind: {[v.name for v in volumes]}"
 
 
 # --- image check
@@ -175,8 +180,24 @@ def test_the_test_bed_image_passes(images, no_profiles):
     assert "JupyterLab" in finding(out, "ok", "jupyterlab")
     assert "none of torch, tensorflow, jax installed" in out
     assert "MiB" in finding(out, "ok", "size")
+    # started as the hub starts it, and it answered (how long it takes: benchmarks/cli.py)
+    assert f"{images['base']}: starting its server as the hub would: jupyterhub-singleuser (the image's CMD)" in out
+    started = finding(out, "ok", "start", "the server answered on port 8888 after")
+    assert "(a new home volume at /home/jovyan, no network, no GPU)" in started
     assert line(out, "verdict:").startswith("verdict: OK")
     no_probe_left(images["base"])
+
+
+def test_a_server_that_does_not_start_fails_with_its_log(images, no_profiles):
+    status, out, err, _ = check_image(no_profiles, images["broken-server"])
+    assert status == 1, out + err
+    assert "JupyterHub 6.1.1" in finding(out, "ok", "jupyterhub-singleuser")  # reading the image finds nothing
+    failed = finding(out, "fail", "start", "jupyterhub-singleuser (the image's CMD) exited with status 1")
+    assert "-> fix: fix what the server's log below says" in failed
+    log = out[out.index("the last lines of the server's log:") :]
+    assert "ModuleNotFoundError: No module named 'tornado'" in log
+    assert line(out, "verdict:").startswith("verdict: FAIL (1 failure")
+    no_probe_left(images["broken-server"])
 
 
 def test_the_cuda_image_passes_with_a_warning(images, no_profiles):
@@ -203,6 +224,7 @@ def test_a_root_image_fails_unless_allowed(images, no_profiles):
     status, out, _, _ = check_image(no_profiles, images["root"], "--GPUSpawner.allow_root=True")
     assert status == 0, out
     assert "allowed by c.GPUSpawner.allow_root" in finding(out, "warn", "user")
+    assert "a new home volume at /root" in finding(out, "ok", "start")
 
 
 def test_a_cuda_newer_than_the_driver_fails(images, no_profiles):

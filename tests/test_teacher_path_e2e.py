@@ -20,14 +20,28 @@ from __future__ import annotations
 import io
 import re
 import secrets
+import shlex
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import docker.errors
+import jupyterhub
 import pytest
 
 from gpuspawner.images import PASSWD_LABEL
 
-from .realhub import engine, read_testbed, running_hub, simulated_gpus, write_command_config
+from .realhub import (
+    TESTBED,
+    MissingTestbed,
+    engine,
+    read_testbed,
+    running_hub,
+    simulated_gpus,
+    write_command_config,
+)
 from .registry import CACHE, local_registry
 from .test_cli_e2e import finding, gpuspawner, line, no_probe_left
 from .test_pull_e2e import no_docker_config  # noqa: F401 - a fixture
@@ -202,3 +216,210 @@ def test_a_profile_the_admin_allows_root_starts_a_root_image(hub):
     host = container.attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]  # root, without its powers
     hub.stop_server(ROOT_USER)
+
+
+# --- the tutorial's walk (docs/tutorials/teacher.md, sections 2 and 3), replayed in its order
+#
+# A root base stands in for pytorch/pytorch: Python and pip, no JupyterHub, no student user, CMD ["python3"].
+# Builds here reach no package index (the index the tutorial's pip download uses is the test bed's wheel
+# cache, given as --find-links); a build without --wheels is given --network none, so that it fails the same
+# way on any machine. Reusable by a hub test: the fixtures teacher_walk ("image": the class image it built)
+# and broken_command_image (the same image with CMD ["python3"]).
+
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "teacher.md"
+TUTORIAL_BASE = "registry.example.edu/bases/pytorch-cuda12.4:2.5.1"
+TUTORIAL_TAG = "registry.example.edu/ml101-cuda:2026.1"
+STAND_IN_FOR_PYTORCH = (
+    "USER root\n"
+    "RUN /opt/venv/bin/python3 -m pip uninstall -y -q jupyterhub && userdel -r jovyan\n"
+    "ENV HOME=/root\nWORKDIR /workspace\n"
+    'CMD ["python3"]'
+)
+HUB_VERSION = jupyterhub.__version__
+
+
+def tutorial_commands() -> list[str]:
+    """The `gpuspawner image ...` and `pip download ...` commands of the tutorial's sections 2 and 3, in its
+    order, each once (the prompt dropped, continuation lines joined)."""
+    text = TUTORIAL.read_text()
+    text = text[text.index("## 2. ") : text.index("## 4. ")]
+    commands: list[str] = []
+    console, current = False, ""
+    for raw in text.splitlines():
+        if raw.startswith("```"):
+            console = raw.strip() == "```console"
+            continue
+        if not console:
+            continue
+        if current:
+            current += " " + raw.strip()
+        elif raw.startswith(("$ ", "# ")):
+            current = raw[2:].strip()
+        if current and not current.endswith("\\"):
+            commands.append(" ".join(current.replace("\\ ", " ").split()))
+            current = ""
+    wanted = [c for c in commands if c.startswith(("gpuspawner image", "pip download"))]
+    return list(dict.fromkeys(wanted))
+
+
+def wheel_cache() -> Path:
+    """The test bed's wheels of the hub's JupyterHub and its dependencies (testbed.sh fetched them)."""
+    for folder in sorted((TESTBED / "cache").glob("wheels-*")):
+        if any(folder.glob(f"jupyterhub-{HUB_VERSION}-*.whl")):
+            return folder
+    raise MissingTestbed(f"no wheels of jupyterhub {HUB_VERSION} under {TESTBED / 'cache'}: run testbed.sh image")
+
+
+def replay(teacher: Path, command: str, names: dict[str, str]) -> tuple[int, str, str, float]:
+    """Run one of the tutorial's commands in the teacher's folder, with the test's names for its names."""
+    for theirs, ours in names.items():
+        command = command.replace(theirs, ours)
+    words = shlex.split(command)
+    if words[0] == "pip":  # the index: the test bed's wheel cache
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", *words, "--no-index", "--find-links", str(wheel_cache())],
+            cwd=teacher,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return done.returncode, done.stdout, done.stderr, time.monotonic() - started
+    if words[1:3] == ["image", "build"] and "--wheels" not in words:
+        words += ["--network", "none"]  # no index from inside builds, on any machine
+    return gpuspawner(teacher, *words[1:], timeout=600)
+
+
+@pytest.fixture(scope="module")
+def teacher_walk(tmp_path_factory):
+    """The tutorial's commands, run by a teacher with no hub config, from the stand-in base. Their results
+    by step; "image": the class image built (removed at the end, with the base)."""
+    base = f"{REPOSITORY}-local:pytorch-stand-in-{RUN}"
+    image = f"{REPOSITORY}-local:ml101-walk-{RUN}"
+    build(base, STAND_IN_FOR_PYTORCH)
+    teacher = tmp_path_factory.mktemp("teacher-walk")
+    # The tutorial's requirements list, cut to what the test bed's wheel cache has.
+    (teacher / "requirements.txt").write_text(f"jupyterhub=={HUB_VERSION}\n")
+    (teacher / "mnist-small").mkdir()
+    (teacher / "mnist-small" / "labels.csv").write_text("id,label\n1,7\n")
+    names = {TUTORIAL_BASE: base, TUTORIAL_TAG: image}
+    steps = {"commands": tutorial_commands(), "base": base, "image": image, "teacher": teacher, "names": names}
+    try:
+        for i, command in enumerate(steps["commands"]):
+            steps[i] = replay(teacher, command, names)
+            print(f"\n{command}: {steps[i][3]:.1f} s")
+        yield steps
+    finally:
+        remove_image(image)
+        remove_image(base)
+
+
+def test_the_tutorial_walks_build_wheels_build_check(teacher_walk):
+    assert teacher_walk["commands"] == [
+        f"gpuspawner image build --base {TUTORIAL_BASE} --tag {TUTORIAL_TAG} --requirements requirements.txt"
+        " --data ./mnist-small",
+        f"pip download -d wheels -r requirements.txt jupyterhub=={HUB_VERSION}",
+        f"gpuspawner image build --base {TUTORIAL_BASE} --tag {TUTORIAL_TAG} --requirements requirements.txt"
+        " --data ./mnist-small --wheels wheels",
+        f"gpuspawner image check {TUTORIAL_TAG}",
+    ]
+
+
+def test_a_build_that_reaches_no_index_quotes_pip_and_names_the_wheels_route(teacher_walk):
+    status, out, err, _ = teacher_walk[0]
+    assert status == 1, out + err
+    assert "the base has no jupyterhub-singleuser: installing jupyterhub" in finding(out, "ok", "jupyterhub")
+    assert 'setting CMD ["jupyterhub-singleuser"]' in finding(out, "ok", "command")
+    finding(
+        out, "fail", "pip", f"ERROR: Could not find a version that satisfies the requirement jupyterhub=={HUB_VERSION}"
+    )
+    hint = finding(out, "fail", "pip", f"ERROR: No matching distribution found for jupyterhub=={HUB_VERSION}")
+    assert "-> fix: pip in the build could not reach the package index (a network error)" in hint
+    # The command it prints is the tutorial's next one, which the walk ran.
+    assert f"`{teacher_walk['commands'][1]}`, then add `--wheels wheels` to this command" in hint
+    assert line(out, "verdict:") == (
+        f"verdict: FAIL: the build of {teacher_walk['image']} failed: pip: ERROR: No matching distribution found"
+        f" for jupyterhub=={HUB_VERSION}"
+    )
+    assert "\x1b" not in out and "[0m" not in out and "[91m" not in out  # Docker's colours, in a pipe: gone
+    assert teacher_walk[1][0] == 0, teacher_walk[1][1] + teacher_walk[1][2]
+    assert any((teacher_walk["teacher"] / "wheels").glob(f"jupyterhub-{HUB_VERSION}-*.whl"))
+
+
+def test_the_wheels_route_builds_an_image_whose_server_starts(teacher_walk):
+    status, out, err, took = teacher_walk[2]
+    print(f"\nimage build --wheels, its check included: {took:.1f} s")
+    assert status == 0, out + err
+    assert "building" in line(out, "pip from wheels only")
+    assert f"Successfully installed jupyterhub-{HUB_VERSION}" in out
+    assert "the base runs python3 (the image's CMD): setting CMD" in finding(out, "ok", "command")
+    assert "jupyterhub-singleuser (the image's CMD)" in line(out, "starting its server as the hub would")
+    assert "the server answered on port 8888" in finding(out, "ok", "start")
+    assert line(out, "verdict:") == f"verdict: OK: {teacher_walk['image']} can start under this hub"
+    config = engine().api.inspect_image(teacher_walk["image"])["Config"]
+    assert config["Cmd"] == ["jupyterhub-singleuser"] and config["User"] == "1000"  # as the tutorial's Dockerfile
+
+
+def test_the_check_of_the_built_image_starts_it(teacher_walk):
+    status, out, err, took = teacher_walk[3]
+    print(f"\nimage check, the start included: {took:.1f} s")
+    assert status == 0, out + err
+    assert "jovyan (uid 1000), home /home/jovyan" in finding(out, "ok", "user")
+    assert "(a new home volume at /home/jovyan, no network, no GPU)" in finding(out, "ok", "start")
+    assert line(out, "verdict:") == f"verdict: OK: {teacher_walk['image']} can start under this hub"
+    no_probe_left(teacher_walk["image"])
+
+
+def test_mistake_an_image_without_jupyterhub_singleuser(teacher_walk):
+    status, out, err, _ = gpuspawner(teacher_walk["teacher"], "image", "check", teacher_walk["base"])
+    assert status == 1, out + err
+    assert "not found on the image's PATH" in finding(out, "fail", "jupyterhub-singleuser")
+    assert f"-> fix: install jupyterhub=={HUB_VERSION} in the image" in out
+    assert "start" not in [ln.split()[1] for ln in out.splitlines() if ln.startswith("  ")]  # nothing to start
+    assert "jupyterhub-singleuser  not found on the image's PATH" in TUTORIAL.read_text()
+
+
+def test_mistake_a_data_folder_that_does_not_exist(teacher_walk):
+    command = teacher_walk["commands"][2].replace("--data ./mnist-small", "--data ./nope")
+    status, out, err, _ = replay(teacher_walk["teacher"], command, teacher_walk["names"])
+    assert status == 2 and not out
+    assert "gpuspawner image build: --data ./nope: no such dir" in err
+    assert "`--data ./nope: no such dir`" in TUTORIAL.read_text()
+
+
+def test_mistake_a_misspelled_package(teacher_walk):
+    teacher = teacher_walk["teacher"]
+    (teacher / "requirements-typo.txt").write_text(f"jupyterhub=={HUB_VERSION}\njupyterhubb=={HUB_VERSION}\n")
+    command = teacher_walk["commands"][2].replace("requirements.txt", "requirements-typo.txt")
+    names = {**teacher_walk["names"], TUTORIAL_TAG: f"{REPOSITORY}-local:typo-walk-{RUN}"}  # never built
+    status, out, err, _ = replay(teacher, command, names)
+    assert status == 1, out + err
+    hint = finding(out, "fail", "pip", f"ERROR: No matching distribution found for jupyterhubb=={HUB_VERSION}")
+    assert f"-> fix: jupyterhubb=={HUB_VERSION} is not among the wheels: a misspelled name or version?" in hint
+    assert "make the wheels again: `pip download -d wheels -r requirements-typo.txt" in hint
+    assert "verdict: FAIL: the build of" in line(out, "verdict:")
+    assert "a misspelled name or version?" in TUTORIAL.read_text()
+
+
+@pytest.fixture(scope="module")
+def broken_command_image(teacher_walk):
+    """The class image with a command that is not a Jupyter server's (a Dockerfile ending in CMD ["python3"])."""
+    tag = f"{REPOSITORY}-local:cmd-python3-{RUN}"
+    dockerfile = f'FROM {teacher_walk["image"]}\nCMD ["python3"]\nLABEL gpuspawner.e2e={RUN}\n'.encode()
+    engine().images.build(fileobj=io.BytesIO(dockerfile), tag=tag, network_mode="none", rm=True)
+    try:
+        yield tag
+    finally:
+        remove_image(tag)
+
+
+def test_a_broken_command_fails_the_check_with_its_message(teacher_walk, broken_command_image):
+    status, out, err, _ = gpuspawner(teacher_walk["teacher"], "image", "check", broken_command_image)
+    assert status == 1, out + err
+    warned = finding(out, "warn", "command", "the hub runs python3 (the image's CMD): not a Jupyter server's command")
+    assert '-> fix: CMD ["jupyterhub-singleuser"] in the Dockerfile (or set c.Spawner.cmd)' in warned
+    failed = finding(out, "fail", "start", "python3 (the image's CMD) exited with status 0")
+    assert "without answering, and wrote nothing to its log: students' spawns on the hub would fail" in failed
+    assert line(out, "verdict:").startswith(f"verdict: FAIL (1 failure, 1 warning): {broken_command_image} will not")
+    assert "the hub runs python3 (the image's CMD): not a Jupyter server's command" in TUTORIAL.read_text()
+    no_probe_left(broken_command_image)

@@ -17,6 +17,7 @@ from ..images import ImageError, check_pinned, major_minor, runs_as_root, split_
 from ..quantities import format_bytes
 from .findings import FAIL, OK, WARN, Finding
 from .probe import ImageFacts
+from .server_start import JUPYTER_COMMAND, server_command
 
 #: Where ``image build`` puts the datasets baked into an image, one folder per ``--data`` dir.
 DATASETS_DIR = "/opt/datasets"
@@ -58,8 +59,9 @@ class BuildPlan:
     python: str  # the base's interpreter that runs jupyterhub-singleuser (pip runs with it)
     user: str = ""  # the base's USER, restored after the root steps
     requirements_sha256: str = ""  # '' when no requirements file was given
-    wheels: bool = False  # a local wheel dir goes into the build: pip --find-links it
+    wheels: bool = False  # a local wheel dir goes into the build: pip installs from it alone (offline)
     datasets: tuple[Dataset, ...] = ()
+    command: tuple[str, ...] = ()  # the CMD the image gets, when the base's is not a Jupyter server's
 
     @property
     def labels(self) -> dict[str, str]:
@@ -153,7 +155,7 @@ def dockerfile(plan: BuildPlan) -> str:
         pip = [plan.python, "-m", "pip", "install", "--no-cache-dir"]
         if plan.wheels:
             lines.append(f"COPY wheels {BUILD_DIR}/wheels")
-            pip += ["--find-links", f"{BUILD_DIR}/wheels"]
+            pip += ["--no-index", "--find-links", f"{BUILD_DIR}/wheels"]
         if plan.requirements_sha256:
             lines.append(f"COPY requirements.txt {BUILD_DIR}/requirements.txt")
             pip += ["-r", f"{BUILD_DIR}/requirements.txt"]
@@ -176,6 +178,8 @@ def dockerfile(plan: BuildPlan) -> str:
             f"WORKDIR {STUDENT_HOME}",
             f"USER {STUDENT_UID}",
         ]
+    if plan.command:
+        lines.append(f"CMD {json.dumps(list(plan.command))}")
     return "\n".join(lines) + "\n"
 
 
@@ -212,3 +216,184 @@ def dataset_finding(d: Dataset) -> Finding:
             f"mount it instead: a profile's datasets: [{{name: {d.name}, source: {d.source}}}]",
         )
     return Finding(OK, f"dataset {d.name}", f"{d.source} ({format_bytes(d.size)}) -> {DATASETS_DIR}/{d.name}")
+
+
+# --- the start command ------------------------------------------------------------------------
+
+
+def start_command_step(base_config: dict) -> tuple[tuple[str, ...], Finding]:
+    """The CMD ``image build`` sets (none when the base's command is a Jupyter server's), and the line saying so.
+
+    The hub runs the image's command (DockerSpawner: the ENTRYPOINT, then the CMD), so a
+    base such as ``pytorch/pytorch`` (``CMD ["python3"]``, or ``bash``) would give a server
+    that exits at once. Its ENTRYPOINT, when it has one, is kept: NVIDIA's run the CMD.
+    """
+    command = server_command(base_config)
+    if command.looks_like_jupyter:
+        return (), Finding(OK, "command", f"the base runs {command.describe()}: kept")
+    was = command.describe() if not command.missing else "no command"
+    return JUPYTER_COMMAND, Finding(
+        OK, "command", f"the base runs {was}: setting CMD {json.dumps(list(JUPYTER_COMMAND))}, which the hub runs"
+    )
+
+
+# --- a tag the hub's profiles use ---------------------------------------------------------------
+
+
+def _repository(name: str) -> str:
+    """A repository as Docker Hub names it with or without its defaults: ``docker.io/library/x`` is ``x``."""
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name.removeprefix("library/")
+
+
+def tag_users(tag: str, profiles: Iterable) -> list:
+    """The profiles whose image is ``tag`` by name (not pinned by a digest): building it again changes them."""
+    repo, name_tag, _ = split_reference(tag)
+    used = []
+    for p in profiles:
+        p_repo, p_tag, p_digest = split_reference(p.image)
+        if not p_digest and p_tag == name_tag and _repository(p_repo) == _repository(repo):
+            used.append(p)
+    return used
+
+
+def check_tag_unused(tag: str, profiles: Iterable, force: bool) -> Finding | None:
+    """Refuse to move a tag that profiles use (``BuildRefused``), unless ``force``: then the line saying which change."""
+    users = tag_users(tag, profiles)
+    if not users:
+        return None
+    slugs = ", ".join(p.slug for p in users)
+    if not force:
+        raise BuildRefused(
+            f"--tag {tag}: the hub's profiles {slugs} use this tag, and building it again would change their image"
+            " under a running course. Build under a new tag and pin that in the profiles (or add --force to move"
+            f" it: {slugs} would get the new image at their next start)"
+        )
+    return Finding(
+        WARN,
+        "tag",
+        f"moving {tag} (--force): profiles {slugs} get the new image at their next start;"
+        " servers running now keep the old one",
+    )
+
+
+# --- a failed build: pip's own words, and what to do --------------------------------------------
+
+_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_CERTIFICATE = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSLError", re.IGNORECASE)
+_NETWORK = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
+    r"|Name or service not known|Network is unreachable|No route to host|Connection refused|ConnectTimeoutError"
+    r"|Read timed out|ProxyError|Could not fetch URL|connection broken by",
+    re.IGNORECASE,
+)
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+_VERSIONS = re.compile(r"\(from versions: ([^)]*)\)")
+#: pip's ``ERROR:`` lines the verdict quotes, at most.
+PIP_ERRORS_SHOWN = 6
+
+
+def strip_escapes(text: str) -> str:
+    """``text`` without terminal escape codes (pip's colours, ``\\x1b[91m`` ... ``\\x1b[0m``)."""
+    return _ESCAPE.sub("", text)
+
+
+def pip_errors(log: str) -> list[str]:
+    """pip's own error lines in a build's output (``ERROR: ...``, and ``error: <kind>`` of its
+    longer diagnostics), once each, in order."""
+    found: list[str] = []
+    for line in strip_escapes(log).splitlines():
+        line = line.strip()
+        if line.startswith(("ERROR:", "error:")) and line not in found:
+            found.append(line)
+    return found
+
+
+def pip_download_command(requirements: str, plan: BuildPlan, base_python: str, host_python: str) -> str:
+    """The ``pip download`` that makes the wheels of the offline route (``--wheels wheels``).
+
+    For the base's Python when it is not the one here (``--python-version``: wheels only).
+    """
+    words = ["pip", "download", "-d", "wheels"]
+    if requirements:
+        words += ["-r", requirements]
+    if plan.install_jupyterhub:
+        words.append(f"jupyterhub=={plan.jupyterhub}")
+    base, here = major_minor(base_python), major_minor(host_python)
+    if base and base != here:
+        words += ["--python-version", f"{base[0]}.{base[1]}", "--only-binary=:all:"]
+    return " ".join(_shell_word(w) for w in words)
+
+
+def build_failure_findings(
+    message: str, log: str, plan: BuildPlan, requirements: str, base_python: str, host_python: str
+) -> list[Finding]:
+    """Why a build failed, in pip's own words when pip failed, with what to do about it.
+
+    ``message`` is the engine's (``The command ... returned a non-zero code: 1``), ``log``
+    the build's output, ``requirements`` the file as it was named on the command line.
+    """
+    errors = pip_errors(log)
+    plain = strip_escapes(log)
+    if not errors:
+        return [Finding(FAIL, "build", message, "fix what the build's output above says")]
+    download = pip_download_command(requirements, plan, base_python, host_python)
+    missing = next((m.group(1) for e in errors for m in [_NO_MATCH.search(e)] if m), "")
+    if _CERTIFICATE.search(plain) or _NETWORK.search(plain):
+        cause = "a certificate error" if _CERTIFICATE.search(plain) else "a network error"
+        fix = (
+            f"pip in the build could not reach the package index ({cause}): build offline instead. Where pip"
+            f" reaches the index, `{download}`, then add `--wheels wheels` to this command"
+        )
+    elif missing:
+        name = re.split(r"[<>=!~;\[ ]", missing, maxsplit=1)[0]
+        versions = next((m.group(1).strip() for e in errors for m in [_VERSIONS.search(e)] if m), "")
+        if versions and versions != "none":
+            known = ", ".join(v.strip() for v in versions.split(",")[-5:])
+            where = "among the wheels" if plan.wheels else "on the index"
+            fix = f"no release {missing} {where}: a misspelled version? {name} has {known} (the last ones listed)"
+        elif plan.wheels:
+            fix = (
+                f"{missing} is not among the wheels: a misspelled name or version? Correct it, then make the"
+                f" wheels again: `{download}`"
+            )
+        else:
+            fix = (
+                f"no package {missing} on the index: a misspelled name or version?"
+                f" (`pip index versions {name}` lists the versions of a package)"
+            )
+    elif "ResolutionImpossible" in plain or "conflicting dependencies" in plain:
+        fix = "two pins conflict (pip names them above): change one so that they agree"
+    elif "externally-managed-environment" in plain:
+        fix = (
+            "the base's Python belongs to its system (PEP 668): build on a base with Python of its own"
+            " (a venv or conda, as pytorch/pytorch and Jupyter's images have)"
+        )
+    else:
+        fix = "fix what pip says above"
+    shown = errors[-PIP_ERRORS_SHOWN:]
+    findings = [Finding(FAIL, "pip", line) for line in shown[:-1]]
+    findings.append(Finding(FAIL, "pip", shown[-1], fix))
+    return findings
+
+
+# --- the arguments ------------------------------------------------------------------------------
+
+
+def more_data_dirs(argv: Iterable[str]) -> list[str]:
+    """The words after a ``--data DIR`` up to the next option: ``--data a b`` names two dirs.
+
+    (traitlets takes one value per ``--data`` and leaves the rest as arguments.)
+    """
+    more: list[str] = []
+    state = ""  # "value": the next word is --data's own; "more": words are more dirs
+    for word in argv:
+        if word.startswith("-"):
+            state = "value" if word == "--data" else "more" if word.startswith("--data=") else ""
+        elif state == "value":
+            state = "more"
+        elif state == "more":
+            more.append(word)
+    return more

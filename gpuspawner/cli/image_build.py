@@ -21,10 +21,10 @@ from typing import IO
 import docker
 import docker.errors
 import jupyterhub
-from rich.text import Text
-from traitlets import Float, List, Unicode
+from traitlets import Bool, Float, List, Unicode
+from traitlets.config import Application
 
-from ..config import ConfigError, engine_where
+from ..config import ConfigError
 from . import output, probe
 from .build_plan import (
     BuildPlan,
@@ -32,15 +32,21 @@ from .build_plan import (
     Dataset,
     base_findings,
     build_event,
+    build_failure_findings,
     check_build_tags,
+    check_tag_unused,
     dataset_finding,
     dataset_names,
     dockerfile,
     jupyterhub_step,
+    more_data_dirs,
+    start_command_step,
+    strip_escapes,
+    tag_users,
 )
-from .command import LabCommand
+from .command import LabCommand, profiles_of
 from .findings import verdict
-from .image_check import check_one, hub_context
+from .image_check import check_one
 
 
 class ImageBuildApp(LabCommand):
@@ -52,17 +58,21 @@ class ImageBuildApp(LabCommand):
     jupyterhub-singleuser), JupyterHub at the hub's exact version when the base
     has no jupyterhub-singleuser or one of another major.minor (found by one short
     run of the base, no network), each --data dir copied to /opt/datasets/<name>
-    (over 500 MB: a warning, mount it instead); then the base's USER again, and
-    labels naming the base, the JupyterHub version, the requirements' sha256 and
-    the datasets. The output --tag must be pinned. Built by the engine's classic
-    builder (RUN steps on the host's network, so pip reaches PyPI or the host's
-    mirror as configured in the base image). Exit status: the check's verdict
-    (0 OK, 1 FAIL), 1 when the build fails, 2 when it cannot start.
+    (over 500 MB: a warning, mount it instead); then the base's USER again (a root
+    base gets uid 1000, jovyan), CMD ["jupyterhub-singleuser"] when the base's
+    command is not a Jupyter server's, and labels naming the base, the JupyterHub
+    version, the requirements' sha256 and the datasets. The output --tag must be
+    pinned, and not a tag the hub's profiles use (--force moves it). Built by the
+    engine's classic builder (RUN steps on the host's network, so pip reaches PyPI
+    or the mirror configured in the base image; --wheels DIR: from those wheels
+    only, offline). A failed pip is quoted, with what to do. Exit status: the
+    check's verdict (0 OK, 1 FAIL), 1 when the build fails, 2 when it cannot start.
     """
     examples = dedent("""
     gpuspawner image build --base pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime --tag ml101-cuda:2026.1 \\
         --requirements requirements.txt --data ./mnist
-    gpuspawner image build --base lab:1 --tag lab:2 --requirements req.txt --wheels ./wheels  # offline
+    pip download -d wheels -r requirements.txt jupyterhub==6.1.1  # where pip reaches the index; then:
+    gpuspawner image build --base lab:1 --tag lab:2 --requirements requirements.txt --wheels wheels  # offline
     """)
 
     base = Unicode("", help="The pinned image to build FROM (NAME:TAG or NAME@sha256:...).").tag(config=True)
@@ -70,10 +80,18 @@ class ImageBuildApp(LabCommand):
     requirements = Unicode("", help="A pip requirements file to install in the image.").tag(config=True)
     wheels = Unicode(
         "",
-        help="""A dir of wheels copied into the build and given to pip as --find-links
-        (put --no-index in the requirements file to install from it alone).""",
+        help="""A dir of wheels: pip installs from it alone, with no index (the offline route).
+
+        Make it where pip reaches the index: ``pip download -d wheels -r requirements.txt``
+        (with ``jupyterhub==<the hub's version>`` when the base has none).""",
     ).tag(config=True)
-    data = List(Unicode(), help="Small dataset dirs baked into the image at /opt/datasets/<name>.").tag(config=True)
+    data = List(
+        Unicode(),
+        help="Small dataset dirs baked into the image at /opt/datasets/<name> (--data a b, or --data a --data b).",
+    ).tag(config=True)
+    force = Bool(False, help="Build even under a tag the hub's profiles use (they change at their next start).").tag(
+        config=True
+    )
     network = Unicode("host", help="The network of the build's RUN steps (pip needs one).").tag(config=True)
     timeout = Float(60, help="Seconds the check of the base, and of the result, may take.").tag(config=True)
 
@@ -87,11 +105,20 @@ class ImageBuildApp(LabCommand):
         "network": "ImageBuildApp.network",
         "timeout": "ImageBuildApp.timeout",
     }
+    flags = {
+        **Application.flags,
+        "force": ({"ImageBuildApp": {"force": True}}, "Move a tag the hub's profiles use (they change)."),
+    }
 
     def validate(self) -> list[str]:
         """Refuse what cannot be built, before Docker is asked anything; the dataset names."""
-        if self.extra_args:
-            raise BuildRefused(f"unexpected arguments {' '.join(self.extra_args)}: use --base and --tag")
+        more = more_data_dirs(getattr(self, "argv", None) or ())
+        unexpected = [a for a in self.extra_args if a not in more]
+        if unexpected:
+            raise BuildRefused(
+                f"unexpected arguments {' '.join(unexpected)}: name the base and the result with --base and --tag"
+            )
+        self.data = [*self.data, *(a for a in self.extra_args if a not in self.data)]
         check_build_tags(self.base, self.tag)
         if self.requirements and not os.path.isfile(self.requirements):
             raise BuildRefused(f"--requirements {self.requirements}: no such file")
@@ -109,8 +136,14 @@ class ImageBuildApp(LabCommand):
             print(f"gpuspawner image build: {e}", file=sys.stderr)
             return 2
         hub = self.load_hub_config()
-        client = hub.docker()
         out = output.console()
+        profiles = profiles_of(hub)
+        try:
+            moving = check_tag_unused(self.tag, profiles, self.force)
+        except BuildRefused as e:
+            print(f"gpuspawner image build: {e}", file=sys.stderr)
+            return 2
+        client = hub.docker()
 
         if not probe.image_inspect(client, self.base):
             out.print(f"{self.base} is not on this engine: pulling it...")
@@ -124,8 +157,11 @@ class ImageBuildApp(LabCommand):
         datasets = tuple(Dataset(name, os.path.abspath(d), dir_size(d)) for name, d in zip(names, self.data))
         findings += [dataset_finding(d) for d in datasets]
         install, step = jupyterhub_step(facts, hub_version)
+        command, command_step = start_command_step(facts.config or {})
         if not facts.probe_error:
-            findings.insert(0, step)
+            findings[:0] = [step, command_step]
+        if moving:
+            findings.append(moving)
         output.print_findings(out, findings, "  ")
         if verdict(findings)[0]:
             out.print(output.verdict_line(1, "FAIL", f"nothing built from {self.base}"))
@@ -141,23 +177,38 @@ class ImageBuildApp(LabCommand):
             requirements_sha256=_sha256(self.requirements) if self.requirements else "",
             wheels=bool(self.wheels),
             datasets=datasets,
+            command=command,
         )
         self.log.debug("Dockerfile:\n%s", dockerfile(plan))
-        out.print(f"building {self.tag} (classic builder, RUN on the {self.network!r} network)...")
+        route = f"pip from {self.wheels} only" if self.wheels else f"RUN on the {self.network!r} network"
+        out.print(f"building {self.tag} (classic builder, {route})...")
         started = time.monotonic()
         with build_context(plan, self.requirements, self.wheels, {d.name: d.source for d in datasets}) as ctx:
             try:
                 image_id = build_image(
-                    client, ctx, self.tag, self.network, show=lambda text: out.print(Text("  " + text))
+                    client, ctx, self.tag, self.network, show=lambda text: out.print(output.docker_text("  " + text))
                 )
             except docker.errors.BuildError as e:
-                out.print(output.verdict_line(1, "FAIL", f"the build of {self.tag} failed: {e.msg}"))
+                log = "".join(str(event.get("stream") or "") for event in e.build_log or ())
+                failed = build_failure_findings(
+                    strip_escapes(e.msg), log, plan, self.requirements, facts.python_version, _here_python()
+                )
+                output.print_findings(out, failed, "  ")
+                pip = [f.message for f in failed if f.subject == "pip"]
+                why = f"pip: {pip[-1]}" if pip else strip_escapes(e.msg)
+                out.print(output.verdict_line(1, "FAIL", f"the build of {self.tag} failed: {why}"))
                 return 1
             except docker.errors.APIError as e:
                 out.print(output.verdict_line(1, "FAIL", f"the engine refused the build: {e.explanation or e}"))
                 return 1
         out.print(f"built {self.tag} ({image_id[:19]}) in {time.monotonic() - started:.0f} s; checking it:")
-        return check_one(client, self.tag, [], hub_context(hub), out, engine_where(hub.spawner), self.timeout)
+        # Checked for the profiles that use the tag (--force), as `image check --profiles` would.
+        return check_one(client, hub, self.tag, tag_users(self.tag, profiles), out, self.timeout)
+
+
+def _here_python() -> str:
+    """This Python's version: ``pip download`` here gets wheels for it unless told the base's."""
+    return "%d.%d.%d" % sys.version_info[:3]
 
 
 def _sha256(path: str) -> str:

@@ -9,6 +9,7 @@ driver's, the frameworks, the command the hub will run.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from textwrap import dedent
@@ -33,6 +34,15 @@ from . import output, probe
 from .command import LabCommand, by_image, profiles_of
 from .findings import FAIL, OK, WARN, Finding, verdict
 from .probe import FRAMEWORKS, ImageFacts
+from .server_start import (
+    CHECK_USER,
+    JUPYTER_COMMAND,
+    ServerCommand,
+    server_command,
+    start_finding,
+    start_plan,
+    start_server,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,8 @@ class HubContext:
     driver_version: str = ""
     driver_source: str = ""  # where driver_cuda came from, for messages
     for_gpu: bool = True  # False: only CPU profiles use the image, so CUDA does not matter
-    cmd: tuple[str, ...] = ()  # c.DockerSpawner.cmd, when set
+    cmd: tuple[str, ...] = ()  # c.Spawner.cmd, when set
+    args: tuple[str, ...] = ()  # c.Spawner.args
 
 
 def _jupyterhub_finding(facts: ImageFacts, hub: str) -> Finding:
@@ -238,17 +249,7 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
                 "pip install jupyterlab in the image",
             )
         )
-    # What DockerSpawner runs: the image's entrypoint, with c.Spawner.cmd or else the image's CMD.
-    command = [*(facts.config.get("Entrypoint") or []), *(ctx.cmd or facts.config.get("Cmd") or [])]
-    if not any(word in part for part in command for word in ("jupyter", "singleuser", "start-")):
-        findings.append(
-            Finding(
-                WARN,
-                "command",
-                f"the image's command is {command or 'empty'}: the hub runs it to start the server",
-                'CMD ["jupyterhub-singleuser"] in the Dockerfile (or set c.DockerSpawner.cmd)',
-            )
-        )
+    findings += command_findings(server_command(facts.config, ctx.cmd, ctx.args))
     findings += _cuda_findings(facts, ctx)
     for fw in facts.frameworks:
         if fw.error:
@@ -267,6 +268,16 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
         findings.append(Finding(OK, "frameworks", f"none of {', '.join(FRAMEWORKS)} installed"))
     findings.append(Finding(OK, "size", format_bytes(facts.size) if facts.size else "unknown"))
     return findings
+
+
+def command_findings(command: ServerCommand) -> list[Finding]:
+    """What the hub runs to start a server of the image, when it is missing or not a Jupyter server's."""
+    fix = f"CMD {json.dumps(list(JUPYTER_COMMAND))} in the Dockerfile (or set c.Spawner.cmd)"
+    if command.missing:
+        return [Finding(FAIL, "command", f"{command.describe()}: the hub cannot start a server of it", fix)]
+    if not command.looks_like_jupyter:
+        return [Finding(WARN, "command", f"the hub runs {command.describe()}: not a Jupyter server's command", fix)]
+    return []
 
 
 def pin_finding(image: str, inspect: dict) -> Finding:
@@ -300,6 +311,7 @@ def hub_context(hub: HubConfig, users: list[Profile] = ()) -> HubContext:
         driver_version=hub.inventory.driver_version,
         for_gpu=not users or any(p.gpu_request.slots for p in users),
         cmd=tuple(hub.spawner.cmd or ()),
+        args=tuple(hub.spawner.args or ()),
     )
 
 
@@ -312,10 +324,15 @@ class ImageCheckApp(LabCommand):
     and no network, and reports: jupyterhub-singleuser and its version (same
     major.minor as the hub's), the user it runs as (root fails unless allowed:
     c.GPUSpawner.allow_root, or allow_root on every profile that uses it) and its
-    home, Python, JupyterLab, the CUDA it declares and contains against the
-    driver's, torch/tensorflow/jax when installed, its size, and the registry
-    digest to pin in a profile (repository@sha256:...). Exit status 0 when it will
-    start (warnings allowed), 1 when it will not, 2 when the check cannot run.
+    home, Python, JupyterLab, the command the hub runs (c.Spawner.cmd, else the
+    image's CMD), the CUDA it declares and contains against the driver's,
+    torch/tensorflow/jax when installed, its size. When nothing failed, it starts
+    the server as the hub would (that command, user, JupyterHub's environment, the
+    hub's limits and hardening, a new home volume; no GPU, no network) and passes
+    only if it answers within c.Spawner.http_timeout; else the exit status and the
+    server's last log lines. Then the registry digest to pin in a profile
+    (repository@sha256:...). Exit status 0 when it will start (warnings allowed),
+    1 when it will not, 2 when the check cannot run.
     """
     examples = dedent("""
     gpuspawner image check registry.example.edu/ml101-cuda:2026.1
@@ -324,7 +341,9 @@ class ImageCheckApp(LabCommand):
     """)
 
     profiles = Bool(False, help="Check the image of every profile in the hub's config.").tag(config=True)
-    timeout = Float(60, help="Seconds the check may take in one image.").tag(config=True)
+    timeout = Float(
+        60, help="Seconds the look inside one image may take (the server's start has c.Spawner.http_timeout)."
+    ).tag(config=True)
     pull = Bool(True, help="Pull an image this engine lacks before checking it.").tag(config=True)
 
     aliases = {**LabCommand.aliases, "timeout": "ImageCheckApp.timeout"}
@@ -344,9 +363,7 @@ class ImageCheckApp(LabCommand):
         out = output.console()
         statuses = []
         for image, users in images.items():
-            ctx = hub_context(hub, users)
-            where = engine_where(hub.spawner)
-            statuses.append(check_one(client, image, users, ctx, out, where, self.timeout, pull=self.pull))
+            statuses.append(check_one(client, hub, image, users, out, self.timeout, pull=self.pull))
         if len(statuses) > 1:
             failed = sum(statuses)
             out.print(f"{len(statuses)} images: {len(statuses) - failed} OK, {failed} FAIL")
@@ -354,15 +371,24 @@ class ImageCheckApp(LabCommand):
 
 
 def check_one(
-    client, image: str, users: list[Profile], ctx: HubContext, out, where: str, timeout: float, pull: bool = False
+    client,
+    hub: HubConfig,
+    image: str,
+    users: list[Profile],
+    out,
+    timeout: float,
+    pull: bool = False,
 ) -> int:
-    """Run the probe in ``image`` (pulled first when missing, if ``pull``), print its findings and verdict;
+    """Check ``image`` (pulled first when missing, if ``pull``) for the profiles ``users``: run the probe,
+    then, when nothing failed, start its server as the hub would. Print the findings and the verdict;
     the exit status."""
+    ctx, where = hub_context(hub, users), engine_where(hub.spawner)
     used_by = f" (profiles {', '.join(p.slug for p in users)})" if users else ""
     refused = ""
     if pull and probe.image_inspect(client, image) is None:
         out.print(f"{image}: not on this engine ({where}), pulling it...")
         refused = probe.pull(client, image)
+    log: list[str] = []  # the server's last lines, when its start failed
     if refused:
         findings = [
             Finding(
@@ -387,10 +413,34 @@ def check_one(
             ]
         else:
             findings = image_findings(facts, ctx)
+            if not verdict(findings)[0]:  # worth starting: nothing read in it stops the server already
+                findings.append(_start(client, hub, image, users, out, facts, log))
             if not verdict(findings)[0]:  # what to pin, once it may be pinned
                 findings.append(pin_finding(image, client.inspect_image(image)))
     output.print_findings(out, findings, "  ")
+    if log:
+        out.print("  the last lines of the server's log:")
+        for text in log:
+            out.print(output.docker_text("    " + text))
     status, text = verdict(findings)
     will = "will not start under this hub" if status else "can start under this hub"
     out.print(output.verdict_line(status, text, f"{image} {will}"))
     return status
+
+
+def _start(client, hub: HubConfig, image: str, users: list[Profile], out, facts: ImageFacts, log: list) -> Finding:
+    """The ``start`` finding: the server started as the hub would start it; its log's last lines into ``log``."""
+    plan = start_plan(hub, image, client.inspect_image(image), users[0] if users else None)
+    if plan.environment_error:
+        return Finding(
+            FAIL,
+            "start",
+            f"the hub's environment for a server could not be computed, so it was not started:"
+            f" {plan.environment_error}",
+            "make c.Spawner.environment's callables work for any user (the check's stand-in user"
+            f" {CHECK_USER!r} has a name, no groups, no auth state)",
+        )
+    out.print(f"{image}: starting its server as the hub would: {plan.command.describe()}...")
+    result = start_server(client, plan, facts.python)
+    log.extend(result.log if not result.answered else ())
+    return start_finding(plan, result)

@@ -92,3 +92,11 @@ def verdict_line(status: int, text: str, what: str = "") -> Text:
 
 def print_json(data: object, file: IO[str] | None = None) -> None:
     (file or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def docker_text(text: str) -> Text:
+    """A line from Docker (a build's output, a server's log) as rich text: its colour codes become
+    styles, shown on a terminal and dropped in a pipe or file, never printed raw."""
+    shown = Text.from_ansi(text)
+    shown.rstrip()  # a stream's chunk may end in a newline, then a reset code
+    return shown
