@@ -1729,9 +1729,21 @@ class GPUSpawner(DockerSpawner):
     async def poll(self):
         await self.ledger()  # a restarted hub polls every server first: adopt before deciding
         status = await super().poll()
-        if status is not None:
-            self._release_gpus(f"server not running: {status}")
-            await self._discard_container()  # exited: no auto-remove (see _as_described)
+        if status is None:
+            return None
+        self._release_gpus(f"server not running: {status}")
+        container = self.object_id
+        await self._discard_container()  # exited: no auto-remove (see _as_described)
+        if self._waiting_for_response:
+            # start() returned before the server answered (start_timeout nearly spent: see _until_it_answers),
+            # and JupyterHub still waits for its first answer. Told now that it stopped, its REST spawn handler
+            # would read the result of that unfinished spawn: InvalidStateError, HTTP 500. Its wait fails
+            # the spawn instead, at http_timeout; the units are free already.
+            if container:  # (said once: later polls find no container)
+                self.log.warning(
+                    "Server %s stopped (%s) before it answered; JupyterHub's wait fails it", self.holder, status
+                )
+            return None
         return status
 
     async def stop(self, now=False):

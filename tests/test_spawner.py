@@ -1016,6 +1016,14 @@ async def test_a_server_that_never_answers_fails_after_http_timeout_with_its_log
     s.start_check_interval = 0.05
     await s.start()
     assert s.gpu_ids and await s.poll() is None
+    # It dies while JupyterHub waits: its units come free, but JupyterHub's poll hears nothing, as its REST
+    # spawn handler would then fail with HTTP 500 (InvalidStateError); its wait fails the spawn.
+    s._waiting_for_response = True  # as JupyterHub sets it when start() returns
+    engine.crash(s.object_id, 2)
+    assert await s.poll() is None
+    assert engine.containers_by_id == {} and len(s.shared.ledger.free()) == 2
+    s._waiting_for_response = False  # its wait ended
+    assert await s.poll() == 0
 
 
 async def test_units_of_a_container_stopped_behind_the_hubs_back_are_freed_at_the_next_check(engine):
