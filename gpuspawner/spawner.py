@@ -14,15 +14,18 @@ import asyncio
 import os
 import time
 from dataclasses import replace
+from functools import cached_property
 from urllib.parse import urlsplit
 
+import aiohttp
 import docker.tls
 import docker.types
 from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
+from jupyterhub.httpclient import fetch
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
-from jupyterhub.utils import maybe_future, random_port
+from jupyterhub.utils import make_ssl_context, maybe_future, random_port, url_path_join
 from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import (
@@ -88,7 +91,17 @@ from .profiles import (
 )
 from .quantities import parse_bytes
 from .spawn_page import render_profile_cards
-from .startup import Exited, exit_message, last_lines, watch_start
+from .startup import (
+    Exited,
+    NotAServer,
+    command_line,
+    exit_message,
+    last_lines,
+    never_serves,
+    not_a_server_message,
+    top_commands,
+    watch_start,
+)
 from .traits import Duration
 
 
@@ -1205,20 +1218,26 @@ class GPUSpawner(DockerSpawner):
         finally:
             self.shared.starting.discard(self.holder)
 
-    # --- a server that dies before it answers: told at once, not after http_timeout
+    # --- a server that dies, or is not one, before it answers: told at once, not after http_timeout
 
     watches_start = True  # a subclass whose server is not one container of this engine says False
-    start_check_interval = 0.5  # seconds between looks at the container and at the server's port
+    start_check_interval = 0.5  # seconds between looks at the container and at the server's URL
     _start_began = 0.0  # time.monotonic() when this start began
+    #: The HTTP status of a spawn whose server failed before it answered. Not 500: nothing in the hub failed.
+    #: 424 Failed Dependency, as JupyterHub answers for a server that is not running.
+    start_failed_status = 424
+    answer_timeout = 3.0  # seconds one look waits for the server's HTTP answer (a busy hub answers late)
 
     async def _until_it_answers(self, started) -> None:
-        """Wait until the server accepts connections; if its container exits first, fail the spawn now.
+        """Wait until the server answers; fail the spawn now if its container shows it never will.
 
-        JupyterHub waits up to ``http_timeout`` for a started server and does not poll
-        meanwhile. Here the container is watched during that wait: an exit fails the
-        spawn at once with its status and the last lines of its log (the caller frees
-        the GPUs and removes the container). A server that stays silent is failed
-        after ``http_timeout``, as JupyterHub would, with its log's last lines. Within
+        JupyterHub waits up to ``http_timeout`` for a started server to answer and does not look
+        at its container meanwhile. Here the container is watched during that wait. It shows the
+        server never will answer when it exits, or when its processes are only ones that never
+        serve (``sleep infinity``, Python or a shell with nothing to run: ``startup.never_serves``);
+        either fails the spawn at once with the exit status or the command and the last lines of its
+        log (the caller frees the GPUs and removes the container). A server that stays silent is
+        failed after ``http_timeout``, as JupyterHub would, with its log's last lines. Within
         ``start_timeout`` only: what is left of it after a long pull goes to JupyterHub's wait.
         """
         if not self.watches_start or not isinstance(started, tuple):
@@ -1228,9 +1247,9 @@ class GPUSpawner(DockerSpawner):
         left = self.start_timeout - (began - self._start_began) - 1  # JupyterHub cancels start() then
         window = min(self.http_timeout, left)
         try:
-            exited = await watch_start(
+            failed = await watch_start(
                 lambda: self._server_answers(ip, port),
-                self._container_exited,
+                self._never_will,
                 timeout=max(window, 0),
                 every=self.start_check_interval,
             )
@@ -1247,29 +1266,67 @@ class GPUSpawner(DockerSpawner):
                     status_code=504,
                 )
             ) from None
-        if exited is None:
+        if failed is None:
             return
-        text, page = exit_message(exited, await self._log_tail(), time.monotonic() - began)
-        self.log.warning("Server %s exited with status %s before it answered", self.holder, exited.status)
-        raise told(SpawnException(text, reason="early_exit", message_html=page, status_code=500))
+        seconds = time.monotonic() - began
+        if isinstance(failed, NotAServer):
+            text, page = not_a_server_message(failed, await self._log_tail(), seconds)
+            self.log.warning("Server %s is not a Jupyter server: it runs %s", self.holder, failed.command)
+            reason = "not_a_server"
+        else:
+            text, page = exit_message(failed, await self._log_tail(), seconds)
+            self.log.warning("Server %s exited with status %s before it answered", self.holder, failed.status)
+            reason = "early_exit"
+        raise told(SpawnException(text, reason=reason, message_html=page, status_code=self.start_failed_status))
 
     async def _server_answers(self, ip: str, port: int) -> bool:
-        """Does the server accept a connection at ``ip:port`` (where the hub will reach it)?"""
+        """Does the server answer at ``ip:port`` as JupyterHub's own wait for it asks: over HTTP?
+
+        The same request (its URL's ``api``, any status below 500, the hub's internal SSL where it is
+        on), not a mere connection, which a port that is published (Docker's proxy), or opened by a
+        server that then dies, also accepts. Once this says yes, JupyterHub's wait ends at its first
+        try: a server that dies is told here, not after that wait's ``http_timeout`` (in which the REST
+        spawn would also fail with HTTP 500, JupyterHub's InvalidStateError).
+        """
         if not ip:  # a container that exited at once has no address on its network
             return False
+        host = f"[{ip}]" if ":" in ip else ip
+        proto = "https" if self.internal_ssl else "http"
+        base_url = self.server.base_url if self.server is not None else "/"
+        url = url_path_join(f"{proto}://{host}:{int(port)}", base_url, "api")
+        options = {"allow_redirects": False, "timeout": aiohttp.ClientTimeout(total=self.answer_timeout)}
+        if self._hub_ssl_context is not None:
+            options["ssl"] = self._hub_ssl_context
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
-        except (OSError, asyncio.TimeoutError):
+            response = await fetch(url, raise_for_status=False, **options)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
             return False
-        writer.close()
-        return True
+        response.release()
+        return response.status < 500
 
-    async def _container_exited(self) -> Exited | None:
+    @cached_property
+    def _hub_ssl_context(self):
+        """The hub's client SSL context for its servers (``internal_ssl``), as JupyterHub's wait uses; else None."""
+        settings = getattr(self.user, "settings", None) or {}
+        key, cert = settings.get("internal_ssl_key"), settings.get("internal_ssl_cert")
+        return make_ssl_context(key, cert, cafile=settings.get("internal_ssl_ca"))
+
+    async def _never_will(self) -> Exited | NotAServer | None:
+        """How this server's container shows it will never answer: it exited, or runs only non-servers."""
         try:
             inspect = await self.docker("inspect_container", self.object_id)
         except docker.errors.NotFound:
             return Exited(status=-1, error="its container is gone")
-        return Exited.of(inspect.get("State") or {})
+        state = inspect.get("State") or {}
+        exited = Exited.of(state, command_line(inspect))
+        if exited is not None or not state.get("Running"):
+            return exited
+        try:
+            top = await self.docker("top", self.object_id)
+        except docker.errors.APIError as e:  # it stopped meanwhile: the next look says how
+            self.log.debug("No processes of %s: %s", self.holder, e)
+            return None
+        return never_serves(top_commands(top))
 
     async def _log_tail(self, lines: int = 12) -> list[str]:
         try:
@@ -1672,9 +1729,21 @@ class GPUSpawner(DockerSpawner):
     async def poll(self):
         await self.ledger()  # a restarted hub polls every server first: adopt before deciding
         status = await super().poll()
-        if status is not None:
-            self._release_gpus(f"server not running: {status}")
-            await self._discard_container()  # exited: no auto-remove (see _as_described)
+        if status is None:
+            return None
+        self._release_gpus(f"server not running: {status}")
+        container = self.object_id
+        await self._discard_container()  # exited: no auto-remove (see _as_described)
+        if self._waiting_for_response:
+            # start() returned before the server answered (start_timeout nearly spent: see _until_it_answers),
+            # and JupyterHub still waits for its first answer. Told now that it stopped, its REST spawn handler
+            # would read the result of that unfinished spawn: InvalidStateError, HTTP 500. Its wait fails
+            # the spawn instead, at http_timeout; the units are free already.
+            if container:  # (said once: later polls find no container)
+                self.log.warning(
+                    "Server %s stopped (%s) before it answered; JupyterHub's wait fails it", self.holder, status
+                )
+            return None
         return status
 
     async def stop(self, now=False):

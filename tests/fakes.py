@@ -42,6 +42,7 @@ class FakeDocker:
         self.fail_start = False
         self.exit_on_start: int | None = None  # the status a started server exits with at once (None: it runs)
         self.log = b""  # what every container wrote (``logs``)
+        self.processes = ["/opt/venv/bin/python3 /opt/venv/bin/jupyterhub-singleuser"]  # every running one's (``top``)
         self.calls: list[str] = []
         self.networks = {"gpuspawner-lab", "gpuspawner-lab-internet"}  # as add_lab_network makes them
         self.volumes: dict[str, dict] = {}  # name -> {"Labels": ..., "files": {path: text}}
@@ -99,6 +100,8 @@ class FakeDocker:
             "Id": cid,
             "Name": name,
             "Image": image,
+            "Path": "jupyterhub-singleuser",
+            "Args": [],
             "Env": environment,
             "Config": {"Env": [f"{k}={v}" for k, v in (environment or {}).items()]},  # as Docker reports them
             "Labels": labels or {},
@@ -189,6 +192,14 @@ class FakeDocker:
             return b"cp: cannot write" if self.fail_copy else b""
         lines = self.log.splitlines(keepends=True)
         return b"".join(lines if tail == "all" else lines[-tail:])
+
+    def top(self, cid):
+        """As the engine's ``ps -ef``; a container that does not run has no processes (409)."""
+        self.calls.append("top")
+        if not self._find(cid)["State"]["Running"]:
+            raise docker.errors.APIError(f"container {cid} is not running", response=_Response(409))
+        rows = [["1000", str(pid), "0", "0", "10:00", "?", "00:00:00", p] for pid, p in enumerate(self.processes, 1)]
+        return {"Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], "Processes": rows}
 
     def crash(self, cid, status=1):
         self._find(cid)["State"].update(Running=False, ExitCode=status)

@@ -398,6 +398,13 @@ class RealHub:
         r.raise_for_status()
         return r.json().get("servers", {}).get(server)
 
+    def progress_events(self, user: str, server: str = "") -> list[dict]:
+        """The spawn's progress events (``/progress``, what the spawn page shows), up to its end."""
+        r = self.request("GET", f"/users/{user}/servers/{server}/progress", stream=True)
+        r.raise_for_status()
+        lines = r.iter_lines(decode_unicode=True)
+        return [json.loads(line[len("data:") :]) for line in lines if line.startswith("data:")]
+
     def wait_ready(self, user: str, server: str = "", timeout: float = 120) -> dict:
         def ready() -> dict | None:
             model = self.server_model(user, server)

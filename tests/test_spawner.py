@@ -1,5 +1,6 @@
 """GPUSpawner's glue, above a fake Docker client: what it asks the engine for."""
 
+import asyncio
 import json
 
 import pytest
@@ -925,13 +926,75 @@ async def test_a_server_that_exits_before_it_answers_fails_the_spawn_at_once_hol
     with pytest.raises(SpawnException) as raised:
         await s.start()
     e = raised.value
-    assert e.reason == "early_exit" and e.status_code == 500
+    assert e.reason == "early_exit" and e.status_code == 424  # not 500: nothing in the hub failed
     assert "exited with status 3" in e.jupyterhub_message and "before it answered" in e.jupyterhub_message
     assert e.jupyterhub_message.splitlines()[-2] == "ImportError: no <module>"  # then what to do
+    assert "Its command: jupyterhub-singleuser." in e.jupyterhub_message
     assert "line 8" not in e.jupyterhub_message and "line 9" in e.jupyterhub_message  # the last 12 lines
     assert "<pre>" in e.jupyterhub_html_message and "no &lt;module&gt;" in e.jupyterhub_html_message
     assert engine.containers_by_id == {}
     assert len(s.shared.ledger.free()) == 2 and s.shared.starting == set()
+
+
+@pytest.mark.parametrize(
+    "processes, command",
+    [
+        (["sleep infinity"], "sleep infinity"),
+        (["/sbin/docker-init -- python3", "python3"], "python3"),  # docker run --init: the init tells nothing
+    ],
+    ids=["sleep", "repl-under-init"],
+)
+async def test_a_server_whose_processes_never_serve_fails_at_once_holding_nothing(engine, processes, command):
+    """(Which processes may serve, and so are left to http_timeout: tests/test_startup.py.)"""
+    engine.processes = processes
+    engine.log = b"Python 3.12.3\n"
+    s = spawner(engine, profile="gpu", http_timeout=30)
+    s.start_check_interval = 0.05
+
+    async def silent(ip, port):
+        return False
+
+    s._server_answers = silent
+    with pytest.raises(SpawnException) as raised:
+        await s.start()
+    e = raised.value
+    assert (e.reason, e.status_code) == ("not_a_server", 424)
+    assert e.jupyterhub_message.startswith(f"Your server's command, {command}, is not a Jupyter server")
+    assert "Python 3.12.3" in e.jupyterhub_message and 'CMD ["jupyterhub-singleuser"]' in e.jupyterhub_message
+    assert e.jupyterhub_html_message.startswith(f"<p>Your server&#x27;s command, {command}, is not")
+    assert engine.containers_by_id == {} and len(s.shared.ledger.free()) == 2 and s.shared.starting == set()
+
+
+async def test_a_server_answers_when_it_answers_http_as_jupyterhubs_wait_asks(engine):
+    """The look JupyterHub's own wait makes (``<url>api``, any status below 500), not a connection: a
+    port that takes connections and says nothing (Docker's proxy of a published port, a server that
+    opened its port and died) must not end the watch, or its death would be JupyterHub's to find."""
+    from aiohttp import web as aioweb
+
+    status = {"now": 404}
+
+    async def api(request):
+        return aioweb.Response(status=status["now"])
+
+    app = aioweb.Application()
+    app.router.add_get("/api", api)
+    runner = aioweb.AppRunner(app)
+    await runner.setup()
+    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    mute = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)  # accepts, never answers
+    s = spawner(engine, profile="gpu")
+    s.answer_timeout = 0.2
+    try:
+        assert await GPUSpawner._server_answers(s, "127.0.0.1", port)  # 404: up, as for JupyterHub
+        status["now"] = 503
+        assert not await GPUSpawner._server_answers(s, "127.0.0.1", port)
+        assert not await GPUSpawner._server_answers(s, "127.0.0.1", mute.sockets[0].getsockname()[1])
+        assert not await GPUSpawner._server_answers(s, "", port)  # an exited container has no address
+    finally:
+        mute.close()
+        await runner.cleanup()
 
 
 async def test_a_server_that_never_answers_fails_after_http_timeout_with_its_log(engine):
@@ -953,6 +1016,14 @@ async def test_a_server_that_never_answers_fails_after_http_timeout_with_its_log
     s.start_check_interval = 0.05
     await s.start()
     assert s.gpu_ids and await s.poll() is None
+    # It dies while JupyterHub waits: its units come free, but JupyterHub's poll hears nothing, as its REST
+    # spawn handler would then fail with HTTP 500 (InvalidStateError); its wait fails the spawn.
+    s._waiting_for_response = True  # as JupyterHub sets it when start() returns
+    engine.crash(s.object_id, 2)
+    assert await s.poll() is None
+    assert engine.containers_by_id == {} and len(s.shared.ledger.free()) == 2
+    s._waiting_for_response = False  # its wait ended
+    assert await s.poll() == 0
 
 
 async def test_units_of_a_container_stopped_behind_the_hubs_back_are_freed_at_the_next_check(engine):
