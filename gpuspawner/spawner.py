@@ -1223,10 +1223,16 @@ class GPUSpawner(DockerSpawner):
     watches_start = True  # a subclass whose server is not one container of this engine says False
     start_check_interval = 0.5  # seconds between looks at the container and at the server's URL
     _start_began = 0.0  # time.monotonic() when this start began
+    _container_started_at = 0.0  # time.monotonic() when its container started
     #: The HTTP status of a spawn whose server failed before it answered. Not 500: nothing in the hub failed.
     #: 424 Failed Dependency, as JupyterHub answers for a server that is not running.
     start_failed_status = 424
     answer_timeout = 3.0  # seconds one look waits for the server's HTTP answer (a busy hub answers late)
+    #: Seconds between looks at a running container's processes (``docker top``, which runs ``ps`` on the
+    #: engine's host: dearer than an inspect); the first comes this long after the container started.
+    #: A server that only sleeps is told after a few seconds, and a class's burst of starts stays cheap.
+    process_check_interval = 2.0
+    _processes_seen_at = float("-inf")  # time.monotonic() of the last look at the processes
 
     async def _until_it_answers(self, started) -> None:
         """Wait until the server answers; fail the spawn now if its container shows it never will.
@@ -1243,7 +1249,7 @@ class GPUSpawner(DockerSpawner):
         if not self.watches_start or not isinstance(started, tuple):
             return
         ip, port = started
-        began = time.monotonic()
+        began = self._container_started_at = time.monotonic()
         left = self.start_timeout - (began - self._start_began) - 1  # JupyterHub cancels start() then
         window = min(self.http_timeout, left)
         try:
@@ -1321,6 +1327,10 @@ class GPUSpawner(DockerSpawner):
         exited = Exited.of(state, command_line(inspect))
         if exited is not None or not state.get("Running"):
             return exited
+        now = time.monotonic()
+        if now - max(self._processes_seen_at, self._container_started_at) < self.process_check_interval:
+            return None
+        self._processes_seen_at = now
         try:
             top = await self.docker("top", self.object_id)
         except docker.errors.APIError as e:  # it stopped meanwhile: the next look says how

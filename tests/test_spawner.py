@@ -949,7 +949,7 @@ async def test_a_server_whose_processes_never_serve_fails_at_once_holding_nothin
     engine.processes = processes
     engine.log = b"Python 3.12.3\n"
     s = spawner(engine, profile="gpu", http_timeout=30)
-    s.start_check_interval = 0.05
+    s.start_check_interval = s.process_check_interval = 0.05
 
     async def silent(ip, port):
         return False

@@ -363,9 +363,11 @@ def start_server(client: docker.APIClient, plan: StartPlan, python: str) -> Star
         seconds = time.monotonic() - began
         if answered:
             return StartResult(answered=answered, seconds=seconds)
-        if not (waited_out or helper_error):  # the helper ended with the container: let it stop
+        if not waited_out:
+            # The helper ended with the container (its processes go with it), or could not run because
+            # the container was already stopping: let it stop, and tell its exit rather than the helper's.
             try:
-                client.wait(cid, timeout=10)
+                client.wait(cid, timeout=3 if helper_error else 10)
             except (docker.errors.APIError, requests.exceptions.RequestException):
                 pass
         exited = Exited.of(client.inspect_container(cid).get("State") or {})
