@@ -22,8 +22,9 @@ import pytest
 from gpuspawner.cli import build_plan as checks  # the labels image build sets
 
 from .realhub import engine, read_testbed
+from .registry import CACHE, local_registry
 from .test_cli_e2e import RUN, gpuspawner, line, no_probe_left, write_config
-from .test_pull_e2e import no_docker_config, registry  # noqa: F401 - fixtures
+from .test_pull_e2e import no_docker_config  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.docker
 
@@ -175,6 +176,14 @@ def test_build_never_moves_a_tag_a_profile_uses(tmp_path):
     assert "(or add --force to move it: ml101, ml101-gpu would get the new image at their next start)" in err
     status, _, err, _ = gpuspawner(tmp_path, *args, "--force", engine_at=nowhere)
     assert status == 2 and "no Docker engine answers" in err  # past the refusal
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, no_docker_config):  # noqa: F811 - the fixture
+    """A loopback registry whose blobs are kept beside the test bed: pushing the test bed image's
+    layers again is a quick check, and pulling them is one of the label's layer only."""
+    with local_registry(tmp_path_factory.mktemp("registry"), storage=CACHE) as (address, http):
+        yield address, http
 
 
 def pushed_image(address: str, tag: str) -> str:
