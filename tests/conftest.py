@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -47,9 +48,9 @@ def _reset_hub_state() -> None:
         hub_state.reset_hub_state()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium driven by Playwright (never `playwright install`)."""
+@contextlib.contextmanager
+def chromium(*args: str):
+    """Debian's headless Chromium driven by Playwright (never `playwright install`), with more ``args``."""
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), "Debian's chromium is not installed: run tests/run.sh"
@@ -63,7 +64,16 @@ def browser():
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                *args,
             ],
         )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
         yield b
-        b.close()

@@ -41,7 +41,7 @@ import requests
 from gpuspawner.lab_network import check_rules
 from gpuspawner.lab_network import settings as lab_settings
 
-from .conftest import CHROMIUM
+from .conftest import chromium
 from .realhub import (
     REPO,
     TESTBED,
@@ -379,20 +379,8 @@ def site(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pinned_browser(site):
     """Chromium that trusts the hub's certificate (pinned by its key), nothing more."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={site.cert.spki_sha256}",
-            ],
-        )
+    with chromium(f"--ignore-certificate-errors-spki-list={site.cert.spki_sha256}") as b:
         yield b
-        b.close()
 
 
 def log_in(browser, site: Site, user: str):
