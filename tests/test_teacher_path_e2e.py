@@ -167,10 +167,13 @@ def root_images(lab) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def hub(lab, class_image, root_images, tmp_path_factory):
-    """The admin's hub: the class profile pinned by digest, and profiles of root images."""
+def hub(lab, class_image, root_images, teacher_walk, broken_command_image, tmp_path_factory):
+    """The admin's hub: the class profile pinned by digest, profiles of root images, and of the images
+    the tutorial's walk built (the class image, and the same with CMD ["python3"])."""
     _, digest = class_image
     profiles = [
+        {"slug": "walk", "display_name": "Walk", "image": teacher_walk["image"], "gpus": 1},
+        {"slug": "walk-python3", "display_name": "Walk, python3", "image": broken_command_image, "gpus": 1},
         {"slug": "ml101", "display_name": "ML 101", "image": f"{lab['registry']}/{REPOSITORY}@{digest}", "gpus": 1},
         {"slug": "user0", "display_name": "USER 0", "image": root_images["user0"], "gpus": 1},
         {"slug": "user00", "display_name": "USER 00", "image": root_images["user00"], "gpus": 1},
@@ -192,6 +195,23 @@ def test_a_profile_pinned_by_the_checked_digest_starts(hub, lab, class_image):
     assert container.labels["gpuspawner.image-digest"] == digest  # what ran: exactly what was checked
     assert container.attrs["Config"]["Image"] == f"{lab['registry']}/{REPOSITORY}@{digest}"
     assert container.exec_run(["id", "-u"]).output.decode().strip() == "1000"
+    hub.stop_server(STUDENT)
+
+
+def test_the_hub_fails_the_image_whose_command_is_python3_at_once_then_starts_the_built_one(hub, teacher_walk):
+    """Issue 18: what `image check` failed fails on the hub too, at once (no HTTP 500, no wait of
+    http_timeout), holding nothing; what it passed starts, on the same GPU."""
+    began = time.monotonic()
+    r = hub.start_server(STUDENT, "walk-python3")
+    took = time.monotonic() - began
+    assert r.status_code == 424, r.text
+    message = r.json()["message"]
+    assert re.match(r"Your server('s command, python3, is not a Jupyter server| exited with status 0)", message)
+    assert 'CMD ["jupyterhub-singleuser"]' in message, message
+    assert took < 10, took  # within JupyterHub's slow_spawn_timeout: the REST request itself says it failed
+    assert hub.server_model(STUDENT) is None
+    hub.spawn(STUDENT, "walk")  # the hub's one GPU is free again
+    assert hub.container(STUDENT).attrs["Config"]["Image"] == teacher_walk["image"]
     hub.stop_server(STUDENT)
 
 
