@@ -388,6 +388,19 @@ EOF
 }
 # <<< image recipe
 
+# The SSH gateway's test image: the base with OpenSSH's sftp-server (scp and sftp need it),
+# from Debian's mirror (the build's RUN step on the host's network). Outside the recipe
+# above: its tag is the base's and a hash of this step, so adding it rebuilt nothing else.
+SSH_RECIPE='RUN apt-get update -q && apt-get install -y -q --no-install-recommends openssh-sftp-server && rm -rf /var/lib/apt/lists/*'
+build_ssh() {
+    tdocker build -q --network host -t "$2" - >/dev/null <<EOF
+FROM $1
+USER root
+$SSH_RECIPE
+USER jovyan
+EOF
+}
+
 hub_version() {
     local py="${PYTHON:-$REPO/.venv/bin/python}" v
     [ -x "$py" ] || die "no python at $py (set PYTHON or pass --jupyterhub-version X)"
@@ -410,6 +423,7 @@ do_image() {
     base="gpuspawner-lab:$tag"
     cuda="gpuspawner-lab-cuda:$tag"
     crash="gpuspawner-lab-crash:$tag"
+    ssh="gpuspawner-lab-ssh:$tag-$(printf '%s\n' "$SSH_RECIPE" | sha256sum | cut -c1-8)"
 
     if image_exists "$base"; then
         log "cached: $base"
@@ -418,9 +432,11 @@ do_image() {
     fi
     if ! image_exists "$cuda"; then timed cuda build_cuda "$base" "$cuda"; fi
     if ! image_exists "$crash"; then timed crash build_crash "$base" "$crash"; fi
+    if ! image_exists "$ssh"; then timed ssh build_ssh "$base" "$ssh"; fi
     echo "$base" >"$DIR/image"
     echo "$cuda" >"$DIR/image-cuda"
     echo "$crash" >"$DIR/image-crash"
+    echo "$ssh" >"$DIR/image-ssh"
     echo "$base"
 }
 
@@ -432,6 +448,7 @@ do_env() {
     [ -s "$DIR/image" ] && printf 'export GPUSPAWNER_IMAGE=%q\n' "$(cat "$DIR/image")"
     [ -s "$DIR/image-cuda" ] && printf 'export GPUSPAWNER_IMAGE_CUDA=%q\n' "$(cat "$DIR/image-cuda")"
     [ -s "$DIR/image-crash" ] && printf 'export GPUSPAWNER_IMAGE_CRASH=%q\n' "$(cat "$DIR/image-crash")"
+    [ -s "$DIR/image-ssh" ] && printf 'export GPUSPAWNER_IMAGE_SSH=%q\n' "$(cat "$DIR/image-ssh")"
     [ "$(cat "$DIR/gpu" 2>/dev/null || true)" = fake ] && printf 'export GPUSPAWNER_FAKE_HOOK_LOG=%q\n' "$HOOK_LOG"
     return 0
 }
@@ -446,7 +463,7 @@ do_status() {
     echo "socket:  unix://$SOCK"
     echo "dir:     $DIR"
     echo "gpu:     $(cat "$DIR/gpu" 2>/dev/null || echo unknown)$([ "$(cat "$DIR/gpu" 2>/dev/null || true)" = fake ] && echo " (hook log $HOOK_LOG)")"
-    for f in image image-cuda image-crash; do
+    for f in image image-cuda image-crash image-ssh; do
         name="$(cat "$DIR/$f" 2>/dev/null || true)"
         if [ -z "$name" ]; then state="(not built)"
         elif [ -z "${pid:-}" ]; then state="(engine not running)"
