@@ -14,12 +14,17 @@ so nothing beyond openssh-client is needed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import select
+import signal
 import socket
+import struct
 import subprocess
+import termios
 import textwrap
 import time
 from pathlib import Path
@@ -189,6 +194,70 @@ def test_a_token_logs_in_and_a_command_runs_in_the_students_server(gateway):
     assert len(lines) == 2 and all("source=127.0.0.1:" in a for a in lines), lines
 
 
+def test_an_interactive_shell_has_a_terminal_that_follows_window_resizes(gateway):
+    """A shell with a PTY (``ssh -tt``, no command) on a terminal of 33x111, then resized to 44x120."""
+    master, slave = os.openpty()
+    _set_size(slave, 33, 111)
+    opts, env = gateway.options(gateway.token(ALICE))
+    shell = subprocess.Popen(
+        ["ssh", *opts, "-tt", "-p", str(gateway.port), f"{ALICE}@127.0.0.1"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes) -> bytes:
+        nonlocal seen
+
+        def found():
+            nonlocal seen
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+            return text in seen
+
+        wait_for(found, 30, f"{text!r} on the terminal", every=0, details=lambda: seen.decode(errors="replace"))
+        return seen
+
+    try:
+        os.write(master, b"tty; stty size; echo size-$((1+1))\n")
+        read_until(b"size-2")
+        assert b"/dev/pts/" in seen and b"33 111" in seen, seen
+        _set_size(master, 44, 120)
+        shell.send_signal(signal.SIGWINCH)
+        time.sleep(0.5)  # the window change goes to the gateway, then the engine
+        os.write(master, b"stty size; exit 5\n")
+        read_until(b"44 120")
+        assert shell.wait(30) == 5
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        os.close(master)
+
+
+def test_a_client_that_goes_away_leaves_no_process_behind(gateway):
+    opts, env = gateway.options(gateway.token(ALICE))
+    client = subprocess.Popen(
+        ["ssh", *opts, "-p", str(gateway.port), f"{ALICE}@127.0.0.1", "sleep 3600"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    container = gateway.hub.container(ALICE)
+
+    def sleeping() -> bool:
+        return any("sleep 3600" in " ".join(p) for p in container.top()["Processes"])
+
+    wait_for(sleeping, 30, "the command runs in the server")
+    client.kill()  # no goodbye: the connection just drops
+    client.wait()
+    wait_for(lambda: not sleeping(), 15, "the command hung up on")
+
+
 def test_wrong_tokens_other_users_and_unregistered_keys_are_refused(gateway):
     alice_token = gateway.token(ALICE)
     gateway.hub.ensure_user(BOB)
@@ -326,6 +395,10 @@ def test_the_host_key_is_kept_and_a_session_keeps_its_server_past_jupyter_idle_c
     assert model and model["ready"], "a server in use over SSH was culled"
     # With the session closed, the culler stops it as idle: it was the session that kept it.
     hub.wait_gone(CAROL, timeout=IDLE_TIMEOUT + 20)
+
+
+def _set_size(fd: int, rows: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
 def _new_key(path: Path) -> Path:

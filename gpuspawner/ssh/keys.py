@@ -48,10 +48,10 @@ def parse_key(text: str) -> tuple[asyncssh.SSHKey, str]:
     text = text.strip()
     if not text:
         raise KeyRefused("no key given: paste the one line of your public key (~/.ssh/id_ed25519.pub)")
-    if len(text) > MAX_LINE or "\n" in text:
-        raise KeyRefused("one key at a time: paste the one line of a public key (~/.ssh/id_ed25519.pub)")
     if "PRIVATE KEY" in text:
         raise KeyRefused("this is a private key: never share it. Paste the public key (the .pub file) instead")
+    if len(text) > MAX_LINE or "\n" in text:
+        raise KeyRefused("one key at a time: paste the one line of a public key (~/.ssh/id_ed25519.pub)")
     words = text.split()
     if len(words) < 2:
         raise KeyRefused("not an OpenSSH public key line: it looks like `ssh-ed25519 AAAA... you@laptop`")
