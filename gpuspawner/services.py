@@ -178,6 +178,13 @@ def add_ssh_gateway(
     return service
 
 
+def runs_ssh_gateway(config) -> bool:
+    """Whether a hub's config (a traitlets ``Config``) runs the SSH gateway among its services."""
+    hub = config.get("JupyterHub", {}) if hasattr(config, "get") else {}
+    listed = _configured(hub, "services", []) if "services" in hub else []
+    return any("gpuspawner.ssh" in (s.get("command") or ()) for s in listed if isinstance(s, dict))
+
+
 def add_node_culler(c, name: str, api_token: str) -> dict:
     """An external culler service of the hub: one GPU node's ``--node-local`` culler on a Swarm.
 
@@ -261,5 +268,6 @@ __all__ = [
     "add_dashboard",
     "add_node_culler",
     "add_ssh_gateway",
+    "runs_ssh_gateway",
     "docker_environment",
 ]

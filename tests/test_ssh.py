@@ -514,3 +514,17 @@ def test_the_profile_separator_is_one_harmless_character():
     for bad in ("a", "@", "++", ":"):
         with pytest.raises(Exception, match="profile_separator"):
             app.profile_separator = bad
+
+
+def test_image_check_knows_from_the_hubs_config_file_whether_it_runs_the_gateway(tmp_path):
+    from gpuspawner.cli.image_check import hub_context
+    from gpuspawner.config import load_hub_config
+
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(
+        'c.JupyterHub.spawner_class = "gpu"\nfrom gpuspawner import services\nservices.add_culler(c, __file__)\n'
+    )
+    assert not services.runs_ssh_gateway(load_hub_config(str(path)).spawner.config)
+    path.write_text(path.read_text() + "services.add_ssh_gateway(c, __file__)\n")
+    assert hub_context(load_hub_config(str(path))).ssh_gateway
+    assert not services.runs_ssh_gateway(Config())
