@@ -8,31 +8,27 @@ Alice gets the GPU (started through the REST API), carol is started by her first
 bob is refused for lack of a GPU. Last, the hub restarts with a Jupyter-idle culler of a
 few seconds: the gateway keeps its host key, and an open session keeps carol's server.
 
-A token goes in as the password through ``SSH_ASKPASS`` (OpenSSH 8.4+: ``SSH_ASKPASS_REQUIRE=force``),
-so nothing beyond openssh-client is needed.
+The client is driven by ``tests/ssh_client.py``: a token goes in as the password through
+``SSH_ASKPASS``, so nothing beyond openssh-client is needed.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import secrets
 import select
 import signal
-import socket
-import struct
 import subprocess
-import termios
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from .realhub import free_port, read_testbed, running_hub, simulated_gpus, wait_for
+from .ssh_client import OpenSSH, answers, listens, new_key, set_size
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -47,97 +43,6 @@ def user(name: str) -> str:
 
 
 ALICE, BOB, CAROL, ADMIN = (user(n) for n in ("alice", "bob", "carol", "ada"))
-
-
-class Gateway:
-    """The gateway of the hub, as a student's OpenSSH client reaches it."""
-
-    def __init__(self, hub, port: int, page_port: int, folder: Path):
-        self.hub, self.port, self.page_port, self.folder = hub, port, page_port, folder
-        self.known_hosts = folder / "known_hosts"
-        self.askpass = folder / "askpass"
-        self.askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$GPUSPAWNER_TEST_TOKEN"\n')
-        self.askpass.chmod(0o700)
-        self.tokens: dict[str, str] = {}
-
-    @property
-    def page(self) -> str:
-        return f"{self.hub.url}/services/gpu-ssh/"
-
-    def trust_host_key(self) -> str:
-        """known_hosts with the key the gateway keeps in the hub's folder (mode 600), as an admin would publish it."""
-        path = self.hub.workdir / "gpuspawner-ssh-host-key"
-        assert path.stat().st_mode & 0o777 == 0o600
-        public = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=True)
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public.stdout.strip()}\n")
-        return public.stdout.strip()
-
-    def token(self, name: str) -> str:
-        """A token of ``name``'s own, made as the hub's token page makes it (a login, then the API)."""
-        if name not in self.tokens:
-            self.hub.ensure_user(name)
-            session = self.hub.login(name)
-            xsrf = next(c.value for c in session.cookies if c.name == "_xsrf" and c.path.startswith("/hub"))
-            r = session.post(
-                f"{self.hub.api}/users/{name}/tokens",
-                json={"note": "ssh e2e"},
-                headers={"X-XSRFToken": xsrf},
-                timeout=30,
-            )
-            assert r.status_code == 201, r.text
-            self.tokens[name] = r.json()["token"]
-        return self.tokens[name]
-
-    def options(self, token: str | None = None, key: Path | None = None, log_level="ERROR") -> tuple[list[str], dict]:
-        opts = [
-            "-F", "/dev/null",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"LogLevel={log_level}",
-            "-o", "ConnectTimeout=20",
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-        if key is not None:
-            opts += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "PreferredAuthentications=publickey"]
-            opts += ["-o", "BatchMode=yes"]
-        else:
-            opts += ["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"]
-            opts += ["-o", "NumberOfPasswordPrompts=1"]
-            env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", GPUSPAWNER_TEST_TOKEN=token or "")
-        return opts, env
-
-    def ssh(self, login: str, *command: str, token=None, key=None, extra=(), timeout=120, log_level="ERROR"):
-        opts, env = self.options(token, key, log_level)
-        return subprocess.run(
-            ["ssh", *opts, "-p", str(self.port), *extra, f"{login}@127.0.0.1", *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def scp(self, *args: str, token: str, timeout=120):
-        opts, env = self.options(token)
-        return subprocess.run(
-            ["scp", *opts, "-P", str(self.port), *args], env=env, capture_output=True, text=True, timeout=timeout
-        )
-
-    def sftp(self, login: str, batch: str, key: Path):
-        """``sftp -b``, which logs in without prompts only: with a key."""
-        opts, env = self.options(key=key)
-        return subprocess.run(
-            ["sftp", *opts, "-P", str(self.port), "-b", "-", f"{login}@127.0.0.1"],
-            input=batch,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def audit(self) -> list[str]:
-        return [line for line in self.hub.log_text().splitlines() if "ssh login" in line]
 
 
 @pytest.fixture(scope="module")
@@ -160,20 +65,12 @@ def gateway(tmp_path_factory):
     )
     """
     with running_hub(folder / "hub", config, RUN) as hub:
-        gw = Gateway(hub, port, page_port, folder)
-        wait_for(lambda: _answers(port), 30, "the SSH gateway listens", details=hub.log_tail)
+        gw = OpenSSH(hub, port, folder)
+        wait_for(lambda: answers(port), 30, "the SSH gateway listens", details=hub.log_tail)
         gw.trust_host_key()
         r = hub.start_server(ALICE, "gpu")
         assert r.status_code in (201, 202), r.text
         yield gw
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            return s.recv(64).startswith(b"SSH-2.0-")
-    except OSError:
-        return False
 
 
 def test_a_token_logs_in_and_a_command_runs_in_the_students_server(gateway):
@@ -197,7 +94,7 @@ def test_a_token_logs_in_and_a_command_runs_in_the_students_server(gateway):
 def test_an_interactive_shell_has_a_terminal_that_follows_window_resizes(gateway):
     """A shell with a PTY (``ssh -tt``, no command) on a terminal of 33x111, then resized to 44x120."""
     master, slave = os.openpty()
-    _set_size(slave, 33, 111)
+    set_size(slave, 33, 111)
     opts, env = gateway.options(gateway.token(ALICE))
     shell = subprocess.Popen(
         ["ssh", *opts, "-tt", "-p", str(gateway.port), f"{ALICE}@127.0.0.1"],
@@ -226,7 +123,7 @@ def test_an_interactive_shell_has_a_terminal_that_follows_window_resizes(gateway
         os.write(master, b"tty; stty size; echo size-$((1+1))\n")
         read_until(b"size-2")
         assert b"/dev/pts/" in seen and b"33 111" in seen, seen
-        _set_size(master, 44, 120)
+        set_size(master, 44, 120)
         shell.send_signal(signal.SIGWINCH)
         time.sleep(0.5)  # the window change goes to the gateway, then the engine
         os.write(master, b"stty size; exit 5\n")
@@ -264,7 +161,7 @@ def test_wrong_tokens_other_users_and_unregistered_keys_are_refused(gateway):
     wrong = gateway.ssh(ALICE, "true", token="not-a-token-" + secrets.token_hex(8))
     as_bob = gateway.ssh(BOB, "true", token=alice_token)  # alice's token, bob's name
     admin = gateway.ssh(ALICE, "true", token=gateway.token(ADMIN))  # an admin's: no way in by default
-    key = _new_key(gateway.folder / "unregistered")
+    key = new_key(gateway.folder / "unregistered")
     by_key = gateway.ssh(ALICE, "true", key=key)
     for done in (wrong, as_bob, admin, by_key):
         assert done.returncode == 255 and "Permission denied" in done.stderr, done
@@ -279,16 +176,8 @@ def test_wrong_tokens_other_users_and_unregistered_keys_are_refused(gateway):
 
 
 def test_a_key_registered_on_the_page_logs_in(gateway):
-    key = _new_key(gateway.folder / "alice")
-    public = key.with_suffix(".pub").read_text().strip()
-    r = requests.post(
-        gateway.page + "api/keys",
-        data=public,
-        headers={"Authorization": f"token {gateway.token(ALICE)}"},
-        timeout=30,
-    )
-    assert r.status_code == 201, r.text
-    fingerprint = r.json()["fingerprint"]
+    key = new_key(gateway.folder / "alice")
+    fingerprint = gateway.register_key(ALICE, key)  # through the page's API, with a token of hers
     # The page, through the hub's login (OAuth), in the hub's look, lists it.
     page = gateway.hub.login(ALICE).get(gateway.page, timeout=30)
     assert page.status_code == 200, page.text[:500]
@@ -334,7 +223,7 @@ def test_a_local_forward_reaches_the_servers_own_jupyter_port(gateway):
         text=True,
     )
     try:
-        wait_for(lambda: _listens(local), 30, "ssh -L listens", details=lambda: _stderr_if_done(tunnel))
+        wait_for(lambda: listens(local), 30, "ssh -L listens", details=lambda: _stderr_if_done(tunnel))
         r = requests.get(f"http://127.0.0.1:{local}/user/{ALICE}/api", timeout=30)
         assert r.status_code == 200 and "version" in r.json(), r.text
     finally:
@@ -385,7 +274,7 @@ def test_the_host_key_is_kept_and_a_session_keeps_its_server_past_jupyter_idle_c
     services.add_culler(c, __file__, cull_every=1, args=["--timeout={IDLE_TIMEOUT}", "--usage-file={stops}"])
     """)
     hub.start()
-    wait_for(lambda: _answers(gateway.port), 30, "the SSH gateway listens again", details=hub.log_tail)
+    wait_for(lambda: answers(gateway.port), 30, "the SSH gateway listens again", details=hub.log_tail)
     # The same host key: known_hosts from the first start still holds (StrictHostKeyChecking=yes).
     started = time.monotonic()
     done = gateway.ssh(CAROL, f"sleep {IDLE_TIMEOUT + SESSION - 5}; echo still here", token=gateway.token(CAROL))
@@ -395,23 +284,6 @@ def test_the_host_key_is_kept_and_a_session_keeps_its_server_past_jupyter_idle_c
     assert model and model["ready"], "a server in use over SSH was culled"
     # With the session closed, the culler stops it as idle: it was the session that kept it.
     hub.wait_gone(CAROL, timeout=IDLE_TIMEOUT + 20)
-
-
-def _set_size(fd: int, rows: int, columns: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-
-
-def _new_key(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
-    return path
-
-
-def _listens(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _stderr_if_done(process: subprocess.Popen) -> str:
