@@ -86,7 +86,8 @@ class OpenSSH:
             opts += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "PreferredAuthentications=publickey"]
             opts += ["-o", "BatchMode=yes"]
         else:
-            opts += ["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"]
+            # OpenSSH's own order: keyboard-interactive (the gateway asks for the password), then password.
+            opts += ["-o", "PreferredAuthentications=keyboard-interactive,password", "-o", "PubkeyAuthentication=no"]
             opts += ["-o", "NumberOfPasswordPrompts=1"]
             env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", GPUSPAWNER_TEST_TOKEN=token or "")
         return opts, env

@@ -60,6 +60,13 @@ def host_key(path: str) -> asyncssh.SSHKey:
 
 
 class SSHGateway(Application):
+    """The SSH gateway, ``python -m gpuspawner.ssh``: the service ``services.add_ssh_gateway`` runs.
+
+    Its options are given on its command line (``--port=2222``, ``--SSHGateway.ciphers=...``),
+    which is ``add_ssh_gateway``'s ``args``; it reads the hub's config (``-f``) only for the
+    Docker settings.
+    """
+
     name = "gpuspawner-ssh"
     description = """The SSH gateway: `ssh`, `scp`, `sftp` and `-L` forwards into each user's own server.
 
