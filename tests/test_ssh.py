@@ -5,6 +5,7 @@ the keys and their file, the host key, the service's config."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import socket
 import stat
@@ -27,6 +28,7 @@ from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
 from gpuspawner.ssh.policy import (
     CONNECTED,
     NO_SFTP,
+    SFTP_SERVER_PATHS,
     ForwardRefused,
     Limit,
     Login,
@@ -236,11 +238,19 @@ def test_a_shell_reads_its_commands(tmp_path):
     assert done.stdout == b"42\n"
 
 
-def test_sftp_without_an_sftp_server_says_so(tmp_path):
-    if any(os.path.exists(p) for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")):
-        pytest.skip("this machine has an sftp-server")  # (Debian's openssh-client alone has none)
-    done = run_here(session_command("sftp"), tmp_path, text=True)
-    assert (done.returncode, done.stderr.strip()) == (127, NO_SFTP)
+def test_sftp_runs_the_first_sftp_server_found_else_says_there_is_none(tmp_path):
+    """The script's search, on paths of this test's own (this machine's may or may not have one)."""
+
+    def sftp_argv(paths):
+        return [a.replace(" ".join(SFTP_SERVER_PATHS), " ".join(map(str, paths))) for a in session_command("sftp")]
+
+    fake = tmp_path / "sftp-server"
+    fake.write_text("#!/bin/sh\necho fake sftp-server as $(id -un)\n")
+    fake.chmod(0o755)
+    found = run_here(sftp_argv([tmp_path / "missing", fake]), tmp_path, text=True)
+    assert (found.returncode, found.stdout.strip()) == (0, f"fake sftp-server as {getpass.getuser()}")
+    none = run_here(sftp_argv([tmp_path / "missing"]), tmp_path, text=True)
+    assert (none.returncode, none.stderr.strip()) == (127, NO_SFTP)
 
 
 def test_the_forward_relay_connects_and_copies_both_ways(tmp_path):
