@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub]
 RUN = secrets.token_hex(3)
 GPU = "GPU-55500000-0000-4000-8000-000000000000"
 IDLE_TIMEOUT = 5  # the Jupyter-idle culler's, after the restart
-SESSION = 9  # seconds an SSH session stays open past it
+SESSION = 9  # seconds an SSH session stays open: past it, with the culler's rounds every second
 
 
 def user(name: str) -> str:
@@ -267,19 +267,19 @@ def test_no_gpu_free_is_the_spawn_pages_sentence_and_a_nonzero_status(gateway):
 
 def test_the_host_key_is_kept_and_a_session_keeps_its_server_past_jupyter_idle_culling(gateway):
     hub = gateway.hub
-    stops = hub.workdir / "usage.json"
-    stops.write_text("{}")
+    usage = hub.workdir / "usage.json"  # GPU usage: none known, so no GPU rule judges anything
+    usage.write_text("{}")
     hub.stop()
     hub.config += textwrap.dedent(f"""
-    services.add_culler(c, __file__, cull_every=1, args=["--timeout={IDLE_TIMEOUT}", "--usage-file={stops}"])
+    services.add_culler(c, __file__, cull_every=1, args=["--timeout={IDLE_TIMEOUT}", "--usage-file={usage}"])
     """)
     hub.start()
     wait_for(lambda: answers(gateway.port), 30, "the SSH gateway listens again", details=hub.log_tail)
     # The same host key: known_hosts from the first start still holds (StrictHostKeyChecking=yes).
     started = time.monotonic()
-    done = gateway.ssh(CAROL, f"sleep {IDLE_TIMEOUT + SESSION - 5}; echo still here", token=gateway.token(CAROL))
+    done = gateway.ssh(CAROL, f"sleep {SESSION}; echo still here", token=gateway.token(CAROL))
     assert done.stdout == "still here\n", done.stderr
-    assert time.monotonic() - started > IDLE_TIMEOUT + 3
+    assert time.monotonic() - started > SESSION > IDLE_TIMEOUT + 3
     model = hub.server_model(CAROL)
     assert model and model["ready"], "a server in use over SSH was culled"
     # With the session closed, the culler stops it as idle: it was the session that kept it.
