@@ -168,6 +168,12 @@ c.GPUSpawner.max_runtime = "8h"
 c.GPUSpawner.jupyter_activity_grace = "10m"
 services.add_culler(c, __file__)
 
+# --- SSH into one's own server (a hub-managed service) -------------------------------
+# ssh -p 2222 USER@this-host: a shell, scp, sftp and -L forwards in the user's own server,
+# logged in with a token of theirs as the password or a key registered on the page in the
+# Services menu (docs/how-to/ssh.md). Uncomment to try it:
+# services.add_ssh_gateway(c, __file__, port=2222)
+
 # --- Last: check it all now -----------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile
 # and the field, instead of a student meeting it; missing images start pulling.

@@ -4,6 +4,7 @@
 
     services.add_dashboard(c, __file__)  # the GPU dashboard, for c.Authenticator.admin_users
     services.add_culler(c, __file__)  # GPU-aware culling
+    services.add_ssh_gateway(c, __file__, port=2222)  # ssh, scp, sftp into one's own server
 
 Each call writes the hub-managed service (run with this Python, reading the hub's
 own config with ``-f``, with the Docker variables of the hub's environment), the
@@ -25,6 +26,7 @@ DOCKER_ENV = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 
 DASHBOARD = "gpu-dashboard"
 CULLER = "gpu-culler"
+SSH_GATEWAY = "gpu-ssh"
 
 #: The dashboard's custom scopes (as ``gpuspawner.dashboard.app`` checks them) and what they grant.
 READ_SCOPE = "custom:gpu-dashboard:read"
@@ -41,6 +43,10 @@ DASHBOARD_SCOPES = {
 #: jupyterhub-idle-culler's least privilege.
 DASHBOARD_SERVICE_SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+#: The SSH gateway reads a user's server, starts it when none runs, and reports an open
+#: session as activity. Checking a password needs nothing: the user's own token asks
+#: the hub who owns it. It cannot stop a server, read tokens or act as anyone.
+SSH_GATEWAY_SCOPES = ["read:servers", "start:servers", "users:activity"]
 
 
 def docker_environment() -> dict[str, str]:
@@ -127,6 +133,58 @@ def add_culler(
     return service
 
 
+def add_ssh_gateway(
+    c,
+    config_file: str,
+    *,
+    port: int = 2222,
+    ip: str = "",
+    url: str = "http://127.0.0.1:10102",
+    admin_access: bool = False,
+    args: Sequence[str] = (),
+    name: str = SSH_GATEWAY,
+) -> dict:
+    """Run the SSH gateway as a hub-managed service: ``ssh -p PORT alice@host`` into one's own server.
+
+    It listens for SSH on ``ip:port`` (``""``: every address of the host: open ``port`` in
+    the firewall) and serves its keys page at ``/services/<name>/`` (from ``url``), in the
+    hub's Services menu. Every user may open that page (``access:services!service=<name>``,
+    added to the hub's ``user`` role). The service's token gets ``read:servers``,
+    ``start:servers`` and ``users:activity``. ``admin_access``: a token whose scopes reach
+    another user's server (an admin's) logs into it; off by default. ``args`` go to
+    ``python -m gpuspawner.ssh`` (``--activity-interval=30``, ...). Returns the service.
+    """
+    command = [sys.executable, "-m", "gpuspawner.ssh", "-f", os.path.abspath(config_file)]
+    command += [f"--port={int(port)}", f"--ip={ip}"]
+    if admin_access:
+        command.append("--admin-access")
+    service = {
+        "name": name,
+        "url": url,
+        "command": [*command, *args],
+        "environment": docker_environment(),
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+    _add_service(c, service)
+    _add_roles(
+        c,
+        [
+            {"name": f"{name}-service", "services": [name], "scopes": list(SSH_GATEWAY_SCOPES)},
+            # JupyterHub's default role of every user, with the gateway's page: keep "self".
+            {"name": "user", "scopes": ["self", f"access:services!service={name}"]},
+        ],
+    )
+    return service
+
+
+def runs_ssh_gateway(config) -> bool:
+    """Whether a hub's config (a traitlets ``Config``) runs the SSH gateway among its services."""
+    hub = config.get("JupyterHub", {}) if hasattr(config, "get") else {}
+    listed = _configured(hub, "services", []) if "services" in hub else []
+    return any("gpuspawner.ssh" in (s.get("command") or ()) for s in listed if isinstance(s, dict))
+
+
 def add_node_culler(c, name: str, api_token: str) -> dict:
     """An external culler service of the hub: one GPU node's ``--node-local`` culler on a Swarm.
 
@@ -204,8 +262,12 @@ __all__ = [
     "DASHBOARD_SCOPES",
     "DASHBOARD_SERVICE_SCOPES",
     "DOCKER_ENV",
+    "SSH_GATEWAY",
+    "SSH_GATEWAY_SCOPES",
     "add_culler",
     "add_dashboard",
     "add_node_culler",
+    "add_ssh_gateway",
+    "runs_ssh_gateway",
     "docker_environment",
 ]

@@ -1489,3 +1489,51 @@ def test_the_start_takes_the_admins_user_and_says_when_the_environment_cannot_be
     plan = server_start.start_plan(hub, "lab:1", {"Id": "sha256:1", "Config": {"Cmd": ["start-notebook.sh"]}})
     assert plan.user == "root"  # docker-stacks' start.sh switches to NB_UID itself
     assert plan.environment_error.startswith("AttributeError:") and "auth_state" in plan.environment_error
+
+
+# --- sftp-server, for scp and sftp over the hub's SSH gateway
+
+
+def test_the_probe_finds_sftp_server_and_the_package_manager():
+    facts = probe.parse_probe_output(
+        "lab:1", "uid=1000\nsftp_server=/usr/lib/openssh/sftp-server\npackage_manager=apt-get\n"
+    )
+    assert (facts.sftp_server, facts.package_manager) == ("/usr/lib/openssh/sftp-server", "apt-get")
+    assert "/usr/libexec/openssh/sftp-server" in probe.PROBE_SH  # Fedora's and RHEL's place too
+
+
+def test_sftp_server_is_judged_only_where_the_hub_runs_the_ssh_gateway():
+    missing = good_image()
+    assert "sftp" not in [f.subject for f in image_check.image_findings(missing, ctx())]
+    (finding,) = [f for f in image_check.image_findings(missing, ctx(ssh_gateway=True)) if f.subject == "sftp"]
+    assert finding.level == WARN and "scp and sftp do not" in finding.message
+    assert finding.fix.startswith(f"gpuspawner image build --base {missing.image} --tag NAME:TAG --sftp")
+    there = replace(missing, sftp_server="/usr/lib/openssh/sftp-server")
+    (finding,) = [f for f in image_check.image_findings(there, ctx(ssh_gateway=True)) if f.subject == "sftp"]
+    assert finding.level == OK
+
+
+@pytest.mark.parametrize(
+    "sftp_server, manager, installs, level",
+    [
+        ("/usr/lib/openssh/sftp-server", "apt-get", "", OK),
+        ("", "apt-get", "apt-get", OK),
+        ("", "dnf", "dnf", OK),
+        ("", "apk", "apk", OK),
+        ("", "", "", FAIL),
+    ],
+    ids=["kept", "apt", "dnf", "apk", "no-package-manager"],
+)
+def test_image_build_sftp_step(sftp_server, manager, installs, level):
+    got, finding = build_plan.sftp_step(replace(good_image(), sftp_server=sftp_server, package_manager=manager))
+    assert (got, finding.level) == (installs, level)
+
+
+def test_the_dockerfile_installs_sftp_server_first_as_root():
+    lines = build_plan.dockerfile(plan(sftp_with="apt-get")).splitlines()
+    assert lines[2:4] == [
+        "USER root",
+        "RUN apt-get update -q && apt-get install -y -q --no-install-recommends openssh-sftp-server"
+        " && rm -rf /var/lib/apt/lists/*",
+    ]
+    assert "openssh" not in build_plan.dockerfile(plan())

@@ -153,6 +153,28 @@ def test_build_from_a_base_that_runs_as_root(tmp_path):
         remove_image(base)
 
 
+def test_sftp_server_for_the_ssh_gateway_is_checked_and_added(tmp_path):
+    """Under a hub that runs the SSH gateway: the test bed's image lacks sftp-server (a warning), and
+    ``--sftp`` installs Debian's (from the mirror, on the host's network), which the check then finds."""
+    base = read_testbed("image")
+    tag = f"gpuspawner-cli-build-sftp:{RUN}"
+    write_config(tmp_path, [], extra="from gpuspawner import services\nservices.add_ssh_gateway(c, __file__)\n")
+    try:
+        status, out, err, _ = gpuspawner(tmp_path, "image", "check", base)
+        assert status == 0, out + err
+        assert "scp and sftp do not" in line(out, "warn", "sftp")
+        status, out, err, took = gpuspawner(
+            tmp_path, "image", "build", "--base", base, "--tag", tag, "--sftp", timeout=300
+        )
+        print(f"\nimage build --sftp: {took:.1f} s")
+        assert status == 0, out + err
+        assert "installing OpenSSH's with apt-get" in line(out, "ok", "sftp", "the base has no sftp-server")
+        assert "/usr/lib/openssh/sftp-server: scp and sftp work" in line(out, "ok", "sftp", "work")
+        assert line(out, "verdict:").startswith("verdict: OK")
+    finally:
+        remove_image(tag)
+
+
 def test_build_refuses_unpinned_names(tmp_path):
     write_config(tmp_path, [])
     base = read_testbed("image")

@@ -246,6 +246,18 @@ c.GPUSpawner.max_runtime = "4h"  # stop a GPU server after this long, whatever i
 c.GPUSpawner.jupyter_activity_grace = "10m"  # not stopped for GPU idleness if active in Jupyter this recently
 services.add_culler(c, __file__)
 
+# --- SSH: a terminal, scp, sftp and VS Code Remote-SSH into one's own server ----------------
+# The SSH gateway, a hub-managed service: `ssh -p 2222 alice@gpu-lab.example.edu` lands in the
+# student's own server (started with their default profile when none runs; alice+ml101-gpu@...
+# names another), as the image's user, with its GPU and home. They log in with a token of theirs
+# (the hub's Token page) as the password, or with a key registered on the gateway's page, in the
+# Services menu. Port forwarding (-L) reaches ports inside their own server only. It keeps its
+# host key and the registered keys in the hub's folder (hub-data: back them up). Class images
+# need sftp-server for scp and sftp (`gpuspawner image build --sftp`; `image check` says so).
+# To turn it on: add "ssh": 2222 and "ssh_page": 10102 to PORTS above, open the SSH port in the
+# host's firewall, and uncomment (docs/how-to/ssh.md):
+# services.add_ssh_gateway(c, __file__, port=PORTS["ssh"], url=f"http://127.0.0.1:{PORTS['ssh_page']}")
+
 # --- Last: check it all now --------------------------------------------------------------
 # The hub refuses to start on a broken profile or GPU list, naming the profile and
 # the field; missing images start pulling.

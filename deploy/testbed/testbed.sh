@@ -3,7 +3,7 @@
 # locally built single-user images, on a Debian 12 machine with no GPU and no
 # container registry. See deploy/testbed/README.md and /work/shared/TESTBED.md.
 #
-#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose; npm: configurable-http-proxy
+#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose, openssh-client; npm: configurable-http-proxy
 #   testbed.sh up        start the isolated test engine (if not running)
 #   testbed.sh image [--jupyterhub-version X]
 #                        build (or reuse) the test images on that engine
@@ -106,8 +106,9 @@ do_install() {
     # chromium: the browser tests drive Debian's build (no browser download is possible here);
     # docker-compose: the deploy test runs deploy/hub/compose.yaml with it;
     # iproute2, iptables, util-linux: the Swarm test bed's namespaces, bridge and nsenter;
-    # btrfs-progs: the disk quota test's loop filesystems (this kernel has btrfs qgroups, no XFS/ext4 quotas)
-    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux btrfs-progs; do pkg_installed "$p" || missing+=("$p"); done
+    # btrfs-progs: the disk quota test's loop filesystems (this kernel has btrfs qgroups, no XFS/ext4 quotas);
+    # openssh-client: ssh, scp, sftp and ssh-keygen against the SSH gateway
+    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux btrfs-progs openssh-client; do pkg_installed "$p" || missing+=("$p"); done
     command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         wait_for_apt
@@ -388,6 +389,19 @@ EOF
 }
 # <<< image recipe
 
+# The SSH gateway's test image: the base with OpenSSH's sftp-server (scp and sftp need it),
+# from Debian's mirror (the build's RUN step on the host's network). Outside the recipe
+# above: its tag is the base's and a hash of this step, so adding it rebuilt nothing else.
+SSH_RECIPE='RUN apt-get update -q && apt-get install -y -q --no-install-recommends openssh-sftp-server && rm -rf /var/lib/apt/lists/*'
+build_ssh() {
+    tdocker build -q --network host -t "$2" - >/dev/null <<EOF
+FROM $1
+USER root
+$SSH_RECIPE
+USER jovyan
+EOF
+}
+
 hub_version() {
     local py="${PYTHON:-$REPO/.venv/bin/python}" v
     [ -x "$py" ] || die "no python at $py (set PYTHON or pass --jupyterhub-version X)"
@@ -410,6 +424,7 @@ do_image() {
     base="gpuspawner-lab:$tag"
     cuda="gpuspawner-lab-cuda:$tag"
     crash="gpuspawner-lab-crash:$tag"
+    ssh="gpuspawner-lab-ssh:$tag-$(printf '%s\n' "$SSH_RECIPE" | sha256sum | cut -c1-8)"
 
     if image_exists "$base"; then
         log "cached: $base"
@@ -418,9 +433,11 @@ do_image() {
     fi
     if ! image_exists "$cuda"; then timed cuda build_cuda "$base" "$cuda"; fi
     if ! image_exists "$crash"; then timed crash build_crash "$base" "$crash"; fi
+    if ! image_exists "$ssh"; then timed ssh build_ssh "$base" "$ssh"; fi
     echo "$base" >"$DIR/image"
     echo "$cuda" >"$DIR/image-cuda"
     echo "$crash" >"$DIR/image-crash"
+    echo "$ssh" >"$DIR/image-ssh"
     echo "$base"
 }
 
@@ -432,6 +449,7 @@ do_env() {
     [ -s "$DIR/image" ] && printf 'export GPUSPAWNER_IMAGE=%q\n' "$(cat "$DIR/image")"
     [ -s "$DIR/image-cuda" ] && printf 'export GPUSPAWNER_IMAGE_CUDA=%q\n' "$(cat "$DIR/image-cuda")"
     [ -s "$DIR/image-crash" ] && printf 'export GPUSPAWNER_IMAGE_CRASH=%q\n' "$(cat "$DIR/image-crash")"
+    [ -s "$DIR/image-ssh" ] && printf 'export GPUSPAWNER_IMAGE_SSH=%q\n' "$(cat "$DIR/image-ssh")"
     [ "$(cat "$DIR/gpu" 2>/dev/null || true)" = fake ] && printf 'export GPUSPAWNER_FAKE_HOOK_LOG=%q\n' "$HOOK_LOG"
     return 0
 }
@@ -446,7 +464,7 @@ do_status() {
     echo "socket:  unix://$SOCK"
     echo "dir:     $DIR"
     echo "gpu:     $(cat "$DIR/gpu" 2>/dev/null || echo unknown)$([ "$(cat "$DIR/gpu" 2>/dev/null || true)" = fake ] && echo " (hook log $HOOK_LOG)")"
-    for f in image image-cuda image-crash; do
+    for f in image image-cuda image-crash image-ssh; do
         name="$(cat "$DIR/$f" 2>/dev/null || true)"
         if [ -z "$name" ]; then state="(not built)"
         elif [ -z "${pid:-}" ]; then state="(engine not running)"

@@ -40,6 +40,7 @@ from .build_plan import (
     dockerfile,
     jupyterhub_step,
     more_data_dirs,
+    sftp_step,
     start_command_step,
     strip_escapes,
     tag_users,
@@ -53,7 +54,9 @@ class ImageBuildApp(LabCommand):
     name = "gpuspawner image build"
     description = """Build a class image from a pinned base, then check it as `image check` does.
 
-    FROM the base (pinned: a tag other than latest, or a digest), as root: the
+    FROM the base (pinned: a tag other than latest, or a digest), as root:
+    OpenSSH's sftp-server with --sftp (for scp and sftp over the hub's SSH gateway;
+    apt-get, dnf, yum or apk; kept when the base has one), the
     requirements file (pip install -r, with the Python that runs the base's
     jupyterhub-singleuser), JupyterHub at the hub's exact version when the base
     has no jupyterhub-singleuser or one of another major.minor (found by one short
@@ -64,8 +67,8 @@ class ImageBuildApp(LabCommand):
     version, the requirements' sha256 and the datasets. The output --tag must be
     pinned, and not a tag the hub's profiles use (--force moves it). Built by the
     engine's classic builder (RUN steps on the host's network, so pip reaches PyPI
-    or the mirror configured in the base image; --wheels DIR: from those wheels
-    only, offline). A failed pip is quoted, with what to do. Exit status: the
+    or the mirror configured in the base image, and --sftp the distribution's;
+    --wheels DIR: pip from those wheels only, offline). A failed pip is quoted, with what to do. Exit status: the
     check's verdict (0 OK, 1 FAIL), 1 when the build fails, 2 when it cannot start.
     """
     examples = dedent("""
@@ -73,6 +76,7 @@ class ImageBuildApp(LabCommand):
         --requirements requirements.txt --data ./mnist
     pip download -d wheels -r requirements.txt jupyterhub==6.1.1  # where pip reaches the index; then:
     gpuspawner image build --base lab:1 --tag lab:2 --requirements requirements.txt --wheels wheels  # offline
+    gpuspawner image build --base lab:2 --tag lab:3 --sftp  # scp and sftp over the hub's SSH gateway
     """)
 
     base = Unicode("", help="The pinned image to build FROM (NAME:TAG or NAME@sha256:...).").tag(config=True)
@@ -92,6 +96,11 @@ class ImageBuildApp(LabCommand):
     force = Bool(False, help="Build even under a tag the hub's profiles use (they change at their next start).").tag(
         config=True
     )
+    sftp = Bool(
+        False,
+        help="Install OpenSSH's sftp-server when the base lacks it (apt-get, dnf, yum or apk), for scp and"
+        " sftp over the hub's SSH gateway.",
+    ).tag(config=True)
     network = Unicode("host", help="The network of the build's RUN steps (pip needs one).").tag(config=True)
     timeout = Float(60, help="Seconds the check of the base, and of the result, may take.").tag(config=True)
 
@@ -108,6 +117,7 @@ class ImageBuildApp(LabCommand):
     flags = {
         **Application.flags,
         "force": ({"ImageBuildApp": {"force": True}}, "Move a tag the hub's profiles use (they change)."),
+        "sftp": ({"ImageBuildApp": {"sftp": True}}, "Install OpenSSH's sftp-server (scp, sftp over the SSH gateway)."),
     }
 
     def validate(self) -> list[str]:
@@ -160,6 +170,10 @@ class ImageBuildApp(LabCommand):
         command, command_step = start_command_step(facts.config or {})
         if not facts.probe_error:
             findings[:0] = [step, command_step]
+        sftp_with = ""
+        if self.sftp and not facts.probe_error:
+            sftp_with, sftp_line = sftp_step(facts)
+            findings.append(sftp_line)
         if moving:
             findings.append(moving)
         output.print_findings(out, findings, "  ")
@@ -178,6 +192,7 @@ class ImageBuildApp(LabCommand):
             wheels=bool(self.wheels),
             datasets=datasets,
             command=command,
+            sftp_with=sftp_with,
         )
         self.log.debug("Dockerfile:\n%s", dockerfile(plan))
         route = f"pip from {self.wheels} only" if self.wheels else f"RUN on the {self.network!r} network"

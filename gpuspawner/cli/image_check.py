@@ -29,6 +29,7 @@ from ..images import (
     split_reference,
 )
 from ..profiles import Profile, root_allowed
+from ..services import runs_ssh_gateway
 from ..traits import format_bytes
 from . import output, probe
 from .command import LabCommand, by_image, profiles_of
@@ -57,6 +58,7 @@ class HubContext:
     for_gpu: bool = True  # False: only CPU profiles use the image, so CUDA does not matter
     cmd: tuple[str, ...] = ()  # c.Spawner.cmd, when set
     args: tuple[str, ...] = ()  # c.Spawner.args
+    ssh_gateway: bool = False  # the hub runs the SSH gateway: scp and sftp need sftp-server in the image
 
 
 def _jupyterhub_finding(facts: ImageFacts, hub: str) -> Finding:
@@ -249,6 +251,8 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
                 "pip install jupyterlab in the image",
             )
         )
+    if ctx.ssh_gateway:
+        findings.append(sftp_finding(facts))
     findings += command_findings(server_command(facts.config, ctx.cmd, ctx.args))
     findings += _cuda_findings(facts, ctx)
     for fw in facts.frameworks:
@@ -268,6 +272,18 @@ def image_findings(facts: ImageFacts, ctx: HubContext) -> list[Finding]:
         findings.append(Finding(OK, "frameworks", f"none of {', '.join(FRAMEWORKS)} installed"))
     findings.append(Finding(OK, "size", format_bytes(facts.size) if facts.size else "unknown"))
     return findings
+
+
+def sftp_finding(facts: ImageFacts) -> Finding:
+    """Whether scp and sftp work over the hub's SSH gateway: they run the image's own sftp-server."""
+    if facts.sftp_server:
+        return Finding(OK, "sftp", f"{facts.sftp_server}: scp and sftp work over the hub's SSH gateway")
+    return Finding(
+        WARN,
+        "sftp",
+        "no sftp-server in the image: over the hub's SSH gateway, ssh works but scp and sftp do not",
+        f"gpuspawner image build --base {facts.image} --tag NAME:TAG --sftp (it installs OpenSSH's sftp-server)",
+    )
 
 
 def command_findings(command: ServerCommand) -> list[Finding]:
@@ -312,6 +328,7 @@ def hub_context(hub: HubConfig, users: list[Profile] = ()) -> HubContext:
         for_gpu=not users or any(p.gpu_request.slots for p in users),
         cmd=tuple(hub.spawner.cmd or ()),
         args=tuple(hub.spawner.args or ()),
+        ssh_gateway=runs_ssh_gateway(hub.spawner.config),
     )
 
 
@@ -326,7 +343,8 @@ class ImageCheckApp(LabCommand):
     c.GPUSpawner.allow_root, or allow_root on every profile that uses it) and its
     home, Python, JupyterLab, the command the hub runs (c.Spawner.cmd, else the
     image's CMD), the CUDA it declares and contains against the driver's,
-    torch/tensorflow/jax when installed, its size. When nothing failed, it starts
+    torch/tensorflow/jax when installed, its size, and sftp-server when the hub runs
+    the SSH gateway (scp and sftp need it). When nothing failed, it starts
     the server as the hub would (that command, user, JupyterHub's environment, the
     hub's limits and hardening, a new home volume; no GPU, no network) and passes
     only if it answers within c.Spawner.http_timeout; else the exit status and the

@@ -19,6 +19,7 @@ import docker.types
 import requests
 
 from ..images import split_reference
+from ..ssh.policy import SFTP_SERVER_PATHS
 
 #: The label on the command's own short-lived containers (never a server's).
 CLI_LABEL = "gpuspawner.cli"
@@ -44,10 +45,12 @@ if [ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ]; then nvcc=/usr/local/cuda/
 if [ -n "$nvcc" ]; then
     say nvcc "$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p' | head -n 1)"
 fi
+for p in SFTP_SERVER_PATHS; do if [ -x "$p" ]; then say sftp_server "$p"; break; fi; done
+for m in apt-get dnf microdnf yum apk; do if command -v "$m" >/dev/null 2>&1; then say package_manager "$m"; break; fi; done
 find / -xdev -name 'libcudart.so.*' 2>/dev/null | head -n 20 | while read -r f; do say libcudart "${f##*/}"; done
 # $py unquoted: a "#!/usr/bin/env python3" line gives two words.
 if [ -n "$py" ]; then $py -c "$GPUSPAWNER_PROBE_PY"; fi
-"""
+""".replace("SFTP_SERVER_PATHS", " ".join(SFTP_SERVER_PATHS))
 
 # Any Python 3 in the image; frameworks are imported each in a process of its own,
 # so one that crashes (two CUDA copies: a segfault) is named and the rest still run.
@@ -136,6 +139,8 @@ class ImageFacts:
     libcudart: tuple[str, ...] = ()  # CUDA runtime versions from libcudart.so.<version> files
     nvcc: str = ""  # "12.4" from nvcc --version
     frameworks: tuple[Framework, ...] = ()  # only those installed
+    sftp_server: str = ""  # OpenSSH's sftp-server, which scp and sftp over the SSH gateway run; '' when none
+    package_manager: str = ""  # apt-get, dnf, microdnf, yum or apk: what `image build --sftp` installs with
 
 
 _PROBE_LINE = re.compile(r"^([a-z_]+)=(.*)$")
@@ -185,7 +190,7 @@ def parse_probe_output(image: str, text: str, size: int = 0, config: dict | None
             values["uid"] = int(value) if value.isdigit() else None
         elif key == "home_writable":
             values["home_writable"] = value == "1"
-        elif key in ("user", "home", "singleuser", "nvcc"):
+        elif key in ("user", "home", "singleuser", "nvcc", "sftp_server", "package_manager"):
             values[key] = value.strip()
     values["libcudart"] = tuple(values["libcudart"])
     values["frameworks"] = tuple(values["frameworks"])

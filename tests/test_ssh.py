@@ -1,0 +1,540 @@
+"""The SSH gateway's decisions and parts, without a hub or an engine (tests/test_ssh_e2e.py has both):
+login names, tokens, failed-login limits, forwards, what runs in a container (run here by /bin/sh),
+the keys and their file, the host key, the service's config."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import asyncssh
+import pytest
+from jupyterhub.scopes import scope_definitions
+from traitlets.config import Config
+
+from gpuspawner import services
+from gpuspawner.config import ConfigError
+from gpuspawner.ssh.app import SSHGateway, host_key
+from gpuspawner.ssh.engine import engine_address, server_container
+from gpuspawner.ssh.gateway import Audit, Connection, Gateway
+from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
+from gpuspawner.ssh.policy import (
+    CONNECTED,
+    NO_SFTP,
+    SFTP_SERVER_PATHS,
+    ForwardRefused,
+    Limit,
+    Login,
+    LoginLimits,
+    LoginRefused,
+    ServerAddress,
+    accepted_variables,
+    choose_profile,
+    forward_target,
+    hidden_variables,
+    judge_token,
+    parse_events,
+    parse_login,
+    progress_line,
+    refusal_message,
+    session_command,
+)
+
+# --- login names and profiles
+
+
+@pytest.mark.parametrize(
+    "name, separator, login",
+    [
+        ("alice", "+", Login("alice")),
+        ("alice+gpu", "+", Login("alice", "gpu")),
+        ("a+b+ml101-gpu", "+", Login("a+b", "ml101-gpu")),  # the last separator: a name holding it still works
+        ("alice+gpu", "", Login("alice+gpu")),  # off, for a lab whose names hold it
+        ("alice@uni.edu", "+", Login("alice@uni.edu")),
+    ],
+    ids=["plain", "profile", "name-holds-separator", "separator-off", "email"],
+)
+def test_login_names(name, separator, login):
+    assert parse_login(name, separator) == login
+
+
+@pytest.mark.parametrize("name", ["alice+", "+gpu", "alice+gp u", ""])
+def test_bad_login_names_are_refused(name):
+    with pytest.raises(LoginRefused):
+        parse_login(name)
+
+
+def test_the_profile_from_the_name_or_setenv_and_both_only_when_they_agree():
+    assert choose_profile(Login("alice")) == ""
+    assert choose_profile(Login("alice"), "gpu") == "gpu"
+    assert choose_profile(Login("alice", "gpu"), "") == "gpu"
+    assert choose_profile(Login("alice", "gpu"), "gpu") == "gpu"
+    with pytest.raises(LoginRefused, match="two profiles asked"):
+        choose_profile(Login("alice", "gpu"), "cpu")
+    with pytest.raises(LoginRefused, match="not a profile"):
+        choose_profile(Login("alice"), "../etc")
+
+
+# --- tokens
+
+
+def model(name="alice", scopes=("access:servers!user=alice",), kind="user", **more):
+    return {"kind": kind, "name": name, "scopes": list(scopes), **more}
+
+
+def test_a_users_own_token_reaching_their_server_logs_in():
+    assert judge_token(model(), "alice").owner == "alice"
+    assert judge_token(model(scopes=["access:servers!server=alice/"]), "alice").as_other is False
+
+
+@pytest.mark.parametrize(
+    "answer, admin_access, why",
+    [
+        (None, False, "not a valid token"),
+        (model(kind="service", name="gpu-culler"), False, "a token of the service 'gpu-culler'"),
+        (model(name="bob", scopes=["access:servers!user=bob"]), False, r"a token of another user \(bob\)"),
+        (model(scopes=["read:users:activity!user=alice"]), False, "without access to their server"),
+        (model(name="ada", scopes=["access:servers"], admin=True), False, r"another user \(ada\)"),
+        (model(name="bob", scopes=["access:servers!user=bob"]), True, "do not reach alice's server"),
+    ],
+    ids=["invalid", "service", "other-user", "narrow-token", "admin-by-default", "other-with-admin-access"],
+)
+def test_tokens_that_do_not_log_in(answer, admin_access, why):
+    with pytest.raises(LoginRefused, match=why):
+        judge_token(answer, "alice", admin_access)
+
+
+def test_admin_access_lets_a_token_reaching_the_server_in_as_another():
+    decision = judge_token(model(name="ada", scopes=["access:servers"], admin=True), "alice", admin_access=True)
+    assert (decision.owner, decision.as_other) == ("ada", True)
+    teacher = model(name="tom", scopes=["access:servers!user=alice"])
+    assert judge_token(teacher, "alice", admin_access=True).as_other
+
+
+# --- failed logins
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_failed_logins_are_limited_per_user_and_per_address_over_a_window():
+    clock = Clock()
+    limits = LoginLimits(Limit(3, 60), Limit(5, 60), clock)
+    for _ in range(3):
+        assert limits.refusal("alice", "10.0.0.1") == ""
+        limits.failed("alice", "10.0.0.1")
+    assert limits.refusal("alice", "10.0.0.9") == "too many failed logins for user alice (3 in 60 s)"
+    assert limits.refusal("bob", "10.0.0.1") == ""  # the address has 3 of its 5
+    limits.failed("bob", "10.0.0.1")
+    limits.failed("carol", "10.0.0.1")
+    assert limits.refusal("dave", "10.0.0.1") == "too many failed logins for address 10.0.0.1 (5 in 60 s)"
+    assert limits.refusal("dave", "10.0.0.2") == ""
+    clock.now += 61  # the window slid past them
+    assert limits.refusal("alice", "10.0.0.1") == ""
+    assert ("user", "alice") not in limits._failures  # forgotten once looked at
+
+
+def test_no_limit_when_off_and_memory_bounded():
+    limits = LoginLimits(Limit(0, 60), Limit(0, 60), Clock(), max_keys=10)
+    for i in range(100):
+        limits.failed(f"user{i}", f"10.0.0.{i}")
+    assert limits.refusal("user99", "10.0.0.99") == ""
+    assert len(limits._failures) == 10
+    assert ("user", "user99") in limits._failures  # the most recent kept
+
+
+# --- forwards
+
+LAB = ServerAddress(addresses=("10.213.0.7",), hostname="c0ffee", host_network=False, port=8888)
+HOST = ServerAddress(addresses=(), hostname="gpu-host", host_network=True, port=47321)
+
+
+@pytest.mark.parametrize(
+    "host, port, server, target",
+    [
+        ("localhost", 8888, LAB, "127.0.0.1"),
+        ("127.0.0.1", 8080, LAB, "127.0.0.1"),
+        ("127.1.2.3", 8080, LAB, "127.0.0.1"),
+        ("::1", 8080, LAB, "::1"),
+        ("[::1]", 8080, LAB, "::1"),
+        ("LOCALHOST.", 22, LAB, "127.0.0.1"),
+        ("10.213.0.7", 8888, LAB, "10.213.0.7"),
+        ("c0ffee", 5000, LAB, "c0ffee"),
+        ("localhost", 47321, HOST, "127.0.0.1"),
+    ],
+)
+def test_forwards_inside_ones_own_server(host, port, server, target):
+    assert forward_target(host, port, server) == target
+
+
+@pytest.mark.parametrize(
+    "host, port, server",
+    [
+        ("10.213.0.8", 8888, LAB),  # another student's server
+        ("10.213.0.1", 8081, LAB),  # the hub's host, on the lab network
+        ("172.17.0.1", 22, LAB),
+        ("gpu-host", 22, LAB),
+        ("example.org", 80, LAB),
+        ("0.0.0.0", 8888, LAB),
+        ("localhost", 0, LAB),
+        ("localhost", 8081, HOST),  # on the host's network, loopback is the host's: only the server's port
+        ("gpu-host", 22, HOST),
+    ],
+)
+def test_forwards_elsewhere_are_refused(host, port, server):
+    with pytest.raises(ForwardRefused):
+        forward_target(host, port, server)
+
+
+# --- what runs in the container
+
+
+def test_the_hubs_tokens_are_hidden_and_the_clients_locale_taken():
+    env = [
+        "JUPYTERHUB_API_TOKEN=t",
+        "JPY_API_TOKEN=t",
+        "JUPYTERHUB_CLIENT_ID=jupyterhub-user-alice",
+        "JUPYTERHUB_OAUTH_SCOPES=[]",
+        "JUPYTERHUB_USER=alice",
+        "NVIDIA_VISIBLE_DEVICES=GPU-1",
+        "WANDB_API_KEY=the course's",
+    ]
+    assert hidden_variables(env) == [
+        "JUPYTERHUB_API_TOKEN",
+        "JPY_API_TOKEN",
+        "JUPYTERHUB_CLIENT_ID",
+        "JUPYTERHUB_OAUTH_SCOPES",
+    ]
+    sent = {"LANG": "de_DE.UTF-8", "LC_ALL": "C", "GPUSPAWNER_PROFILE": "gpu", "LD_PRELOAD": "/x.so", "PATH": "/evil"}
+    assert accepted_variables(sent) == {"LANG": "de_DE.UTF-8", "LC_ALL": "C"}
+
+
+def run_here(argv, home: Path, **kwargs) -> subprocess.CompletedProcess:
+    """A session's argv run on this machine, as the container would run it."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "JUPYTERHUB_API_TOKEN": "secret", "SHELL": "/bin/sh"}
+    return subprocess.run(argv, env=env, capture_output=True, timeout=30, **kwargs)
+
+
+def test_a_command_runs_in_the_home_with_its_status_and_without_the_token(tmp_path):
+    argv = session_command("command", ["JUPYTERHUB_API_TOKEN"], command='pwd; echo "[$JUPYTERHUB_API_TOKEN]"; exit 7')
+    done = run_here(argv, tmp_path, text=True)
+    assert (done.stdout, done.returncode) == (f"{tmp_path}\n[]\n", 7)
+
+
+def test_a_shell_reads_its_commands(tmp_path):
+    done = run_here(session_command("shell"), tmp_path, input=b"echo $((6*7))\n")
+    assert done.stdout == b"42\n"
+
+
+def test_sftp_runs_the_first_sftp_server_found_else_says_there_is_none(tmp_path):
+    """The script's search, on paths of this test's own (this machine's may or may not have one)."""
+
+    def sftp_argv(paths):
+        return [a.replace(" ".join(SFTP_SERVER_PATHS), " ".join(map(str, paths))) for a in session_command("sftp")]
+
+    fake = tmp_path / "sftp-server"
+    fake.write_text("#!/bin/sh\necho fake sftp-server as $(id -un)\n")
+    fake.chmod(0o755)
+    found = run_here(sftp_argv([tmp_path / "missing", fake]), tmp_path, text=True)
+    assert (found.returncode, found.stdout.strip()) == (0, f"fake sftp-server as {getpass.getuser()}")
+    none = run_here(sftp_argv([tmp_path / "missing"]), tmp_path, text=True)
+    assert (none.returncode, none.stderr.strip()) == (127, NO_SFTP)
+
+
+def test_the_forward_relay_connects_and_copies_both_ways(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def echo():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(data.upper())
+
+    threading.Thread(target=echo, daemon=True).start()
+    done = run_here(session_command("forward", host="127.0.0.1", port=port), tmp_path, input=b"hello " * 50000)
+    assert done.stderr == CONNECTED
+    assert done.stdout == b"HELLO " * 50000
+    listener.close()
+    refused = run_here(session_command("forward", host="127.0.0.1", port=port), tmp_path)
+    assert refused.returncode == 1 and refused.stderr.startswith(b"refused: Connection refused")
+
+
+def test_an_unknown_session_kind_is_an_error():
+    with pytest.raises(ValueError):
+        session_command("x11")
+
+
+# --- progress
+
+
+def test_progress_events_and_refusals_as_the_student_reads_them():
+    stream = ['data: {"progress": 2, "message": "Preparing One GPU"}', "", "data: not json", ": keepalive"]
+    (event,) = parse_events(stream)
+    assert progress_line(event) == "[  2%] Preparing One GPU"
+    assert progress_line({"message": "Server requested"}) == "Server requested"
+    assert refusal_message(503, '{"status": 503, "message": "One GPU: all 2 GPUs are taken."}') == (
+        "One GPU: all 2 GPUs are taken."
+    )
+    assert refusal_message(502, "") == "the hub answered 502"
+
+
+# --- keys
+
+
+def keygen(path: Path, *args: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-C", "me@laptop", "-f", str(path), *args], check=True)
+    return path.with_suffix(".pub").read_text()
+
+
+def test_keys_are_parsed_and_odd_ones_refused(tmp_path):
+    key, comment = parse_key(keygen(tmp_path / "ed", "-t", "ed25519"))
+    assert key.algorithm == b"ssh-ed25519" and comment == "me@laptop"
+    cases = {
+        "": "no key given",
+        (tmp_path / "ed").read_text(): "private key",
+        keygen(tmp_path / "rsa", "-t", "rsa", "-b", "1024"): "1024 bits is too weak",
+        "ssh-ed25519 AAAAnot-base64": "not an OpenSSH public key line",
+        'command="rm -rf ~" ' + (tmp_path / "ed.pub").read_text(): "not an OpenSSH public key line",
+        "ssh-ed25519-cert-v01@openssh.com AAAA x": "certificates",
+        (tmp_path / "ed.pub").read_text() * 2: "one key at a time",
+    }
+    for text, why in cases.items():
+        with pytest.raises(KeyRefused, match=why):
+            parse_key(text)
+
+
+def test_the_key_store_keeps_each_users_keys_in_a_file_of_mode_600(tmp_path):
+    path = tmp_path / "keys.json"
+    store = KeyStore(str(path))
+    line = keygen(tmp_path / "a", "-t", "ed25519")
+    entry = store.add("alice", line.replace("me@laptop", "me@laptop \x1b[31mred"))
+    assert entry.comment == "me@laptop [31mred"  # no terminal escapes on the page or in the log
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyRefused, match="registered already"):
+        store.add("alice", line)
+    key = asyncssh.import_public_key(line)
+    again = KeyStore(str(path))  # as after a restart
+    assert again.find("alice", key) == entry
+    assert again.find("bob", key) is None  # alice's key is not bob's
+    assert again.remove("alice", entry.fingerprint) and not again.remove("alice", entry.fingerprint)
+    assert KeyStore(str(path)).keys_of("alice") == []
+
+
+def test_a_user_has_at_most_max_keys(tmp_path):
+    store = KeyStore(str(tmp_path / "keys.json"))
+    for i in range(MAX_KEYS):
+        store.add("alice", keygen(tmp_path / f"k{i}", "-t", "ed25519"))
+    with pytest.raises(KeyRefused, match=f"{MAX_KEYS} keys already"):
+        store.add("alice", keygen(tmp_path / "one-more", "-t", "ed25519"))
+
+
+def test_a_broken_keys_file_stops_the_gateway_saying_which(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text("{not json")
+    with pytest.raises(KeyRefused, match="cannot read the keys file"):
+        KeyStore(str(path))
+
+
+# --- the host key
+
+
+def test_the_host_key_is_made_once_with_mode_600_and_kept(tmp_path):
+    path = str(tmp_path / "host-key")
+    made = host_key(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert host_key(path).public_data == made.public_data
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        host_key(path)
+
+
+# --- logins, with a hub that answers from a table
+
+
+class FakeHub:
+    def __init__(self, tokens: dict):
+        self.tokens = tokens
+
+    async def token_owner(self, token):
+        return self.tokens.get(token)
+
+
+class FakeConn:
+    def __init__(self, address="10.0.0.1"):
+        self.address, self.port = address, 5555
+        self.offered, self.refused_for, self.authenticated, self.accepted = [], "", False, None
+
+    where = Connection.where
+
+    def accept(self, login, method, credential, by=""):
+        self.accepted = (login, method, credential, by)
+
+
+def gateway(tmp_path, tokens, caplog, **kwargs):
+    import logging
+
+    log = logging.getLogger("test-ssh-audit")
+    caplog.set_level(logging.INFO, logger="test-ssh-audit")
+    limits = LoginLimits(Limit(2, 600), Limit(100, 600), Clock())
+    return Gateway(
+        FakeHub(tokens), None, KeyStore(str(tmp_path / "k.json")), limits, log=log, audit=Audit(log), **kwargs
+    )
+
+
+def test_password_logins_are_audited_counted_and_limited(tmp_path, caplog):
+    tokens = {"good": model(token_id="a7"), "bobs": model(name="bob", scopes=["access:servers!user=bob"])}
+    gw = gateway(tmp_path, tokens, caplog)
+    conn = FakeConn()
+    assert asyncio.run(gw.check_password(conn, "alice+gpu", "good"))
+    assert conn.accepted == (Login("alice", "gpu"), "token", "token_id=a7", "")
+    assert not asyncio.run(gw.check_password(conn, "alice", "bobs"))
+    assert not asyncio.run(gw.check_password(conn, "alice", "nonsense"))
+    # Two failures for alice: now even her good token is refused, and said once.
+    assert not asyncio.run(gw.check_password(conn, "alice", "good"))
+    assert not asyncio.run(gw.check_password(conn, "alice", "good"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "ssh login failed: user=alice method=token reason='a token of another user (bob)' source=10.0.0.1:5555",
+        "ssh login failed: user=alice method=token reason='not a valid token of this hub' source=10.0.0.1:5555",
+        "ssh login refused: user=alice method=token reason='too many failed logins for user alice (2 in 600 s)'"
+        " source=10.0.0.1:5555",
+    ]
+    assert not any("good" in line or "bobs" in line for line in lines)  # never a token in the log
+
+
+def test_a_key_login_that_took_no_key_is_one_failure_when_the_connection_ends(tmp_path, caplog):
+    gw = gateway(tmp_path, {}, caplog)
+    registered = keygen(tmp_path / "mine", "-t", "ed25519")
+    gw.keys.add("alice", registered)
+    other = asyncssh.import_public_key(keygen(tmp_path / "other", "-t", "ed25519"))
+    conn = FakeConn()
+    assert not gw.check_key(conn, "alice", other)
+    assert gw.check_key(conn, "alice", asyncssh.import_public_key(registered))
+    conn.authenticated = True
+    gw.login_ended(conn)  # logged in after all: no failure
+    stranger = FakeConn("10.0.0.2")
+    assert not gw.check_key(stranger, "alice", other)
+    assert not gw.check_key(stranger, "alice+gpu", other)
+    gw.login_ended(stranger)
+    assert gw.limits.refusal("alice", "10.0.0.3") == ""  # one failure of two
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        "ssh login failed: user=alice method=publickey reason='no registered key'"
+        f" offered={other.get_fingerprint('sha256')} source=10.0.0.2:5555"
+    )
+
+
+# --- the engine's address, and a container as the gateway reads it
+
+
+class FakeClient:
+    api_version = "1.41"
+    base_url = "https://gpu-host:2376"
+    verify = False
+    cert = None
+
+
+def test_engine_addresses():
+    class Adapter:
+        socket_path = "/run/docker.sock"
+
+    unix = FakeClient()
+    unix._custom_adapter = Adapter()
+    assert engine_address(unix).unix == "/run/docker.sock"
+    tls = engine_address(FakeClient())
+    assert (tls.host, tls.port, tls.ssl is not None) == ("gpu-host", 2376, True)
+
+
+def test_a_container_as_the_gateway_reads_it():
+    inspected = {
+        "Id": "c0ffee",
+        "Name": "/jupyter-alice",
+        "Config": {
+            "User": "1000",
+            "Hostname": "c0ffee12",
+            "Env": ["JUPYTERHUB_SERVICE_URL=http://0.0.0.0:8888/user/alice/", "JUPYTERHUB_USER=alice"],
+        },
+        "HostConfig": {"NetworkMode": "gpuspawner-lab"},
+        "NetworkSettings": {"Networks": {"gpuspawner-lab": {"IPAddress": "10.213.0.7"}}},
+    }
+    server = server_container(inspected)
+    assert (server.name, server.user) == ("jupyter-alice", "1000")
+    assert server.address == ServerAddress(("10.213.0.7",), "c0ffee12", False, 8888)
+    inspected["HostConfig"]["NetworkMode"] = "host"
+    inspected["Config"]["Env"][0] = "JUPYTERHUB_SERVICE_URL=http://127.0.0.1:47321/user/alice/"
+    assert server_container(inspected).address == ServerAddress((), "c0ffee12", True, 47321)
+
+
+# --- the service in the hub's config
+
+
+def test_the_gateway_service_has_three_scopes_and_every_user_its_page(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/docker.sock")
+    c = Config()
+    written = services.add_ssh_gateway(c, "/etc/jupyterhub/jupyterhub_config.py", port=2022, args=["--x=1"])
+    assert written == {
+        "name": "gpu-ssh",
+        "url": "http://127.0.0.1:10102",
+        "command": [
+            sys.executable,
+            "-m",
+            "gpuspawner.ssh",
+            "-f",
+            "/etc/jupyterhub/jupyterhub_config.py",
+            "--port=2022",
+            "--ip=",
+            "--x=1",
+        ],
+        "environment": {"DOCKER_HOST": "unix:///run/docker.sock"},
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["gpu-ssh-service"]["scopes"] == ["read:servers", "start:servers", "users:activity"]
+    assert all(s in scope_definitions for s in roles["gpu-ssh-service"]["scopes"])
+    assert roles["user"]["scopes"] == ["self", "access:services!service=gpu-ssh"]
+    # Twice changes nothing; an admin's own user role keeps its scopes.
+    services.add_ssh_gateway(c, "/etc/jupyterhub/jupyterhub_config.py", port=2022, args=["--x=1"])
+    assert len(c.JupyterHub.services) == 1 and len(c.JupyterHub.load_roles) == 2
+    c2 = Config()
+    c2.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "read:groups"]}]
+    services.add_ssh_gateway(c2, "jupyterhub_config.py", admin_access=True)
+    assert c2.JupyterHub.load_roles[0]["scopes"] == ["self", "read:groups", "access:services!service=gpu-ssh"]
+    assert "--admin-access" in c2.JupyterHub.services[0]["command"]
+
+
+def test_the_profile_separator_is_one_harmless_character():
+    app = SSHGateway()
+    app.profile_separator = "%"
+    for bad in ("a", "@", "++", ":"):
+        with pytest.raises(Exception, match="profile_separator"):
+            app.profile_separator = bad
+
+
+def test_image_check_knows_from_the_hubs_config_file_whether_it_runs_the_gateway(tmp_path):
+    from gpuspawner.cli.image_check import hub_context
+    from gpuspawner.config import load_hub_config
+
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(
+        'c.JupyterHub.spawner_class = "gpu"\nfrom gpuspawner import services\nservices.add_culler(c, __file__)\n'
+    )
+    assert not services.runs_ssh_gateway(load_hub_config(str(path)).spawner.config)
+    path.write_text(path.read_text() + "services.add_ssh_gateway(c, __file__)\n")
+    assert hub_context(load_hub_config(str(path))).ssh_gateway
+    assert not services.runs_ssh_gateway(Config())
