@@ -1,0 +1,450 @@
+"""The wait queue: who may wait, the order, what a freed unit does, positions and estimates."""
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, NoFreeUnit, Policy, Requester, ServerResources
+from gpuspawner.gpus.allocation import Caps
+from gpuspawner.gpus.queue import WaitQueue, ordinal
+from gpuspawner.reservations import ReservationBook, parse_reservations
+
+GiB = 1024**3
+UTC = ZoneInfo("UTC")
+T0 = datetime(2026, 4, 14, 8, 0, tzinfo=timezone.utc).timestamp()  # a Tuesday, 08:00 UTC
+ONE = GPURequest(count=1)
+TWO = GPURequest(count=2)
+MIG = GPURequest(count=1, kind="mig", mig_profile="1g.10gb")
+SHARED = GPURequest(count=1, shared=True)
+
+
+def whole(i, name="NVIDIA A100", node=""):
+    return GPU(i, f"GPU-{i}", name, 80 * GiB, node=node)
+
+
+def mig(i):
+    return GPU(9, f"MIG-{i}", "NVIDIA A100", 10 * GiB, mig_profile="1g.10gb", parent_uuid="GPU-9", mig_index=i)
+
+
+def student(user, *groups, exempt=False):
+    return Requester(user, frozenset(groups), exempt)
+
+
+def ask(queue, ledger, user, request=ONE, now=T0, server="", **kw):
+    kw.setdefault("label", "ML101")
+    return queue.admit(ledger, f"{user}/{server}", request, kw.pop("requester", student(user)), now, **kw)
+
+
+def held(ledger, holder):
+    a = ledger.assignment(holder)
+    return a.ids if a else ()
+
+
+def full_lab(n=2, policy=None):
+    """A lab of ``n`` A100s, all held by h0.. h(n-1)."""
+    ledger, queue = Ledger([whole(i) for i in range(n)], policy), WaitQueue()
+    for i in range(n):
+        assert ask(queue, ledger, f"h{i}", requester=student(f"h{i}", exempt=True)).assignment is not None
+    return ledger, queue
+
+
+def test_a_free_unit_is_granted_at_once_and_nothing_waits():
+    ledger, queue = Ledger([whole(0)]), WaitQueue()
+    admission = ask(queue, ledger, "alice")
+    assert admission.assignment.ids == ("GPU-0",) and admission.waiting is None and not admission.moved
+    assert len(queue) == 0
+
+
+def test_no_free_unit_waits_holding_nothing():
+    ledger, queue = full_lab(policy=Policy(resource_caps=Caps(cpus_per_user=8)))
+    admission = ask(queue, ledger, "carol", resources=ServerResources(cpus=4), timeout=600)
+    assert admission.assignment is None
+    entry = admission.waiting
+    assert entry.holder == "carol/" and entry.since == T0 and entry.deadline == T0 + 600
+    assert "carol/" in queue and queue.waiting() == (entry,)
+    # waiting holds nothing: no unit, no CPUs
+    assert ledger.assignment("carol/") is None
+    assert ledger.resources_held("carol/").cpus == 0
+    assert ledger.usage.held.get("carol/") is None
+
+
+def test_without_wait_the_refusal_is_the_ledgers_and_says_so():
+    ledger, queue = full_lab()
+    with pytest.raises(NoFreeUnit) as e:
+        ask(queue, ledger, "carol", wait=False)
+    assert e.value.reason == "no_gpu" and "all 2 NVIDIA A100 GPUs are taken" in e.value.message
+    assert len(queue) == 0
+
+
+@pytest.mark.parametrize(
+    "request_, policy, requester, reason",
+    [
+        (ONE, Policy(max_gpus_per_user=0), student("carol"), "user_quota"),
+        (ONE, Policy(group_quotas={"ml101": 0}), student("carol", "ml101"), "group_quota"),
+        (ONE, Policy(resource_caps=Caps(cpus_per_user=1)), student("carol"), "user_cpu_quota"),
+        (GPURequest(count=3), Policy(), student("carol"), "no_gpu"),  # the hub has 2
+        (GPURequest(count=1, model="H100"), Policy(), student("carol"), "no_gpu"),  # none fits at all
+    ],
+    ids=["user-quota", "group-quota", "cpu-cap", "more-than-the-hub-has", "no-such-model"],
+)
+def test_only_a_lack_of_free_units_waits(request_, policy, requester, reason):
+    ledger, queue = full_lab(policy=policy)
+    with pytest.raises(NoCapacity) as e:
+        ask(queue, ledger, "carol", request_, requester=requester, resources=ServerResources(cpus=2))
+    assert not isinstance(e.value, NoFreeUnit)
+    assert e.value.reason == reason
+    assert len(queue) == 0 and ledger.assignment("carol/") is None
+
+
+def test_no_free_unit_is_its_own_type_in_the_ledger():
+    ledger = Ledger([whole(0), whole(1, node="n2")])
+    ledger.assign("a/", ONE, student("a"))
+    ledger.assign("b/", ONE, student("b"))
+    assert isinstance(ledger.can_fit(ONE, student("c")), NoFreeUnit)
+    # two units, but never on one node: it could never be met
+    refusal = Ledger([whole(0, node="n1"), whole(1, node="n2")]).can_fit(TWO, student("c"))
+    assert type(refusal) is NoCapacity and refusal.reason == "no_gpu"
+    assert type(ledger.can_fit(TWO, student("c"), node="n1")) is NoCapacity
+
+
+def test_first_come_first_served_and_a_freed_unit_goes_to_the_first():
+    ledger, queue = full_lab()
+    for i, user in enumerate(["c", "d", "e"]):
+        assert ask(queue, ledger, user, now=T0 + i).waiting
+    assert [s.position for s in queue.standings(ledger, T0)] == [1, 2, 3]
+    ledger.release("h1/")
+    moved = queue.next_grants(ledger, T0 + 60)
+    assert [g.entry.holder for g in moved.granted] == ["c/"] and not moved.refused
+    assert moved.granted[0].assignment.ids == ("GPU-1",) and moved.granted[0].waited == 60
+    assert held(ledger, "c/") == ("GPU-1",)
+    assert [(s.entry.holder, s.position) for s in queue.standings(ledger, T0)] == [("d/", 1), ("e/", 2)]
+    assert queue.next_grants(ledger, T0 + 61) == queue.next_grants(ledger, T0 + 62)  # nothing free: nothing moves
+
+
+def test_who_holds_a_unit_of_the_kind_waits_behind_who_holds_none():
+    ledger = Ledger([whole(0), whole(1), mig(0)])
+    queue = WaitQueue()
+    ask(queue, ledger, "h0")
+    ask(queue, ledger, "alice", server="first")  # alice holds a whole GPU
+    ask(queue, ledger, "bob", MIG)  # bob holds a MIG instance: another kind
+    assert ask(queue, ledger, "alice", server="second", now=T0 + 1).waiting
+    assert ask(queue, ledger, "bob", now=T0 + 2).waiting  # holds none of the whole GPUs
+    assert ask(queue, ledger, "carol", now=T0 + 3).waiting
+    assert [e.holder for e in queue.order(ledger)] == ["bob/", "carol/", "alice/second"]
+    assert [s.position for s in queue.standings(ledger, T0)] == [1, 2, 3]
+    ledger.release("h0/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0 + 9).granted] == ["bob/"]
+    # alice's first server stops: she holds none now, and comes before carol again
+    ledger.release("alice/first")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0 + 9).granted] == ["alice/second"]
+    assert [e.holder for e in queue.order(ledger)] == ["carol/"]
+
+
+def test_two_servers_of_one_student_the_second_goes_behind_once_the_first_holds():
+    ledger, queue = full_lab()
+    ask(queue, ledger, "alice", server="a", now=T0 + 1)
+    ask(queue, ledger, "alice", server="b", now=T0 + 2)
+    ask(queue, ledger, "bob", now=T0 + 3)
+    ledger.release("h0/")
+    ledger.release("h1/")
+    granted = queue.next_grants(ledger, T0 + 9).granted
+    assert [g.entry.holder for g in granted] == ["alice/a", "bob/"]
+    assert [e.holder for e in queue.order(ledger)] == ["alice/b"]
+
+
+def test_a_new_request_never_takes_a_unit_a_waiting_request_fits():
+    ledger, queue = full_lab(3)
+    assert ask(queue, ledger, "team", TWO, now=T0 + 1).waiting
+    ledger.release("h0/")  # one free: not enough for the team, and kept for it
+    assert not queue.next_grants(ledger, T0 + 2)
+    assert ledger.free() and ask(queue, ledger, "carol", now=T0 + 3).waiting
+    standing = queue.standing("carol/", ledger, T0 + 3)
+    assert standing.position == 2 and standing.in_use == 2
+    assert standing.describe(T0 + 3, UTC) == (
+        "Waiting for a GPU: 2nd in line for ML101 (3 NVIDIA A100 GPUs, 2 in use, 1 kept for those ahead)."
+    )
+    with pytest.raises(NoFreeUnit, match="1 of them is kept for requests waiting in line"):
+        ask(queue, ledger, "dan", wait=False)
+    ledger.release("h1/")
+    moved = queue.next_grants(ledger, T0 + 4)
+    assert [(g.entry.holder, g.assignment.ids) for g in moved.granted] == [("team/", ("GPU-0", "GPU-1"))]
+    ledger.release("h2/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0 + 5).granted] == ["carol/"]
+
+
+def test_a_new_request_of_another_kind_takes_a_free_unit_of_its_kind():
+    ledger = Ledger([whole(0), mig(0)])
+    queue = WaitQueue()
+    ask(queue, ledger, "h0")
+    assert ask(queue, ledger, "carol").waiting
+    assert ask(queue, ledger, "dan", MIG).assignment.ids == ("MIG-0",)
+
+
+def test_who_holds_none_goes_before_a_waiting_holder_even_as_a_newcomer():
+    ledger, queue = full_lab(3)
+    ask(queue, ledger, "h0", server="second", request=TWO)  # h0 holds an A100 and waits for two more
+    ledger.release("h1/")
+    assert not queue.next_grants(ledger, T0)  # kept for h0's second server...
+    assert ask(queue, ledger, "carol").assignment.ids == ("GPU-1",)  # ...but carol holds none: before it
+
+
+def test_leaving_the_line_lets_the_next_have_what_it_kept():
+    ledger, queue = full_lab(2)
+    ask(queue, ledger, "team", TWO, now=T0 + 1)
+    ask(queue, ledger, "carol", now=T0 + 2)
+    ledger.release("h0/")
+    assert not queue.next_grants(ledger, T0 + 3)
+    assert queue.leave("team/").holder == "team/" and queue.leave("team/") is None
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0 + 4).granted] == ["carol/"]
+
+
+def test_queue_timeout_runs_out():
+    ledger, queue = full_lab(1)
+    ask(queue, ledger, "carol", timeout=600, label="ML101 - PyTorch")
+    ask(queue, ledger, "dan", now=T0 + 10, timeout=None)
+    assert queue.next_deadline() == T0 + 600
+    assert queue.expired(T0 + 599) == ()
+    (gone,) = queue.expired(T0 + 600)
+    assert gone.entry.holder == "carol/" and gone.reason == "queue_timeout"
+    assert gone.message == (
+        "ML101 - PyTorch: waited 10 minutes in line and no unit freed in time (the profile's queue_timeout)."
+        " Try again later, or choose another profile."
+    )
+    assert [e.holder for e in queue.waiting()] == ["dan/"] and queue.next_deadline() is None
+
+
+def test_a_waiting_request_refused_for_another_reason_leaves_the_line():
+    ledger = Ledger([whole(0), mig(0), mig(1)], Policy(group_quotas={"ml101": 1}))
+    queue = WaitQueue()
+    ask(queue, ledger, "h0")
+    ask(queue, ledger, "carol", requester=student("carol", "ml101"))
+    assert "carol/" in queue
+    # a classmate's MIG instance fills the group's quota while carol waits
+    ask(queue, ledger, "dan", MIG, requester=student("dan", "ml101"))
+    ledger.release("h0/")
+    moved = queue.next_grants(ledger, T0 + 5)
+    assert not moved.granted
+    (refusal,) = moved.refused
+    assert refusal.entry.holder == "carol/" and refusal.reason == "group_quota"
+    assert refusal.message.startswith("ML101: Your group 'ml101' is using 1 of its 1 GPU(s).")
+    assert len(queue) == 0 and ledger.free() == (whole(0), mig(1))
+
+
+def test_admission_reports_what_it_moved_for_others():
+    ledger, queue = full_lab(1)
+    ask(queue, ledger, "carol")
+    ledger.release("h0/")  # the glue forgot next_grants: the next admission moves the line first
+    admission = ask(queue, ledger, "dan", now=T0 + 7)
+    assert [g.entry.holder for g in admission.moved.granted] == ["carol/"]
+    assert admission.waiting.holder == "dan/"
+
+
+def test_asking_again_replaces_the_wait_and_what_was_held():
+    ledger, queue = full_lab(1)
+    first = ask(queue, ledger, "carol").waiting
+    second = ask(queue, ledger, "carol", now=T0 + 5).waiting
+    assert queue.waiting() == (second,) and second.seq > first.seq
+    # h0's server starts again: it gives up GPU-0, which goes to carol, and waits behind her
+    again = ask(queue, ledger, "h0", now=T0 + 6)
+    assert again.waiting and [g.entry.holder for g in again.moved.granted] == ["carol/"]
+
+
+def test_a_profile_without_gpus_never_waits():
+    ledger, queue = full_lab(1)
+    ask(queue, ledger, "carol")
+    admission = ask(queue, ledger, "dan", GPURequest(count=0))
+    assert admission.assignment.units == () and admission.waiting is None
+
+
+def test_shared_slots_wait_for_a_slot():
+    ledger = Ledger([whole(0)], Policy(share_limit=2))
+    queue = WaitQueue()
+    ask(queue, ledger, "a", SHARED)
+    ask(queue, ledger, "b", SHARED)
+    assert ask(queue, ledger, "c", SHARED).waiting
+    standing = queue.standing("c/", ledger, T0, ends={"a/": T0 + 3600, "b/": T0 + 1800})
+    assert standing.kind.describe() == "shared slots on 1 NVIDIA A100 GPU"
+    assert standing.estimate == T0 + 1800
+    assert standing.describe(T0, UTC).startswith("Waiting for a slot on a shared GPU: 1st in line for ML101")
+    ledger.release("a/")
+    assert [g.assignment.shared for g in queue.next_grants(ledger, T0).granted] == [True]
+
+
+def test_an_exclusive_waiter_waits_until_every_shared_holder_is_gone():
+    ledger = Ledger([whole(0)], Policy(share_limit=2))
+    queue = WaitQueue()
+    ask(queue, ledger, "a", SHARED)
+    assert ask(queue, ledger, "c").waiting
+    assert ask(queue, ledger, "d", SHARED).waiting  # a free slot, but the unit is wanted whole first
+    ledger.release("a/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0).granted] == ["c/"]
+
+
+def test_an_exclusive_waiter_drains_only_the_shared_units_it_lacks():
+    ledger = Ledger([whole(0), whole(1)], Policy(share_limit=3))
+    queue = WaitQueue()
+    for user in "abce":
+        ask(queue, ledger, user, SHARED)
+    assert [held(ledger, f"{user}/") for user in "abce"] == [("GPU-0",)] * 3 + [("GPU-1",)]
+    assert ask(queue, ledger, "w").waiting  # a whole GPU: GPU-1, with one holder, drains to it
+    assert ask(queue, ledger, "f", SHARED).waiting  # GPU-0 is full, GPU-1 kept for w
+    ledger.release("a/")  # a slot frees on GPU-0: not kept for w, which lacks only one unit
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0).granted] == ["f/"]
+    ledger.release("e/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0).granted] == ["w/"]
+
+
+def test_estimates_are_the_ends_of_the_holders_in_line_order_and_none_without_them():
+    ledger, queue = full_lab(3)
+    for i, user in enumerate("cde"):
+        ask(queue, ledger, user, now=T0 + i)
+    ask(queue, ledger, "f", TWO, now=T0 + 3)
+    ends = {"h0/": T0 + 3600, "h1/": T0 + 7200, "h2/": T0 + 5400}
+    standings = queue.standings(ledger, T0 + 10, ends)
+    assert [s.estimate for s in standings] == [T0 + 3600, T0 + 5400, T0 + 7200, None]  # f needs 5 units: 3 exist
+    assert standings[0].describe(T0 + 10, UTC) == (
+        "Waiting for a GPU: 1st in line for ML101 (3 NVIDIA A100 GPUs, all in use)."
+        " Expected by about 09:00, when running servers reach their time limits."
+    )
+    del ends["h2/"]  # no time limit: that unit may never free
+    assert [s.estimate for s in queue.standings(ledger, T0 + 10, ends)] == [T0 + 3600, T0 + 7200, None, None]
+    assert [s.estimate for s in queue.standings(ledger, T0 + 10)] == [None] * 4
+    # past its end (the culler is late): as good as now
+    assert queue.standings(ledger, T0 + 4000, {"h0/": T0 + 3600})[0].estimate == T0 + 4000
+
+
+def test_an_estimate_is_not_given_when_those_ahead_take_units_another_way():
+    ledger = Ledger([whole(0)], Policy(share_limit=2))
+    queue = WaitQueue()
+    ask(queue, ledger, "h0")
+    ask(queue, ledger, "a", SHARED)
+    ask(queue, ledger, "b")
+    standings = queue.standings(ledger, T0, {"h0/": T0 + 60})
+    assert [(s.entry.holder, s.estimate) for s in standings] == [("a/", T0 + 60), ("b/", None)]
+
+
+def test_kinds_lines_and_what_is_waited_for():
+    ledger = Ledger([whole(0), whole(1, "NVIDIA L4"), mig(0), mig(1)])
+    queue = WaitQueue()
+    for user, request in [("h0", ONE), ("h1", GPURequest(count=1, model="L4")), ("h2", MIG), ("h3", MIG)]:
+        ask(queue, ledger, user, request)
+    ask(queue, ledger, "a", GPURequest(count=1, model="A100"))
+    ask(queue, ledger, "b", GPURequest(count=1, kind="any"))  # any unit: in everyone's line
+    ask(queue, ledger, "c", MIG)
+    assert queue.lengths(ledger) == {
+        "1 NVIDIA A100 GPU": 1,
+        "2 MIG 1g.10gb instances, 1 NVIDIA A100 GPU, 1 NVIDIA L4 GPU": 1,
+        "2 MIG 1g.10gb instances": 1,
+    }
+    standings = {s.entry.holder: s for s in queue.standings(ledger, T0)}
+    assert {h: (s.position, s.in_line) for h, s in standings.items()} == {"a/": (1, 2), "b/": (2, 3), "c/": (2, 2)}
+    assert queue.waiting_for(ledger) == {"GPU-0", "GPU-1", "MIG-0", "MIG-1"}
+    ledger.release("h2/")  # a MIG instance frees: b (any) came before c
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0).granted] == ["b/"]
+
+
+def test_a_swarm_request_waits_for_its_nodes_units_only():
+    ledger = Ledger([whole(0, node="n1"), whole(1, node="n2")])
+    queue = WaitQueue()
+    ask(queue, ledger, "h0", node="n1")
+    ask(queue, ledger, "h1", node="n2")
+    ask(queue, ledger, "a", node="n1")
+    ask(queue, ledger, "b", node="n2")
+    assert queue.standing("b/", ledger, T0).position == 1  # not in a's line
+    assert queue.standing("b/", ledger, T0).kind.describe() == "n2: 1 NVIDIA A100 GPU"
+    ledger.release("h1/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, T0).granted] == ["b/"]
+
+
+def test_quarantined_units_are_said_in_the_standing():
+    ledger, queue = full_lab(2)
+    ledger.quarantined = frozenset({"GPU-1"})
+    ledger.release("h1/")
+    ask(queue, ledger, "carol")
+    assert queue.standing("carol/", ledger, T0).describe(T0, UTC) == (
+        "Waiting for a GPU: 1st in line for ML101 (2 NVIDIA A100 GPUs, 1 in use, 1 set aside after failed starts)."
+    )
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"), (13, "13th"), (21, "21st")]
+    + [(22, "22nd"), (101, "101st"), (111, "111th"), (112, "112th")],
+)
+def test_ordinal(n, text):
+    assert ordinal(n) == text
+
+
+# --- with lab hours
+
+LAB = {
+    "name": "ML101 lab",
+    "groups": ["ml101"],
+    "units": ["GPU-1"],
+    "profiles": ["ml101"],
+    "time_zone": "UTC",
+    "dates": [{"day": "2026-04-14", "start": "14:00", "end": "16:00"}],
+}
+LAB_START = datetime(2026, 4, 14, 14, 0, tzinfo=timezone.utc).timestamp()
+LAB_END = LAB_START + 7200
+
+
+def lab_queue(n=2):
+    units = [whole(i) for i in range(n)]
+    return Ledger(units), WaitQueue(ReservationBook.place(parse_reservations([LAB]), units))
+
+
+def member(user):
+    return {"requester": student(user, "ml101"), "profile": "ml101"}
+
+
+def test_in_a_window_reserved_units_go_only_to_those_it_serves():
+    ledger, queue = lab_queue()
+    ask(queue, ledger, "h0", now=LAB_START)
+    assert ask(queue, ledger, "out", now=LAB_START, profile="cs").waiting  # GPU-1 is free, but not for them
+    standing = queue.standing("out/", ledger, LAB_START)
+    assert standing.reserved == ("ML101 lab",)
+    assert "(2 NVIDIA A100 GPUs, 1 in use, 1 reserved for ML101 lab)" in standing.describe(LAB_START, UTC)
+    # a member with another profile is not served either
+    assert ask(queue, ledger, "m1", now=LAB_START, requester=student("m1", "ml101"), profile="cs").waiting
+    assert ask(queue, ledger, "m2", now=LAB_START + 1, **member("m2")).assignment.ids == ("GPU-1",)
+    # the window ends: the line moves to those it did not serve
+    ledger.release("m2/")
+    assert not queue.next_grants(ledger, LAB_END - 1)
+    assert [g.entry.holder for g in queue.next_grants(ledger, LAB_END).granted] == ["out/"]
+
+
+def test_a_waiting_member_gets_the_reserved_unit_at_the_windows_start():
+    ledger, queue = lab_queue()
+    ask(queue, ledger, "h0", now=LAB_START - 600)
+    ask(queue, ledger, "out", now=LAB_START - 600, profile="cs")  # takes GPU-1 until the window
+    assert ask(queue, ledger, "m", now=LAB_START - 300, **member("m")).waiting
+    stops = queue.reservations.must_stop(ledger.assignments(), LAB_START, lambda holder: "cs")
+    assert [s.holder for s in stops] == ["out/"]
+    ledger.release("out/")
+    assert [g.entry.holder for g in queue.next_grants(ledger, LAB_START).granted] == ["m/"]
+
+
+def test_before_a_window_others_get_unreserved_units_first_and_are_told_the_end_otherwise():
+    ledger, queue = lab_queue()
+    before = LAB_START - 3600
+    first = ask(queue, ledger, "out", now=before, profile="cs", runtime=4 * 3600)
+    assert first.assignment.ids == ("GPU-0",) and first.until is None  # not the unit the lab takes
+    second = ask(queue, ledger, "late", now=before, profile="cs", runtime=4 * 3600)
+    assert second.assignment.ids == ("GPU-1",)
+    assert second.until.window.start == LAB_START
+    assert second.until.free_until(before) == "this GPU is free until 14:00, when ML101 lab starts"
+    # a member is served by the lab: no end to tell
+    ledger.release("late/")
+    assert ask(queue, ledger, "m", now=before, **member("m")).until is None
+
+
+def test_a_waiter_granted_before_a_window_is_told_its_end():
+    ledger, queue = lab_queue(2)
+    ask(queue, ledger, "h0", now=LAB_START - 7200)
+    ask(queue, ledger, "h1", now=LAB_START - 7200, **member("h1"))
+    ask(queue, ledger, "out", now=LAB_START - 7000, profile="cs")
+    ledger.release("h1/")
+    (grant,) = queue.next_grants(ledger, LAB_START - 3600).granted
+    assert grant.assignment.ids == ("GPU-1",) and grant.until.window.start == LAB_START
