@@ -1,11 +1,25 @@
 """The wait queue: who may wait, the order, what a freed unit does, positions and estimates."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, NoFreeUnit, Policy, Requester, ServerResources
+from gpuspawner.gpus import (
+    GPU,
+    GPURequest,
+    Ledger,
+    NoCapacity,
+    NoFreeUnit,
+    Policy,
+    Requester,
+    ServerResources,
+    holder_key,
+)
 from gpuspawner.gpus.allocation import Caps
 from gpuspawner.gpus.queue import WaitQueue, ordinal
 from gpuspawner.reservations import ReservationBook, parse_reservations
@@ -71,9 +85,10 @@ def test_no_free_unit_waits_holding_nothing():
 
 def test_without_wait_the_refusal_is_the_ledgers_and_says_so():
     ledger, queue = full_lab()
-    with pytest.raises(NoFreeUnit) as e:
-        ask(queue, ledger, "carol", wait=False)
-    assert e.value.reason == "no_gpu" and "all 2 NVIDIA A100 GPUs are taken" in e.value.message
+    admission = ask(queue, ledger, "carol", wait=False)
+    assert admission.assignment is None and admission.waiting is None
+    assert isinstance(admission.refusal, NoFreeUnit) and admission.refusal.reason == "no_gpu"
+    assert "all 2 NVIDIA A100 GPUs are taken" in admission.refusal.message
     assert len(queue) == 0
 
 
@@ -90,10 +105,9 @@ def test_without_wait_the_refusal_is_the_ledgers_and_says_so():
 )
 def test_only_a_lack_of_free_units_waits(request_, policy, requester, reason):
     ledger, queue = full_lab(policy=policy)
-    with pytest.raises(NoCapacity) as e:
-        ask(queue, ledger, "carol", request_, requester=requester, resources=ServerResources(cpus=2))
-    assert not isinstance(e.value, NoFreeUnit)
-    assert e.value.reason == reason
+    refusal = ask(queue, ledger, "carol", request_, requester=requester, resources=ServerResources(cpus=2)).refusal
+    assert isinstance(refusal, NoCapacity) and not isinstance(refusal, NoFreeUnit)
+    assert refusal.reason == reason
     assert len(queue) == 0 and ledger.assignment("carol/") is None
 
 
@@ -164,8 +178,11 @@ def test_a_new_request_never_takes_a_unit_a_waiting_request_fits():
     assert standing.describe(T0 + 3, UTC) == (
         "Waiting for a GPU: 2nd in line for ML101 (3 NVIDIA A100 GPUs, 2 in use, 1 kept for those ahead)."
     )
-    with pytest.raises(NoFreeUnit, match="1 of them is kept for requests waiting in line"):
-        ask(queue, ledger, "dan", wait=False)
+    refusal = ask(queue, ledger, "dan", wait=False).refusal
+    assert refusal.message == (
+        "Needs 1 whole GPU: 1 of the 3 units that fit is free, but kept for requests waiting in line"
+        " or for a course's reserved lab hours."
+    )
     ledger.release("h1/")
     moved = queue.next_grants(ledger, T0 + 4)
     assert [(g.entry.holder, g.assignment.ids) for g in moved.granted] == [("team/", ("GPU-0", "GPU-1"))]
@@ -448,3 +465,231 @@ def test_a_waiter_granted_before_a_window_is_told_its_end():
     ledger.release("h1/")
     (grant,) = queue.next_grants(ledger, LAB_START - 3600).granted
     assert grant.assignment.ids == ("GPU-1",) and grant.until.window.start == LAB_START
+
+
+# --- the rules under random arrivals, departures, lab hours and time
+
+
+MACHINE_UNITS = [whole(0), whole(1), whole(2), whole(3, "NVIDIA L4"), mig(0), mig(1)]
+MACHINE_REQUESTS = [
+    ONE,
+    GPURequest(count=1, model="A100"),
+    TWO,
+    MIG,
+    SHARED,
+    GPURequest(count=1, kind="any"),
+    GPURequest(count=0),
+]
+MACHINE_GROUPS = {"u0": {"ml101"}, "u1": {"ml101"}, "u2": {"ml101", "cs"}, "u3": {"cs"}, "u4": set(), "u5": {"ml101"}}
+MACHINE_PROFILES = ("ml101", "cs")
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """Random arrivals (waiting or not), stops, leaving the line, lab windows and clock advances.
+
+    The model keeps what runs (``running``) and what the line's order was before each step; after
+    each step, the rules are checked from their definitions, not from the queue's own bookkeeping.
+    """
+
+    POLICY = Policy(share_limit=2, max_gpus_per_user=2, group_quotas={"ml101": 3})
+
+    def __init__(self):
+        super().__init__()
+        self.now = T0
+        self.ledger = Ledger(MACHINE_UNITS, self.POLICY)
+        self.queue = WaitQueue()
+        self.running: dict[str, str] = {}  # holder -> its profile
+
+    @initialize(data=st.data())
+    def lab_hours(self, data):
+        ids = data.draw(st.permutations([u.id for u in MACHINE_UNITS]), "units")
+        entries = []
+        for n, pool in enumerate((ids[:3], ids[3:])):
+            if not data.draw(st.booleans(), f"lab{n}"):
+                continue
+            dates = []
+            for _ in range(data.draw(st.integers(1, 3), "windows")):
+                start = datetime.fromtimestamp(T0 + 600 * data.draw(st.integers(0, 60)), timezone.utc)
+                minutes = data.draw(st.integers(10, 120))
+                dates.append({"start": start, "end": start + timedelta(minutes=minutes)})
+            entries.append(
+                {
+                    "name": f"lab{n}",
+                    "groups": data.draw(st.lists(st.sampled_from(["ml101", "cs"]), min_size=1, unique=True)),
+                    "units": data.draw(st.lists(st.sampled_from(pool), min_size=1, unique=True)),
+                    "profiles": data.draw(st.lists(st.sampled_from(MACHINE_PROFILES), unique=True)),
+                    "time_zone": "UTC",
+                    "dates": dates,
+                }
+            )
+        self.queue.reservations = ReservationBook.place(parse_reservations(entries), MACHINE_UNITS)
+
+    # --- helpers: the rules from their definitions
+
+    def requester(self, user):
+        return Requester(user, frozenset(MACHINE_GROUPS[user]))
+
+    def kept_from(self, e):
+        return self.queue.reservations.kept_from(e.requester, e.profile, self.now)
+
+    def fits(self, e, unit):
+        """Could ``e`` use ``unit`` now, were it free?"""
+        return (
+            e.request.slots > 0
+            and e.request.matches(unit)
+            and (e.node is None or unit.node == e.node)
+            and unit.id not in self.ledger.quarantined
+            and unit.id not in self.kept_from(e)
+        )
+
+    def holds_kind(self, e):
+        mine = {u for a in self.ledger.assignments() if a.user == e.user for u in a.units}
+        return any(e.request.matches(u) and (e.node is None or u.node == e.node) for u in mine)
+
+    def keys(self):
+        return {e.holder: (self.holds_kind(e), e.seq) for e in self.queue.waiting()}
+
+    def free_units(self):
+        return [u for u in MACHINE_UNITS if not self.ledger.holders_of(u.id)]
+
+    def apply(self, moved, before, was_free, newcomer=None):
+        """Record what a decision moved, and check that no freed unit went past a waiter it fits."""
+        after = self.keys()
+        for refusal in moved.refused:
+            assert refusal.reason != "no_gpu" and refusal.message
+            assert refusal.entry.holder not in self.queue and self.ledger.assignment(refusal.entry.holder) is None
+        granted = [(g.entry.holder, g.assignment, before[g.entry.holder]) for g in moved.granted]
+        if newcomer is not None:
+            granted.append((newcomer.holder, newcomer, (False, float("inf"))))  # holding none: the least it may be
+        for holder, assignment, key in granted:
+            assert self.ledger.assignment(holder) == assignment
+            self.running[holder] = self.profile_of.pop(holder)
+            for e in self.queue.waiting():
+                if e.holder in before and max(before[e.holder], after[e.holder]) < key:
+                    for unit in assignment.units:
+                        assert not (unit.id in was_free and self.fits(e, unit)), (holder, e.holder, unit.id)
+
+    profile_of: dict
+
+    # --- rules
+
+    @rule(data=st.data())
+    def arrive(self, data):
+        user = data.draw(st.sampled_from(sorted(MACHINE_GROUPS)), "user")
+        holder = holder_key(user, data.draw(st.sampled_from(["", "a"]), "server"))
+        request = data.draw(st.sampled_from(MACHINE_REQUESTS), "request")
+        profile = data.draw(st.sampled_from(MACHINE_PROFILES), "profile")
+        wait = data.draw(st.booleans(), "wait")
+        timeout = data.draw(st.sampled_from([None, 60, 1800]), "timeout")
+        self.running.pop(holder, None)  # a server that starts gives up what it held
+        self.profile_of = {e.holder: e.profile for e in self.queue.waiting()} | {holder: profile}
+        before, was_free = self.keys(), {u.id for u in self.free_units()}
+        admission = self.queue.admit(
+            self.ledger, holder, request, self.requester(user), self.now, profile=profile, wait=wait, timeout=timeout
+        )
+        assert [admission.assignment, admission.waiting, admission.refusal].count(None) == 2
+        if admission.refusal is not None:
+            assert not isinstance(admission.refusal, NoFreeUnit) or not wait
+            assert holder not in self.queue and self.ledger.assignment(holder) is None
+        if admission.waiting is not None:
+            assert wait and admission.waiting.holder == holder and holder in self.queue
+            assert isinstance(self.ledger.can_fit(request, self.requester(user), holder), (NoFreeUnit, type(None)))
+        newcomer = admission.assignment if admission.assignment is not None and admission.assignment.units else None
+        self.apply(admission.moved, before, was_free, newcomer)
+        if admission.assignment is not None and not admission.assignment.units:
+            self.running.pop(holder, None)
+            self.ledger.release(holder)  # a server without GPUs: out of the way of the model
+
+    def _move(self):
+        self.profile_of = {e.holder: e.profile for e in self.queue.waiting()}
+        before, was_free = self.keys(), {u.id for u in self.free_units()}
+        self.apply(self.queue.next_grants(self.ledger, self.now), before, was_free)
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def stop(self, data):
+        holder = data.draw(st.sampled_from(sorted(self.running)))
+        del self.running[holder]
+        self.ledger.release(holder)
+        self._move()
+
+    @precondition(lambda self: len(self.queue))
+    @rule(data=st.data())
+    def leave(self, data):
+        holder = data.draw(st.sampled_from([e.holder for e in self.queue.waiting()]))
+        assert self.queue.leave(holder).holder == holder and holder not in self.queue
+        self._move()
+
+    @rule(minutes=st.sampled_from([1, 5, 17, 45]))
+    def time_passes(self, minutes):
+        self.now += 60 * minutes
+        for gone in self.queue.expired(self.now):
+            assert gone.entry.deadline <= self.now and gone.entry.holder not in self.queue
+        assert all(e.deadline is None or e.deadline > self.now for e in self.queue.waiting())
+        # the culler at a window's start: others on reserved units stop
+        for stop in self.queue.reservations.must_stop(self.ledger.assignments(), self.now, self.running.get):
+            del self.running[stop.holder]
+            self.ledger.release(stop.holder)
+        self._move()
+
+    # --- invariants
+
+    @invariant()
+    def no_unit_held_twice_beyond_sharing(self):
+        for unit in MACHINE_UNITS:
+            holders = self.ledger.holders_of(unit.id)
+            if len(holders) > 1:
+                assert all(a.shared for a in holders) and len(holders) <= self.POLICY.share_limit
+
+    @invariant()
+    def waiting_holds_nothing_and_the_ledger_is_what_runs(self):
+        for e in self.queue.waiting():
+            assert e.holder not in self.running
+            assert self.ledger.assignment(e.holder) is None and e.holder not in self.ledger.usage.held
+        assert {a.holder for a in self.ledger.assignments()} == set(self.running)
+
+    @invariant()
+    def no_reserved_unit_held_by_others_inside_a_window(self):
+        for unit, booking in self.queue.reservations.reserved_at(self.now).items():
+            for a in self.ledger.holders_of(unit):
+                assert booking.reservation.serves(Requester(a.user, a.groups), self.running[a.holder])
+
+    @invariant()
+    def the_order_is_first_come_first_served_those_holding_none_first(self):
+        order = self.queue.order(self.ledger)
+        keys = [(self.holds_kind(e), e.seq) for e in order]
+        assert keys == sorted(keys) and len({e.seq for e in order}) == len(order)
+        standings = self.queue.standings(self.ledger, self.now)
+        assert [s.entry for s in standings] == list(order)
+        for i, s in enumerate(standings):
+            ahead = [o for o in order[:i] if self.queue.kind(self.ledger, o.request, o.node).units & s.kind.units]
+            assert s.position == len(ahead) + 1
+
+    @invariant()
+    def a_free_unit_is_only_ever_kept_for_the_first_waiter_it_fits_who_needs_more(self):
+        order = self.queue.order(self.ledger)
+        free = self.free_units()
+        for unit in free:
+            first = next((i for i, e in enumerate(order) if self.fits(e, unit)), None)
+            if first is None:
+                continue
+            e = order[first]
+            kept = {u.id for u in free for o in order[:first] if self.fits(o, u)} | self.kept_from(e)
+            refusal = self.ledger.can_fit(e.request, e.requester, e.holder, node=e.node, set_aside=frozenset(kept))
+            assert isinstance(refusal, NoFreeUnit), (unit.id, e.holder, refusal)
+            assert not e.request.shared and e.request.slots > 1
+
+    @invariant()
+    def quotas_hold(self):
+        k = self.POLICY.share_limit
+        for user in MACHINE_GROUPS:
+            load = sum(
+                Fraction(len(a.units), k) if a.shared else len(a.units)
+                for a in self.ledger.assignments()
+                if a.user == user
+            )
+            assert load <= self.POLICY.max_gpus_per_user
+
+
+QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestQueueRules = QueueMachine.TestCase

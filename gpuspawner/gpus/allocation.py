@@ -435,11 +435,20 @@ def _decide(
         return tuple(u for u in inventory if u.uuid not in others.holders_of and u.uuid not in excluded)
 
     def message() -> str:
-        text = _no_capacity_message(request, matching, candidates, free())
+        kept = sum(u.uuid in set_aside and u.uuid not in quarantined for u in matching)
+        shown = candidates
+        if kept:  # the units kept are free: count them so, not as in use
+            shown = _candidates(inventory, others, request, policy, matching, False, quarantined)[0]
+        if kept and len(shown) >= request.slots:
+            return (
+                f"Needs {request.describe()}: {len(shown)} of the {len(matching)} units that fit"
+                f" {'is' if len(shown) == 1 else 'are'} free, but kept for requests waiting in line"
+                " or for a course's reserved lab hours."
+            )
+        text = _no_capacity_message(request, matching, shown, free())
         aside = sum(u.uuid in quarantined for u in matching)
         if aside:
             text += f" {aside} of them {'is' if aside == 1 else 'are'} set aside after failed starts (quarantined)."
-        kept = sum(u.uuid in set_aside and u.uuid not in quarantined for u in matching)
         if kept:
             text += (
                 f" {kept} of them {'is' if kept == 1 else 'are'} kept for requests waiting in line"

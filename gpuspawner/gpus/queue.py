@@ -48,9 +48,9 @@ written anywhere: the line is the hub's, in memory.
 
 - *spawn*: ``admit(ledger, holder, request, requester, now, wait=profile queues,
   timeout=profile's queue_timeout, ...)``. It returns the assignment (start the container as
-  today), or the ``Waiting`` entry: the spawn then reports ``standing(...).describe()`` as its
-  progress until a ``Grant`` or a ``Refusal`` for it arrives, and keeps waiting (JupyterHub's
-  ``start_timeout`` must be longer than ``queue_timeout``). A ``NoCapacity`` it raises is the
+  today), the ``Waiting`` entry (the spawn then reports ``standing(...).describe()`` as its
+  progress until a ``Grant`` or a ``Refusal`` for it arrives, and keeps waiting: JupyterHub's
+  ``start_timeout`` must be longer than ``queue_timeout``), or the ``NoCapacity`` that is the
   spawn's refusal, as today.
 - after *anything that may free or unblock a unit*: a server stops or crashes, a waiting spawn is
   stopped (``leave``), a deadline passes (``expired``), a window starts or ends
@@ -169,11 +169,13 @@ class Moves:
 
 @dataclass(frozen=True)
 class Admission:
-    """A new request's answer: its units now (``assignment``), or its place in line (``waiting``); and
-    what it moved on the way for those already waiting (``moved``)."""
+    """A new request's answer, one of: its units now (``assignment``), its place in line (``waiting``),
+    or why it is refused (``refusal``: the spawn's refusal, as without a queue). And in every case,
+    what it moved on the way for those already waiting (``moved``), which the glue must act on."""
 
-    assignment: Assignment | None
-    waiting: Waiting | None
+    assignment: Assignment | None = None
+    waiting: Waiting | None = None
+    refusal: NoCapacity | None = None
     moved: Moves = Moves()
     until: Booking | None = None  # granted now: the first lab window on its units that will not serve it
 
@@ -337,8 +339,8 @@ class WaitQueue:
         runtime: float | None = None,
     ) -> Admission:
         """A server asks for units: grant them now, put it in line (``wait``, and only when no unit it fits
-        is free), or raise ``NoCapacity`` (a quota, a cap, a request the hub can never meet; or no unit
-        free and not ``wait``).
+        is free), or refuse it (``Admission.refusal``: a quota, a cap, a request the hub can never meet;
+        or no unit free and not ``wait``).
 
         Those already waiting go first (``next_grants``, reported in ``Admission.moved``): a new
         request never takes a unit a request waiting before it fits. ``holder`` gives up what it
@@ -362,17 +364,17 @@ class WaitQueue:
             None if timeout is None else now + timeout,
             runtime,
         )
-        if request.slots == 0:
-            return Admission(ledger.assign(holder, request, requester, node=node, resources=resources), None, moved)
-        behind = self._holds_kind(ledger, entry, self._held(ledger))
+        behind = request.slots > 0 and self._holds_kind(ledger, entry, self._held(ledger))
         try:
             assignment = self._assign(ledger, entry, kept_all if behind else kept_first, now)
-        except NoFreeUnit:
+        except NoFreeUnit as refusal:
             if not wait:
-                raise
+                return Admission(refusal=refusal, moved=moved)
             self._entries[holder] = entry
-            return Admission(None, entry, moved)
-        return Admission(assignment, None, moved, self._until(entry, assignment, now))
+            return Admission(waiting=entry, moved=moved)
+        except NoCapacity as refusal:
+            return Admission(refusal=refusal, moved=moved)
+        return Admission(assignment, moved=moved, until=self._until(entry, assignment, now))
 
     def next_grants(self, ledger: Ledger, now: float) -> Moves:
         """Give the free units to those waiting, in order (see the rules): the grants are recorded in
