@@ -19,9 +19,11 @@ from gpuspawner.gpus import (
     Requester,
     ServerResources,
     holder_key,
+    split_holder,
 )
 from gpuspawner.gpus.allocation import Caps
 from gpuspawner.gpus.queue import WaitQueue, ordinal
+from gpuspawner.labels import ServerRecord, adopt_containers, server_labels
 from gpuspawner.reservations import ReservationBook, parse_reservations
 
 GiB = 1024**3
@@ -206,6 +208,20 @@ def test_who_holds_none_goes_before_a_waiting_holder_even_as_a_newcomer():
     assert ask(queue, ledger, "carol").assignment.ids == ("GPU-1",)  # ...but carol holds none: before it
 
 
+def test_a_newcomer_who_holds_the_kind_comes_after_those_waiting_who_hold_it_too():
+    ledger, queue = full_lab(4)
+    ledger.release("h0/")
+    ask(queue, ledger, "alice", server="first")  # alice holds an A100...
+    assert ask(queue, ledger, "alice", TWO, server="second").waiting  # ...and waits for two more
+    ledger.release("h1/")
+    assert not queue.next_grants(ledger, T0)  # GPU-1 kept for alice's second server
+    ask(queue, ledger, "bob", server="first", requester=student("bob", exempt=True), now=T0 + 1)
+    assert held(ledger, "bob/first") == ("GPU-1",)  # bob held none: before alice's wait
+    ledger.release("h2/")
+    assert not queue.next_grants(ledger, T0 + 2)
+    assert ask(queue, ledger, "bob", server="second", now=T0 + 3).waiting  # now bob holds one: after alice
+
+
 def test_leaving_the_line_lets_the_next_have_what_it_kept():
     ledger, queue = full_lab(2)
     ask(queue, ledger, "team", TWO, now=T0 + 1)
@@ -246,6 +262,23 @@ def test_a_waiting_request_refused_for_another_reason_leaves_the_line():
     assert refusal.entry.holder == "carol/" and refusal.reason == "group_quota"
     assert refusal.message.startswith("ML101: Your group 'ml101' is using 1 of its 1 GPU(s).")
     assert len(queue) == 0 and ledger.free() == (whole(0), mig(1))
+
+
+def test_a_waiter_for_several_units_whose_quota_is_gone_keeps_nothing():
+    ledger = Ledger([whole(0), whole(1), whole(2), mig(0)], Policy(max_gpus_per_user=2))
+    queue = WaitQueue()
+    for i in range(3):
+        ask(queue, ledger, f"h{i}", requester=student(f"h{i}", exempt=True))
+    ask(queue, ledger, "team", TWO, now=T0 + 1)
+    ask(queue, ledger, "carol", now=T0 + 2)
+    ledger.release("h0/")
+    assert not queue.next_grants(ledger, T0 + 3)  # GPU-0 kept for the team
+    # the team's other server takes a MIG instance: 1 + 2 GPUs would pass its quota
+    admission = ask(queue, ledger, "team", MIG, server="small", now=T0 + 4)
+    assert admission.assignment.ids == ("MIG-0",)
+    moved = admission.moved
+    assert [r.entry.holder for r in moved.refused] == ["team/"] and moved.refused[0].reason == "user_quota"
+    assert [g.entry.holder for g in moved.granted] == ["carol/"]  # GPU-0 is kept no longer
 
 
 def test_admission_reports_what_it_moved_for_others():
@@ -470,8 +503,9 @@ def test_a_waiter_granted_before_a_window_is_told_its_end():
 # --- the rules under random arrivals, departures, lab hours and time
 
 
-MACHINE_UNITS = [whole(0), whole(1), whole(2), whole(3, "NVIDIA L4"), mig(0), mig(1)]
+MACHINE_UNITS = [whole(0), whole(1), whole(2, "NVIDIA L4"), mig(0), mig(1)]
 MACHINE_REQUESTS = [
+    ONE,
     ONE,
     GPURequest(count=1, model="A100"),
     TWO,
@@ -480,7 +514,7 @@ MACHINE_REQUESTS = [
     GPURequest(count=1, kind="any"),
     GPURequest(count=0),
 ]
-MACHINE_GROUPS = {"u0": {"ml101"}, "u1": {"ml101"}, "u2": {"ml101", "cs"}, "u3": {"cs"}, "u4": set(), "u5": {"ml101"}}
+MACHINE_GROUPS = {"u0": {"ml101"}, "u1": {"ml101"}, "u2": {"ml101", "cs"}, "u3": {"cs"}, "u4": set(), "u5": {"cs"}}
 MACHINE_PROFILES = ("ml101", "cs")
 
 
@@ -491,7 +525,7 @@ class QueueMachine(RuleBasedStateMachine):
     each step, the rules are checked from their definitions, not from the queue's own bookkeeping.
     """
 
-    POLICY = Policy(share_limit=2, max_gpus_per_user=2, group_quotas={"ml101": 3})
+    POLICY = Policy(share_limit=2, max_gpus_per_user=2, group_quotas={"ml101": 4})
 
     def __init__(self):
         super().__init__()
@@ -509,7 +543,7 @@ class QueueMachine(RuleBasedStateMachine):
                 continue
             dates = []
             for _ in range(data.draw(st.integers(1, 3), "windows")):
-                start = datetime.fromtimestamp(T0 + 600 * data.draw(st.integers(0, 60)), timezone.utc)
+                start = datetime.fromtimestamp(T0 + 300 * data.draw(st.integers(0, 36)), timezone.utc)
                 minutes = data.draw(st.integers(10, 120))
                 dates.append({"start": start, "end": start + timedelta(minutes=minutes)})
             entries.append(
@@ -552,7 +586,7 @@ class QueueMachine(RuleBasedStateMachine):
     def free_units(self):
         return [u for u in MACHINE_UNITS if not self.ledger.holders_of(u.id)]
 
-    def apply(self, moved, before, was_free, newcomer=None):
+    def apply(self, moved, before, was_free, newcomer=None, newcomer_key=(False, float("inf"))):
         """Record what a decision moved, and check that no freed unit went past a waiter it fits."""
         after = self.keys()
         for refusal in moved.refused:
@@ -560,7 +594,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert refusal.entry.holder not in self.queue and self.ledger.assignment(refusal.entry.holder) is None
         granted = [(g.entry.holder, g.assignment, before[g.entry.holder]) for g in moved.granted]
         if newcomer is not None:
-            granted.append((newcomer.holder, newcomer, (False, float("inf"))))  # holding none: the least it may be
+            granted.append((newcomer.holder, newcomer, newcomer_key))
         for holder, assignment, key in granted:
             assert self.ledger.assignment(holder) == assignment
             self.running[holder] = self.profile_of.pop(holder)
@@ -577,13 +611,27 @@ class QueueMachine(RuleBasedStateMachine):
     def arrive(self, data):
         user = data.draw(st.sampled_from(sorted(MACHINE_GROUPS)), "user")
         holder = holder_key(user, data.draw(st.sampled_from(["", "a"]), "server"))
-        request = data.draw(st.sampled_from(MACHINE_REQUESTS), "request")
+        self._arrive(data, user, holder, data.draw(st.sampled_from(MACHINE_REQUESTS), "request"))
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def a_holder_asks_for_more(self, data):
+        """A student who holds a unit starts their other server: the fairness rule's case."""
+        user, server = split_holder(data.draw(st.sampled_from(sorted(self.running)), "holder"))
+        self._arrive(
+            data, user, holder_key(user, "a" if server == "" else ""), data.draw(st.sampled_from([ONE, SHARED]))
+        )
+
+    def _arrive(self, data, user, holder, request):
         profile = data.draw(st.sampled_from(MACHINE_PROFILES), "profile")
-        wait = data.draw(st.booleans(), "wait")
+        wait = data.draw(st.sampled_from([True, True, True, False]), "wait")
         timeout = data.draw(st.sampled_from([None, 60, 1800]), "timeout")
         self.running.pop(holder, None)  # a server that starts gives up what it held
         self.profile_of = {e.holder: e.profile for e in self.queue.waiting()} | {holder: profile}
         before, was_free = self.keys(), {u.id for u in self.free_units()}
+        # the newcomer's place at its decision is at least this: what its student held before, less this server
+        held_before = [u for a in self.ledger.assignments() if a.user == user and a.holder != holder for u in a.units]
+        newcomer_key = (any(request.matches(u) for u in held_before), float("inf"))
         admission = self.queue.admit(
             self.ledger, holder, request, self.requester(user), self.now, profile=profile, wait=wait, timeout=timeout
         )
@@ -595,7 +643,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert wait and admission.waiting.holder == holder and holder in self.queue
             assert isinstance(self.ledger.can_fit(request, self.requester(user), holder), (NoFreeUnit, type(None)))
         newcomer = admission.assignment if admission.assignment is not None and admission.assignment.units else None
-        self.apply(admission.moved, before, was_free, newcomer)
+        self.apply(admission.moved, before, was_free, newcomer, newcomer_key)
         if admission.assignment is not None and not admission.assignment.units:
             self.running.pop(holder, None)
             self.ledger.release(holder)  # a server without GPUs: out of the way of the model
@@ -631,6 +679,21 @@ class QueueMachine(RuleBasedStateMachine):
             del self.running[stop.holder]
             self.ledger.release(stop.holder)
         self._move()
+
+    @rule()
+    def restart_hub(self):
+        """The hub restarts: its ledger is rebuilt from the containers' labels, its line is gone (JupyterHub
+        fails the pending spawns). Those who waited hold nothing, and are in no line: nothing is left held."""
+        records = [
+            ServerRecord(a.user, split_holder(a.holder)[1], self.running[a.holder], a.ids, a.shared, a.groups)
+            for a in self.ledger.assignments()
+        ]
+        waited = [e.holder for e in self.queue.waiting()]
+        self.ledger = Ledger(MACHINE_UNITS, self.POLICY)
+        assert adopt_containers(self.ledger, [{"Labels": server_labels(r)} for r in records]) == []
+        self.queue = WaitQueue(self.queue.reservations)
+        assert all(self.ledger.assignment(holder) is None and holder not in self.queue for holder in waited)
+        assert {r.holder: r.profile for r in records} == self.running
 
     # --- invariants
 
@@ -691,5 +754,5 @@ class QueueMachine(RuleBasedStateMachine):
             assert load <= self.POLICY.max_gpus_per_user
 
 
-QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+QueueMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestQueueRules = QueueMachine.TestCase

@@ -349,7 +349,7 @@ class WaitQueue:
         """
         self._entries.pop(holder, None)
         ledger.release(holder)
-        moved, kept_first, kept_all = self._walk(ledger, now)
+        moved, kept_first, kept_all = self._settle(ledger, now)
         self._seq += 1
         entry = Waiting(
             holder,
@@ -374,12 +374,27 @@ class WaitQueue:
             return Admission(waiting=entry, moved=moved)
         except NoCapacity as refusal:
             return Admission(refusal=refusal, moved=moved)
+        if assignment.units:  # what it takes may change what those kept waiting may have
+            after = self._settle(ledger, now)[0]
+            moved = Moves(moved.granted + after.granted, moved.refused + after.refused)
         return Admission(assignment, moved=moved, until=self._until(entry, assignment, now))
 
     def next_grants(self, ledger: Ledger, now: float) -> Moves:
         """Give the free units to those waiting, in order (see the rules): the grants are recorded in
         ``ledger`` and leave the line, as do those refused now for another reason than units."""
-        return self._walk(ledger, now)[0]
+        return self._settle(ledger, now)[0]
+
+    def _settle(self, ledger: Ledger, now: float) -> tuple[Moves, frozenset[str], frozenset[str]]:
+        """Walk the line until it stands still: a grant may change what those passed over may have (a
+        quota it fills, a unit of their kind it gives their student)."""
+        granted: list[Grant] = []
+        refused: list[Refusal] = []
+        while True:
+            moves, kept_first, kept_all = self._walk(ledger, now)
+            granted += moves.granted
+            refused += moves.refused
+            if not moves:
+                return Moves(tuple(granted), tuple(refused)), kept_first, kept_all
 
     def _walk(self, ledger: Ledger, now: float) -> tuple[Moves, frozenset[str], frozenset[str]]:
         """``next_grants``; also the free units kept for those waiting: by those who hold none, by all."""
@@ -413,6 +428,11 @@ class WaitQueue:
                 draining -= self.reservations.kept_from(e.requester, e.profile, now)
             kept.update(sorted(draining, key=lambda unit: (len(ledger.holders_of(unit)), unit))[:lacking])
 
+        def refuse(e: Waiting, why: NoCapacity) -> bool:
+            del self._entries[e.holder]
+            refused.append(Refusal(e, why.reason, f"{e.what()}: {why.message}"))
+            return bool(open_ - kept)
+
         def step(e: Waiting) -> bool:
             """Try one entry; False when no free unit is left for anyone after it."""
             kind = self.kind(ledger, e.request, e.node)
@@ -421,6 +441,10 @@ class WaitQueue:
             if fits and self.reservations:
                 fits -= self.reservations.kept_from(e.requester, e.profile, now)
             if not fits or (not e.request.shared and len(fits) < e.request.slots):
+                # Too few units free for it: it keeps them, if units are all that stand in its way.
+                why = fits and ledger.can_fit(e.request, e.requester, e.holder, node=e.node, resources=e.resources)
+                if why and not isinstance(why, NoFreeUnit):
+                    return refuse(e, why)
                 keep(e, kind, fits)
                 return bool(open_ - kept)
             try:
@@ -428,10 +452,8 @@ class WaitQueue:
             except NoFreeUnit:
                 keep(e, kind, fits)
                 return bool(open_ - kept)
-            except NoCapacity as refusal:
-                del self._entries[e.holder]
-                refused.append(Refusal(e, refusal.reason, f"{e.what()}: {refusal.message}"))
-                return True
+            except NoCapacity as why:
+                return refuse(e, why)
             del self._entries[e.holder]
             granted.append(Grant(e, assignment, now, self._until(e, assignment, now)))
             got.setdefault(e.user, set()).update(assignment.ids)
