@@ -601,22 +601,29 @@ class Ledger:
     def assignment(self, holder: str) -> Assignment | None:
         return self._holders.get(holder)
 
+    def units_of_user(self, user: str) -> frozenset[str]:
+        """The unit ids ``user``'s servers hold (all of them together)."""
+        if not self._occupancy.user_load.get(user):
+            return frozenset()
+        return frozenset(u.uuid for a in self._holders.values() if a.user == user for u in a.units)
+
     def room(self) -> tuple[frozenset[str], frozenset[str]]:
         """(the units no server holds; the units with room for a shared slot: those, and the ones shared
         by fewer than ``share_limit``), by id, quarantined ones left out: what a decision could take now."""
         held = self._occupancy.holders_of
         limit = self.policy.share_limit
-        free, open_ = [], []
+        quarantined = self.quarantined
+        free, shared = [], []
         for unit in self.inventory:
-            if unit.uuid in self.quarantined:
-                continue
-            holders = held.get(unit.uuid)
+            uid = unit.uuid
+            holders = held.get(uid)
             if not holders:
-                free.append(unit.uuid)
-                open_.append(unit.uuid)
-            elif len(holders) < limit and all(a.shared for a in holders):
-                open_.append(unit.uuid)
-        return frozenset(free), frozenset(open_)
+                if uid not in quarantined:
+                    free.append(uid)
+            elif len(holders) < limit and holders[0].shared and uid not in quarantined:
+                if len(holders) == 1 or all(a.shared for a in holders):
+                    shared.append(uid)
+        return frozenset(free), frozenset(free + shared)
 
     def assignments(self) -> tuple[Assignment, ...]:
         return tuple(self._holders.values())

@@ -233,6 +233,10 @@ class Standing:
         return text
 
 
+def _arrival(e: Waiting) -> int:
+    return e.seq
+
+
 class WaitQueue:
     """The hub's line of servers waiting for units. See the module's docstring for the rules."""
 
@@ -241,8 +245,11 @@ class WaitQueue:
         self.lookahead = lookahead
         self._entries: dict[str, Waiting] = {}  # holder -> entry, in arrival order
         self._seq = 0
-        self._kinds: dict[tuple[GPURequest, str | None], Kind] = {}
+        # Kinds are of one inventory: all three are made again when it changes (``_sync``).
         self._inventory: tuple | None = None
+        self._kinds: dict[tuple[GPURequest, str | None], Kind] = {}
+        self._kind_of: dict[str, Kind] = {}  # holder -> the kind it waits for
+        self._lines: dict[Kind, dict[str, Waiting]] = {}  # kind -> those waiting for it, in arrival order
 
     # --- the line
 
@@ -261,9 +268,10 @@ class WaitQueue:
 
     def kind(self, ledger: Ledger, request: GPURequest, node: str | None = None) -> Kind:
         """The kind of unit ``request`` waits for, in ``ledger``'s inventory."""
-        if ledger.inventory is not self._inventory:
-            self._kinds.clear()
-            self._inventory = ledger.inventory
+        self._sync(ledger)
+        return self._kind(ledger, request, node)
+
+    def _kind(self, ledger: Ledger, request: GPURequest, node: str | None) -> Kind:
         kind = self._kinds.get((request, node))
         if kind is None:
             units = [u for u in ledger.inventory if request.matches(u) and (node is None or u.node == node)]
@@ -271,26 +279,53 @@ class WaitQueue:
             self._kinds[request, node] = kind
         return kind
 
+    def _sync(self, ledger: Ledger) -> None:
+        """Sort everyone waiting by kind again when the inventory changed (a node joined or left)."""
+        if ledger.inventory is self._inventory:
+            return
+        self._inventory = ledger.inventory
+        self._kinds.clear()
+        self._kind_of.clear()
+        self._lines.clear()
+        for e in self._entries.values():
+            self._file(ledger, e)
+
+    def _file(self, ledger: Ledger, e: Waiting) -> None:
+        kind = self._kind(ledger, e.request, e.node)
+        self._kind_of[e.holder] = kind
+        self._lines.setdefault(kind, {})[e.holder] = e
+
+    def _drop(self, holder: str) -> Waiting | None:
+        e = self._entries.pop(holder, None)
+        kind = self._kind_of.pop(holder, None)
+        if kind is not None:
+            line = self._lines[kind]
+            del line[holder]
+            if not line:
+                del self._lines[kind]
+        return e
+
     def order(self, ledger: Ledger) -> tuple[Waiting, ...]:
         """Everyone waiting, in the order units go to them: first come, first served, those who hold a
         unit of the kind they wait for behind those who hold none."""
-        held = self._held(ledger)
+        self._sync(ledger)
+        holds = self._holds(ledger)
         first, behind = [], []
         for e in self._entries.values():
-            (behind if self._holds_kind(ledger, e, held) else first).append(e)
+            (behind if holds(e) else first).append(e)
         return tuple(first + behind)
 
     def leave(self, holder: str) -> Waiting | None:
         """Take ``holder`` out of the line (its spawn was stopped); its entry, or None if it was not waiting.
 
         Call ``next_grants`` after: the units it kept for itself may now go to others."""
-        return self._entries.pop(holder, None)
+        return self._drop(holder)
 
     def expired(self, now: float) -> tuple[Refusal, ...]:
         """Take out of the line everyone whose ``queue_timeout`` has run out at ``now``; call ``next_grants`` after."""
         gone = [e for e in self._entries.values() if e.deadline is not None and e.deadline <= now]
         for e in gone:
-            del self._entries[e.holder]
+            self._drop(e.holder)
         return tuple(
             Refusal(
                 e,
@@ -347,7 +382,8 @@ class WaitQueue:
         held or waited for. ``timeout``: its ``queue_timeout`` (None: no limit); ``runtime``: its
         ``max_runtime`` (None: none), to keep it off units a lab takes before it would end.
         """
-        self._entries.pop(holder, None)
+        self._sync(ledger)
+        self._drop(holder)
         ledger.release(holder)
         moved, kept_first, kept_all = self._settle(ledger, now)
         self._seq += 1
@@ -364,13 +400,14 @@ class WaitQueue:
             None if timeout is None else now + timeout,
             runtime,
         )
-        behind = request.slots > 0 and self._holds_kind(ledger, entry, self._held(ledger))
+        behind = request.slots > 0 and self._holds(ledger)(entry)
         try:
             assignment = self._assign(ledger, entry, kept_all if behind else kept_first, now)
         except NoFreeUnit as refusal:
             if not wait:
                 return Admission(refusal=refusal, moved=moved)
             self._entries[holder] = entry
+            self._file(ledger, entry)
             return Admission(waiting=entry, moved=moved)
         except NoCapacity as refusal:
             return Admission(refusal=refusal, moved=moved)
@@ -389,25 +426,35 @@ class WaitQueue:
         quota it fills, a unit of their kind it gives their student)."""
         granted: list[Grant] = []
         refused: list[Refusal] = []
+        if not self._entries:
+            return Moves(), frozenset(), frozenset()
+        free, open_ = (set(units) for units in ledger.room())  # kept up to date by each walk
         while True:
-            moves, kept_first, kept_all = self._walk(ledger, now)
+            moves, kept_first, kept_all = self._walk(ledger, now, free, open_)
             granted += moves.granted
             refused += moves.refused
             if not moves:
                 return Moves(tuple(granted), tuple(refused)), kept_first, kept_all
 
-    def _walk(self, ledger: Ledger, now: float) -> tuple[Moves, frozenset[str], frozenset[str]]:
-        """``next_grants``; also the free units kept for those waiting: by those who hold none, by all."""
-        if not self._entries:
+    def _walk(
+        self, ledger: Ledger, now: float, free: set[str], open_: set[str]
+    ) -> tuple[Moves, frozenset[str], frozenset[str]]:
+        """``next_grants``; also the free units kept for those waiting: by those who hold none, by all.
+        ``free``, ``open_``: ``ledger.room()``, as sets this walk keeps up to date.
+
+        Only the lines of kinds with a unit open (free, or with room for a shared slot) are walked,
+        in order, and only until no open unit is left for anyone: the others can neither be granted
+        nor keep anything, so a decision costs about the same with 1,000 waiting as with 10.
+        """
+        if not self._entries or not open_:
             return Moves(), frozenset(), frozenset()
-        free, open_ = ledger.room()
-        if not open_:
+        self._sync(ledger)
+        live = [line.values() for kind, line in self._lines.items() if not kind.units.isdisjoint(open_)]
+        if not live:
             return Moves(), frozenset(), frozenset()
-        free, open_ = set(free), set(open_)
-        held = self._held(ledger)
-        first, behind = [], []
-        for e in self._entries.values():
-            (behind if self._holds_kind(ledger, e, held) else first).append(e)
+        holds = self._holds(ledger)
+        behind: list[Waiting] = []  # those who hold a unit of their kind: after all who hold none
+        leaving: list[str] = []  # out of the line once the walk is over (the lines are walked meanwhile)
         kept: set[str] = set()
         kept_first: frozenset[str] | None = None
         granted: list[Grant] = []
@@ -429,13 +476,13 @@ class WaitQueue:
             kept.update(sorted(draining, key=lambda unit: (len(ledger.holders_of(unit)), unit))[:lacking])
 
         def refuse(e: Waiting, why: NoCapacity) -> bool:
-            del self._entries[e.holder]
+            leaving.append(e.holder)
             refused.append(Refusal(e, why.reason, f"{e.what()}: {why.message}"))
             return bool(open_ - kept)
 
         def step(e: Waiting) -> bool:
             """Try one entry; False when no free unit is left for anyone after it."""
-            kind = self.kind(ledger, e.request, e.node)
+            kind = self._kind_of[e.holder]
             pool = open_ if e.request.shared else free
             fits = (kind.units & pool) - kept
             if fits and self.reservations:
@@ -454,7 +501,7 @@ class WaitQueue:
                 return bool(open_ - kept)
             except NoCapacity as why:
                 return refuse(e, why)
-            del self._entries[e.holder]
+            leaving.append(e.holder)
             granted.append(Grant(e, assignment, now, self._until(e, assignment, now)))
             got.setdefault(e.user, set()).update(assignment.ids)
             for unit in assignment.ids:
@@ -465,18 +512,22 @@ class WaitQueue:
             return bool(open_ - kept)
 
         going = True
-        for e in first:
-            if not going:
-                break
-            if e.user in got and not self.kind(ledger, e.request, e.node).units.isdisjoint(got[e.user]):
+        for e in heapq.merge(*live, key=_arrival) if len(live) > 1 else live[0]:
+            if holds(e):
+                behind.append(e)
+            elif e.user in got and not self._kind_of[e.holder].units.isdisjoint(got[e.user]):
                 moved_back.append(e)  # it holds a unit of its kind now: behind those who hold none
-                continue
-            going = step(e)
+            else:
+                going = step(e)
+                if not going:
+                    break
         kept_first = frozenset(kept)
         if going:
-            for e in heapq.merge(moved_back, behind, key=lambda e: e.seq):
+            for e in heapq.merge(moved_back, behind, key=_arrival):
                 if not step(e):
                     break
+        for holder in leaving:
+            self._drop(holder)
         return Moves(tuple(granted), tuple(refused)), kept_first, frozenset(kept)
 
     def _assign(self, ledger: Ledger, e: Waiting, kept: frozenset[str], now: float) -> Assignment:
@@ -502,18 +553,18 @@ class WaitQueue:
             return None
         return self.reservations.free_until(assignment.ids, e.requester, e.profile, now)
 
-    @staticmethod
-    def _held(ledger: Ledger) -> dict[str, set[str]]:
-        """User -> the units their servers hold."""
-        held: dict[str, set[str]] = {}
-        for a in ledger.assignments():
-            if a.units:
-                held.setdefault(a.user, set()).update(a.ids)
-        return held
+    def _holds(self, ledger: Ledger):
+        """A test of whether a waiting server's student holds a unit of the kind it waits for (the
+        fairness rule), asking the ledger once per student."""
+        held: dict[str, frozenset[str]] = {}
 
-    def _holds_kind(self, ledger: Ledger, e: Waiting, held: Mapping[str, set[str]]) -> bool:
-        mine = held.get(e.user)
-        return bool(mine) and not self.kind(ledger, e.request, e.node).units.isdisjoint(mine)
+        def holds(e: Waiting) -> bool:
+            mine = held.get(e.user)
+            if mine is None:
+                mine = held[e.user] = ledger.units_of_user(e.user)
+            return bool(mine) and not self._kind(ledger, e.request, e.node).units.isdisjoint(mine)
+
+        return holds
 
     # --- where everyone stands
 
@@ -526,7 +577,7 @@ class WaitQueue:
         way (whole, or shared slots); none otherwise. It assumes nobody new goes ahead.
         """
         order = self.order(ledger)
-        kinds = [self.kind(ledger, e.request, e.node) for e in order]
+        kinds = [self._kind_of[e.holder] for e in order]
         distinct = list(dict.fromkeys(kinds))
         touching = {k: [o for o in distinct if not o.units.isdisjoint(k.units)] for k in distinct}
         total = {k: 0 for k in distinct}
