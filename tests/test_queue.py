@@ -5,7 +5,7 @@ from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -502,6 +502,66 @@ def test_a_waiter_granted_before_a_window_is_told_its_end():
 
 # --- the rules under random arrivals, departures, lab hours and time
 
+ORDER_UNITS = [whole(0), whole(1), whole(2, "NVIDIA L4"), mig(0), mig(1)]
+ORDER_REQUESTS = [ONE, GPURequest(count=1, model="A100"), GPURequest(count=1, kind="any"), MIG, TWO]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    holders=st.lists(st.sampled_from(["u0", "u1", "u2", "x"]), min_size=5, max_size=5),
+    waiters=st.lists(st.tuples(st.sampled_from(["u0", "u1", "u2", "u3", "u4"]), st.sampled_from(ORDER_REQUESTS))),
+    freed=st.integers(0, 4),
+)
+def test_a_freed_unit_goes_to_the_first_in_line_it_fits(holders, waiters, freed):
+    """A full lab, a line of random requests (some from students who hold a unit), one unit frees: it goes
+    to the first in line it fits, in arrival order with those who hold a unit of their kind last; and to
+    nobody if that one needs more units than are free."""
+    ledger, queue = Ledger(ORDER_UNITS), WaitQueue()
+    for n, (user, unit) in enumerate(zip(holders, ORDER_UNITS)):
+        holder = holder_key(user if user != "x" else f"x{n}", f"held{n}")
+        ledger.adopt(holder, [unit.id])
+    line = []
+    for n, (user, request) in enumerate(waiters):
+        admission = ask(queue, ledger, user, request, server=f"s{n}", now=T0 + n)
+        assert admission.assignment is None
+        if admission.waiting:
+            line.append(admission.waiting)
+    unit = ORDER_UNITS[freed]
+    (gone,) = ledger.holders_of(unit.id)
+    ledger.release(gone.holder)
+
+    def holds_kind(e):
+        return any(e.request.matches(u) for a in ledger.assignments() if a.user == e.user for u in a.units)
+
+    order = sorted(line, key=lambda e: (holds_kind(e), e.seq))
+    assert list(queue.order(ledger)) == order
+    first = next((e for e in order if e.request.matches(unit)), None)
+    granted = queue.next_grants(ledger, T0 + 100).granted
+    if first is None or first.request.slots > 1:
+        assert granted == () and ledger.free() == (unit,)
+    else:
+        assert [(g.entry.holder, g.assignment.ids) for g in granted] == [(first.holder, (unit.id,))]
+
+
+def test_the_line_moves_until_it_stands_still():
+    """A grant in a walk fills a student's quota: their other request, passed over and keeping a unit,
+    is refused in the next walk of the same decision, and the unit it kept goes on."""
+    ledger = Ledger([whole(0), whole(1), whole(2), mig(0)], Policy(max_gpus_per_user=2))
+    queue = WaitQueue()
+    for i in range(4):
+        ask(queue, ledger, f"h{i}", MIG if i == 3 else ONE, requester=student(f"h{i}", exempt=True))
+    ask(queue, ledger, "team", TWO, now=T0 + 1)
+    ask(queue, ledger, "team", MIG, server="small", now=T0 + 2)
+    ask(queue, ledger, "carol", now=T0 + 3)
+    ledger.release("h0/")
+    ledger.release("h3/")
+    moved = queue.next_grants(ledger, T0 + 4)
+    assert [(g.entry.holder, g.assignment.ids) for g in moved.granted] == [
+        ("team/small", ("MIG-0",)),
+        ("carol/", ("GPU-0",)),
+    ]
+    assert [(r.entry.holder, r.reason) for r in moved.refused] == [("team/", "user_quota")]
+
 
 MACHINE_UNITS = [whole(0), whole(1), whole(2, "NVIDIA L4"), mig(0), mig(1)]
 MACHINE_REQUESTS = [
@@ -625,7 +685,7 @@ class QueueMachine(RuleBasedStateMachine):
     def _arrive(self, data, user, holder, request):
         profile = data.draw(st.sampled_from(MACHINE_PROFILES), "profile")
         wait = data.draw(st.sampled_from([True, True, True, False]), "wait")
-        timeout = data.draw(st.sampled_from([None, 60, 1800]), "timeout")
+        timeout = data.draw(st.sampled_from([None, None, 1800, 60]), "timeout")
         self.running.pop(holder, None)  # a server that starts gives up what it held
         self.profile_of = {e.holder: e.profile for e in self.queue.waiting()} | {holder: profile}
         before, was_free = self.keys(), {u.id for u in self.free_units()}
