@@ -85,7 +85,7 @@ written anywhere: the line is the hub's, in memory.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -166,7 +166,12 @@ class Refusal:
 
     entry: Waiting
     reason: str  # a NoCapacity reason ('user_quota', ...) or 'queue_timeout'
-    message: str
+    why: NoCapacity | str  # the ledger's refusal (its sentence is made when read), or the sentence
+
+    @property
+    def message(self) -> str:
+        """For the student: 'ML101: Your group 'ml101' is using 4 of its 4 GPU(s). ...'."""
+        return f"{self.entry.what()}: {self.why if isinstance(self.why, str) else self.why.message}"
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,29 @@ class Standing:
 
 def _arrival(e: Waiting) -> int:
     return e.seq
+
+
+def _in_arrival_order(lines: list[tuple[Kind, Iterable[Waiting]]], alive: Callable[[Kind], bool]) -> Iterator[Waiting]:
+    """The entries of ``lines`` (each in arrival order) merged in arrival order, a line left out from
+    the moment ``alive`` says its kind can no longer move (it is asked before each entry)."""
+    heap = []
+    for n, (kind, entries) in enumerate(lines):
+        it = iter(entries)
+        first = next(it, None)
+        if first is not None:
+            heap.append((first.seq, n, first, it, kind))
+    heapq.heapify(heap)
+    while heap:
+        _, n, e, it, kind = heap[0]
+        if not alive(kind):
+            heapq.heappop(heap)
+            continue
+        yield e
+        following = next(it, None)
+        if following is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (following.seq, n, following, it, kind))
 
 
 class WaitQueue:
@@ -343,7 +371,7 @@ class WaitQueue:
             Refusal(
                 e,
                 "queue_timeout",
-                f"{e.what()}: waited {format_duration(now - e.since)} in line and no unit freed in time"
+                f"waited {format_duration(now - e.since)} in line and no unit freed in time"
                 " (the profile's queue_timeout). Try again later, or choose another profile.",
             )
             for e in gone
@@ -462,7 +490,7 @@ class WaitQueue:
         if not self._entries or not open_:
             return Moves(), frozenset(), frozenset()
         self._sync(ledger)
-        live = [line.values() for kind, line in self._lines.items() if not kind.units.isdisjoint(open_)]
+        live = [(kind, line.values()) for kind, line in self._lines.items() if not kind.units.isdisjoint(open_)]
         if not live:
             return Moves(), frozenset(), frozenset()
         holds = self._holds(ledger)
@@ -490,7 +518,7 @@ class WaitQueue:
 
         def refuse(e: Waiting, why: NoCapacity) -> bool:
             leaving.append(e.holder)
-            refused.append(Refusal(e, why.reason, f"{e.what()}: {why.message}"))
+            refused.append(Refusal(e, why.reason, why))
             return bool(open_ - kept)
 
         def step(e: Waiting) -> bool:
@@ -524,8 +552,12 @@ class WaitQueue:
                     open_.discard(unit)
             return bool(open_ - kept)
 
+        def alive(kind: Kind) -> bool:
+            """Has ``kind`` an open unit nobody before kept? Once not, none of its line can move."""
+            return not kind.units.isdisjoint(open_ - kept)
+
         going = True
-        for e in heapq.merge(*live, key=_arrival) if len(live) > 1 else live[0]:
+        for e in _in_arrival_order(live, alive):
             if holds(e):
                 behind.append(e)
             elif e.user in got and not self._kind_of[e.holder].units.isdisjoint(got[e.user]):
@@ -537,7 +569,7 @@ class WaitQueue:
         kept_first = frozenset(kept)
         if going:
             for e in heapq.merge(moved_back, behind, key=_arrival):
-                if not step(e):
+                if alive(self._kind_of[e.holder]) and not step(e):
                     break
         for holder in leaving:
             self._drop(holder)
