@@ -553,3 +553,47 @@ def test_adopting_more_units_after_one_left_the_inventory():
     assert ledger.adopt("ana/", [second.id], user="ana") == ()
     assert set(ledger.assignment("ana/").ids) == {first.id, second.id}
     assert first.id not in {u.id for u in ledger.free()}
+
+
+def test_what_a_decision_could_take_now_and_what_a_student_holds():
+    ledger = Ledger(inventory(4), Policy(share_limit=2))
+    take(ledger, "alice/", 1)  # GPU-0 whole
+    take(ledger, "bob/", GPURequest(count=1, shared=True))  # GPU-1, one of two slots
+    take(ledger, "bob/b", GPURequest(count=1, shared=True))  # GPU-1 full
+    take(ledger, "carol/", GPURequest(count=1, shared=True))  # GPU-2, one slot
+    ledger.quarantined = frozenset({"GPU-0003"})
+    assert ledger.room() == (frozenset(), frozenset({"GPU-0002"}))
+    ledger.quarantined = frozenset()
+    assert ledger.room() == (frozenset({"GPU-0003"}), frozenset({"GPU-0002", "GPU-0003"}))
+    assert ledger.units_of_user("bob") == {"GPU-0001"} and ledger.units_of_user("dan") == frozenset()
+    ledger.release("bob/")
+    ledger.release("bob/b")
+    assert ledger.units_of_user("bob") == frozenset()
+
+
+def test_units_set_aside_are_not_taken_and_the_refusal_says_why():
+    ledger = Ledger(inventory(3))
+    take(ledger, "alice/", 1)
+    assert ids(ledger.assign("bob/", GPURequest(count=1), Requester("bob"), set_aside={"GPU-0001"})) == ["GPU-0002"]
+    ledger.release("bob/")
+    refusal = ledger.can_fit(GPURequest(count=2), Requester("bob"), set_aside=frozenset({"GPU-0001"}))
+    assert refusal.reason == "no_gpu" and type(refusal).__name__ == "NoFreeUnit"
+    assert refusal.message == (
+        "Needs 2 whole GPUs: 2 of the 3 units that fit are free, but kept for requests waiting in line"
+        " or for a course's reserved lab hours."
+    )
+    assert refusal.free == (whole(2),)  # a unit kept for others is not offered as free
+    take(ledger, "carol/", 1)  # GPU-1: now one free, kept
+    refusal = ledger.can_fit(GPURequest(count=1), Requester("bob"), set_aside=frozenset({"GPU-0002"}))
+    assert refusal.message == (
+        "Needs 1 whole GPU: 1 of the 3 units that fit is free, but kept for requests waiting in line"
+        " or for a course's reserved lab hours."
+    )
+    refusal = ledger.can_fit(GPURequest(count=2), Requester("bob"), set_aside=frozenset({"GPU-0002"}))
+    assert refusal.message == (
+        "Needs 2 whole GPUs: only 1 of 3 NVIDIA A100-SXM4-80GB GPUs are free."
+        " 1 of them is kept for requests waiting in line or for a course's reserved lab hours."
+    )
+    # a request the hub could never meet is not a NoFreeUnit: it could not wait for one
+    never = ledger.can_fit(GPURequest(count=4), Requester("bob"))
+    assert never.reason == "no_gpu" and type(never).__name__ == "NoCapacity"

@@ -187,3 +187,13 @@ async def test_dockerspawners_single_thread_holds_everyone_up(real_spawners, sle
         assert slow.done()  # ben waited for all of ana's call
     finally:
         one_thread.close()
+
+
+def test_allocation_core_with_the_wait_queue():
+    for quotas, lab_units in ((True, 0), (False, 8)):
+        result = allocation.run_queue(decisions=600, quotas=quotas, lab_units=lab_units)
+        assert result["decisions"] == 600 and result["admit_n_us"] > 0 and result["after_stop_n_us"] > 0
+        assert result["longest_line"] > 0 and result["granted_from_line"] > 0  # the line formed and moved
+        assert result["exclusive_units_distinct"] and result["waiting_hold_nothing"]
+        assert result["standings_at_end"] == result["line_at_end"]
+        assert all(finite(result[f"{kind}_mean_us"]) for kind in ("admit", "after_stop"))

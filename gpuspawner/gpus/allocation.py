@@ -167,6 +167,15 @@ class NoCapacity(Exception):
         return self.message
 
 
+class NoFreeUnit(NoCapacity):
+    """Refused only because the units that fit are in use now (held, quarantined or set aside):
+    the units this hub has could meet the request, so it may wait for one (``gpus.queue``).
+
+    Its ``reason`` is ``'no_gpu'``. A refusal for a quota or a cap, or for a request no unit of
+    the hub (or no node, for several units) could ever meet, is a plain ``NoCapacity``.
+    """
+
+
 def _fmt(amount: Fraction | float) -> str:
     return f"{float(amount):g}"
 
@@ -293,7 +302,7 @@ def _candidates(
     """(the units that could take ``request`` now, best first; all units that fit it at all).
 
     ``best_only``: only the best of the units that could take it (none when none can).
-    ``quarantined``: units set aside (``gpus.health``): they fit, but take nothing.
+    ``quarantined``: units set aside (``gpus.health``, or kept for others): they fit, but take nothing.
     """
     holders_of = occupancy.holders_of
     # How busy each physical GPU and each node is (its units held), for pack/spread.
@@ -398,13 +407,19 @@ def _decide(
     policy: Policy,
     matching: list[GPU] | None = None,
     quarantined: frozenset[str] = frozenset(),
+    set_aside: frozenset[str] = frozenset(),
 ) -> tuple[GPU, ...]:
-    """``decide`` over the holdings of everyone else, summed up in ``others``."""
+    """``decide`` over the holdings of everyone else, summed up in ``others``.
+
+    ``set_aside``: units this request may not take, though free (kept for requests waiting
+    before it, or reserved for a lab it is not part of: ``gpus.queue``, ``reservations``).
+    """
     if request.slots == 0:
         return ()
     check_quotas(others, request, requester, policy)
     one = request.slots == 1
-    candidates, matching = _candidates(inventory, others, request, policy, matching, one, quarantined)
+    excluded = quarantined | set_aside if set_aside else quarantined
+    candidates, matching = _candidates(inventory, others, request, policy, matching, one, excluded)
     if one and candidates:
         return (candidates[0],)
     # Every unit of one server is on one node: the first node, in candidate order, with enough.
@@ -417,16 +432,44 @@ def _decide(
             return tuple(u for u in inventory if u.uuid in chosen)  # in nvidia-smi's order: CUDA device 0 first
 
     def free() -> tuple[GPU, ...]:
-        return tuple(u for u in inventory if u.uuid not in others.holders_of and u.uuid not in quarantined)
+        return tuple(u for u in inventory if u.uuid not in others.holders_of and u.uuid not in excluded)
 
     def message() -> str:
-        text = _no_capacity_message(request, matching, candidates, free())
+        kept = sum(u.uuid in set_aside and u.uuid not in quarantined for u in matching)
+        shown = candidates
+        if kept:  # the units kept are free: count them so, not as in use
+            shown = _candidates(inventory, others, request, policy, matching, False, quarantined)[0]
+        if kept and len(shown) >= request.slots:
+            return (
+                f"Needs {request.describe()}: {len(shown)} of the {len(matching)} units that fit"
+                f" {'is' if len(shown) == 1 else 'are'} free, but kept for requests waiting in line"
+                " or for a course's reserved lab hours."
+            )
+        text = _no_capacity_message(request, matching, shown, free())
         aside = sum(u.uuid in quarantined for u in matching)
         if aside:
             text += f" {aside} of them {'is' if aside == 1 else 'are'} set aside after failed starts (quarantined)."
+        if kept:
+            text += (
+                f" {kept} of them {'is' if kept == 1 else 'are'} kept for requests waiting in line"
+                " or for a course's reserved lab hours."
+            )
         return text
 
-    raise NoCapacity("no_gpu", message, request=request, free=free)
+    refusal = NoFreeUnit if _could_ever_meet(request, matching) else NoCapacity
+    raise refusal("no_gpu", message, request=request, free=free)
+
+
+def _could_ever_meet(request: GPURequest, matching: list[GPU]) -> bool:
+    """Could the units that fit ``request`` meet it, were they all free? (Several units: on one node.)"""
+    if request.shared or request.slots == 1:
+        return bool(matching)
+    if len(matching) < request.slots:
+        return False
+    on_node: dict[str, int] = {}
+    for unit in matching:
+        on_node[unit.node] = on_node.get(unit.node, 0) + 1
+    return max(on_node.values()) >= request.slots
 
 
 def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: list[GPU], free: tuple[GPU, ...]) -> str:
@@ -523,11 +566,23 @@ class Ledger:
         return matching
 
     def _decide(
-        self, others: Occupancy, request: GPURequest, requester: Requester, node: str | None
+        self,
+        others: Occupancy,
+        request: GPURequest,
+        requester: Requester,
+        node: str | None,
+        set_aside: frozenset[str] = frozenset(),
     ) -> tuple[GPU, ...]:
         """``decide``, from ``others``: the running totals less what the holder holds."""
         return _decide(
-            self._units(node), others, request, requester, self.policy, self._fitting(request, node), self.quarantined
+            self._units(node),
+            others,
+            request,
+            requester,
+            self.policy,
+            self._fitting(request, node),
+            self.quarantined,
+            set_aside,
         )
 
     def _hold(self, assignment: Assignment) -> None:
@@ -545,6 +600,30 @@ class Ledger:
 
     def assignment(self, holder: str) -> Assignment | None:
         return self._holders.get(holder)
+
+    def units_of_user(self, user: str) -> frozenset[str]:
+        """The unit ids ``user``'s servers hold (all of them together)."""
+        if not self._occupancy.user_load.get(user):
+            return frozenset()
+        return frozenset(u.uuid for a in self._holders.values() if a.user == user for u in a.units)
+
+    def room(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(the units no server holds; the units with room for a shared slot: those, and the ones shared
+        by fewer than ``share_limit``), by id, quarantined ones left out: what a decision could take now."""
+        held = self._occupancy.holders_of
+        limit = self.policy.share_limit
+        quarantined = self.quarantined
+        free, shared = [], []
+        for unit in self.inventory:
+            uid = unit.uuid
+            holders = held.get(uid)
+            if not holders:
+                if uid not in quarantined:
+                    free.append(uid)
+            elif len(holders) < limit and holders[0].shared and uid not in quarantined:
+                if len(holders) == 1 or all(a.shared for a in holders):
+                    shared.append(uid)
+        return frozenset(free), frozenset(free + shared)
 
     def assignments(self) -> tuple[Assignment, ...]:
         return tuple(self._holders.values())
@@ -591,16 +670,19 @@ class Ledger:
         *,
         node: str | None = None,
         resources: ServerResources = NO_RESOURCES,
+        set_aside: frozenset[str] = frozenset(),
     ) -> NoCapacity | None:
         """Why ``request`` (with ``resources``) cannot start now (on ``node`` if given), or None when it
         can (for the spawn page).
 
         What ``holder`` holds counts as given up, as when its server starts again.
+        ``set_aside``: unit ids it may not take, though free (see ``assign``).
         """
         held = self._holders.get(holder)
         try:
             self._check_caps(request, requester, holder, resources)
-            self._decide(self._occupancy if held is None else self._occupancy.without(held), request, requester, node)
+            others = self._occupancy if held is None else self._occupancy.without(held)
+            self._decide(others, request, requester, node, frozenset(set_aside))
         except NoCapacity as e:
             return e
         return None
@@ -615,16 +697,18 @@ class Ledger:
         *,
         node: str | None = None,
         resources: ServerResources = NO_RESOURCES,
+        set_aside: frozenset[str] = frozenset(),
     ) -> Assignment:
         """Decide and record what ``holder`` holds (its units and ``resources``), or raise
-        ``NoCapacity`` holding nothing.
+        ``NoCapacity`` holding nothing (``NoFreeUnit`` when only the units in use stand in its way).
 
         A holder that already holds units gives them up first: a server starts fresh.
-        ``node``: the units are taken on that node only.
+        ``node``: the units are taken on that node only. ``set_aside``: unit ids it may not take,
+        though free: kept for requests waiting before it, or reserved for a lab (``gpus.queue``).
         """
         self.release(holder)
         self._check_caps(request, requester, holder, resources)
-        units = self._decide(self._occupancy, request, requester, node)
+        units = self._decide(self._occupancy, request, requester, node, frozenset(set_aside))
         assignment = Assignment(holder, requester.user, units, request.shared and bool(units), requester.groups)
         if units:
             self._hold(assignment)
