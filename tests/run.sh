@@ -21,4 +21,4 @@ pytest -m "not docker" "$@"
 echo "== docs" >&2
 sphinx-build -q -W --keep-going -b html docs docs/_build/html
 echo "== end-to-end tests (real jupyterhub, configurable-http-proxy, Docker engine)" >&2
-pytest -m docker "$@"
+pytest -m docker --durations=25 "$@"  # the slowest, for keeping the whole under its budget
