@@ -31,24 +31,13 @@ import _lab
 import _report
 
 from tests.realhub import TESTBED, free_port, read_testbed, running_hub, wait_for
-from tests.ssh_client import OpenSSH, answers, new_key, set_size
+from tests.ssh_client import OpenSSH, answers, new_key
 
 
 def prompt_seconds(gateway: OpenSSH, user: str, key: Path | None = None, token: str | None = None) -> float:
     """From starting ``ssh -tt`` on a terminal until the shell's prompt (``$ ``) shows on it."""
-    master, slave = os.openpty()
-    set_size(slave, 40, 120)
-    opts, env = gateway.options(token=token, key=key)
     began = time.monotonic()
-    shell = subprocess.Popen(
-        ["ssh", *opts, "-tt", "-p", str(gateway.port), f"{user}@127.0.0.1"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
+    shell, master = gateway.shell_on_a_terminal(user, 40, 120, token=token, key=key)
     seen = b""
     try:
         while b"$ " not in seen:

@@ -121,6 +121,25 @@ class OpenSSH:
             timeout=60,
         )
 
+    def shell_on_a_terminal(
+        self, login: str, rows: int, columns: int, token: str | None = None, key: Path | None = None
+    ) -> tuple[subprocess.Popen, int]:
+        """``ssh -tt LOGIN@127.0.0.1`` (a shell, no command) on a new terminal of ``rows`` x ``columns``:
+        the process, and the terminal's master side to read and write (the caller closes it)."""
+        master, slave = os.openpty()
+        set_size(slave, rows, columns)
+        opts, env = self.options(token=token, key=key)
+        shell = subprocess.Popen(
+            ["ssh", *opts, "-tt", "-p", str(self.port), f"{login}@127.0.0.1"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+        )
+        os.close(slave)
+        return shell, master
+
     def audit(self) -> list[str]:
         """The gateway's audit lines so far, in the hub's log."""
         return [line for line in self.hub.log_text().splitlines() if "ssh login" in line]

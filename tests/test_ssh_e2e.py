@@ -93,18 +93,7 @@ def test_a_token_logs_in_and_a_command_runs_in_the_students_server(gateway):
 
 def test_an_interactive_shell_has_a_terminal_that_follows_window_resizes(gateway):
     """A shell with a PTY (``ssh -tt``, no command) on a terminal of 33x111, then resized to 44x120."""
-    master, slave = os.openpty()
-    set_size(slave, 33, 111)
-    opts, env = gateway.options(gateway.token(ALICE))
-    shell = subprocess.Popen(
-        ["ssh", *opts, "-tt", "-p", str(gateway.port), f"{ALICE}@127.0.0.1"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
+    shell, master = gateway.shell_on_a_terminal(ALICE, 33, 111, token=gateway.token(ALICE))
     seen = b""
 
     def read_until(text: bytes) -> bytes:
