@@ -1151,6 +1151,7 @@ class GPUSpawner(DockerSpawner):
 
     async def start(self):
         self._start_began = time.monotonic()
+        self._refused = False
         if self.profile is None:  # an admin replaced apply_user_options
             try:
                 self.profile = self.choose_profile(self.user_options.get("profile"))
@@ -1544,6 +1545,7 @@ class GPUSpawner(DockerSpawner):
             message += " Can start now: " + "; ".join(startable) + "."
         status = 503 if e.reason == "no_gpu" else 403
         self._record_denial(profile, e.reason, message)
+        self._refused = True  # before any container: JupyterHub's cleanup poll need not ask the engine
         return SpawnException(message, reason=e.reason, status_code=status)
 
     def _record_denial(self, profile: Profile, reason: str, message: str) -> None:
@@ -1736,7 +1738,14 @@ class GPUSpawner(DockerSpawner):
             return networks[self.server_network]["IPAddress"]
         return super().get_network_ip(network_settings)
 
+    _refused = False  # the last start was refused, before any container was made
+
     async def poll(self):
+        if self._refused and not self.object_id:
+            # JupyterHub polls a spawn that failed before it stops it. A refusal made no container: no
+            # Docker call, which in a class's burst would queue behind the starts of the servers that
+            # did get GPUs, and keep each refusal waiting for them.
+            return 0
         await self.ledger()  # a restarted hub polls every server first: adopt before deciding
         status = await super().poll()
         if status is None:

@@ -73,6 +73,19 @@ def chromium(*args: str):
             b.close()
 
 
+@pytest.fixture(scope="session")
+def lab_registry(tmp_path_factory):
+    """``("127.0.0.1:<port>", an HTTP session)`` of the one loopback registry every pushing test shares.
+
+    Its blobs are kept beside the test bed (``registry.CACHE``) and it asks for the same port each run:
+    the engine then pushes the test bed image's layers once per run at most, not once per module.
+    """
+    from .registry import CACHE, SHARED_PORT, local_registry
+
+    with local_registry(tmp_path_factory.mktemp("registry"), storage=CACHE, port=SHARED_PORT) as registry:
+        yield registry
+
+
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as b:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import textwrap
 import time
@@ -24,6 +25,11 @@ from .realhub import TESTBED, MissingTestbed, free_port
 REGISTRY_BIN = "/usr/bin/docker-registry"
 #: A registry storage kept beside the test bed, for the benchmarks' quick tests.
 CACHE = TESTBED / "registry-cache"
+#: The port the tests' shared registry asks for first. The engine remembers which layers it pushed to
+#: which registry address: pushed again to the same address, a layer the registry holds is a quick check;
+#: to a new address, the engine compresses it again to learn its digest (the test bed image: 30-60 s on
+#: 2 cores). A free port is taken when this one is in use.
+SHARED_PORT = 5747
 
 
 def registry_binary() -> str:
@@ -38,9 +44,18 @@ def registry_binary() -> str:
     return REGISTRY_BIN
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def local_registry(
-    home: Path, timeout: float = 20, storage: Path | None = None
+    home: Path, timeout: float = 20, storage: Path | None = None, port: int | None = None
 ) -> Iterator[tuple[str, requests.Session]]:
     """``("127.0.0.1:<port>", an HTTP session for it)`` of a registry running in ``home``, while in the block.
 
@@ -52,7 +67,7 @@ def local_registry(
     binary = registry_binary()
     home.mkdir(parents=True, exist_ok=True)
     storage = storage or home / "storage"
-    port = free_port()
+    port = port if port and port_is_free(port) else free_port()
     config = home / "config.yml"
     config.write_text(
         textwrap.dedent(

@@ -24,7 +24,6 @@ from gpuspawner.docker_pool import DockerCalls
 
 from .fakes import make_spawner
 from .realhub import E2E_LABEL, docker_host, engine, read_testbed
-from .registry import CACHE, local_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -42,15 +41,15 @@ USERS, GPUS = 4, 2
 
 
 @pytest.fixture(scope="module")
-def big_image(tmp_path_factory):
+def big_image(tmp_path_factory, lab_registry):
     """A small "large image" in a registry on loopback, absent from the engine."""
     tmp = tmp_path_factory.mktemp("bench-pull")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOCKER_CONFIG", str(tmp / "docker-config"))  # no user's credential helper
-        with local_registry(tmp / "registry", storage=CACHE) as (address, _):
-            ref = _lab.push_large_image(address, 4, tmp, RUN)
-            yield ref
-            _lab.remove_image(ref)
+        address, _ = lab_registry
+        ref = _lab.push_large_image(address, 4, tmp, RUN)
+        yield ref
+        _lab.remove_image(ref)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import pytest
 from gpuspawner.cli import build_plan as checks  # the labels image build sets
 
 from .realhub import engine, read_testbed
-from .registry import CACHE, local_registry
 from .test_cli_e2e import RUN, gpuspawner, line, no_probe_left, write_config
 from .test_pull_e2e import no_docker_config  # noqa: F401 - a fixture
 
@@ -201,11 +200,10 @@ def test_build_never_moves_a_tag_a_profile_uses(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, no_docker_config):  # noqa: F811 - the fixture
-    """A loopback registry whose blobs are kept beside the test bed: pushing the test bed image's
-    layers again is a quick check, and pulling them is one of the label's layer only."""
-    with local_registry(tmp_path_factory.mktemp("registry"), storage=CACHE) as (address, http):
-        yield address, http
+def registry(lab_registry, no_docker_config):  # noqa: F811 - the fixture
+    """The tests' shared loopback registry: pushing the test bed image's layers again is a quick
+    check, and pulling them is one of the label's layer only."""
+    return lab_registry
 
 
 def pushed_image(address: str, tag: str) -> str:

@@ -54,7 +54,6 @@ from .realhub import (
     remove_lab,
     wait_for,
 )
-from .registry import CACHE, local_registry
 from .tls import make_certificate
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
@@ -354,25 +353,25 @@ def push_class_images(registry: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, lab_registry):
     workdir = tmp_path_factory.mktemp("deploy")
     t0 = time.monotonic()
     tag, build_s = hub_image(base=read_testbed("image"))
-    with local_registry(workdir / "registry", storage=CACHE) as (registry, _):
-        push_class_images(registry)
-        provider = Provider(workdir)
-        site = Site(workdir, registry, provider)
-        site.env["GPUSPAWNER_HUB_IMAGE"] = tag
+    registry, _ = lab_registry
+    push_class_images(registry)
+    provider = Provider(workdir)
+    site = Site(workdir, registry, provider)
+    site.env["GPUSPAWNER_HUB_IMAGE"] = tag
+    try:
+        compose(site.env, "up", "--detach", "--no-build")
+        site.wait_up()
+        print(f"\nhub image {tag}: build {build_s:.0f} s (0: cached); answers after {time.monotonic() - t0:.0f} s")
+        yield site
+    finally:
         try:
-            compose(site.env, "up", "--detach", "--no-build")
-            site.wait_up()
-            print(f"\nhub image {tag}: build {build_s:.0f} s (0: cached); answers after {time.monotonic() - t0:.0f} s")
-            yield site
+            site.teardown()
         finally:
-            try:
-                site.teardown()
-            finally:
-                provider.stop()
+            provider.stop()
     assert not engine().containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
 
 

@@ -22,7 +22,6 @@ import pytest
 from gpuspawner.images import ImageError, ImagePuller, declared_cuda, image_digest
 
 from .realhub import docker_host, engine, read_testbed
-from .registry import local_registry
 
 pytestmark = pytest.mark.docker
 
@@ -39,10 +38,9 @@ def no_docker_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, no_docker_config):
-    """``127.0.0.1:<port>`` of a registry that lives as long as this module."""
-    with local_registry(tmp_path_factory.mktemp("registry")) as (address, http):
-        yield address, http
+def registry(lab_registry, no_docker_config):
+    """``(127.0.0.1:<port>, its HTTP session)``: the tests' shared loopback registry."""
+    return lab_registry
 
 
 def build_context(base: str) -> io.BytesIO:

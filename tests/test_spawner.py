@@ -135,6 +135,10 @@ async def test_two_users_get_different_gpus_and_stop_frees(engine, tmp_path):
     }
     assert denial["message"] == refused.value.message
     assert carol.gpu_ids == ()
+    # JupyterHub polls a failed spawn before it cleans up: a refusal made no container, so no engine call.
+    calls = len(engine.calls)
+    assert await carol.poll() == 0
+    assert engine.calls[calls:] == []
     await alice.stop()
     assert alice.object_id == "" and alice.gpu_ids == ()
     await carol.start()

@@ -10,9 +10,8 @@ pinned by that digest starts on a real hub. A root image pushed the same way
 a second name for uid 0 before any GPU is assigned, and starts a root image only
 for a profile whose ``allow_root`` the admin's config sets.
 
-The registry keeps its blobs in ``tests.registry.CACHE`` under one fixed repository
-name, so the test bed image's layer is uploaded once per machine (~30 s), not once a
-run. Every image and container made here is this run's, and removed at the end.
+The registry is the tests' shared one (``lab_registry`` in ``conftest.py``): the test
+bed image's layers are pushed to it once per run at most, by whichever module pushes first. Every image and container made here is this run's, and removed at the end.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from .realhub import (
     simulated_gpus,
     write_command_config,
 )
-from .registry import CACHE, local_registry
 from .test_cli_e2e import finding, gpuspawner, line, no_probe_left
 from .test_pull_e2e import no_docker_config  # noqa: F401 - a fixture
 
@@ -92,17 +90,17 @@ def remove_image(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, no_docker_config):  # noqa: F811 - the fixture
+def lab(tmp_path_factory, lab_registry, no_docker_config):  # noqa: F811 - the fixture
     """The lab's registry, the hub's folder (its config as the admin wrote it), and this run's images."""
     made: list[str] = []
-    with local_registry(tmp_path_factory.mktemp("registry"), storage=CACHE) as (address, _):
-        hub_dir = tmp_path_factory.mktemp("hub")
-        write_command_config(hub_dir, GPUS, [])  # pull_policy "never", as the hub's
-        try:
-            yield {"registry": address, "hub_dir": hub_dir, "made": made}
-        finally:
-            for image in made:
-                remove_image(image)
+    address, _ = lab_registry
+    hub_dir = tmp_path_factory.mktemp("hub")
+    write_command_config(hub_dir, GPUS, [])  # pull_policy "never", as the hub's
+    try:
+        yield {"registry": address, "hub_dir": hub_dir, "made": made}
+    finally:
+        for image in made:
+            remove_image(image)
 
 
 @pytest.fixture(scope="module")
