@@ -24,6 +24,7 @@ from .gpus import Inventory, Ledger, Policy
 from .gpus.health import FailureCount, Quarantined, device_failure, short_reason
 from .images import ImagePuller
 from .quarantine import QuarantineFile, quarantine
+from .waiting import Line
 
 if TYPE_CHECKING:
     from .profiles import ProfilesFile
@@ -50,6 +51,7 @@ class HubState:
         quarantine_file: str = "",
         quarantine_after: int = 0,
         inventory_retry: float = 0,
+        queue_file: str = "",
     ):
         self._load_inventory = load_inventory
         self.policy = policy
@@ -58,6 +60,8 @@ class HubState:
         self.synced = False  # the ledger rebuilt from the running containers yet?
         self.synced_at = float("-inf")  # time.monotonic() of the last check of the ledger against Docker
         self.starting: set[str] = set()  # holders assigned units whose start() has not ended: no container yet
+        # Spawns waiting for units (gpuspawner.waiting); granted ones join ``starting``.
+        self.line = Line(starting=self.starting, snapshot_file=queue_file, log=self.log)
         self.ports: dict[str, int] = {}  # holder -> port, while starting or running
         self.docker_calls = DockerCalls(docker_threads)
         self.puller = ImagePuller(new_docker_client, max_concurrent_pulls)
@@ -89,6 +93,7 @@ class HubState:
             quarantine_file=spawner.quarantine_file,
             quarantine_after=spawner.quarantine_after,
             inventory_retry=spawner.inventory_retry,
+            queue_file=spawner.queue_file,
         )
 
     @cached_property

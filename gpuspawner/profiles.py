@@ -151,6 +151,8 @@ class Profile:
     gpu_idle_timeout: float | None = None
     max_runtime: float | None = None
     jupyter_activity_grace: float | None = None
+    # Waiting in line for a unit, in seconds (0: refused at once when none is free); None: the hub-wide value.
+    queue_timeout: float | None = None
 
     def allows(self, user: str, groups: frozenset[str] | set[str], admin: bool = False) -> bool:
         """May this user choose this profile? Admins may choose every profile."""
@@ -183,6 +185,7 @@ class Profile:
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
 _CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace")
+_QUEUE_FIELDS = ("queue_timeout",)
 #: Every key a profile may have; any other is refused, naming it (docs/how-to/profiles.md has one row each).
 PROFILE_FIELDS = frozenset(
     {
@@ -203,6 +206,7 @@ PROFILE_FIELDS = frozenset(
     }
     | _GPU_FIELDS
     | set(_CULL_FIELDS)
+    | set(_QUEUE_FIELDS)
 )
 
 
@@ -284,11 +288,11 @@ def parse_profile(
     if not isinstance(gpu_model, str):
         raise error("gpu_model", f"must be a part of a GPU name such as 'A100', got {gpu_model!r}")
     asks_gpu = gpus > 0 or shared_gpu
-    for field in sorted(_GPU_FIELDS - {"gpus", "shared_gpu", "gpu_kind"}) + list(_CULL_FIELDS):
+    for field in sorted(_GPU_FIELDS - {"gpus", "shared_gpu", "gpu_kind"}) + list(_CULL_FIELDS + _QUEUE_FIELDS):
         if entry.get(field) and not asks_gpu:
             raise error(field, "constrains GPUs, but this profile asks for none (set 'gpus' or 'shared_gpu')")
     culling = {}
-    for field in _CULL_FIELDS:
+    for field in _CULL_FIELDS + _QUEUE_FIELDS:
         value = entry.get(field)
         try:
             culling[field] = None if value is None else parse_duration(value)

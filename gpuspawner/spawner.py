@@ -67,8 +67,10 @@ from .gpus import (
     holder_key,
     parse_static_inventory,
 )
+from .gpus.allocation import NoFreeUnit
 from .gpus.inventory import InventoryError
 from .gpus.nvml import NVMLUnavailable, discover, discover_auto
+from .gpus.queue import Refusal
 from .gpus.resources import REASONS as CAP_REASONS
 from .homes import HomeError, HomeOwner, HomeVolumes
 from .hub_state import HubState, hub_state
@@ -128,6 +130,7 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
             raise web.HTTPError(400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}")
         try:
             spawner.profile = spawner.choose_profile(user_options.get("profile"))
+            spawner._lengthen_start_timeout(spawner.profile)
         except ProfileForbidden as e:
             raise web.HTTPError(403, str(e)) from None
         except ProfileError as e:
@@ -755,6 +758,32 @@ class GPUSpawner(DockerSpawner):
         ``jupyter_activity_grace`` overrides it.""",
     ).tag(config=True)
 
+    queue_timeout = Duration(
+        0,
+        help="""How long a spawn may wait in line for a GPU when none is free (``"20m"``); 0: refused at once.
+
+        Only a spawn refused because every unit it fits is in use waits; quotas, caps,
+        forbidden profiles and unmet CUDA are refused at once. First come, first
+        served; a student who already holds a unit of the kind waits behind those who
+        hold none; a unit that frees goes to the first waiting spawn it fits. Waiting
+        holds nothing. The spawn page shows the place in line, live. A profile's
+        ``queue_timeout`` overrides it. JupyterHub's ``start_timeout`` is lengthened by
+        the profile's ``queue_timeout`` for its spawns, so the wait is not cut short.
+        The line is the hub's, in memory: a restarted hub fails the spawns that were
+        waiting (their students start again); nobody held anything (docs/how-to/queue.md).
+        """,
+    ).tag(config=True)
+
+    queue_file = Unicode(
+        "gpuspawner-queue.json",
+        help="""Where the hub writes who waits in line for what, and since when, at each change.
+
+        The dashboard lists it; the GPU culler reads which units someone waits for
+        (``gpu_idle_timeout_when_waiting``). Relative to the hub's working directory.
+        Empty: not written.
+        """,
+    ).tag(config=True)
+
     stops_file = Unicode(
         "gpuspawner-stops.jsonl",
         help="""Where the GPU culler records the servers it stops, and why, one JSON object a line.
@@ -1039,6 +1068,8 @@ class GPUSpawner(DockerSpawner):
         for a in changes.released:
             self.shared.ports.pop(a.holder, None)
             self.log.info("Released GPUs %s of %s: no running container holds them", ",".join(a.ids), a.holder)
+        if changes.released:
+            self.shared.line.serve(ledger)
         for holder in changes.adopted:
             self.log.warning("Adopted GPUs of %s: its container runs, but the ledger did not have it", holder)
         for warning in changes.warnings:  # said at the hub's first adoption; again at every check
@@ -1082,9 +1113,11 @@ class GPUSpawner(DockerSpawner):
     def _release_gpus(self, why: str) -> None:
         shared = self.shared
         shared.ports.pop(self.holder, None)
+        shared.line.ends.pop(self.holder, None)
         released = shared.ledger.release(self.holder)
         if released and released.units:
             self.log.info("Released GPUs %s of %s (%s)", ",".join(released.ids), self.holder, why)
+            shared.line.serve(shared.ledger)  # to the first waiting spawn they fit
 
     # --- the spawn
 
@@ -1163,9 +1196,9 @@ class GPUSpawner(DockerSpawner):
         self._apply_profile(profile)
         self._check_mount_links(profile)
         ledger = await self.ledger()
-        # Fail fast: no image pull or inspection when the answer is already no.
+        # Fail fast: no image pull or inspection when the answer is already no (and waiting would not change it).
         refusal = self._can_start(ledger, profile)
-        if refusal is not None:
+        if refusal is not None and not (isinstance(refusal, NoFreeUnit) and self.queue_timeout_of(profile)):
             raise self._refusal(profile, refusal, ledger)
         if self.network_name != "host":
             await self._check_network(self.server_network)
@@ -1176,11 +1209,13 @@ class GPUSpawner(DockerSpawner):
         if profile.gpu_request.slots:
             self._report(65, f"Assigning {profile.gpu_request.describe()}")
         async with self.shared.lock:
-            try:
-                assignment = self._assign(ledger, profile.gpu_request, self._resources_of(profile))
-            except NoCapacity as e:
-                raise self._refusal(profile, e, ledger) from None
+            admission, ticket = self._admit(ledger, profile)
+            if admission.refusal is not None:
+                raise self._refusal(profile, admission.refusal, ledger)
             self.shared.starting.add(self.holder)  # no container runs yet: the ledger's check keeps its units
+        assignment = admission.assignment
+        if ticket is not None:
+            assignment = await self._wait_in_line(ledger, profile, ticket)
         self.gpu_ids = assignment.ids
         self.gpu_shared = assignment.shared
         # A lasting record of what ran (the container and its labels go when it stops).
@@ -1201,6 +1236,9 @@ class GPUSpawner(DockerSpawner):
             self._report(75, f"Starting the container{held}")
             started = await super().start()
             self.shared.started(self.gpu_ids)
+            runtime = self.culling_rules_of(profile).max_runtime
+            if runtime and self.gpu_ids:
+                self.shared.line.ends[self.holder] = time.time() + runtime  # for the estimates of those waiting
             self.stop_reason = {}  # told on the spawn page; a new server starts afresh
             self._report(90, "Container started; waiting for the server to answer")
             await self._until_it_answers(started)
@@ -1218,6 +1256,79 @@ class GPUSpawner(DockerSpawner):
             raise
         finally:
             self.shared.starting.discard(self.holder)
+
+    # --- waiting in line for a unit (gpuspawner.waiting)
+
+    def queue_timeout_of(self, profile: Profile) -> float:
+        """How long a spawn of ``profile`` may wait for a unit; 0: it does not wait."""
+        if not profile.gpu_request.slots:
+            return 0
+        return self.queue_timeout if profile.queue_timeout is None else profile.queue_timeout
+
+    _configured_start_timeout: float | None = None
+
+    def _lengthen_start_timeout(self, profile: Profile) -> None:
+        """JupyterHub reads ``start_timeout`` before ``start`` runs: a profile that waits gets its
+        ``queue_timeout`` on top, so that JupyterHub does not cut the wait short."""
+        if self._configured_start_timeout is None:
+            self._configured_start_timeout = self.start_timeout
+        self.start_timeout = int(self._configured_start_timeout + self.queue_timeout_of(profile))
+
+    def _admit(self, ledger: Ledger, profile: Profile):
+        """Units now, a place in line, or a refusal (under the hub's lock): ``(Admission, Ticket | None)``."""
+        rules = self.culling_rules_of(profile)
+        wait = self.queue_timeout_of(profile)
+        return self.shared.line.admit(
+            ledger,
+            self.holder,
+            tell=self._tell_standing,
+            request=profile.gpu_request,
+            requester=self.requester,
+            profile=profile.slug,
+            label=profile.display_name,
+            node=self.decision_node,
+            resources=self._resources_of(profile),
+            wait=bool(wait),
+            timeout=wait or None,
+            runtime=rules.max_runtime or None,
+        )
+
+    def _tell_standing(self, standing) -> None:
+        text = standing.describe(time.time())
+        if not self._progress or self._progress[-1]["message"] != text:
+            self._report(50, text)
+
+    #: Seconds between looks at the line while waiting, for the time left and the estimate shown.
+    line_check_interval = 15.0
+
+    async def _wait_in_line(self, ledger: Ledger, profile: Profile, ticket) -> Assignment:
+        """Wait for ``ticket``'s grant; its refusal (``queue_timeout``, a quota filled meanwhile) fails the spawn.
+
+        Stopping the pending server (JupyterHub cancels ``start``) takes it out of the line."""
+        line = self.shared.line
+        deadline = line.queue.entry(self.holder).deadline
+        self.log.info("%s waits in line for %s", self.holder, profile.gpu_request.describe())
+        try:
+            while not ticket.outcome.done():
+                wait = self.line_check_interval
+                if deadline is not None:
+                    wait = min(wait, max(deadline - time.time(), 0) + 0.05)
+                try:
+                    await asyncio.wait_for(asyncio.shield(ticket.outcome), wait)
+                except TimeoutError:
+                    line.expire(ledger)  # refuses this spawn, and any other, whose time ran out
+                    if not ticket.outcome.done():
+                        line.announce(ledger)  # the time left, the estimate
+            outcome = ticket.outcome.result()
+        except BaseException:  # cancelled: the server was stopped, or the hub gives up on it
+            line.leave(ledger, ticket)
+            raise
+        if isinstance(outcome, Refusal):
+            self._record_denial(profile, outcome.reason, outcome.message)
+            self._refused = True
+            raise SpawnException(outcome.message, reason=outcome.reason, status_code=503)
+        self._report(60, f"Your turn: {profile.gpu_request.describe()} assigned after {outcome.waited:.0f} s in line")
+        return outcome.assignment
 
     # --- a server that dies, or is not one, before it answers: told at once, not after http_timeout
 

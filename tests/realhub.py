@@ -369,7 +369,8 @@ class RealHub:
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
-        return requests.request(method, f"{self.api}{path}", headers=headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return requests.request(method, f"{self.api}{path}", headers=headers, **kwargs)
 
     def login(self, name: str) -> requests.Session:
         """A browser-like session of ``name``, logged in through the login form."""

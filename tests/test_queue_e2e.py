@@ -1,0 +1,150 @@
+"""Waiting in line for a GPU, on the real hub, proxy and engine (issue 19).
+
+Two simulated GPUs and a profile that waits (``queue_timeout``). Two students hold both GPUs;
+three more wait, in order, and are told their place through the REST progress stream (what the
+spawn page shows); one stops their pending spawn and leaves the line; a GPU that frees goes to the
+first in line; another profile's short ``queue_timeout`` runs out with a clear message; a hub killed
+and started again fails the spawn that was waiting (JupyterHub's own rule for pending spawns) and
+leaves nothing held, and the student who starts again waits again and gets the next GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from datetime import datetime
+
+import pytest
+import requests
+
+from .realhub import RealHub, engine, read_testbed, running_hub, simulated_gpus, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+RUN = secrets.token_hex(3)
+GPUS = [f"GPU-c0de{i:04d}-0000-4000-8000-00000000000{i}" for i in range(2)]
+
+
+def user(name: str) -> str:
+    return f"{name}-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    small = {"image": read_testbed("image"), "mem_limit": "512M", "cpu_limit": 0.5}
+    config = f"""
+    c.GPUSpawner.gpus = {simulated_gpus(GPUS)!r}
+    c.GPUSpawner.profiles = [
+        dict(slug="ml101", display_name="ML101", gpus=1, queue_timeout="10m", **{small!r}),
+        dict(slug="quick", display_name="Quick look", gpus=1, queue_timeout=3, **{small!r}),
+    ]
+    c.GPUSpawner.queue_file = "gpuspawner-queue.json"
+    # The REST answer of a pending spawn comes after slow_spawn_timeout (10 s): 1 s keeps the test short.
+    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 1}}
+    """
+    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+        yield h
+
+
+def progress_until(hub: RealHub, name: str, pattern: str, timeout: float = 30) -> dict:
+    """Read the spawn's live progress stream (as the spawn page does) until an event's message matches."""
+    r = hub.request("GET", f"/users/{name}/servers//progress", stream=True, timeout=timeout)
+    r.raise_for_status()
+    seen = []
+    deadline = time.monotonic() + timeout
+    try:
+        for line in r.iter_lines(decode_unicode=True):
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[len("data:") :])
+            seen.append(event.get("message", ""))
+            if re.search(pattern, event.get("message", "")):
+                return event
+            if event.get("failed") or event.get("ready") or time.monotonic() > deadline:
+                break
+    except requests.exceptions.ConnectionError:  # read timeout of a stream with nothing new
+        pass
+    finally:
+        r.close()
+    raise AssertionError(f"{name}: no progress event matching {pattern!r}; saw {seen}\n{hub.log_tail()}")
+
+
+def waiting(hub: RealHub) -> list[str]:
+    path = hub.workdir / "gpuspawner-queue.json"
+    return [w["user"] for w in json.loads(path.read_text())["waiting"]] if path.exists() else []
+
+
+def log_time(hub: RealHub, pattern: str) -> datetime:
+    """When the hub's log first says ``pattern`` (its lines start '[I 2026-12-01 10:00:00.123 ...')."""
+    for line in hub.log_text().splitlines():
+        if re.search(pattern, line):
+            return datetime.strptime(line[3:26], "%Y-%m-%d %H:%M:%S.%f")
+    raise AssertionError(f"no line matching {pattern!r} in the hub's log:\n{hub.log_tail()}")
+
+
+def test_students_wait_in_order_leave_the_line_and_get_freed_gpus(hub: RealHub):
+    s = [user(f"s{i}") for i in range(5)]
+    for name in s[:2]:
+        assert hub.start_server(name, "ml101").status_code in (201, 202)
+    for name in s[2:]:  # one after the other: the line's order
+        r = hub.start_server(name, "ml101")
+        assert r.status_code == 202, r.text  # as any slow spawn
+        wait_for(lambda n=name: n in waiting(hub), 30, f"{name} in line", details=hub.log_tail)
+    assert waiting(hub) == s[2:]
+    model = hub.server_model(s[3])
+    assert model["pending"] == "spawn" and not model["ready"]
+    progress_until(hub, s[3], r"^Waiting for a GPU: 2nd in line for ML101 \(2 NVIDIA A100-SXM4-80GB GPUs, all in use\)")
+    # Waiting holds nothing: only the two holders have containers.
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={s[2]}"})
+
+    # The second in line stops their pending spawn: out of the line, and the third moves up.
+    r = hub.request("DELETE", f"/users/{s[3]}/servers/")
+    assert r.status_code in (202, 204), r.text
+    hub.wait_gone(s[3])
+    assert waiting(hub) == [s[2], s[4]]
+    progress_until(hub, s[4], r"^Waiting for a GPU: 2nd in line")
+
+    # A GPU frees: the first in line gets it.
+    hub.wait_ready(s[0])
+    freed = hub.visible_devices(s[0])
+    hub.stop_server(s[0])
+    hub.wait_ready(s[2])
+    assert hub.visible_devices(s[2]) == freed
+    granted = log_time(hub, rf"Granted {freed} to {s[2]}/")
+    released = granted - log_time(hub, rf"Released GPUs {freed} of {s[0]}/")
+    stopping = granted - log_time(hub, rf"Removing user {s[0]} from proxy")
+    print(
+        f"\nthe freed GPU reached the first in line {released.total_seconds():.3f} s after its release,"
+        f" {stopping.total_seconds():.3f} s after the stop began (measured, not asserted)"
+    )
+    progress_until(hub, s[4], r"^Waiting for a GPU: 1st in line")
+
+
+def test_a_short_queue_timeout_runs_out_with_a_clear_message(hub: RealHub):
+    name = user("quick")
+    assert hub.start_server(name, "quick").status_code == 202
+    event = progress_until(hub, name, r"waited", timeout=30)
+    assert "Quick look: waited 3 seconds in line and no unit freed in time" in event["message"]
+    hub.wait_gone(name)
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={name}"})
+
+
+def test_a_restarted_hub_fails_the_waiting_spawn_and_it_waits_again(hub: RealHub):
+    s1, s2, s4 = user("s1"), user("s2"), user("s4")
+    assert waiting(hub) == [s4]
+    hub.kill()
+    hub.start()
+    # JupyterHub stops a spawn that was pending when it went down; nothing of it is held or running.
+    hub.wait_gone(s4)
+    assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={s4}"})
+    assert hub.server_model(s1)["ready"] and hub.server_model(s2)["ready"]
+    # Starting again, the student waits again, and gets the next GPU that frees.
+    assert hub.start_server(s4, "ml101").status_code == 202
+    wait_for(lambda: waiting(hub) == [s4], 30, f"{s4} in line again", details=hub.log_tail)
+    freed = hub.visible_devices(s1)
+    hub.stop_server(s1)
+    hub.wait_ready(s4)
+    assert hub.visible_devices(s4) == freed
+    assert waiting(hub) == []

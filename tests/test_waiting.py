@@ -1,0 +1,109 @@
+"""Waiting in line for a GPU: the spawner's glue to the wait queue, above a fake Docker client.
+
+The queue's own rules (order, fairness, reservations) are tested in test_queue.py; here, what a
+spawn does with them: it waits holding nothing, is told where it stands, starts when a unit frees,
+leaves the line when stopped or when its ``queue_timeout`` runs out.
+"""
+
+import asyncio
+import json
+
+import pytest
+from jupyterhub.spawner import SpawnException
+
+from gpuspawner.waiting import QUEUE_WAIT, read_snapshot
+
+from .fakes import FakeDocker
+from .test_spawner import PROFILES, spawner
+
+WAITING = [*PROFILES, {"slug": "line", "display_name": "ML101", "image": "lab:1", "gpus": 1, "queue_timeout": "1h"}]
+
+
+@pytest.fixture
+def engine():
+    return FakeDocker()
+
+
+def waiting_spawner(engine, user, **config):
+    return spawner(engine, user, profile="line", profiles=WAITING, **config)
+
+
+async def until(condition, timeout=5.0):
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def test_five_students_on_two_gpus_wait_in_order_holding_nothing(engine, tmp_path):
+    queue_file = tmp_path / "queue.json"
+    students = [waiting_spawner(engine, f"s{i}", queue_file=str(queue_file)) for i in range(5)]
+    await students[0].start()
+    await students[1].start()
+    ledger = students[0].shared.ledger
+    waits = []
+    for n, s in enumerate(students[2:], 1):  # one after the other: the order they come in is the line's
+        waits.append(asyncio.ensure_future(s.start()))
+        await until(lambda: len(students[0].shared.line.queue) == n)
+    assert {a.holder for a in ledger.assignments()} == {"s0/", "s1/"}  # waiting holds nothing
+    # Each is told its place, on its progress.
+    assert [s._progress[-1]["message"] for s in students[2:]] == [
+        f"Waiting for a GPU: {n} in line for ML101 (2 A100 GPUs, all in use). Waits 1 hour more at most."
+        for n in ("1st", "2nd", "3rd")
+    ]
+    snapshot = read_snapshot(str(queue_file))
+    assert [(w["user"], w["position"]) for w in snapshot["waiting"]] == [("s2", 1), ("s3", 2), ("s4", 3)]
+    assert snapshot["waiting_for"] == ["GPU-0000", "GPU-1111"]
+    # The JupyterHub start timeout is lengthened by the wait.
+    assert students[2].start_timeout == 60 + 3600
+
+    observed = QUEUE_WAIT._sum.get()
+    await students[0].stop()  # a GPU frees: the first in line gets it, at once
+    await asyncio.wait_for(waits[0], 5)
+    assert students[2].gpu_ids == ("GPU-0000",)
+    assert students[3]._progress[-1]["message"].startswith("Waiting for a GPU: 1st in line for ML101")
+    assert not waits[1].done() and not waits[2].done()
+    assert QUEUE_WAIT._sum.get() > observed
+
+    # The second stops waiting (JupyterHub cancels its start): it leaves the line, holding nothing.
+    waits[1].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waits[1]
+    await until(lambda: len(students[0].shared.line.queue) == 1)
+    assert students[4]._progress[-1]["message"].startswith("Waiting for a GPU: 1st in line")
+    await students[1].stop()
+    await asyncio.wait_for(waits[2], 5)
+    assert students[4].gpu_ids == ("GPU-1111",)
+    assert read_snapshot(str(queue_file))["waiting"] == []
+    assert {a.holder for a in ledger.assignments()} == {"s2/", "s4/"}
+
+
+async def test_queue_timeout_runs_out_with_a_clear_message_holding_nothing(engine, tmp_path):
+    denials = tmp_path / "denials.jsonl"
+    profiles = [*PROFILES, {"slug": "line", "display_name": "ML101", "image": "lab:1", "gpus": 1, "queue_timeout": 1}]
+    holders = [spawner(engine, u, profile="gpu") for u in ("a", "b")]
+    for s in holders:
+        await s.start()
+    late = spawner(engine, "late", profile="line", profiles=profiles, denials_file=str(denials))
+    with pytest.raises(SpawnException) as refused:
+        await asyncio.wait_for(late.start(), 5)
+    assert refused.value.reason == "queue_timeout"
+    assert refused.value.message.startswith("ML101: waited 1 second in line and no unit freed in time")
+    assert late.gpu_ids == () and "late/" not in late.shared.line
+    assert json.loads(denials.read_text())["reason"] == "queue_timeout"
+    assert await late.poll() == 0  # no container was made
+
+
+async def test_a_profile_without_queue_timeout_is_refused_at_once_and_a_quota_never_waits(engine):
+    first = waiting_spawner(engine, "ann", max_gpus_per_user=1)
+    await first.start()
+    second = spawner(engine, "ann", profile="line", profiles=WAITING, server_name="b", max_gpus_per_user=1)
+    with pytest.raises(SpawnException) as refused:
+        await asyncio.wait_for(second.start(), 2)
+    assert refused.value.reason == "user_quota"  # a quota is not a unit in use: no waiting
+    await spawner(engine, "bob", profile="gpu").start()
+    with pytest.raises(SpawnException) as refused:
+        await asyncio.wait_for(spawner(engine, "cat", profile="gpu").start(), 2)
+    assert refused.value.status_code == 503 and refused.value.reason == "no_gpu"  # "gpu" has no queue_timeout
+    assert not first.shared.line.queue.waiting()
