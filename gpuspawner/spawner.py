@@ -1093,10 +1093,6 @@ class GPUSpawner(DockerSpawner):
         """Why this user cannot start a server of ``request`` (with ``resources``) now, or None."""
         return ledger.can_fit(request, self.requester, self.holder, node=self.decision_node, resources=resources)
 
-    def _assign(self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES) -> Assignment:
-        """Decide and record this server's units and resources, under the hub's lock; raises ``NoCapacity``."""
-        return ledger.assign(self.holder, request, self.requester, node=self.decision_node, resources=resources)
-
     def _resources_of(self, profile: Profile) -> ServerResources:
         """What a server of ``profile`` counts against the CPU and memory caps: its limits."""
         limits = Limits.of(profile, self._hub_limits())

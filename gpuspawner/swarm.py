@@ -63,8 +63,9 @@ from traitlets import Float, Int, Unicode, default
 
 from . import labels as label
 from .container import ServerContainer
-from .gpus import GPU, NO_RESOURCES, Assignment, GPURequest, Inventory, Ledger, NoCapacity, ServerResources
+from .gpus import GPU, NO_RESOURCES, GPURequest, Inventory, Ledger, NoCapacity, ServerResources
 from .gpus.inventory import parse_static_inventory
+from .gpus.queue import Admission
 from .spawner import GPUSpawner
 from .traits import is_mig_profile
 
@@ -478,13 +479,14 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         refusal = super()._can_fit(ledger, request, resources)
         return None if refusal is None else self._explained(refusal, ledger)
 
-    def _assign(self, ledger: Ledger, request: GPURequest, resources: ServerResources = NO_RESOURCES) -> Assignment:
-        if request.shared:
-            raise NoCapacity("no_gpu", SHARED_NOT_OFFERED, request=request)
-        try:
-            return super()._assign(ledger, request, resources)
-        except NoCapacity as e:
-            raise self._explained(e, ledger) from None
+    def _admit(self, ledger: Ledger, profile):
+        """As on one host, on the home's node; no shared slots on a Swarm; refusals say which node."""
+        if profile.gpu_request.shared:
+            return Admission(refusal=NoCapacity("no_gpu", SHARED_NOT_OFFERED, request=profile.gpu_request)), None
+        admission, ticket = super()._admit(ledger, profile)
+        if admission.refusal is not None:
+            admission = replace(admission, refusal=self._explained(admission.refusal, ledger))
+        return admission, ticket
 
     async def _find_home(self) -> SwarmNode | None:
         """Read the nodes and where this user's home is, for the decisions that follow."""

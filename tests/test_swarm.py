@@ -13,6 +13,7 @@ from jupyterhub.spawner import SpawnException
 
 from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key
 from gpuspawner.gpus.inventory import InventoryError, parse_static_inventory
+from gpuspawner.profiles import Profile
 from gpuspawner.swarm import (
     SwarmGPUSpawner,
     assigned_ids,
@@ -276,8 +277,9 @@ def test_shared_slots_are_refused_before_anything_is_assigned():
     ledger = Ledger([unit(1, 0)])
     take(ledger, "bob", 1)
     spawner = make_spawner(SwarmGPUSpawner, FakeDocker(), user="bob")
-    with pytest.raises(NoCapacity, match="Shared GPU slots are not offered"):
-        spawner._assign(ledger, GPURequest(shared=True))
+    shared = Profile("s", "Shared", "lab:1", shared_gpu=True)
+    admission, ticket = spawner._admit(ledger, shared)
+    assert ticket is None and "Shared GPU slots are not offered" in admission.refusal.message
     assert ledger.assignment(holder_key("bob")).ids == ("GPU-n1-0",)  # what it held stays held
 
 
