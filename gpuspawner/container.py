@@ -133,7 +133,12 @@ def culling_rules(profile: Profile | None, hub: CullRules) -> CullRules:
         value = getattr(profile, name, None)
         return getattr(hub, name) if value is None else value
 
-    return CullRules(rule("gpu_idle_timeout"), rule("max_runtime"), rule("jupyter_activity_grace"))
+    return CullRules(
+        rule("gpu_idle_timeout"),
+        rule("max_runtime"),
+        rule("jupyter_activity_grace"),
+        rule("gpu_idle_timeout_when_waiting"),
+    )
 
 
 def describe(

@@ -326,3 +326,14 @@ class DenialLog:
             except OSError as err:
                 self.log.warning("Could not record a denial in %s: %s", self.path, err)
                 return
+
+
+def read_snapshot(path: str) -> dict:
+    """The hub's line as it last wrote it (``GPUSpawner.queue_file``, by ``gpuspawner.waiting``):
+    ``{"time", "waiting": [{user, server, profile, label, kind, since, deadline, position, ...}],
+    "waiting_for": [unit ids]}``; an empty line when there is no file (yet)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"time": None, "waiting": [], "waiting_for": []}

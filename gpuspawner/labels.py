@@ -33,6 +33,7 @@ MEM_LIMIT = "gpuspawner.mem-limit"  # bytes
 GPU_IDLE_TIMEOUT = "gpuspawner.gpu-idle-timeout"
 MAX_RUNTIME = "gpuspawner.max-runtime"
 JUPYTER_ACTIVITY_GRACE = "gpuspawner.jupyter-activity-grace"
+GPU_IDLE_TIMEOUT_WHEN_WAITING = "gpuspawner.gpu-idle-timeout-when-waiting"
 # Swarm only: the node a service is pinned to, and the home records (Swarm configs).
 NODE = "gpuspawner.node"
 HOME = "gpuspawner.home"
@@ -121,6 +122,8 @@ def server_labels(record: ServerRecord, *, units_known: bool = True) -> dict[str
         labels[GPU_IDLE_TIMEOUT] = f"{record.rules.gpu_idle_timeout:g}"
         labels[MAX_RUNTIME] = f"{record.rules.max_runtime:g}"
         labels[JUPYTER_ACTIVITY_GRACE] = f"{record.rules.jupyter_activity_grace:g}"
+        if record.rules.gpu_idle_timeout_when_waiting:
+            labels[GPU_IDLE_TIMEOUT_WHEN_WAITING] = f"{record.rules.gpu_idle_timeout_when_waiting:g}"
     return labels
 
 
@@ -141,6 +144,7 @@ def read_server(labels: dict[str, str] | None) -> ServerRecord | None:
             _seconds(labels.get(GPU_IDLE_TIMEOUT)),
             _seconds(labels.get(MAX_RUNTIME)),
             _seconds(labels.get(JUPYTER_ACTIVITY_GRACE)),
+            _seconds(labels.get(GPU_IDLE_TIMEOUT_WHEN_WAITING)),
         ),
         resources=ServerResources(_number(labels.get(CPU_LIMIT)), int(_number(labels.get(MEM_LIMIT)))),
     )

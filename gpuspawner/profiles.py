@@ -151,6 +151,7 @@ class Profile:
     gpu_idle_timeout: float | None = None
     max_runtime: float | None = None
     jupyter_activity_grace: float | None = None
+    gpu_idle_timeout_when_waiting: float | None = None
     # Waiting in line for a unit, in seconds (0: refused at once when none is free); None: the hub-wide value.
     queue_timeout: float | None = None
 
@@ -184,7 +185,7 @@ class Profile:
 
 _REQUIRED = ("slug", "display_name", "image")
 _GPU_FIELDS = {"gpus", "gpu_kind", "gpu_model", "gpu_min_memory", "mig_profile", "shared_gpu"}
-_CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace")
+_CULL_FIELDS = ("gpu_idle_timeout", "max_runtime", "jupyter_activity_grace", "gpu_idle_timeout_when_waiting")
 _QUEUE_FIELDS = ("queue_timeout",)
 #: Every key a profile may have; any other is refused, naming it (docs/how-to/profiles.md has one row each).
 PROFILE_FIELDS = frozenset(

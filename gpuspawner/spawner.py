@@ -784,6 +784,15 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    gpu_idle_timeout_when_waiting = Duration(
+        0,
+        help="""While someone waits in line for a GPU server's units, stop it after this long without
+        GPU use (``"10m"``), sooner than ``gpu_idle_timeout``; 0: no sooner. Idle as for
+        ``gpu_idle_timeout``; the student is told why on their next spawn page, and the home is
+        kept. A profile's ``gpu_idle_timeout_when_waiting`` overrides it. Carried out by the GPU
+        culler, which reads the line from ``queue_file``.""",
+    ).tag(config=True)
+
     stops_file = Unicode(
         "gpuspawner-stops.jsonl",
         help="""Where the GPU culler records the servers it stops, and why, one JSON object a line.
@@ -1140,7 +1149,9 @@ class GPUSpawner(DockerSpawner):
 
     @property
     def hub_culling_rules(self) -> CullRules:
-        return CullRules(self.gpu_idle_timeout, self.max_runtime, self.jupyter_activity_grace)
+        return CullRules(
+            self.gpu_idle_timeout, self.max_runtime, self.jupyter_activity_grace, self.gpu_idle_timeout_when_waiting
+        )
 
     def culling_rules_of(self, profile: Profile | None) -> CullRules:
         """The GPU culling rules of a server of ``profile``: the profile's, else the hub-wide ones."""

@@ -67,6 +67,8 @@ class Line:
         self.tickets: dict[str, Ticket] = {}
         self.ends: dict[str, float] = {}  # holder -> when its server's max_runtime ends: for estimates
         self._kinds_shown: set[str] = set()
+        # A new hub's line is empty: the file must not go on showing the one a stopped hub left.
+        self._write_snapshot(None, (), self.clock())
 
     def __contains__(self, holder: str) -> bool:
         return holder in self.queue
@@ -165,7 +167,7 @@ class Line:
         self._write_snapshot(ledger, standings, now)
         return standings
 
-    def snapshot(self, ledger: Ledger, standings: tuple[Standing, ...], now: float) -> dict:
+    def snapshot(self, ledger: Ledger | None, standings: tuple[Standing, ...], now: float) -> dict:
         """What the dashboard and the culler read: who waits for what, since when, and where they stand."""
         return {
             "time": now,
@@ -185,10 +187,10 @@ class Line:
                 }
                 for s in standings
             ],
-            "waiting_for": sorted(self.queue.waiting_for(ledger)) if standings else [],
+            "waiting_for": sorted(self.queue.waiting_for(ledger)) if standings and ledger else [],
         }
 
-    def _write_snapshot(self, ledger: Ledger, standings: tuple[Standing, ...], now: float) -> None:
+    def _write_snapshot(self, ledger: Ledger | None, standings: tuple[Standing, ...], now: float) -> None:
         if not self.snapshot_file:
             return
         path = self.snapshot_file
@@ -201,12 +203,3 @@ class Line:
             os.replace(tmp, path)  # readers see the old line or the new one, never half of one
         except OSError as e:
             self.log.warning("Could not write the line to %s: %s", path, e)
-
-
-def read_snapshot(path: str) -> dict:
-    """The line as the hub last wrote it; an empty line when there is no file (yet)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {"time": None, "waiting": [], "waiting_for": []}

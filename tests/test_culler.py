@@ -745,3 +745,44 @@ async def test_the_reconciler_is_off_with_a_grace_of_0_and_on_a_node(tmp_path):
 
         app.hub_servers = nobody
         assert await app.reconcile() == []
+
+
+# --- demand-aware: sooner while someone waits in line for the server's units
+
+
+def test_an_idle_server_stops_sooner_only_while_someone_waits_for_its_unit():
+    rules = CullRules(gpu_idle_timeout=1800, gpu_idle_timeout_when_waiting=600)
+    assert (rules.idle_limit(False), rules.idle_limit(True)) == (1800, 600)
+    assert CullRules(gpu_idle_timeout_when_waiting=600).idle_limit(True) == 600  # no idle limit otherwise
+    assert CullRules(gpu_idle_timeout=300, gpu_idle_timeout_when_waiting=600).idle_limit(True) == 300  # never later
+    clocks = IdleClocks()
+    s = server(rules=rules)
+    clocks.judge(s, {"GPU-0": IDLE}, at(0))
+    assert not clocks.judge(s, {"GPU-0": IDLE}, at(11)).stop  # nobody waits: 30 minutes
+    verdict = clocks.judge(s, {"GPU-0": IDLE}, at(11), wanted=True)
+    assert verdict.stop and verdict.reason == GPU_IDLE
+    assert verdict.message == "stopped after 10 minutes without GPU use, while others waited in line for its GPU"
+    assert not clocks.judge(server(rules=rules), {"GPU-0": BUSY}, at(12), wanted=True).stop  # busy: kept
+
+
+async def test_the_arbiter_reads_who_waits_from_the_hubs_line(tmp_path):
+    clock = Clock()
+    record = label.ServerRecord(
+        "alice", "", "gpu", ("GPU-0",), rules=CullRules(gpu_idle_timeout=3600, gpu_idle_timeout_when_waiting=1)
+    )
+    labelled = {"Id": ME, "Labels": label.server_labels(record)}
+    assert label.read_server(labelled["Labels"]).rules == record.rules
+    line = tmp_path / "queue.json"
+    hub = f"c.GPUSpawner.queue_file = {str(line)!r}\n"  # the culler reads the hub's
+    app = culler(tmp_path, [labelled], {"GPU-0": IDLE}, clock, cull_every=1, hub=hub)
+    alice = hub_server("alice/", clock() - timedelta(hours=1), clock())
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    assert await app.arbiter(server=alice, **args) is False  # the idle clock starts
+    clock.advance(2)
+    assert await app.arbiter(server=alice, **args) is False  # idle 2 s, but nobody waits
+    line.write_text(json.dumps({"waiting": [{"user": "bob"}], "waiting_for": ["GPU-1"]}))
+    clock.advance(2)
+    assert await app.arbiter(server=alice, **args) is False  # bob waits for another unit
+    line.write_text(json.dumps({"waiting": [{"user": "bob"}], "waiting_for": ["GPU-0", "GPU-1"]}))
+    clock.advance(2)
+    assert await app.arbiter(server=alice, **args) is True

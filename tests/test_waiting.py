@@ -11,7 +11,8 @@ import json
 import pytest
 from jupyterhub.spawner import SpawnException
 
-from gpuspawner.waiting import QUEUE_WAIT, read_snapshot
+from gpuspawner.eventfiles import read_snapshot
+from gpuspawner.waiting import QUEUE_WAIT
 
 from .fakes import FakeDocker
 from .test_spawner import PROFILES, spawner

@@ -47,6 +47,7 @@ from traitlets import Any, Bool, Callable, Float, Int, Unicode, default
 from .. import labels as label
 from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
+from ..eventfiles import read_snapshot
 from ..gpus.allocation import holder_key
 from .orphans import ORPHAN, OrphanClocks, orphan_message
 from .policy import GPUServer, IdleClocks, UnitReading
@@ -131,6 +132,10 @@ class GPUCuller(IdleCuller):
     ).tag(config=True)
     stops_file = Unicode(
         help="Where GPU stops are recorded (default: GPUSpawner.stops_file of the hub's config; '' for none)."
+    ).tag(config=True)
+    queue_file = Unicode(
+        help="""Who waits in line for which units, as the hub writes it (default: GPUSpawner.queue_file of
+        the hub's config; '' for none): for ``gpu_idle_timeout_when_waiting``."""
     ).tag(config=True)
     stops_file_max_size = ByteSpecification(
         "10M",
@@ -225,6 +230,8 @@ class GPUCuller(IdleCuller):
         hub = load_service_config(self, self.hub_config)
         if "stops_file" not in self.config.get("GPUCuller", {}):
             self.stops_file = hub.spawner.stops_file
+        if "queue_file" not in self.config.get("GPUCuller", {}):
+            self.queue_file = hub.spawner.queue_file
         self.new_docker_client = self._local_client if self.node_local else hub.spawner.new_docker_client
         self._local: set[str] = set()  # with node_local: "user/server" of every gpuspawner server on this node
         self._record_as: dict[str, str] = {}  # container id -> the id the hub's spawner knows (a service's)
@@ -304,7 +311,8 @@ class GPUCuller(IdleCuller):
             started = parse_date(server["started"]) if server.get("started") else None
             last_activity = parse_date(server["last_activity"]) if server.get("last_activity") else None
             gpu_server = replace(found, started=started)
-            verdict = self.clocks.judge(gpu_server, readings, now, last_activity)
+            wanted = bool(found.rules.gpu_idle_timeout_when_waiting) and not self._waited_for().isdisjoint(found.units)
+            verdict = self.clocks.judge(gpu_server, readings, now, last_activity, wanted=wanted)
             if verdict.stop:
                 self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), verdict.message)
                 container = self._record_as.get(found.container, found.container)
@@ -313,6 +321,16 @@ class GPUCuller(IdleCuller):
         if self.timeout > 0 and inactive is not None:
             return inactive.total_seconds() >= inactive_limit
         return False
+
+    def _waited_for(self) -> frozenset[str]:
+        """The units someone waits in line for, as the hub last wrote its line (none when unreadable)."""
+        if not self.queue_file:
+            return frozenset()
+        try:
+            return frozenset(read_snapshot(self.queue_file).get("waiting_for", ()))
+        except (OSError, ValueError) as e:
+            self.log.debug("Cannot read the line in %s: %s", self.queue_file, e)
+            return frozenset()
 
     def _record_stop(self, server, container: str, reason: str, message: str, now) -> None:
         """A line in the stops file for the dashboard and the next spawn page (``server``: its user,

@@ -42,10 +42,19 @@ class CullRules:
     gpu_idle_timeout: float = 0.0
     max_runtime: float = 0.0
     jupyter_activity_grace: float = 0.0
+    #: While someone waits in line for one of its units: stop after this long without GPU use (0: as always).
+    gpu_idle_timeout_when_waiting: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.gpu_idle_timeout or self.max_runtime)
+        return bool(self.gpu_idle_timeout or self.max_runtime or self.gpu_idle_timeout_when_waiting)
+
+    def idle_limit(self, wanted: bool) -> float:
+        """How long its GPUs may stay idle (0: forever); ``wanted``: someone waits for one of its units."""
+        sooner = self.gpu_idle_timeout_when_waiting if wanted else 0.0
+        if sooner and self.gpu_idle_timeout:
+            return min(sooner, self.gpu_idle_timeout)
+        return sooner or self.gpu_idle_timeout
 
     def describe(self) -> str:
         """For the spawn page: 'Stops after 30 minutes without GPU use; runs 4 hours at most.'"""
@@ -130,8 +139,10 @@ class IdleClocks:
         readings: Mapping[str, UnitReading | None],
         now: datetime,
         last_activity: datetime | None = None,
+        wanted: bool = False,
     ) -> Verdict:
-        """Should ``server`` stop now? Updates its idle clock."""
+        """Should ``server`` stop now? Updates its idle clock. ``wanted``: someone waits in line for one of
+        its units (``gpu_idle_timeout_when_waiting`` applies)."""
         rules = server.rules
         idle = not any(unit_in_use(readings.get(u), server.container, self.busy_threshold) for u in server.units)
         key = f"{server.key}@{server.container}"
@@ -147,15 +158,18 @@ class IdleClocks:
             if ran >= rules.max_runtime:
                 limit = format_duration(rules.max_runtime)
                 return Verdict(True, MAX_RUNTIME, f"stopped after {limit}, the time limit of GPU servers", idle_for)
-        if rules.gpu_idle_timeout and idle_for is not None and idle_for >= rules.gpu_idle_timeout:
+        limit = rules.idle_limit(wanted)
+        if limit and idle_for is not None and idle_for >= limit:
             if (
                 rules.jupyter_activity_grace
                 and last_activity is not None
                 and (now - last_activity).total_seconds() < rules.jupyter_activity_grace
             ):
                 return Verdict(False, idle_for=idle_for)  # active in Jupyter just now: spared
-            timeout = format_duration(rules.gpu_idle_timeout)
-            return Verdict(True, GPU_IDLE, f"stopped after {timeout} without GPU use", idle_for)
+            message = f"stopped after {format_duration(limit)} without GPU use"
+            if limit != rules.gpu_idle_timeout:
+                message += ", while others waited in line for its GPU"
+            return Verdict(True, GPU_IDLE, message, idle_for)
         return Verdict(False, idle_for=idle_for)
 
     def forget_others(self, running: Iterable[GPUServer]) -> None:
