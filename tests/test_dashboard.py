@@ -23,6 +23,7 @@ from gpuspawner.dashboard.model import (
     parse_events,
     reach_from_scopes,
     restrict,
+    waiters_from_snapshot,
 )
 from gpuspawner.dashboard.page import render_page
 from gpuspawner.gpus import GPU, Inventory, Policy
@@ -631,3 +632,48 @@ def test_a_limited_viewer_sees_a_quarantined_unit_but_not_whose_start_failed():
     )
     (unit,) = [u for u in limited.units if u.id == "GPU-1"]
     assert unit.state == "quarantined" and unit.quarantine.reason == "device error" and unit.quarantine.holder == ""
+
+
+def test_who_waits_in_line_is_listed_in_order_and_a_teacher_sees_only_their_own():
+    since = NOW.timestamp() - 300
+    snapshot = {
+        "waiting": [
+            {
+                "user": "mia",
+                "server": "",
+                "label": "ML101",
+                "kind": "2 A100 GPUs",
+                "since": since,
+                "position": 1,
+                "in_line": 2,
+                "estimate": NOW.timestamp() + 600,
+            },
+            {
+                "user": "<i>max</i>",
+                "server": "b",
+                "label": "ML101",
+                "kind": "2 A100 GPUs",
+                "since": since + 60,
+                "position": 2,
+                "in_line": 2,
+                "estimate": None,
+            },
+        ],
+        "waiting_for": ["GPU-0", "GPU-1"],
+    }
+    waiting = waiters_from_snapshot(snapshot)
+    v = view(groups={**COURSES, "<i>max</i>": ()}, waiting=waiting)
+    page = render_page(v, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
+    table = page[page.index('<table id="waiting">') : page.index("</table>", page.index('<table id="waiting">'))]
+    assert table.index(">mia<") < table.index("&lt;i&gt;max&lt;/i&gt;")  # in line order, escaped
+    assert "1 of 2" in table and "5 min ago" in table and "2026-03-02T10:10:00+00:00" in table
+    assert "no estimate" in table
+    body = v.as_json()
+    assert [(w["user"], w["position"], w["since"]) for w in body["waiting"]] == [
+        ("mia", 1, "2026-03-02T09:55:00+00:00"),
+        ("<i>max</i>", 2, "2026-03-02T09:56:00+00:00"),
+    ]
+    teacher = restrict(v, Reach(groups=frozenset({"physics"})))
+    assert [w.user for w in teacher.waiting] == ["mia"]
+    empty = render_page(view(), user="admin", can_stop=False, xsrf_form_html="", refresh=15)
+    assert "Nobody is waiting." in empty

@@ -183,6 +183,10 @@ class GPUDashboard(Application):
         help="The hub's denials file (default: GPUSpawner.denials_file of the hub's config; '' for none)."
     ).tag(config=True)
     denials_shown = Int(20, min=0, help="How many recent denials (and culler's stops) the page shows.").tag(config=True)
+    queue_file = Unicode(
+        help="Who waits in line for a GPU, as the hub writes it (default: GPUSpawner.queue_file of the hub's"
+        " config; '' for none)."
+    ).tag(config=True)
     stops_file = Unicode(
         help="The GPU culler's stops file (default: GPUSpawner.stops_file of the hub's config; '' for none)."
     ).tag(config=True)
@@ -243,6 +247,8 @@ class GPUDashboard(Application):
             self.denials_file = spawner.denials_file
         if not self.stops_file and "stops_file" not in self.config.get("GPUDashboard", {}):
             self.stops_file = spawner.stops_file
+        if not self.queue_file and "queue_file" not in self.config.get("GPUDashboard", {}):
+            self.queue_file = spawner.queue_file
         if not self.quarantine_file and "quarantine_file" not in self.config.get("GPUDashboard", {}):
             self.quarantine_file = spawner.quarantine_file
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
@@ -259,6 +265,7 @@ class GPUDashboard(Application):
             self.denials_shown,
             self.nvml,
             stops_file=self.stops_file,
+            queue_file=self.queue_file,
             tail_bytes=self.events_tail,
             log=self.log,
             quarantine_file=self.quarantine_file,

@@ -91,6 +91,41 @@ class LabEvent:
 
 
 @dataclass(frozen=True)
+class Waiter:
+    """A server waiting in line for a unit (the hub's queue file)."""
+
+    user: str
+    server: str
+    profile: str  # its label for people ("ML101")
+    kind: str  # what it waits for ("2 NVIDIA A100 GPUs")
+    since: datetime
+    position: int
+    in_line: int
+    estimate: datetime | None = None  # when it should get its units, where the rules allow one
+
+
+def waiters_from_snapshot(snapshot: Mapping) -> tuple[Waiter, ...]:
+    """The queue file's entries (``eventfiles.read_snapshot``), in line order."""
+
+    def when(value) -> datetime | None:
+        return None if value is None else datetime.fromtimestamp(float(value), timezone.utc)
+
+    return tuple(
+        Waiter(
+            str(w.get("user", "")),
+            str(w.get("server", "")),
+            str(w.get("label") or w.get("profile") or ""),
+            str(w.get("kind", "")),
+            when(w.get("since")) or datetime.fromtimestamp(0, timezone.utc),
+            int(w.get("position", 0)),
+            int(w.get("in_line", 0)),
+            when(w.get("estimate")),
+        )
+        for w in snapshot.get("waiting", ())
+    )
+
+
+@dataclass(frozen=True)
 class DashboardView:
     generated_at: datetime
     host: str
@@ -114,6 +149,8 @@ class DashboardView:
     groups_error: str = ""  # why the users' hub groups are unknown ('' when known)
     user_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # of the hub's active users
     inventory_retry: float = 0  # NVML did not answer: asked again every this many seconds (0: not)
+    waiting: tuple[Waiter, ...] = ()  # who waits in line for what, in line order
+    queue_error: str = ""
 
     def as_json(self) -> dict:
         """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
@@ -133,6 +170,7 @@ class DashboardView:
                 "hub": _source(self.hub_error),
                 "denials": _source(self.denials_error),
                 "stops": _source(self.stops_error),
+                "queue": _source(self.queue_error),
                 "groups": _source(self.groups_error),
             },
             "totals": {
@@ -148,6 +186,7 @@ class DashboardView:
             "denials_by_reason": dict(self.denials_by_reason),
             "stops": [vars(s) for s in self.stops],
             "stops_by_reason": dict(self.stops_by_reason),
+            "waiting": [{**vars(w), "since": _iso(w.since), "estimate": _iso(w.estimate)} for w in self.waiting],
             "warnings": list(self.warnings),
             "restricted_to": self.restricted_to or None,
         }
@@ -280,6 +319,8 @@ def build_view(
     stops_error: str = "",
     quarantined: Mapping[str, Quarantined] | None = None,
     inventory_retry: float = 0,
+    waiting: tuple[Waiter, ...] = (),
+    queue_error: str = "",
 ) -> DashboardView:
     """The dashboard as the sources say it is now.
 
@@ -366,6 +407,8 @@ def build_view(
         stops=tuple(stops[0]),
         stops_by_reason=dict(stops[1]),
         stops_error=stops_error,
+        waiting=waiting,
+        queue_error=queue_error,
         warnings=tuple(warnings),
         groups_error=""
         if groups is not None
@@ -470,6 +513,7 @@ def restrict(view: DashboardView, reach: Reach) -> DashboardView:
         units=tuple(units),
         denials=tuple(d for d in view.denials if reach.covers(d.user, view.user_groups.get(d.user, ()))),
         stops=tuple(d for d in view.stops if reach.covers(d.user, view.user_groups.get(d.user, ()))),
+        waiting=tuple(w for w in view.waiting if reach.covers(w.user, view.user_groups.get(w.user, ()))),
         user_groups={},
         warnings=(),
         restricted_to=reach.describe(),

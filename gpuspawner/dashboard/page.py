@@ -47,7 +47,8 @@ TEMPLATE = """<!DOCTYPE html>
 {% for source, error in [("Docker", view.docker_error), ("the hub", view.hub_error),
                           ("NVML", "" if nvml_expected_absent else view.nvml_error),
                           ("the denials file", view.denials_error),
-                          ("the stops file", view.stops_error)] %}
+                          ("the stops file", view.stops_error),
+                          ("the queue file", view.queue_error)] %}
  {% if error %}<div class="error" data-source="{{ source }}">Cannot read {{ source }}: {{ error }}</div>{% endif %}
 {% endfor %}
 {% if nvml_expected_absent and view.nvml_error %}<p class="muted" data-source="NVML">No GPU usage figures: the GPUs are a
@@ -125,6 +126,19 @@ TEMPLATE = """<!DOCTYPE html>
 </table>
 {% else %}<p class="muted">None recorded.</p>{% endif %}
 {% endmacro %}
+<h2>Waiting in line</h2>
+{% if view.waiting %}
+<table id="waiting">
+<thead><tr><th>Place</th><th>User</th><th>Server</th><th>Profile</th><th>Waits for</th><th>Since</th><th>Expected</th></tr></thead>
+<tbody>
+{% for w in view.waiting %}
+ <tr><td>{{ w.position }} of {{ w.in_line }}</td><td>{{ w.user }}</td><td>{{ w.server or "(default)" }}</td>
+ <td>{{ w.profile }}</td><td>{{ w.kind }}</td><td>{{ ago(w.since) }}</td>
+ <td>{% if w.estimate %}{{ iso(w.estimate) }}{% else %}<span class="muted">no estimate</span>{% endif %}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}<p class="muted">Nobody is waiting.</p>{% endif %}
 <h2>Recent denials</h2>
 {{ events("denials", view.denials) }}
 <h2>Recently stopped by the GPU culler</h2>

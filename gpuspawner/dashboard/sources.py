@@ -22,11 +22,19 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .. import labels as label
 from ..docker_client import LazyClient
-from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_tail
+from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_snapshot, read_tail
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, read_usage
 from ..quarantine import QuarantineFile
-from .model import DashboardView, activity_from_users, build_view, groups_from_users, parse_events
+from .model import (
+    DashboardView,
+    Waiter,
+    activity_from_users,
+    build_view,
+    groups_from_users,
+    parse_events,
+    waiters_from_snapshot,
+)
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
@@ -84,6 +92,7 @@ class Sources:
         nvml: bool = True,
         host: str | None = None,
         stops_file: str = "",
+        queue_file: str = "",
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         log: logging.Logger | None = None,
         quarantine_file: str = "",
@@ -99,6 +108,7 @@ class Sources:
         self.denials_shown = denials_shown
         self._denials_cache: dict = {}
         self.stops_file = stops_file
+        self.queue_file = queue_file
         self._stops_cache: dict = {}
         self.tail_bytes = tail_bytes
         self.log = log or logging.getLogger("gpuspawner.dashboard")
@@ -187,6 +197,7 @@ class Sources:
         )
         denials, denials_error = self._events(self.denials_file, self._denials_cache)
         stops, stops_error = self._events(self.stops_file, self._stops_cache)
+        waiting, queue_error = self._line()
         return build_view(
             self.inventory,
             self.policy,
@@ -205,4 +216,15 @@ class Sources:
             stops_error=stops_error,
             quarantined=self.quarantine.current(),
             inventory_retry=self.inventory_retry,
+            waiting=waiting,
+            queue_error=queue_error,
         )
+
+    def _line(self) -> tuple[tuple[Waiter, ...], str]:
+        """Who waits in line, from the hub's queue file (none, and why, when it cannot be read)."""
+        if not self.queue_file:
+            return (), ""
+        try:
+            return waiters_from_snapshot(read_snapshot(self.queue_file)), ""
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            return (), f"{self.queue_file}: {e}"
