@@ -29,6 +29,7 @@ def render_profile_cards(
     node: str | None = None,
     stopped: str = "",
     limits: Mapping[str, str] | None = None,
+    waits: Mapping[str, str] | None = None,
 ) -> str:
     """The cards, each with its availability or why it cannot start now.
 
@@ -36,12 +37,17 @@ def render_profile_cards(
     CPU and memory caps), or None (the spawner's answer); ``node``: count only that node's units (a Swarm home's).
     Pre-selects the user's last choice, else the default, among those that can start now.
     ``stopped``: why the GPU culler stopped this server last time, told above the cards;
-    ``limits``: each profile's culling rules in words, by slug.
+    ``limits``: each profile's culling rules in words, by slug; ``waits``: by slug, the profiles whose
+    start would wait in line now (every unit it fits in use, and it has a ``queue_timeout``), in words:
+    their cards stay selectable.
     """
     choices = []
     for p in profiles:
         free, total = ledger.availability(p.gpu_request, node=node)
         refusal = can_fit(p)
+        wait = (waits or {}).get(p.slug, "")
+        if wait:
+            refusal = None
         fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
         choices.append(
             {
@@ -51,6 +57,7 @@ def render_profile_cards(
                 "unavailable": refusal.message if refusal else "",
                 "noun": _availability_noun(p, fitting),
                 "limits": (limits or {}).get(p.slug, ""),
+                "waits": wait,
             }
         )
     startable = [c for c in choices if not c["unavailable"]]

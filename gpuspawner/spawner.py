@@ -91,7 +91,7 @@ from .profiles import (
     parse_profiles,
     root_allowed,
 )
-from .quantities import parse_bytes
+from .quantities import format_duration, parse_bytes
 from .spawn_page import render_profile_cards
 from .startup import (
     Exited,
@@ -1929,9 +1929,20 @@ class GPUSpawner(DockerSpawner):
         if len(profiles) <= 1 and not self.stop_reason:
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
         limits = {}
+        waits = {}
+        line = self.shared.line.queue
         for p in profiles:
             if p.gpu_request.slots:
                 limits[p.slug] = self.culling_rules_of(p).describe()
+            timeout = self.queue_timeout_of(p)
+            if timeout and isinstance(self._can_start(ledger, p), NoFreeUnit):
+                ahead = sum(1 for e in line.waiting() if e.request == p.gpu_request)
+                free, total = ledger.availability(p.gpu_request, node=self.decision_node)
+                waits[p.slug] = (
+                    f"All {total} in use now: you wait in line"
+                    + (f" behind {ahead}" if ahead else "")
+                    + f", {format_duration(timeout)} at most, and start as soon as one frees."
+                )
         return render_profile_cards(
             profiles,
             ledger,
@@ -1940,6 +1951,7 @@ class GPUSpawner(DockerSpawner):
             node=self.decision_node,
             stopped=self.stop_reason.get("message", ""),
             limits=limits,
+            waits=waits,
         )
 
 

@@ -11,11 +11,12 @@ import json
 import pytest
 from jupyterhub.spawner import SpawnException
 
+from gpuspawner import GPUSpawner
 from gpuspawner.eventfiles import read_snapshot
 from gpuspawner.waiting import QUEUE_WAIT
 
 from .fakes import FakeDocker
-from .test_spawner import PROFILES, spawner
+from .test_spawner import GPUS, PROFILES, spawner
 
 WAITING = [*PROFILES, {"slug": "line", "display_name": "ML101", "image": "lab:1", "gpus": 1, "queue_timeout": "1h"}]
 
@@ -108,3 +109,21 @@ async def test_a_profile_without_queue_timeout_is_refused_at_once_and_a_quota_ne
         await asyncio.wait_for(spawner(engine, "cat", profile="gpu").start(), 2)
     assert refused.value.status_code == 503 and refused.value.reason == "no_gpu"  # "gpu" has no queue_timeout
     assert not first.shared.line.queue.waiting()
+
+
+async def test_the_spawn_page_card_of_a_profile_that_waits_stays_selectable_and_says_so(engine):
+    from .fakes import make_spawner
+
+    for name in ("a", "b"):
+        await spawner(engine, name, profile="gpu").start()
+    first = waiting_spawner(engine, "c")
+    waiting = asyncio.ensure_future(first.start())
+    await until(lambda: "c/" in first.shared.line)
+    s = make_spawner(GPUSpawner, engine, user="d", profiles=WAITING, gpus=GPUS)
+    html = await s.get_options_form()
+    assert 'value="gpu" disabled required>' in html  # no queue_timeout: cannot be chosen
+    assert 'value="line" required>' in html
+    assert "All 2 in use now: you wait in line behind 1, 1 hour at most, and start as soon as one frees." in html
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
