@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from functools import cached_property
@@ -24,6 +25,7 @@ from .gpus import Inventory, Ledger, Policy
 from .gpus.health import FailureCount, Quarantined, device_failure, short_reason
 from .images import ImagePuller
 from .quarantine import QuarantineFile, quarantine
+from .reservations import Reservation, ReservationBook, ReservationsFile
 from .waiting import Line
 
 if TYPE_CHECKING:
@@ -62,6 +64,10 @@ class HubState:
         self.starting: set[str] = set()  # holders assigned units whose start() has not ended: no container yet
         # Spawns waiting for units (gpuspawner.waiting); granted ones join ``starting``.
         self.line = Line(starting=self.starting, snapshot_file=queue_file, log=self.log)
+        self.reservations_files: dict[str, ReservationsFile] = {}  # one per path
+        self.config_reservations: tuple[Reservation, ...] | None = None  # c.GPUSpawner.reservations, parsed once
+        self._books: tuple[tuple, ReservationBook] | None = None  # the reservations it was placed from, the book
+        self._boundaries: asyncio.Task | None = None
         self.ports: dict[str, int] = {}  # holder -> port, while starting or running
         self.docker_calls = DockerCalls(docker_threads)
         self.puller = ImagePuller(new_docker_client, max_concurrent_pulls)
@@ -107,6 +113,37 @@ class HubState:
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self.inventory.units, self.policy)
+
+    # --- lab hours
+
+    def book_of(self, reservations: tuple[Reservation, ...]) -> ReservationBook:
+        """``reservations`` placed on the hub's units (again only when they change)."""
+        if self._books is None or self._books[0] != reservations:
+            book = ReservationBook.place(reservations, self.inventory.units)
+            if self._books is not None or reservations:
+                self.log.info("Lab hours: %s", ", ".join(r.name for r in reservations) or "none")
+            self._books = (reservations, book)
+        return self._books[1]
+
+    def use_reservations(self, book: ReservationBook) -> None:
+        """Decide with ``book``; let the line move at every window's start and end."""
+        if self.line.queue.reservations is not book:
+            self.line.queue.reservations = book or None
+            self.line.serve(self.ledger, changed=True)
+        if book and self._boundaries is None:
+            self._boundaries = asyncio.get_running_loop().create_task(self._at_boundaries())
+
+    async def _at_boundaries(self) -> None:
+        """At each window's start or end, the units it reserves or frees go to those waiting."""
+        while True:
+            book = self.line.queue.reservations
+            now = time.time()
+            boundary = book.next_boundary(now) if book else None
+            await asyncio.sleep(min(max((boundary or now + 60) - now, 0) + 0.01, 60))
+            try:
+                self.line.serve(self.ledger, changed=True)
+            except Exception:  # noqa: BLE001 - never let the timer die: the next boundary still comes
+                self.log.exception("Moving the line at a lab-hours boundary")
 
     # --- NVML that does not answer yet
 

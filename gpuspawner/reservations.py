@@ -161,6 +161,14 @@ class Booking:
         at = when(self.window.start, now, self.reservation.zone)
         return f"this {noun} is free until {at}, when {self.reservation.name} starts"
 
+    def stopped(self, noun: str = "GPU") -> str:
+        """For the stops file and the next spawn page ('Your last server was ...')."""
+        w = self.window
+        return (
+            f"stopped at {_clock(w.local_start)}, when {self.reservation.name} started: its {noun} is reserved"
+            f" for it until {_clock(w.local_end)} ({w.zone.key})"
+        )
+
     def stop_reason(self, noun: str = "GPU") -> str:
         """Why a server on a reserved unit was stopped at the window's start."""
         w = self.window

@@ -92,6 +92,7 @@ from .profiles import (
     root_allowed,
 )
 from .quantities import format_duration, parse_bytes
+from .reservations import ReservationBook, ReservationError, ReservationsFile, parse_reservations
 from .spawn_page import render_profile_cards
 from .startup import (
     Exited,
@@ -774,6 +775,29 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    reservations = List(
+        Dict(),
+        help="""Lab hours: units reserved for a course at set times (docs/how-to/queue.md).
+
+        Each a dict: ``name``; who it serves (``groups``, ``users``); which units (``units``: their
+        ids) or how many (``gpus``, optionally ``gpu_model``, ``gpu_kind``, ``mig_profile``); which
+        profiles may use them (``profiles``; none: any of a member's); when: ``weekly`` (e.g.
+        ``[{"day": "tuesday", "start": "14:00", "end": "16:00"}]``) with ``time_zone``, ``from`` and
+        ``until`` dates, and/or ``dates`` (``{"day", "start", "end"}`` or ``{"start", "end"}`` as
+        date and time). During a window the reserved units go only to those it serves; others'
+        servers on them are stopped by the GPU culler at its start (their homes kept), and a server
+        started before on such a unit has its ``max_runtime`` cut to end by then. Validated when
+        the hub starts: overlaps beyond the lab's units, unknown profiles, impossible dates are refused.
+        """,
+    ).tag(config=True)
+
+    reservations_file = Unicode(
+        "",
+        help="""A YAML file of more reservations (a list, or ``reservations:`` and a list), as
+        ``reservations`` takes them; re-read when it changes. A broken edit keeps the last good
+        reservations and logs why. Empty: none.""",
+    ).tag(config=True)
+
     queue_file = Unicode(
         "gpuspawner-queue.json",
         help="""Where the hub writes who waits in line for what, and since when, at each change.
@@ -959,6 +983,26 @@ class GPUSpawner(DockerSpawner):
             return admins + source.load()
         return admins or (Profile(slug="default", display_name="Default", image=self.image),)
 
+    def reservation_book(self) -> ReservationBook:
+        """The lab hours of ``reservations`` and ``reservations_file``, placed on the hub's units; checked
+        against the profiles. The same book until either changes."""
+        shared = self.shared
+        if shared.config_reservations is None:
+            shared.config_reservations = parse_reservations(
+                list(self.reservations), known_profiles=self._profile_slugs()
+            )
+        entries = shared.config_reservations
+        if self.reservations_file:
+            files = shared.reservations_files
+            source = files.get(self.reservations_file)
+            if source is None:
+                source = files[self.reservations_file] = ReservationsFile(self.reservations_file, self.log)
+            entries += source.load(known_profiles=self._profile_slugs())
+        return shared.book_of(entries)
+
+    def _profile_slugs(self) -> frozenset[str]:
+        return frozenset(p.slug for p in self.lab_profiles)
+
     @property
     def user_profiles(self) -> tuple[Profile, ...]:
         """The profiles this user may choose; admins see every profile."""
@@ -1060,6 +1104,11 @@ class GPUSpawner(DockerSpawner):
                     shared.synced_at = time.monotonic()  # first: a failed check is not retried by every caller
                     await self._resync_ledger(shared.ledger)
         shared.refresh_quarantine()
+        if self.reservations or self.reservations_file:
+            try:
+                shared.use_reservations(self.reservation_book())
+            except ReservationError as e:  # the first read of a file, or the config's own list: said at once
+                raise SpawnException(f"The lab's reservations cannot be read: {e}", reason="reservations") from None
         return shared.ledger
 
     def _sync_due(self) -> bool:
@@ -1220,9 +1269,11 @@ class GPUSpawner(DockerSpawner):
             if admission.refusal is not None:
                 raise self._refusal(profile, admission.refusal, ledger)
             self.shared.starting.add(self.holder)  # no container runs yet: the ledger's check keeps its units
-        assignment = admission.assignment
+        assignment, until = admission.assignment, admission.until
         if ticket is not None:
-            assignment = await self._wait_in_line(ledger, profile, ticket)
+            assignment, until = await self._wait_in_line(ledger, profile, ticket)
+        if until is not None:  # its units are reserved for a lab that will not serve it: it ends by then
+            profile = self._ending_by(profile, until)
         self.gpu_ids = assignment.ids
         self.gpu_shared = assignment.shared
         # A lasting record of what ran (the container and its labels go when it stops).
@@ -1308,7 +1359,17 @@ class GPUSpawner(DockerSpawner):
     #: Seconds between looks at the line while waiting, for the time left and the estimate shown.
     line_check_interval = 15.0
 
-    async def _wait_in_line(self, ledger: Ledger, profile: Profile, ticket) -> Assignment:
+    def _ending_by(self, profile: Profile, until) -> Profile:
+        """``profile`` with its ``max_runtime`` cut to end when ``until`` (a lab's window) starts; told."""
+        now = time.time()
+        left = max(until.window.start - now, 1)
+        runtime = self.culling_rules_of(profile).max_runtime
+        self._report(66, f"Note: {until.free_until(now)}. Your server stops then; your files are kept.")
+        self.log.info("%s: %s", self.holder, until.free_until(now))
+        self.profile = replace(profile, max_runtime=min(runtime, left) if runtime else left)
+        return self.profile
+
+    async def _wait_in_line(self, ledger: Ledger, profile: Profile, ticket) -> tuple[Assignment, object]:
         """Wait for ``ticket``'s grant; its refusal (``queue_timeout``, a quota filled meanwhile) fails the spawn.
 
         Stopping the pending server (JupyterHub cancels ``start``) takes it out of the line."""
@@ -1335,7 +1396,7 @@ class GPUSpawner(DockerSpawner):
             self._refused = True
             raise SpawnException(outcome.message, reason=outcome.reason, status_code=503)
         self._report(60, f"Your turn: {profile.gpu_request.describe()} assigned after {outcome.waited:.0f} s in line")
-        return outcome.assignment
+        return outcome.assignment, outcome.until
 
     # --- a server that dies, or is not one, before it answers: told at once, not after http_timeout
 

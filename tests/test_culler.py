@@ -786,3 +786,37 @@ async def test_the_arbiter_reads_who_waits_from_the_hubs_line(tmp_path):
     line.write_text(json.dumps({"waiting": [{"user": "bob"}], "waiting_for": ["GPU-0", "GPU-1"]}))
     clock.advance(2)
     assert await app.arbiter(server=alice, **args) is True
+
+
+async def test_at_a_windows_start_a_server_the_lab_does_not_serve_is_stopped_and_told_why(tmp_path):
+    clock = Clock()
+    hours = [
+        {
+            "name": "ML101 lab",
+            "groups": ["ml101"],
+            "units": ["GPU-0"],
+            "time_zone": "Europe/Berlin",
+            "dates": [{"day": "2026-11-27", "start": "10:00", "end": "12:00"}],  # 09:00-11:00 UTC
+        }
+    ]
+    gpus = [{"index": i, "uuid": f"GPU-{i}", "name": "A100", "memory": "80G"} for i in range(2)]
+    hub = f"c.GPUSpawner.gpus = {gpus!r}\nc.GPUSpawner.reservations = {hours!r}\n"
+
+    def labelled(user, unit, groups=()):
+        record = label.ServerRecord(user, "", "gpu", (unit,), groups=frozenset(groups))
+        return {"Id": user * 8, "Labels": label.server_labels(record)}
+
+    containers = [labelled("bob", "GPU-0"), labelled("mia", "GPU-0", ["ml101"]), labelled("eve", "GPU-1")]
+    app = culler(tmp_path, containers, {}, Clock(T0 - timedelta(minutes=1)), cull_every=1, hub=hub)
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    assert await app.arbiter(server=hub_server("bob/", T0 - timedelta(hours=1), T0), **args) is False  # 08:59
+    app.clock = clock  # 09:00 UTC: the window starts
+    assert await app.arbiter(server=hub_server("bob/", T0 - timedelta(hours=1), T0), **args) is True
+    assert await app.arbiter(server=hub_server("mia/", T0 - timedelta(hours=1), T0), **args) is False  # served
+    assert await app.arbiter(server=hub_server("eve/", T0 - timedelta(hours=1), T0), **args) is False  # not reserved
+    (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["user"], record["reason"]) == ("bob", "reservation")
+    assert record["message"] == (
+        "stopped at 10:00, when ML101 lab started: its GPU is reserved for it until 12:00 (Europe/Berlin)"
+    )

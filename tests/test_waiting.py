@@ -7,6 +7,7 @@ leaves the line when stopped or when its ``queue_timeout`` runs out.
 
 import asyncio
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from jupyterhub.spawner import SpawnException
@@ -19,6 +20,10 @@ from .fakes import FakeDocker
 from .test_spawner import GPUS, PROFILES, spawner
 
 WAITING = [*PROFILES, {"slug": "line", "display_name": "ML101", "image": "lab:1", "gpus": 1, "queue_timeout": "1h"}]
+
+
+def container_labels(engine, s) -> dict:
+    return engine.inspect_container(s.object_id)["Labels"]
 
 
 @pytest.fixture
@@ -127,3 +132,69 @@ async def test_the_spawn_page_card_of_a_profile_that_waits_stays_selectable_and_
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+# --- lab hours (c.GPUSpawner.reservations)
+
+
+def lab_hours(start_in: float, minutes: float = 60, unit: str = "GPU-0000") -> list[dict]:
+    start = datetime.now(timezone.utc) + timedelta(seconds=start_in)
+    end = start + timedelta(minutes=minutes)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    return [
+        {
+            "name": "ML101 lab",
+            "groups": ["ml101"],
+            "units": [unit],
+            "time_zone": "UTC",
+            "dates": [{"start": start.strftime(fmt), "end": end.strftime(fmt)}],
+        }
+    ]
+
+
+async def test_a_server_on_a_unit_soon_reserved_is_told_and_its_runtime_cut(engine):
+    hours = lab_hours(600)
+    other = spawner(engine, "bob", profile="gpu", reservations=hours)
+    await other.start()
+    assert other.gpu_ids == ("GPU-1111",)  # the unit a lab takes soon is left while another is free
+    late = spawner(engine, "cat", profile="gpu", reservations=hours)
+    await late.start()
+    assert late.gpu_ids == ("GPU-0000",)  # nothing else fits: it may run until the lab starts
+    note = next(p["message"] for p in late._progress if p["message"].startswith("Note:"))
+    assert note.startswith("Note: this GPU is free until ") and note.endswith(
+        ", when ML101 lab starts. Your server stops then; your files are kept."
+    )
+    labels = container_labels(engine, late)
+    assert 595 <= float(labels["gpuspawner.max-runtime"]) <= 600
+
+
+async def test_at_the_window_start_the_waiting_member_gets_the_reserved_unit(engine):
+    hours = lab_hours(1.5, unit="GPU-1111")
+    for name in ("a", "b"):
+        await spawner(engine, name, profile="gpu", reservations=hours).start()
+    member = waiting_spawner(engine, "mia", groups=["ml101"], reservations=hours)
+    waiting = asyncio.ensure_future(member.start())
+    await until(lambda: "mia/" in member.shared.line)
+    holder = next(s for s in member.shared.ledger.assignments() if "GPU-1111" in s.ids)
+    # The culler stops the holder at the window's start (tests/test_culler.py); here, its units free.
+    await asyncio.sleep(1.6)
+    member.shared.ledger.release(holder.holder)
+    member.shared.line.serve(member.shared.ledger)
+    await asyncio.wait_for(waiting, 5)
+    assert member.gpu_ids == ("GPU-1111",)
+    # A non-member may not take the reserved unit while the window lasts, even when it is free.
+    await member.stop()
+    with pytest.raises(SpawnException) as refused:
+        await spawner(engine, "zed", profile="gpu", reservations=hours).start()
+    assert refused.value.reason == "no_gpu"
+
+
+async def test_when_the_window_ends_its_free_unit_goes_to_a_non_member_waiting(engine):
+    hours = lab_hours(-1, minutes=0.05)  # under way, ending ~2 s from now
+    await spawner(engine, "a", profile="gpu", reservations=hours).start()  # takes the unreserved GPU
+    zed = waiting_spawner(engine, "zed", reservations=hours)
+    waiting = asyncio.ensure_future(zed.start())
+    await until(lambda: "zed/" in zed.shared.line)
+    assert zed.shared.ledger.free() and not waiting.done()  # the reserved unit is free, but not for zed
+    await asyncio.wait_for(waiting, 6)  # the line moves at the window's end, by itself
+    assert zed.gpu_ids == ("GPU-0000",)

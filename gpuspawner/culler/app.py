@@ -48,9 +48,9 @@ from .. import labels as label
 from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
 from ..eventfiles import read_snapshot
-from ..gpus.allocation import holder_key
+from ..gpus.allocation import Requester, holder_key
 from .orphans import ORPHAN, OrphanClocks, orphan_message
-from .policy import GPUServer, IdleClocks, UnitReading
+from .policy import RESERVATION, GPUServer, IdleClocks, UnitReading
 from .records import record_stop
 from .usage import FileUsage, NVMLUsage
 
@@ -75,6 +75,7 @@ def gpu_servers(containers: list[dict]) -> dict[str, GPUServer]:
             rules=record.rules,
             started=None,  # the hub's start time, from its server model
             profile=record.profile,
+            groups=record.groups,
         )
     return servers
 
@@ -306,6 +307,14 @@ class GPUCuller(IdleCuller):
         if self.node_local and server.get("full_name", "") not in self._local:
             return False  # another node's server: its own culler judges it
         found = servers.get(server.get("full_name", ""))
+        booking = self._reserved_against(found, self.clock()) if found is not None else None
+        if booking is not None:
+            message = booking.stopped()
+            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), message)
+            self._record_stop(
+                found, self._record_as.get(found.container, found.container), RESERVATION, message, self.clock()
+            )
+            return True
         if found is not None and found.rules.active:
             now = self.clock()
             started = parse_date(server["started"]) if server.get("started") else None
@@ -321,6 +330,24 @@ class GPUCuller(IdleCuller):
         if self.timeout > 0 and inactive is not None:
             return inactive.total_seconds() >= inactive_limit
         return False
+
+    def _reserved_against(self, server: GPUServer, now: datetime):
+        """The lab hours under way on one of ``server``'s units that do not serve it (its booking), or None."""
+        spawner = self._hub.spawner
+        if not (spawner.reservations or spawner.reservations_file):
+            return None
+        try:
+            book = spawner.reservation_book()
+        except Exception as e:  # noqa: BLE001 - a broken file on first read: nobody is stopped for it
+            self.log.warning("Cannot read the lab's reservations: %s", e)
+            return None
+        reserved = book.reserved_at(now.timestamp())
+        requester = Requester(server.user, server.groups)
+        for unit in server.units:
+            booking = reserved.get(unit)
+            if booking is not None and not booking.reservation.serves(requester, server.profile):
+                return booking
+        return None
 
     def _waited_for(self) -> frozenset[str]:
         """The units someone waits in line for, as the hub last wrote its line (none when unreadable)."""

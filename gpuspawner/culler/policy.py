@@ -33,6 +33,7 @@ from ..quantities import format_duration
 
 GPU_IDLE = "gpu_idle"
 MAX_RUNTIME = "max_runtime"
+RESERVATION = "reservation"  # its units are reserved now for lab hours that do not serve it
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class GPUServer:
     rules: CullRules
     started: datetime | None  # when the hub started it
     profile: str = ""
+    groups: frozenset[str] = frozenset()  # its user's groups when it started (lab hours serve groups)
 
     @property
     def key(self) -> str:
