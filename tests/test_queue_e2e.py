@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -33,6 +33,9 @@ def user(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("hub")
+    usage = workdir / "usage.json"
+    usage.write_text("{}")  # every unit's use unknown: the culler never finds one idle
     small = {"image": read_testbed("image"), "mem_limit": "512M", "cpu_limit": 0.5}
     config = f"""
     c.GPUSpawner.gpus = {simulated_gpus(GPUS)!r}
@@ -41,10 +44,16 @@ def hub(tmp_path_factory):
         dict(slug="quick", display_name="Quick look", gpus=1, queue_timeout=3, **{small!r}),
     ]
     c.GPUSpawner.queue_file = "gpuspawner-queue.json"
+    c.GPUSpawner.stops_file = {str(workdir / "stops.jsonl")!r}
+    c.GPUSpawner.reservations_file = {str(workdir / "reservations.yaml")!r}
+    c.JupyterHub.load_groups = {{"ml101": {{"users": [{user("mia")!r}]}}}}
+    from gpuspawner import services
+    services.add_culler(c, __file__, cull_every=1, args=[{f"--usage-file={usage}"!r}])
     # The REST answer of a pending spawn comes after slow_spawn_timeout (10 s): 1 s keeps the test short.
     c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 1}}
     """
-    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+    (workdir / "reservations.yaml").write_text("reservations: []\n")  # none yet: a test writes its lab hours
+    with running_hub(workdir, config, RUN) as h:
         yield h
 
 
@@ -148,3 +157,43 @@ def test_a_restarted_hub_fails_the_waiting_spawn_and_it_waits_again(hub: RealHub
     hub.wait_ready(s4)
     assert hub.visible_devices(s4) == freed
     assert waiting(hub) == []
+
+
+def test_lab_hours_stop_a_non_member_at_their_start_and_the_waiting_member_gets_the_gpu(hub: RealHub):
+    hub.stop_all_servers()
+    out, late, mia = user("out"), user("late"), user("mia")
+    start = datetime.now(timezone.utc) + timedelta(seconds=25)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    (hub.workdir / "reservations.yaml").write_text(
+        json.dumps(  # YAML reads JSON
+            {
+                "reservations": [
+                    {
+                        "name": "ML101 lab",
+                        "groups": ["ml101"],
+                        "units": [GPUS[0]],
+                        "time_zone": "UTC",
+                        "dates": [{"start": start.strftime(fmt), "end": (start + timedelta(minutes=30)).strftime(fmt)}],
+                    }
+                ]
+            }
+        )
+    )
+    # Before the window: the unit the lab takes is left while another is free ...
+    hub.spawn(out, "ml101")
+    assert hub.visible_devices(out) == GPUS[1]
+    # ... and taken when nothing else fits, by a server told it must end by the lab's start.
+    hub.spawn(late, "ml101")
+    assert hub.visible_devices(late) == GPUS[0]
+    assert re.search(rf"{late}/: this GPU is free until \d\d:\d\d, when ML101 lab starts", hub.log_text())
+    assert 0 < float(hub.container(late).labels["gpuspawner.max-runtime"]) <= 25
+    # The course's student waits; at the window's start the GPU culler stops the other, and she gets the GPU.
+    assert hub.start_server(mia, "ml101").status_code == 202
+    wait_for(lambda: waiting(hub) == [mia], 30, f"{mia} in line", details=hub.log_tail)
+    hub.wait_gone(late, timeout=60)
+    hub.wait_ready(mia)
+    assert hub.visible_devices(mia) == GPUS[0]
+    assert hub.server_model(out)["ready"]  # not on the reserved GPU: kept
+    page = hub.login(late).get(f"{hub.url}/hub/spawn", timeout=30).text
+    assert re.search(r"Your last server was stopped at \d\d:\d\d, when ML101 lab started: its GPU is reserved", page)
+    assert "Your files are kept" in page
