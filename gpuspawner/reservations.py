@@ -671,6 +671,40 @@ class ReservationBook:
                 best = Booking(r, window)
         return best
 
+    def describe_unit(self, unit: str, now: float) -> str:
+        """For the dashboard and the spawn page: 'reserved for ML101 lab until 16:00 (Europe/Berlin)', or
+        'next lab hours: ML101 lab, Tuesday 14 April 2026, 14:00-16:00 (Europe/Berlin)'; '' when none ahead."""
+        booking = self.next_window(unit, now)
+        if booking is None:
+            return ""
+        w = booking.window
+        if now in w:
+            return f"reserved for {booking.reservation.name} until {_clock(w.local_end)} ({w.zone.key})"
+        return f"next lab hours: {booking.reservation.name}, {w.describe()}"
+
+    def describe_units(self, units: Iterable[str], requester: Requester, profile: str, now: float) -> str:
+        """For a spawn page's card (the units its profile fits): 'Lab hours: 2 reserved for ML101 lab
+        (yours) until 16:00 (Europe/Berlin)', else the next window on them; '' when none ahead."""
+        units = tuple(units)
+        reserved = self.reserved_at(now)
+        counts: dict[str, list] = {}
+        for unit in units:
+            booking = reserved.get(unit)
+            if booking is not None:
+                counts.setdefault(booking.reservation.name, [booking, 0])[1] += 1
+        parts = []
+        for name, (booking, n) in counts.items():
+            yours = " (yours)" if booking.reservation.serves(requester, profile) else ""
+            w = booking.window
+            parts.append(f"{n} reserved for {name}{yours} until {_clock(w.local_end)} ({w.zone.key})")
+        if not parts:
+            ahead = [b for b in (self.next_window(u, now) for u in units) if b is not None]
+            if ahead:
+                first = min(ahead, key=lambda b: b.window.start)
+                yours = " (yours)" if first.reservation.serves(requester, profile) else ""
+                parts.append(f"next: {first.reservation.name}{yours}, {first.window.describe()}")
+        return "Lab hours: " + "; ".join(parts) if parts else ""
+
     def free_until(
         self, units: Iterable[str], requester: Requester, profile: str, now: float, horizon: float | None = None
     ) -> Booking | None:

@@ -1992,9 +1992,14 @@ class GPUSpawner(DockerSpawner):
         limits = {}
         waits = {}
         line = self.shared.line.queue
+        book, now = line.reservations, time.time()
         for p in profiles:
             if p.gpu_request.slots:
                 limits[p.slug] = self.culling_rules_of(p).describe()
+                if book:
+                    fitting = [u.id for u in ledger.inventory if p.gpu_request.matches(u)]
+                    hours = book.describe_units(fitting, self.requester, p.slug, now)
+                    limits[p.slug] = " ".join(filter(None, (limits[p.slug], hours)))
             timeout = self.queue_timeout_of(p)
             if timeout and isinstance(self._can_start(ledger, p), NoFreeUnit):
                 ahead = sum(1 for e in line.waiting() if e.request == p.gpu_request)

@@ -7,6 +7,7 @@ leaves the line when stopped or when its ``queue_timeout`` runs out.
 
 import asyncio
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +15,7 @@ from jupyterhub.spawner import SpawnException
 
 from gpuspawner import GPUSpawner
 from gpuspawner.eventfiles import read_snapshot
+from gpuspawner.hub_state import reset_hub_state
 from gpuspawner.waiting import QUEUE_WAIT
 
 from .fakes import FakeDocker
@@ -198,3 +200,24 @@ async def test_when_the_window_ends_its_free_unit_goes_to_a_non_member_waiting(e
     assert zed.shared.ledger.free() and not waiting.done()  # the reserved unit is free, but not for zed
     await asyncio.wait_for(waiting, 6)  # the line moves at the window's end, by itself
     assert zed.gpu_ids == ("GPU-0000",)
+
+
+async def test_the_cards_and_the_dashboard_show_the_lab_hours_now_and_next(engine):
+    from gpuspawner.gpus import Requester
+
+    from .fakes import make_spawner
+
+    now_hours = lab_hours(-60, minutes=60)
+    s = make_spawner(
+        GPUSpawner, engine, user="mia", groups=["ml101"], profiles=WAITING, gpus=GPUS, reservations=now_hours
+    )
+    await s.ledger()
+    html = await s.get_options_form()
+    assert "Lab hours: 1 reserved for ML101 lab (yours) until " in html
+    reset_hub_state()  # another hub, whose lab hours come later
+    later = make_spawner(GPUSpawner, engine, user="bob", profiles=WAITING, gpus=GPUS, reservations=lab_hours(3600))
+    book = later.reservation_book()
+    line = book.describe_units(["GPU-0000", "GPU-1111"], Requester("bob"), "gpu", time.time())
+    assert line.startswith("Lab hours: next: ML101 lab, ") and line.endswith("(UTC)")
+    assert book.describe_unit("GPU-0000", time.time()).startswith("next lab hours: ML101 lab, ")
+    assert book.describe_unit("GPU-1111", time.time()) == ""

@@ -266,6 +266,7 @@ class GPUDashboard(Application):
             self.nvml,
             stops_file=self.stops_file,
             queue_file=self.queue_file,
+            reservations=spawner.reservation_book if spawner.reservations or spawner.reservations_file else None,
             tail_bytes=self.events_tail,
             log=self.log,
             quarantine_file=self.quarantine_file,

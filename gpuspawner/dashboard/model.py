@@ -60,6 +60,7 @@ class UnitView:
     usage: UnitUsage | None = None
     node: str = ""  # the Swarm node it is on; "" on one host
     quarantine: Quarantined | None = None  # set aside after failed starts (its state says so once no one holds it)
+    lab_hours: str = ""  # reserved now for a course's lab, or its next lab hours ('' when none)
 
     @property
     def label(self) -> str:
@@ -214,6 +215,7 @@ def _unit_json(u: UnitView) -> dict:
         "node": u.node or None,
         "state": u.state,
         "quarantine": u.quarantine.as_json() if u.quarantine else None,
+        "lab_hours": u.lab_hours or None,
         "usage": None
         if usage is None
         else {

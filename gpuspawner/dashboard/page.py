@@ -86,6 +86,7 @@ TEMPLATE = """<!DOCTYPE html>
   <td rowspan="{{ rows|length }}">{% if u.usage %}{{ bytes(u.usage.memory_used) }} / {{ bytes(u.usage.memory_total) }}{% else %}{{ bytes(u.memory) }}{% endif %}</td>
   <td rowspan="{{ rows|length }}">{% if u.usage %}{{ na(u.usage.utilization_gpu, "%") }}{% if u.usage.temperature is not none %}, {{ u.usage.temperature }}&deg;C{% endif %}{% else %}<span class="muted">n/a</span>{% endif %}</td>
   <td rowspan="{{ rows|length }}" class="{{ u.state }}">{{ u.state }}
+   {%- if u.lab_hours %}<div class="lab-hours muted">{{ u.lab_hours }}</div>{% endif %}
    {%- if u.quarantine %}<div class="quarantine muted" data-quarantine="{{ u.id }}">set aside {{ ago(u.quarantine.since) }}
    after {{ u.quarantine.failures }} failed start(s): {{ u.quarantine.reason }}</div>
    {%- if can_put_back %}<form method="post" action="put-back">{{ xsrf_form_html }}

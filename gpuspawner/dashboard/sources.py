@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -93,6 +94,7 @@ class Sources:
         host: str | None = None,
         stops_file: str = "",
         queue_file: str = "",
+        reservations: Callable[[], object] | None = None,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         log: logging.Logger | None = None,
         quarantine_file: str = "",
@@ -109,6 +111,7 @@ class Sources:
         self._denials_cache: dict = {}
         self.stops_file = stops_file
         self.queue_file = queue_file
+        self.reservations = reservations  # the hub's lab hours (a ReservationBook), read at each view; None: none
         self._stops_cache: dict = {}
         self.tail_bytes = tail_bytes
         self.log = log or logging.getLogger("gpuspawner.dashboard")
@@ -198,7 +201,7 @@ class Sources:
         denials, denials_error = self._events(self.denials_file, self._denials_cache)
         stops, stops_error = self._events(self.stops_file, self._stops_cache)
         waiting, queue_error = self._line()
-        return build_view(
+        view = build_view(
             self.inventory,
             self.policy,
             found,
@@ -219,6 +222,18 @@ class Sources:
             waiting=waiting,
             queue_error=queue_error,
         )
+        return self._with_lab_hours(view)
+
+    def _with_lab_hours(self, view: DashboardView) -> DashboardView:
+        """Each unit's lab hours, now or next (nothing when there are none, or they cannot be read)."""
+        if self.reservations is None:
+            return view
+        try:
+            book = self.reservations()
+        except Exception as e:  # noqa: BLE001 - a broken reservations file: the rest of the page still shows
+            return replace(view, warnings=(*view.warnings, f"the lab's reservations cannot be read: {e}"))
+        now = view.generated_at.timestamp()
+        return replace(view, units=tuple(replace(u, lab_hours=book.describe_unit(u.id, now)) for u in view.units))
 
     def _line(self) -> tuple[tuple[Waiter, ...], str]:
         """Who waits in line, from the hub's queue file (none, and why, when it cannot be read)."""
