@@ -68,6 +68,7 @@ class HubState:
         self.config_reservations: tuple[Reservation, ...] | None = None  # c.GPUSpawner.reservations, parsed once
         self._books: tuple[tuple, ReservationBook] | None = None  # the reservations it was placed from, the book
         self._boundaries: asyncio.Task | None = None
+        self._prepull: Callable[[], None] = lambda: None
         self.ports: dict[str, int] = {}  # holder -> port, while starting or running
         self.docker_calls = DockerCalls(docker_threads)
         self.puller = ImagePuller(new_docker_client, max_concurrent_pulls)
@@ -125,8 +126,13 @@ class HubState:
             self._books = (reservations, book)
         return self._books[1]
 
-    def use_reservations(self, book: ReservationBook) -> None:
-        """Decide with ``book``; let the line move at every window's start and end."""
+    #: How long before a lab's window the profiles' missing images are pulled again.
+    prepull_lead = 900.0
+
+    def use_reservations(self, book: ReservationBook, prepull: Callable[[], None] = lambda: None) -> None:
+        """Decide with ``book``; let the line move at every window's start and end, and pull the
+        profiles' missing images (``prepull``) ``prepull_lead`` seconds before each window."""
+        self._prepull = prepull
         if self.line.queue.reservations is not book:
             self.line.queue.reservations = book or None
             self.line.serve(self.ledger, changed=True)
@@ -134,13 +140,23 @@ class HubState:
             self._boundaries = asyncio.get_running_loop().create_task(self._at_boundaries())
 
     async def _at_boundaries(self) -> None:
-        """At each window's start or end, the units it reserves or frees go to those waiting."""
+        """At each window's start or end, the units it reserves or frees go to those waiting; before
+        each window, missing images are pulled, so that the lab does not start with a pull."""
+        pulled_for: set[float] = set()
         while True:
             book = self.line.queue.reservations
             now = time.time()
             boundary = book.next_boundary(now) if book else None
-            await asyncio.sleep(min(max((boundary or now + 60) - now, 0) + 0.01, 60))
+            opening = book.next_start(now) if book else None
+            wake = boundary or now + 60
+            if opening is not None and opening not in pulled_for:
+                wake = min(wake, max(opening - self.prepull_lead, now))
+            await asyncio.sleep(min(max(wake - time.time(), 0) + 0.01, 60))
             try:
+                now = time.time()
+                if opening is not None and opening not in pulled_for and now >= opening - self.prepull_lead:
+                    pulled_for.add(opening)
+                    self._prepull()
                 self.line.serve(self.ledger, changed=True)
             except Exception:  # noqa: BLE001 - never let the timer die: the next boundary still comes
                 self.log.exception("Moving the line at a lab-hours boundary")

@@ -755,6 +755,10 @@ class ReservationBook:
                 stops.append(Stop(a.holder, a.user, tuple(unit for unit, _ in against), against[0][1]))
         return tuple(stops)
 
+    def next_start(self, now: float) -> float | None:
+        """When the next window of any reservation starts, after ``now``; None when none is ahead."""
+        return min((w.start for r in self.reservations for w in r.windows if w.start > now), default=None)
+
     def next_boundary(self, now: float) -> float | None:
         """The next time after ``now`` a window starts or ends: when the line should move and the culler look."""
         best: float | None = None

@@ -1106,7 +1106,7 @@ class GPUSpawner(DockerSpawner):
         shared.refresh_quarantine()
         if self.reservations or self.reservations_file:
             try:
-                shared.use_reservations(self.reservation_book())
+                shared.use_reservations(self.reservation_book(), prepull=self._prepull_profile_images)
             except ReservationError as e:  # the first read of a file, or the config's own list: said at once
                 raise SpawnException(f"The lab's reservations cannot be read: {e}", reason="reservations") from None
         return shared.ledger

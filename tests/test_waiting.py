@@ -221,3 +221,20 @@ async def test_the_cards_and_the_dashboard_show_the_lab_hours_now_and_next(engin
     assert line.startswith("Lab hours: next: ML101 lab, ") and line.endswith("(UTC)")
     assert book.describe_unit("GPU-0000", time.time()).startswith("next lab hours: ML101 lab, ")
     assert book.describe_unit("GPU-1111", time.time()) == ""
+
+
+async def test_the_profiles_images_are_pulled_again_before_a_window(engine):
+    s = spawner(engine, "bob", profile="gpu", reservations=lab_hours(30), pull_policy="ifnotpresent")
+    s.shared.prepull_lead = 29.5  # a window 30 s ahead: its pull is due in half a second
+    pulls = []
+
+    async def prepull(images):
+        pulls.append(list(images))
+
+    s.shared.puller.prepull = prepull
+    await s.ledger()
+    await until(lambda: len(pulls) == 1)  # the hub's first use of its ledger
+    await until(lambda: len(pulls) == 2, timeout=5)  # before the window
+    assert pulls[1] == ["lab:1"] * len(PROFILES)
+    await asyncio.sleep(0.5)
+    assert len(pulls) == 2  # once per window
