@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from .realhub import RealHub, engine, read_testbed, running_hub, simulated_gpus, wait_for
+from .test_browser_e2e import save
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -156,6 +157,35 @@ def test_a_restarted_hub_fails_the_waiting_spawn_and_it_waits_again(hub: RealHub
     hub.stop_server(s1)
     hub.wait_ready(s4)
     assert hub.visible_devices(s4) == freed
+    assert waiting(hub) == []
+
+
+@pytest.mark.browser
+def test_the_waiting_page_shows_the_place_in_line_live(hub: RealHub, browser, tmp_path):
+    ahead, web = user("ahead"), user("web")
+    assert not waiting(hub)  # both GPUs are held (by s2 and s4), and nobody waits
+    assert hub.start_server(ahead, "ml101").status_code == 202
+    wait_for(lambda: waiting(hub) == [ahead], 30, f"{ahead} in line", details=hub.log_tail)
+    page = browser.new_context(viewport={"width": 1024, "height": 600}).new_page()
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", web)
+    page.fill("#password_input", "any")
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/spawn**")
+    card = page.locator("label[for=profile-ml101]").inner_text()
+    assert "All 2 in use now: you wait in line behind 1, 10 minutes at most" in card
+    page.check("#profile-ml101")
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/spawn-pending/**", timeout=30_000)
+    message = page.locator("#progress-message")
+    message.filter(has_text="2nd in line for ML101").wait_for(timeout=30_000)
+    save(page, tmp_path, "student-waiting.png")  # the student tutorial's picture
+    # The student ahead leaves the line: the page says so without a reload.
+    hub.request("DELETE", f"/users/{ahead}/servers/")
+    message.filter(has_text="1st in line for ML101").wait_for(timeout=30_000)
+    hub.request("DELETE", f"/users/{web}/servers/")
+    hub.wait_gone(web)
+    hub.wait_gone(ahead)
     assert waiting(hub) == []
 
 
