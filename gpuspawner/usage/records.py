@@ -71,7 +71,9 @@ class Record(NamedTuple):
     def share(self) -> Fraction:
         return Fraction(1, self.share_of)
 
-    def exact_gpu_seconds(self, now: datetime, since: datetime | None = None, until: datetime | None = None) -> Fraction:
+    def exact_gpu_seconds(
+        self, now: datetime, since: datetime | None = None, until: datetime | None = None
+    ) -> Fraction:
         """Its GPU-seconds within [since, until) (None: unbounded), an open record counted up to ``now``."""
         return gpu_seconds(len(self.units), self.share_of, held_us(self, now, since, until))
 
