@@ -8,10 +8,13 @@
 """
 
 from .book import Rebuilt, Running, UsageBook
+from .budgets import Budget, BudgetError, parse_budgets
 from .records import STOP_REASONS, Record
 from .store import DEFAULT_DB_URL, UsageStore, UsageStoreError, next_to
 
 __all__ = [
+    "Budget",
+    "BudgetError",
     "DEFAULT_DB_URL",
     "STOP_REASONS",
     "Rebuilt",
@@ -21,4 +24,5 @@ __all__ = [
     "UsageStore",
     "UsageStoreError",
     "next_to",
+    "parse_budgets",
 ]
