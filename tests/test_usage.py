@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sqlalchemy import create_engine, event, inspect, text
 
 from gpuspawner.usage import STOP_REASONS, Running, UsageBook, UsageStore, UsageStoreError, next_to
-from gpuspawner.usage.records import Record, share_of
+from gpuspawner.usage.records import Record, share_of, to_us
 from gpuspawner.usage.store import HEAD, VERSION_TABLE, Base
 
 T0 = datetime(2026, 4, 13, 8, 0, tzinfo=timezone.utc)
@@ -151,6 +151,20 @@ def test_records_in_a_window(book):
     assert ids(until=at(5)) == ["u0/"]
     assert ids(since=at(25), until=at(29)) == []
     assert ids(user="u2") == ids(open_only=True) == ["u2/"]
+
+
+def test_uses_are_what_reports_read_of_records(book):
+    book.assigned("ana/", user="ana", units=["GPU-0", "GPU-1"], groups=["ml_101", "cv"], profile="a100", at=at(0))
+    book.assigned("ben/", user="ben", units=["MIG-2"], groups=["mlx101", "50%"], share=Fraction(1, 7), at=at(5))
+    book.released("ben/", "user", at=at(12))
+    ana, ben = book.store.uses()
+    assert ana == (1, "ana", ("cv", "ml_101"), "a100", 2, 1, to_us(at(0)), None)
+    assert ben.gpu_seconds(to_us(at(99))) == Fraction(1, 1) == book.store.records()[1].exact_gpu_seconds(at(99))
+    # a group's records: by its name in the JSON list, where _ and % are letters like any other
+    assert [u.user for u in book.store.uses(group="ml_101")] == ["ana"]
+    assert [u.user for u in book.store.uses(group="50%")] == ["ben"]
+    assert book.store.uses(group="ml") == book.store.uses(group="5") == []
+    assert [u.user for u in book.store.uses(since=at(12))] == ["ana"]
 
 
 # --- the book

@@ -140,7 +140,7 @@ class UsageApp(_UsageCommand):
         if since and until and until <= since:
             raise ConfigError(f"--until {self.until} is not after --since {self.since}")
         with self.open_store() as store:
-            records = store.records(since=since, until=until, user=self.user or None)
+            records = store.uses(since=since, until=until, user=self.user or None, group=self.group or None)
         report = aggregate(
             records,
             by=self.by,

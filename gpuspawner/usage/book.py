@@ -20,7 +20,7 @@ hub was down to the servers that ended meanwhile. The time of an adoption: the c
 ``started_at`` when given (Docker's ``State.StartedAt``: nothing lost), else ``at``; never before
 the holder's last record closed, so that no second is counted twice.
 
-Each method is one transaction; a close is an ``UPDATE ... WHERE stopped_at IS NULL``, so two
+Each method is one transaction; a close is an ``UPDATE ... WHERE stop_us IS NULL``, so two
 books on one database (a hub restarting while the old one still ends) never close a record twice.
 The clock is injected: each method takes ``at`` (an aware datetime), else reads ``clock()``.
 """
@@ -37,8 +37,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..gpus.allocation import split_holder
-from .records import HUB_RESTART, REASSIGNED, Record, check_reason, gpu_seconds, microseconds, share_of, utc
-from .store import UsageRow, UsageStore, stored
+from .records import HUB_RESTART, REASSIGNED, Record, check_reason, from_us, gpu_seconds, share_of, to_us, utc
+from .store import UsageRow, UsageStore
 
 _C = UsageRow.__table__.c
 
@@ -78,8 +78,8 @@ def as_record(row: UsageRow) -> Record:
         tuple(json.loads(row.units)),
         row.share_of,
         row.host,
-        row.started_at.replace(tzinfo=timezone.utc),
-        row.stopped_at and row.stopped_at.replace(tzinfo=timezone.utc),
+        from_us(row.start_us),
+        None if row.stop_us is None else from_us(row.stop_us),
         row.stop_reason,
         row.gpu_seconds,
         row.utilisation,
@@ -161,7 +161,7 @@ class UsageBook:
         servers = {h: r for h, r in servers.items() if r.units}
         kept, closed, adopted = [], [], []
         with self.store.sessions.begin() as session:
-            rows = session.scalars(select(UsageRow).where(_C.stopped_at.is_(None)).order_by(_C.id)).all()
+            rows = session.scalars(select(UsageRow).where(_C.stop_us.is_(None)).order_by(_C.id)).all()
             for row in rows:
                 server = servers.get(row.holder)
                 if server is not None and _same(row, server.units, share_of(server.share)):
@@ -175,9 +175,10 @@ class UsageBook:
             for holder, server in servers.items():
                 if any(r.holder == holder for r in kept):
                     continue
-                start = utc(server.started_at) if server.started_at is not None else now
-                last = session.scalar(select(func.max(_C.stopped_at)).where(_C.holder == holder))
-                start = max(min(start, now), last.replace(tzinfo=timezone.utc) if last else start)
+                start = min(utc(server.started_at), now) if server.started_at is not None else now
+                last = session.scalar(select(func.max(_C.stop_us)).where(_C.holder == holder))
+                if last is not None and from_us(last) > start:
+                    start = from_us(last)
                 user = server.user if server.user is not None else split_holder(holder)[0]
                 row = _new_row(
                     holder,
@@ -200,7 +201,7 @@ class UsageBook:
 
     @staticmethod
     def _open_rows(session: Session, holder: str) -> list[UsageRow]:
-        query = select(UsageRow).where(_C.holder == holder, _C.stopped_at.is_(None)).order_by(_C.id)
+        query = select(UsageRow).where(_C.holder == holder, _C.stop_us.is_(None)).order_by(_C.id)
         return list(session.scalars(query))
 
 
@@ -220,7 +221,7 @@ def _new_row(holder, user, units, groups, profile, image_digest, k, host, start:
         unit_count=len(units),
         share_of=k,
         host=host,
-        started_at=stored(start),
+        start_us=to_us(start),
     )
 
 
@@ -233,17 +234,17 @@ def _close(
     peak_memory: int | None = None,
 ) -> Record | None:
     """Close ``row`` at ``at`` (never before it started), unless someone closed it already."""
-    stop = max(stored(at), row.started_at)
-    seconds = gpu_seconds(row.unit_count, row.share_of, microseconds(stop - row.started_at))
+    stop = max(to_us(at), row.start_us)
+    seconds = gpu_seconds(row.unit_count, row.share_of, stop - row.start_us)
     values = {
-        "stopped_at": stop,
+        "stop_us": stop,
         "stop_reason": reason,
         "gpu_seconds": float(seconds),
         "utilisation": utilisation,
         "peak_memory": peak_memory,
     }
     done = session.execute(
-        update(UsageRow).where(_C.id == row.id, _C.stopped_at.is_(None)).values(**values),
+        update(UsageRow).where(_C.id == row.id, _C.stop_us.is_(None)).values(**values),
         execution_options={"synchronize_session": False},
     )
     if done.rowcount != 1:

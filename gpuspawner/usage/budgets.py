@@ -11,7 +11,7 @@ are exempt (``admins_exempt``, default true: an admin is never refused or stoppe
 their use still counts towards a group's).
 
 The questions, for a time ``now`` given by the caller (never read from a clock), over the
-records (``records.Record``): the period containing ``now`` (``Budget.window``), GPU-seconds
+records (``UsageStore.uses``, or whole records): the period containing ``now`` (``Budget.window``), GPU-seconds
 used in it (records that straddle its start are clipped; open ones count up to ``now``), what is
 left, when it renews, the refusal of a spawn ("ML101's budget of 10 GPU-hours this week is
 spent: 10.2 used; it renews Monday 00:00 Europe/Berlin"), the spawn page's card line ("6.5 of 10
@@ -31,7 +31,7 @@ from fractions import Fraction
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..reservations import WEEKDAYS
-from .records import Record, utc
+from .records import MICROSECONDS, Record, Use, to_us, utc
 
 FIELDS = (
     "name",
@@ -107,7 +107,7 @@ class Budget:
             return self.group in set(groups)
         return True
 
-    def counts(self, record: Record, user: str) -> bool:
+    def counts(self, record: Use | Record, user: str) -> bool:
         """Whether ``record`` is spent from this budget, as ``user`` sees it."""
         if self.profile is not None and record.profile != self.profile:
             return False
@@ -199,25 +199,29 @@ class Standing:
         return f"{self.budget.describe()} runs out at {at} {zone.key}: running servers stop then; {self.renewal()}"
 
 
-def standing(budget: Budget, records: Iterable[Record], now: datetime, user: str) -> Standing | None:
+def standing(budget: Budget, records: Iterable[Use | Record], now: datetime, user: str) -> Standing | None:
     """Where ``budget`` stands for ``user`` at ``now``; None outside its period (a term's dates)."""
     now = utc(now)
     window = budget.window(now)
     if window is None:
         return None
-    used, rate = Fraction(0), Fraction(0)
+    now_us, start_us, end_us = to_us(now), to_us(window.start), to_us(window.end)
+    used: dict[int, int] = {}  # unit-microseconds per share K: exact, and no Fraction in the loop
+    rate = Fraction(0)
     for r in records:
+        r = r.use if isinstance(r, Record) else r
         if not budget.counts(r, user):
             continue
-        used += r.exact_gpu_seconds(now, since=window.start, until=window.end)
-        if r.stopped_at is None and r.started_at <= now:
-            rate += Fraction(len(r.units), r.share_of)
-    return Standing(budget, window, now, used, rate)
+        used[r.share_of] = used.get(r.share_of, 0) + r.unit_count * r.held_us(now_us, start_us, end_us)
+        if r.stop_us is None and r.start_us <= now_us:
+            rate += Fraction(r.unit_count, r.share_of)
+    seconds = sum((Fraction(v, k * MICROSECONDS) for k, v in used.items()), Fraction(0))
+    return Standing(budget, window, now, seconds, rate)
 
 
 def standings(
     budgets: Iterable[Budget],
-    records: Iterable[Record],
+    records: Iterable[Use | Record],
     now: datetime,
     user: str,
     groups: Iterable[str],
@@ -230,7 +234,7 @@ def standings(
     return sorted((s for s in found if s is not None), key=lambda s: not s.spent)
 
 
-def refusal(budgets: Iterable[Budget], records: Iterable[Record], now: datetime, **start) -> str | None:
+def refusal(budgets: Iterable[Budget], records: Iterable[Use | Record], now: datetime, **start) -> str | None:
     """Why a start (``user=, groups=, profile=, admin=``) is refused: the first spent budget's sentence."""
     spent = [s for s in standings(budgets, records, now, **start) if s.spent]
     return spent[0].refusal() if spent else None

@@ -1,13 +1,15 @@
-"""A usage record, as the pure parts (budgets, reports) see it, and the arithmetic of GPU-seconds.
+"""A usage record, the part of it budgets and reports read (``Use``), and the arithmetic of GPU-seconds.
 
 A record is one server's holding of GPU units, from the moment they were assigned to the moment
 they were released (``stopped_at`` None while it lasts). Its GPU-seconds are
 ``units × share × seconds``: a whole GPU or MIG instance counts 1 per second, a slot on a GPU
 shared by K servers ``1/K`` (``share_of`` = K), as in quotas. They are computed exactly, as a
-``Fraction`` of microseconds, so that sums over many records neither drift nor round: what a
-record stores as ``gpu_seconds`` (a float, for people and SQL) is that fraction rounded.
+``Fraction`` of whole microseconds, so that sums over many records neither drift nor round: what
+a record stores as ``gpu_seconds`` (a float, for people and SQL) is that fraction rounded.
 
-Times are aware datetimes in UTC here; the store keeps them as naive UTC, as JupyterHub does.
+Times are stored, and read by budgets and reports, as whole microseconds since 1970-01-01 UTC
+(``to_us``; Slurm's accounting keeps epoch seconds): a report reads 100,000 of them in a fraction
+of a second, and sums them exactly. A ``Record`` shows them as aware datetimes in UTC.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ CRASH, FAILED_START, RECONCILER, HUB_RESTART, REASSIGNED = (
 
 MICROSECONDS = 1_000_000
 _ONE_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class Use(NamedTuple):
+    """What budgets and reports read of a record: who, where, how much, from when to when (µs)."""
+
+    id: int
+    user: str
+    groups: tuple[str, ...]
+    profile: str
+    unit_count: int
+    share_of: int
+    start_us: int
+    stop_us: int | None  # None while it lasts
+
+    def held_us(self, now_us: int, since_us: int | None = None, until_us: int | None = None) -> int:
+        """The microseconds it held its units within [since, until), an open one up to ``now_us``."""
+        end = self.stop_us if self.stop_us is not None else now_us
+        if until_us is not None and until_us < end:
+            end = until_us
+        start = self.start_us if since_us is None or since_us < self.start_us else since_us
+        return end - start if end > start else 0
+
+    def gpu_seconds(self, now_us: int, since_us: int | None = None, until_us: int | None = None) -> Fraction:
+        return gpu_seconds(self.unit_count, self.share_of, self.held_us(now_us, since_us, until_us))
 
 
 class Record(NamedTuple):
@@ -71,11 +98,18 @@ class Record(NamedTuple):
     def share(self) -> Fraction:
         return Fraction(1, self.share_of)
 
+    @property
+    def use(self) -> Use:
+        stop = to_us(self.stopped_at) if self.stopped_at is not None else None
+        return Use(
+            self.id, self.user, self.groups, self.profile, len(self.units), self.share_of, to_us(self.started_at), stop
+        )
+
     def exact_gpu_seconds(
         self, now: datetime, since: datetime | None = None, until: datetime | None = None
     ) -> Fraction:
         """Its GPU-seconds within [since, until) (None: unbounded), an open record counted up to ``now``."""
-        return gpu_seconds(len(self.units), self.share_of, held_us(self, now, since, until))
+        return self.use.gpu_seconds(to_us(now), _maybe_us(since), _maybe_us(until))
 
 
 def utc(at: datetime) -> datetime:
@@ -85,18 +119,18 @@ def utc(at: datetime) -> datetime:
     return at.astimezone(timezone.utc)
 
 
-def microseconds(span: timedelta) -> int:
-    """A duration in whole microseconds (a timedelta is one exactly)."""
-    return span // _ONE_MICROSECOND
+def to_us(at: datetime) -> int:
+    """An aware datetime as whole microseconds since 1970-01-01 UTC (exact: a datetime is whole µs)."""
+    return (utc(at) - _EPOCH) // _ONE_MICROSECOND
 
 
-def held_us(record: Record, now: datetime, since: datetime | None = None, until: datetime | None = None) -> int:
-    """The microseconds ``record`` held its units within [since, until), an open one up to ``now``."""
-    end = record.stopped_at or now
-    if until is not None and until < end:
-        end = until
-    start = record.started_at if since is None or since < record.started_at else since
-    return microseconds(end - start) if end > start else 0
+def from_us(us: int) -> datetime:
+    """Microseconds since 1970-01-01 UTC as an aware datetime in UTC."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _maybe_us(at: datetime | None) -> int | None:
+    return None if at is None else to_us(at)
 
 
 def gpu_seconds(unit_count: int, share_of: int, us: int) -> Fraction:
@@ -123,10 +157,11 @@ def check_reason(reason: str) -> str:
 __all__ = [
     "STOP_REASONS",
     "Record",
+    "Use",
     "check_reason",
+    "from_us",
     "gpu_seconds",
-    "held_us",
-    "microseconds",
     "share_of",
+    "to_us",
     "utc",
 ]

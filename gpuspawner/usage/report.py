@@ -23,7 +23,7 @@ from fractions import Fraction
 
 from rich.table import Table
 
-from .records import MICROSECONDS, Record, utc
+from .records import MICROSECONDS, Record, Use, from_us, to_us, utc
 
 BY = ("user", "group", "profile", "day")
 NO_GROUP = "(no group)"
@@ -71,27 +71,29 @@ class Report:
 
 
 class _Sum:
-    """Exact sums per key without Fractions in the loop: whole unit-microseconds per share K."""
+    """Exact sums per key without Fractions in the loop: whole unit-microseconds per share K. A record
+    adds to one key at most once (a day split gives distinct days), so servers are counted, not kept."""
 
-    __slots__ = ("by_k", "records", "users")
+    __slots__ = ("by_k", "servers", "users")
 
     def __init__(self):
         self.by_k: dict[int, int] = {}
-        self.records: set[int] = set()
+        self.servers = 0
         self.users: set[str] = set()
 
-    def add(self, r: Record, unit_us: int) -> None:
-        self.by_k[r.share_of] = self.by_k.get(r.share_of, 0) + unit_us
-        self.records.add(r.id)
+    def add(self, r: Use, unit_us: int) -> None:
+        by_k = self.by_k
+        by_k[r.share_of] = by_k.get(r.share_of, 0) + unit_us
+        self.servers += 1
         self.users.add(r.user)
 
     def row(self, key: str) -> Row:
         seconds = sum((Fraction(v, k * MICROSECONDS) for k, v in self.by_k.items()), Fraction(0))
-        return Row(key, seconds, len(self.records), len(self.users))
+        return Row(key, seconds, self.servers, len(self.users))
 
 
 def aggregate(
-    records: Iterable[Record],
+    records: Iterable[Use | Record],
     *,
     by: str,
     now: datetime,
@@ -101,28 +103,31 @@ def aggregate(
     user: str | None = None,
     group: str | None = None,
 ) -> Report:
-    """GPU-seconds of ``records`` within [since, until) (until: ``now`` at the latest), ``by`` key."""
+    """GPU-seconds of ``records`` (``UsageStore.uses``) within [since, until) (until: ``now`` at the
+    latest), ``by`` key."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}; got {by!r}")
     now = utc(now)
     since = utc(since) if since is not None else None
     until = min(utc(until), now) if until is not None else now
+    since_us, until_us = (to_us(since) if since is not None else None), to_us(until)
     sums: dict[str, _Sum] = {}
     total = _Sum()
-    midnights = _Midnights(zone)
+    days = _Days(zone)
     for r in records:
+        if isinstance(r, Record):
+            r = r.use
         if user is not None and r.user != user or group is not None and group not in r.groups:
             continue
-        start = r.started_at if since is None or r.started_at > since else since
-        end = r.stopped_at or now
-        end = end if end < until else until
+        start = r.start_us if since_us is None or r.start_us > since_us else since_us
+        end = r.stop_us if r.stop_us is not None and r.stop_us < until_us else until_us
         if end <= start:
             continue
-        units = len(r.units)
-        total.add(r, units * ((end - start) // _US))
+        unit_us = r.unit_count * (end - start)
+        total.add(r, unit_us)
         if by == "day":
-            for day, a, b in midnights.split(start, end):
-                sums.setdefault(day, _Sum()).add(r, units * ((b - a) // _US))
+            for day, a, b in days.split(start, end):
+                _sum(sums, day).add(r, r.unit_count * (b - a))
             continue
         if by == "user":
             keys = (r.user,)
@@ -130,9 +135,8 @@ def aggregate(
             keys = (r.profile,)
         else:
             keys = (group,) if group is not None else (r.groups or (NO_GROUP,))
-        unit_us = units * ((end - start) // _US)
         for key in keys:
-            sums.setdefault(key, _Sum()).add(r, unit_us)
+            _sum(sums, key).add(r, unit_us)
     rows = [s.row(k) for k, s in sums.items()]
     rows.sort(key=(lambda row: row.key) if by == "day" else (lambda row: (-row.gpu_seconds, row.key)))
     return Report(
@@ -147,26 +151,29 @@ def aggregate(
     )
 
 
-_US = timedelta(microseconds=1)
+def _sum(sums: dict[str, _Sum], key: str) -> _Sum:
+    found = sums.get(key)
+    if found is None:
+        found = sums[key] = _Sum()
+    return found
 
 
-class _Midnights:
-    """Splits a span at local midnights, remembering each day's bounds (a class's records fall on few days)."""
+class _Days:
+    """Splits a span (µs) at local midnights. Records come oldest first: the last day found is asked first."""
 
     def __init__(self, zone: tzinfo):
         self.zone = zone
-        self.days: dict = {}
+        self.last = ("", 0, 0)
 
-    def bounds(self, moment: datetime) -> tuple[str, datetime, datetime]:
-        day = moment.astimezone(self.zone).date()
-        found = self.days.get(day)
-        if found is None:
-            start = utc(datetime.combine(day, time(0), self.zone))
-            end = utc(datetime.combine(day + timedelta(days=1), time(0), self.zone))
-            found = self.days[day] = (day.isoformat(), start, end)
-        return found
+    def bounds(self, moment: int) -> tuple[str, int, int]:
+        if not self.last[1] <= moment < self.last[2]:
+            day = from_us(moment).astimezone(self.zone).date()
+            start = to_us(datetime.combine(day, time(0), self.zone))
+            end = to_us(datetime.combine(day + timedelta(days=1), time(0), self.zone))
+            self.last = (day.isoformat(), start, end)
+        return self.last
 
-    def split(self, start: datetime, end: datetime):
+    def split(self, start: int, end: int):
         while start < end:
             day, _, midnight = self.bounds(start)
             yield day, start, min(end, midnight)

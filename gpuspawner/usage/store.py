@@ -8,14 +8,16 @@ migrations shipped in ``gpuspawner/usage/migrations`` (revision ``0001`` is the 
 empty database gets the schema, one at the current revision is left alone. Alembic's own version
 table is ``gpuspawner_usage_version``, so the usage tables may share a database with the hub's.
 
-Times are stored as naive UTC (as JupyterHub stores its own), to the microsecond.
+Times are stored as whole microseconds since 1970-01-01 UTC (``start_us``, ``stop_us``; in SQLite,
+``datetime(start_us / 1e6, 'unixepoch')`` shows one): exact, the same in every database, and fast
+to read in bulk (``uses``, for budgets and reports).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from alembic import command
@@ -23,12 +25,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, create_engine, delete, select
-from sqlalchemy.dialects import mysql
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Text, create_engine, delete, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from .records import Record
+from .records import Record, Use, from_us, to_us
 
 #: The default usage database: a SQLite file in the hub's working directory, where JupyterHub's
 #: default ``db_url`` (``sqlite:///jupyterhub.sqlite``) puts the hub's own.
@@ -37,8 +38,6 @@ USAGE_FILE = "gpuspawner-usage.sqlite"
 TABLE = "gpuspawner_usage"
 VERSION_TABLE = "gpuspawner_usage_version"
 MIGRATIONS = Path(__file__).with_name("migrations")
-
-TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 
 class UsageStoreError(Exception):
@@ -54,10 +53,10 @@ class UsageRow(Base):
 
     __tablename__ = TABLE
     __table_args__ = (
-        Index("ix_gpuspawner_usage_holder_open", "holder", "stopped_at"),
+        Index("ix_gpuspawner_usage_holder_open", "holder", "stop_us"),
         Index("ix_gpuspawner_usage_username", "username"),
-        Index("ix_gpuspawner_usage_started_at", "started_at"),
-        Index("ix_gpuspawner_usage_stopped_at", "stopped_at"),
+        Index("ix_gpuspawner_usage_start_us", "start_us"),
+        Index("ix_gpuspawner_usage_stop_us", "stop_us"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -71,8 +70,8 @@ class UsageRow(Base):
     unit_count: Mapped[int] = mapped_column(Integer)
     share_of: Mapped[int] = mapped_column(Integer, server_default="1")
     host: Mapped[str] = mapped_column(String(255), server_default="")
-    started_at: Mapped[datetime] = mapped_column(TIME)
-    stopped_at: Mapped[datetime | None] = mapped_column(TIME, nullable=True)
+    start_us: Mapped[int] = mapped_column(BigInteger)  # microseconds since 1970-01-01 UTC
+    stop_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None while it lasts
     stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     gpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     utilisation: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -81,7 +80,7 @@ class UsageRow(Base):
 
 _COLUMNS = UsageRow.__table__.c
 #: In ``Record``'s order.
-_READ = (
+_READ_RECORD = (
     _COLUMNS.id,
     _COLUMNS.holder,
     _COLUMNS.username,
@@ -92,8 +91,8 @@ _READ = (
     _COLUMNS.units,
     _COLUMNS.share_of,
     _COLUMNS.host,
-    _COLUMNS.started_at,
-    _COLUMNS.stopped_at,
+    _COLUMNS.start_us,
+    _COLUMNS.stop_us,
     _COLUMNS.stop_reason,
     _COLUMNS.gpu_seconds,
     _COLUMNS.utilisation,
@@ -101,9 +100,17 @@ _READ = (
 )
 
 
-def stored(at: datetime) -> datetime:
-    """An aware datetime as the store keeps it: naive UTC."""
-    return at.astimezone(timezone.utc).replace(tzinfo=None)
+#: In ``Use``'s order.
+_READ_USE = (
+    _COLUMNS.id,
+    _COLUMNS.username,
+    _COLUMNS.user_groups,
+    _COLUMNS.profile,
+    _COLUMNS.unit_count,
+    _COLUMNS.share_of,
+    _COLUMNS.start_us,
+    _COLUMNS.stop_us,
+)
 
 
 def next_to(hub_db_url: str) -> str | None:
@@ -114,6 +121,10 @@ def next_to(hub_db_url: str) -> str | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return url.set(database=os.path.join(os.path.dirname(url.database), USAGE_FILE)).render_as_string(False)
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _alembic(connection=None) -> Config:
@@ -175,6 +186,22 @@ class UsageStore:
             ) from None
         return True
 
+    def _query(self, columns, since, until, user, holder=None, open_only=False, group=None):
+        query = select(*columns).order_by(_COLUMNS.start_us, _COLUMNS.id)
+        if group is not None:  # the group's name as the JSON list has it, quotes included: never a part of another
+            query = query.where(_COLUMNS.user_groups.like(f"%{_like(json.dumps(group))}%", escape="\\"))
+        if until is not None:
+            query = query.where(_COLUMNS.start_us < to_us(until))
+        if since is not None:
+            query = query.where((_COLUMNS.stop_us.is_(None)) | (_COLUMNS.stop_us > to_us(since)))
+        if user is not None:
+            query = query.where(_COLUMNS.username == user)
+        if holder is not None:
+            query = query.where(_COLUMNS.holder == holder)
+        if open_only:
+            query = query.where(_COLUMNS.stop_us.is_(None))
+        return query
+
     def records(
         self,
         *,
@@ -184,20 +211,27 @@ class UsageStore:
         holder: str | None = None,
         open_only: bool = False,
     ) -> list[Record]:
-        """The records that held units at some moment in [since, until) (None: unbounded), oldest first."""
-        query = select(*_READ).order_by(_COLUMNS.started_at, _COLUMNS.id)
-        if until is not None:
-            query = query.where(_COLUMNS.started_at < stored(until))
-        if since is not None:
-            query = query.where((_COLUMNS.stopped_at.is_(None)) | (_COLUMNS.stopped_at > stored(since)))
-        if user is not None:
-            query = query.where(_COLUMNS.username == user)
-        if holder is not None:
-            query = query.where(_COLUMNS.holder == holder)
-        if open_only:
-            query = query.where(_COLUMNS.stopped_at.is_(None))
+        """The whole records that held units at some moment in [since, until) (None: unbounded), oldest first."""
+        query = self._query(_READ_RECORD, since, until, user, holder, open_only)
         with self.engine.connect() as connection:
-            return [self._record(row) for row in connection.execute(query)]
+            rows = connection.execute(query).all()
+        return [self._record(row) for row in rows]
+
+    def uses(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> list[Use]:
+        """What budgets and reports read of the records in [since, until) (of ``user``, of members of
+        ``group`` when it started), oldest first: fast in bulk."""
+        query = self._query(_READ_USE, since, until, user, group=group)
+        new, lists = tuple.__new__, self._list
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()  # fetchall: row by row costs twice as much
+        return [new(Use, (i, u, lists(g), p, n, k, a, b)) for i, u, g, p, n, k, a, b in rows]
 
     def _record(self, row) -> Record:
         (id_, holder, user, server, groups, profile, digest, units, share_of, host, start, stop, *rest) = row
@@ -212,8 +246,8 @@ class UsageStore:
             self._list(units),
             share_of,
             host,
-            start.replace(tzinfo=timezone.utc),
-            stop and stop.replace(tzinfo=timezone.utc),
+            from_us(start),
+            None if stop is None else from_us(stop),
             *rest,
         )
 
@@ -230,7 +264,7 @@ class UsageStore:
         """Delete the records that closed before ``before`` (never an open one); returns how many."""
         with self.engine.begin() as connection:
             done = connection.execute(
-                delete(UsageRow).where(_COLUMNS.stopped_at.is_not(None), _COLUMNS.stopped_at < stored(before))
+                delete(UsageRow).where(_COLUMNS.stop_us.is_not(None), _COLUMNS.stop_us < to_us(before))
             )
             return done.rowcount
 

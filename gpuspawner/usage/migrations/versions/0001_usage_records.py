@@ -7,15 +7,11 @@ Create Date: 2026-05-01
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-# Naive UTC, to the microsecond (MySQL's DATETIME keeps none unless asked).
-TIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 
 def upgrade() -> None:
@@ -32,17 +28,19 @@ def upgrade() -> None:
         sa.Column("unit_count", sa.Integer(), nullable=False),
         sa.Column("share_of", sa.Integer(), nullable=False, server_default="1"),
         sa.Column("host", sa.String(255), nullable=False, server_default=""),
-        sa.Column("started_at", TIME, nullable=False),
-        sa.Column("stopped_at", TIME, nullable=True),
+        # Microseconds since 1970-01-01 UTC, as Slurm's accounting keeps epoch seconds: exact sums in SQL
+        # and in Python; in SQLite, datetime(start_us / 1e6, 'unixepoch') reads one.
+        sa.Column("start_us", sa.BigInteger(), nullable=False),
+        sa.Column("stop_us", sa.BigInteger(), nullable=True),  # NULL while the server holds its units
         sa.Column("stop_reason", sa.String(32), nullable=True),
         sa.Column("gpu_seconds", sa.Float(), nullable=True),
         sa.Column("utilisation", sa.Float(), nullable=True),
         sa.Column("peak_memory", sa.BigInteger(), nullable=True),
     )
-    op.create_index("ix_gpuspawner_usage_holder_open", "gpuspawner_usage", ["holder", "stopped_at"])
+    op.create_index("ix_gpuspawner_usage_holder_open", "gpuspawner_usage", ["holder", "stop_us"])
     op.create_index("ix_gpuspawner_usage_username", "gpuspawner_usage", ["username"])
-    op.create_index("ix_gpuspawner_usage_started_at", "gpuspawner_usage", ["started_at"])
-    op.create_index("ix_gpuspawner_usage_stopped_at", "gpuspawner_usage", ["stopped_at"])
+    op.create_index("ix_gpuspawner_usage_start_us", "gpuspawner_usage", ["start_us"])
+    op.create_index("ix_gpuspawner_usage_stop_us", "gpuspawner_usage", ["stop_us"])
 
 
 def downgrade() -> None:
