@@ -397,5 +397,5 @@ class UsageMachine(RuleBasedStateMachine):
                 assert r.gpu_seconds == pytest.approx(float(r.exact_gpu_seconds(r.stopped_at)), abs=1e-6)
 
 
-UsageMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
+UsageMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 TestUsageProperty = UsageMachine.TestCase
