@@ -7,6 +7,7 @@
 - ``gpuspawner status [--json]``: who holds which GPU now.
 - ``gpuspawner network [check|up|down]``: the students' lab network and the rules that close it.
 - ``gpuspawner quarantine [list|put-back UNIT]``: units set aside after failed starts.
+- ``gpuspawner usage [--by user|group|profile|day]``, ``usage purge``: GPU-hours from the usage database.
 
 Each reads the hub's own ``jupyterhub_config.py`` (``-f``, else ``GPUSPAWNER_CONFIG``; ``gpuspawner.config``), so
 profiles are written once. One module per command, its checks beside it (pure
@@ -27,6 +28,7 @@ from .network import NetworkApp
 from .prepull import PrepullApp
 from .quarantine import QuarantineApp, QuarantineListApp, QuarantinePutBackApp
 from .status import StatusApp
+from .usage import UsageApp, UsagePurgeApp
 
 
 class ImageApp(LabCommand):
@@ -54,6 +56,7 @@ class GPUSpawnerApp(LabCommand):
         "status": (StatusApp, "Who holds which GPU now (a table, or --json)."),
         "network": (NetworkApp, "The students' lab network and its rules: check (default), up, down."),
         "quarantine": (QuarantineApp, "Units set aside after failed starts: `quarantine list`, `put-back UNIT`."),
+        "usage": (UsageApp, "GPU-hours: `usage --by user|group|profile|day`, `usage purge --older-than DAYS`."),
     }
 
 
@@ -69,6 +72,8 @@ _APPS = (
     QuarantineListApp,
     QuarantinePutBackApp,
     NetworkApp,
+    UsageApp,
+    UsagePurgeApp,
 )
 
 
