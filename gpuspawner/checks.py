@@ -24,6 +24,7 @@ from .lab_network import in_the_hub
 from .profiles import Profile, ProfileError
 from .reservations import ReservationError
 from .spawner import GPUSpawner
+from .usage.budgets import BudgetError
 
 
 class ConfigInvalid(SystemExit):
@@ -53,11 +54,13 @@ def check_config(config: Config, prepull: bool = True) -> tuple[Profile, ...]:
             )
     if spawner.gpus == "nvml" and type(spawner).load_inventory is GPUSpawner.load_inventory:
         _check_nvml()
-    if spawner.reservations or spawner.reservations_file:
-        try:
+    try:
+        if spawner.reservations or spawner.reservations_file:
             spawner.reservation_book()  # parsed, and placed on the units: overlaps and unknown units refused
-        except ReservationError as e:
-            raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {e}") from None
+        if spawner.gpu_budgets:
+            spawner.budgets  # noqa: B018 - parsed: each budget's fields checked, profiles known
+    except (ReservationError, BudgetError) as e:
+        raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {e}") from None
     unreachable = _hub_unreachable(config, spawner)
     if unreachable:
         raise ConfigInvalid(f"gpuspawner: the hub's config is not valid: {unreachable}")

@@ -26,6 +26,7 @@ from .gpus.health import FailureCount, Quarantined, device_failure, short_reason
 from .images import ImagePuller
 from .quarantine import QuarantineFile, quarantine
 from .reservations import Reservation, ReservationBook, ReservationsFile
+from .usage.recorder import UsageRecorder
 from .waiting import Line
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class HubState:
         quarantine_after: int = 0,
         inventory_retry: float = 0,
         queue_file: str = "",
+        usage_db_url: str = "",
     ):
         self._load_inventory = load_inventory
         self.policy = policy
@@ -65,6 +67,9 @@ class HubState:
         # Spawns waiting for units (gpuspawner.waiting); granted ones join ``starting``.
         self.line = Line(starting=self.starting, snapshot_file=queue_file, log=self.log)
         self.reservations_files: dict[str, ReservationsFile] = {}  # one per path
+        # GPU-hours: every holding of units recorded (gpuspawner.usage), and the budgets, parsed once.
+        self.usage = UsageRecorder(usage_db_url, self.log) if usage_db_url else None
+        self.budgets: tuple | None = None
         self.config_reservations: tuple[Reservation, ...] | None = None  # c.GPUSpawner.reservations, parsed once
         self._books: tuple[tuple, ReservationBook] | None = None  # the reservations it was placed from, the book
         self._boundaries: asyncio.Task | None = None
@@ -101,6 +106,7 @@ class HubState:
             quarantine_after=spawner.quarantine_after,
             inventory_retry=spawner.inventory_retry,
             queue_file=spawner.queue_file,
+            usage_db_url=spawner.usage_db_url,
         )
 
     @cached_property

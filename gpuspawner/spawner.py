@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
+from fractions import Fraction
 from functools import cached_property
 from urllib.parse import urlsplit
 
@@ -46,7 +49,7 @@ from traitlets import (
 from . import homes
 from . import labels as label
 from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
-from .culler.policy import CullRules
+from .culler.policy import GPU_IDLE, MAX_RUNTIME, CullRules
 from .culler.records import stop_record_for
 from .disk_quota import HomeQuotas, storage_opt
 from .docker_pool import DEFAULT_THREADS
@@ -106,6 +109,20 @@ from .startup import (
     watch_start,
 )
 from .traits import Duration
+from .usage import book as usage_book
+from .usage import recorder as _usage_recorder  # noqa: F401 - its metrics, in the hub's /hub/metrics
+from .usage import records as usage
+from .usage.budgets import parse_budgets
+from .usage.budgets import standings as budget_standings
+
+#: The GPU culler's stop reasons (its stops file), as a usage record's stop reasons.
+CULLER_REASONS = {
+    GPU_IDLE: usage.GPU_CULLER,
+    MAX_RUNTIME: usage.GPU_CULLER,
+    "reservation": usage.RESERVATION,
+    "budget": usage.BUDGET,
+    "orphan": usage.RECONCILER,
+}
 
 
 def told(e: SpawnException) -> SpawnException:
@@ -775,6 +792,36 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    usage_db_url = Unicode(
+        "sqlite:///gpuspawner-usage.sqlite",
+        help="""Where every server's holding of GPU units is recorded (docs/how-to/usage.md): an SQLAlchemy
+        URL, as JupyterHub's ``db_url`` (SQLite by default, in the hub's working directory, next to
+        its own database; PostgreSQL or MySQL by URL). The schema is created and upgraded (Alembic)
+        when the hub first uses it. Empty: nothing is recorded, and budgets cannot apply.""",
+    ).tag(config=True)
+
+    usage_retention = Duration(
+        0,
+        help="""How long usage records are kept after they close (``"400d"``): what
+        ``gpuspawner usage purge`` deletes when given no ``--older-than``; 0: kept until purged by hand.
+        Run the purge daily (cron, a systemd timer) to apply it.""",
+    ).tag(config=True)
+
+    gpu_budgets = List(
+        Dict(),
+        help="""GPU-hour budgets (docs/how-to/usage.md). Each a dict: who (``user``, ``group`` or
+        ``every_user: true``), ``gpu_hours``, ``per`` (``week`` from ``week_starts``, or ``term`` from
+        ``from`` to ``until``) in ``time_zone``, optionally one ``profile`` and ``admins_exempt``
+        (default true). A spawn with a budget already spent is refused at once, naming it; a running
+        server that spends the rest is stopped by the GPU culler after ``budget_grace``.""",
+    ).tag(config=True)
+
+    budget_grace = Duration(
+        600,
+        help="""How long a server whose budget is spent may run on before the GPU culler stops it: the
+        warning window, said on the dashboard; 0: at once.""",
+    ).tag(config=True)
+
     reservations = List(
         Dict(),
         help="""Lab hours: units reserved for a course at set times (docs/how-to/queue.md).
@@ -1127,6 +1174,9 @@ class GPUSpawner(DockerSpawner):
             self.shared.ports.pop(a.holder, None)
             self.log.info("Released GPUs %s of %s: no running container holds them", ",".join(a.ids), a.holder)
         if changes.released:
+            if self.shared.usage is not None:
+                for a in changes.released:
+                    self.shared.usage.released(a.holder, usage.RECONCILER)
             self.shared.line.serve(ledger)
         for holder in changes.adopted:
             self.log.warning("Adopted GPUs of %s: its container runs, but the ledger did not have it", holder)
@@ -1139,6 +1189,31 @@ class GPUSpawner(DockerSpawner):
             self.log.warning("Adopting running servers: %s", warning)
         for a in ledger.assignments():
             self.log.info("Adopted GPUs %s of running server %s", ",".join(a.ids), a.holder)
+        self._record_rebuilt(containers)
+
+    def _record_rebuilt(self, containers: list[dict]) -> None:
+        """After a (re)start of the hub: the open usage records matched to the servers running now."""
+        if self.shared.usage is None:
+            return
+        running = {}
+        hostname = socket.gethostname()
+        nodes = {u.id: u.node for u in self.shared.ledger.inventory}
+        for c in containers:
+            record = label.read_server(c.get("Labels"))
+            if record is None or not record.unit_ids:
+                continue
+            created = c.get("Created")
+            running[record.holder] = usage_book.Running(
+                units=record.unit_ids,
+                user=record.user,
+                groups=tuple(sorted(record.groups)),
+                profile=record.profile,
+                image_digest=record.image_digest,
+                share=Fraction(1, self.policy.share_limit) if record.shared else 1,
+                host=nodes.get(record.unit_ids[0]) or hostname,
+                started_at=datetime.fromtimestamp(created, timezone.utc) if isinstance(created, int) else None,
+            )
+        self.shared.usage.rebuilt(running)
 
     @property
     def decision_node(self) -> str | None:
@@ -1164,13 +1239,16 @@ class GPUSpawner(DockerSpawner):
         """Why this user cannot start ``profile`` now (GPUs, CPUs, memory), or None."""
         return self._can_fit(ledger, profile.gpu_request, self._resources_of(profile))
 
-    def _release_gpus(self, why: str) -> None:
+    def _release_gpus(self, why: str, reason: str = usage.CRASH) -> None:
+        """Free this server's units (``why``, for the log); its usage record closes with ``reason``."""
         shared = self.shared
         shared.ports.pop(self.holder, None)
         shared.line.ends.pop(self.holder, None)
         released = shared.ledger.release(self.holder)
         if released and released.units:
             self.log.info("Released GPUs %s of %s (%s)", ",".join(released.ids), self.holder, why)
+            if shared.usage is not None:
+                shared.usage.released(self.holder, reason)
             shared.line.serve(shared.ledger)  # to the first waiting spawn they fit
 
     # --- the spawn
@@ -1256,6 +1334,7 @@ class GPUSpawner(DockerSpawner):
         refusal = self._can_start(ledger, profile)
         if refusal is not None and not (isinstance(refusal, NoFreeUnit) and self.queue_timeout_of(profile)):
             raise self._refusal(profile, refusal, ledger)
+        await self._check_budget(profile)
         if self.network_name != "host":
             await self._check_network(self.server_network)
         inspect = await self._image_ready()
@@ -1275,6 +1354,7 @@ class GPUSpawner(DockerSpawner):
         if until is not None:  # its units are reserved for a lab that will not serve it: it ends by then
             profile = self._ending_by(profile, until)
         self.gpu_ids = assignment.ids
+        self._record_assigned(profile, assignment)
         self.gpu_shared = assignment.shared
         # A lasting record of what ran (the container and its labels go when it stops).
         self.log.info(
@@ -1304,7 +1384,7 @@ class GPUSpawner(DockerSpawner):
         except BaseException as e:
             # A refused or failed spawn holds no GPU and leaves no container.
             await self._discard_container()
-            self._release_gpus("spawn failed")
+            self._release_gpus("spawn failed", usage.FAILED_START)
             units, self.gpu_ids = self.gpu_ids, ()
             self.gpu_shared = False
             if isinstance(e, docker.errors.APIError):
@@ -1314,6 +1394,54 @@ class GPUSpawner(DockerSpawner):
             raise
         finally:
             self.shared.starting.discard(self.holder)
+
+    # --- GPU-hours (gpuspawner.usage)
+
+    def _record_assigned(self, profile: Profile, assignment: Assignment) -> None:
+        shared = self.shared
+        if shared.usage is None or not assignment.units:
+            return
+        share = Fraction(1, self.policy.share_limit) if assignment.shared else 1
+        shared.usage.assigned(
+            self.holder,
+            units=assignment.ids,
+            share=share,
+            user=self.user.name,
+            groups=sorted(self.requester.groups),
+            profile=profile.slug,
+            image_digest=self.image_digest,
+            host=assignment.units[0].node or socket.gethostname(),
+        )
+
+    @property
+    def budgets(self) -> tuple:
+        """``gpu_budgets``, validated once."""
+        shared = self.shared
+        if shared.budgets is None:
+            shared.budgets = parse_budgets(list(self.gpu_budgets), profiles=self._profile_slugs())
+        return shared.budgets
+
+    async def _budget_standings(self, profile: Profile) -> list:
+        """The budgets a start of ``profile`` by this user answers to, where they stand now."""
+        if not self.gpu_budgets or not profile.gpu_request.slots or self.shared.usage is None:
+            return []
+        now = datetime.now(timezone.utc)
+        r = self.requester
+        applying = [b for b in self.budgets if b.applies(r.user, r.groups, profile.slug, self._is_admin)]
+        windows = [w for w in (b.window(now) for b in applying) if w is not None]
+        if not windows:
+            return []
+        uses = await self.shared.usage.uses(since=min(w.start for w in windows))
+        return budget_standings(applying, uses, now, r.user, r.groups, profile.slug, self._is_admin)
+
+    async def _check_budget(self, profile: Profile) -> None:
+        """Refuse at once a start whose budget is spent: naming it, what was used and when it renews."""
+        for standing in await self._budget_standings(profile):
+            if standing.spent:
+                message = f"{profile.display_name}: {standing.refusal()}."
+                self._record_denial(profile, "budget", message)
+                self._refused = True
+                raise SpawnException(message, reason="budget", status_code=403)
 
     # --- waiting in line for a unit (gpuspawner.waiting)
 
@@ -1946,9 +2074,11 @@ class GPUSpawner(DockerSpawner):
 
     async def stop(self, now=False):
         record = stop_record_for(self.stops_file, self.object_id, log=self.log) if self.object_id else None
+        reason = usage.USER
         if record:
             self.stop_reason = {k: record.get(k, "") for k in ("time", "reason", "message")}
             self.log.info("Stopping %s: %s (GPU culler)", self.holder, record.get("message"))
+            reason = CULLER_REASONS.get(record.get("reason", ""), usage.GPU_CULLER)
         if self.object_id:
             try:
                 await super().stop(now=now)
@@ -1965,7 +2095,7 @@ class GPUSpawner(DockerSpawner):
                 raise
         else:
             self.clear_state()
-        self._release_gpus("stopped")
+        self._release_gpus("stopped", reason)
 
     async def delete_forever(self):
         """The user (or this named server) is deleted: free what it held.
@@ -1974,7 +2104,7 @@ class GPUSpawner(DockerSpawner):
         default server, which JupyterHub deletes only when it deletes the user; a
         named server's deletion keeps it, unless the home is per server (``{servername}``).
         """
-        self._release_gpus("deleted")
+        self._release_gpus("deleted", usage.ADMIN)
         await maybe_future(super().delete_forever())
         if not self.name or "{servername}" in self.home_volume_name:
             await self._retire_home()
@@ -1991,11 +2121,16 @@ class GPUSpawner(DockerSpawner):
             return ""  # nothing to choose: JupyterHub spawns at once (a refusal says why)
         limits = {}
         waits = {}
+        spent = {}
         line = self.shared.line.queue
         book, now = line.reservations, time.time()
         for p in profiles:
             if p.gpu_request.slots:
                 limits[p.slug] = self.culling_rules_of(p).describe()
+                for standing in await self._budget_standings(p):
+                    limits[p.slug] = " ".join(filter(None, (limits[p.slug], standing.card_line() + ".")))
+                    if standing.spent:
+                        spent.setdefault(p.slug, NoCapacity("budget", standing.refusal() + ".", request=p.gpu_request))
                 if book:
                     fitting = [u.id for u in ledger.inventory if p.gpu_request.matches(u)]
                     hours = book.describe_units(fitting, self.requester, p.slug, now)
@@ -2012,7 +2147,7 @@ class GPUSpawner(DockerSpawner):
         return render_profile_cards(
             profiles,
             ledger,
-            lambda profile: self._can_start(ledger, profile),
+            lambda profile: spent.get(profile.slug) or self._can_start(ledger, profile),
             chosen,
             node=self.decision_node,
             stopped=self.stop_reason.get("message", ""),

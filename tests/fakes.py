@@ -221,6 +221,7 @@ def fake_user(name="alice", groups=(), admin=False):
 def make_spawner(spawner_class, fake_docker, user="alice", server_name="", groups=(), admin=False, **config):
     """A spawner of ``spawner_class`` talking to ``fake_docker`` instead of an engine."""
     config.setdefault("queue_file", "")  # never into the working tree
+    config.setdefault("usage_db_url", "")
 
     async def answers(self, ip, port):  # a fake container's server answers as soon as it runs
         return fake_docker._find(self.object_id)["State"]["Running"]

@@ -820,3 +820,28 @@ async def test_at_a_windows_start_a_server_the_lab_does_not_serve_is_stopped_and
     assert record["message"] == (
         "stopped at 10:00, when ML101 lab started: its GPU is reserved for it until 12:00 (Europe/Berlin)"
     )
+
+
+async def test_a_server_whose_budget_is_spent_is_stopped_after_the_grace(tmp_path):
+    from gpuspawner.usage import UsageBook, UsageStore
+
+    db = tmp_path / "usage.sqlite"
+    book = UsageBook(UsageStore(f"sqlite:///{db}"))
+    book.assigned("ann/", user="ann", units=["GPU-0"], groups=["ml101"], profile="gpu", at=T0 - timedelta(hours=1))
+    budget = {"name": "ML101", "group": "ml101", "gpu_hours": 0.5, "per": "week", "time_zone": "UTC"}
+    hub = f"c.GPUSpawner.usage_db_url = 'sqlite:///{db}'\nc.GPUSpawner.gpu_budgets = [{budget!r}]\n"
+    record = label.ServerRecord("ann", "", "gpu", ("GPU-0",), groups=frozenset({"ml101"}))
+    containers = [{"Id": ME, "Labels": label.server_labels(record)}]
+    clock = Clock()
+    app = culler(tmp_path, containers, {"GPU-0": BUSY}, clock, cull_every=1, hub=hub)
+    ann = hub_server("ann/", T0 - timedelta(hours=1), T0)
+    args = {"inactive": timedelta(0), "inactive_limit": 0}
+    assert await app.arbiter(server=ann, **args) is False  # spent: the warning window starts
+    clock.advance(599)
+    assert await app.arbiter(server=ann, **args) is False
+    clock.advance(2)
+    assert await app.arbiter(server=ann, **args) is True
+    (line,) = (tmp_path / "stops.jsonl").read_text().splitlines()
+    stop = json.loads(line)
+    assert stop["reason"] == "budget"
+    assert stop["message"].startswith("stopped: ML101's budget of 0.5 GPU-hours this week is spent: 1.2 used;")

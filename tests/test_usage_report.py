@@ -195,3 +195,12 @@ def test_usage_has_help(argv, capsys):
         main(argv)
     assert e.value.code == 0
     assert "--db" in capsys.readouterr().out
+
+
+def test_the_database_and_the_retention_come_from_the_hubs_config(db, tmp_path, capsys):
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(f"c.GPUSpawner.usage_db_url = {db!r}\nc.GPUSpawner.usage_retention = '30d'\n")
+    assert main(["usage", "-f", str(config), "--since", "2026-04-13", "--until", "2026-04-20", "--format", "csv"]) == 0
+    assert "mia" in capsys.readouterr().out
+    assert main(["usage", "purge", "-f", str(config)]) == 0  # 30 days: April's records are older
+    assert capsys.readouterr().out.startswith("purged 6 usage record(s) that closed before ")

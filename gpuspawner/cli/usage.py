@@ -1,9 +1,8 @@
 """``gpuspawner usage``: GPU-hours by user, group, profile or day; ``usage purge`` for retention.
 
-Reads the usage database (``gpuspawner.usage``) at ``--db`` URL, by default
-``sqlite:///gpuspawner-usage.sqlite`` in the working directory: the hub's, beside its
-``jupyterhub.sqlite`` (``docker compose exec hub gpuspawner usage`` runs there). Reading the
-URL from the hub's config comes with the hub's own accounting.
+Reads the usage database (``gpuspawner.usage``) at ``--db`` URL, by default the hub config's
+``GPUSpawner.usage_db_url`` (``sqlite:///gpuspawner-usage.sqlite`` in the working directory: the
+hub's, beside its ``jupyterhub.sqlite``; ``docker compose exec hub gpuspawner usage`` runs there).
 """
 
 from __future__ import annotations
@@ -41,15 +40,25 @@ def parse_moment(value: str, zone: ZoneInfo, option: str) -> datetime:
 
 class _UsageCommand(LabCommand):
     db = Unicode(
-        DEFAULT_DB_URL,
-        help="""The usage database: any SQLAlchemy URL, as for JupyterHub's db_url.
+        "",
+        help=f"""The usage database: any SQLAlchemy URL, as for JupyterHub's db_url.
 
-        Default: sqlite:///gpuspawner-usage.sqlite, a file in the working directory: run the command
-        where the hub runs, whose jupyterhub.sqlite is there by default.
+        Default: the hub config's GPUSpawner.usage_db_url (-f), else {DEFAULT_DB_URL}, a file in
+        the working directory: run the command where the hub runs.
         """,
     ).tag(config=True)
 
+    def _hub_setting(self, name: str, fallback):
+        """``GPUSpawner.<name>`` of the hub's config where one is found, else ``fallback``."""
+        if not (self.config_named() or os.path.exists(self.hub_config)):
+            return fallback
+        return getattr(self.load_hub_config().spawner, name)
+
     def open_store(self) -> UsageStore:
+        if not self.db:
+            self.db = self._hub_setting("usage_db_url", DEFAULT_DB_URL)
+            if not self.db:
+                raise ConfigError("the hub records no usage: its GPUSpawner.usage_db_url is empty")
         try:
             url = make_url(self.db)
         except ArgumentError:
@@ -73,12 +82,21 @@ class UsagePurgeApp(_UsageCommand):
     description = "Delete the usage records that closed more than --older-than DAYS ago (never a running one)."
     examples = "gpuspawner usage purge --older-than 365"
 
-    older_than = Float(0, help="Delete the records that closed more than this many days ago.").tag(config=True)
+    older_than = Float(
+        0,
+        help="Delete the records that closed more than this many days ago. Default: the hub config's"
+        " GPUSpawner.usage_retention.",
+    ).tag(config=True)
     aliases = {**LabCommand.aliases, "db": "_UsageCommand.db", "older-than": "UsagePurgeApp.older_than"}
 
     def start(self) -> int:
         if self.older_than <= 0:
-            raise ConfigError("say how old the records to delete are: --older-than DAYS (more than 0)")
+            self.older_than = self._hub_setting("usage_retention", 0) / 86400
+        if self.older_than <= 0:
+            raise ConfigError(
+                "say how old the records to delete are: --older-than DAYS (more than 0),"
+                " or set GPUSpawner.usage_retention in the hub's config"
+            )
         before = datetime.now(timezone.utc) - timedelta(days=self.older_than)
         with self.open_store() as store:
             purged = store.purge(before)

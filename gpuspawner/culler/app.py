@@ -49,8 +49,11 @@ from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
 from ..eventfiles import read_snapshot
 from ..gpus.allocation import Requester, holder_key
+from ..usage.budgets import parse_budgets
+from ..usage.budgets import standings as budget_standings
+from ..usage.store import UsageStore
 from .orphans import ORPHAN, OrphanClocks, orphan_message
-from .policy import RESERVATION, GPUServer, IdleClocks, UnitReading
+from .policy import BUDGET, RESERVATION, GPUServer, IdleClocks, UnitReading
 from .records import record_stop
 from .usage import FileUsage, NVMLUsage
 
@@ -245,6 +248,10 @@ class GPUCuller(IdleCuller):
         self.orphans = OrphanClocks(self.orphan_grace)
         self._hub = hub
         self._units: frozenset[str] | None = None  # this hub's unit ids, read once
+        self._budgets = None  # the hub's gpu_budgets, parsed once
+        self._store = None  # the usage database, opened on first need
+        self._uses = None  # ((round, since), the records read for that round's budgets)
+        self._spent_since: dict[str, datetime] = {}  # server@container -> the first round its budget was spent
 
     # --- one round's view, read once and shared by the round's servers
 
@@ -315,6 +322,12 @@ class GPUCuller(IdleCuller):
                 found, self._record_as.get(found.container, found.container), RESERVATION, message, self.clock()
             )
             return True
+        spent = await self._budget_spent(found, self.clock()) if found is not None else None
+        if spent is not None:
+            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), spent)
+            container = self._record_as.get(found.container, found.container)
+            self._record_stop(found, container, BUDGET, f"stopped: {spent}", self.clock())
+            return True
         if found is not None and found.rules.active:
             now = self.clock()
             started = parse_date(server["started"]) if server.get("started") else None
@@ -348,6 +361,40 @@ class GPUCuller(IdleCuller):
             if booking is not None and not booking.reservation.serves(requester, server.profile):
                 return booking
         return None
+
+    async def _budget_spent(self, server: GPUServer, now: datetime) -> str | None:
+        """Why ``server`` must stop for a spent GPU-hour budget (after ``budget_grace``), or None."""
+        spawner = self._hub.spawner
+        if not spawner.gpu_budgets or not spawner.usage_db_url:
+            return None
+        try:
+            if self._budgets is None:
+                self._budgets = parse_budgets(list(spawner.gpu_budgets))
+            applying = [b for b in self._budgets if b.applies(server.user, server.groups, server.profile)]
+            windows = [w for w in (b.window(now) for b in applying) if w is not None]
+            if not windows:
+                return None
+            since = min(w.start for w in windows)
+            round_at = self._round[0] if self._round else None
+            if self._uses is None or self._uses[0] != (round_at, since):
+                if self._store is None:
+                    self._store = UsageStore(spawner.usage_db_url, upgrade=False)
+                self._uses = ((round_at, since), await asyncio.to_thread(self._store.uses, since=since))
+            found = budget_standings(applying, self._uses[1], now, server.user, server.groups, server.profile)
+        except Exception as e:  # noqa: BLE001 - no usage database (yet): nobody is stopped for a budget
+            self.log.warning("Cannot read the GPU-hour budgets' use: %s", e)
+            return None
+        spent = next((s for s in found if s.spent), None)
+        key = f"{server.key}@{server.container}"
+        if spent is None:
+            self._spent_since.pop(key, None)
+            return None
+        since_spent = self._spent_since.setdefault(key, now)
+        left = spawner.budget_grace - (now - since_spent).total_seconds()
+        if left > 0:
+            self.log.info("%s: %s; stopped in %.0f s", server.key, spent.refusal(), left)
+            return None
+        return spent.refusal()
 
     def _waited_for(self) -> frozenset[str]:
         """The units someone waits in line for, as the hub last wrote its line (none when unreadable)."""

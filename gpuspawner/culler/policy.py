@@ -34,6 +34,7 @@ from ..quantities import format_duration
 GPU_IDLE = "gpu_idle"
 MAX_RUNTIME = "max_runtime"
 RESERVATION = "reservation"  # its units are reserved now for lab hours that do not serve it
+BUDGET = "budget"  # its GPU-hour budget is spent (after the hub's budget_grace)
 
 
 @dataclass(frozen=True)

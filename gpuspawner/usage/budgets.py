@@ -242,7 +242,7 @@ def refusal(budgets: Iterable[Budget], records: Iterable[Use | Record], now: dat
 
 def _amount(hours: Fraction) -> str:
     """A budget's size as written: '10', '2.5', '0.25'."""
-    return str(hours.numerator) if hours.denominator == 1 else f"{float(hours):.2f}".rstrip("0")
+    return str(hours.numerator) if hours.denominator == 1 else f"{float(hours):.4f}".rstrip("0").rstrip(".")
 
 
 def _hours(seconds: Fraction, rounding) -> str:
