@@ -199,6 +199,12 @@ class GPUDashboard(Application):
         help="The hub's quarantined units (default: GPUSpawner.quarantine_file of the hub's config; '' for none)."
     ).tag(config=True)
     nvml = Bool(True, help="Read utilisation, memory and temperature through NVML.").tag(config=True)
+    usage_file = Unicode(
+        "",
+        help="""Read GPU usage from this JSON file instead of NVML (a simulation, or a test):
+        ``{"GPU-...": {"utilization_gpu": 35, "memory_used": BYTES, "memory_total": BYTES,
+        "temperature": 41}}``; a unit left out has no reading. '' (the default): NVML.""",
+    ).tag(config=True)
     read_scope = Unicode(READ_SCOPE, help="The custom scope that allows reading the dashboard.").tag(config=True)
     stop_scope = Unicode(STOP_SCOPE, help="The custom scope that also allows stopping servers.").tag(config=True)
     dcgm_job_mapping_dir = Unicode(
@@ -219,6 +225,7 @@ class GPUDashboard(Application):
         "denials-file": "GPUDashboard.denials_file",
         "denials-shown": "GPUDashboard.denials_shown",
         "stops-file": "GPUDashboard.stops_file",
+        "usage-file": "GPUDashboard.usage_file",
         "events-tail": "GPUDashboard.events_tail",
         "dcgm-job-mapping-dir": "GPUDashboard.dcgm_job_mapping_dir",
     }
@@ -266,6 +273,7 @@ class GPUDashboard(Application):
             self.nvml,
             stops_file=self.stops_file,
             queue_file=self.queue_file,
+            usage_file=self.usage_file,
             reservations=spawner.reservation_book if spawner.reservations or spawner.reservations_file else None,
             tail_bytes=self.events_tail,
             log=self.log,

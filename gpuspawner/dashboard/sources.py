@@ -25,7 +25,7 @@ from .. import labels as label
 from ..docker_client import LazyClient
 from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_snapshot, read_tail
 from ..gpus import Inventory, Policy
-from ..gpus.nvml import NVMLUnavailable, read_usage
+from ..gpus.nvml import NVMLUnavailable, UnitUsage, read_usage
 from ..quarantine import QuarantineFile
 from .model import (
     DashboardView,
@@ -38,6 +38,26 @@ from .model import (
 )
 
 PAGINATION = "application/jupyterhub-pagination+json"
+
+
+def usage_from_file(path: str) -> dict[str, UnitUsage]:
+    """GPU usage as NVML would read it, from a JSON file (a simulation of a lab with no GPU)::
+
+    {"GPU-...": {"utilization_gpu": 35, "memory_used": 1073741824, "memory_total": 17179869184,
+                 "temperature": 41}}
+    """
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return {
+        unit: UnitUsage(
+            utilization_gpu=entry.get("utilization_gpu"),
+            memory_used=int(entry.get("memory_used", 0)),
+            memory_total=int(entry.get("memory_total", 0)),
+            temperature=entry.get("temperature"),
+            processes=tuple(entry["processes"]) if entry.get("processes") is not None else None,
+        )
+        for unit, entry in data.items()
+    }
 
 
 class HubAPI:
@@ -94,6 +114,7 @@ class Sources:
         host: str | None = None,
         stops_file: str = "",
         queue_file: str = "",
+        usage_file: str = "",
         reservations: Callable[[], object] | None = None,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         log: logging.Logger | None = None,
@@ -111,6 +132,7 @@ class Sources:
         self._denials_cache: dict = {}
         self.stops_file = stops_file
         self.queue_file = queue_file
+        self.usage_file = usage_file  # GPU usage from a file instead of NVML (a simulation, a test)
         self.reservations = reservations  # the hub's lab hours (a ReservationBook), read at each view; None: none
         self._stops_cache: dict = {}
         self.tail_bytes = tail_bytes
@@ -175,6 +197,11 @@ class Sources:
                 return None, f"{type(e).__name__}: {e}"
 
         async def usage():
+            if self.usage_file:
+                try:
+                    return await asyncio.to_thread(usage_from_file, self.usage_file), ""
+                except (OSError, ValueError, TypeError, AttributeError) as e:
+                    return None, f"{self.usage_file}: {e}"
             if not self.nvml:
                 return None, "disabled (--no-nvml)"
             try:
