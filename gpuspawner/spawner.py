@@ -125,6 +125,17 @@ CULLER_REASONS = {
 }
 
 
+class LabSpawnException(SpawnException):
+    """A ``SpawnException`` whose sentence is what the spawn page shows: not its code and class name
+    ("503 SpawnException(reason=no_gpu): ..."), which JupyterHub shows of any other exception."""
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.jupyterhub_message = self.message
+        if self.message_html:
+            self.jupyterhub_html_message = self.message_html
+
+
 def told(e: SpawnException) -> SpawnException:
     """``e``, with its message (and HTML) as the spawn page's progress shows them, not its ``str()``."""
     e.jupyterhub_message = e.message
@@ -1155,7 +1166,7 @@ class GPUSpawner(DockerSpawner):
             try:
                 shared.use_reservations(self.reservation_book(), prepull=self._prepull_profile_images)
             except ReservationError as e:  # the first read of a file, or the config's own list: said at once
-                raise SpawnException(f"The lab's reservations cannot be read: {e}", reason="reservations") from None
+                raise LabSpawnException(f"The lab's reservations cannot be read: {e}", reason="reservations") from None
         return shared.ledger
 
     def _sync_due(self) -> bool:
@@ -1323,7 +1334,7 @@ class GPUSpawner(DockerSpawner):
             try:
                 self.profile = self.choose_profile(self.user_options.get("profile"))
             except ProfileError as e:
-                raise SpawnException(str(e), reason="profile") from None
+                raise LabSpawnException(str(e), reason="profile") from None
         profile = self.profile
         self._progress.clear()  # the same list and event: a reader may already be waiting
         self._report(2, f"Preparing {profile.display_name}")
@@ -1441,7 +1452,7 @@ class GPUSpawner(DockerSpawner):
                 message = f"{profile.display_name}: {standing.refusal()}."
                 self._record_denial(profile, "budget", message)
                 self._refused = True
-                raise SpawnException(message, reason="budget", status_code=403)
+                raise LabSpawnException(message, reason="budget", status_code=403)
 
     # --- waiting in line for a unit (gpuspawner.waiting)
 
@@ -1522,7 +1533,7 @@ class GPUSpawner(DockerSpawner):
         if isinstance(outcome, Refusal):
             self._record_denial(profile, outcome.reason, outcome.message)
             self._refused = True
-            raise SpawnException(outcome.message, reason=outcome.reason, status_code=503)
+            raise LabSpawnException(outcome.message, reason=outcome.reason, status_code=503)
         self._report(60, f"Your turn: {profile.gpu_request.describe()} assigned after {outcome.waited:.0f} s in line")
         return outcome.assignment, outcome.until
 
@@ -1573,7 +1584,7 @@ class GPUSpawner(DockerSpawner):
             lines = await self._log_tail()
             shown = ". The last lines of its log:\n" + "\n".join(lines) if lines else ""
             raise told(
-                SpawnException(
+                LabSpawnException(
                     f"Your server did not answer within {self.http_timeout:g} s{shown}\n"
                     "Its GPUs are free again and your files are kept; start it again, or show this to the admin.",
                     reason="http_timeout",
@@ -1591,7 +1602,7 @@ class GPUSpawner(DockerSpawner):
             text, page = exit_message(failed, await self._log_tail(), seconds)
             self.log.warning("Server %s exited with status %s before it answered", self.holder, failed.status)
             reason = "early_exit"
-        raise told(SpawnException(text, reason=reason, message_html=page, status_code=self.start_failed_status))
+        raise told(LabSpawnException(text, reason=reason, message_html=page, status_code=self.start_failed_status))
 
     async def _server_answers(self, ip: str, port: int) -> bool:
         """Does the server answer at ``ip:port`` as JupyterHub's own wait for it asks: over HTTP?
@@ -1667,7 +1678,7 @@ class GPUSpawner(DockerSpawner):
         else:
             message += " Start again; if it fails again, that GPU is set aside and you get another one."
         self.log.warning("Not starting %s: device failure on %s: %s", self.holder, ",".join(blamed), error)
-        return SpawnException(message, reason="gpu_failed", status_code=503)
+        return LabSpawnException(message, reason="gpu_failed", status_code=503)
 
     # --- the home volume: one person's
 
@@ -1705,7 +1716,7 @@ class GPUSpawner(DockerSpawner):
         quota = self.home_quota_of(self.profile)
         if quota and self.home_quotas() is None:  # check_config refuses this; a hub without it must too
             self.log.error("Not starting %s: home_quota is set, but not homes_root", self.holder)
-            raise SpawnException(
+            raise LabSpawnException(
                 "Your home cannot be held to its quota: the hub's home_quota is set, but homes_root (a btrfs"
                 " filesystem with quotas on) is not. Nothing was started; ask an admin.",
                 reason="home",
@@ -1722,7 +1733,7 @@ class GPUSpawner(DockerSpawner):
             )
         except (HomeError, docker.errors.APIError) as e:
             self.log.error("Not starting %s: home %s: %s", self.holder, volume, e)
-            raise SpawnException(
+            raise LabSpawnException(
                 f"Your home ({volume}) could not be prepared: {e}. Nothing was started; ask an admin.",
                 reason="home",
                 status_code=503,
@@ -1760,7 +1771,7 @@ class GPUSpawner(DockerSpawner):
                 refusal = policy.link_refusal(mount.source)
                 if refusal:
                     self.log.warning("Not starting %s: profile %r: %s", self.holder, profile.slug, refusal)
-                    raise SpawnException(
+                    raise LabSpawnException(
                         f"{profile.display_name} cannot start: its {field_name[:-1]} {mount.name!r}: {refusal}."
                         " Nothing was started; an admin must fix the link.",
                         reason="mount",
@@ -1799,7 +1810,7 @@ class GPUSpawner(DockerSpawner):
         try:
             await task.wait()
         except ImageError as e:
-            raise SpawnException(str(e), reason="image_pull") from None
+            raise LabSpawnException(str(e), reason="image_pull") from None
 
     def _report(self, percent: int, message: str) -> None:
         """One step of this spawn, for ``progress()``."""
@@ -1823,13 +1834,13 @@ class GPUSpawner(DockerSpawner):
             await self.pull_image(self.image)
             inspect = await self.docker("inspect_image", self.image)
         except docker.errors.NotFound:
-            raise SpawnException(
+            raise LabSpawnException(
                 f"The image {self.image} is not on this host, and pulling it is off"
                 f" (pull_policy={self.pull_policy!r}). Ask the admin to pull it.",
                 reason="image_missing",
             ) from None
         except docker.errors.APIError as e:
-            raise SpawnException(
+            raise LabSpawnException(
                 f"The image {self.image} could not be pulled: {e.explanation or e}", reason="image_pull"
             ) from None
         self._ready_image = self.image
@@ -1853,7 +1864,7 @@ class GPUSpawner(DockerSpawner):
         status = 503 if e.reason == "no_gpu" else 403
         self._record_denial(profile, e.reason, message)
         self._refused = True  # before any container: JupyterHub's cleanup poll need not ask the engine
-        return SpawnException(message, reason=e.reason, status_code=status)
+        return LabSpawnException(message, reason=e.reason, status_code=status)
 
     def _record_denial(self, profile: Profile, reason: str, message: str) -> None:
         """Record a refused spawn in ``denials_file``: the demand that was turned away.
@@ -1894,7 +1905,7 @@ class GPUSpawner(DockerSpawner):
         """
         image = self._image = ImageFacts.of(inspect, self.image, self.home_path, passwd)
         if image.root and not root_allowed([self.profile] if self.profile else [], self.allow_root):
-            raise SpawnException(
+            raise LabSpawnException(
                 f"The image {self.image} runs as root. Build it with a non-root user"
                 " (for example USER 1000 in its Dockerfile), or an admin may allow root"
                 " for this profile (allow_root in c.GPUSpawner.profiles) or for every image"
@@ -1903,7 +1914,7 @@ class GPUSpawner(DockerSpawner):
             )
         refusal = resource_variables_refusal(self.image, image.resource_variables)
         if refusal:
-            raise SpawnException(refusal, reason="image_resource_env")
+            raise LabSpawnException(refusal, reason="image_resource_env")
         self.image_digest = image.digest
         if self.profile is not None and self.profile.gpu_request.slots:
             inventory = self.shared.inventory
@@ -1911,7 +1922,7 @@ class GPUSpawner(DockerSpawner):
             config = inspect.get("Config") or {}
             refusal = cuda_refusal(self.image, declared_cuda(config) or "", driver_cuda, inventory.driver_version)
             if refusal:
-                raise SpawnException(refusal, reason="cuda")
+                raise LabSpawnException(refusal, reason="cuda")
 
     # --- Docker: the description translated into create_container, on the hub's pool
 
@@ -2031,7 +2042,7 @@ class GPUSpawner(DockerSpawner):
                     "the hub's config must call gpuspawner.lab_network.add_lab_network(c), which makes it,"
                     ' or set c.GPUSpawner.network_name = "host" (no isolation: see docs/topic/security.md)'
                 )
-            raise SpawnException(
+            raise LabSpawnException(
                 f"The servers' network {name!r} does not exist on the Docker engine: {why}.",
                 reason="no_network",
                 status_code=503,

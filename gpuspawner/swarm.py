@@ -58,7 +58,6 @@ from docker.types import (
     TaskTemplate,
 )
 from dockerspawner import SwarmSpawner
-from jupyterhub.spawner import SpawnException
 from traitlets import Float, Int, Unicode, default
 
 from . import labels as label
@@ -66,7 +65,7 @@ from .container import ServerContainer
 from .gpus import GPU, NO_RESOURCES, GPURequest, Inventory, Ledger, NoCapacity, ServerResources
 from .gpus.inventory import parse_static_inventory
 from .gpus.queue import Admission
-from .spawner import GPUSpawner
+from .spawner import GPUSpawner, LabSpawnException
 from .traits import is_mig_profile
 
 # --- the pure part: Swarm's answers in, lab values out
@@ -513,7 +512,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         volume = self._home_volume()
         home = await self._find_home()
         if home is not None and not home.usable:
-            raise SpawnException(
+            raise LabSpawnException(
                 f"Your home ({volume}) is on {home.name}, which is {home.condition}."
                 " Your server can start again when that node is back, or when an admin moves"
                 " your home to another node. Nothing was started, so nothing is lost.",
@@ -534,12 +533,14 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             unit = next((u for u in shared.ledger.inventory if u.id == self.gpu_ids[0]), None)
             node = by_name.get(unit.node) if unit else None
             if node is None:  # its node left between the decision and now
-                raise SpawnException("The node chosen for your GPU just left the Swarm. Start again.", reason="no_node")
+                raise LabSpawnException(
+                    "The node chosen for your GPU just left the Swarm. Start again.", reason="no_node"
+                )
         else:
             node = self._home_node
         if node is None:
             if not usable:
-                raise SpawnException("No Swarm node is ready and active.", reason="no_node", status_code=503)
+                raise LabSpawnException("No Swarm node is ready and active.", reason="no_node", status_code=503)
             load = {n.id: 0 for n in usable}
             for other, node_id in shared.node_of.items():
                 if node_id in load and other != self.holder:
@@ -582,7 +583,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             return
         await self._check_lab_network()
         if self.profile is not None and self.profile.internet:
-            raise SpawnException(
+            raise LabSpawnException(
                 f"{self.profile.display_name} asks for the internet, which a Swarm lab network does not"
                 " offer yet: an admin can run this profile's servers with network_name = 'host'.",
                 reason="network",
@@ -596,7 +597,7 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
         except docker.errors.NotFound:
             found = None
         if found is None or found.get("Scope") != "swarm":
-            raise SpawnException(
+            raise LabSpawnException(
                 f"The lab network {self.network_name} is not a network of the Swarm. An admin makes it once"
                 " (docs/how-to/multi-host.md, 'A lab network of its own'), or sets network_name = 'host'.",
                 reason="network",
@@ -715,12 +716,12 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             # Right after create_service the orchestrator may not have made the task yet:
             # no task is "pending" until the deadline, not a failure.
             if state in ("failed", "rejected", "shutdown", "complete", "orphaned", "remove"):
-                raise SpawnException(
+                raise LabSpawnException(
                     f"Swarm could not start the server on {self.node.name}: {status.get('Err') or state}",
                     reason="swarm_task",
                 )
             if time.monotonic() > deadline:
-                raise SpawnException(
+                raise LabSpawnException(
                     f"Swarm did not place the server on {self.node.name} within {self.task_pending_timeout:g} s:"
                     f" {status.get('Err') or status.get('Message') or state or 'Swarm made no task'}",
                     reason="swarm_pending",
@@ -777,11 +778,11 @@ class SwarmGPUSpawner(GPUSpawner, SwarmSpawner):
             self.log.info("Home %s of %s is on %s", volume, self.user.name, self.node.name)
         except docker.errors.APIError as e:
             if e.status_code != 409:
-                raise SpawnException(f"Could not record where your home is: {e}", reason="home_node") from None
+                raise LabSpawnException(f"Could not record where your home is: {e}", reason="home_node") from None
             # Another server of this user recorded it first, just now: only its node will do.
             home = await self.home_node()
             if home is not None and home.id != self.node.id:
-                raise SpawnException(
+                raise LabSpawnException(
                     f"Your home is being created on {home.name} by your other server. Start this one again.",
                     reason="home_node",
                     status_code=503,
