@@ -190,7 +190,7 @@ class GPUSpawner(DockerSpawner):
     Each server runs the image of the profile its user chose, holds whole GPUs
     that no other server holds, and mounts the user's persistent home volume.
     Everything DockerSpawner's config does keeps working; the defaults that
-    differ are ``network_name`` ("host"), ``use_internal_ip`` and ``remove`` (True).
+    differ are ``network_name`` ("gpuspawner-lab", a network of its own), ``use_internal_ip`` and ``remove`` (True).
     """
 
     # --- configuration
