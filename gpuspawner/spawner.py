@@ -46,7 +46,7 @@ from traitlets import (
     validate,
 )
 
-from . import homes
+from . import homes, refusal_log
 from . import labels as label
 from .container import HubSettings, ImageFacts, Limits, ServerContainer, culling_rules, describe
 from .culler.policy import GPU_IDLE, MAX_RUNTIME, CullRules
@@ -129,11 +129,28 @@ class LabSpawnException(SpawnException):
     """A ``SpawnException`` whose sentence is what the spawn page shows: not its code and class name
     ("503 SpawnException(reason=no_gpu): ..."), which JupyterHub shows of any other exception."""
 
-    def __init__(self, message: str, **kwargs):
+    def __init__(self, message: str, *, expected: bool = False, **kwargs):
         super().__init__(message, **kwargs)
         self.jupyterhub_message = self.message
         if self.message_html:
             self.jupyterhub_html_message = self.message_html
+        #: A refusal the lab makes on purpose (no GPU free, a quota, a budget, a wait run out): the hub logs
+        #: it as one WARNING line (``refusal_log``), not an ERROR with a traceback.
+        self.expected = expected
+
+    def __str__(self):
+        if self.expected:
+            return f"refused ({self.reason}): {self.message}"
+        return f"{self.status_code} {self.reason}: {self.log_message or self.message}"
+
+
+def refused(status: int, message: str) -> web.HTTPError:
+    """An expected refusal of a choice (an unknown profile, one the user may not choose): the sentence
+    alone on the spawn page (not "HTTP 400: Bad Request (...)"), one WARNING line in the log."""
+    e = web.HTTPError(status, message)
+    e.jupyterhub_message = message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
+    e.expected = True
+    return e
 
 
 def told(e: SpawnException) -> SpawnException:
@@ -156,14 +173,14 @@ def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
     try:
         extra = sorted(set(user_options) - {"profile"})
         if extra:
-            raise web.HTTPError(400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}")
+            raise refused(400, f"only a profile may be chosen; not allowed: {', '.join(map(str, extra))}")
         try:
             spawner.profile = spawner.choose_profile(user_options.get("profile"))
             spawner._lengthen_start_timeout(spawner.profile)
         except ProfileForbidden as e:
-            raise web.HTTPError(403, str(e)) from None
+            raise refused(403, str(e)) from None
         except ProfileError as e:
-            raise web.HTTPError(400, str(e)) from None
+            raise refused(400, str(e)) from None
     except web.HTTPError:
         # JupyterHub saved these options as the next default before asking us:
         # forget them, or every later visit to /hub/spawn would be refused again.
@@ -1000,6 +1017,7 @@ class GPUSpawner(DockerSpawner):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        refusal_log.install(self.log)  # expected refusals: one WARNING line each, not an ERROR and a traceback
         self._progress: list[dict] = []  # this spawn's steps, for progress()
         self._progress_changed = asyncio.Event()
         self.stop_reason: dict = {}  # {"time", "reason", "message"} of the culler's last stop of this server
@@ -1452,7 +1470,7 @@ class GPUSpawner(DockerSpawner):
                 message = f"{profile.display_name}: {standing.refusal()}."
                 self._record_denial(profile, "budget", message)
                 self._refused = True
-                raise LabSpawnException(message, reason="budget", status_code=403)
+                raise LabSpawnException(message, reason="budget", status_code=403, expected=True)
 
     # --- waiting in line for a unit (gpuspawner.waiting)
 
@@ -1533,7 +1551,7 @@ class GPUSpawner(DockerSpawner):
         if isinstance(outcome, Refusal):
             self._record_denial(profile, outcome.reason, outcome.message)
             self._refused = True
-            raise LabSpawnException(outcome.message, reason=outcome.reason, status_code=503)
+            raise LabSpawnException(outcome.message, reason=outcome.reason, status_code=503, expected=True)
         self._report(60, f"Your turn: {profile.gpu_request.describe()} assigned after {outcome.waited:.0f} s in line")
         return outcome.assignment, outcome.until
 
@@ -1864,7 +1882,7 @@ class GPUSpawner(DockerSpawner):
         status = 503 if e.reason == "no_gpu" else 403
         self._record_denial(profile, e.reason, message)
         self._refused = True  # before any container: JupyterHub's cleanup poll need not ask the engine
-        return LabSpawnException(message, reason=e.reason, status_code=status)
+        return LabSpawnException(message, reason=e.reason, status_code=status, expected=True)
 
     def _record_denial(self, profile: Profile, reason: str, message: str) -> None:
         """Record a refused spawn in ``denials_file``: the demand that was turned away.

@@ -139,6 +139,10 @@ def test_a_short_queue_timeout_runs_out_with_a_clear_message(hub: RealHub):
     assert "Quick look: waited 3 seconds in line and no unit freed in time" in event["message"]
     hub.wait_gone(name)
     assert not engine().containers.list(all=True, filters={"label": f"gpuspawner.user={name}"})
+    # An expected refusal: WARNING lines in the hub's log, no ERROR and no traceback.
+    lines = [line for line in hub.log_text().splitlines() if name in line]
+    assert any(line.startswith("[W") and "refused (queue_timeout)" in line for line in lines), lines
+    assert not [line for line in lines if line.startswith("[E")], lines
 
 
 def test_a_restarted_hub_fails_the_waiting_spawn_and_it_waits_again(hub: RealHub):
