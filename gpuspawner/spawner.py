@@ -1399,8 +1399,11 @@ class GPUSpawner(DockerSpawner):
             if self.network_name == "host":
                 self.ip = "127.0.0.1"
                 self.port = self._choose_port()
-            held = f" with {', '.join(self.gpu_ids)}" if self.gpu_ids else ""
-            self._report(75, f"Starting the container{held}")
+            held = ""
+            if assignment.units:  # as people name them: 'GPU 3 (NVIDIA A100-SXM4-80GB, 80 GiB)', a slot on it
+                what = ", ".join(u.describe() for u in assignment.units)
+                held = f" with a slot on the shared {what}" if assignment.shared else f" with {what}"
+            self._report(75, f"Starting your server{held}")
             started = await super().start()
             self.shared.started(self.gpu_ids)
             runtime = self.culling_rules_of(profile).max_runtime

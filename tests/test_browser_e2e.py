@@ -89,7 +89,7 @@ def test_progress_says_what_the_spawn_is_doing(hub):
     assert posted.result().status_code in (201, 202)
     assert "Preparing Deep learning <1 GPU>" in messages
     assert "Assigning 1 whole GPU" in messages
-    assert any(m.startswith("Starting the container with GPU-b") for m in messages)
+    assert any(m.startswith("Starting your server with GPU ") and "Tesla T4" in m for m in messages)
     assert messages[-1].startswith("Server ready"), messages
 
 
@@ -120,6 +120,32 @@ def test_the_spawn_page_works_without_javascript(hub, browser):
     page.click("input[type=submit], button[type=submit]")
     hub.wait_ready(name)
     assert hub.container(name).labels["gpuspawner.profile"] == "cpu"
+    context.close()
+
+
+def test_the_cards_update_by_themselves_in_dark_mode_on_a_phone(hub, browser):
+    """Both GPUs held: on a 390-pixel dark page the GPU card cannot be chosen, its reason at full opacity,
+    the Start button in view; a GPU freed elsewhere makes the card choosable within seconds, no reload."""
+    name = f"phone-{RUN}"
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page = log_in(context.new_page(), hub, name)
+    assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == "dark"  # the hub's theme
+    gpu = page.locator("#profile-gpu")
+    assert gpu.is_disabled()
+    reason = page.locator("label[for=profile-gpu] .gpuspawner-unavailable")
+    assert "all 2 Tesla T4 GPUs are taken" in reason.inner_text()
+    opacity = """el => { let o = 1; for (let e = el; e; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity);
+                          return o; }"""
+    assert reason.evaluate(opacity) == 1  # the reason is never dimmed, only the card's title and radio
+    start = page.locator("input[type=submit], button[type=submit]")
+    start.scroll_into_view_if_needed()
+    box = start.bounding_box()
+    assert box and 0 <= box["y"] and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390
+    page.evaluate("window.notReloaded = true")
+    hub.stop_server(f"prog-{RUN}")  # a GPU frees elsewhere
+    page.wait_for_function("!document.querySelector('#profile-gpu').disabled", timeout=20_000)
+    assert page.evaluate("window.notReloaded === true")  # the cards changed, the page did not reload
+    assert "1 of 2 Tesla T4 free now" in page.locator("label[for=profile-gpu]").inner_text()
     context.close()
 
 

@@ -249,7 +249,8 @@ async def test_spawn_page_lists_profiles_escaped(engine):
     html = await s.get_options_form()
     assert 'value="gpu"' in html and "2 of 2 A100 free now" in html
     assert "2 of 2 A100 with a free slot now" in html
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script>") == 1  # the cards' own refresh, nothing a profile wrote
     assert s.options_from_form({"profile": ["gpu"]}) == {"profile": "gpu"}
 
 
@@ -635,7 +636,7 @@ async def test_a_pull_reports_progress_then_gpus_then_start(engine):
     assert messages[0] == "Preparing Big image"
     assert any(m.startswith("Pulling big:2026.1") for m in messages)
     assert "Assigning 1 whole GPU" in messages
-    assert "Starting the container with GPU-0000" in messages
+    assert "Starting your server with GPU 0 (A100, 80 GiB)" in messages
     percents = [e["progress"] for e in events]
     assert percents == sorted(percents) and percents[-1] == 90
 
