@@ -61,11 +61,31 @@ class UnitView:
     node: str = ""  # the Swarm node it is on; "" on one host
     quarantine: Quarantined | None = None  # set aside after failed starts (its state says so once no one holds it)
     lab_hours: str = ""  # reserved now for a course's lab, or its next lab hours ('' when none)
+    # The last hour (history.UsageHistory), one value per slot, oldest first; None where nothing was read.
+    utilization_history: tuple[int | None, ...] = ()  # percent
+    memory_history: tuple[int | None, ...] = ()  # percent of the unit's memory
 
     @property
     def label(self) -> str:
         where = f"{self.node}: " if self.node else ""
         return where + f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else "")
+
+    @property
+    def reserved_now(self) -> bool:
+        return self.lab_hours.startswith("reserved")
+
+    def look(self, share_limit: int) -> tuple[str, str]:
+        """(kind, words) of its state on the map: free, held, shared N of K, reserved, quarantined, unknown.
+
+        The kind names the colour; the words say the same without it. A free unit in its lab
+        hours is reserved; a held one stays held (its lab hours are said next to it)."""
+        if self.state == SHARED:
+            return "shared", f"shared {len(self.holders)} of {max(share_limit, len(self.holders))}"
+        if self.state == USED:
+            return "held", "held"
+        if self.state == FREE and self.reserved_now:
+            return "reserved", "reserved"
+        return self.state, self.state  # free, quarantined, unknown
 
 
 @dataclass(frozen=True)
@@ -152,6 +172,14 @@ class DashboardView:
     inventory_retry: float = 0  # NVML did not answer: asked again every this many seconds (0: not)
     waiting: tuple[Waiter, ...] = ()  # who waits in line for what, in line order
     queue_error: str = ""
+    history_interval: float = 0  # seconds per value of the units' histories (0: no history kept)
+
+    def nodes(self) -> list[tuple[str, list[UnitView]]]:
+        """The units by host or Swarm node, in the inventory's order: the map's groups."""
+        by_node: dict[str, list[UnitView]] = {}
+        for u in self.units:
+            by_node.setdefault(u.node or self.host, []).append(u)
+        return list(by_node.items())
 
     def as_json(self) -> dict:
         """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
@@ -182,7 +210,8 @@ class DashboardView:
                 "quarantined": self.totals.quarantined,
             },
             "servers_without_gpu": self.servers_without_gpu,
-            "units": [_unit_json(u) for u in self.units],
+            "units": [_unit_json(u, self.share_limit, self.history_interval) for u in self.units],
+            "map": [{"node": name, "units": [u.id for u in units]} for name, units in self.nodes()],
             "denials": [vars(d) for d in self.denials],
             "denials_by_reason": dict(self.denials_by_reason),
             "stops": [vars(s) for s in self.stops],
@@ -201,8 +230,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def _unit_json(u: UnitView) -> dict:
+def _unit_json(u: UnitView, share_limit: int, history_interval: float) -> dict:
     usage = u.usage
+    kind, words = u.look(share_limit)
     return {
         "id": u.id,
         "label": u.label,
@@ -214,6 +244,7 @@ def _unit_json(u: UnitView) -> dict:
         "memory": u.memory,
         "node": u.node or None,
         "state": u.state,
+        "map_state": {"kind": kind, "text": words},
         "quarantine": u.quarantine.as_json() if u.quarantine else None,
         "lab_hours": u.lab_hours or None,
         "usage": None
@@ -238,6 +269,13 @@ def _unit_json(u: UnitView) -> dict:
             }
             for h in u.holders
         ],
+        "history": {
+            "interval_seconds": history_interval,
+            "utilization_gpu": list(u.utilization_history),
+            "memory_used_percent": list(u.memory_history),
+        }
+        if history_interval
+        else None,
     }
 
 
