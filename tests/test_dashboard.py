@@ -883,7 +883,7 @@ def test_the_history_keeps_the_mean_of_each_slot_and_forgets_what_is_older_than_
     assert h.series("GPU-0", t + 200)[0] == (None, 20, None, None, 60)
     # Five minutes on, the slot of an hour's ring is reused: old values are never shown as new.
     h.record(_usage_view(50).units, t + 300)
-    assert h.series("GPU-0", t + 300)[0] == (None, None, 90, None, 50)
+    assert h.series("GPU-0", t + 300)[0] == (None, None, 60, None, 50)
     assert len(h) == 2
     h.record(_usage_view(70).units, t + 600)  # MIG-2a unseen for a whole window: forgotten
     assert len(h) == 1 and h.series("GPU-0", t + 600)[0] == (None, None, None, None, 70)
