@@ -822,6 +822,11 @@ def test_the_map_and_the_table_are_two_views_of_one_page():
     assert 'id="units"' in pages["table"] and "data-tile=" not in pages["table"] and 'id="denials"' in pages["table"]
     assert 'aria-current="page" href="?view=map">Map<' in pages["map"]
     assert 'name="view" value="table"' in pages["table"]  # a stop comes back to the view it came from
+    # Every stop button posts its server through the one form, which carries the one xsrf token.
+    xsrf = '<input type="hidden" name="_xsrf" value="t">'
+    admin = render_page(v, user="admin", can_stop=True, xsrf_form_html=xsrf, refresh=15)
+    assert admin.count(xsrf) == 1 and admin.count('<form id="stop-form" method="post" action="stop">') == 1
+    assert admin.count('form="stop-form" name="holder" value="max/big"') == 2  # on the map and in the table
     with pytest.raises(ValueError, match="no view 'wall'"):
         render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15, shown="wall")
     from types import SimpleNamespace

@@ -31,6 +31,7 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..gpus import split_holder
 from ..quarantine import put_back
 from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
@@ -148,7 +149,10 @@ class MetricsHandler(_Handler):
 class StopHandler(_Handler):
     @web.authenticated
     async def post(self):
-        user, server = self.get_body_argument("user"), self.get_body_argument("server", "")
+        holder = self.get_body_argument("holder", "")  # the page's buttons; user and server, for scripts
+        user, server = (
+            split_holder(holder) if holder else (self.get_body_argument("user"), self.get_body_argument("server", ""))
+        )
         reach = self.reach(self.current_user, self.dashboard.stop_scope)
         if not reach.everyone:  # a filtered stop scope: the target's groups, as the hub says now
             view = await self.dashboard.sources.view()

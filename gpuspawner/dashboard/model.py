@@ -374,7 +374,7 @@ def build_view(
     activity = activity or {}
     ledger = Ledger(inventory.units, policy)
     warnings: list[str] = []
-    by_holder: dict[str, dict] = {}
+    by_holder: dict[str, tuple[dict, label.ServerRecord]] = {}  # each container's labels read once here
     servers_without_gpu = None
     if containers is not None:
         containers = list(containers)
@@ -384,7 +384,7 @@ def build_view(
             record = label.read_server(c.get("Labels"))
             if record is None:
                 continue
-            by_holder[record.holder] = c
+            by_holder[record.holder] = (c, record)
             servers_without_gpu += not record.unit_ids
 
     # One pass over the ledger (holders_of per unit is O(units x holders)), in the ledger's order.
@@ -396,7 +396,12 @@ def build_view(
     for gpu in inventory.units:
         holders = tuple(
             _holding(
-                a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity, (groups or {}).get(a.user, ())
+                a.holder,
+                a.user,
+                a.shared,
+                *by_holder.get(a.holder, ({}, None)),
+                activity,
+                (groups or {}).get(a.user, ()),
             )
             for a in assigned.get(gpu.id, ())
         )
@@ -459,8 +464,15 @@ def build_view(
     )
 
 
-def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping, groups=()) -> Holding:
-    record = label.read_server(container.get("Labels"))
+def _holding(
+    holder: str,
+    user: str,
+    shared: bool,
+    container: dict,
+    record: label.ServerRecord | None,
+    activity: Mapping,
+    groups=(),
+) -> Holding:
     names = container.get("Names") or [str(container.get("Id", ""))[:12]]
     return Holding(
         user=user,

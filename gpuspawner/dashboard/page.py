@@ -125,6 +125,8 @@ TEMPLATE = (
 {% elif not view.units %}<p>The hub hands out no GPU ({{ view.inventory_source }}{% if view.inventory_note %}: {{ view.inventory_note }}{% endif %}).</p>{% endif %}
 """
     """
+{# One form for every stop button (each names its server): one xsrf token on the page, not one a holder. #}
+{% if can_stop %}<form id="stop-form" method="post" action="stop">{{ xsrf_form_html }}<input type="hidden" name="view" value="{{ shown }}"></form>{% endif %}
 {% macro put_back_form(u, css) %}{% if can_put_back %}<form method="post" action="put-back">{{ xsrf_form_html }}
  <input type="hidden" name="unit" value="{{ u.id }}"><input type="hidden" name="view" value="{{ shown }}">
  <button type="submit" class="{{ css }}" data-unit="{{ u.id }}">Put back</button></form>{% endif %}{% endmacro %}
@@ -144,10 +146,7 @@ TEMPLATE = (
   <ul class="tile-holders">
   {% for h in u.holders %}<li data-holder="{{ h.holder }}"><span class="tile-holder" title="{{ h.user }}{% if h.server %}/{{ h.server }}{% endif %}: {{ h.profile }}">
    <span class="tile-user">{{ h.user }}</span>{% if h.server %}/{{ h.server }}{% endif %} &middot; <span class="text-body-secondary">{{ h.profile }}</span></span>
-   {% if can_stop %}<form method="post" action="stop">{{ xsrf_form_html }}
- <input type="hidden" name="user" value="{{ h.user }}"><input type="hidden" name="server" value="{{ h.server }}">
- <input type="hidden" name="view" value="{{ shown }}">
- <button type="submit" class="map-stop btn btn-link btn-sm p-0 align-baseline" data-holder="{{ h.holder }}">Stop server</button></form>{% endif %}</li>
+   {% if can_stop %}<button type="submit" form="stop-form" name="holder" value="{{ h.holder }}" class="map-stop btn btn-link btn-sm p-0 align-baseline" data-holder="{{ h.holder }}">Stop server</button>{% endif %}</li>
   {% else %}<li class="text-body-secondary">{% if u.state == "unknown" %}holder unknown{% else %}nobody{% endif %}</li>{% endfor %}
   </ul>
   {% if u.lab_hours %}<div class="lab-hours small">{{ u.lab_hours }}</div>{% endif %}
@@ -195,10 +194,7 @@ TEMPLATE = (
   <td class="image">{{ h.image }}</td>
   <td class="since">{{ ago(h.since) }}</td>
   <td class="since">{{ ago(h.last_activity) }}</td>
-  <td>{% if can_stop %}<form method="post" action="stop">{{ xsrf_form_html }}
- <input type="hidden" name="user" value="{{ h.user }}"><input type="hidden" name="server" value="{{ h.server }}">
- <input type="hidden" name="view" value="{{ shown }}">
- <button type="submit" class="stop btn btn-outline-danger btn-sm px-1" data-holder="{{ h.holder }}">Stop server</button></form>{% endif %}</td>
+  <td>{% if can_stop %}<button type="submit" form="stop-form" name="holder" value="{{ h.holder }}" class="stop btn btn-outline-danger btn-sm px-1" data-holder="{{ h.holder }}">Stop server</button>{% endif %}</td>
   {% else %}
   <td colspan="7"></td>
   {% endif %}
