@@ -963,3 +963,31 @@ def test_the_sources_sample_every_view_into_the_history_and_the_api_carries_it(m
     assert gpu0["history"] == {"interval_seconds": 3600, "utilization_gpu": [50], "memory_used_percent": [1]}
     assert v.as_json()["units"][1]["history"]["utilization_gpu"] == [None]
     assert view().as_json()["units"][0]["history"] is None  # no history kept: said so
+
+
+def test_the_service_links_the_hubs_pages_and_keeps_a_history_as_configured(tmp_path, monkeypatch):
+    from jupyterhub.services.auth import HubOAuth
+
+    from gpuspawner.dashboard.app import GPUDashboard
+
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(
+        'c = get_config()  # noqa\nc.JupyterHub.spawner_class = "gpu"\n'
+        'c.GPUSpawner.gpus = [{"index": 0, "uuid": "GPU-0", "name": "T4", "memory": "16G"}]\n'
+    )
+    monkeypatch.setenv("JUPYTERHUB_BASE_URL", "/jh/")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "gpus")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/jh/services/gpus/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "not-used-here")
+    try:
+        app = GPUDashboard()
+        app.initialize(["-f", str(path), "--history-interval=10", "--no-nvml"])
+        assert (app.hub_links.prefix, app.hub_links.base_url) == ("/jh/hub/", "/jh/")
+        assert app.hub_links.services == (("gpus", "/jh/services/gpus/"),)
+        assert app.hub_links.static_url("css/style.min.css") == "/jh/hub/static/css/style.min.css"
+        assert app.sources.history.interval == 10 and app.sources.history.size == 360
+        off = GPUDashboard()
+        off.initialize(["-f", str(path), "--history-interval=0"])
+        assert off.sources.history is None
+    finally:
+        HubOAuth.clear_instance()

@@ -383,7 +383,10 @@ class GPUDashboard(Application):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stopped.set)
             mapping = asyncio.ensure_future(self.keep_job_mapping()) if self.dcgm_job_mapping_dir else None
-            sampling = asyncio.ensure_future(self.keep_history()) if self.sources.history is not None else None
+            # Without NVML there is nothing to sample between pages (their views still record their gaps).
+            sampling = (
+                asyncio.ensure_future(self.keep_history()) if self.sources.history is not None and self.nvml else None
+            )
             await stopped.wait()
             for task in (mapping, sampling):
                 if task:
