@@ -857,7 +857,9 @@ def test_a_teachers_map_shows_only_what_their_reach_allows():
     assert 'data-tile="GPU-0"' in page and 'data-tile="MIG-2a"' in page and 'data-tile="MIG-2b"' in page
     for other in ("max", "li", "jupyter-max"):
         assert f">{other}<" not in page and f'"{other}' not in page
-    assert _tile(page, "MIG-2a").count('<li data-holder="') == 1  # noor; li shares it unseen
+    mig = _tile(page, "MIG-2a")
+    assert mig.count('<li data-holder="') == 1  # noor; li shares it unseen, but the slots taken are counted
+    assert '<span class="state">shared 2 of 4</span>' in mig
     assert "map-stop" not in page and "<form" not in page
     body = v.as_json()
     assert [u["id"] for u in body["units"]] == ["GPU-0", "MIG-2a", "MIG-2b"]

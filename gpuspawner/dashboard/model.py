@@ -64,6 +64,7 @@ class UnitView:
     # The last hour (history.UsageHistory), one value per slot, oldest first; None where nothing was read.
     utilization_history: tuple[int | None, ...] = ()  # percent
     memory_history: tuple[int | None, ...] = ()  # percent of the unit's memory
+    servers: int = 0  # how many servers hold it, those a limited viewer does not see included
 
     @property
     def label(self) -> str:
@@ -80,7 +81,8 @@ class UnitView:
         The kind names the colour; the words say the same without it. A free unit in its lab
         hours is reserved; a held one stays held (its lab hours are said next to it)."""
         if self.state == SHARED:
-            return "shared", f"shared {len(self.holders)} of {max(share_limit, len(self.holders))}"
+            taken = max(self.servers, len(self.holders))
+            return "shared", f"shared {taken} of {max(share_limit, taken)}"
         if self.state == USED:
             return "held", "held"
         if self.state == FREE and self.reserved_now:
@@ -422,6 +424,7 @@ def build_view(
                 memory=gpu.memory,
                 state=state,
                 holders=holders,
+                servers=len(holders),
                 usage=(usage or {}).get(gpu.uuid),
                 node=gpu.node,
                 quarantine=quarantined.get(gpu.id),
