@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from gpuspawner import labels  # noqa: E402
 from gpuspawner.dashboard import sources as sources_module  # noqa: E402
+from gpuspawner.dashboard.history import UsageHistory  # noqa: E402
 from gpuspawner.dashboard.metrics import render_metrics  # noqa: E402
 from gpuspawner.dashboard.model import Reach, restrict  # noqa: E402
 from gpuspawner.dashboard.page import render_page  # noqa: E402
@@ -101,6 +102,24 @@ def fixtures(n_users: int, n_units: int, share_limit: int):
     return Inventory(units=units, source="static"), containers, users, usage
 
 
+def hour_of_history(inventory, usage, interval: int) -> tuple[UsageHistory, int]:
+    """A history filled with the last hour (two samples a slot), and the bytes it holds (tracemalloc)."""
+    import tracemalloc
+
+    from gpuspawner.dashboard.model import build_view
+
+    view = build_view(inventory, Policy(), [], now=NOW, usage=usage)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    history = UsageHistory(3600, interval)
+    start = NOW.timestamp() - 3600
+    for k in range(2 * 3600 // interval + 1):
+        history.record(view.units, start + k * interval / 2)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return history, held
+
+
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -120,6 +139,7 @@ async def bench(args) -> dict[str, list[float]]:
                 out.write(denial_line(appended) + "\n")
             appended += 1
 
+    history, args.history_bytes = hour_of_history(inventory, usage, args.history_interval)
     src = Sources(
         inventory,
         Policy(share_limit=args.share_limit),
@@ -129,10 +149,17 @@ async def bench(args) -> dict[str, list[float]]:
         denials_shown=20,
         nvml=True,
         host="bench",
+        history=history,
     )
     teacher = Reach(groups=frozenset({"course-3"}))
     requests = {
         "page (admin)": lambda v: render_page(v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15),
+        "page (admin, ?view=map)": lambda v: render_page(
+            v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15, shown="map"
+        ),
+        "page (admin, ?view=table)": lambda v: render_page(
+            v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15, shown="table"
+        ),
         "api/v1/gpus (admin)": lambda v: json.dumps(v.as_json()),
         "metrics": render_metrics,
         "page (teacher, 1 group)": lambda v: render_page(
@@ -171,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--share-limit", type=int, default=8)
     parser.add_argument("--denials", type=int, default=2000, help="lines in the denials file (default 2000)")
     parser.add_argument("--append", action="store_true", help="append a refusal before every request")
+    parser.add_argument("--history-interval", type=int, default=30, help="seconds per history slot (default 30)")
     args = parser.parse_args(argv)
     args.share_limit = max(args.share_limit, -(-args.users // args.units))
     times = asyncio.run(bench(args))
@@ -179,6 +207,10 @@ def main(argv=None) -> int:
         f"{args.runs} runs, Python {sys.version.split()[0]}; denials file of {args.denials:,} lines"
         f" ({args.file_mb:.1f} MB at the end{', one appended per request' if args.append else ''});"
         " server time per request, target 100 ms"
+    )
+    print(
+        f"history of {args.units} units over an hour, a slot every {args.history_interval} s:"
+        f" {args.history_bytes / 1e6:.3f} MB (target 10 MB)"
     )
     print(f"{'request':<36} {'median ms':>10} {'p95 ms':>10} {'max ms':>10}")
     for name, values in times.items():

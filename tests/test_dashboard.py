@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -221,9 +225,9 @@ def test_page_metrics_and_json_agree():
     denials = {s.labels["reason"]: s.value for s in families["gpuspawner_denials"].samples if s.name.endswith("_total")}
     assert denials == {"no_gpu": 2, "user_quota": 1}
     page = render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15)
-    assert page.count('class="stop"') == 4
+    assert page.count('class="stop ') == 4
     assert '<meta http-equiv="refresh" content="15">' in page
-    assert render_page(v, user="teacher", can_stop=False, xsrf_form_html="", refresh=15).count('class="stop"') == 0
+    assert render_page(v, user="teacher", can_stop=False, xsrf_form_html="", refresh=15).count('class="stop ') == 0
 
 
 def test_the_view_of_500_servers_on_64_units():
@@ -334,7 +338,7 @@ def test_a_teacher_sees_only_their_groups_users_and_the_free_units():
     metrics_text = render_metrics(v).decode()
     for other in ("max", "li", "zed", "eve", "jupyter-max"):
         assert f'"{other}"' not in body and f">{other}<" not in page and f'user="{other}"' not in metrics_text
-    assert "Showing only the GPUs of group physics" in page and 'class="stop"' not in page
+    assert "Showing only the GPUs of group physics" in page and 'class="stop ' not in page
     assert json.loads(body)["restricted_to"] == "group physics"
     # A user filter reaches that user only; the unfiltered scope, everything.
     by_user = restrict(full, Reach(users=frozenset({"li"})))
@@ -604,7 +608,10 @@ def test_a_quarantined_unit_shows_why_and_only_an_admin_gets_put_back():
     assert {u.id: u.state for u in held.units}["GPU-1"] == "used"
     admin = render_page(free_aside, user="a", can_stop=True, can_put_back=True, xsrf_form_html="", refresh=15)
     assert 'data-quarantine="GPU-1"' in admin and "set aside 5 min ago" in admin
-    assert 'class="put-back" data-unit="GPU-1"' in admin and 'id="total-quarantined">1<' in admin
+    assert (
+        'class="put-back btn btn-outline-danger btn-sm" data-unit="GPU-1"' in admin
+        and 'id="total-quarantined">1<' in admin
+    )
     teacher = render_page(free_aside, user="t", can_stop=True, xsrf_form_html="", refresh=15)
     assert 'data-quarantine="GPU-1"' in teacher and "put-back" not in teacher
 
@@ -664,7 +671,7 @@ def test_who_waits_in_line_is_listed_in_order_and_a_teacher_sees_only_their_own(
     waiting = waiters_from_snapshot(snapshot)
     v = view(groups={**COURSES, "<i>max</i>": ()}, waiting=waiting)
     page = render_page(v, user="admin", can_stop=False, xsrf_form_html="", refresh=15)
-    table = page[page.index('<table id="waiting">') : page.index("</table>", page.index('<table id="waiting">'))]
+    table = page[page.index('<table id="waiting"') : page.index("</table>", page.index('<table id="waiting"'))]
     assert table.index(">mia<") < table.index("&lt;i&gt;max&lt;/i&gt;")  # in line order, escaped
     assert "1 of 2" in table and "5 min ago" in table and "2026-03-02T10:10:00+00:00" in table
     assert "no estimate" in table
@@ -677,3 +684,312 @@ def test_who_waits_in_line_is_listed_in_order_and_a_teacher_sees_only_their_own(
     assert [w.user for w in teacher.waiting] == ["mia"]
     empty = render_page(view(), user="admin", can_stop=False, xsrf_form_html="", refresh=15)
     assert "Nobody is waiting." in empty
+
+
+# --- the hub's look, the map of the lab, the last hour --------------------------------------------
+
+
+def test_the_page_is_built_on_the_hubs_own_page_template_and_static_files():
+    from gpuspawner.dashboard.app import page_csp
+    from gpuspawner.dashboard.page import HubLinks, hub_templates, inline_script_hashes
+
+    assert hub_templates()  # JupyterHub's share/jupyterhub/templates, where page.html is
+    hub = HubLinks(prefix="/jh/hub/", base_url="/jh/", services=(("gpu-dashboard", "/jh/services/gpu-dashboard/"),))
+    page = render_page(
+        view(), user='ann"</script><b>', can_stop=False, xsrf_form_html="", refresh=15, hub=hub, xsrf_token="tok"
+    )
+    # The hub's navigation bar, Bootstrap and theme toggle, from the hub's static files.
+    assert 'id="dark-theme-toggle"' in page and 'class="navbar navbar-expand-sm' in page
+    assert 'href="/jh/hub/static/css/style.min.css"' in page and 'src="/jh/hub/static/js/darkmode.js"' in page
+    assert 'href="/jh/hub/home"' in page and 'href="/jh/hub/logout"' in page
+    assert 'href="/jh/services/gpu-dashboard/">gpu-dashboard</a>' in page  # the Services menu
+    assert '<meta http-equiv="refresh" content="15">' in page and 'xsrf_token: "tok"' in page
+    # The name is text in the page and a closed JavaScript string in the hub's inline script.
+    assert 'user: "ann\\"\\u003c/script\\u003e\\u003cb\\u003e"' in page
+    assert "</script><b>" not in page and "ann&#34;&lt;/script&gt;&lt;b&gt;" in page
+    # That one inline script runs, by its hash; no other.
+    (script,) = re.findall(r"<script type=\"text/javascript\">(.*?)</script>", page, flags=re.DOTALL)
+    digest = hashlib.sha256(script.encode()).digest()
+    hashes = inline_script_hashes(page)
+    assert hashes == ["'sha256-" + base64.b64encode(digest).decode() + "'"]
+    csp = page_csp("", hashes)
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and f"script-src 'self' {hashes[0]}" in csp
+    assert "'unsafe-inline'" not in csp.partition("script-src")[2]
+    # With per-user subdomains the hub is on another origin: linked and allowed by its origin.
+    far = HubLinks(host="https://hub.lab.example")
+    assert 'href="https://hub.lab.example/hub/static/css/style.min.css"' in render_page(
+        view(), user="a", can_stop=False, xsrf_form_html="", refresh=0, hub=far
+    )
+    assert "script-src 'self' https://hub.lab.example 'sha256-" in page_csp(far.host, hashes)
+    # The Admin link as the hub shows it: for the admin-ui scope.
+    assert 'href="/hub/admin"' in render_page(
+        view(), user="a", can_stop=False, xsrf_form_html="", refresh=0, scopes=["admin-ui", "read:users"]
+    )
+    assert 'href="/hub/admin"' not in render_page(view(), user="a", can_stop=False, xsrf_form_html="", refresh=0)
+
+
+def test_without_the_hubs_templates_a_plain_page_stands_in():
+    from gpuspawner.dashboard import page as page_module
+
+    env = page_module._environment(None)
+    html = env.get_template("dashboard.html").render(
+        **{
+            **dict.fromkeys(("base_url", "prefix", "login_url", "logout_url", "xsrf_token", "logo_url"), ""),
+            "view": view(),
+            "user": page_module._Viewer("a"),
+            "can_stop": False,
+            "can_put_back": False,
+            "xsrf_form_html": "",
+            "refresh": 0,
+            "shown": "overview",
+            "view_href": str,
+            "style": "",
+            "ago": str,
+            "iso": str,
+            "bytes": str,
+            "na": lambda v, s="": str(v),
+            "bar": lambda p, label: "",
+            "sparkline": lambda *a: "",
+        }
+    )
+    assert "<script" not in html and 'id="units"' in html and "The lab" in html
+
+
+MAP_USAGE = {"GPU-0": UnitUsage(87, 30 * G, 80 * G, 61, ()), "MIG-2a": UnitUsage(None, 5 * G, 10 * G, None, ())}
+
+
+def _tile(page: str, unit: str) -> str:
+    start = page.rindex('<li class="tile', 0, page.index(f'data-tile="{unit}"'))
+    return page[start : page.index("\n </li>", start)]
+
+
+def test_the_map_shows_each_units_state_in_colour_and_in_words():
+    from gpuspawner.gpus.health import Quarantined
+
+    units = (*UNITS, GPU(3, "GPU-3", "NVIDIA A100-SXM4-80GB", 80 * G), GPU(4, "GPU-4", "NVIDIA A100-SXM4-80GB", 80 * G))
+    aside = Quarantined("GPU-3", NOW - timedelta(minutes=5), "device error", 2, "zed/")
+    v = build_view(
+        Inventory(units=units, source="static"),
+        POLICY,
+        CONTAINERS,
+        now=NOW,
+        host="gpu1",
+        usage=MAP_USAGE,
+        quarantined={"GPU-3": aside},
+    )
+    reserved = "reserved for ML101 lab until 16:00 (Europe/Berlin)"
+    v = dataclasses.replace(
+        v, units=tuple(u if u.id != "GPU-4" else dataclasses.replace(u, lab_hours=reserved) for u in v.units)
+    )
+    looks = {u.id: u.look(v.share_limit) for u in v.units}
+    assert looks == {
+        "GPU-0": ("held", "held"),
+        "GPU-1": ("held", "held"),
+        "MIG-2a": ("shared", "shared 2 of 4"),
+        "MIG-2b": ("free", "free"),
+        "GPU-3": ("quarantined", "quarantined"),
+        "GPU-4": ("reserved", "reserved"),
+    }
+    assert [u.look(4) for u in view(containers=None).units][0] == ("unknown", "unknown")
+    page = render_page(v, user="admin", can_stop=True, can_put_back=True, xsrf_form_html="", refresh=15)
+    for unit, (kind, words) in looks.items():
+        tile = _tile(page, unit)
+        assert f'class="tile is-{kind}"' in tile and f'data-map-state="{kind}"' in tile
+        assert f'<span class="state">{words}</span>' in tile  # the words, not only the colour
+    mig = _tile(page, "MIG-2a")
+    assert ">noor<" in mig and ">li<" in mig and "shared" in mig and "MIG 1g.10gb" in mig
+    gpu0 = _tile(page, "GPU-0")
+    assert ">mia<" in gpu0 and ">gpu<" in gpu0 and 'aria-valuenow="87"' in gpu0 and "30 GiB / 80 GiB" in gpu0
+    assert 'aria-valuenow="37"' in gpu0  # memory: 30 of 80 GiB
+    assert 'aria-valuenow="50"' in mig and "GPU utilisation of GPU 2 not measured" in mig  # MIG: no utilisation
+    assert reserved in _tile(page, "GPU-4") and "device error" in _tile(page, "GPU-3")
+    assert page.count('class="map-stop ') == 4 and page.count('class="map-put-back ') == 1
+    body = v.as_json()
+    assert {u["id"]: (u["map_state"]["kind"], u["map_state"]["text"]) for u in body["units"]} == looks
+    assert body["map"] == [{"node": "gpu1", "units": [u.id for u in v.units]}]
+
+
+def test_the_map_and_the_table_are_two_views_of_one_page():
+    v = view(usage=MAP_USAGE)
+    pages = {
+        shown: render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15, shown=shown)
+        for shown in ("overview", "map", "table")
+    }
+    assert 'id="units"' in pages["overview"] and 'data-tile="GPU-0"' in pages["overview"]
+    assert (
+        'id="units"' not in pages["map"] and 'data-tile="GPU-0"' in pages["map"] and 'id="denials"' not in pages["map"]
+    )
+    assert 'id="units"' in pages["table"] and "data-tile=" not in pages["table"] and 'id="denials"' in pages["table"]
+    assert 'aria-current="page" href="?view=map">Map<' in pages["map"]
+    assert 'name="view" value="table"' in pages["table"]  # a stop comes back to the view it came from
+    # Every stop button posts its server through the one form, which carries the one xsrf token.
+    xsrf = '<input type="hidden" name="_xsrf" value="t">'
+    admin = render_page(v, user="admin", can_stop=True, xsrf_form_html=xsrf, refresh=15)
+    assert admin.count(xsrf) == 1 and admin.count('<form id="stop-form" method="post" action="stop">') == 1
+    assert admin.count('form="stop-form" name="holder" value="max/big"') == 2  # on the map and in the table
+    with pytest.raises(ValueError, match="no view 'wall'"):
+        render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15, shown="wall")
+    from types import SimpleNamespace
+
+    from gpuspawner.dashboard.app import _back_to
+
+    dashboard = SimpleNamespace(service_prefix="/services/gpu-dashboard/")
+    assert _back_to(dashboard, "table") == "/services/gpu-dashboard/?view=table"
+    assert _back_to(dashboard, "overview") == _back_to(dashboard, "//evil.example") == "/services/gpu-dashboard/"
+
+
+def test_the_map_of_swarm_nodes_groups_units_by_node():
+    units = (GPU(0, "GPU-a0", "T4", 16 * G, node="node-a"), GPU(0, "GPU-b0", "T4", 16 * G, node="node-b"))
+    v = build_view(Inventory(units=units, source="swarm"), POLICY, [], now=NOW, host="manager")
+    assert [(n, [u.id for u in us]) for n, us in v.nodes()] == [("node-a", ["GPU-a0"]), ("node-b", ["GPU-b0"])]
+    page = render_page(v, user="a", can_stop=False, xsrf_form_html="", refresh=0, shown="map")
+    assert page.index('data-node="node-a"') < page.index('data-tile="GPU-a0"') < page.index('data-node="node-b"')
+
+
+def test_a_teachers_map_shows_only_what_their_reach_allows():
+    from gpuspawner.dashboard.history import UsageHistory
+
+    history = UsageHistory(600, 60)
+    full = history.sample(view(groups=COURSES, usage=MAP_USAGE))
+    v = restrict(full, Reach(groups=frozenset({"physics"})))
+    page = render_page(v, user="teach", can_stop=False, xsrf_form_html="", refresh=15, shown="map")
+    assert 'data-tile="GPU-1"' not in page  # max's, another course's: not on the map at all
+    assert 'data-tile="GPU-0"' in page and 'data-tile="MIG-2a"' in page and 'data-tile="MIG-2b"' in page
+    for other in ("max", "li", "jupyter-max"):
+        assert f">{other}<" not in page and f'"{other}' not in page
+    mig = _tile(page, "MIG-2a")
+    assert mig.count('<li data-holder="') == 1  # noor; li shares it unseen, but the slots taken are counted
+    assert '<span class="state">shared 2 of 4</span>' in mig
+    assert "map-stop" not in page and "<form" not in page
+    body = v.as_json()
+    assert [u["id"] for u in body["units"]] == ["GPU-0", "MIG-2a", "MIG-2b"]
+    assert body["units"][0]["history"]["utilization_gpu"][-1] == 87  # the unit's, kept through restrict
+
+
+# --- the history ---------------------------------------------------------------------------------
+
+
+def _usage_view(util, memory_used=40 * G, unit="GPU-0"):
+    return build_view(INVENTORY, POLICY, [], now=NOW, usage={unit: UnitUsage(util, memory_used, 80 * G, 50, ())})
+
+
+def test_the_history_keeps_the_mean_of_each_slot_and_forgets_what_is_older_than_its_window():
+    from gpuspawner.dashboard.history import UsageHistory
+
+    h = UsageHistory(window=300, interval=60)  # 5 slots
+    t = 6000.0  # the start of slot 100
+    h.record(_usage_view(10).units, t)
+    h.record(_usage_view(30, 20 * G).units, t + 59)  # the same slot: the mean
+    h.record(_usage_view(None, 8 * G, unit="MIG-2a").units, t + 60)  # a MIG instance: memory only
+    h.record(_usage_view(90).units, t + 180)  # slot 103; 101 and 102 not sampled
+    util, memory = h.series("GPU-0", t + 180)
+    assert util == (None, 20, None, None, 90) and memory == (None, 38, None, None, 50)
+    assert h.series("MIG-2a", t + 180) == ((None, None, None, None, None), (None, None, 10, None, None))
+    assert h.series("GPU-1", t + 180) == ((None,) * 5, (None,) * 5)  # never measured
+    h.record(_usage_view(30).units, t + 200)  # the newest slot again: its mean moves, the older ones stay
+    assert h.series("GPU-0", t + 200)[0] == (None, 20, None, None, 60)
+    # Five minutes on, the slot of an hour's ring is reused: old values are never shown as new.
+    h.record(_usage_view(50).units, t + 300)
+    assert h.series("GPU-0", t + 300)[0] == (None, None, 60, None, 50)
+    assert len(h) == 2
+    h.record(_usage_view(70).units, t + 600)  # MIG-2a unseen for a whole window: forgotten
+    assert len(h) == 1 and h.series("GPU-0", t + 600)[0] == (None, None, None, None, 70)
+    with pytest.raises(ValueError, match="interval"):
+        UsageHistory(window=10, interval=60)
+
+
+def test_a_burst_of_samples_in_one_slot_cannot_overflow_it():
+    from gpuspawner.dashboard.history import UsageHistory
+
+    h = UsageHistory(window=120, interval=60)
+    for _ in range(1000):
+        h.record(_usage_view(100, 80 * G).units, 60.0)
+    assert h.series("GPU-0", 60.0) == ((None, 100), (None, 100))
+
+
+def test_the_history_of_64_units_over_an_hour_stays_far_below_10_mb():
+    import tracemalloc
+
+    from gpuspawner.dashboard.history import UsageHistory
+
+    units = tuple(GPU(i, f"GPU-{i}", "NVIDIA H100", 80 * G) for i in range(64))
+    usage = {u.uuid: UnitUsage(50, 40 * G, 80 * G, 60, ()) for u in units}
+    v = build_view(Inventory(units=units), Policy(share_limit=4), [], now=NOW, usage=usage)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    h = UsageHistory(3600, 30)
+    for second in range(0, 2 * 3600, 10):  # two hours, three samples a slot
+        h.record(v.units, 1e9 + second)
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(h) == 64 and kept < 1_000_000, kept  # about 0.1 MB; the target is 10 MB
+    assert h.series("GPU-7", 1e9 + 2 * 3600 - 10)[0] == (50,) * 120
+
+
+def test_the_sparkline_is_an_svg_of_numbers_with_its_gaps_and_its_words():
+    import xml.etree.ElementTree as ET
+
+    from gpuspawner.dashboard.page import SPARK_HEIGHT, sparkline
+
+    svg = str(sparkline((None, 0, 100, None, 50, None), (10, 10, 10, 10, 10, 10), 600))
+    root = ET.fromstring(svg)
+    lines = [e for e in root.iter() if e.tag == "polyline"]  # inline SVG in HTML: no namespace needed
+    assert root.tag == "svg" and root.get("role") == "img"
+    util = [e.get("points") for e in lines if e.get("class") == "utilization"]
+    assert util == [f"1,{SPARK_HEIGHT - 1:.1f} 2,1.0", "3.6,12.0 4.4,12.0"]
+    assert [e.get("class") for e in lines].count("memory") == 1
+    words = "GPU utilisation over the last 60 min: now n/a, peak 100%, mean 50%; memory used peak 10%"
+    assert root.get("aria-label") == words and root.find("title").text == words
+    empty = ET.fromstring(str(sparkline((None,) * 4, (None,) * 4, 30)))
+    assert empty.get("aria-label") == "No GPU utilisation measured in the last 2 min"
+    assert not [e for e in empty.iter() if e.tag.endswith("polyline")]
+
+
+def test_the_sources_sample_every_view_into_the_history_and_the_api_carries_it(monkeypatch):
+    import asyncio
+
+    from gpuspawner.dashboard import sources as sources_module
+    from gpuspawner.dashboard.history import UsageHistory
+    from gpuspawner.dashboard.sources import Sources
+
+    class Engine:
+        def containers(self, filters):
+            return CONTAINERS
+
+    readings = iter([{"GPU-0": UnitUsage(40, G, 80 * G, 50, ())}, {"GPU-0": UnitUsage(60, G, 80 * G, 50, ())}])
+    monkeypatch.setattr(sources_module, "read_usage", lambda: next(readings))
+    src = Sources(INVENTORY, POLICY, Engine, None, "", nvml=True, host="h", history=UsageHistory(3600, 3600))
+    asyncio.run(src.view())
+    v = asyncio.run(src.view())  # the same hour's slot: the mean of the two
+    gpu0 = v.as_json()["units"][0]
+    assert gpu0["history"] == {"interval_seconds": 3600, "utilization_gpu": [50], "memory_used_percent": [1]}
+    assert v.as_json()["units"][1]["history"]["utilization_gpu"] == [None]
+    assert view().as_json()["units"][0]["history"] is None  # no history kept: said so
+
+
+def test_the_service_links_the_hubs_pages_and_keeps_a_history_as_configured(tmp_path, monkeypatch):
+    from jupyterhub.services.auth import HubOAuth
+
+    from gpuspawner.dashboard.app import GPUDashboard
+
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(
+        'c = get_config()  # noqa\nc.JupyterHub.spawner_class = "gpu"\n'
+        'c.GPUSpawner.gpus = [{"index": 0, "uuid": "GPU-0", "name": "T4", "memory": "16G"}]\n'
+    )
+    monkeypatch.setenv("JUPYTERHUB_BASE_URL", "/jh/")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "gpus")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/jh/services/gpus/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "not-used-here")
+    try:
+        app = GPUDashboard()
+        app.initialize(["-f", str(path), "--history-interval=10", "--no-nvml"])
+        assert (app.hub_links.prefix, app.hub_links.base_url) == ("/jh/hub/", "/jh/")
+        assert app.hub_links.services == (("gpus", "/jh/services/gpus/"),)
+        assert app.hub_links.static_url("css/style.min.css") == "/jh/hub/static/css/style.min.css"
+        assert app.sources.history.interval == 10 and app.sources.history.size == 360
+        off = GPUDashboard()
+        off.initialize(["-f", str(path), "--history-interval=0"])
+        assert off.sources.history is None
+    finally:
+        HubOAuth.clear_instance()

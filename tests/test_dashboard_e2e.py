@@ -131,8 +131,10 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     evil = rows[f"{EVIL_USER}/"]
     assert evil.locator("td.user").inner_text() == EVIL_USER
     assert evil.locator("button.stop").get_attribute("data-holder") == f"{EVIL_USER}/"
-    assert evil.locator("input[name=user]").get_attribute("value") == EVIL_USER
-    assert page.locator("img").count() == 0 and page.locator("#units script").count() == 0
+    assert evil.locator("button.stop").get_attribute("value") == f"{EVIL_USER}/"  # what the stop form posts
+    # The hub's logo is the page's one image; no element is made of the name, on the map or in the table.
+    assert page.locator("img").count() == 1 and page.locator("img.jpy-logo").count() == 1
+    assert page.locator(".gpu-dashboard img, .gpu-dashboard script").count() == 0
     assert page.locator("#total-free").inner_text() == "0"
     assert page.locator("#total-used").inner_text() == "2"
     denials = page.locator("#denials").inner_text()
@@ -145,10 +147,27 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
+    # The map: a tile per unit, its state in words, its holder and profile; the history in the API.
+    tile = page.locator(f'li[data-tile="{student_unit}"]')
+    assert tile.get_attribute("data-map-state") == "held" and tile.locator(".state").inner_text() == "held"
+    assert tile.locator(".tile-user").inner_text() == STUDENT and "gpu" in tile.locator(".tile-holder").inner_text()
+    assert tile.locator("svg.spark").count() == 1
+    evil_tile = page.locator(f'li[data-tile="{next(u for u in (GPU_ID, GPU2_ID) if u != student_unit)}"]')
+    assert evil_tile.locator(".tile-user").inner_text() == EVIL_USER
+    assert "?view=table" in page.locator("#views").inner_html()
+    table = context.new_page()
+    table.goto(hub.dashboard + "?view=table")
+    assert table.locator("li[data-tile]").count() == 0 and set(rows_by_holder(table)) == set(rows)
+    table.close()
+
     # The JSON API: the same data, through the same login.
     api = page.request.get(hub.dashboard + "api/v1/gpus")
     assert api.status == 200
     body = api.json()
+    assert {u["id"]: u["map_state"]["kind"] for u in body["units"]} == {GPU_ID: "held", GPU2_ID: "held"}
+    history = body["units"][0]["history"]
+    assert history["interval_seconds"] == 30 and len(history["utilization_gpu"]) == 120
+    assert set(history["utilization_gpu"]) == {None}  # no driver here: gaps, never zeros
     assert body["totals"] == {"units": 2, "free": 0, "used": 2, "shared": 0, "quarantined": 0}
     held = {h["user"]: (u["id"], h["server"], h["profile"]) for u in body["units"] for h in u["holders"]}
     assert held == {STUDENT: (student_unit, "", "gpu"), EVIL_USER: (held[EVIL_USER][0], "", "gpu")}
@@ -249,3 +268,60 @@ def test_a_student_gets_403_on_the_page_and_the_api(hub, browser):
         got = requests.get(hub.dashboard + path, headers={"Authorization": f"token {token}"}, timeout=30)
         assert got.status_code == 403, (path, got.status_code)
     assert requests.get(hub.dashboard + "api/v1/gpus", timeout=30).status_code == 403  # no credentials at all
+
+
+def test_the_page_is_the_hubs_own_look_follows_its_theme_and_fits_a_phone(hub, browser):
+    """JupyterHub's navigation bar, stylesheet and theme toggle, loaded under the page's CSP; the theme
+    chosen on a hub page is the dashboard's; at 390 px the map's tiles fit the screen."""
+    if hub.server_model(STUDENT) is None:  # run alone; after the tests above, it still runs
+        hub.spawn(STUDENT, "gpu")
+    context, page = log_in_to_dashboard(browser, hub, ADMIN)
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+    page.goto(hub.dashboard)
+    page.wait_for_load_state("networkidle")
+    assert not problems, problems  # no CSP violation, no missing static file
+    assert "script-src 'self' 'sha256-" in page.request.get(hub.dashboard).headers["content-security-policy"]
+    assert page.locator("nav.navbar #dark-theme-toggle").count() == 1
+    assert page.evaluate("getComputedStyle(document.querySelector('nav.navbar')).display") == "flex"  # Bootstrap
+    assert page.locator("a.nav-link", has_text="Home").get_attribute("href") == "/hub/home"
+    # The theme: chosen with the toggle on the hub's home page, followed here, and back.
+    page.goto(f"{hub.url}/hub/home")
+    before = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
+    page.click("#dark-theme-toggle")
+    chosen = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
+    assert chosen != before and chosen in ("light", "dark")
+    page.goto(hub.dashboard)
+    assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == chosen
+    page.click("#dark-theme-toggle")
+    page.goto(f"{hub.url}/hub/home")
+    assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == before
+    # Without JavaScript: the same page, its forms and refresh, no "requires JavaScript" shown.
+    plain = browser.new_context(java_script_enabled=False, storage_state=context.storage_state())
+    quiet = plain.new_page()
+    quiet.goto(hub.dashboard)
+    assert quiet.locator("li[data-tile]").count() == 2 and quiet.locator("tr[data-holder]").count() >= 1
+    assert not quiet.locator("#noscript").is_visible()
+    assert quiet.locator('meta[http-equiv="refresh"]').get_attribute("content") == "60"
+    plain.close()
+    # A phone: the tiles are as wide as the screen, nothing but the table scrolls sideways.
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, storage_state=context.storage_state())
+    small = phone.new_page()
+    small.goto(hub.dashboard)
+    assert small.evaluate("document.documentElement.scrollWidth") <= 390
+    box = small.locator("li[data-tile]").first.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    phone.close()
+    # A 1300-pixel window: the model names stay on one line.
+    wide = browser.new_context(viewport={"width": 1300, "height": 900}, storage_state=context.storage_state())
+    table = wide.new_page()
+    table.goto(hub.dashboard + "?view=table")
+    lines = table.eval_on_selector_all(
+        "td.model",
+        "els => els.map(e => { const r = document.createRange(); r.selectNodeContents(e.firstChild);"
+        " return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; })",
+    )
+    assert lines and set(lines) == {1}, lines
+    wide.close()
+    context.close()

@@ -31,12 +31,14 @@ from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..gpus import split_holder
 from ..quarantine import put_back
 from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
+from .history import UsageHistory
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
-from .page import render_page
+from .page import VIEWS, HubLinks, inline_script_hashes, render_page
 from .sources import HubAPI, Sources
 
 
@@ -93,17 +95,41 @@ class _Handler(HubOAuthenticated, web.RequestHandler):
 class PageHandler(_Handler):
     @web.authenticated
     async def get(self):
+        shown = self.get_query_argument("view", VIEWS[0])
+        if shown not in VIEWS:
+            raise web.HTTPError(404, f"no view {shown!r}: one of {', '.join(VIEWS)}")
         view = await self.view(self.current_user)
-        self.write(
-            render_page(
-                view,
-                user=self.current_user["name"],
-                can_stop=self.may_stop(self.current_user),
-                can_put_back=self.reach(self.current_user, self.dashboard.stop_scope).everyone,
-                xsrf_form_html=self.xsrf_form_html(),
-                refresh=self.dashboard.refresh,
-            )
+        page = render_page(
+            view,
+            user=self.current_user["name"],
+            can_stop=self.may_stop(self.current_user),
+            can_put_back=self.reach(self.current_user, self.dashboard.stop_scope).everyone,
+            xsrf_form_html=self.xsrf_form_html(),
+            refresh=self.dashboard.refresh,
+            shown=shown,
+            hub=self.dashboard.hub_links,
+            xsrf_token=self.xsrf_token.decode("ascii"),
+            scopes=self.current_user.get("scopes") or (),
         )
+        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, inline_script_hashes(page)))
+        self.write(page)
+
+
+def page_csp(hub_host: str, script_hashes: list[str]) -> str:
+    """The page's Content-Security-Policy: the API's (nothing but inline styles, forms to itself),
+    and the hub's static files (its stylesheet, fonts, images and scripts) and the hub template's
+    one inline script, by its hash. No other script runs."""
+    hub = f" {hub_host}" if hub_host else ""
+    return (
+        "default-src 'none'; form-action 'self'; base-uri 'none'; "
+        f"style-src 'self'{hub} 'unsafe-inline'; img-src 'self'{hub} data:; font-src 'self'{hub}; "
+        f"script-src 'self'{hub} {' '.join(script_hashes)}".rstrip()
+    )
+
+
+def _back_to(dashboard: GPUDashboard, shown: str) -> str:
+    """The page a form came from: the view it showed."""
+    return dashboard.service_prefix + (f"?view={shown}" if shown in VIEWS[1:] else "")
 
 
 class GPUsAPIHandler(_Handler):
@@ -123,7 +149,10 @@ class MetricsHandler(_Handler):
 class StopHandler(_Handler):
     @web.authenticated
     async def post(self):
-        user, server = self.get_body_argument("user"), self.get_body_argument("server", "")
+        holder = self.get_body_argument("holder", "")  # the page's buttons; user and server, for scripts
+        user, server = (
+            split_holder(holder) if holder else (self.get_body_argument("user"), self.get_body_argument("server", ""))
+        )
         reach = self.reach(self.current_user, self.dashboard.stop_scope)
         if not reach.everyone:  # a filtered stop scope: the target's groups, as the hub says now
             view = await self.dashboard.sources.view()
@@ -136,7 +165,7 @@ class StopHandler(_Handler):
         self.dashboard.log.info(
             "%s stopped server %s/%s from the GPU dashboard", self.current_user["name"], user, server
         )
-        self.redirect(self.dashboard.service_prefix)
+        self.redirect(_back_to(self.dashboard, self.get_body_argument("view", "")))
 
 
 class PutBackHandler(_Handler):
@@ -156,7 +185,7 @@ class PutBackHandler(_Handler):
             raise web.HTTPError(500, f"cannot write {path}: {e.strerror or e}") from None
         if removed:
             self.dashboard.log.info("%s put unit %s back from quarantine", self.current_user["name"], unit)
-        self.redirect(self.dashboard.service_prefix)
+        self.redirect(_back_to(self.dashboard, self.get_body_argument("view", "")))
 
 
 class GPUDashboard(Application):
@@ -216,6 +245,13 @@ class GPUDashboard(Application):
     read_groups_scope = Unicode(
         READ_GROUPS_SCOPE, help="The custom scope that allows reading the units of the viewer's own groups' users."
     ).tag(config=True)
+    history_interval = Int(
+        30,
+        min=0,
+        help="Seconds per point of the map's sparklines: the service samples every unit's use this often,"
+        " and at every page (0: keeps no history).",
+    ).tag(config=True)
+    history_window = Int(3600, min=60, help="Seconds of use the sparklines show (the last hour).").tag(config=True)
 
     aliases = {
         **Application.aliases,
@@ -228,6 +264,7 @@ class GPUDashboard(Application):
         "usage-file": "GPUDashboard.usage_file",
         "events-tail": "GPUDashboard.events_tail",
         "dcgm-job-mapping-dir": "GPUDashboard.dcgm_job_mapping_dir",
+        "history-interval": "GPUDashboard.history_interval",
     }
     flags = {
         **Application.flags,
@@ -263,6 +300,19 @@ class GPUDashboard(Application):
         self.hub = HubAPI(api_url, token) if token else None
         # The one instance: the OAuth callback handler uses HubOAuth.instance() too (the PKCE verifier).
         self.hub_auth = HubOAuth.instance(api_url=api_url, api_token=token, cache_max_age=60)
+        # The hub's page template links its pages and static files there; its Services menu, this service.
+        self.hub_links = HubLinks(
+            prefix=self.hub_auth.hub_prefix,
+            host=self.hub_auth.hub_host,
+            base_url=os.environ.get("JUPYTERHUB_BASE_URL") or "/",
+            login_url=self.hub_auth.hub_host + url_path_join(self.hub_auth.hub_prefix, "login"),
+            services=((os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gpu-dashboard", self.service_prefix),),
+        )
+        history = (
+            UsageHistory(self.history_window, self.history_interval)
+            if self.history_interval and self.history_window >= self.history_interval
+            else None
+        )
         self.sources = Sources(
             settings.inventory,
             spawner.policy,
@@ -280,7 +330,17 @@ class GPUDashboard(Application):
             quarantine_file=self.quarantine_file,
             reload_inventory=spawner.load_inventory if spawner.inventory_retry else None,
             inventory_retry=spawner.inventory_retry,
+            history=history,
         )
+
+    async def keep_history(self) -> None:
+        """Every ``history_interval`` seconds: one sample of every unit's use, seen or not."""
+        while True:
+            try:
+                await self.sources.view()  # Sources records it in the history
+            except Exception:  # noqa: BLE001 - a failed sample is a gap in the sparklines, not a stop
+                self.log.exception("sampling the GPUs' use for the history failed")
+            await asyncio.sleep(self.history_interval)
 
     async def keep_job_mapping(self) -> None:
         """Every ``dcgm_interval`` seconds: the DCGM job-mapping files as the ledger says now."""
@@ -331,9 +391,14 @@ class GPUDashboard(Application):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stopped.set)
             mapping = asyncio.ensure_future(self.keep_job_mapping()) if self.dcgm_job_mapping_dir else None
+            # Without NVML there is nothing to sample between pages (their views still record their gaps).
+            sampling = (
+                asyncio.ensure_future(self.keep_history()) if self.sources.history is not None and self.nvml else None
+            )
             await stopped.wait()
-            if mapping:
-                mapping.cancel()
+            for task in (mapping, sampling):
+                if task:
+                    task.cancel()
             self.log.info("GPU dashboard stopping")
 
         asyncio.run(serve())

@@ -61,11 +61,33 @@ class UnitView:
     node: str = ""  # the Swarm node it is on; "" on one host
     quarantine: Quarantined | None = None  # set aside after failed starts (its state says so once no one holds it)
     lab_hours: str = ""  # reserved now for a course's lab, or its next lab hours ('' when none)
+    # The last hour (history.UsageHistory), one value per slot, oldest first; None where nothing was read.
+    utilization_history: tuple[int | None, ...] = ()  # percent
+    memory_history: tuple[int | None, ...] = ()  # percent of the unit's memory
+    servers: int = 0  # how many servers hold it, those a limited viewer does not see included
 
     @property
     def label(self) -> str:
         where = f"{self.node}: " if self.node else ""
         return where + f"GPU {self.index}" + (f" MIG {self.mig_index}" if self.mig_index is not None else "")
+
+    @property
+    def reserved_now(self) -> bool:
+        return self.lab_hours.startswith("reserved")
+
+    def look(self, share_limit: int) -> tuple[str, str]:
+        """(kind, words) of its state on the map: free, held, shared N of K, reserved, quarantined, unknown.
+
+        The kind names the colour; the words say the same without it. A free unit in its lab
+        hours is reserved; a held one stays held (its lab hours are said next to it)."""
+        if self.state == SHARED:
+            taken = max(self.servers, len(self.holders))
+            return "shared", f"shared {taken} of {max(share_limit, taken)}"
+        if self.state == USED:
+            return "held", "held"
+        if self.state == FREE and self.reserved_now:
+            return "reserved", "reserved"
+        return self.state, self.state  # free, quarantined, unknown
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,14 @@ class DashboardView:
     inventory_retry: float = 0  # NVML did not answer: asked again every this many seconds (0: not)
     waiting: tuple[Waiter, ...] = ()  # who waits in line for what, in line order
     queue_error: str = ""
+    history_interval: float = 0  # seconds per value of the units' histories (0: no history kept)
+
+    def nodes(self) -> list[tuple[str, list[UnitView]]]:
+        """The units by host or Swarm node, in the inventory's order: the map's groups."""
+        by_node: dict[str, list[UnitView]] = {}
+        for u in self.units:
+            by_node.setdefault(u.node or self.host, []).append(u)
+        return list(by_node.items())
 
     def as_json(self) -> dict:
         """The JSON API's body (``/api/v1/gpus``): every value the page shows."""
@@ -182,7 +212,8 @@ class DashboardView:
                 "quarantined": self.totals.quarantined,
             },
             "servers_without_gpu": self.servers_without_gpu,
-            "units": [_unit_json(u) for u in self.units],
+            "units": [_unit_json(u, self.share_limit, self.history_interval) for u in self.units],
+            "map": [{"node": name, "units": [u.id for u in units]} for name, units in self.nodes()],
             "denials": [vars(d) for d in self.denials],
             "denials_by_reason": dict(self.denials_by_reason),
             "stops": [vars(s) for s in self.stops],
@@ -201,8 +232,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def _unit_json(u: UnitView) -> dict:
+def _unit_json(u: UnitView, share_limit: int, history_interval: float) -> dict:
     usage = u.usage
+    kind, words = u.look(share_limit)
     return {
         "id": u.id,
         "label": u.label,
@@ -214,6 +246,7 @@ def _unit_json(u: UnitView) -> dict:
         "memory": u.memory,
         "node": u.node or None,
         "state": u.state,
+        "map_state": {"kind": kind, "text": words},
         "quarantine": u.quarantine.as_json() if u.quarantine else None,
         "lab_hours": u.lab_hours or None,
         "usage": None
@@ -238,6 +271,13 @@ def _unit_json(u: UnitView) -> dict:
             }
             for h in u.holders
         ],
+        "history": {
+            "interval_seconds": history_interval,
+            "utilization_gpu": list(u.utilization_history),
+            "memory_used_percent": list(u.memory_history),
+        }
+        if history_interval
+        else None,
     }
 
 
@@ -336,7 +376,7 @@ def build_view(
     activity = activity or {}
     ledger = Ledger(inventory.units, policy)
     warnings: list[str] = []
-    by_holder: dict[str, dict] = {}
+    by_holder: dict[str, tuple[dict, label.ServerRecord]] = {}  # each container's labels read once here
     servers_without_gpu = None
     if containers is not None:
         containers = list(containers)
@@ -346,7 +386,7 @@ def build_view(
             record = label.read_server(c.get("Labels"))
             if record is None:
                 continue
-            by_holder[record.holder] = c
+            by_holder[record.holder] = (c, record)
             servers_without_gpu += not record.unit_ids
 
     # One pass over the ledger (holders_of per unit is O(units x holders)), in the ledger's order.
@@ -358,7 +398,12 @@ def build_view(
     for gpu in inventory.units:
         holders = tuple(
             _holding(
-                a.holder, a.user, a.shared, by_holder.get(a.holder) or {}, activity, (groups or {}).get(a.user, ())
+                a.holder,
+                a.user,
+                a.shared,
+                *by_holder.get(a.holder, ({}, None)),
+                activity,
+                (groups or {}).get(a.user, ()),
             )
             for a in assigned.get(gpu.id, ())
         )
@@ -379,6 +424,7 @@ def build_view(
                 memory=gpu.memory,
                 state=state,
                 holders=holders,
+                servers=len(holders),
                 usage=(usage or {}).get(gpu.uuid),
                 node=gpu.node,
                 quarantine=quarantined.get(gpu.id),
@@ -421,8 +467,15 @@ def build_view(
     )
 
 
-def _holding(holder: str, user: str, shared: bool, container: dict, activity: Mapping, groups=()) -> Holding:
-    record = label.read_server(container.get("Labels"))
+def _holding(
+    holder: str,
+    user: str,
+    shared: bool,
+    container: dict,
+    record: label.ServerRecord | None,
+    activity: Mapping,
+    groups=(),
+) -> Holding:
     names = container.get("Names") or [str(container.get("Id", ""))[:12]]
     return Holding(
         user=user,

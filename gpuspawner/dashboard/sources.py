@@ -27,6 +27,7 @@ from ..eventfiles import DEFAULT_TAIL_BYTES, Skipped, read_snapshot, read_tail
 from ..gpus import Inventory, Policy
 from ..gpus.nvml import NVMLUnavailable, UnitUsage, read_usage
 from ..quarantine import QuarantineFile
+from .history import UsageHistory
 from .model import (
     DashboardView,
     Waiter,
@@ -121,8 +122,10 @@ class Sources:
         quarantine_file: str = "",
         reload_inventory: Callable[[], Inventory] | None = None,
         inventory_retry: float = 0,
+        history: UsageHistory | None = None,
     ):
         self.inventory = inventory
+        self.history = history  # the units' last hour, sampled at each view (None: none kept)
         self._described = inventory.units  # on a Swarm: what the config says of each unit
         self.policy = policy
         self._docker = LazyClient(docker_client)
@@ -249,7 +252,8 @@ class Sources:
             waiting=waiting,
             queue_error=queue_error,
         )
-        return self._with_lab_hours(view)
+        view = self._with_lab_hours(view)
+        return self.history.sample(view) if self.history is not None else view
 
     def _with_lab_hours(self, view: DashboardView) -> DashboardView:
         """Each unit's lab hours, now or next (nothing when there are none, or they cannot be read)."""
