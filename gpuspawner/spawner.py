@@ -1383,7 +1383,7 @@ class GPUSpawner(DockerSpawner):
         if until is not None:  # its units are reserved for a lab that will not serve it: it ends by then
             profile = self._ending_by(profile, until)
         self.gpu_ids = assignment.ids
-        self._record_assigned(profile, assignment)
+        self._record_usage_start(profile, assignment)
         self.gpu_shared = assignment.shared
         # A lasting record of what ran (the container and its labels go when it stops).
         self.log.info(
@@ -1429,7 +1429,7 @@ class GPUSpawner(DockerSpawner):
 
     # --- GPU-hours (gpuspawner.usage)
 
-    def _record_assigned(self, profile: Profile, assignment: Assignment) -> None:
+    def _record_usage_start(self, profile: Profile, assignment: Assignment) -> None:
         shared = self.shared
         if shared.usage is None or not assignment.units:
             return
