@@ -148,7 +148,7 @@ def refused(status: int, message: str) -> web.HTTPError:
     """An expected refusal of a choice (an unknown profile, one the user may not choose): the sentence
     alone on the spawn page (not "HTTP 400: Bad Request (...)"), one WARNING line in the log."""
     e = web.HTTPError(status, message)
-    e.jupyterhub_message = message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
+    e.jupyterhub_message = message
     e.expected = True
     return e
 

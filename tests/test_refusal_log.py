@@ -32,7 +32,7 @@ def test_an_expected_refusal_is_one_warning_line_without_a_traceback():
     access = filtered(record("503 POST /hub/api/users/ann/servers/ (e2e@127.0.0.1) 12.00ms"))
     assert access.levelname == "WARNING"
     choice = refused(403, "profile 'exam' is not for you")
-    assert choice.jupyterhub_message == "Profile 'exam' is not for you."
+    assert choice.jupyterhub_message == "profile 'exam' is not for you"  # not "HTTP 403: Forbidden (...)"
     assert filtered(record("Failed to spawn", exception=choice)).levelname == "WARNING"
 
 
