@@ -46,9 +46,15 @@ class ExpectedRefusals(logging.Filter):
 _installed: set[int] = set()
 
 
+#: Where JupyterHub logs a failed spawn: its ``User`` and handlers log to tornado's application logger
+#: (which propagates to the hub's), the access lines to tornado's access logger. A logger's filters see
+#: only the records made on it, not those propagated from its children: each gets its own.
+TORNADO_LOGGERS = ("tornado.application", "tornado.access", "tornado.general")
+
+
 def install(*loggers: logging.Logger) -> None:
-    """Put the filter on ``loggers`` (once each), and on tornado's access log."""
-    for logger in (*loggers, logging.getLogger("tornado.access")):
+    """Put the filter on ``loggers`` (once each), and on tornado's loggers."""
+    for logger in (*loggers, *map(logging.getLogger, TORNADO_LOGGERS)):
         if id(logger) not in _installed:
             logger.addFilter(ExpectedRefusals())
             _installed.add(id(logger))

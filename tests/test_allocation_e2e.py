@@ -94,6 +94,9 @@ def test_a_class_burst_gets_exactly_the_free_gpus_and_clean_refusals(hub: RealHu
         assert hub.server_model(name) is None
         # Refused at once, never after a start timeout: by the spawner, before any container.
         hub.refused_before_start(name)
+        # An expected refusal: WARNING lines in the hub's log, no ERROR and no traceback.
+        errors = [line for line in hub.log_text().splitlines() if line.startswith("[E") and name in line]
+        assert not errors, errors
     seconds = sorted(t for _, _, t in refused)
     print(
         f"\nburst of {BURST}: 4 started, {len(refused)} refused;"
