@@ -49,6 +49,8 @@ def render_profile_cards(
         if wait:
             refusal = None
         fitting = [u for u in ledger.inventory if p.gpu_request.matches(u)]
+        if p.shared_gpu:  # counted in slots, as students take them: "3 free slots on 2 shared Tesla T4"
+            free = free_slots(ledger, [u for u in fitting if node is None or u.node == node])
         choices.append(
             {
                 "profile": p,
@@ -72,12 +74,26 @@ def render_profile_cards(
     return _templates.get_template("profile_form.html").render(choices=choices, stopped=stopped)
 
 
+def free_slots(ledger: Ledger, units: list) -> int:
+    """Slots free on ``units`` for a shared server: ``share_limit`` on a unit nobody holds, the rest of
+    them on one shared by fewer, none on a unit held whole or set aside."""
+    limit = ledger.policy.share_limit
+    free = 0
+    for unit in units:
+        if unit.id in ledger.quarantined:
+            continue
+        holders = ledger.holders_of(unit.id)
+        if all(a.shared for a in holders):
+            free += max(limit - len(holders), 0)
+    return free
+
+
 def _availability_noun(profile: Profile, fitting: list) -> str:
     """What '3 of 4 ...' counts on the spawn page: '3 of 4 NVIDIA A100 free now'."""
     names = {unit.name for unit in fitting}
     model = names.pop() if len(names) == 1 else ""
     if profile.shared_gpu:
-        return f"{model or 'GPUs'} with a free slot"  # "1 of 2 Tesla T4 with a free slot now"
+        return model or ("GPU" if len(fitting) == 1 else "GPUs")  # "3 free slots now on 2 shared Tesla T4"
     if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):
         kinds = {u.mig_profile for u in fitting}
         return f"MIG {kinds.pop()} instances" if len(kinds) == 1 else "MIG instances"

@@ -248,7 +248,7 @@ async def test_spawn_page_lists_profiles_escaped(engine):
     s.user_options = {}
     html = await s.get_options_form()
     assert 'value="gpu"' in html and "2 of 2 A100 free now" in html
-    assert "2 of 2 A100 with a free slot now" in html
+    assert "8 free slots now on 2 shared A100" in html  # 4 a GPU by default (shared_gpu_users)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script>") == 1  # the cards' own refresh, nothing a profile wrote
     assert s.options_from_form({"profile": ["gpu"]}) == {"profile": "gpu"}
