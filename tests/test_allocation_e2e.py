@@ -54,6 +54,10 @@ def hub(tmp_path_factory):
     c.GPUSpawner.max_memory_per_user = "1536M"
     c.JupyterHub.named_server_limit_per_user = 2  # as the shipped configs
     c.JupyterHub.load_groups = {{"ml101": {{"users": [{user("mia")!r}, {user("max")!r}]}}}}
+    # JupyterHub answers 202 for a spawn still pending after slow_spawn_timeout (10 s). On 2 cores a burst's
+    # last refusals can come later than that (JupyterHub's own serial work per failed spawn; the spawner's
+    # refusal is at once, which the test checks in the log): 30 s, so that the REST answers are the refusals.
+    c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 30}}
     """
     with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
         yield h
