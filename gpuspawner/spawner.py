@@ -153,14 +153,6 @@ def refused(status: int, message: str) -> web.HTTPError:
     return e
 
 
-def told(e: SpawnException) -> SpawnException:
-    """``e``, with its message (and HTML) as the spawn page's progress shows them, not its ``str()``."""
-    e.jupyterhub_message = e.message
-    if e.message_html:
-        e.jupyterhub_html_message = e.message_html
-    return e
-
-
 def apply_profile_choice(spawner: GPUSpawner, user_options: dict) -> None:
     """The default ``apply_user_options``: resolve ``user_options["profile"]``.
 
@@ -1604,13 +1596,11 @@ class GPUSpawner(DockerSpawner):
                 return  # start_timeout is near: JupyterHub's own wait takes over
             lines = await self._log_tail()
             shown = ". The last lines of its log:\n" + "\n".join(lines) if lines else ""
-            raise told(
-                LabSpawnException(
-                    f"Your server did not answer within {self.http_timeout:g} s{shown}\n"
-                    "Its GPUs are free again and your files are kept; start it again, or show this to the admin.",
-                    reason="http_timeout",
-                    status_code=504,
-                )
+            raise LabSpawnException(
+                f"Your server did not answer within {self.http_timeout:g} s{shown}\n"
+                "Its GPUs are free again and your files are kept; start it again, or show this to the admin.",
+                reason="http_timeout",
+                status_code=504,
             ) from None
         if failed is None:
             return
@@ -1623,7 +1613,7 @@ class GPUSpawner(DockerSpawner):
             text, page = exit_message(failed, await self._log_tail(), seconds)
             self.log.warning("Server %s exited with status %s before it answered", self.holder, failed.status)
             reason = "early_exit"
-        raise told(LabSpawnException(text, reason=reason, message_html=page, status_code=self.start_failed_status))
+        raise LabSpawnException(text, reason=reason, message_html=page, status_code=self.start_failed_status)
 
     async def _server_answers(self, ip: str, port: int) -> bool:
         """Does the server answer at ``ip:port`` as JupyterHub's own wait for it asks: over HTTP?
