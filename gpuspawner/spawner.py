@@ -1445,22 +1445,30 @@ class GPUSpawner(DockerSpawner):
             shared.budgets = parse_budgets(list(self.gpu_budgets), profiles=self._profile_slugs())
         return shared.budgets
 
-    async def _budget_standings(self, profile: Profile) -> list:
-        """The budgets a start of ``profile`` by this user answers to, where they stand now."""
-        if not self.gpu_budgets or not profile.gpu_request.slots or self.shared.usage is None:
-            return []
+    async def _budget_standings(self, profiles: tuple[Profile, ...]) -> dict[str, list]:
+        """By profile slug, the budgets a start of it by this user answers to, where they stand now: the
+        records read once for all of ``profiles`` (the spawn page asks for every card at each refresh)."""
+        if not self.gpu_budgets or self.shared.usage is None:
+            return {}
         now = datetime.now(timezone.utc)
         r = self.requester
-        applying = [b for b in self.budgets if b.applies(r.user, r.groups, profile.slug, self._is_admin)]
-        windows = [w for w in (b.window(now) for b in applying) if w is not None]
+        applying = {
+            p.slug: [b for b in self.budgets if b.applies(r.user, r.groups, p.slug, self._is_admin)]
+            for p in profiles
+            if p.gpu_request.slots
+        }
+        windows = [w for budgets in applying.values() for w in (b.window(now) for b in budgets) if w is not None]
         if not windows:
-            return []
+            return {}
         uses = await self.shared.usage.uses(since=min(w.start for w in windows))
-        return budget_standings(applying, uses, now, r.user, r.groups, profile.slug, self._is_admin)
+        return {
+            slug: budget_standings(budgets, uses, now, r.user, r.groups, slug, self._is_admin)
+            for slug, budgets in applying.items()
+        }
 
     async def _check_budget(self, profile: Profile) -> None:
         """Refuse at once a start whose budget is spent: naming it, what was used and when it renews."""
-        for standing in await self._budget_standings(profile):
+        for standing in (await self._budget_standings((profile,))).get(profile.slug, ()):
             if standing.spent:
                 message = f"{profile.display_name}: {standing.refusal()}."
                 self._record_denial(profile, "budget", message)
@@ -2146,10 +2154,11 @@ class GPUSpawner(DockerSpawner):
         spent = {}
         line = self.shared.line.queue
         book, now = line.reservations, time.time()
+        budgets = await self._budget_standings(profiles)
         for p in profiles:
             if p.gpu_request.slots:
                 limits[p.slug] = self.culling_rules_of(p).describe()
-                for standing in await self._budget_standings(p):
+                for standing in budgets.get(p.slug, ()):
                     limits[p.slug] = " ".join(filter(None, (limits[p.slug], standing.card_line() + ".")))
                     if standing.spent:
                         spent.setdefault(p.slug, NoCapacity("budget", standing.refusal() + ".", request=p.gpu_request))
