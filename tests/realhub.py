@@ -228,6 +228,28 @@ def wait_for(condition, timeout: float, what: str, *, every: float = 0.3, detail
         time.sleep(every)
 
 
+def debian_binary(path: str, package: str) -> str:
+    """``path``, of Debian's ``package``: installed with apt when missing (as ``testbed.sh install`` does)."""
+    if not os.path.exists(path) and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+        subprocess.run([*apt, "update", "-q"], env=env, check=False, capture_output=True)
+        subprocess.run([*apt, "install", "-y", "-q", package], env=env, check=False, capture_output=True)
+    if not os.path.exists(path):
+        raise MissingTestbed(f"{path} is missing: run `bash deploy/testbed/testbed.sh install`")
+    return path
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """End a process this test started: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,9 +8,7 @@ by default (its ``InsecureRegistryCIDRs``), so pushes and pulls need no TLS.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 import textwrap
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from .realhub import TESTBED, MissingTestbed, free_port
+from .realhub import TESTBED, debian_binary, free_port, stop_process
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 #: A registry storage kept beside the test bed, for the benchmarks' quick tests.
@@ -34,14 +32,7 @@ SHARED_PORT = 5747
 
 def registry_binary() -> str:
     """Debian's registry; installed with apt when missing (as testbed.sh install does)."""
-    if not os.path.exists(REGISTRY_BIN) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-        subprocess.run([*apt, "update", "-q"], env=env, check=False, capture_output=True)
-        subprocess.run([*apt, "install", "-y", "-q", "docker-registry"], env=env, check=False, capture_output=True)
-    if not os.path.exists(REGISTRY_BIN):
-        raise MissingTestbed(f"{REGISTRY_BIN} is missing: run `bash deploy/testbed/testbed.sh install`")
-    return REGISTRY_BIN
+    return debian_binary(REGISTRY_BIN, "docker-registry")
 
 
 def port_is_free(port: int) -> bool:
@@ -105,11 +96,6 @@ def local_registry(
             time.sleep(0.1)
         yield f"127.0.0.1:{port}", http
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         http.close()

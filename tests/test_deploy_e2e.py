@@ -52,6 +52,7 @@ from .realhub import (
     pid1_environ,
     read_testbed,
     remove_lab,
+    stop_process,
     wait_for,
 )
 from .tls import make_certificate
@@ -204,11 +205,7 @@ class Provider:
         }
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 class Site:

@@ -13,10 +13,8 @@ hub's own gpuspawner metrics.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 
@@ -24,7 +22,17 @@ import pytest
 import requests
 import yaml
 
-from .realhub import REPO, MissingTestbed, RealHub, free_port, read_testbed, running_hub, simulated_gpus, wait_for
+from .realhub import (
+    REPO,
+    RealHub,
+    debian_binary,
+    free_port,
+    read_testbed,
+    running_hub,
+    simulated_gpus,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -38,17 +46,6 @@ SCRAPE = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 def user(name: str) -> str:
     return f"{name}-{RUN}"
-
-
-def prometheus_binary() -> str:
-    """Debian's prometheus; installed with apt when missing (as testbed.sh install does)."""
-    if not os.path.exists(PROMETHEUS) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-        subprocess.run([*apt, "install", "-y", "-q", "prometheus"], env=env, check=False, capture_output=True)
-    if not os.path.exists(PROMETHEUS):
-        raise MissingTestbed(f"{PROMETHEUS} is missing: run `bash deploy/testbed/testbed.sh install`")
-    return PROMETHEUS
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +79,7 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prometheus(hub: RealHub, tmp_path_factory):
     """Prometheus with the shipped scrape config, pointed at this hub: its HTTP API's URL."""
-    binary = prometheus_binary()
+    binary = debian_binary(PROMETHEUS, "prometheus")
     folder = tmp_path_factory.mktemp("prometheus")
     (folder / "token").write_text(TOKEN)
     shipped = yaml.safe_load(SCRAPE.read_text())
@@ -109,12 +106,7 @@ def prometheus(hub: RealHub, tmp_path_factory):
     try:
         yield api, shipped
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
