@@ -33,6 +33,7 @@ import tarfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -250,6 +251,30 @@ def burst(
         requests_ = c["HostConfig"].get("DeviceRequests") or []
         s.gpus = tuple(i for r in requests_ for i in (r.get("DeviceIDs") or []))
     return spawns
+
+
+def alternating(
+    hubs: dict[str, RealHub],
+    rounds: int,
+    run_id: str,
+    profile: str,
+    warmup: bool = True,
+    spawner_of: Callable[[str], str] = lambda kind: kind,
+) -> dict[str, list[Spawn]]:
+    """One spawn of ``profile`` at a time, taking ``hubs`` in turn (each first in turn, round after round),
+    each stopped before the next; the spawns of each hub, the first round a warm-up not kept.
+    ``spawner_of``: the spawner kind (``options``) of a hub's name."""
+    kinds = tuple(hubs)
+    samples: dict[str, list[Spawn]] = {k: [] for k in kinds}
+    for r in range(-1 if warmup else 0, rounds):
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+        for kind in order:
+            (user,) = user_names(f"s{kind[0]}{r + 1}", 1, run_id)
+            (spawn,) = burst(hubs[kind], spawner_of(kind), [Spawn(user, profile)])
+            stop_all(hubs[kind], [user])
+            if r >= 0:
+                samples[kind].append(spawn)
+    return samples
 
 
 def _watch(hub: RealHub, spawns: list[Spawn], timeout: float, posts) -> None:

@@ -17,22 +17,14 @@ from pathlib import Path
 
 import _lab
 import _report
-from _lab import DOCKER, GPU, GPU_HOST, Spawn
+from _lab import DOCKER, GPU, GPU_HOST
 
 KINDS = (GPU, GPU_HOST, DOCKER)
 
 
 def run(hubs: dict, rounds: int, run_id: str, warmup: bool = True) -> dict:
     kinds = tuple(hubs)
-    samples: dict[str, list[Spawn]] = {k: [] for k in kinds}
-    for r in range(-1 if warmup else 0, rounds):
-        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # each goes first in turn
-        for kind in order:
-            (user,) = _lab.user_names(f"s{kind[0]}{r + 1}", 1, run_id)
-            (spawn,) = _lab.burst(hubs[kind], kind, [Spawn(user, "cpu")])
-            _lab.stop_all(hubs[kind], [user])
-            if r >= 0:
-                samples[kind].append(spawn)
+    samples = _lab.alternating(hubs, rounds, run_id, "cpu", warmup)
     result = {"rounds": rounds}
     for kind in kinds:
         spawns = samples[kind]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import _lab
 import _report
-from _lab import GPU, Spawn
+from _lab import GPU
 
 from gpuspawner.usage.recorder import UsageRecorder
 from tests.realhub import running_hub
@@ -32,18 +32,9 @@ ON, OFF = "recording", "not recording"
 
 
 def run(hubs: dict, rounds: int, run_id: str) -> dict:
-    kinds = tuple(hubs)
-    samples: dict[str, list[Spawn]] = {k: [] for k in kinds}
-    for r in range(-1, rounds):
-        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
-        for kind in order:
-            (user,) = _lab.user_names(f"u{kind[0]}{r + 1}", 1, run_id)
-            (spawn,) = _lab.burst(hubs[kind], GPU, [Spawn(user, "gpu")])
-            _lab.stop_all(hubs[kind], [user])
-            if r >= 0:
-                samples[kind].append(spawn)
+    samples = _lab.alternating(hubs, rounds, run_id, "gpu", spawner_of=lambda kind: GPU)
     result = {"rounds": rounds}
-    for kind in kinds:
+    for kind in hubs:
         spawns = samples[kind]
         result[kind] = {
             "running_median_s": _lab.median(s.to_running for s in spawns),
