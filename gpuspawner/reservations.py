@@ -429,17 +429,25 @@ def _weekday(value: object) -> int | None:
     return None
 
 
-def _date(value: object, field: str, error, required: str = "") -> date:
-    if value is None and required:
-        raise error(field, f"is required: {required}, such as 2026-04-14")
+def read_date(value: object) -> date | None:
+    """A day as config gives it: a YAML date, or '2026-04-14'; None when it is not one."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
     if isinstance(value, str):
         try:
             return date.fromisoformat(value.strip())
         except ValueError:
-            pass
-    raise error(field, f"{value!r} is not a date; write it as 2026-04-14")
+            return None
+    return None
+
+
+def _date(value: object, field: str, error, required: str = "") -> date:
+    if value is None and required:
+        raise error(field, f"is required: {required}, such as 2026-04-14")
+    day = read_date(value)
+    if day is None:
+        raise error(field, f"{value!r} is not a date; write it as 2026-04-14")
+    return day
 
 
 def _datetime(value: object, error) -> datetime:

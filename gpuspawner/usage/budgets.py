@@ -30,7 +30,7 @@ from datetime import date, datetime, time, timedelta
 from fractions import Fraction
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..reservations import WEEKDAYS
+from ..reservations import WEEKDAYS, read_date
 from .records import MICROSECONDS, Record, Use, to_us, utc
 
 FIELDS = (
@@ -339,11 +339,7 @@ def _period(entry: dict, zone: ZoneInfo, error) -> Weekly | Term:
 
 def _date(entry: dict, field: str, error) -> date:
     value = entry.get(field)
-    if isinstance(value, date) and not isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise error(field, f"must be a date such as 2026-04-13; got {value!r}")
+    day = read_date(value)
+    if day is None:
+        raise error(field, f"must be a date such as 2026-04-13; got {value!r}")
+    return day
