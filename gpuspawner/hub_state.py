@@ -69,8 +69,6 @@ class HubState:
         self.reservations_files: dict[str, ReservationsFile] = {}  # one per path
         # GPU-hours: every holding of units recorded (gpuspawner.usage), and the budgets, parsed once.
         self.usage = UsageRecorder(usage_db_url, self.log) if usage_db_url else None
-        if self.usage is not None:
-            self.usage.open()  # in the background, from the hub's start (check_config) or first spawner
         self.budgets: tuple | None = None
         self.config_reservations: tuple[Reservation, ...] | None = None  # c.GPUSpawner.reservations, parsed once
         self._books: tuple[tuple, ReservationBook] | None = None  # the reservations it was placed from, the book

@@ -48,11 +48,6 @@ class UsageRecorder:
             self._book = UsageBook(UsageStore(self.url))
         return self._book
 
-    def open(self) -> Future:
-        """Open the database (creating or upgrading its schema) on the recorder's thread now, not at the
-        first spawn: a new database's migration would otherwise compete with a class's first burst."""
-        return self._submit("open", lambda: self.book)
-
     def _submit(self, what: str, call: Callable[[], object]) -> Future:
         def run():
             try:

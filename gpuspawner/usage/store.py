@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -141,6 +142,11 @@ def _where(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+#: Alembic's migration context is one per process (module-level proxies): two migrations at once, on two
+#: threads, break each other. Every migration of this process waits for the one before it.
+_MIGRATING = threading.Lock()
+
+
 class UsageStore:
     """The usage database at ``url``, its schema brought to the current revision when it opens.
 
@@ -177,7 +183,7 @@ class UsageStore:
         if current == HEAD:
             return False
         try:
-            with self.engine.begin() as connection:
+            with _MIGRATING, self.engine.begin() as connection:
                 command.upgrade(_alembic(connection), "head")
         except CommandError as e:
             raise UsageStoreError(
