@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -71,6 +72,30 @@ def chromium(*args: str):
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_e2e_module_at_a_time(request):
+    """The end-to-end modules of two test runs on one test bed take turns, a module at a time.
+
+    Their hubs share the test bed's engine and simulated GPU ids: a hub of one run would adopt the
+    other's containers (and its reconciler stop them). A module holds the test bed's lock file
+    while it runs; the unit tests take no lock.
+    """
+    mine = (item for item in request.session.items if item.module is request.module)
+    if not any(item.get_closest_marker("docker") for item in mine):
+        yield
+        return
+    from .realhub import TESTBED
+
+    TESTBED.mkdir(parents=True, exist_ok=True)
+    with open(TESTBED / "e2e-module.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"\n[e2e] {request.node.name} waits for another test run's module", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
