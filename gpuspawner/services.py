@@ -32,6 +32,9 @@ SSH_GATEWAY = "gpu-ssh"
 READ_SCOPE = "custom:gpu-dashboard:read"
 READ_GROUPS_SCOPE = "custom:gpu-dashboard:read-groups"
 STOP_SCOPE = "custom:gpu-dashboard:stop"
+#: A student's own: their servers' GPUs and clocks ("My GPU") and their own usage records
+#: (defined and granted to every user by add_dashboard).
+MINE_SCOPE = "custom:gpu-dashboard:mine"
 DASHBOARD_SCOPES = {
     READ_SCOPE: {"description": "See who holds which GPU on the GPU dashboard"},
     READ_GROUPS_SCOPE: {"description": "See the GPUs of your own groups' users"},
