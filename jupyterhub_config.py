@@ -61,7 +61,7 @@ except NVMLUnavailable:
         {
             "index": i,
             "uuid": f"GPU-51a11a7e-0000-4000-8000-00000000000{i}",
-            "name": "SIMULATED GPU (no NVIDIA driver found)",
+            "name": "simulated GPU",  # the cards say "3 of 4 simulated GPUs free now"
             "memory": "16G",
         }
         for i in range(4)

@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from .gpus import Ledger, NoCapacity
+from .gpus.allocation import gpu_noun
 from .profiles import Profile
 
 _templates = jinja2.Environment(
@@ -92,6 +93,8 @@ def _availability_noun(profile: Profile, fitting: list) -> str:
     """What '3 of 4 ...' counts on the spawn page: '3 of 4 NVIDIA A100 free now'."""
     names = {unit.name for unit in fitting}
     model = names.pop() if len(names) == 1 else ""
+    if model.lower().endswith(" gpu"):  # "3 of 4 simulated GPUs", not "3 of 4 simulated GPU"
+        model = gpu_noun(model, plural=len(fitting) != 1)
     if profile.shared_gpu:
         return model or ("GPU" if len(fitting) == 1 else "GPUs")  # "3 free slots now on 2 shared Tesla T4"
     if profile.gpu_kind == "mig" or (fitting and all(u.is_mig for u in fitting)):

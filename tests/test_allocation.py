@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gpuspawner.gpus import GPU, GPURequest, Ledger, NoCapacity, Policy, Requester, holder_key, split_holder
-from gpuspawner.gpus.allocation import Occupancy, availability, decide
+from gpuspawner.gpus.allocation import Occupancy, availability, decide, gpu_noun
 from gpuspawner.labels import ServerRecord, adopt_containers, server_labels
 
 GiB = 1024**3
@@ -597,3 +597,12 @@ def test_units_set_aside_are_not_taken_and_the_refusal_says_why():
     # a request the hub could never meet is not a NoFreeUnit: it could not wait for one
     never = ledger.can_fit(GPURequest(count=4), Requester("bob"))
     assert never.reason == "no_gpu" and type(never).__name__ == "NoCapacity"
+
+
+def test_a_model_named_gpu_is_not_said_twice_in_a_refusal():
+    ledger = Ledger([replace(whole(i), name="simulated GPU") for i in range(2)])
+    take(ledger, "alice/", 2)
+    with pytest.raises(NoCapacity) as e:
+        take(ledger, "carol/", 1)
+    assert e.value.message == "Needs 1 whole GPU: all 2 simulated GPUs are taken (2/2 in use)."
+    assert gpu_noun("NVIDIA L4", plural=False) == "NVIDIA L4 GPU" and gpu_noun("") == "GPUs"

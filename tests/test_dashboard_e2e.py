@@ -11,6 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from .axe import assert_accessible
 from .realhub import engine, free_port, read_testbed, running_hub, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
@@ -144,6 +145,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     assert page.locator("#denials script").count() == 0 and not dialogs
     # No driver here, and the GPUs are a static list: said as a note, not as an alarm.
     assert "No GPU usage figures" in page.content() and "Cannot read NVML" not in page.content()
+    assert_accessible(page, "the dashboard, for an admin")
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
@@ -158,6 +160,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     table = context.new_page()
     table.goto(hub.dashboard + "?view=table")
     assert table.locator("li[data-tile]").count() == 0 and set(rows_by_holder(table)) == set(rows)
+    assert_accessible(table, "the dashboard's table, for an admin")
     table.close()
 
     # The JSON API: the same data, through the same login.
@@ -220,6 +223,7 @@ def test_a_teacher_sees_their_groups_gpus_only_and_cannot_stop(hub, browser):
     assert page.locator("#restricted").inner_text().startswith("Showing only the GPUs of group course-a")
     assert page.locator("button.stop").count() == 0
     assert page.locator("#total-free").inner_text() == "0"  # the host's totals: counts, no names
+    assert_accessible(page, "the dashboard, for a teacher")
     body = page.request.get(hub.dashboard + "api/v1/gpus").json()
     assert [(u["id"], [h["user"] for h in u["holders"]]) for u in body["units"]] == [
         (next(u["id"] for u in body["units"]), [STUDENT])
@@ -254,6 +258,7 @@ def test_a_teacher_sees_their_groups_gpus_only_and_cannot_stop(hub, browser):
 def test_a_student_gets_403_on_the_page_and_the_api(hub, browser):
     context, page = log_in_to_dashboard(browser, hub, STUDENT)
     assert re.search(r"\b403\b", page.content()), page.content()[:500]
+    assert_accessible(page, "the dashboard's refusal, for a student")
     assert page.request.get(hub.dashboard + "api/v1/gpus").status == 403
     assert page.request.get(hub.dashboard + "metrics").status == 403
     # A token of the student's own (all of their scopes), made as the hub's token page does, is not enough.
@@ -294,6 +299,7 @@ def test_the_page_is_the_hubs_own_look_follows_its_theme_and_fits_a_phone(hub, b
     assert chosen != before and chosen in ("light", "dark")
     page.goto(hub.dashboard)
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == chosen
+    assert_accessible(page, f"the dashboard in the {chosen} theme")
     page.click("#dark-theme-toggle")
     page.goto(f"{hub.url}/hub/home")
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == before

@@ -1054,3 +1054,14 @@ async def test_the_ledger_check_keeps_a_server_that_is_starting(engine):
     s.shared.starting.discard("carol/")  # her start ended, and no container runs
     await s.ledger()
     assert ledger.assignment("carol/") is None
+
+
+async def test_a_model_named_gpu_is_not_said_twice(engine):
+    """A simulated inventory's model, "simulated GPU": "3 of 4 simulated GPUs", never "simulated GPU GPUs"."""
+    gpus = [{"index": i, "uuid": f"GPU-{i}", "name": "simulated GPU", "memory": "16G"} for i in range(2)]
+    profiles = PROFILES + [{"slug": "sh", "display_name": "Shared", "image": "lab:1", "shared_gpu": True}]
+    s = make_spawner(GPUSpawner, engine, profiles=profiles, gpus=gpus)
+    s.user_options = {}
+    html = await s.get_options_form()
+    assert "2 of 2 simulated GPUs free now" in html and "8 free slots now on 2 shared simulated GPUs" in html
+    assert "GPU GPU" not in html

@@ -3,7 +3,7 @@
 # locally built single-user images, on a Debian 12 machine with no GPU and no
 # container registry. See deploy/testbed/README.md and /work/shared/TESTBED.md.
 #
-#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose, openssh-client, prometheus; npm: configurable-http-proxy
+#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose, openssh-client, prometheus; npm: configurable-http-proxy, axe-core
 #   testbed.sh up        start the isolated test engine (if not running)
 #   testbed.sh image [--jupyterhub-version X]
 #                        build (or reuse) the test images on that engine
@@ -128,6 +128,12 @@ do_install() {
         log "npm install -g configurable-http-proxy"
         npm install -g configurable-http-proxy >&2
         configurable-http-proxy --version >/dev/null || die "configurable-http-proxy still not working"
+    fi
+    # axe-core: the browser tests run it in every page of the services (accessibility)
+    if [ ! -s "$DIR/axe/node_modules/axe-core/axe.min.js" ]; then
+        log "npm install axe-core (into $DIR/axe)"
+        mkdir -p "$DIR/axe"
+        npm install --prefix "$DIR/axe" --no-audit --no-fund "axe-core@>=4.10" >&2
     fi
     log "installed: docker.io $(dpkg-query -W -f='${Version}' docker.io)," \
         "debootstrap $(dpkg-query -W -f='${Version}' debootstrap)," \

@@ -480,7 +480,7 @@ def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: l
         return f"Needs {want}, and this hub has only {len(matching)} that fit."
     names = sorted({u.name for u in matching})
     kind = "MIG instances" if matching[0].is_mig else "GPUs"
-    what = f"{names[0]} {kind}" if len(names) == 1 else kind
+    what = kind if len(names) != 1 else f"{names[0]} {kind}" if matching[0].is_mig else gpu_noun(names[0])
     in_use = len(matching) - len(candidates)
     nodes = {u.node for u in matching}
     if len(candidates) >= request.slots and len(nodes) > 1:
@@ -498,6 +498,13 @@ def _no_capacity_message(request: GPURequest, matching: list[GPU], candidates: l
     return head
 
 
+def gpu_noun(model: str, *, plural: bool = True) -> str:
+    """'NVIDIA L4 GPUs' ('... GPU' for one); a model named '... GPU' is not said twice: 'simulated GPUs'."""
+    if model.lower().endswith(" gpu"):
+        model = model[: -len(" gpu")]
+    return f"{model} GPU{'s' if plural else ''}".lstrip()
+
+
 def _count_units(units: Iterable[GPU]) -> str:
     """'2 NVIDIA L4 GPUs', or per node when units are on several: 'node-1: 1 L4 GPU; node-2: none'."""
     units = list(units)
@@ -510,7 +517,7 @@ def _count_units(units: Iterable[GPU]) -> str:
 def _count_kinds(units: Iterable[GPU]) -> str:
     counts: dict[str, int] = {}
     for unit in units:
-        key = f"MIG {unit.mig_profile} instance" if unit.is_mig else f"{unit.name} GPU"
+        key = f"MIG {unit.mig_profile} instance" if unit.is_mig else gpu_noun(unit.name, plural=False)
         counts[key] = counts.get(key, 0) + 1
     return ", ".join(f"{n} {key}{'s' if n != 1 else ''}" for key, n in sorted(counts.items())) or "none"
 
