@@ -115,3 +115,12 @@ def lab_registry(tmp_path_factory):
 def browser():
     with chromium() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The URL of a real PostgreSQL server (Debian's, on loopback) that the session's tests share."""
+    from .databases import postgres_server
+
+    with postgres_server() as url:
+        yield url

@@ -3,6 +3,7 @@ the GPU-seconds recorded equal the ledger's occupancy over starts, stops, crashe
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,8 @@ from gpuspawner.usage import STOP_REASONS, Running, UsageBook, UsageStore, Usage
 from gpuspawner.usage.records import Record, share_of, to_us
 from gpuspawner.usage.store import HEAD, VERSION_TABLE, Base
 
+from .databases import new_database
+
 T0 = datetime(2026, 4, 13, 8, 0, tzinfo=timezone.utc)
 
 
@@ -27,9 +30,12 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path}/usage.sqlite"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """A new usage database: SQLite (the default) and a real PostgreSQL's (an admin's ``usage_db_url``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/usage.sqlite"
+    return new_database(request.getfixturevalue("postgres"), f"usage_{secrets.token_hex(6)}")
 
 
 @pytest.fixture
@@ -84,7 +90,7 @@ def test_an_empty_database_gets_the_schema_and_a_second_open_is_a_no_op(url):
     def seen(conn, cursor, statement, *args):
         statements.append(statement.split()[0].upper())
 
-    engine_class = type(create_engine("sqlite://"))
+    engine_class = type(create_engine(url))
     event.listen(engine_class, "before_cursor_execute", seen)
     try:
         with UsageStore(url) as again:

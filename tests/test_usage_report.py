@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from zoneinfo import ZoneInfo
@@ -16,6 +17,8 @@ from gpuspawner.cli import main
 from gpuspawner.usage import UsageBook, UsageStore
 from gpuspawner.usage.records import Record
 from gpuspawner.usage.report import aggregate, as_csv, as_json, as_table, describe
+
+from .databases import new_database
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -115,10 +118,13 @@ def test_an_unknown_grouping_is_refused():
 # --- the command
 
 
-@pytest.fixture
-def db(tmp_path):
-    """A usage database with two weeks of April 2026: what the hub's book would write."""
-    url = f"sqlite:///{tmp_path}/usage.sqlite"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """A usage database with two weeks of April 2026: what the hub's book would write (SQLite, PostgreSQL)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/usage.sqlite"
+    else:
+        url = new_database(request.getfixturevalue("postgres"), f"report_{secrets.token_hex(6)}")
     with UsageStore(url) as store:
         book = UsageBook(store)
         t = datetime(2026, 4, 13, 8, tzinfo=BERLIN)

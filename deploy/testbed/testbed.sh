@@ -3,7 +3,7 @@
 # locally built single-user images, on a Debian 12 machine with no GPU and no
 # container registry. See deploy/testbed/README.md and /work/shared/TESTBED.md.
 #
-#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose, openssh-client, prometheus; npm: configurable-http-proxy, axe-core
+#   testbed.sh install   apt: docker.io, debootstrap, chromium, docker-compose, openssh-client, prometheus, postgresql; npm: configurable-http-proxy, axe-core
 #   testbed.sh up        start the isolated test engine (if not running)
 #   testbed.sh image [--jupyterhub-version X]
 #                        build (or reuse) the test images on that engine
@@ -108,8 +108,9 @@ do_install() {
     # iproute2, iptables, util-linux: the Swarm test bed's namespaces, bridge and nsenter;
     # btrfs-progs: the disk quota test's loop filesystems (this kernel has btrfs qgroups, no XFS/ext4 quotas);
     # openssh-client: ssh, scp, sftp and ssh-keygen against the SSH gateway;
-    # prometheus: the Grafana dashboard's queries are evaluated by a real Prometheus on loopback
-    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux btrfs-progs openssh-client prometheus; do pkg_installed "$p" || missing+=("$p"); done
+    # prometheus: the Grafana dashboard's queries are evaluated by a real Prometheus on loopback;
+    # postgresql: the usage store's tests run on a real PostgreSQL too (tests/databases.py)
+    for p in docker.io debootstrap chromium docker-registry docker-compose iproute2 iptables util-linux btrfs-progs openssh-client prometheus postgresql; do pkg_installed "$p" || missing+=("$p"); done
     command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         wait_for_apt
