@@ -15,8 +15,8 @@ AXE = TESTBED / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 #: The impacts a page may not have (axe-core's four: minor, moderate, serious, critical).
 FORBIDDEN = ("serious", "critical")
 
-_RUN = """async () => {
-  const result = await axe.run(document, {resultTypes: ["violations"]});
+_RUN = """async (within) => {
+  const result = await axe.run(within || document, {resultTypes: ["violations"]});
   return result.violations.map(v => ({
     id: v.id, impact: v.impact, help: v.help,
     nodes: v.nodes.slice(0, 4).map(n => n.target.join(" ") + ": " + (n.failureSummary || "").split("\\n").slice(1, 2).join("")),
@@ -38,16 +38,18 @@ def axe_source() -> str:
     return AXE.read_text()
 
 
-def violations(page, impacts=FORBIDDEN) -> list[dict]:
-    """axe-core's violations of ``impacts`` in ``page`` as it is now (a Playwright page)."""
+def violations(page, impacts=FORBIDDEN, within: str | None = None) -> list[dict]:
+    """axe-core's violations of ``impacts`` in ``page`` as it is now (a Playwright page), in the
+    elements of the CSS selector ``within`` (default: the whole page)."""
     if not page.evaluate("() => typeof window.axe === 'object'"):
         page.evaluate(axe_source())
-    return [v for v in page.evaluate(_RUN) if v["impact"] in impacts]
+    return [v for v in page.evaluate(_RUN, within) if v["impact"] in impacts]
 
 
-def assert_accessible(page, what: str) -> None:
-    """No serious or critical violation in ``page``; ``what`` names the page and viewer in the failure."""
-    found = violations(page)
+def assert_accessible(page, what: str, within: str | None = None) -> None:
+    """No serious or critical violation in ``page`` (or in ``within``, a CSS selector: on the hub's
+    own pages, the part gpuspawner draws); ``what`` names the page and viewer in the failure."""
+    found = violations(page, within=within)
     assert not found, f"axe-core in {what} ({page.url}):\n" + "\n".join(
         f"- {v['impact']} {v['id']}: {v['help']}\n    " + "\n    ".join(v["nodes"]) for v in found
     )

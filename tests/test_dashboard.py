@@ -226,7 +226,9 @@ def test_page_metrics_and_json_agree():
     assert denials == {"no_gpu": 2, "user_quota": 1}
     page = render_page(v, user="admin", can_stop=True, xsrf_form_html="", refresh=15)
     assert page.count('class="stop ') == 4
-    assert '<meta http-equiv="refresh" content="15">' in page
+    assert 'http-equiv="refresh"' not in page  # a timed refresh the reader cannot pause (WCAG 2.2.1)
+    assert "location.reload()" in page and 'data-every="15" hidden>Pause updates' in page
+    assert "location.reload" not in render_page(v, user="admin", can_stop=False, xsrf_form_html="", refresh=0)
     assert render_page(v, user="teacher", can_stop=False, xsrf_form_html="", refresh=15).count('class="stop ') == 0
 
 
@@ -691,7 +693,7 @@ def test_who_waits_in_line_is_listed_in_order_and_a_teacher_sees_only_their_own(
 
 def test_the_page_is_built_on_the_hubs_own_page_template_and_static_files():
     from gpuspawner.dashboard.app import page_csp
-    from gpuspawner.dashboard.page import HubLinks, hub_templates, inline_script_hashes
+    from gpuspawner.dashboard.page import UPDATES_HASH, HubLinks, hub_templates, inline_script_hashes
 
     assert hub_templates()  # JupyterHub's share/jupyterhub/templates, where page.html is
     hub = HubLinks(prefix="/jh/hub/", base_url="/jh/", services=(("gpu-dashboard", "/jh/services/gpu-dashboard/"),))
@@ -703,15 +705,17 @@ def test_the_page_is_built_on_the_hubs_own_page_template_and_static_files():
     assert 'href="/jh/hub/static/css/style.min.css"' in page and 'src="/jh/hub/static/js/darkmode.js"' in page
     assert 'href="/jh/hub/home"' in page and 'href="/jh/hub/logout"' in page
     assert 'href="/jh/services/gpu-dashboard/">gpu-dashboard</a>' in page  # the Services menu
-    assert '<meta http-equiv="refresh" content="15">' in page and 'xsrf_token: "tok"' in page
+    assert 'xsrf_token: "tok"' in page and '<script id="updates">' in page
     # The name is text in the page and a closed JavaScript string in the hub's inline script.
     assert 'user: "ann\\"\\u003c/script\\u003e\\u003cb\\u003e"' in page
     assert "</script><b>" not in page and "ann&#34;&lt;/script&gt;&lt;b&gt;" in page
-    # That one inline script runs, by its hash; no other.
+    # That inline script runs, by its hash, and the page's updates by theirs; no other.
     (script,) = re.findall(r"<script type=\"text/javascript\">(.*?)</script>", page, flags=re.DOTALL)
     digest = hashlib.sha256(script.encode()).digest()
     hashes = inline_script_hashes(page)
     assert hashes == ["'sha256-" + base64.b64encode(digest).decode() + "'"]
+    (updates,) = re.findall(r"<script id=\"updates\">(.*?)</script>", page, flags=re.DOTALL)
+    assert UPDATES_HASH == "'sha256-" + base64.b64encode(hashlib.sha256(updates.encode()).digest()).decode() + "'"
     csp = page_csp("", hashes)
     assert "default-src 'none'" in csp and "form-action 'self'" in csp and f"script-src 'self' {hashes[0]}" in csp
     assert "'unsafe-inline'" not in csp.partition("script-src")[2]

@@ -110,10 +110,13 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
 
     def records():
         found = [json.loads(line) for line in denials_file.read_text().splitlines()]
-        return found if len(found) == 2 else None
+        return found if sum(r["count"] for r in found) == 31 else None
 
-    merged = wait_for(records, 15, "the window's refusals written as one record", details=hub.log_tail)
-    assert [(r["user"], r["reason"], r["count"]) for r in merged] == [(LATE, "no_gpu", 1), (LATE, "no_gpu", 30)]
+    # The 30 fit in one 3-second window on a quiet machine (two lines); a loaded one may close a window
+    # in the middle of the loop: then a new one opens (a line of 1) and its repeats follow as one.
+    merged = wait_for(records, 15, "the window's refusals written as merged records", details=hub.log_tail)
+    assert {(r["user"], r["reason"]) for r in merged} == {(LATE, "no_gpu")}
+    assert merged[0]["count"] == 1 and max(r["count"] for r in merged) > 1 and len(merged) <= 10, merged
 
     context, page = log_in_to_dashboard(browser, hub, ADMIN)
     dialogs = []
@@ -141,7 +144,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
     denials = page.locator("#denials").inner_text()
     assert LATE in denials and "no_gpu" in denials
     assert f"Deep {EVIL}" in denials  # the profile's display name, shown as text
-    assert "(30 times since" in denials
+    assert re.search(r"\(\d+ times since", denials)
     assert page.locator("#denials script").count() == 0 and not dialogs
     # No driver here, and the GPUs are a static list: said as a note, not as an alarm.
     assert "No GPU usage figures" in page.content() and "Cannot read NVML" not in page.content()
@@ -195,7 +198,7 @@ def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser,
         for s in families["gpuspawner_denials"].samples
         if s.name == "gpuspawner_denials_total" and s.labels["reason"] == "no_gpu"
     ]
-    assert no_gpu == [31]  # the merged record counts as its 30
+    assert no_gpu == [31]  # a merged record counts as the refusals it stands for
 
     # A POST without the xsrf token is refused: the stop action needs the page's form.
     forged = page.request.post(hub.dashboard + "stop", form={"user": STUDENT, "server": ""})
@@ -300,6 +303,8 @@ def test_the_page_is_the_hubs_own_look_follows_its_theme_and_fits_a_phone(hub, b
     page.goto(hub.dashboard)
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == chosen
     assert_accessible(page, f"the dashboard in the {chosen} theme")
+    page.click("#pause-updates")  # its updates, paused by the reader
+    assert page.locator("#pause-updates").get_attribute("aria-pressed") == "true"
     page.click("#dark-theme-toggle")
     page.goto(f"{hub.url}/hub/home")
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == before
@@ -309,7 +314,9 @@ def test_the_page_is_the_hubs_own_look_follows_its_theme_and_fits_a_phone(hub, b
     quiet.goto(hub.dashboard)
     assert quiet.locator("li[data-tile]").count() == 2 and quiet.locator("tr[data-holder]").count() >= 1
     assert not quiet.locator("#noscript").is_visible()
-    assert quiet.locator('meta[http-equiv="refresh"]').get_attribute("content") == "60"
+    assert (
+        quiet.locator("#refresh-now").get_attribute("href") == "./" and not quiet.locator("#pause-updates").is_visible()
+    )
     plain.close()
     # A phone: the tiles are as wide as the screen, nothing but the table scrolls sideways.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, storage_state=context.storage_state())

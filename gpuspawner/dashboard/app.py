@@ -38,7 +38,7 @@ from .dcgm import job_mapping, sync_job_mapping
 from .history import UsageHistory
 from .metrics import CONTENT_TYPE, render_metrics
 from .model import DashboardView, Reach, reach_from_scopes, restrict
-from .page import VIEWS, HubLinks, inline_script_hashes, render_page
+from .page import UPDATES_HASH, VIEWS, HubLinks, inline_script_hashes, render_page
 from .sources import HubAPI, Sources
 
 
@@ -111,7 +111,8 @@ class PageHandler(_Handler):
             xsrf_token=self.xsrf_token.decode("ascii"),
             scopes=self.current_user.get("scopes") or (),
         )
-        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, inline_script_hashes(page)))
+        hashes = [*inline_script_hashes(page), UPDATES_HASH]  # the hub template's script, and the updates
+        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, hashes))
         self.write(page)
 
 

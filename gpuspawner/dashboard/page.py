@@ -2,8 +2,9 @@
 
 The page extends JupyterHub's ``page.html`` (its navigation bar, Bootstrap 5 and the
 light/dark toggle, from the hub's static files under ``/hub/static/``), so it looks like
-the hub and follows its theme. It needs no JavaScript of its own: it refreshes itself with a
-meta refresh, stops a server with a plain POST form carrying tornado's ``_xsrf`` token, and
+the hub and follows its theme. It works without JavaScript: a small inline script (allowed by its
+hash) reloads it every ``refresh`` seconds unless the reader pauses it, a "Refresh now" link does
+the same without one; it stops a server with a plain POST form carrying tornado's ``_xsrf`` token, and
 draws the map's bars with Bootstrap and its sparklines as SVG made here. Where the hub's
 templates are not installed, a plain page with the same blocks stands in.
 
@@ -74,21 +75,41 @@ STYLE = """
 td.state { color: var(--state-fg); font-weight: 600; }
 td.state div { font-weight: normal; }
 .gpu-dashboard form { display: inline; } .gpu-dashboard button { white-space: nowrap; }
+/* The hub's danger red on its dark background is 3:1; Bootstrap's dark-theme red text is 6:1. */
+[data-bs-theme=dark] .gpu-dashboard .btn-outline-danger { --bs-btn-color: #ea868f; --bs-btn-border-color: #ea868f; }
 """
+
+# The page's updates: a reload every ``refresh`` seconds while it is shown, which the reader can
+# pause (WCAG 2.2.1: a meta refresh could not be paused); without JavaScript, "Refresh now".
+# One constant script, allowed by its hash (UPDATES_HASH) wherever a page of the service has it.
+UPDATES_SCRIPT = """
+(function () {
+  var button = document.getElementById("pause-updates"), paused = false;
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    paused = !paused;
+    button.textContent = paused ? "Resume updates" : "Pause updates";
+    button.setAttribute("aria-pressed", paused ? "true" : "false");
+  });
+  setInterval(function () {
+    if (!paused && !document.hidden) { location.reload(); }
+  }, 1000 * parseInt(button.dataset.every, 10));
+})();
+"""
+UPDATES_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(UPDATES_SCRIPT.encode()).digest()).decode() + "'"
 
 TEMPLATE = (
     """{% extends "page.html" %}
 {% block title %}GPU dashboard{% if view.host %} - {{ view.host }}{% endif %}{% endblock title %}
 {% block stylesheet %}{{ super() }}<style>{{ style }}</style>{% endblock stylesheet %}
-{% block meta %}{{ super() }}{% if refresh %}
-<meta http-equiv="refresh" content="{{ refresh }}">{% endif %}{% endblock meta %}
 {% block main %}
 <div class="container-fluid gpu-dashboard">
 <h1 class="h3">GPU dashboard{% if view.host %} <small class="text-body-secondary">{{ view.host }}</small>{% endif %}</h1>
 <p class="text-body-secondary">As of <time id="generated-at" datetime="{{ iso(view.generated_at) }}">"""
     """{{ iso(view.generated_at) }}</time>
-{% if refresh %} (refreshes every {{ refresh }} s){% endif %} &middot; user {{ user.name }} &middot;
- <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a></p>
+{% if refresh %} (updates every {{ refresh }} s<button type="button" id="pause-updates" class="btn btn-link btn-sm p-0 ms-1 align-baseline"
+ aria-pressed="false" data-every="{{ refresh }}" hidden>Pause updates</button>){% endif %} &middot; <a href="{{ view_href(shown) }}" id="refresh-now">Refresh now</a>
+ &middot; user {{ user.name }} &middot; <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a></p>
 <ul class="nav nav-tabs mb-3" id="views">
 {% for name, words in [("overview", "Map and table"), ("map", "Map"), ("table", "Table")] %}
  <li class="nav-item"><a class="nav-link{% if name == shown %} active{% endif %}"
@@ -245,6 +266,7 @@ TEMPLATE = (
 {{ events("stops", view.stops) }}
 {% endif %}
 </div>
+{% if refresh %}<script id="updates">{{ updates_script }}</script>{% endif %}
 {% endblock main %}
 """
 )
@@ -361,6 +383,7 @@ def render_page(
         can_put_back=can_put_back,
         xsrf_form_html=Markup(xsrf_form_html),  # tornado builds it escaped
         refresh=refresh,
+        updates_script=Markup(UPDATES_SCRIPT),
         shown=shown,
         view_href=lambda name: "./" if name == VIEWS[0] else f"?view={name}",
         style=Markup(STYLE),
