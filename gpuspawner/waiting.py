@@ -100,8 +100,7 @@ class Line:
             del self.tickets[holder]
         left = self.queue.leave(holder) is not None
         if not left and ticket.outcome.done() and isinstance(ticket.outcome.result(), Grant):
-            ledger.release(holder)
-            self.starting.discard(holder)
+            self._give_back(ledger, holder)
         elif not ticket.outcome.done():
             ticket.outcome.cancel()
         self.serve(ledger, changed=True)
@@ -143,10 +142,14 @@ class Line:
         if ticket is None or ticket.outcome.done():
             if isinstance(outcome, Grant):  # nobody waits for it any more: nothing may stay held
                 self.log.warning("Granted units to %s, whose spawn no longer waits: freed again", holder)
-                ledger.release(holder)
-                self.starting.discard(holder)
+                self._give_back(ledger, holder)
             return
         ticket.outcome.set_result(outcome)
+
+    def _give_back(self, ledger: Ledger, holder: str) -> None:
+        """Units granted to a spawn that no longer waits for them: free again, the holder not starting."""
+        ledger.release(holder)
+        self.starting.discard(holder)
 
     # --- where everyone stands
 

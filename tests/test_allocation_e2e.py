@@ -1,5 +1,6 @@
 """The allocation promise on the real hub, proxy and engine: bursts, hub crashes,
-MIG instances, shared slots, quotas, CPU and memory caps, user deletion.
+MIG instances, shared slots, quotas, CPU and memory caps, user deletion; and the
+GPU dashboard's map of it all, against what Docker runs.
 
 Four simulated whole GPUs and one GPU in MIG mode (two 1g.10gb instances);
 the engine's test double of the NVIDIA hook puts the ids into each container's
@@ -18,7 +19,8 @@ import pytest
 
 from gpuspawner import labels
 
-from .realhub import RealHub, engine, mig_instances, read_testbed, running_hub, simulated_gpus, wait_for
+from .axe import assert_accessible
+from .realhub import RealHub, engine, free_port, mig_instances, read_testbed, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -33,8 +35,15 @@ def user(name: str) -> str:
     return f"{name}-{RUN}"
 
 
+ADMIN = user("admin")
+IDLE, BUSY = 0, 85  # utilisation in percent, as NVML would say it (the dashboard's --usage-file)
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("hub")
+    readings = workdir / "gpu-usage.json"
+    readings.write_text("{}")
     image = read_testbed("image")
     gpus = simulated_gpus(WHOLE) + mig_instances(MIGS, index=4, parent_uuid=MIG_PARENT)
     small = {"image": image, "mem_limit": "512M", "cpu_limit": 0.5}
@@ -58,8 +67,13 @@ def hub(tmp_path_factory):
     # last refusals can come later than that (JupyterHub's own serial work per failed spawn; the spawner's
     # refusal is at once, which the test checks in the log): 30 s, so that the REST answers are the refusals.
     c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 30}}
+    from gpuspawner import services
+    c.Authenticator.admin_users = {{{ADMIN!r}}}
+    services.add_dashboard(c, __file__, url="http://127.0.0.1:{free_port()}",
+                           args=["--refresh=0", "--usage-file={readings}"])
     """
-    with running_hub(tmp_path_factory.mktemp("hub"), config, RUN) as h:
+    with running_hub(workdir, config, RUN) as h:
+        h.readings = readings
         yield h
 
 
@@ -169,6 +183,58 @@ def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
     wait_for(lambda: hub.request("GET", f"/users/{b}").status_code == 404, 30, f"{b} deleted", details=hub.log_tail)
     hub.spawn(c, "shared")
     assert hub.visible_devices(c) == freed
+
+
+def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free(hub: RealHub, browser):
+    """Each tile's state, in colour and in words, and its holders, are those of the containers the engine
+    runs (read from their labels here): GPUs held whole, a GPU shared by two, MIG instances, free ones;
+    an idle server's GPU reads 0 % and a busy one's 85 %."""
+    truth: dict[str, list[tuple[str, bool]]] = {unit: [] for unit in WHOLE + MIGS}
+    for c in engine().containers.list(filters={"label": labels.GPUS}):
+        record = labels.read_server(c.labels)
+        if record and record.user.endswith(RUN):
+            for unit in record.unit_ids:
+                truth[unit].append((record.user, record.shared))
+    shared = next(unit for unit, held in truth.items() if len(held) == 2)
+    idle, busy = [unit for unit, held in truth.items() if len(held) == 1 and unit in WHOLE][:2]
+    assert all(truth[m] for m in MIGS), truth  # mia and noor on the two MIG instances
+    hub.readings.write_text(json.dumps({idle: {"utilization_gpu": IDLE}, busy: {"utilization_gpu": BUSY}}))
+
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{hub.url}/hub/login?next=/services/gpu-dashboard/?view=map")
+    page.fill("#username_input", ADMIN)
+    page.fill("#password_input", "any")
+    with page.expect_navigation():
+        page.click("#login_submit")
+
+    def the_map_with_readings() -> bool:
+        page.reload()
+        return page.locator("li[data-tile]").count() == 6 and page.locator("[role=progressbar]").count() >= 2
+
+    wait_for(the_map_with_readings, 30, "the map, with the readings", details=hub.log_tail)
+    for unit, held in truth.items():
+        tile = page.locator(f'li[data-tile="{unit}"]')
+        state, words = tile.get_attribute("data-map-state"), tile.locator(".state").inner_text()
+        users = sorted(tile.locator(".tile-user").all_inner_texts())
+        if not held:
+            assert (state, words, users) == ("free", "free", []), unit
+        elif unit == shared:
+            assert all(s for _, s in held) and (state, words) == ("shared", "shared 2 of 2"), unit
+            assert users == sorted(u for u, _ in held)
+        else:
+            assert (state, words, users) == ("held", "held", [held[0][0]]), unit
+        if unit in MIGS:
+            assert "MIG 1g.10gb" in tile.locator(".tile-model").inner_text()
+    for unit, percent in ((idle, IDLE), (busy, BUSY)):
+        meter = page.locator(f'li[data-tile="{unit}"] [role=progressbar]').first
+        assert meter.get_attribute("aria-valuenow") == str(percent), unit
+    assert_accessible(page, "the dashboard's map, for an admin")
+    api = page.request.get(f"{hub.url}/services/gpu-dashboard/api/v1/gpus").json()
+    assert {u["id"]: u["map_state"]["kind"] for u in api["units"]} == {
+        unit: "free" if not held else "shared" if unit == shared else "held" for unit, held in truth.items()
+    }
+    context.close()
 
 
 def test_a_user_at_their_memory_cap_is_refused_at_once_and_told_why(hub: RealHub):
