@@ -209,7 +209,7 @@ def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free
         page.click("#login_submit")
 
     def the_map_with_readings() -> bool:
-        page.reload()
+        page.goto(f"{hub.url}/services/gpu-dashboard/?view=map")
         return page.locator("li[data-tile]").count() == 6 and page.locator("[role=progressbar]").count() >= 2
 
     wait_for(the_map_with_readings, 30, "the map, with the readings", details=hub.log_tail)

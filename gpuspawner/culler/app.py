@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -49,6 +48,7 @@ from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
 from ..eventfiles import read_snapshot
 from ..gpus.allocation import Requester, holder_key
+from ..hub_child import exit_at_once, stop_with_the_hub
 from ..usage.budgets import parse_budgets
 from ..usage.budgets import standings as budget_standings
 from ..usage.store import UsageStore
@@ -505,13 +505,8 @@ class GPUCuller(IdleCuller):
                 "no JUPYTERHUB_API_TOKEN: run the culler as a hub-managed service"
                 " (or, with --node-local, give it the token of its external service)"
             )
-        # The hub stops a managed service with SIGINT, and only 30 s later with SIGTERM. A
-        # service started before the hub set its own handlers inherits SIGINT *ignored*
-        # when the hub runs in the background (a non-interactive shell's `&`): answer both
-        # here, so that the hub's shutdown does not wait those 30 s.
         loop = IOLoop.current().asyncio_loop
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, loop.stop)
+        stop_with_the_hub(loop, loop.stop, self.log)
         if self.orphan_grace and not self.node_local and not self.generate_config:
             IOLoop.current().add_callback(self.reconcile)
             PeriodicCallback(self.reconcile, 1e3 * self.cull_every).start()
@@ -531,12 +526,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     exit_at_once()  # asked to stop: the hub waits on this process, polling at growing intervals
     return 0
-
-
-def exit_at_once(status: int = 0) -> None:
-    """End the process now, without the interpreter's teardown (a full garbage collection of
-    every module, joining idle threads): a second or more on a busy host, which the hub's
-    shutdown waits for. Nothing is left to write: the stops file is closed after each line."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import secrets
-import signal
 import sys
 from textwrap import dedent
 from urllib.parse import urlparse
@@ -32,6 +31,7 @@ from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
 from ..gpus import split_holder
+from ..hub_child import exit_at_once, stop_with_the_hub
 from ..quarantine import put_back
 from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
@@ -386,11 +386,7 @@ class GPUDashboard(Application):
             gc.freeze()
             self.log.info("GPU dashboard at %s%s", self.url.rstrip("/"), self.service_prefix)
             stopped = asyncio.Event()
-            # The hub stops its services with SIGINT, then SIGTERM: answer both, even
-            # where SIGINT was inherited as ignored (a hub started in the background).
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stopped.set)
+            stop_with_the_hub(asyncio.get_running_loop(), stopped.set, self.log)
             mapping = asyncio.ensure_future(self.keep_job_mapping()) if self.dcgm_job_mapping_dir else None
             # Without NVML there is nothing to sample between pages (their views still record their gaps).
             sampling = (
@@ -414,13 +410,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuspawner-dashboard: {e}", file=sys.stderr)
         return 2
     app.start()
-    _exit_at_once()  # asked to stop: the hub waits on this process, polling at growing intervals
+    exit_at_once()  # asked to stop: the hub waits on this process, polling at growing intervals
     return 0
-
-
-def _exit_at_once(status: int = 0) -> None:
-    """End the process now, without the interpreter's teardown (a full garbage collection of
-    every module), which the hub's shutdown would wait for: nothing is left to write."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import stat
 import sys
 import time
@@ -28,6 +27,7 @@ from traitlets import Bool, Float, Int, List, Unicode, default, validate
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
+from ..hub_child import stop_with_the_hub
 from .engine import Engine
 from .gateway import Audit, Gateway
 from .hub import HubAPI
@@ -252,8 +252,7 @@ class SSHGateway(Application):
         )
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # the hub stops its services with SIGINT, then SIGTERM
-            loop.add_signal_handler(sig, stopped.set)
+        stop_with_the_hub(loop, stopped.set, self.log)
         await stopped.wait()
         self.log.info("SSH gateway stopping")
         server.close()
