@@ -1,6 +1,8 @@
 """The allocation promise on the real hub, proxy and engine: bursts, hub crashes,
 MIG instances, shared slots, quotas, CPU and memory caps, user deletion; and the
-GPU dashboard's map of it all, against what Docker runs.
+GPU dashboard's map of it all, against what Docker runs; and, last, a real Prometheus
+that scrapes the dashboard and the hub, where every query of the Grafana dashboard
+returns series.
 
 Four simulated whole GPUs and one GPU in MIG mode (two 1g.10gb instances);
 the engine's test double of the NVIDIA hook puts the ids into each container's
@@ -11,16 +13,32 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import secrets
 import statistics
+import subprocess
 import time
 
 import pytest
+import requests
+import yaml
 
 from gpuspawner import labels
 
 from .axe import assert_accessible
-from .realhub import RealHub, engine, free_port, mig_instances, read_testbed, running_hub, simulated_gpus, wait_for
+from .realhub import (
+    REPO,
+    RealHub,
+    debian_binary,
+    engine,
+    free_port,
+    mig_instances,
+    read_testbed,
+    running_hub,
+    simulated_gpus,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -36,6 +54,10 @@ def user(name: str) -> str:
 
 
 ADMIN = user("admin")
+TOKEN = secrets.token_hex(16)  # Prometheus's: a service with the dashboard's read scope
+PROMETHEUS = "/usr/bin/prometheus"
+GRAFANA = REPO / "deploy" / "grafana" / "gpu-dashboard.json"
+SCRAPE = REPO / "deploy" / "prometheus" / "prometheus.yml"
 IDLE, BUSY = 0, 85  # utilisation in percent, as NVML would say it (the dashboard's --usage-file)
 
 
@@ -71,6 +93,11 @@ def hub(tmp_path_factory):
     c.Authenticator.admin_users = {{{ADMIN!r}}}
     services.add_dashboard(c, __file__, url="http://127.0.0.1:{free_port()}",
                            args=["--refresh=0", "--usage-file={readings}"])
+    c.JupyterHub.services.append({{"name": "prometheus", "api_token": {TOKEN!r}}})
+    c.JupyterHub.load_roles += [
+        {{"name": "prometheus", "services": ["prometheus"],
+          "scopes": ["custom:gpu-dashboard:read", "read:metrics"]}},
+    ]
     """
     with running_hub(workdir, config, RUN) as h:
         h.readings = readings
@@ -185,16 +212,22 @@ def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
     assert hub.visible_devices(c) == freed
 
 
-def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free(hub: RealHub, browser):
-    """Each tile's state, in colour and in words, and its holders, are those of the containers the engine
-    runs (read from their labels here): GPUs held whole, a GPU shared by two, MIG instances, free ones;
-    an idle server's GPU reads 0 % and a busy one's 85 %."""
+def docker_truth() -> dict[str, list[tuple[str, bool]]]:
+    """unit -> [(user, shared)] of the containers the engine runs for this module, from their labels."""
     truth: dict[str, list[tuple[str, bool]]] = {unit: [] for unit in WHOLE + MIGS}
     for c in engine().containers.list(filters={"label": labels.GPUS}):
         record = labels.read_server(c.labels)
         if record and record.user.endswith(RUN):
             for unit in record.unit_ids:
                 truth[unit].append((record.user, record.shared))
+    return truth
+
+
+def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free(hub: RealHub, browser):
+    """Each tile's state, in colour and in words, and its holders, are those of the containers the engine
+    runs (read from their labels here): GPUs held whole, a GPU shared by two, MIG instances, free ones;
+    an idle server's GPU reads 0 % and a busy one's 85 %."""
+    truth = docker_truth()
     shared = next(unit for unit, held in truth.items() if len(held) == 2)
     idle, busy = [unit for unit, held in truth.items() if len(held) == 1 and unit in WHOLE][:2]
     assert all(truth[m] for m in MIGS), truth  # mia and noor on the two MIG instances
@@ -264,3 +297,90 @@ def test_a_user_at_their_memory_cap_is_refused_at_once_and_told_why(hub: RealHub
     assert 'value="big" disabled' in page and 'value="cpu" disabled' not in page
     hub.stop_server(kim)
     hub.spawn(kim, "big", server="more")  # room again
+
+
+@pytest.fixture(scope="module")
+def prometheus(hub: RealHub, tmp_path_factory):
+    """Prometheus with the shipped scrape config, pointed at this hub: its HTTP API's URL."""
+    binary = debian_binary(PROMETHEUS, "prometheus")
+    folder = tmp_path_factory.mktemp("prometheus")
+    (folder / "token").write_text(TOKEN)
+    shipped = yaml.safe_load(SCRAPE.read_text())
+    host = hub.url.split("://", 1)[1]
+    for job in shipped["scrape_configs"]:  # the same jobs, paths and token; this hub, over HTTP, every second
+        job["static_configs"] = [{"targets": [host]}]
+        job["scheme"] = "http"
+        job["authorization"]["credentials_file"] = str(folder / "token")
+        job["scrape_interval"] = "1s"
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(shipped))
+    port = free_port()
+    log = (folder / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        yield api, shipped
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def grafana_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard, its variables as Grafana's "All" sends them."""
+    found: list[str] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if isinstance(x.get("expr"), str) and "datasource" not in x.get("type", ""):
+                found.append(x["expr"])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(json.loads(GRAFANA.read_text()))
+    return [re.sub(r"\$(job|node|user)\b", ".*", q) for q in dict.fromkeys(found)]
+
+
+def test_every_grafana_query_returns_series_from_a_real_prometheus(hub: RealHub, prometheus):
+    """After the tests above: servers on whole GPUs, a shared one and MIG instances, refusals, stopped
+    servers (closed usage records), and a reading of every unit, as NVML would give it."""
+    api, shipped = prometheus
+    readings = {"utilization_gpu": 40, "memory_used": 2 << 30, "memory_total": 80 << 30, "temperature": 41}
+    hub.readings.write_text(json.dumps({unit: readings for unit in WHOLE + MIGS}))
+    holding = {user for held in docker_truth().values() for user, _ in held}
+
+    def targets_up() -> bool:
+        try:
+            active = requests.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+        except requests.ConnectionError:
+            return False  # Prometheus still starting
+        jobs = {t["labels"]["job"]: t["health"] for t in active}
+        return jobs == {job["job_name"]: "up" for job in shipped["scrape_configs"]}
+
+    wait_for(targets_up, 60, "Prometheus scraping the dashboard and the hub", every=0.5)
+    time.sleep(3)  # a few scrapes: increase() needs two samples
+
+    def query(expr: str) -> list:
+        answer = requests.get(f"{api}/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    queries = grafana_queries()
+    assert len(queries) >= 10
+    empty = [q for q in queries if not query(q)]
+    assert not empty, f"Grafana queries with no series: {empty}"
+    holders = {s["metric"]["user"] for s in query('gpuspawner_unit_assigned{job=~".*"} == 1')}
+    assert holders == holding
+    seconds = query('sum(gpuspawner_gpu_seconds_total{job="jupyterhub"})')
+    assert seconds and float(seconds[0]["value"][1]) > 0
+    print(f"\n{len(queries)} Grafana queries, each with series; GPU-seconds closed: {seconds[0]['value'][1]}")
