@@ -88,7 +88,7 @@ TEMPLATE = (
 <p class="text-body-secondary">As of <time id="generated-at" datetime="{{ iso(view.generated_at) }}">"""
     """{{ iso(view.generated_at) }}</time>
 {% if refresh %} (refreshes every {{ refresh }} s){% endif %} &middot; user {{ user.name }} &middot;
- <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a></p>
+ <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a> &middot; <a href="usage" id="usage-link">GPU-hours</a></p>
 <ul class="nav nav-tabs mb-3" id="views">
 {% for name, words in [("overview", "Map and table"), ("map", "Map"), ("table", "Table")] %}
  <li class="nav-item"><a class="nav-link{% if name == shown %} active{% endif %}"
