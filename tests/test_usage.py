@@ -151,7 +151,7 @@ def test_the_figures_kept_while_a_server_runs_stay_at_its_close(book):
     assert (use.utilisation, use.peak_memory) == (37.5, 3 * 1024**3)
     closed = book.released("ann/", "user", at=T0 + timedelta(hours=1))
     assert (closed.utilisation, closed.peak_memory) == (37.5, 3 * 1024**3)
-    unmeasured = book.assigned("bob/", user="bob", units=["GPU-1"], at=T0)
+    book.assigned("bob/", user="bob", units=["GPU-1"], at=T0)
     closed = book.released("bob/", "user", at=T0 + timedelta(hours=1))
     assert (closed.utilisation, closed.peak_memory) == (None, None)  # never measured: empty, never 0
 
