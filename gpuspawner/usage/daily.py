@@ -73,15 +73,6 @@ class _Cells:
         self.util_weight = 0
         self.peak: int | None = None
 
-    def count(self, r: Use, weight: int) -> None:
-        self.servers += 1
-        self.users.add(r.user)
-        if r.utilisation is not None:
-            self.util_sum += r.utilisation * weight
-            self.util_weight += weight
-        if r.peak_memory is not None and (self.peak is None or r.peak_memory > self.peak):
-            self.peak = r.peak_memory
-
     def series(self, key: str, scale: int) -> Series:
         hours = tuple(v / scale for v in self.cells)
         utilisation = self.util_sum / self.util_weight if self.util_weight else None
@@ -145,8 +136,16 @@ def per_day(
                 cells = rows[key] = _Cells(days)
             counted.append(cells)
         weight = r.unit_count * (lcm // r.share_of)  # per µs, in 1/lcm of a unit
-        for cells in counted:
-            cells.count(r, weight * (end - start))
+        held = weight * (end - start)
+        user, utilisation, peak = r.user, r.utilisation, r.peak_memory
+        for cells in counted:  # _Cells.count, inline: this loop runs for every record of a term
+            cells.servers += 1
+            cells.users.add(user)
+            if utilisation is not None:
+                cells.util_sum += utilisation * held
+                cells.util_weight += held
+            if peak is not None and (cells.peak is None or peak > cells.peak):
+                cells.peak = peak
         i = bisect_right(bounds, start) - 1
         while start < end:
             stop = bounds[i + 1] if bounds[i + 1] < end else end
