@@ -219,6 +219,11 @@ def test_a_teacher_sees_their_course_and_its_students_never_another_course():
     by_course = view_for([READ_GROUPS_SCOPE], "teach", ("ml101",), by="group")
     assert [(s.key, s.gpu_hours) for s in by_course.daily.series] == [("ml101", 6)]  # bob's cv202 is not named
     assert by_course.daily.groups == ("ml101",) and by_course.group_choices == ("ml101",)
+    assert by_course.seen_as == "the course ml101 and its students"
+    both = UsageAccess(reach([READ_GROUPS_SCOPE, MINE_SCOPE, f"{READ_SCOPE}!user=dan"], "teach", ("ml101", "ml101-t")))
+    assert both.describe("teach") == (
+        "the courses ml101 and ml101-t and their students, and the use of dan, and your own use"
+    )
     assert "cv202" not in json.dumps(usage_json(by_course)) and "cat" not in json.dumps(usage_json(view))
     with pytest.raises(PermissionError, match=r"group: 'cv202' is not one of your courses \(ml101\)"):
         view_for([READ_GROUPS_SCOPE], "teach", ("ml101",), group="cv202")

@@ -136,27 +136,31 @@ class UsageAccess:
         """Per course for admins; per student for a teacher (their course's students) and a student."""
         return "group" if self.reach.everyone else "user"
 
-    def describe(self) -> str:
-        """Whose use the page shows, in words."""
+    def describe(self, viewer: str = "") -> str:
+        """Whose use the page shows, in words: 'the course ml101 and its students, and your own use'."""
         reach = self.reach
         if reach.everyone:
             return "every course and student"
         parts = []
         if reach.groups:
-            courses = ", ".join(sorted(reach.groups))
-            parts.append(
-                f"the course{'s' if len(reach.groups) > 1 else ''} {courses} and {'their' if len(reach.groups) > 1 else 'its'} students"
-            )
-        if reach.users:
-            parts.append("the use of " + ", ".join(sorted(reach.users)))
-        return " and ".join(parts) or "nobody"
+            courses = sorted(reach.groups)
+            if len(courses) == 1:
+                parts.append(f"the course {courses[0]} and its students")
+            else:
+                parts.append(f"the courses {', '.join(courses[:-1])} and {courses[-1]} and their students")
+        others = sorted(reach.users - {viewer})
+        if others:
+            parts.append("the use of " + ", ".join(others))
+        if viewer in reach.users:
+            parts.append("your own use")
+        return ", and ".join(parts) or "nobody"
 
 
 @dataclass(frozen=True)
 class UsageView:
     query: UsageQuery
     daily: Daily
-    seen_as: str  # UsageAccess.describe()
+    seen_as: str  # UsageAccess.describe(viewer)
     viewer: str
     own_only: bool  # the viewer sees only their own records (a student)
     group_choices: tuple[str, ...]  # the courses the form offers
@@ -205,7 +209,7 @@ def build_usage_view(
         choices = set(reach.groups)
     if query.group:
         choices.add(query.group)
-    return UsageView(query, daily, access.describe(), viewer, own_only, tuple(sorted(choices)), note)
+    return UsageView(query, daily, access.describe(viewer), viewer, own_only, tuple(sorted(choices)), note)
 
 
 def usage_json(view: UsageView) -> dict:
