@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gpuspawner.dashboard.model import Reach
-from gpuspawner.dashboard.usage_page import day_chart, nice_ceiling, render_usage_page, row_chart
+from gpuspawner.dashboard.usage_page import day_chart, hours_text, nice_ceiling, render_usage_page, row_chart
 from gpuspawner.dashboard.usage_view import (
     MAX_DAYS,
     ROWS_SHOWN,
@@ -275,6 +275,14 @@ def test_the_axis_top_is_a_round_number(value, top):
     assert nice_ceiling(value) == pytest.approx(top)
 
 
+@pytest.mark.parametrize(
+    ("hours", "text"),
+    [(0, "0"), (0.004, "< 0.01"), (0.25, "0.25"), (12.5, "12.50"), (999.994, "999.99"), (1250.4, "1,250")],
+)
+def test_gpu_hours_are_written_to_a_hundredth(hours, text):
+    assert hours_text(hours) == text
+
+
 def test_the_chart_is_an_svg_of_numbers_with_its_title_and_words():
     view = view_for([READ_SCOPE], "root")
     svg = str(day_chart(view))
@@ -284,11 +292,11 @@ def test_the_chart_is_an_svg_of_numbers_with_its_title_and_words():
     desc = re.search(r'<desc id="usage-chart-desc">(.*?)</desc>', svg).group(1)
     assert title == "GPU-hours per day, Sun 1 Mar 2026 to Sat 7 Mar 2026"
     assert desc == (
-        "14 GPU-hours in all, on 5 of 7 days; the busiest day was Thu 5 Mar 2026 with 6 GPU-hours."
+        "14.00 GPU-hours in all, on 5 of 7 days; the busiest day was Thu 5 Mar 2026 with 6.00 GPU-hours."
         " The axis runs from 0 to 10 GPU-hours."
     )
     assert svg.count('<rect class="bar"') == 5  # a bar for each day with use, each with its number
-    assert "<title>Thu 5 Mar 2026: 6 GPU-hours</title>" in svg
+    assert "<title>Thu 5 Mar 2026: 6.00 GPU-hours</title>" in svg
     assert not any(name in svg for name in ("ann", "bob", "cat", "ml101"))  # numbers and days only
 
 
@@ -300,8 +308,8 @@ def test_a_rows_small_chart_says_itself_in_words_and_escapes_the_name():
     )  # fmt: skip
     (row,) = view.daily.series
     svg = str(row_chart(row, view.daily.days, 4, "user"))
-    assert "<img" not in svg and "&lt;img src=x onerror=alert(1)&gt;&#34;: 2 GPU-hours" in svg
-    assert "the most on Mon 2 Mar 2026 (2)" in svg and svg.count("h0.8V20h-0.8z") == 1
+    assert "<img" not in svg and "&lt;img src=x onerror=alert(1)&gt;&#34;: 2.00 GPU-hours" in svg
+    assert "the most on Mon 2 Mar 2026 (2.00)" in svg and svg.count("h0.8V20h-0.8z") == 1
 
 
 # --- the page and its JSON
@@ -344,7 +352,7 @@ def test_the_page_has_a_main_landmark_labelled_fields_headings_in_order_and_the_
     assert '<option value="cv202">cv202</option>' in html
     assert 'href="api/usage?since=2026-03-01&amp;until=2026-03-07&amp;by=group"' in html
     days = html[html.index('id="usage-days"') :]
-    assert "<caption" in days and "Thu 5 Mar 2026" in days and '<td class="num">6</td>' in days
+    assert "<caption" in days and "Thu 5 Mar 2026" in days and '<td class="num">6.00</td>' in days
     rows = html[html.index('id="usage-rows"') :]
     assert '<tr data-key="cv202">' in rows and rows.count("n/a") >= 2 * 3  # nothing measured here: n/a, never 0
     assert "counts fully in each" in html

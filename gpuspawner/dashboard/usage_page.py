@@ -119,7 +119,7 @@ TEMPLATE = """{% extends "page.html" %}
 <h2 id="rows-title">Per {{ by_words[d.by] }}</h2>
 {% if d.by == "group" and not view.query.group and d.series|length > 1 %}<p class="small text-body-secondary">A student in
  two courses counts fully in each (the courses they were in when each server started), so the rows add up to more than the total.</p>{% endif %}
-<p class="small text-body-secondary">Each {{ by_words[d.by] }}'s days on one scale: the tallest bar is {{ hours(scale) }} GPU-hours.</p>
+<p class="small text-body-secondary">Each {{ by_words[d.by] }}'s days on one scale: the tallest bar is {{ "%g"|format(scale) }} GPU-hours.</p>
 <div class="table-responsive">
 <table class="table table-sm align-middle" id="usage-rows">
  <caption>GPU-hours per {{ by_words[d.by] }}, {{ day_words(d.days[0]) }} to {{ day_words(d.days[-1]) }}; GPU use and peak memory
@@ -171,12 +171,12 @@ def nice_ceiling(value: float) -> float:
 
 
 def hours_text(value: float) -> str:
-    """GPU-hours for people: '12.5', '0.25', '0'."""
+    """GPU-hours for people, to a hundredth (columns line up): '12.50', '0.25', '0', '< 0.01', '1,250'."""
     if value == 0:
         return "0"
-    if value >= 100:
+    if value >= 1000:
         return f"{value:,.0f}"
-    return f"{value:.2f}".rstrip("0").rstrip(".") if value >= 0.01 else "< 0.01"
+    return f"{value:.2f}" if value >= 0.005 else "< 0.01"
 
 
 def day_words(day: date) -> str:
@@ -213,7 +213,7 @@ def day_chart(view: UsageView) -> Markup:
     body = []
     for tick in (0, top / 2, top):
         body.append(f'<line class="grid" x1="{_LEFT}" y1="{y(tick):.1f}" x2="{CHART_WIDTH - 4}" y2="{y(tick):.1f}"/>')
-        body.append(f'<text x="{_LEFT - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{hours_text(tick)}</text>')
+        body.append(f'<text x="{_LEFT - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
     for i, v in enumerate(values):
         if v > 0:
             height = max(v / top * plot_h, 0.5)
@@ -238,7 +238,7 @@ def day_chart(view: UsageView) -> Markup:
         words = (
             f"{hours_text(d.total.gpu_hours)} GPU-hours in all, on {used} of {len(values)} days;"
             f" the busiest day was {day_words(d.days[peak])} with {hours_text(values[peak])} GPU-hours."
-            f" The axis runs from 0 to {hours_text(top)} GPU-hours."
+            f" The axis runs from 0 to {top:g} GPU-hours."
         )
     return Markup(
         f'<svg class="usage-chart" id="usage-chart" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img"'
