@@ -347,7 +347,7 @@ def test_the_page_has_a_main_landmark_labelled_fields_headings_in_order_and_the_
     assert page.headings == [1, 2, 2]  # GPU-hours, per day, per course
     assert page.inputs == page.labels == {"since", "until", "group", "by"}
     assert len(page.ids) == len(set(page.ids))
-    assert '<main class="container-fluid gpu-usage" id="usage">' in html
+    assert '<main class="container-fluid gpu-usage" id="usage">' in html and "GPU dashboard</a>" in html
     assert 'value="2026-03-01"' in html and 'value="2026-03-07"' in html
     assert '<option value="cv202">cv202</option>' in html
     assert 'href="api/usage?since=2026-03-01&amp;until=2026-03-07&amp;by=group"' in html
@@ -370,6 +370,7 @@ def test_the_page_says_a_bad_value_and_nothing_to_show():
     empty = view_for([MINE_SCOPE], "eve")
     html = render_usage_page(empty, user="eve", form=empty.query)
     assert "No GPU use recorded in this period." in html and "Showing your own GPU use" in html
+    assert "GPU dashboard</a>" not in html  # a student has no view of the dashboard's GPUs here
 
 
 def test_the_json_has_every_row_and_every_day():

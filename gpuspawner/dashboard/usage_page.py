@@ -69,8 +69,8 @@ TEMPLATE = """{% extends "page.html" %}
 <main class="container-fluid gpu-usage" id="usage">
 <h1 class="h3">GPU-hours</h1>
 <p class="text-body-secondary">{% if view %}Showing {% if view.own_only %}your own GPU use{% else %}{{ view.seen_as }}{% endif %}
- &middot; days in {{ time_zone }} &middot; {% endif %}<a href="{{ dashboard_href }}">GPU dashboard</a>
-{% if view %} &middot; <a href="{{ json_href }}">JSON</a>{% endif %}</p>
+ &middot; days in {{ time_zone }}{% if not view.own_only %} &middot; <a href="{{ dashboard_href }}">GPU dashboard</a>{% endif %}
+ &middot; <a href="{{ json_href }}">JSON</a>{% else %}<a href="{{ dashboard_href }}">GPU dashboard</a>{% endif %}</p>
 
 <form method="get" action="usage" class="row gx-3 gy-2 align-items-end mb-3" id="usage-form" aria-label="Period and grouping">
  <div class="col-auto"><label class="form-label" for="since">From</label>
