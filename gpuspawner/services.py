@@ -43,9 +43,10 @@ DASHBOARD_SCOPES = {
 
 #: What each service does with its own token, and no more. The dashboard lists the
 #: users with their servers, activity and groups and stops servers; the culler is
-#: jupyterhub-idle-culler's least privilege.
+#: jupyterhub-idle-culler's least privilege, and reads who is an admin (``read:users:name``:
+#: the name and the admin field) for budgets that exempt admins.
 DASHBOARD_SERVICE_SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
-CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers", "read:users:name"]
 #: The SSH gateway reads a user's server, starts it when none runs, and reports an open
 #: session as activity. Checking a password needs nothing: the user's own token asks
 #: the hub who owns it. It cannot stop a server, read tokens or act as anyone.
@@ -117,7 +118,7 @@ def add_culler(
     args: Sequence[str] = (),
     name: str = CULLER,
 ) -> dict:
-    """Run the GPU culler as a hub-managed service, with the four scopes it needs.
+    """Run the GPU culler as a hub-managed service, with the five scopes it needs.
 
     ``config_file`` is the hub's config (``__file__``), which the culler reads with
     ``-f`` for the Docker settings and ``GPUSpawner.stops_file``; the rules are the
@@ -192,7 +193,7 @@ def add_node_culler(c, name: str, api_token: str) -> dict:
     """An external culler service of the hub: one GPU node's ``--node-local`` culler on a Swarm.
 
     The hub does not start it (it runs on its node, with ``api_token`` as its
-    ``JUPYTERHUB_API_TOKEN``); it gets the same four scopes. Returns the service.
+    ``JUPYTERHUB_API_TOKEN``); it gets the same five scopes. Returns the service.
     """
     service = {"name": name, "api_token": api_token}
     _add_service(c, service)

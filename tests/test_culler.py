@@ -834,6 +834,11 @@ async def test_a_server_whose_budget_is_spent_is_stopped_after_the_grace(tmp_pat
     containers = [{"Id": ME, "Labels": label.server_labels(record)}]
     clock = Clock()
     app = culler(tmp_path, containers, {"GPU-0": BUSY}, clock, cull_every=1, hub=hub)
+
+    async def not_an_admin(name):  # the hub's GET /users/ann, as the culler's token reads it
+        return {"kind": "user", "name": name, "admin": False}
+
+    app.hub_user = not_an_admin
     ann = hub_server("ann/", T0 - timedelta(hours=1), T0)
     args = {"inactive": timedelta(0), "inactive_limit": 0}
     assert await app.arbiter(server=ann, **args) is False  # spent: the warning window starts

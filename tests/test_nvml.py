@@ -40,6 +40,7 @@ class Dev:
     utilization: int | None = 0  # None: NOT_SUPPORTED (as on MIG instances)
     temperature: int = 40
     pids: tuple[int, ...] | None = ()  # None: NOT_SUPPORTED
+    pid_memory: dict[int, int | None] = field(default_factory=dict)  # usedGpuMemory by pid (default 1 GiB)
     # (pid, smUtil, timestamp in µs) samples; None: NOT_SUPPORTED (as on MIG instances)
     samples: list[tuple[int, int, int]] | None = field(default_factory=list)
 
@@ -182,7 +183,8 @@ class FakeNVML:
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         if handle.pids is None:
             raise self.NVMLError_NotSupported()
-        return [SimpleNamespace(pid=pid, usedGpuMemory=GiB) for pid in handle.pids]
+        # nvidia-ml-py gives usedGpuMemory None where the driver says NVML_VALUE_NOT_AVAILABLE
+        return [SimpleNamespace(pid=pid, usedGpuMemory=handle.pid_memory.get(pid, GiB)) for pid in handle.pids]
 
 
 A100 = "NVIDIA A100-SXM4-40GB"
@@ -376,15 +378,25 @@ def test_read_usage_per_unit():
     usage = read_usage(fake)
     assert list(usage) == [g.uuid for g in read_gpus(fake)]
     assert usage["GPU-0000"] == UnitUsage(
-        utilization_gpu=37, memory_used=3 * GiB, memory_total=40 * GiB, temperature=51, processes=(1001, 1002)
+        utilization_gpu=37,
+        memory_used=3 * GiB,
+        memory_total=40 * GiB,
+        temperature=51,
+        processes=(1001, 1002),
+        process_memory={1001: GiB, 1002: GiB},
     )
-    # A MIG instance: no utilisation from NVML; its GPU's temperature; its own processes.
+    # A MIG instance: no utilisation from NVML; its GPU's temperature; its own processes and their memory.
     assert usage[MIG_A.uuid] == UnitUsage(
-        utilization_gpu=None, memory_used=GiB, memory_total=4864 * MiB, temperature=63, processes=(4242,)
+        utilization_gpu=None,
+        memory_used=GiB,
+        memory_total=4864 * MiB,
+        temperature=63,
+        processes=(4242,),
+        process_memory={4242: GiB},
     )
     assert usage[MIG_B.uuid].processes == ()
     # Processes NVML cannot list are unknown (None), not "none running".
-    assert usage["GPU-3333"].processes is None
+    assert usage["GPU-3333"].processes is None and usage["GPU-3333"].process_memory is None
     assert (fake.inits, fake.shutdowns) == (2, 2)
 
 
@@ -413,6 +425,11 @@ def test_read_usage_per_process_keeps_each_pids_highest_recent_share():
     assert usage["GPU-1111"].process_utilization == {}  # NOT_FOUND: nothing ran
     assert usage["MIG-4"].process_utilization is None  # NOT_SUPPORTED: unknown
     assert read_usage(fake)["GPU-0000"].process_utilization is None  # not asked
+
+
+def test_read_usage_gives_each_processs_memory_and_leaves_out_what_nvml_cannot_say():
+    fake = FakeNVML([Dev("GPU-0000", A100, 40 * GiB, pids=(1001, 1002, 1003), pid_memory={1001: 5 * GiB, 1002: None})])
+    assert read_usage(fake)["GPU-0000"].process_memory == {1001: 5 * GiB, 1003: GiB}  # 1002: unknown, not 0
 
 
 def test_names_exist_in_pynvml():

@@ -78,3 +78,50 @@ def test_real_gpu_a_busy_process_is_use_and_an_idle_context_is_not(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu_with_torch(), reason="needs an NVIDIA driver that answers NVML, and PyTorch")
+def test_real_gpu_a_servers_own_utilisation_and_peak_memory_as_its_usage_record_keeps_them(tmp_path):
+    """The culler's figures for a usage record on a real GPU: a process placed in a container (its
+    cgroup, as Docker writes it) runs matmuls holding about 1 GiB; its container's sample has a
+    utilisation above 0 and at least that memory, and another container's sample is 0 and 0."""
+    import subprocess
+    import sys as _sys
+    import time as _time
+    from datetime import datetime, timedelta, timezone
+
+    from gpuspawner.culler.figures import FigureBook, OpenRecord, sample
+    from gpuspawner.culler.usage import NVMLUsage
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD.replace("4096, 4096", "16384, 16384") + "\ntime.sleep(float(sys.argv[2]))\n")  # 1 GiB
+    child = subprocess.Popen([_sys.executable, str(script), "20", "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        proc = tmp_path / "proc" / str(child.pid)
+        proc.mkdir(parents=True)
+        (proc / "cgroup").write_text(f"0::/docker/{ME}\n")  # the child, as if in the server's container
+        source = NVMLUsage(proc=str(tmp_path / "proc"))
+        book, started = FigureBook(interval=2), datetime.now(timezone.utc)
+        record = OpenRecord(1, "ann/", started)
+        deadline, figures = _time.monotonic() + 30, {}
+        while _time.monotonic() < deadline:
+            readings = source.read()
+            units = [u for u, r in readings.items() if r.processes and child.pid in r.processes]
+            assert units, f"NVML lists no unit with the load process {child.pid}: {readings}"
+            taken = sample(ME, units, readings)
+            print("sample:", units, taken)
+            other = sample("b" * 64, units, readings)  # a container with no process here: 0, not unknown
+            assert other.memory == 0 and other.utilisation in (0, None), other
+            figures = book.round(datetime.now(timezone.utc) + timedelta(seconds=1), {"ann/": record}, {"ann/": taken})
+            if taken.utilisation and taken.utilisation >= 5 and taken.memory and taken.memory >= 2**30:
+                break
+            _time.sleep(1)
+        assert taken.memory is not None and taken.memory >= 2**30, taken
+        if taken.utilisation is not None:  # None on a MIG instance
+            assert taken.utilisation >= 5, taken
+        print("kept on the record:", figures)
+    finally:
+        child.kill()
+        child.wait()

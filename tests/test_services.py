@@ -127,7 +127,7 @@ def test_an_external_node_culler_has_a_token_and_the_culler_scopes():
 # --- least privilege: exactly the scopes each needs
 
 DASHBOARD_SERVICE = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
-CULLER = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+CULLER = ["list:users", "read:users:activity", "read:servers", "delete:servers", "read:users:name"]
 
 
 def test_roles_grant_exactly_the_scopes_needed():

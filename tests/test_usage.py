@@ -3,6 +3,7 @@ the GPU-seconds recorded equal the ledger's occupancy over starts, stops, crashe
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from gpuspawner.usage import STOP_REASONS, Running, UsageBook, UsageStore, UsageStoreError, next_to
 from gpuspawner.usage.records import Record, share_of, to_us
@@ -126,9 +128,55 @@ def test_a_schema_from_a_newer_gpuspawner_is_refused_with_a_sentence(url):
         UsageStore(url)
 
 
-def test_without_upgrade_an_old_schema_is_refused(url):
-    with pytest.raises(UsageStoreError, match="revision None, not 0001"):
+def test_without_upgrade_a_database_without_the_schema_is_refused(url):
+    with pytest.raises(UsageStoreError, match="has no usage tables yet: the hub makes them"):
         UsageStore(url, upgrade=False)
+
+
+def test_a_reader_never_makes_the_database_and_read_only_never_writes(tmp_path):
+    path = tmp_path / "a folder with # and %" / "usage.sqlite"
+    url = f"sqlite:///{path}"
+    with pytest.raises(UsageStoreError, match=f"no usage database at {re.escape(str(path))} yet"):
+        UsageStore.open_existing(url, read_only=True)
+    assert not path.exists() and not path.parent.exists()  # nothing made
+    path.parent.mkdir()
+    book = UsageBook(UsageStore(url))
+    (opened,) = [book.assigned("ann/", user="ann", units=["GPU-0"], groups=["ml101"], at=T0)]
+    reader = UsageStore.open_existing(url, read_only=True)
+    assert [u.id for u in reader.uses()] == [opened.id]
+    with pytest.raises(OperationalError, match="readonly"):
+        reader.set_figures({opened.id: (50.0, 1024)})
+    reader.close()
+
+
+def test_the_figures_kept_while_a_server_runs_stay_at_its_close(book):
+    opened = book.assigned("ann/", user="ann", units=["GPU-0"], at=T0)
+    assert (opened.utilisation, opened.peak_memory) == (None, None)
+    book.store.set_figures({opened.id: (37.5, 3 * 1024**3)})
+    (use,) = book.store.uses()
+    assert (use.utilisation, use.peak_memory) == (37.5, 3 * 1024**3)
+    closed = book.released("ann/", "user", at=T0 + timedelta(hours=1))
+    assert (closed.utilisation, closed.peak_memory) == (37.5, 3 * 1024**3)
+    book.assigned("bob/", user="bob", units=["GPU-1"], at=T0)
+    closed = book.released("bob/", "user", at=T0 + timedelta(hours=1))
+    assert (closed.utilisation, closed.peak_memory) == (None, None)  # never measured: empty, never 0
+
+
+def test_uses_of_any_of_some_users_or_groups(book):
+    book.assigned("ann/", user="ann", units=["GPU-0"], groups=["ml101"], at=T0)
+    book.assigned("bob/", user="bob", units=["GPU-1"], groups=["cv202"], at=T0)
+    book.assigned("cat/", user="cat", units=["GPU-2"], groups=["ml101_x"], at=T0)  # '_' is no wildcard
+    book.assigned("dan/", user="dan", units=["GPU-3"], at=T0)
+    store = book.store
+
+    def who(**reach):
+        return sorted(u.user for u in store.uses(**reach))
+
+    assert who(groups=["ml101"]) == ["ann"]
+    assert who(groups=["ml101"], users=["dan"]) == ["ann", "dan"]
+    assert who(users=["bob"]) == ["bob"]
+    assert who(users=[], groups=[]) == []  # a reach of nobody: nothing
+    assert who() == ["ann", "bob", "cat", "dan"]
 
 
 def test_next_to_the_hubs_sqlite_file():
@@ -164,7 +212,7 @@ def test_uses_are_what_reports_read_of_records(book):
     book.assigned("ben/", user="ben", units=["MIG-2"], groups=["mlx101", "50%"], share=Fraction(1, 7), at=at(5))
     book.released("ben/", "user", at=at(12))
     ana, ben = book.store.uses()
-    assert ana == (1, "ana", ("cv", "ml_101"), "a100", 2, 1, to_us(at(0)), None)
+    assert ana == (1, "ana", ("cv", "ml_101"), "a100", 2, 1, to_us(at(0)), None, None, None)
     assert ben.gpu_seconds(to_us(at(99))) == Fraction(1, 1) == book.store.records()[1].exact_gpu_seconds(at(99))
     # a group's records: by its name in the JSON list, where _ and % are letters like any other
     assert [u.user for u in book.store.uses(group="ml_101")] == ["ana"]

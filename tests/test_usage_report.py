@@ -98,16 +98,43 @@ def test_exact_sums_of_shared_slots():
 def test_outputs():
     report = aggregate(RECORDS, by="group", now=NOW, since=DAY)
     data = as_json(report)
-    assert data["rows"][0] == {"group": "cv202", "gpu_hours": 11.0, "gpu_seconds": 39600.0, "servers": 2, "users": 2}
+    assert data["rows"][0] == {
+        "group": "cv202",
+        "gpu_hours": 11.0,
+        "gpu_seconds": 39600.0,
+        "servers": 2,
+        "users": 2,
+        "utilisation": None,  # not measured (no NVML): null, never 0
+        "peak_memory": None,
+    }
     assert (data["total"]["gpu_hours"], data["since"], data["time_zone"]) == (20.0, "2026-04-14T00:00:00+00:00", "UTC")
     rows = list(csv.reader(io.StringIO(as_csv(report))))
-    assert rows[0] == ["group", "gpu_hours", "gpu_seconds", "servers", "users"]
-    assert rows[3] == ["(no group)", "1.0000", "3600.000", "1", "1"]
+    assert rows[0] == ["group", "gpu_hours", "gpu_seconds", "servers", "users", "utilisation", "peak_memory"]
+    assert rows[3] == ["(no group)", "1.0000", "3600.000", "1", "1", "", ""]
     out = Console(file=io.StringIO(), width=100)
     out.print(as_table(report))
     text = out.file.getvalue()
     assert "cv202" in text and "11.00" in text and "20.00" in text and "total" in text
     assert describe(report) == "GPU-hours by group, 2026-04-14 00:00 to 2026-04-16 00:00 (UTC)"
+
+
+def test_utilisation_is_weighted_by_gpu_time_and_peak_memory_is_the_highest_and_never_0_unmeasured():
+    measured = [
+        RECORDS[0]._replace(utilisation=80.0, peak_memory=10 * 1024**3),  # mia: 2 GPU-hours at 80%
+        RECORDS[1]._replace(utilisation=20.0, peak_memory=30 * 1024**3),  # max: 6 GPU-hours at 20%
+        *RECORDS[2:],  # not measured (no NVML, a MIG instance): they count in no figure
+    ]
+    report = aggregate(measured, by="user", now=NOW)
+    rows = {row.key: row for row in report.rows}
+    assert rows["mia"].utilisation == pytest.approx(80.0) and rows["mia"].peak_memory == 10 * 1024**3
+    assert (rows["noor"].utilisation, rows["noor"].peak_memory) == (None, None)
+    assert report.total.utilisation == pytest.approx((2 * 80 + 6 * 20) / 8)
+    assert report.total.peak_memory == 30 * 1024**3
+    out = Console(file=io.StringIO(), width=120)
+    out.print(as_table(report))
+    noor = next(line for line in out.file.getvalue().splitlines() if "noor" in line)
+    assert [cell for cell in noor.split() if cell != "│"][-2:] == ["n/a", "n/a"]
+    assert "80%" in out.file.getvalue() and "10 GiB" in out.file.getvalue()
 
 
 def test_an_unknown_grouping_is_refused():
@@ -146,7 +173,8 @@ def test_usage_json_by_user(db, capsys):
 def test_usage_csv_by_group_of_one_course_in_berlin(db, capsys):
     argv = ["usage", "--db", db, "--group", "ml101", "--by", "group", "--format", "csv", "--time-zone", "Europe/Berlin"]
     assert main(argv) == 0
-    assert capsys.readouterr().out == "group,gpu_hours,gpu_seconds,servers,users\nml101,8.0000,28800.000,4,2\n"
+    out = capsys.readouterr().out
+    assert out == "group,gpu_hours,gpu_seconds,servers,users,utilisation,peak_memory\nml101,8.0000,28800.000,4,2,,\n"
 
 
 def test_usage_table_by_day(db, capsys):

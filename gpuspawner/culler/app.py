@@ -15,6 +15,12 @@ and the home volume is left alone. This app is that culler with one arbiter:
 Before a GPU stop it appends a record to the stops file, which the spawner reads
 to tell the student why and the dashboard lists.
 
+Where the hub records usage (``GPUSpawner.usage_db_url``), each round also keeps
+the utilisation and peak memory of each GPU server's own processes on its open
+usage record (``figures.py``), and a server whose GPU-hour budget is spent is
+stopped after ``budget_grace``, unless the budget exempts admins and the hub says
+its user is one (``GET /users/<name>``'s ``admin``: the scope ``read:users:name``).
+
 Each round it also reconciles: a labelled container that holds GPU units but
 belongs to no server the hub lists, for ``orphan_grace`` seconds in a row, is
 stopped and removed (its home volume is kept), with a stop record of reason
@@ -35,6 +41,7 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from textwrap import dedent
+from urllib.parse import quote
 
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub_idle_culler import IdleCuller, parse_date
@@ -51,7 +58,8 @@ from ..gpus.allocation import Requester, holder_key
 from ..hub_child import exit_at_once, stop_with_the_hub
 from ..usage.budgets import parse_budgets
 from ..usage.budgets import standings as budget_standings
-from ..usage.store import UsageStore
+from ..usage.store import UsageStore, UsageStoreError
+from .figures import FigureBook, OpenRecord, sample
 from .orphans import ORPHAN, OrphanClocks, orphan_message
 from .policy import BUDGET, RESERVATION, GPUServer, IdleClocks, UnitReading
 from .records import record_stop
@@ -112,8 +120,8 @@ class GPUCuller(IdleCuller):
     (see docs/how-to/culling.md). The rules come from each server's profile
     (or GPUSpawner's hub-wide defaults) and are read from its container's labels;
     GPU usage from NVML; the Docker engine and the stops file from the hub's
-    config (-f). Needs the scopes list:users, read:users:activity, read:servers
-    and delete:servers.
+    config (-f). Needs the scopes list:users, read:users:activity, read:servers,
+    delete:servers and read:users:name (who is an admin, for budgets).
     """).strip()
 
     hub_config = Unicode(
@@ -252,6 +260,11 @@ class GPUCuller(IdleCuller):
         self._store = None  # the usage database, opened on first need
         self._uses = None  # ((round, since), the records read for that round's budgets)
         self._spent_since: dict[str, datetime] = {}  # server@container -> the first round its budget was spent
+        self._admins: dict[str, tuple[datetime | None, bool | None]] = {}  # user -> (round, admin?) asked of the hub
+        self._admin_field_missing = False  # said once: the token cannot read the admin field
+        self._exempted: set[str] = set()  # servers whose exemption was logged
+        self.figures = FigureBook(self.cull_every)
+        self._figures_error = ""
 
     # --- one round's view, read once and shared by the round's servers
 
@@ -306,6 +319,7 @@ class GPUCuller(IdleCuller):
                 self.clocks.forget_others(servers.values())
                 self.log.debug("GPU round: %d GPU server(s), usage of %d unit(s)", len(servers), len(readings))
                 self._round = (now, servers, readings)
+                await self._keep_figures(now, servers, readings)
             return self._round[1], self._round[2]
 
     async def arbiter(self, *, inactive, inactive_limit, server, **kwargs) -> bool:
@@ -377,14 +391,26 @@ class GPUCuller(IdleCuller):
             since = min(w.start for w in windows)
             round_at = self._round[0] if self._round else None
             if self._uses is None or self._uses[0] != (round_at, since):
-                if self._store is None:
-                    self._store = UsageStore(spawner.usage_db_url, upgrade=False)
-                self._uses = ((round_at, since), await asyncio.to_thread(self._store.uses, since=since))
+                store = await asyncio.to_thread(self._usage_store)
+                self._uses = ((round_at, since), await asyncio.to_thread(store.uses, since=since))
             found = budget_standings(applying, self._uses[1], now, server.user, server.groups, server.profile)
         except Exception as e:  # noqa: BLE001 - no usage database (yet): nobody is stopped for a budget
             self.log.warning("Cannot read the GPU-hour budgets' use: %s", e)
             return None
-        spent = next((s for s in found if s.spent), None)
+        spent_ones = [s for s in found if s.spent]
+        if any(s.budget.admins_exempt for s in spent_ones):
+            admin = await self.is_admin(server.user)
+            if admin is None:
+                return None  # the hub cannot say now: asked again next round
+            if admin:
+                exempt = [s for s in spent_ones if s.budget.admins_exempt]
+                spent_ones = [s for s in spent_ones if not s.budget.admins_exempt]
+                if server.key not in self._exempted:
+                    self._exempted.add(server.key)
+                    self.log.info(
+                        "%s: %s; %s is an admin, exempt (admins_exempt)", server.key, exempt[0].refusal(), server.user
+                    )
+        spent = spent_ones[0] if spent_ones else None
         key = f"{server.key}@{server.container}"
         if spent is None:
             self._spent_since.pop(key, None)
@@ -395,6 +421,74 @@ class GPUCuller(IdleCuller):
             self.log.info("%s: %s; stopped in %.0f s", server.key, spent.refusal(), left)
             return None
         return spent.refusal()
+
+    def _usage_store(self) -> UsageStore:
+        """The hub's usage database, opened (never made, never upgraded) at first need."""
+        if self._store is None:
+            self._store = UsageStore.open_existing(self._hub.spawner.usage_db_url)
+        return self._store
+
+    async def is_admin(self, user: str) -> bool | None:
+        """Whether the hub says ``user`` is an admin now (asked once a round); None when it cannot say."""
+        round_at = self._round[0] if self._round else None
+        asked = self._admins.get(user)
+        if asked is not None and asked[0] == round_at and round_at is not None:
+            return asked[1]
+        try:
+            model = await self.hub_user(user)
+        except Exception as e:  # noqa: BLE001 - the hub restarts: asked again next round
+            self.log.warning("Cannot ask the hub whether %s is an admin: %s", user, e)
+            return None
+        if "admin" not in model:
+            if not self._admin_field_missing:
+                self._admin_field_missing = True
+                self.log.warning(
+                    "The culler's token cannot read the users' admin field (it needs the scope read:users:name,"
+                    " which services.add_culler grants): budgets' admins_exempt cannot apply to running servers"
+                )
+            admin = False
+        else:
+            admin = bool(model["admin"])
+        self._admins[user] = (round_at, admin)
+        return admin
+
+    async def hub_user(self, user: str) -> dict:
+        """The hub's model of ``user`` (``GET /users/<name>``), as this service's token may read it."""
+        headers = {"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"}
+        response = await AsyncHTTPClient().fetch(
+            HTTPRequest(f"{self.url}/users/{quote(user, safe='')}", headers=headers)
+        )
+        return json.loads(response.body.decode("utf-8", "replace"))
+
+    async def _keep_figures(self, now: datetime, servers: dict[str, GPUServer], readings: dict) -> None:
+        """This round's utilisation and peak memory of each GPU server's own processes, onto its open
+        usage record (where the hub records usage, and NVML or the usage file measured something)."""
+        if not self._hub.spawner.usage_db_url or not servers or not readings:
+            return
+        taken = {key: sample(s.container, s.units, readings) for key, s in servers.items()}
+        taken = {key: s for key, s in taken.items() if s.measured}
+        if not taken:
+            return
+
+        def write() -> int:
+            store = self._usage_store()
+            records = store.records(open_only=True)
+            opened = {r.holder: OpenRecord(r.id, r.holder, r.started_at, r.utilisation, r.peak_memory) for r in records}
+            changed = self.figures.round(now, opened, taken)
+            store.set_figures(changed)
+            return len(changed)
+
+        try:
+            written = await asyncio.to_thread(write)
+            self._figures_error = ""
+            self.log.debug("Usage figures: %d record(s) updated", written)
+        except Exception as e:  # noqa: BLE001 - the figures wait for the next round; culling goes on
+            error = f"{type(e).__name__}: {e}"
+            if error != self._figures_error:  # said once, and again when it changes
+                self.log.warning("Cannot keep the GPU servers' utilisation on their usage records: %s", e)
+            self._figures_error = error
+            if not isinstance(e, UsageStoreError):
+                self._store = None  # opened again next round
 
     def _waited_for(self) -> frozenset[str]:
         """The units someone waits in line for, as the hub last wrote its line (none when unreadable)."""

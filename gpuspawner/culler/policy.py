@@ -72,12 +72,14 @@ class CullRules:
 class UnitReading:
     """One unit now. ``processes`` maps each host pid with a CUDA context on it to
     its container id ('' for the host or an unknown container), and
-    ``process_utilization`` each pid to its kernels' share of time in %, where
-    NVML reports it. None: NVML could not say."""
+    ``process_utilization`` each pid to its kernels' share of time in %, and
+    ``process_memory`` each pid to the GPU memory it uses (bytes; a pid left out: NVML
+    cannot say), where NVML reports them. None: NVML could not say."""
 
     utilization: int | None
     processes: Mapping[int, str] | None
     process_utilization: Mapping[int, int] | None = None
+    process_memory: Mapping[int, int] | None = None
 
 
 @dataclass(frozen=True)

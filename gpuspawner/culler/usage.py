@@ -39,10 +39,10 @@ def container_of(pid: int, proc: str = "/proc") -> str:
 
 
 def _readings(raw: Mapping[str, tuple], proc: str) -> dict[str, UnitReading]:
-    """{unit: UnitReading} from {unit: (utilization, pids or None, {pid: %} or None)}."""
+    """{unit: UnitReading} from {unit: (utilization, pids or None, {pid: %} or None, {pid: bytes} or None)}."""
     owners: dict[int, str] = {}
     readings = {}
-    for unit, (utilization, pids, per_process) in raw.items():
+    for unit, (utilization, pids, per_process, memory) in raw.items():
         processes = None
         if pids is not None:
             processes = {}
@@ -50,28 +50,31 @@ def _readings(raw: Mapping[str, tuple], proc: str) -> dict[str, UnitReading]:
                 if pid not in owners:
                     owners[pid] = container_of(pid, proc)
                 processes[pid] = owners[pid]
-        readings[unit] = UnitReading(utilization, processes, per_process)
+        readings[unit] = UnitReading(utilization, processes, per_process, memory)
     return readings
 
 
 class NVMLUsage:
     """The GPUs' usage now, from NVML, with every process placed in its container."""
 
-    def __init__(self, proc: str = "/proc", window: float = 10.0):
+    def __init__(self, proc: str = "/proc", window: float = 10.0, nvml=None):
         self.proc = proc
         self.window = window
+        self.nvml = nvml  # the pynvml module (None: imported at the first read), or a stand-in
 
     def read(self) -> dict[str, UnitReading]:
-        usage = read_usage(per_process=True, window=self.window)
+        usage = read_usage(self.nvml, per_process=True, window=self.window)
         return _readings(
-            {u: (x.utilization_gpu, x.processes, x.process_utilization) for u, x in usage.items()}, self.proc
+            {u: (x.utilization_gpu, x.processes, x.process_utilization, x.process_memory) for u, x in usage.items()},
+            self.proc,
         )
 
 
 class FileUsage:
     """Usage written to a JSON file by a test or a simulation, in NVML's terms::
 
-        {"GPU-...": {"utilization": 0, "processes": [4242], "process_utilization": {"4242": 35}}}
+        {"GPU-...": {"utilization": 0, "processes": [4242], "process_utilization": {"4242": 35},
+                     "process_memory": {"4242": 2147483648}}}
 
     Processes are host pids and are placed in containers as NVML's are. A unit the
     file leaves out, or a file that cannot be read, is unknown (never idle).
@@ -88,9 +91,11 @@ class FileUsage:
         for unit, entry in data.items():
             pids = entry.get("processes")
             per_process = entry.get("process_utilization")
+            memory = entry.get("process_memory")
             raw[unit] = (
                 entry.get("utilization"),
                 None if pids is None else [int(p) for p in pids],
                 None if per_process is None else {int(p): int(v) for p, v in per_process.items()},
+                None if memory is None else {int(p): int(v) for p, v in memory.items()},
             )
         return _readings(raw, self.proc)

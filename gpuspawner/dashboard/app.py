@@ -5,7 +5,9 @@ custom scope ``custom:gpu-dashboard:read``: unfiltered, it shows every unit; fil
 (``!group=physics``, ``!user=ana``), or as ``custom:gpu-dashboard:read-groups`` (the
 viewer's own groups), it shows only those users' units. Stopping a server needs
 ``custom:gpu-dashboard:stop`` reaching its user; putting a quarantined unit back
-needs that scope unfiltered (an admin's). Everyone else gets 403. The service
+needs that scope unfiltered (an admin's). Everyone else gets 403. The usage page
+(``usage``, ``api/usage``: GPU-hours per day, ``usage_page.py``) also lets a student in
+with ``custom:gpu-dashboard:mine``, to their own records. The service
 itself uses its own token for the hub API with ``list:users``, ``read:users:activity``,
 ``read:users:groups``, ``read:servers`` and ``delete:servers``, nothing more.
 """
@@ -20,13 +22,14 @@ import secrets
 import sys
 from textwrap import dedent
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Bool, Int, Unicode, default
+from traitlets import Bool, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
@@ -253,6 +256,25 @@ class GPUDashboard(Application):
         " and at every page (0: keeps no history).",
     ).tag(config=True)
     history_window = Int(3600, min=60, help="Seconds of use the sparklines show (the last hour).").tag(config=True)
+    usage_db_url = Unicode(
+        help="""The hub's usage database, for the usage page (GPU-hours per day), read-only
+        (default: GPUSpawner.usage_db_url of the hub's config; '' for none)."""
+    ).tag(config=True)
+    usage_time_zone = Unicode(
+        "UTC", help="The time zone of the usage page's days (where each day starts), e.g. Europe/Berlin."
+    ).tag(config=True)
+
+    @validate("usage_time_zone")
+    def _valid_zone(self, proposal):
+        try:
+            ZoneInfo(proposal.value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise TraitError(f"usage_time_zone {proposal.value!r} is not a time zone such as Europe/Berlin") from None
+        return proposal.value
+
+    @property
+    def usage_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.usage_time_zone)
 
     aliases = {
         **Application.aliases,
@@ -266,6 +288,7 @@ class GPUDashboard(Application):
         "events-tail": "GPUDashboard.events_tail",
         "dcgm-job-mapping-dir": "GPUDashboard.dcgm_job_mapping_dir",
         "history-interval": "GPUDashboard.history_interval",
+        "usage-time-zone": "GPUDashboard.usage_time_zone",
     }
     flags = {
         **Application.flags,
@@ -296,6 +319,8 @@ class GPUDashboard(Application):
             self.queue_file = spawner.queue_file
         if not self.quarantine_file and "quarantine_file" not in self.config.get("GPUDashboard", {}):
             self.quarantine_file = spawner.quarantine_file
+        if not self.usage_db_url and "usage_db_url" not in self.config.get("GPUDashboard", {}):
+            self.usage_db_url = spawner.usage_db_url
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -358,6 +383,8 @@ class GPUDashboard(Application):
             await asyncio.sleep(self.dcgm_interval)
 
     def make_app(self) -> web.Application:
+        from .usage_page import usage_handlers  # it builds on this module's handlers
+
         prefix = self.service_prefix
         route = {"dashboard": self}
         return web.Application(
@@ -368,6 +395,7 @@ class GPUDashboard(Application):
                 (url_path_join(prefix, "metrics"), MetricsHandler, route),
                 (url_path_join(prefix, "stop"), StopHandler, route),
                 (url_path_join(prefix, "put-back"), PutBackHandler, route),
+                *usage_handlers(prefix, route),
             ],
             cookie_secret=secrets.token_bytes(32),
             xsrf_cookies=True,

@@ -109,7 +109,7 @@ TEMPLATE = (
     """{{ iso(view.generated_at) }}</time>
 {% if refresh %} (updates every {{ refresh }} s<button type="button" id="pause-updates" class="btn btn-link btn-sm p-0 ms-1 align-baseline"
  aria-pressed="false" data-every="{{ refresh }}" hidden>Pause updates</button>){% endif %} &middot; <a href="{{ view_href(shown) }}" id="refresh-now">Refresh now</a>
- &middot; user {{ user.name }} &middot; <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a></p>
+ &middot; user {{ user.name }} &middot; <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a> &middot; <a href="usage" id="usage-link">GPU-hours</a></p>
 <ul class="nav nav-tabs mb-3" id="views">
 {% for name, words in [("overview", "Map and table"), ("map", "Map"), ("table", "Table")] %}
  <li class="nav-item"><a class="nav-link{% if name == shown %} active{% endif %}"

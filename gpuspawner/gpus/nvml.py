@@ -52,6 +52,8 @@ class UnitUsage:
     # % of time each pid's kernels ran, over the last few seconds (read_usage(per_process=True));
     # a pid that ran none is left out; None where NVML does not say (MIG instances, or not asked)
     process_utilization: dict[int, int] | None = None
+    # GPU memory each pid uses on the unit, bytes; a pid whose NVML cannot say is left out; None with processes
+    process_memory: dict[int, int] | None = None
 
 
 def _load(nvml: NVML | None) -> NVML:
@@ -224,6 +226,12 @@ def _process_utilization(nvml: NVML, handle: Any, window: float) -> dict[int, in
     return busy
 
 
+def _process_memory(processes) -> dict[int, int]:
+    """{pid: bytes of GPU memory it uses}; nvidia-ml-py gives None where the driver cannot say (some
+    drivers, inside some containers, under WSL), and such a pid is left out: unknown, not 0."""
+    return {int(p.pid): int(p.usedGpuMemory) for p in processes if getattr(p, "usedGpuMemory", None) is not None}
+
+
 def read_usage(nvml: NVML | None = None, per_process: bool = False, window: float = 10.0) -> dict[str, UnitUsage]:
     """What each unit is doing now, keyed by its uuid; raises ``NVMLUnavailable``.
 
@@ -247,5 +255,6 @@ def read_usage(nvml: NVML | None = None, per_process: bool = False, window: floa
                 temperature=None if temperature is None else int(temperature),
                 processes=None if processes is None else tuple(int(p.pid) for p in processes),
                 process_utilization=_process_utilization(nvml, handle, window) if per_process else None,
+                process_memory=None if processes is None else _process_memory(processes),
             )
     return usage

@@ -236,13 +236,12 @@ def _close(
     """Close ``row`` at ``at`` (never before it started), unless someone closed it already."""
     stop = max(to_us(at), row.start_us)
     seconds = gpu_seconds(row.unit_count, row.share_of, stop - row.start_us)
-    values = {
-        "stop_us": stop,
-        "stop_reason": reason,
-        "gpu_seconds": float(seconds),
-        "utilisation": utilisation,
-        "peak_memory": peak_memory,
-    }
+    values = {"stop_us": stop, "stop_reason": reason, "gpu_seconds": float(seconds)}
+    # The figures the GPU culler kept while the server ran stay, unless the caller measured its own.
+    if utilisation is not None:
+        values["utilisation"] = utilisation
+    if peak_memory is not None:
+        values["peak_memory"] = peak_memory
     done = session.execute(
         update(UsageRow).where(_C.id == row.id, _C.stop_us.is_(None)).values(**values),
         execution_options={"synchronize_session": False},

@@ -57,6 +57,8 @@ class Use(NamedTuple):
     share_of: int
     start_us: int
     stop_us: int | None  # None while it lasts
+    utilisation: float | None = None  # mean % of its own processes (NVML); None: not measured
+    peak_memory: int | None = None  # bytes (NVML); None: not measured
 
     def held_us(self, now_us: int, since_us: int | None = None, until_us: int | None = None) -> int:
         """The microseconds it held its units within [since, until), an open one up to ``now_us``."""
@@ -102,7 +104,16 @@ class Record(NamedTuple):
     def use(self) -> Use:
         stop = to_us(self.stopped_at) if self.stopped_at is not None else None
         return Use(
-            self.id, self.user, self.groups, self.profile, len(self.units), self.share_of, to_us(self.started_at), stop
+            self.id,
+            self.user,
+            self.groups,
+            self.profile,
+            len(self.units),
+            self.share_of,
+            to_us(self.started_at),
+            stop,
+            self.utilisation,
+            self.peak_memory,
         )
 
     def exact_gpu_seconds(

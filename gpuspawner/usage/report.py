@@ -23,6 +23,7 @@ from fractions import Fraction
 
 from rich.table import Table
 
+from ..quantities import format_bytes
 from .records import MICROSECONDS, Record, Use, from_us, to_us, utc
 
 BY = ("user", "group", "profile", "day")
@@ -39,6 +40,10 @@ class Row:
     gpu_seconds: Fraction = Fraction(0)
     servers: int = 0
     users: int = 0
+    #: Of its servers' own processes, where NVML measured them (None: not measured, "n/a"): the mean
+    #: utilisation (%), weighted by each record's GPU time in the window, and the highest peak memory.
+    utilisation: float | None = None
+    peak_memory: int | None = None
 
     @property
     def gpu_hours(self) -> float:
@@ -51,6 +56,8 @@ class Row:
             "gpu_seconds": round(float(self.gpu_seconds), 3),
             "servers": self.servers,
             "users": self.users,
+            "utilisation": None if self.utilisation is None else round(self.utilisation, 1),
+            "peak_memory": self.peak_memory,
         }
 
 
@@ -74,22 +81,31 @@ class _Sum:
     """Exact sums per key without Fractions in the loop: whole unit-microseconds per share K. A record
     adds to one key at most once (a day split gives distinct days), so servers are counted, not kept."""
 
-    __slots__ = ("by_k", "servers", "users")
+    __slots__ = ("by_k", "servers", "users", "util_sum", "util_weight", "peak")
 
     def __init__(self):
         self.by_k: dict[int, int] = {}
         self.servers = 0
         self.users: set[str] = set()
+        self.util_sum = 0.0
+        self.util_weight = 0.0
+        self.peak: int | None = None
 
     def add(self, r: Use, unit_us: int) -> None:
         by_k = self.by_k
         by_k[r.share_of] = by_k.get(r.share_of, 0) + unit_us
         self.servers += 1
         self.users.add(r.user)
+        if r.utilisation is not None:
+            self.util_sum += r.utilisation * unit_us / r.share_of
+            self.util_weight += unit_us / r.share_of
+        if r.peak_memory is not None and (self.peak is None or r.peak_memory > self.peak):
+            self.peak = r.peak_memory
 
     def row(self, key: str) -> Row:
         seconds = sum((Fraction(v, k * MICROSECONDS) for k, v in self.by_k.items()), Fraction(0))
-        return Row(key, seconds, self.servers, len(self.users))
+        utilisation = self.util_sum / self.util_weight if self.util_weight else None
+        return Row(key, seconds, self.servers, len(self.users), utilisation, self.peak)
 
 
 def aggregate(
@@ -197,11 +213,13 @@ def as_csv(report: Report) -> str:
     """One line per row (no total: a spreadsheet sums it, except by group, see ``note``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([report.by, "gpu_hours", "gpu_seconds", "servers", "users"])
+    writer.writerow([report.by, "gpu_hours", "gpu_seconds", "servers", "users", "utilisation", "peak_memory"])
     for row in report.rows:
         data = row.as_json(report.by)
+        measured = ["" if v is None else v for v in (data["utilisation"], data["peak_memory"])]  # '': not measured
         writer.writerow(
-            [data[report.by], f"{data['gpu_hours']:.4f}", f"{data['gpu_seconds']:.3f}"] + [row.servers, row.users]
+            [data[report.by], f"{data['gpu_hours']:.4f}", f"{data['gpu_seconds']:.3f}", row.servers, row.users]
+            + measured
         )
     return out.getvalue()
 
@@ -214,9 +232,28 @@ def as_table(report: Report) -> Table:
     for title, footer in (("GPU-hours", f"{total.gpu_hours:.2f}"), ("Servers", str(total.servers))):
         table.add_column(title, footer=footer, justify="right", no_wrap=True)
     table.add_column("Users", footer=str(total.users), justify="right", no_wrap=True)
+    table.add_column("GPU use", footer=utilisation_text(total.utilisation), justify="right", no_wrap=True)
+    table.add_column("Peak memory", footer=memory_text(total.peak_memory), justify="right", no_wrap=True)
     for row in report.rows:
-        table.add_row(row.key or "(none)", f"{row.gpu_hours:.2f}", str(row.servers), str(row.users))
+        table.add_row(
+            row.key or "(none)",
+            f"{row.gpu_hours:.2f}",
+            str(row.servers),
+            str(row.users),
+            utilisation_text(row.utilisation),
+            memory_text(row.peak_memory),
+        )
     return table
+
+
+def utilisation_text(percent: float | None) -> str:
+    """'37%', or 'n/a' where NVML measured nothing (never 0)."""
+    return "n/a" if percent is None else f"{percent:.0f}%"
+
+
+def memory_text(peak: int | None) -> str:
+    """'11.2 GiB', or 'n/a' where NVML measured nothing (never 0)."""
+    return "n/a" if peak is None else format_bytes(peak)
 
 
 def describe(report: Report) -> str:
@@ -228,4 +265,16 @@ def describe(report: Report) -> str:
     return f"GPU-hours by {report.by}{only}, {since} to {until} ({report.time_zone})"
 
 
-__all__ = ["BY", "NO_GROUP", "Report", "Row", "aggregate", "as_csv", "as_json", "as_table", "describe"]
+__all__ = [
+    "BY",
+    "NO_GROUP",
+    "Report",
+    "Row",
+    "aggregate",
+    "as_csv",
+    "as_json",
+    "as_table",
+    "describe",
+    "memory_text",
+    "utilisation_text",
+]

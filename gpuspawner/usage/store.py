@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import BigInteger, Float, Index, Integer, String, Text, create_engine, delete, select
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Text, create_engine, delete, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -111,6 +114,8 @@ _READ_USE = (
     _COLUMNS.share_of,
     _COLUMNS.start_us,
     _COLUMNS.stop_us,
+    _COLUMNS.utilisation,
+    _COLUMNS.peak_memory,
 )
 
 
@@ -126,6 +131,36 @@ def next_to(hub_db_url: str) -> str | None:
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _member_of(group: str):
+    """The records whose user was in ``group`` when they started: its name as the JSON list has it,
+    quotes included, so never a part of another name."""
+    return _COLUMNS.user_groups.like(f"%{_like(json.dumps(group))}%", escape="\\")
+
+
+def _fetch_all(connection, query) -> list[tuple]:
+    """Every row of ``query`` as plain tuples, through the driver's own cursor: SQLAlchemy's rows cost
+    as much again as the read itself over a term's 100,000 records (the statement is still SQLAlchemy's,
+    compiled for the connection's database, its parameters bound by the driver)."""
+    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup)
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of an SQLite URL (None for another database, or one in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
 
 
 def _alembic(connection=None) -> Config:
@@ -163,14 +198,36 @@ class UsageStore:
         try:
             if upgrade:
                 self.migrated = self.upgrade()
-            elif self.revision() != HEAD:
+            elif (revision := self.revision()) is None:
                 raise UsageStoreError(
-                    f"the usage database at {_where(url)} is at schema revision {self.revision()},"
+                    f"the usage database at {_where(url)} has no usage tables yet: the hub makes them"
+                    " when it records its first GPU server"
+                )
+            elif revision != HEAD:
+                raise UsageStoreError(
+                    f"the usage database at {_where(url)} is at schema revision {revision},"
                     f" not {HEAD}: open it with upgrade=True to upgrade it"
                 )
         except Exception:
             self.engine.dispose()
             raise
+
+    @classmethod
+    def open_existing(cls, url: str, *, read_only: bool = False, **engine_kwargs) -> UsageStore:
+        """The hub's usage database as a reader opens it (the dashboard, the GPU culler): never made
+        here (an SQLite file that is not there is refused, not created) and never upgraded.
+        ``read_only``: an SQLite file is opened read-only (SQLite's ``mode=ro``)."""
+        path = sqlite_file(url)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise UsageStoreError(
+                    f"no usage database at {os.path.abspath(path)} yet: the hub makes it when it records"
+                    " its first GPU server (GPUSpawner.usage_db_url)"
+                )
+            if read_only:  # by SQLite's own URI, which no URL parsing of SQLAlchemy's can mangle
+                uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+                engine_kwargs["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return cls(url, upgrade=False, **engine_kwargs)
 
     def revision(self) -> str | None:
         """The schema revision the database is at; None for a database without the usage tables."""
@@ -192,10 +249,13 @@ class UsageStore:
             ) from None
         return True
 
-    def _query(self, columns, since, until, user, holder=None, open_only=False, group=None):
+    def _query(self, columns, since, until, user, holder=None, open_only=False, group=None, users=None, groups=None):
         query = select(*columns).order_by(_COLUMNS.start_us, _COLUMNS.id)
-        if group is not None:  # the group's name as the JSON list has it, quotes included: never a part of another
-            query = query.where(_COLUMNS.user_groups.like(f"%{_like(json.dumps(group))}%", escape="\\"))
+        if group is not None:
+            query = query.where(_member_of(group))
+        if users is not None or groups is not None:  # any of them: nothing when both are empty
+            anyone = [_COLUMNS.username.in_(sorted(users or ()))] + [_member_of(g) for g in sorted(groups or ())]
+            query = query.where(or_(*anyone))
         if until is not None:
             query = query.where(_COLUMNS.start_us < to_us(until))
         if since is not None:
@@ -230,14 +290,32 @@ class UsageStore:
         until: datetime | None = None,
         user: str | None = None,
         group: str | None = None,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
     ) -> list[Use]:
         """What budgets and reports read of the records in [since, until) (of ``user``, of members of
-        ``group`` when it started), oldest first: fast in bulk."""
-        query = self._query(_READ_USE, since, until, user, group=group)
+        ``group`` when it started), oldest first: fast in bulk.
+
+        ``users`` and ``groups``: only the records of any of ``users`` or of members of any of
+        ``groups`` when they started (what a teacher may see); either given and both empty: none."""
+        query = self._query(_READ_USE, since, until, user, group=group, users=users, groups=groups)
         new, lists = tuple.__new__, self._list
         with self.engine.connect() as connection:
-            rows = connection.execute(query).all()  # fetchall: row by row costs twice as much
-        return [new(Use, (i, u, lists(g), p, n, k, a, b)) for i, u, g, p, n, k, a, b in rows]
+            rows = _fetch_all(connection, query)
+        return [new(Use, (i, u, lists(g), p, n, k, a, b, x, m)) for i, u, g, p, n, k, a, b, x, m in rows]
+
+    def set_figures(self, figures: Mapping[int, tuple[float | None, int | None]]) -> None:
+        """Store each record's (mean utilisation %, peak memory bytes) of its server's own processes,
+        by record id (the GPU culler's, while it runs): one transaction; None leaves a figure empty."""
+        if not figures:
+            return
+        with self.engine.begin() as connection:
+            for record_id, (utilisation, peak_memory) in figures.items():
+                connection.execute(
+                    update(UsageRow)
+                    .where(_COLUMNS.id == record_id)
+                    .values(utilisation=utilisation, peak_memory=peak_memory)
+                )
 
     def _record(self, row) -> Record:
         (id_, holder, user, server, groups, profile, digest, units, share_of, host, start, stop, *rest) = row
