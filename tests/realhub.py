@@ -457,10 +457,13 @@ class RealHub:
         )
 
     def stop_all_servers(self) -> None:
-        users = self.request("GET", "/users").json()
-        for model in users:
-            for server in model.get("servers", {}):
-                self.stop_server(model["name"], server)
+        """Every server stopped through the hub: all asked at once, then each waited for."""
+        servers = [(m["name"], server) for m in self.request("GET", "/users").json() for server in m.get("servers", {})]
+        for user, server in servers:
+            r = self.request("DELETE", f"/users/{user}/servers/{server}")
+            assert r.status_code in (202, 204, 404), r.text  # 404: stopped meanwhile (a culler, a crash)
+        for user, server in servers:
+            self.wait_gone(user, server)
 
     def visible_devices(self, user: str, server: str = "") -> str:
         """NVIDIA_VISIBLE_DEVICES as the server's PID 1 sees it."""
