@@ -894,6 +894,20 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    clocks_file = Unicode(
+        "gpuspawner-clocks.json",
+        help="""Where the GPU culler writes its clocks each round, for the dashboard's "My GPU" page.
+
+        One JSON object, replaced whole each round: for each running GPU server, each rule that can
+        stop it (``gpu_idle_timeout``, ``gpu_idle_timeout_when_waiting``, ``max_runtime``, a spent
+        budget's ``budget_grace``, the next lab hours on its GPU), since when it counts and when it
+        would stop the server. Relative to the hub's working directory. Empty: not written (the page
+        then lists the rules without their clocks).
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     ledger_sync_interval = Float(
         30,
         min=0,
