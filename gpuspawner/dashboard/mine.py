@@ -436,6 +436,7 @@ TEMPLATE = """{% extends "page.html" %}
 {% set next = s.next_stop %}
 {% if next %}<p class="next-stop{% if next.soon %} soon{% endif %}" data-next-stop="{{ next.rule }}" data-seconds-left="{{ next.seconds_left }}">
  {% if next.soon %}<span aria-hidden="true">&#9888;</span> {% endif %}{{ next.text }}</p>
+{% elif s.rules and not s.checked %}<p class="next-stop" data-next-stop="" data-unchecked>The GPU culler has not checked this server yet: the clocks of its rules show after its next round.</p>
 {% elif s.rules %}<p class="next-stop" data-next-stop="">No rule stops this server as things are now.</p>
 {% else %}<p class="next-stop" data-next-stop="">No rule of the lab stops this server; stop it yourself when you are done.</p>{% endif %}
 
@@ -458,7 +459,6 @@ TEMPLATE = """{% extends "page.html" %}
 {% if s.rules %}<ul class="rules">
 {% for r in s.rules %} <li data-rule="{{ r.rule }}"{% if r.seconds_left is not none %} data-seconds-left="{{ r.seconds_left }}"{% endif %}{% if r.soon %} class="soon"{% endif %}>{{ r.text }}</li>
 {% endfor %}</ul>
-{% if not s.checked %}<p class="small text-body-secondary" data-unchecked>The GPU culler has not checked this server yet: its clocks show after its next round.</p>{% endif %}
 {% else %}<p>None: no rule of the lab stops this server.</p>{% endif %}
 </div>
 </section>
