@@ -174,6 +174,48 @@ def test_each_clock_is_a_sentence_with_its_countdown(clock, text, left):
     assert line.seconds_left == left
 
 
+@pytest.mark.parametrize(
+    "clock, said",
+    [
+        (Clock(IDLE, 1800, minutes(-22), minutes(8)), "This server stops in 8 minutes unless its GPU is used."),
+        (Clock(IDLE, 1800), ""),
+        (
+            Clock(IDLE_WHEN_WAITING, 600, minutes(-4), minutes(6)),
+            "This server stops in 6 minutes unless its GPU is used: others wait in line for it.",
+        ),
+        (
+            Clock(RUNTIME, 3600, minutes(-60), minutes(0)),
+            "This server stops at the lab's next check, when it reaches its time limit.",
+        ),
+        (
+            Clock(RUNTIME, 8 * 3600, minutes(-288), minutes(192)),
+            "This server stops at 13:12 (in 3 hours 12 minutes), when it reaches its time limit.",
+        ),
+        (Clock(BUDGET, 600, minutes(-3), minutes(7)), "This server stops in 7 minutes: your GPU budget is spent."),
+        (
+            Clock(BUDGET, 600, None, minutes(70), name="ML101"),
+            "This server stops at 11:10 (in 1 hour 10 minutes), when ML101's GPU budget runs out.",
+        ),
+        (
+            Clock(RESERVATION, 0, None, minutes(125), name="ML101 lab"),
+            "This server stops at 12:05 (in 2 hours 5 minutes), when ML101 lab starts on its GPU.",
+        ),
+    ],
+    ids=[
+        "idle",
+        "in-use",
+        "someone-waits",
+        "time-up",
+        "max-runtime",
+        "budget-spent",
+        "budget-running-out",
+        "lab-hours",
+    ],
+)
+def test_the_soonest_stop_heads_the_card_in_one_line(clock, said):
+    assert say(clock, NOW, timezone.utc).headline == said
+
+
 def test_durations_and_parts_as_people_say_them():
     assert [duration(s) for s in (0, 59, 119, 121, 479, 3 * 3600 + 12 * 60)] == [
         "0 seconds",
@@ -307,7 +349,8 @@ def test_the_page_is_the_hubs_with_landmarks_headings_in_order_and_labelled_mete
     assert 'id="dark-theme-toggle"' in page  # the hub's own navigation bar and theme toggle
     assert 'data-next-stop="gpu_idle_timeout" data-seconds-left="480"' in page
     # The warning is said in words (and a sign), not by colour alone.
-    assert "&#9888;</span> Idle for 22 of 30 minutes" in page
+    assert "&#9888;</span> This server stops in 8 minutes unless its GPU is used.</p>" in page
+    assert "Idle for 22 of 30 minutes: this server stops in 8 minutes unless the GPU is used." in page
 
 
 def test_every_string_a_user_controls_is_escaped():

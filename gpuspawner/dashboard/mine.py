@@ -50,11 +50,13 @@ class RuleLine:
     stops_at: datetime | None = None  # None: it does not stop the server as things are now
     seconds_left: int | None = None
     soon: bool = False  # within SOON of its stop, or a spent budget
+    headline: str = ""  # the stop it makes, said first when it is the soonest ('' when it makes none)
 
     def as_json(self) -> dict:
         return {
             "rule": self.rule,
             "text": self.text,
+            "headline": self.headline or None,
             "stops_at": _iso(self.stops_at),
             "seconds_left": self.seconds_left,
             "soon": self.soon,
@@ -239,7 +241,30 @@ def say(clock: Clock, now: datetime, zone=None) -> RuleLine:
             text = f"Its GPU is reserved for {clock.name} from {start}: {stops}. Lab hours: {clock.note}."
     else:  # a rule a newer culler knows
         text = f"{clock.rule}: {stops}." if left is not None else f"{clock.rule}."
-    return RuleLine(clock.rule, text, clock.stops_at, seconds, soon)
+    return RuleLine(clock.rule, text, clock.stops_at, seconds, soon, headline(clock, now, zone))
+
+
+def headline(clock: Clock, now: datetime, zone=None) -> str:
+    """The stop a clock makes, in one line for the top of a server's card; '' when it makes none."""
+    if clock.stops_at is None:
+        return ""
+    left = (clock.stops_at - now).total_seconds()
+    if left <= 0:
+        when = "This server stops at the lab's next check"
+    elif left < 3600:
+        when = f"This server stops in {duration(left)}"
+    else:
+        when = f"This server stops at {at(clock.stops_at, now, zone)} (in {duration(left)})"
+    whose = f"{clock.name}'s" if clock.name else "your"
+    why = {
+        IDLE: " unless its GPU is used.",
+        IDLE_WHEN_WAITING: " unless its GPU is used: others wait in line for it.",
+        RUNTIME: ", when it reaches its time limit.",
+        RESERVATION: f", when {clock.name} starts on its GPU.",
+    }.get(clock.rule, ".")
+    if clock.rule == BUDGET:
+        why = f": {whose} GPU budget is spent." if clock.since is not None else f", when {whose} GPU budget runs out."
+    return when + why
 
 
 def said_rules(rules: CullRules | None) -> tuple[RuleLine, ...]:
@@ -397,6 +422,7 @@ class ClocksFile:
 STYLE = """
 #noscript { display: none; }  /* the hub's page needs JavaScript; this one does not */
 .my-gpu h2 { font-size: 1.25rem; margin-top: 1.25rem; }
+.my-gpu .my-server h2 { margin-top: 0; }
 .my-gpu h3 { font-size: 1rem; margin-top: .75rem; }
 .my-server { margin-bottom: 1rem; }
 .my-server .units { list-style: none; padding: 0; margin: 0; }
@@ -435,7 +461,7 @@ TEMPLATE = """{% extends "page.html" %}
  <small class="text-body-secondary">&middot; {{ s.profile_name }}</small></h2>
 {% set next = s.next_stop %}
 {% if next %}<p class="next-stop{% if next.soon %} soon{% endif %}" data-next-stop="{{ next.rule }}" data-seconds-left="{{ next.seconds_left }}">
- {% if next.soon %}<span aria-hidden="true">&#9888;</span> {% endif %}{{ next.text }}</p>
+ {% if next.soon %}<span aria-hidden="true">&#9888;</span> {% endif %}{{ next.headline }}</p>
 {% elif s.rules and not s.checked %}<p class="next-stop" data-next-stop="" data-unchecked>The GPU culler has not checked this server yet: the clocks of its rules show after its next round.</p>
 {% elif s.rules %}<p class="next-stop" data-next-stop="">No rule stops this server as things are now.</p>
 {% else %}<p class="next-stop" data-next-stop="">No rule of the lab stops this server; stop it yourself when you are done.</p>{% endif %}
@@ -475,7 +501,7 @@ TEMPLATE = """{% extends "page.html" %}
  was {{ e.message }} (at {{ event_time(e.time) }}). Your files are kept.</li>{% endfor %}</ul>{% endif %}
 
 {% if mine.servers %}<p class="small text-body-secondary mt-3">{% if mine.cull_every %}The lab checks its rules every {{ duration(mine.cull_every) }}, so a stop can come that much after the time shown.
-{% endif %}Times are this server's ({{ zone_name }}). GPU utilisation is the share of time the GPU ran your kernels.</p>{% endif %}
+{% endif %}Times are the lab's ({{ zone_name }}). GPU utilisation is the share of time the GPU ran your kernels.</p>{% endif %}
 </main>
 {% endblock main %}
 """
