@@ -169,7 +169,7 @@ def test_the_home_page_links_my_gpu_which_follows_the_theme_works_without_javasc
     if hub.server_model(TUTORIAL_STUDENT) is None:  # run alone
         hub.spawn(TUTORIAL_STUDENT, "ml101-gpu")
         write_usage(usage, busy=[hub.visible_devices(TUTORIAL_STUDENT)])
-    context = browser.new_context(viewport={"width": 1024, "height": 860})
+    context = browser.new_context(viewport={"width": 1024, "height": 640})
     page = context.new_page()
     page.goto(f"{hub.url}/hub/login?next=/hub/home")
     page.fill("#username_input", TUTORIAL_STUDENT)
