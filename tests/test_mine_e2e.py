@@ -17,7 +17,7 @@ import requests
 
 from .realhub import engine, free_port, read_testbed, running_hub, simulated_gpus, wait_for
 from .test_browser_e2e import save
-from .test_dashboard_e2e import log_in_to_dashboard, wait_for_dashboard
+from .test_dashboard_e2e import log_in_to_dashboard, own_token, wait_for_dashboard
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -126,12 +126,7 @@ def test_a_students_countdown_runs_down_to_the_stop_and_nobody_elses_server_show
 
     # The other student's own token: only their own server, whatever the URL says.
     other, other_page = log_in_to_dashboard(browser, hub, OTHER)
-    xsrf = next(c["value"] for c in other.cookies() if c["name"] == "_xsrf" and c["path"].startswith("/hub"))
-    made = other_page.request.post(
-        f"{hub.api}/users/{OTHER}/tokens", data={"note": "e2e"}, headers={"X-XSRFToken": xsrf}
-    )
-    assert made.status == 201, made.text()
-    token = made.json()["token"]
+    token = own_token(other, other_page, hub, OTHER)
     other.close()
     got = requests.get(
         hub.dashboard + f"api/v1/mine?user={STUDENT}",
@@ -169,13 +164,9 @@ def test_the_home_page_links_my_gpu_which_follows_the_theme_works_without_javasc
     if hub.server_model(TUTORIAL_STUDENT) is None:  # run alone
         hub.spawn(TUTORIAL_STUDENT, "ml101-gpu")
         write_usage(usage, busy=[hub.visible_devices(TUTORIAL_STUDENT)])
-    context = browser.new_context(viewport={"width": 1024, "height": 640})
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next=/hub/home")
-    page.fill("#username_input", TUTORIAL_STUDENT)
-    page.fill("#password_input", "any")
-    with page.expect_navigation():
-        page.click("#login_submit")
+    context, page = log_in_to_dashboard(
+        browser, hub, TUTORIAL_STUDENT, then="/hub/home", viewport={"width": 1024, "height": 640}
+    )
     # The hub's home page: what the server holds, its rules, the link.
     home = page.locator(".gpuspawner-home").inner_text()
     assert "ML101 - PyTorch, 1 GPU" in home and "Holds GPU " in home and "(NVIDIA L40S, 48 GiB)" in home
