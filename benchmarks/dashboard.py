@@ -1,7 +1,8 @@
 """Server-side time of the GPU dashboard's requests with 500 users on 64 units.
 
 The real pure code and template (``build_view`` through ``Sources.view``, ``restrict``,
-``render_page``, ``as_json``, ``render_metrics``) with fakes for the I/O: a Docker client
+``render_page``, ``as_json``, ``render_metrics``, and My GPU's ``my_gpu`` and ``render_mine`` with
+the GPU culler's clocks of every server) with fakes for the I/O: a Docker client
 that returns 500 labelled containers, a hub API that returns their 500 user models, NVML
 usage for the 64 units and a denials file of 2,000 lines (``--denials``). It prints the median
 and p95 per request over ``--runs`` runs; the issue's target is 100 ms. Not a test: no assertion.
@@ -30,9 +31,11 @@ from unittest import mock
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from gpuspawner import labels  # noqa: E402
+from gpuspawner.culler.clocks import Clock, ServerClocks, parse_report, report_json  # noqa: E402
 from gpuspawner.dashboard import sources as sources_module  # noqa: E402
 from gpuspawner.dashboard.history import UsageHistory  # noqa: E402
 from gpuspawner.dashboard.metrics import render_metrics  # noqa: E402
+from gpuspawner.dashboard.mine import annotate, my_gpu, render_mine  # noqa: E402
 from gpuspawner.dashboard.model import Reach, restrict  # noqa: E402
 from gpuspawner.dashboard.page import render_page  # noqa: E402
 from gpuspawner.dashboard.sources import Sources  # noqa: E402
@@ -152,6 +155,26 @@ async def bench(args) -> dict[str, list[float]]:
         history=history,
     )
     teacher = Reach(groups=frozenset({"course-3"}))
+    # The GPU culler's clocks of every server (an idle clock, a spent budget every tenth), as My GPU reads them.
+    clocks = parse_report(
+        report_json(
+            [
+                ServerClocks(
+                    c["Labels"][labels.USER],
+                    "",
+                    "gpu-shared",
+                    (c["Labels"][labels.GPUS].strip('[]"'),),
+                    (
+                        Clock("gpu_idle_timeout", 1800, NOW, NOW + timedelta(minutes=30)),
+                        *([Clock("budget", 600, NOW, NOW + timedelta(minutes=10))] if n % 10 == 0 else []),
+                    ),
+                )
+                for n, c in enumerate(containers)
+            ],
+            NOW,
+            60,
+        )
+    )
     requests = {
         "page (admin)": lambda v: render_page(v, user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15),
         "page (admin, ?view=map)": lambda v: render_page(
@@ -166,6 +189,11 @@ async def bench(args) -> dict[str, list[float]]:
             restrict(v, teacher), user="t", can_stop=False, xsrf_form_html="", refresh=15
         ),
         "api/v1/gpus (teacher)": lambda v: json.dumps(restrict(v, teacher).as_json()),
+        "page (admin, budget warnings)": lambda v: render_page(
+            annotate(v, clocks), user="admin", can_stop=True, xsrf_form_html="<input>", refresh=15
+        ),
+        "mine (a student's My GPU)": lambda v: render_mine(my_gpu(v, clocks, "student0007", NOW), refresh=15),
+        "api/v1/mine (a student)": lambda v: json.dumps(my_gpu(v, clocks, "student0007", NOW).as_json()),
     }
     times: dict[str, list[float]] = {name: [] for name in requests}
     times["view only (sources + build_view)"] = []

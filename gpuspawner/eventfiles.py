@@ -14,15 +14,20 @@ Bounded three ways:
 
 A line that cannot be used (not a JSON object, no time, a time without a timezone,
 a torn last line) is skipped and said in a warning; no reader ever raises on a line.
+
+The snapshots (the hub's queue file, the GPU culler's clocks file) are one JSON object each,
+replaced whole (``write_snapshot``) and read whole (``read_snapshot``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -337,3 +342,19 @@ def read_snapshot(path: str) -> dict:
             return json.load(f)
     except FileNotFoundError:
         return {"time": None, "waiting": [], "waiting_for": []}
+
+
+def write_snapshot(path: str, body: dict) -> None:
+    """Replace ``path`` with ``body`` as JSON, at once: a reader sees the old file or the new one, never
+    half of one (a temporary file in the same folder, then ``os.replace``); readable by all (0644).
+    Raises ``OSError`` when it cannot be written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(body, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -39,14 +39,27 @@ DASHBOARD_SCOPES = {
     READ_SCOPE: {"description": "See who holds which GPU on the GPU dashboard"},
     READ_GROUPS_SCOPE: {"description": "See the GPUs of your own groups' users"},
     STOP_SCOPE: {"description": "Stop servers from the GPU dashboard"},
+    MINE_SCOPE: {"description": "See your own servers' GPUs and how long until the lab's rules stop them"},
 }
 
 #: What each service does with its own token, and no more. The dashboard lists the
-#: users with their servers, activity and groups and stops servers; the culler is
-#: jupyterhub-idle-culler's least privilege, and reads who is an admin (``read:users:name``:
-#: the name and the admin field) for budgets that exempt admins.
-DASHBOARD_SERVICE_SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
+#: users with their servers, activity and groups, stops servers, and lists the hub's
+#: services for its Services menu; the culler is jupyterhub-idle-culler's least privilege,
+#: and reads who is an admin (``read:users:name``: the name and the admin field) for budgets
+#: that exempt admins.
+DASHBOARD_SERVICE_SCOPES = [
+    "list:users",
+    "read:users:activity",
+    "read:users:groups",
+    "read:servers",
+    "delete:servers",
+    "list:services",
+    "read:services",
+]
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers", "read:users:name"]
+#: gpuspawner's own templates of the hub's pages (its home page), for ``c.JupyterHub.template_paths``.
+HUB_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "hub")
+
 #: The SSH gateway reads a user's server, starts it when none runs, and reports an open
 #: session as activity. Checking a password needs nothing: the user's own token asks
 #: the hub who owns it. It cannot stop a server, read tokens or act as anyone.
@@ -68,6 +81,7 @@ def add_dashboard(
     teacher_groups: Iterable[str] = (),
     args: Sequence[str] = (),
     name: str = DASHBOARD,
+    home_page: bool = True,
 ) -> dict:
     """Run the GPU dashboard as a hub-managed service, in the hub's Services menu.
 
@@ -75,8 +89,12 @@ def add_dashboard(
     which the service reads with ``-f``. Admins (``admin_users``, by default
     ``c.Authenticator.admin_users`` as set so far, and the members of
     ``admin_groups``) see every GPU and may stop servers; the members of
-    ``teacher_groups`` see the GPUs of their own groups' users. ``args`` go to
-    ``python -m gpuspawner.dashboard`` (``--refresh=30``, ...). Returns the service.
+    ``teacher_groups`` see the GPUs of their own groups' users. Every user may open
+    "My GPU", their own servers' page (``custom:gpu-dashboard:mine``, added to the
+    hub's ``user`` role). ``home_page``: the hub's home page says what each server
+    holds and its rules, with a link to My GPU (gpuspawner's ``home.html``, through
+    ``c.JupyterHub.template_paths``). ``args`` go to ``python -m gpuspawner.dashboard``
+    (``--refresh=30``, ...). Returns the service.
     """
     if admin_users is None:
         admin_users = _configured(c.Authenticator, "admin_users", set())
@@ -107,6 +125,10 @@ def add_dashboard(
     _add_service(c, service)
     _add_scopes(c, DASHBOARD_SCOPES)
     _add_roles(c, roles)
+    _add_user_scopes(c, [MINE_SCOPE, access])
+    c.GPUSpawner.my_gpu_page = f"services/{name}/mine"
+    if home_page:
+        _add_template_path(c, HUB_TEMPLATES)
     return service
 
 
@@ -175,10 +197,9 @@ def add_ssh_gateway(
         c,
         [
             {"name": f"{name}-service", "services": [name], "scopes": list(SSH_GATEWAY_SCOPES)},
-            # JupyterHub's default role of every user, with the gateway's page: keep "self".
-            {"name": "user", "scopes": ["self", f"access:services!service={name}"]},
         ],
     )
+    _add_user_scopes(c, [f"access:services!service={name}"])  # every user may open the gateway's page
     return service
 
 
@@ -254,6 +275,26 @@ def _add_roles(c, roles: list[dict]) -> None:
     c.JupyterHub.load_roles = current
 
 
+def _add_user_scopes(c, scopes: Sequence[str]) -> None:
+    """Grant ``scopes`` to every user, keeping the default ``user`` role's own (``self``).
+
+    JupyterHub 6's way is ``c.JupyterHub.extra_user_scopes``. A config that redefines the
+    ``user`` role with scopes of its own makes the hub ignore that setting: then the scopes
+    go into that role too."""
+    extra = _configured(c.JupyterHub, "extra_user_scopes", set())
+    c.JupyterHub.extra_user_scopes = set(extra) | set(scopes)
+    roles = list(_configured(c.JupyterHub, "load_roles", []))
+    if any(r.get("name") == "user" and "scopes" in r for r in roles):
+        _add_roles(c, [{"name": "user", "scopes": list(scopes)}])
+
+
+def _add_template_path(c, path: str) -> None:
+    """Let the hub find ``path``'s templates, after the admin's own (theirs win where both have one)."""
+    paths = list(_configured(c.JupyterHub, "template_paths", []))
+    if path not in paths:
+        c.JupyterHub.template_paths = [*paths, path]
+
+
 def _union(first: Iterable[str], second: Iterable[str]) -> list[str]:
     """Both lists' items, each once, in order."""
     return list(dict.fromkeys([*first, *second]))
@@ -266,6 +307,11 @@ __all__ = [
     "DASHBOARD_SCOPES",
     "DASHBOARD_SERVICE_SCOPES",
     "DOCKER_ENV",
+    "HUB_TEMPLATES",
+    "MINE_SCOPE",
+    "READ_GROUPS_SCOPE",
+    "READ_SCOPE",
+    "STOP_SCOPE",
     "SSH_GATEWAY",
     "SSH_GATEWAY_SCOPES",
     "add_culler",

@@ -29,6 +29,7 @@ from jupyterhub.httpclient import fetch
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import make_ssl_context, maybe_future, random_port, url_path_join
+from markupsafe import Markup
 from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import (
@@ -108,6 +109,7 @@ from .startup import (
     top_commands,
     watch_start,
 )
+from .summary import ServerSummary, summarize
 from .traits import Duration
 from .usage import book as usage_book
 from .usage import recorder as _usage_recorder  # noqa: F401 - its metrics, in the hub's /hub/metrics
@@ -894,6 +896,32 @@ class GPUSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    clocks_file = Unicode(
+        "gpuspawner-clocks.json",
+        help="""Where the GPU culler writes its clocks each round, for the dashboard's "My GPU" page.
+
+        One JSON object, replaced whole each round: for each running GPU server, each rule that can
+        stop it (``gpu_idle_timeout``, ``gpu_idle_timeout_when_waiting``, ``max_runtime``, a spent
+        budget's ``budget_grace``, the next lab hours on its GPU), since when it counts and when it
+        would stop the server. Relative to the hub's working directory. Empty: not written (the page
+        then lists the rules without their clocks).
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    my_gpu_page = Unicode(
+        "",
+        help="""The students' "My GPU" page, under the hub's base URL (``services/gpu-dashboard/mine``).
+
+        ``services.add_dashboard`` sets it. The hub's home page (gpuspawner's ``home.html``) and
+        the spawn's progress link to it, where a student sees their server's GPU and how long until
+        each rule would stop it. Empty: no link.
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     ledger_sync_interval = Float(
         30,
         min=0,
@@ -1088,6 +1116,35 @@ class GPUSpawner(DockerSpawner):
     @property
     def holder(self) -> str:
         return holder_key(self.user.name, self.name or "")
+
+    @property
+    def lab_summary(self) -> ServerSummary | None:
+        """What this running server holds and the rules that stop it, in sentences: for the hub's home
+        page (gpuspawner's ``home.html``). None before it has a profile (and never an error: a page reads it)."""
+        try:
+            profile = self.profile
+            if profile is None:
+                return None
+            ledger = self.shared.ledger
+            held = ledger.assignment(self.holder)
+            if held is not None and held.ids == self.gpu_ids:
+                units, shared = held.units, held.shared
+            else:  # the hub restarted and has not looked at its containers yet: the state's units
+                known = {u.id: u for u in ledger.inventory}
+                units, shared = tuple(known[i] for i in self.gpu_ids if i in known), self.gpu_shared
+            others = max((len(ledger.holders_of(u.id)) - 1 for u in units), default=0) if shared else 0
+            return summarize(
+                profile.display_name,
+                units,
+                shared,
+                self.culling_rules_of(profile),
+                others=others,
+                slots=self.shared_gpu_users,
+                my_gpu=self.my_gpu_page,
+            )
+        except Exception:  # noqa: BLE001 - the home page shows without it rather than fail
+            self.log.debug("No summary of %s for the home page", self.holder, exc_info=True)
+            return None
 
     def get_state(self):
         state = super().get_state()
@@ -1396,6 +1453,7 @@ class GPUSpawner(DockerSpawner):
                 what = ", ".join(u.describe() for u in assignment.units)
                 held = f" with a slot on the shared {what}" if assignment.shared else f" with {what}"
             self._report(75, f"Starting your server{held}")
+            self._report_rules(profile)
             started = await super().start()
             self.shared.started(self.gpu_ids)
             runtime = self.culling_rules_of(profile).max_runtime
@@ -1831,10 +1889,31 @@ class GPUSpawner(DockerSpawner):
         except ImageError as e:
             raise LabSpawnException(str(e), reason="image_pull") from None
 
-    def _report(self, percent: int, message: str) -> None:
-        """One step of this spawn, for ``progress()``."""
-        self._progress.append({"progress": percent, "message": message})
+    def _report(self, percent: int, message: str, html: str = "") -> None:
+        """One step of this spawn, for ``progress()`` (``html``: the same with links, for the page)."""
+        event = {"progress": percent, "message": message}
+        if html:
+            event["html_message"] = html
+        self._progress.append(event)
         self._progress_changed.set()
+
+    def _report_rules(self, profile: Profile) -> None:
+        """The rules that will stop this GPU server, and where its clocks are shown."""
+        rules = self.culling_rules_of(profile).describe() if self.gpu_ids else ""
+        if not rules:
+            return
+        message = f"The lab's rules: {rules[0].lower()}{rules[1:]}"
+        if not self.my_gpu_page:
+            self._report(76, message)
+            return
+        hub_url = getattr(self.hub, "base_url", "") or "/hub/"  # the hub's pages; its base URL is above them
+        base = hub_url[: -len("hub/")] if hub_url.endswith("hub/") else "/"
+        link = url_path_join(base, self.my_gpu_page)
+        self._report(
+            76,
+            f"{message} My GPU ({link}) shows how long until each would stop it.",
+            Markup('{} <a href="{}">My GPU</a> shows how long until each would stop it.').format(message, link),
+        )
 
     async def progress(self):
         """The spawn's steps as they happen: pulling (with %), assigning GPUs, starting."""

@@ -75,15 +75,24 @@ def wait_for_dashboard(hub, timeout=30):
     wait_for(answers, timeout, "the dashboard answers", details=hub.log_tail)
 
 
-def log_in_to_dashboard(browser, hub, name):
-    context = browser.new_context()
+def log_in_to_dashboard(browser, hub, name, then="/services/gpu-dashboard/", **context_options):
+    """A new browser context of ``name``, logged in through the hub's form, at ``then``."""
+    context = browser.new_context(**context_options)
     page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next=/services/gpu-dashboard/")
+    page.goto(f"{hub.url}/hub/login?next={then}")
     page.fill("#username_input", name)
     page.fill("#password_input", "any")
     with page.expect_navigation():
         page.click("#login_submit")
     return context, page
+
+
+def own_token(context, page, hub, name) -> str:
+    """A token of ``name``'s own (all of their scopes), made as the hub's token page does."""
+    xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf" and c["path"].startswith("/hub"))
+    made = page.request.post(f"{hub.api}/users/{name}/tokens", data={"note": "e2e"}, headers={"X-XSRFToken": xsrf})
+    assert made.status == 201, made.text()
+    return made.json()["token"]
 
 
 def metrics(hub, token=PROM_TOKEN):
@@ -258,19 +267,14 @@ def test_a_teacher_sees_their_groups_gpus_only_and_cannot_stop(hub, browser):
     context.close()
 
 
-def test_a_student_gets_403_on_the_page_and_the_api(hub, browser):
+def test_a_student_gets_my_gpu_and_403_on_the_whole_labs_api(hub, browser):
     context, page = log_in_to_dashboard(browser, hub, STUDENT)
-    assert re.search(r"\b403\b", page.content()), page.content()[:500]
-    assert_accessible(page, "the dashboard's refusal, for a student")
+    assert page.url == hub.dashboard + "mine", page.url  # their own servers' page (My GPU), not the lab's
+    assert page.locator("main h1").inner_text() == "My GPU" and EVIL_USER not in page.content()
+    assert_accessible(page, "My GPU, for a student without a server")
     assert page.request.get(hub.dashboard + "api/v1/gpus").status == 403
     assert page.request.get(hub.dashboard + "metrics").status == 403
-    # A token of the student's own (all of their scopes), made as the hub's token page does, is not enough.
-    xsrf = next(c["value"] for c in context.cookies() if c["name"] == "_xsrf")
-    r = page.request.post(
-        f"{hub.url}/hub/api/users/{STUDENT}/tokens", data={"note": "e2e"}, headers={"X-XSRFToken": xsrf}
-    )
-    assert r.status == 201, r.text()
-    token = r.json()["token"]
+    token = own_token(context, page, hub, STUDENT)  # all of the student's scopes: not enough either
     context.close()
     for path in ("api/v1/gpus", "metrics"):
         got = requests.get(hub.dashboard + path, headers={"Authorization": f"token {token}"}, timeout=30)

@@ -62,6 +62,7 @@ def test_the_dashboard_service_reads_the_hubs_config_and_docker_settings():
             "custom:gpu-dashboard:read",
             "custom:gpu-dashboard:read-groups",
             "custom:gpu-dashboard:stop",
+            "custom:gpu-dashboard:mine",
         ],
         "oauth_no_confirm": True,
         "display": True,
@@ -70,6 +71,12 @@ def test_the_dashboard_service_reads_the_hubs_config_and_docker_settings():
     assert all(spec["description"] for spec in c.JupyterHub.custom_scopes.values())
     assert [r["name"] for r in c.JupyterHub.load_roles] == ["gpu-dashboard-admins", "gpu-dashboard-service"]
     assert role(c, "gpu-dashboard-admins")["users"] == ["ada"]
+    # Every user: My GPU, through JupyterHub 6's own way of adding to the default user role (its "self" kept).
+    assert c.JupyterHub.extra_user_scopes == {"custom:gpu-dashboard:mine", "access:services!service=gpu-dashboard"}
+    # The hub's home page: gpuspawner's template after the admin's own, and the link to My GPU.
+    assert c.JupyterHub.template_paths == [services.HUB_TEMPLATES]
+    assert (Path(services.HUB_TEMPLATES) / "home.html").is_file()
+    assert c.GPUSpawner.my_gpu_page == "services/gpu-dashboard/mine"
 
 
 def test_the_culler_service_reads_the_hubs_config_and_docker_settings(tmp_path, monkeypatch):
@@ -126,7 +133,15 @@ def test_an_external_node_culler_has_a_token_and_the_culler_scopes():
 
 # --- least privilege: exactly the scopes each needs
 
-DASHBOARD_SERVICE = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
+DASHBOARD_SERVICE = [
+    "list:users",
+    "read:users:activity",
+    "read:users:groups",
+    "read:servers",
+    "delete:servers",
+    "list:services",
+    "read:services",
+]
 CULLER = ["list:users", "read:users:activity", "read:servers", "delete:servers", "read:users:name"]
 
 
@@ -136,7 +151,8 @@ def test_roles_grant_exactly_the_scopes_needed():
     services.add_culler(c, HUB_CONFIG)
     granted = {r["name"]: r["scopes"] for r in c.JupyterHub.load_roles}
     assert granted == {
-        # GET /hub/api/users?state=active with servers, activity and groups; DELETE a server (the stop button).
+        # GET /hub/api/users?state=active with servers, activity and groups; DELETE a server (the stop button);
+        # GET /hub/api/services with each one's prefix and display (the Services menu).
         "gpu-dashboard-service": DASHBOARD_SERVICE,
         # See everything and stop, through this service only (not the hub's admin pages).
         "gpu-dashboard-admins": [
@@ -165,11 +181,45 @@ def test_the_scopes_are_the_ones_the_dashboard_checks():
     assert services.STOP_SCOPE == app.STOP_SCOPE
 
 
+def test_every_user_gets_my_gpu_whether_or_not_the_config_redefines_the_user_role():
+    """JupyterHub ignores extra_user_scopes once load_roles gives the user role scopes of its own:
+    then they go into that role as well, before or after the call, "self" and the admin's kept."""
+    mine = ["custom:gpu-dashboard:mine", "access:services!service=gpu-dashboard"]
+    own = {"name": "user", "scopes": ["self", "read:groups"]}
+    before = config()
+    before.JupyterHub.load_roles = [dict(own)]
+    before.JupyterHub.extra_user_scopes = {"access:services"}
+    services.add_dashboard(before, HUB_CONFIG)
+    services.add_ssh_gateway(before, HUB_CONFIG)
+    assert role(before, "user")["scopes"] == ["self", "read:groups", *mine, "access:services!service=gpu-ssh"]
+    assert before.JupyterHub.extra_user_scopes == {"access:services", *mine, "access:services!service=gpu-ssh"}
+    # The SSH gateway's page the same way: neither call redefines the user role.
+    after = config()
+    services.add_ssh_gateway(after, HUB_CONFIG)
+    services.add_dashboard(after, HUB_CONFIG)
+    assert "user" not in {r["name"] for r in after.JupyterHub.load_roles}
+    assert after.JupyterHub.extra_user_scopes == {*mine, "access:services!service=gpu-ssh"}
+
+
+def test_an_admins_own_templates_come_first_and_the_home_page_can_be_left_alone():
+    c = config()
+    c.JupyterHub.template_paths = ["/srv/our-templates"]
+    services.add_dashboard(c, HUB_CONFIG)
+    services.add_dashboard(c, HUB_CONFIG)
+    assert c.JupyterHub.template_paths == ["/srv/our-templates", services.HUB_TEMPLATES]
+    plain = config()
+    services.add_dashboard(plain, HUB_CONFIG, home_page=False)
+    assert "template_paths" not in plain.JupyterHub
+    assert plain.GPUSpawner.my_gpu_page  # the progress page still links My GPU
+
+
 def test_a_renamed_service_gets_roles_and_access_of_its_own_name():
     c = config()
     services.add_dashboard(c, HUB_CONFIG, name="gpu-dash-2", url="http://127.0.0.1:10102")
     assert [r["name"] for r in c.JupyterHub.load_roles] == ["gpu-dash-2-admins", "gpu-dash-2-service"]
     assert "access:services!service=gpu-dash-2" in role(c, "gpu-dash-2-admins")["scopes"]
+    assert "access:services!service=gpu-dash-2" in c.JupyterHub.extra_user_scopes
+    assert c.GPUSpawner.my_gpu_page == "services/gpu-dash-2/mine"
     assert role(c, "gpu-dash-2-service")["services"] == ["gpu-dash-2"]
 
 
@@ -202,7 +252,7 @@ def test_an_admins_own_services_scopes_and_roles_are_kept():
     services.add_dashboard(c, HUB_CONFIG)
     assert c.JupyterHub.services[0] == own_service and len(c.JupyterHub.services) == 2
     assert c.JupyterHub.custom_scopes["custom:gpu-dashboard:read"] == {"description": "Our own words"}
-    assert len(c.JupyterHub.custom_scopes) == 3
+    assert len(c.JupyterHub.custom_scopes) == 4
     assert c.JupyterHub.load_roles[0] == own_roles[0]
     admins = role(c, "gpu-dashboard-admins")
     assert admins == {

@@ -507,10 +507,11 @@ def test_the_gateway_service_has_three_scopes_and_every_user_its_page(monkeypatc
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["gpu-ssh-service"]["scopes"] == ["read:servers", "start:servers", "users:activity"]
     assert all(s in scope_definitions for s in roles["gpu-ssh-service"]["scopes"])
-    assert roles["user"]["scopes"] == ["self", "access:services!service=gpu-ssh"]
+    # Every user's (JupyterHub 6's extra_user_scopes: the default user role keeps "self").
+    assert c.JupyterHub.extra_user_scopes == {"access:services!service=gpu-ssh"} and "user" not in roles
     # Twice changes nothing; an admin's own user role keeps its scopes.
     services.add_ssh_gateway(c, "/etc/jupyterhub/jupyterhub_config.py", port=2022, args=["--x=1"])
-    assert len(c.JupyterHub.services) == 1 and len(c.JupyterHub.load_roles) == 2
+    assert len(c.JupyterHub.services) == 1 and len(c.JupyterHub.load_roles) == 1
     c2 = Config()
     c2.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "read:groups"]}]
     services.add_ssh_gateway(c2, "jupyterhub_config.py", admin_access=True)

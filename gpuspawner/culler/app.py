@@ -13,7 +13,9 @@ and the home volume is left alone. This app is that culler with one arbiter:
   culler does, when ``--timeout`` is more than 0 (off by default).
 
 Before a GPU stop it appends a record to the stops file, which the spawner reads
-to tell the student why and the dashboard lists.
+to tell the student why and the dashboard lists. Each round it also writes its clocks
+(``clocks.py``): per running GPU server, each rule's start and when it would stop the
+server, for the dashboard's "My GPU" page.
 
 Where the hub records usage (``GPUSpawner.usage_db_url``), each round also keeps
 the utilisation and peak memory of each GPU server's own processes on its open
@@ -53,12 +55,13 @@ from traitlets import Any, Bool, Callable, Float, Int, Unicode, default
 from .. import labels as label
 from ..config import ConfigError, load_service_config
 from ..docker_client import LazyClient
-from ..eventfiles import read_snapshot
+from ..eventfiles import read_snapshot, write_snapshot
 from ..gpus.allocation import Requester, holder_key
 from ..hub_child import exit_at_once, stop_with_the_hub
 from ..usage.budgets import parse_budgets
 from ..usage.budgets import standings as budget_standings
 from ..usage.store import UsageStore, UsageStoreError
+from .clocks import ServerClocks, report_json, server_clocks
 from .figures import FigureBook, OpenRecord, sample
 from .orphans import ORPHAN, OrphanClocks, orphan_message
 from .policy import BUDGET, RESERVATION, GPUServer, IdleClocks, UnitReading
@@ -149,6 +152,15 @@ class GPUCuller(IdleCuller):
         help="""Who waits in line for which units, as the hub writes it (default: GPUSpawner.queue_file of
         the hub's config; '' for none): for ``gpu_idle_timeout_when_waiting``."""
     ).tag(config=True)
+    clocks_file = Unicode(
+        help="""Where the culler writes its clocks each round (default: GPUSpawner.clocks_file of the hub's
+        config, or '' with ``--node-local``; '' for none): for each running GPU server, each rule that
+        can stop it, since when it counts and when it would stop the server. The dashboard's "My GPU"
+        page reads it.
+
+        .. versionadded:: 0.2
+        """
+    ).tag(config=True)
     stops_file_max_size = ByteSpecification(
         "10M",
         help="Rotate the stops file when a line would make it larger than this; 0: never. It becomes FILE.1"
@@ -215,6 +227,7 @@ class GPUCuller(IdleCuller):
         "usage-file": "GPUCuller.usage_file",
         "busy-threshold": "GPUCuller.busy_threshold",
         "stops-file": "GPUCuller.stops_file",
+        "clocks-file": "GPUCuller.clocks_file",
         "timeout": "GPUCuller.timeout",
         "cull-every": "GPUCuller.cull_every",
         "orphan-grace": "GPUCuller.orphan_grace",
@@ -244,6 +257,9 @@ class GPUCuller(IdleCuller):
             self.stops_file = hub.spawner.stops_file
         if "queue_file" not in self.config.get("GPUCuller", {}):
             self.queue_file = hub.spawner.queue_file
+        if "clocks_file" not in self.config.get("GPUCuller", {}):
+            # One file per hub: the node-local cullers of a Swarm each write their own only when told where.
+            self.clocks_file = "" if self.node_local else hub.spawner.clocks_file
         self.new_docker_client = self._local_client if self.node_local else hub.spawner.new_docker_client
         self._local: set[str] = set()  # with node_local: "user/server" of every gpuspawner server on this node
         self._record_as: dict[str, str] = {}  # container id -> the id the hub's spawner knows (a service's)
@@ -265,6 +281,10 @@ class GPUCuller(IdleCuller):
         self._exempted: set[str] = set()  # servers whose exemption was logged
         self.figures = FigureBook(self.cull_every)
         self._figures_error = ""
+        self._budget_seen: dict[str, list] = {}  # holder -> [(Standing, spent since or None)] at its last judgement
+        self._published: dict[str, ServerClocks] = {}  # holder -> its clocks at its last judgement
+        self._clocks_timer: asyncio.TimerHandle | None = None
+        self._clocks_error = ""
 
     # --- one round's view, read once and shared by the round's servers
 
@@ -317,6 +337,7 @@ class GPUCuller(IdleCuller):
                     self._usage_error = error
                     readings = {}
                 self.clocks.forget_others(servers.values())
+                self._forget_clocks_of_others(servers)
                 self.log.debug("GPU round: %d GPU server(s), usage of %d unit(s)", len(servers), len(readings))
                 self._round = (now, servers, readings)
                 await self._keep_figures(now, servers, readings)
@@ -328,45 +349,74 @@ class GPUCuller(IdleCuller):
         if self.node_local and server.get("full_name", "") not in self._local:
             return False  # another node's server: its own culler judges it
         found = servers.get(server.get("full_name", ""))
-        booking = self._reserved_against(found, self.clock()) if found is not None else None
-        if booking is not None:
-            message = booking.stopped()
-            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), message)
-            self._record_stop(
-                found, self._record_as.get(found.container, found.container), RESERVATION, message, self.clock()
-            )
+        if found is not None and await self._stops(found, server, readings):
+            self._publish(found.key, None)
             return True
-        spent = await self._budget_spent(found, self.clock()) if found is not None else None
-        if spent is not None:
-            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), spent)
-            container = self._record_as.get(found.container, found.container)
-            self._record_stop(found, container, BUDGET, f"stopped: {spent}", self.clock())
-            return True
-        if found is not None and found.rules.active:
-            now = self.clock()
-            started = parse_date(server["started"]) if server.get("started") else None
-            last_activity = parse_date(server["last_activity"]) if server.get("last_activity") else None
-            gpu_server = replace(found, started=started)
-            wanted = bool(found.rules.gpu_idle_timeout_when_waiting) and not self._waited_for().isdisjoint(found.units)
-            verdict = self.clocks.judge(gpu_server, readings, now, last_activity, wanted=wanted)
-            if verdict.stop:
-                self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), verdict.message)
-                container = self._record_as.get(found.container, found.container)
-                self._record_stop(found, container, verdict.reason, verdict.message, now)
-                return True
         if self.timeout > 0 and inactive is not None:
             return inactive.total_seconds() >= inactive_limit
         return False
 
-    def _reserved_against(self, server: GPUServer, now: datetime):
-        """The lab hours under way on one of ``server``'s units that do not serve it (its booking), or None."""
+    async def _stops(self, found: GPUServer, server: dict, readings: dict[str, UnitReading]) -> bool:
+        """Whether a GPU server stops now: its lab hours, its budget, its GPU rules, in that order. One
+        that runs on has its clocks published."""
+        now = self.clock()
+        booking = self._reserved_against(found, now)
+        container = self._record_as.get(found.container, found.container)
+        if booking is not None:
+            message = booking.stopped()
+            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), message)
+            self._record_stop(found, container, RESERVATION, message, now)
+            return True
+        spent = await self._budget_spent(found, now)
+        if spent is not None:
+            self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), spent)
+            self._record_stop(found, container, BUDGET, f"stopped: {spent}", now)
+            return True
+        started = parse_date(server["started"]) if server.get("started") else None
+        last_activity = parse_date(server["last_activity"]) if server.get("last_activity") else None
+        gpu_server = replace(found, started=started)
+        wanted = bool(found.rules.gpu_idle_timeout_when_waiting) and not self._waited_for().isdisjoint(found.units)
+        if found.rules.active:
+            verdict = self.clocks.judge(gpu_server, readings, now, last_activity, wanted=wanted)
+            if verdict.stop:
+                self.log.info("Stopping %s (GPUs %s): %s", found.key, ",".join(found.units), verdict.message)
+                self._record_stop(found, container, verdict.reason, verdict.message, now)
+                return True
+        if self.clocks_file:
+            clocks = server_clocks(
+                gpu_server,
+                idle_since=self.clocks.idle_since.get(f"{found.key}@{found.container}"),
+                wanted=wanted,
+                last_activity=last_activity,
+                budgets=self._budget_seen.get(found.key, ()),
+                budget_grace=self._hub.spawner.budget_grace,
+                booking=self._next_lab_hours(found, now),
+            )
+            self._publish(found.key, clocks)
+        return False
+
+    def _book(self):
+        """The lab's reservations, or None when it has none (or they cannot be read)."""
         spawner = self._hub.spawner
         if not (spawner.reservations or spawner.reservations_file):
             return None
         try:
-            book = spawner.reservation_book()
+            return spawner.reservation_book()
         except Exception as e:  # noqa: BLE001 - a broken file on first read: nobody is stopped for it
             self.log.warning("Cannot read the lab's reservations: %s", e)
+            return None
+
+    def _next_lab_hours(self, server: GPUServer, now: datetime):
+        """The next lab hours on ``server``'s units that do not serve it (a Booking), or None: for its clocks."""
+        book = self._book()
+        if book is None:
+            return None
+        return book.free_until(server.units, Requester(server.user, server.groups), server.profile, now.timestamp())
+
+    def _reserved_against(self, server: GPUServer, now: datetime):
+        """The lab hours under way on one of ``server``'s units that do not serve it (its booking), or None."""
+        book = self._book()
+        if book is None:
             return None
         reserved = book.reserved_at(now.timestamp())
         requester = Requester(server.user, server.groups)
@@ -377,50 +427,107 @@ class GPUCuller(IdleCuller):
         return None
 
     async def _budget_spent(self, server: GPUServer, now: datetime) -> str | None:
-        """Why ``server`` must stop for a spent GPU-hour budget (after ``budget_grace``), or None."""
+        """Why ``server`` must stop for a spent GPU-hour budget (after ``budget_grace``), or None.
+        Keeps where its budgets stand, for its clocks."""
+        spawner = self._hub.spawner
+        found = await self._budget_standings(server, now)
+        if any(s.spent and s.budget.admins_exempt for s in found):
+            admin = await self.is_admin(server.user)
+            if admin is None:
+                return None  # the hub cannot say now: asked again next round
+            if admin:  # an admin answers only to the budgets that do not exempt admins
+                exempt = [s for s in found if s.spent and s.budget.admins_exempt]
+                found = [s for s in found if not s.budget.admins_exempt]
+                if server.key not in self._exempted:
+                    self._exempted.add(server.key)
+                    self.log.info(
+                        "%s: %s; %s is an admin, exempt (admins_exempt)", server.key, exempt[0].refusal(), server.user
+                    )
+        spent = next((s for s in found if s.spent), None)
+        key = f"{server.key}@{server.container}"
+        if spent is None:
+            self._spent_since.pop(key, None)
+            self._budget_seen[server.key] = [(s, None) for s in found]
+            return None
+        since_spent = self._spent_since.setdefault(key, now)
+        self._budget_seen[server.key] = [(s, since_spent if s.spent else None) for s in found]
+        left = spawner.budget_grace - (now - since_spent).total_seconds()
+        if left > 0:
+            self.log.info("%s: %s; stopped in %.0f s", server.key, spent.refusal(), left)
+            return None
+        return spent.refusal()
+
+    async def _budget_standings(self, server: GPUServer, now: datetime) -> list:
+        """Where each GPU-hour budget ``server`` answers to stands now (none when there are none, or the
+        usage database cannot be read: nobody is stopped for a budget then)."""
         spawner = self._hub.spawner
         if not spawner.gpu_budgets or not spawner.usage_db_url:
-            return None
+            return []
         try:
             if self._budgets is None:
                 self._budgets = parse_budgets(list(spawner.gpu_budgets))
             applying = [b for b in self._budgets if b.applies(server.user, server.groups, server.profile)]
             windows = [w for w in (b.window(now) for b in applying) if w is not None]
             if not windows:
-                return None
+                return []
             since = min(w.start for w in windows)
             round_at = self._round[0] if self._round else None
             if self._uses is None or self._uses[0] != (round_at, since):
                 store = await asyncio.to_thread(self._usage_store)
                 self._uses = ((round_at, since), await asyncio.to_thread(store.uses, since=since))
-            found = budget_standings(applying, self._uses[1], now, server.user, server.groups, server.profile)
+            return budget_standings(applying, self._uses[1], now, server.user, server.groups, server.profile)
         except Exception as e:  # noqa: BLE001 - no usage database (yet): nobody is stopped for a budget
             self.log.warning("Cannot read the GPU-hour budgets' use: %s", e)
-            return None
-        spent_ones = [s for s in found if s.spent]
-        if any(s.budget.admins_exempt for s in spent_ones):
-            admin = await self.is_admin(server.user)
-            if admin is None:
-                return None  # the hub cannot say now: asked again next round
-            if admin:
-                exempt = [s for s in spent_ones if s.budget.admins_exempt]
-                spent_ones = [s for s in spent_ones if not s.budget.admins_exempt]
-                if server.key not in self._exempted:
-                    self._exempted.add(server.key)
-                    self.log.info(
-                        "%s: %s; %s is an admin, exempt (admins_exempt)", server.key, exempt[0].refusal(), server.user
-                    )
-        spent = spent_ones[0] if spent_ones else None
-        key = f"{server.key}@{server.container}"
-        if spent is None:
-            self._spent_since.pop(key, None)
-            return None
-        since_spent = self._spent_since.setdefault(key, now)
-        left = spawner.budget_grace - (now - since_spent).total_seconds()
-        if left > 0:
-            self.log.info("%s: %s; stopped in %.0f s", server.key, spent.refusal(), left)
-            return None
-        return spent.refusal()
+            return []
+
+    # --- the clocks file: what each running GPU server's rules say, for the dashboard
+
+    #: Seconds after a judgement before the clocks file is written: one write for a round's servers.
+    clocks_delay = 0.5
+
+    def _publish(self, holder: str, clocks: ServerClocks | None) -> None:
+        """Keep ``holder``'s clocks (None: it stops) and write the file soon."""
+        if not self.clocks_file:
+            return
+        if clocks is None:
+            self._published.pop(holder, None)
+        else:
+            self._published[holder] = clocks
+        if self._clocks_timer is None:
+            self._clocks_timer = asyncio.get_running_loop().call_later(self.clocks_delay, self.write_clocks)
+
+    def _forget_clocks_of_others(self, servers: dict[str, GPUServer]) -> None:
+        """Drop the clocks and budget standings of servers whose container no longer runs."""
+        for holder, clocks in list(self._published.items()):
+            running = servers.get(holder)
+            if running is None or running.container != clocks.container:
+                del self._published[holder]
+        for holder in set(self._budget_seen) - set(servers):
+            del self._budget_seen[holder]
+
+    def write_clocks(self) -> None:
+        """Write the clocks file now (atomically); a failure is logged once, never raised."""
+        if self._clocks_timer is not None:
+            self._clocks_timer.cancel()
+            self._clocks_timer = None
+        if not self.clocks_file:
+            return
+        try:
+            write_snapshot(self.clocks_file, report_json(self._published.values(), self.clock(), self.cull_every))
+            self._clocks_error = ""
+        except OSError as e:
+            error = f"{self.clocks_file}: {e.strerror or e}"
+            if error != self._clocks_error:
+                self.log.warning("Could not write the clocks to %s", error)
+            self._clocks_error = error
+
+    async def publish_round(self) -> None:
+        """Each round, also with no server to judge: forget servers that are gone, and write the file."""
+        try:
+            await self._view()
+        except Exception as e:  # noqa: BLE001 - the round's own judgement says more
+            self.log.debug("GPU round for the clocks: %s", e)
+        self.write_clocks()
 
     def _usage_store(self) -> UsageStore:
         """The hub's usage database, opened (never made, never upgraded) at first need."""
@@ -604,6 +711,9 @@ class GPUCuller(IdleCuller):
         if self.orphan_grace and not self.node_local and not self.generate_config:
             IOLoop.current().add_callback(self.reconcile)
             PeriodicCallback(self.reconcile, 1e3 * self.cull_every).start()
+        if self.clocks_file and not self.generate_config:
+            IOLoop.current().add_callback(self.publish_round)
+            PeriodicCallback(self.publish_round, 1e3 * self.cull_every).start()
         self.log.info("GPU culler running: a round every %d s", self.cull_every)
         super().start()
         self.log.info("GPU culler stopping")

@@ -5,11 +5,13 @@ custom scope ``custom:gpu-dashboard:read``: unfiltered, it shows every unit; fil
 (``!group=physics``, ``!user=ana``), or as ``custom:gpu-dashboard:read-groups`` (the
 viewer's own groups), it shows only those users' units. Stopping a server needs
 ``custom:gpu-dashboard:stop`` reaching its user; putting a quarantined unit back
-needs that scope unfiltered (an admin's). Everyone else gets 403. The usage page
-(``usage``, ``api/usage``: GPU-hours per day, ``usage_page.py``) also lets a student in
-with ``custom:gpu-dashboard:mine``, to their own records. The service
-itself uses its own token for the hub API with ``list:users``, ``read:users:activity``,
-``read:users:groups``, ``read:servers`` and ``delete:servers``, nothing more.
+needs that scope unfiltered (an admin's). ``custom:gpu-dashboard:mine`` (every user's)
+opens "My GPU" (``mine``, ``api/v1/mine``): the viewer's own servers only, the viewer
+being whoever the hub says logged in; the usage page (``usage``, ``api/usage``: GPU-hours
+per day, ``usage_page.py``) shows them their own records. Everyone else gets 403. The service itself uses
+its own token for the hub API with ``list:users``, ``read:users:activity``,
+``read:users:groups``, ``read:servers`` and ``delete:servers``, and ``list:services``
+with ``read:services`` for the Services menu, nothing more.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import json
 import os
 import secrets
 import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
 from textwrap import dedent
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,17 +34,18 @@ from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Bool, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from ..config import ConfigError, load_service_config
 from ..gpus import split_holder
 from ..hub_child import exit_at_once, stop_with_the_hub
 from ..quarantine import put_back
-from ..services import READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
+from ..services import MINE_SCOPE, READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
 from .dcgm import job_mapping, sync_job_mapping
 from .history import UsageHistory
 from .metrics import CONTENT_TYPE, render_metrics
+from .mine import ClocksFile, annotate, my_gpu, render_mine
 from .model import DashboardView, Reach, reach_from_scopes, restrict
 from .page import UPDATES_HASH, VIEWS, HubLinks, inline_script_hashes, render_page
 from .sources import HubAPI, Sources
@@ -87,8 +93,10 @@ class _Handler(HubOAuthenticated, web.RequestHandler):
         )
 
     async def view(self, user: dict) -> DashboardView:
-        """The view as ``user`` may see it: every unit, or their groups' users' only."""
-        return restrict(await self.dashboard.sources.view(), self.reach(user, self.dashboard.read_scope))
+        """The view as ``user`` may see it: every unit, or their groups' users' only; with the GPU
+        culler's warnings (a spent budget's coming stop)."""
+        view = restrict(await self.dashboard.sources.view(), self.reach(user, self.dashboard.read_scope))
+        return annotate(view, self.dashboard.clocks.read()[0])
 
     def may_stop(self, user: dict) -> bool:
         """Whether any stop button shows: the stop scope, filtered or not (each stop is checked)."""
@@ -96,8 +104,16 @@ class _Handler(HubOAuthenticated, web.RequestHandler):
 
 
 class PageHandler(_Handler):
+    @property
+    def hub_scopes(self):  # a student (My GPU only) is sent to their own page, not refused
+        return {self.dashboard.read_scope, self.dashboard.read_groups_scope, self.dashboard.mine_scope}
+
     @web.authenticated
     async def get(self):
+        readers = {self.dashboard.read_scope, self.dashboard.read_groups_scope}
+        if not any(s.partition("!")[0] in readers for s in self.current_user.get("scopes") or ()):
+            self.redirect(url_path_join(self.dashboard.service_prefix, "mine"))
+            return
         shown = self.get_query_argument("view", VIEWS[0])
         if shown not in VIEWS:
             raise web.HTTPError(404, f"no view {shown!r}: one of {', '.join(VIEWS)}")
@@ -110,7 +126,7 @@ class PageHandler(_Handler):
             xsrf_form_html=self.xsrf_form_html(),
             refresh=self.dashboard.refresh,
             shown=shown,
-            hub=self.dashboard.hub_links,
+            hub=await self.dashboard.links(),
             xsrf_token=self.xsrf_token.decode("ascii"),
             scopes=self.current_user.get("scopes") or (),
         )
@@ -148,6 +164,50 @@ class MetricsHandler(_Handler):
         view = await self.view(self.require_user())
         self.set_header("Content-Type", CONTENT_TYPE)
         self.write(render_metrics(view))
+
+
+class _MineHandler(_Handler):
+    """My GPU: the viewer's own servers, whoever they are (a student, a teacher, an admin). The viewer
+    is the hub's identity of the login or token; nothing in the URL names anyone."""
+
+    @property
+    def hub_scopes(self):
+        return {self.dashboard.mine_scope}
+
+    async def mine(self, user: dict):
+        dashboard = self.dashboard
+        report, error = dashboard.clocks.read()
+        return my_gpu(
+            await dashboard.shared_view(),
+            report,
+            user["name"],
+            datetime.now(timezone.utc),
+            profile_names=dashboard.profile_names(),
+            clocks_error=error,
+        )
+
+
+class MinePageHandler(_MineHandler):
+    @web.authenticated
+    async def get(self):
+        user = self.current_user
+        page = render_mine(
+            await self.mine(user),
+            refresh=self.dashboard.refresh,
+            hub=await self.dashboard.links(),
+            xsrf_token=self.xsrf_token.decode("ascii"),
+            scopes=user.get("scopes") or (),
+        )
+        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, inline_script_hashes(page)))
+        self.write(page)
+
+
+class MineAPIHandler(_MineHandler):
+    async def get(self):
+        if self.current_user is None:
+            raise web.HTTPError(403, "needs a hub login or token with scope " + self.dashboard.mine_scope)
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps((await self.mine(self.current_user)).as_json()))
 
 
 class StopHandler(_Handler):
@@ -276,6 +336,24 @@ class GPUDashboard(Application):
     def usage_zone(self) -> ZoneInfo:
         return ZoneInfo(self.usage_time_zone)
 
+    mine_scope = Unicode(
+        MINE_SCOPE, help="The custom scope that opens My GPU: the viewer's own servers (every user's)."
+    ).tag(config=True)
+    clocks_file = Unicode(
+        help="""The GPU culler's clocks, for My GPU and the budget warnings (default: GPUSpawner.clocks_file
+        of the hub's config; '' for none: the rules are listed without their clocks)."""
+    ).tag(config=True)
+    mine_view_age = Float(
+        5,
+        min=0,
+        help="""My GPU pages reuse a reading of Docker, NVML and the hub this many seconds old at most,
+        so that a class's open pages cost one reading, not one each (0: a reading per page). The
+        countdowns are always to the time of the request; the admins' pages always read afresh.""",
+    ).tag(config=True)
+    menu_age = Float(
+        60, min=0, help="Seconds the hub's list of services (the Services menu) is kept before it is asked again."
+    ).tag(config=True)
+
     aliases = {
         **Application.aliases,
         ("f", "config"): ("GPUDashboard.hub_config", "The hub's config file (default: ./jupyterhub_config.py)"),
@@ -321,6 +399,13 @@ class GPUDashboard(Application):
             self.quarantine_file = spawner.quarantine_file
         if not self.usage_db_url and "usage_db_url" not in self.config.get("GPUDashboard", {}):
             self.usage_db_url = spawner.usage_db_url
+        if not self.clocks_file and "clocks_file" not in self.config.get("GPUDashboard", {}):
+            self.clocks_file = spawner.clocks_file
+        self.clocks = ClocksFile(self.clocks_file)
+        self._spawner = spawner
+        self._shared: tuple[float, DashboardView] | None = None
+        self._shared_lock = asyncio.Lock()
+        self._menu: tuple[float, tuple[tuple[str, str], ...]] | None = None
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -359,6 +444,37 @@ class GPUDashboard(Application):
             history=history,
         )
 
+    async def shared_view(self) -> DashboardView:
+        """The whole view, read at most every ``mine_view_age`` seconds for all My GPU pages at once."""
+        async with self._shared_lock:
+            if self._shared is None or time.monotonic() - self._shared[0] >= self.mine_view_age:
+                self._shared = (time.monotonic(), await self.sources.view())
+            return self._shared[1]
+
+    def profile_names(self) -> dict[str, str]:
+        """Each profile's name for people, by its slug (none when the profiles cannot be read now)."""
+        try:
+            return {p.slug: p.display_name for p in self._spawner.lab_profiles}
+        except Exception as e:  # noqa: BLE001 - a broken profiles file: the slugs stand in
+            self.log.debug("Cannot read the profiles' names: %s", e)
+            return {}
+
+    async def links(self) -> HubLinks:
+        """The hub's links for its page template, with its Services menu as the hub lists it now (kept
+        ``menu_age`` seconds; this service alone when the hub cannot be asked)."""
+        if self.hub is None:
+            return self.hub_links
+        if self._menu is None or time.monotonic() - self._menu[0] >= self.menu_age:
+            try:
+                listed = await self.hub.services()
+                host = self.hub_links.host
+                menu = tuple((s["name"], host + s["prefix"]) for s in listed) or self.hub_links.services
+            except Exception as e:  # noqa: BLE001 - an older token without list:services, the hub away
+                self.log.debug("Cannot list the hub's services for the menu: %s", e)
+                menu = self.hub_links.services
+            self._menu = (time.monotonic(), menu)
+        return replace(self.hub_links, services=self._menu[1])
+
     async def keep_history(self) -> None:
         """Every ``history_interval`` seconds: one sample of every unit's use, seen or not."""
         while True:
@@ -392,6 +508,8 @@ class GPUDashboard(Application):
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
                 (prefix, PageHandler, route),
                 (url_path_join(prefix, "api/v1/gpus"), GPUsAPIHandler, route),
+                (url_path_join(prefix, "mine"), MinePageHandler, route),
+                (url_path_join(prefix, "api/v1/mine"), MineAPIHandler, route),
                 (url_path_join(prefix, "metrics"), MetricsHandler, route),
                 (url_path_join(prefix, "stop"), StopHandler, route),
                 (url_path_join(prefix, "put-back"), PutBackHandler, route),

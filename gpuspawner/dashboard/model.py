@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .. import labels as label
+from ..culler.policy import CullRules
 from ..eventfiles import Skipped, count_of, events_from_lines
 from ..gpus import Inventory, Ledger, Policy, holder_key, split_holder
 from ..gpus.health import Quarantined
@@ -38,6 +39,8 @@ class Holding:
     last_activity: datetime | None  # the server's, as the hub records it
     shared: bool
     groups: tuple[str, ...] = ()  # the user's hub groups (when the hub API gave them)
+    rules: CullRules | None = None  # the GPU culler's rules it started with (its labels); None: unknown
+    warning: str = ""  # the GPU culler's warning: a spent budget's stop to come (mine.annotate)
 
     @property
     def holder(self) -> str:
@@ -268,6 +271,7 @@ def _unit_json(u: UnitView, share_limit: int, history_interval: float) -> dict:
                 "last_activity": _iso(h.last_activity),
                 "shared": h.shared,
                 "groups": list(h.groups),
+                "warning": h.warning or None,
             }
             for h in u.holders
         ],
@@ -487,6 +491,7 @@ def _holding(
         last_activity=activity.get(holder),
         shared=shared,
         groups=tuple(groups),
+        rules=record.rules if record else None,
     )
 
 

@@ -31,9 +31,18 @@ from .model import DashboardView
 
 VIEWS = ("overview", "map", "table")  # the first is the default
 
+# The sparklines' look, on every page that draws them (the map, My GPU).
+SPARK_STYLE = """
+.spark { display: block; width: 100%; height: 2rem; margin-top: .3rem; color: var(--bs-primary); }
+.spark .memory { stroke: var(--bs-info-text-emphasis); stroke-dasharray: 2 2; }
+.spark .axis { stroke: var(--bs-border-color); }
+.spark polyline, .spark line { vector-effect: non-scaling-stroke; }
+"""
+
 # What the page adds to the hub's look: the map's tiles and the table's widths. Colours come
 # from Bootstrap's variables, so dark mode is the hub's own.
-STYLE = """
+STYLE = (
+    """
 #noscript { display: none; }  /* the hub's page needs JavaScript; this one does not */
 .gpu-dashboard h2 { font-size: 1.25rem; margin-top: 1.5rem; }
 .gpu-dashboard .totals span { margin-right: 1.25rem; }
@@ -63,10 +72,6 @@ STYLE = """
 .tile .meter { display: grid; grid-template-columns: 4.5rem 1fr 6.5rem; gap: .4rem; align-items: center;
   font-size: .8rem; margin-top: .2rem; }
 .tile .progress { height: .55rem; } .tile .meter span:last-child { text-align: end; white-space: nowrap; }
-.spark { display: block; width: 100%; height: 2rem; margin-top: .3rem; color: var(--bs-primary); }
-.spark .memory { stroke: var(--bs-info-text-emphasis); stroke-dasharray: 2 2; }
-.spark .axis { stroke: var(--bs-border-color); }
-.spark polyline, .spark line { vector-effect: non-scaling-stroke; }
 .gpu-dashboard td.model, .gpu-dashboard td.unit-label, .gpu-dashboard td.memory,
 .gpu-dashboard td.since { white-space: nowrap; }
 .gpu-dashboard #units { font-size: .875rem; }
@@ -77,7 +82,12 @@ td.state div { font-weight: normal; }
 .gpu-dashboard form { display: inline; } .gpu-dashboard button { white-space: nowrap; }
 /* The hub's danger red on its dark background is 3:1; Bootstrap's dark-theme red text is 6:1. */
 [data-bs-theme=dark] .gpu-dashboard .btn-outline-danger { --bs-btn-color: #ea868f; --bs-btn-border-color: #ea868f; }
+/* A warning said in words (a spent budget's stop), with a warning's colours, not by colour alone. */
+.holder-warning { color: var(--bs-warning-text-emphasis); background: var(--bs-warning-bg-subtle);
+  border-radius: var(--bs-border-radius-sm); padding: 0 .3rem; font-size: .85rem; font-weight: 600; }
 """
+    + SPARK_STYLE
+)
 
 # The page's updates: a reload every ``refresh`` seconds while it is shown, which the reader can
 # pause (WCAG 2.2.1: a meta refresh could not be paused); without JavaScript, "Refresh now".
@@ -168,6 +178,7 @@ TEMPLATE = (
   {% for h in u.holders %}<li data-holder="{{ h.holder }}"><span class="tile-holder" title="{{ h.user }}{% if h.server %}/{{ h.server }}{% endif %}: {{ h.profile }}">
    <span class="tile-user">{{ h.user }}</span>{% if h.server %}/{{ h.server }}{% endif %} &middot; <span class="text-body-secondary">{{ h.profile }}</span></span>
    {% if can_stop %}<button type="submit" form="stop-form" name="holder" value="{{ h.holder }}" class="map-stop btn btn-link btn-sm p-0 align-baseline" data-holder="{{ h.holder }}">Stop server</button>{% endif %}</li>
+  {% if h.warning %}<li class="holder-warning" data-warning="{{ h.holder }}"><span aria-hidden="true">&#9888;</span> {{ h.warning }}</li>{% endif %}
   {% else %}<li class="text-body-secondary">{% if u.state == "unknown" %}holder unknown{% else %}nobody{% endif %}</li>{% endfor %}
   </ul>
   {% if u.lab_hours %}<div class="lab-hours small">{{ u.lab_hours }}</div>{% endif %}
@@ -209,7 +220,7 @@ TEMPLATE = (
    {%- endif %}</td>
   {% endif %}
   {% if h %}
-  <td class="user">{{ h.user }}</td>
+  <td class="user">{{ h.user }}{% if h.warning %}<div class="holder-warning" data-warning="{{ h.holder }}"><span aria-hidden="true">&#9888;</span> {{ h.warning }}</div>{% endif %}</td>
   <td class="server">{{ h.server or "(default)" }}</td>
   <td class="profile">{{ h.profile }}</td>
   <td class="image">{{ h.image }}</td>
@@ -300,8 +311,9 @@ def hub_templates() -> str | None:
     return path if os.path.isfile(os.path.join(path, "page.html")) else None
 
 
-def _environment(templates: str | None) -> jinja2.Environment:
-    loaders: list[jinja2.BaseLoader] = [jinja2.DictLoader({"dashboard.html": TEMPLATE})]
+def _environment(templates: str | None, pages: dict[str, str] | None = None) -> jinja2.Environment:
+    """The service's pages (``pages``: name -> template) on the hub's ``page.html`` from ``templates``."""
+    loaders: list[jinja2.BaseLoader] = [jinja2.DictLoader(pages or {"dashboard.html": TEMPLATE})]
     loaders.append(jinja2.FileSystemLoader(templates) if templates else jinja2.DictLoader({"page.html": FALLBACK_PAGE}))
     return jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined)
 
@@ -378,7 +390,6 @@ def render_page(
 
     return _template.render(
         view=view,
-        user=_Viewer(user),
         can_stop=can_stop,
         can_put_back=can_put_back,
         xsrf_form_html=Markup(xsrf_form_html),  # tornado builds it escaped
@@ -393,21 +404,29 @@ def render_page(
         na=lambda value, suffix="": "n/a" if value is None else f"{value}{suffix}",
         bar=bar,
         sparkline=sparkline,
-        # What the hub's page.html reads.
-        base_url=hub.url(""),
-        prefix=hub.base_url,
-        static_url=hub.static_url,
-        version_hash="",
-        logo_url="",
-        login_url=hub.login_url,
-        logout_url=hub.url("logout"),
-        services=[{"name": name, "href": href} for name, href in hub.services],
-        parsed_scopes={s.partition("!")[0] for s in scopes},
-        admin_access=False,
-        no_spawner_check=True,
-        xsrf_token=xsrf_token,
-        announcement="",
+        **hub_page_vars(hub, user, scopes, xsrf_token),
     )
+
+
+def hub_page_vars(hub: HubLinks, user: str, scopes: Sequence[str], xsrf_token: str) -> dict:
+    """What the hub's ``page.html`` reads: its pages and static files, its Services menu, the viewer
+    (the menu shows Admin for ``admin-ui`` in ``scopes``)."""
+    return {
+        "user": _Viewer(user),
+        "base_url": hub.url(""),
+        "prefix": hub.base_url,
+        "static_url": hub.static_url,
+        "version_hash": "",
+        "logo_url": "",
+        "login_url": hub.login_url,
+        "logout_url": hub.url("logout"),
+        "services": [{"name": name, "href": href} for name, href in hub.services],
+        "parsed_scopes": {s.partition("!")[0] for s in scopes},
+        "admin_access": False,
+        "no_spawner_check": True,
+        "xsrf_token": xsrf_token,
+        "announcement": "",
+    }
 
 
 def bar(percent: int | None, label: str) -> Markup:

@@ -94,6 +94,18 @@ class HubAPI:
                 return users
             offset = following["offset"]
 
+    async def services(self) -> list[dict]:
+        """The hub's services with a page, as its own Services menu lists them (``display`` and a URL),
+        in the hub's order: ``[{"name", "prefix"}]`` (needs list:services and read:services)."""
+        response = await self._fetch("GET", "/services")
+        models = json.loads(response.body)
+        models = models.values() if isinstance(models, dict) else models
+        return [
+            {"name": m["name"], "prefix": m["prefix"]}
+            for m in models
+            if m.get("display") and m.get("url") and m.get("prefix")
+        ]
+
     async def stop_server(self, user: str, server: str) -> None:
         """Ask the hub to stop a server (needs delete:servers): the spawner frees its GPUs."""
         path = f"/users/{quote(user, safe='')}/" + (f"servers/{quote(server, safe='')}" if server else "server")
