@@ -15,6 +15,7 @@ import secrets
 import pytest
 import requests
 
+from .axe import assert_accessible
 from .realhub import engine, free_port, read_testbed, running_hub, simulated_gpus, wait_for
 from .test_browser_e2e import save
 from .test_dashboard_e2e import log_in_to_dashboard, own_token, wait_for_dashboard
@@ -171,6 +172,7 @@ def test_the_home_page_links_my_gpu_which_follows_the_theme_works_without_javasc
     home = page.locator(".gpuspawner-home").inner_text()
     assert "ML101 - PyTorch, 1 GPU" in home and "Holds GPU " in home and "(NVIDIA L40S, 48 GiB)" in home
     assert "Stops after 30 minutes without GPU use; runs 4 hours at most." in home
+    assert_accessible(page, "the hub's home page, what gpuspawner adds", within=".gpuspawner-home")
     save(page, tmp_path, "student-home.png")
     with page.expect_navigation():
         page.click("a.gpuspawner-my-gpu")
@@ -188,6 +190,7 @@ def test_the_home_page_links_my_gpu_which_follows_the_theme_works_without_javasc
         page.locator("nav.navbar #dark-theme-toggle").count() == 1 and page.locator("main h1").inner_text() == "My GPU"
     )
     assert page.locator('a.dropdown-item[href="/services/gpu-dashboard/"]').count() == 1  # the hub's Services menu
+    assert_accessible(page, "My GPU, for a student with a server")
     save(page, tmp_path, "student-my-gpu.png")
 
     # The theme: chosen with the toggle on the hub's home page, followed here, and back.
@@ -198,17 +201,18 @@ def test_the_home_page_links_my_gpu_which_follows_the_theme_works_without_javasc
     assert chosen != before
     page.goto(hub.dashboard + "mine")
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == chosen
+    assert_accessible(page, f"My GPU in the {chosen} theme")
     if chosen == "dark":
         save(page, tmp_path, "student-my-gpu-dark.png")
     page.click("#dark-theme-toggle")
     assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == before
 
-    # Without JavaScript: the same page, refreshing itself.
+    # Without JavaScript: the same page, with a link to refresh it.
     plain = browser.new_context(java_script_enabled=False, storage_state=context.storage_state())
     quiet = plain.new_page()
     quiet.goto(hub.dashboard + "mine")
     assert quiet.locator("[data-rule]").count() == 2 and not quiet.locator("#noscript").is_visible()
-    assert quiet.locator('meta[http-equiv="refresh"]').get_attribute("content") == "60"
+    assert quiet.locator("#refresh-now").count() == 1 and not quiet.locator("#pause-updates").is_visible()
     plain.close()
     # A phone: nothing scrolls sideways.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, storage_state=context.storage_state())

@@ -34,6 +34,7 @@ from gpuspawner.dashboard.usage_page import hours_text
 from gpuspawner.services import MINE_SCOPE
 from gpuspawner.usage import UsageBook, UsageStore
 
+from .axe import assert_accessible
 from .realhub import REPO, RealHub, engine, free_port, read_testbed, run_command, running_hub, simulated_gpus, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
@@ -261,6 +262,7 @@ def test_the_usage_page_shows_a_teacher_their_course_a_student_their_own_and_an_
     assert seen[ann] == hours_text(hours[ann])  # "< 0.01" for a few GPU-seconds
     assert page.locator(f'#usage-rows tr[data-key="{ann}"] td.num').nth(-2).inner_text() == "n/a"  # no NVML here
     assert "cv202" not in page.content() and cat not in page.content()
+    assert_accessible(page, "the usage page, for a teacher")
     by_user = json_of(page, url + "api/usage?by=user")
     assert {r["user"] for r in by_user["rows"]} <= {ann, user("bob"), ada} and ann in {
         r["user"] for r in by_user["rows"]
@@ -278,6 +280,7 @@ def test_the_usage_page_shows_a_teacher_their_course_a_student_their_own_and_an_
     context, page = log_in(browser, hub, ann, "usage")
     assert page.locator("#usage p.text-body-secondary").first.inner_text().startswith("Showing your own GPU use")
     assert set(rows_of(page)) == {ann}
+    assert_accessible(page, "the usage page, for a student")
     own = json_of(page, url + "api/usage?by=group")
     assert own["total"]["gpu_hours"] == pytest.approx(hours[ann], abs=0.0002) and own["total"]["users"] == 1
     context.close()
@@ -285,6 +288,8 @@ def test_the_usage_page_shows_a_teacher_their_course_a_student_their_own_and_an_
     # An admin: both courses.
     context, page = log_in(browser, hub, ROOT, "usage")
     assert {"ml101", "cv202"} <= set(rows_of(page))
+    page.evaluate("document.documentElement.setAttribute('data-bs-theme', 'dark')")  # as the hub's toggle does
+    assert_accessible(page, "the usage page, for an admin, dark")
     everyone = json_of(page, url + "api/usage?by=user")
     assert {ann, cat} <= {r["user"] for r in everyone["rows"]}
     assert everyone["total"]["gpu_hours"] == pytest.approx(sum(hours.values()), abs=0.0005)

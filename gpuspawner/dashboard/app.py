@@ -198,7 +198,8 @@ class MinePageHandler(_MineHandler):
             xsrf_token=self.xsrf_token.decode("ascii"),
             scopes=user.get("scopes") or (),
         )
-        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, inline_script_hashes(page)))
+        hashes = [*inline_script_hashes(page), UPDATES_HASH]  # the hub template's script, and the updates
+        self.set_header("Content-Security-Policy", page_csp(self.dashboard.hub_links.host, hashes))
         self.write(page)
 
 
