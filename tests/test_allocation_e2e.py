@@ -39,6 +39,7 @@ from .realhub import (
     stop_process,
     wait_for,
 )
+from .test_dashboard_e2e import log_in_to_dashboard
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -233,13 +234,7 @@ def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free
     assert all(truth[m] for m in MIGS), truth  # mia and noor on the two MIG instances
     hub.readings.write_text(json.dumps({idle: {"utilization_gpu": IDLE}, busy: {"utilization_gpu": BUSY}}))
 
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next=/services/gpu-dashboard/?view=map")
-    page.fill("#username_input", ADMIN)
-    page.fill("#password_input", "any")
-    with page.expect_navigation():
-        page.click("#login_submit")
+    context, page = log_in_to_dashboard(browser, hub, ADMIN, then="/services/gpu-dashboard/?view=map")
 
     def the_map_with_readings() -> bool:
         page.goto(f"{hub.url}/services/gpu-dashboard/?view=map")

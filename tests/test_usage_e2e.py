@@ -36,6 +36,7 @@ from gpuspawner.usage import UsageBook, UsageStore
 
 from .axe import assert_accessible
 from .realhub import REPO, RealHub, engine, free_port, read_testbed, run_command, running_hub, simulated_gpus, wait_for
+from .test_dashboard_e2e import log_in_to_dashboard
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
 
@@ -220,13 +221,8 @@ def made_records(hub: RealHub) -> dict[str, float]:
 
 
 def log_in(browser, hub: RealHub, name: str, path: str):
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next={quote('/services/gpu-dashboard/' + path)}")
-    page.fill("#username_input", name)
-    page.fill("#password_input", "any")
-    with page.expect_navigation():
-        page.click("#login_submit")
+    then = quote("/services/gpu-dashboard/" + path)
+    context, page = log_in_to_dashboard(browser, hub, name, then=then, viewport={"width": 1100, "height": 900})
     page.wait_for_selector("h1")
     return context, page
 
