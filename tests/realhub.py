@@ -250,6 +250,32 @@ def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
         proc.wait()
 
 
+def service_pids(hub_pid: int) -> dict[str, int]:
+    """``{"dashboard": pid, "culler": pid, "ssh": pid}`` of the hub's running gpuspawner services, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for name in ("dashboard", "culler", "ssh"):
+            if ppid == hub_pid and f"gpuspawner.{name}".encode() in argv and running(int(entry.name)):
+                found[name] = int(entry.name)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie has exited: whoever inherits it reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,45 +11,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from .realhub import free_port, read_testbed, running_hub, wait_for
+from .realhub import free_port, read_testbed, running, running_hub, service_pids, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 LIMIT = 5.0  # seconds, as issue 16 states the behaviour
 
 
-def service_pids(hub_pid: int) -> dict[str, int]:
-    """``{"dashboard": pid, "culler": pid}`` of the hub's service processes, from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        for name in ("dashboard", "culler"):
-            if ppid == hub_pid and f"gpuspawner.{name}".encode() in argv:
-                found[name] = int(entry.name)
-    return found
-
-
 def both(pids: dict[str, int]) -> dict[str, int] | None:
     return pids if len(pids) == 2 else None
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; whoever inherits it reaps it
 
 
 def test_a_hub_started_in_the_background_stops_with_both_services_within_5_s(tmp_path):

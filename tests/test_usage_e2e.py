@@ -35,7 +35,19 @@ from gpuspawner.services import MINE_SCOPE
 from gpuspawner.usage import UsageBook, UsageStore
 
 from .axe import assert_accessible
-from .realhub import REPO, RealHub, engine, free_port, read_testbed, run_command, running_hub, simulated_gpus, wait_for
+from .realhub import (
+    REPO,
+    RealHub,
+    engine,
+    free_port,
+    read_testbed,
+    run_command,
+    running,
+    running_hub,
+    service_pids,
+    simulated_gpus,
+    wait_for,
+)
 from .test_dashboard_e2e import log_in_to_dashboard
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.browser]
@@ -108,7 +120,7 @@ def test_a_course_budget_refuses_then_stops_and_the_report_equals_the_database(h
     assert opened.stopped_at is None and opened.units == (hub.visible_devices(ann),)
     assert opened.groups == ("ml101",) and opened.image_digest.startswith("sha256:")
 
-    dashboard = service_pids(hub, "gpuspawner.dashboard")
+    dashboard = [service_pids(hub.proc.pid)["dashboard"]]
     hub.kill()  # in the middle: the record stays open, matched to the container that still runs
     # The killed hub's dashboard stops by itself (gpuspawner/hub_child.py): its port is free for the next.
     assert dashboard
@@ -167,30 +179,6 @@ def test_a_course_budget_refuses_then_stops_and_the_report_equals_the_database(h
 
 
 # --- the dashboard's usage page
-
-
-def service_pids(hub: RealHub, module: str) -> list[int]:
-    """The hub's managed services running ``python -m <module>`` (its children)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == hub.proc.pid and module.encode() in command:
-            found.append(int(entry.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, ended and not yet reaped, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def dashboard_url(hub: RealHub) -> str:
