@@ -39,6 +39,7 @@ from .realhub import (
     stop_process,
     wait_for,
 )
+from .test_browser_e2e import save
 from .test_dashboard_e2e import log_in_to_dashboard
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
@@ -83,6 +84,9 @@ def hub(tmp_path_factory):
     c.GPUSpawner.shared_gpu_users = 2
     c.GPUSpawner.max_gpus_per_user = 1
     c.GPUSpawner.group_gpu_quotas = {{"ml101": 1}}
+    # A course budget far from spent: its standing is in the dashboard's metrics (the Grafana test, last).
+    c.GPUSpawner.gpu_budgets = [{{"group": "ml101", "name": "ML101", "gpu_hours": 1000, "per": "week",
+                                  "time_zone": "UTC"}}]
     c.GPUSpawner.max_memory_per_user = "1536M"
     c.JupyterHub.named_server_limit_per_user = 2  # as the shipped configs
     c.JupyterHub.load_groups = {{"ml101": {{"users": [{user("mia")!r}, {user("max")!r}]}}}}
@@ -224,7 +228,7 @@ def docker_truth() -> dict[str, list[tuple[str, bool]]]:
     return truth
 
 
-def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free(hub: RealHub, browser):
+def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free(hub: RealHub, browser, tmp_path):
     """Each tile's state, in colour and in words, and its holders, are those of the containers the engine
     runs (read from their labels here): GPUs held whole, a GPU shared by two, MIG instances, free ones;
     an idle server's GPU reads 0 % and a busy one's 85 %."""
@@ -258,6 +262,14 @@ def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free
         meter = page.locator(f'li[data-tile="{unit}"] [role=progressbar]').first
         assert meter.get_attribute("aria-valuenow") == str(percent), unit
     assert_accessible(page, "the dashboard's map, for an admin")
+    # The admin tutorial's pictures (docs/tutorials/img/): this map, in the hub's two themes.
+    page.set_viewport_size({"width": 1280, "height": 820})
+    theme = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
+    save(page, tmp_path, f"admin-dashboard-map{'-dark' if theme == 'dark' else ''}.png")
+    page.click("#dark-theme-toggle")
+    theme = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
+    save(page, tmp_path, f"admin-dashboard-map{'-dark' if theme == 'dark' else ''}.png")
+    assert_accessible(page, f"the dashboard's map, for an admin, {theme}")
     api = page.request.get(f"{hub.url}/services/gpu-dashboard/api/v1/gpus").json()
     assert {u["id"]: u["map_state"]["kind"] for u in api["units"]} == {
         unit: "free" if not held else "shared" if unit == shared else "held" for unit, held in truth.items()

@@ -374,6 +374,33 @@ def _exprs(node):
             yield from _exprs(value)
 
 
+def budget_standings():
+    """Where a course's weekly budget and a term budget of every user stand, as the service reads them."""
+    from gpuspawner.usage.budgets import budget_use, parse_budgets
+    from gpuspawner.usage.records import Record
+
+    budgets = parse_budgets(
+        [
+            {"group": "ml101", "name": "ML101", "gpu_hours": 10, "per": "week", "time_zone": "UTC"},
+            {"every_user": True, "gpu_hours": 2, "per": "week", "profile": "gpu", "time_zone": "UTC"},
+        ]
+    )
+    record = Record(0, "mia/", "mia", "", ("ml101",), "gpu", "", ("GPU-0",), 1, "", NOW - timedelta(hours=3), NOW)
+    return budget_use(budgets, [record], NOW)
+
+
+def test_the_budgets_standing_is_in_the_metrics_and_left_out_when_not_read():
+    families = {
+        f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
+        for f in text_string_to_metric_families(render_metrics(view(), budget_standings()).decode())
+    }
+    course = (("kind", "group"), ("period", "week"), ("profile", ""), ("subject", "ml101"))
+    mine = (("kind", "each_user"), ("period", "week"), ("profile", "gpu"), ("subject", "mia"))
+    assert families["gpuspawner_budget_gpu_hours"] == {course: 10, mine: 2}
+    assert families["gpuspawner_budget_used_gpu_hours"] == {course: 3, mine: 3}
+    assert "gpuspawner_budget_gpu_hours" not in render_metrics(view()).decode()
+
+
 def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
     import re
 
@@ -383,7 +410,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
     queried = {name for e in exprs for name in re.findall(r"\bgpuspawner_[a-z_]+\b", e)}
     # Everything the service can export: every source read, usage and denials present.
     usage = {u.uuid: UnitUsage(50, 10 * G, 80 * G, 55, ()) for u in UNITS}
-    text = render_metrics(view(usage=usage, groups=COURSES)).decode()
+    text = render_metrics(view(usage=usage, groups=COURSES), budget_standings()).decode()
     exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert queried, exprs
     assert queried <= exported, queried - exported

@@ -9,7 +9,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gpuspawner.usage.budgets import BudgetError, Term, Weekly, parse_budgets, refusal, standing, standings
+from gpuspawner.usage.budgets import (
+    BudgetError,
+    Term,
+    Weekly,
+    budget_use,
+    parse_budgets,
+    refusal,
+    standing,
+    standings,
+)
 from gpuspawner.usage.records import Record
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -214,3 +223,25 @@ def test_what_parses():
         Fraction(5, 2),
     )
     assert budget(group="cv202", gpu_hours=4, per="week", time_zone="UTC").name == "cv202"
+
+
+def test_budget_use_for_the_metrics_per_group_user_and_each_user_of_an_every_user_budget():
+    week, term = budget(**ML101_WEEK), budget(**TERM)
+    ada = budget(user="ada", gpu_hours=1, per="week", time_zone="Europe/Berlin")
+    records = [
+        record("mia", start=NOW - timedelta(hours=2)),  # 2 h, ML101
+        record("max", start=NOW - timedelta(hours=1), groups=("ml101", "cv202"), k=2),  # 1 h on a shared slot
+        record("noor", start=NOW - timedelta(days=30), stop=NOW - timedelta(days=29), groups=()),  # before the term
+    ]
+    found = {
+        (s.budget.name or s.budget.user or "every", subject): s.used / 3600
+        for subject, s in budget_use([week, term, ada], records, NOW)
+    }
+    assert found == {
+        ("ML101", "ml101"): Fraction(5, 2),  # the group's: 2 h + half of 1 h
+        ("every", "max"): Fraction(1, 2),  # each user with use this term, on their own
+        ("every", "mia"): 2,
+        ("ada", "ada"): 0,  # a user's own budget: there even unused
+    }
+    after = datetime(2026, 8, 1, tzinfo=BERLIN)  # the term is over: its budget is left out
+    assert {s.budget.name or s.budget.user or "every" for _, s in budget_use([week, term], records, after)} == {"ML101"}

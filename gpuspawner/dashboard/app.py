@@ -42,6 +42,7 @@ from ..gpus import split_holder
 from ..hub_child import exit_at_once, stop_with_the_hub
 from ..quarantine import put_back
 from ..services import MINE_SCOPE, READ_GROUPS_SCOPE, READ_SCOPE, STOP_SCOPE  # the scopes add_dashboard defines
+from ..usage.budgets import parse_budgets
 from .dcgm import job_mapping, sync_job_mapping
 from .history import UsageHistory
 from .metrics import CONTENT_TYPE, render_metrics
@@ -161,9 +162,13 @@ class GPUsAPIHandler(_Handler):
 
 class MetricsHandler(_Handler):
     async def get(self):
-        view = await self.view(self.require_user())
+        user = self.require_user()
+        view = await self.view(user)
+        # The budgets' standing names users and groups: for an unfiltered read scope only.
+        everyone = self.reach(user, self.dashboard.read_scope).everyone
+        budgets = await self.dashboard.budget_use() if everyone else None
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.write(render_metrics(view))
+        self.write(render_metrics(view, budgets))
 
 
 class _MineHandler(_Handler):
@@ -498,6 +503,21 @@ class GPUDashboard(Application):
             except Exception:  # noqa: BLE001 - a full disk must not stop the dashboard
                 self.log.exception("DCGM job mapping in %s failed", self.dcgm_job_mapping_dir)
             await asyncio.sleep(self.dcgm_interval)
+
+    async def budget_use(self) -> list | None:
+        """Where the hub's GPU-hour budgets stand now, for the metrics (None: the hub sets none, or the
+        usage database cannot be read: the series are left out, and the log says why)."""
+        entries = list(getattr(self._spawner, "gpu_budgets", None) or ())
+        if not entries or not self.usage_db_url:
+            return None
+        from .usage_page import usage_source
+
+        try:
+            budgets = parse_budgets(entries)
+            return await asyncio.to_thread(usage_source(self).budget_use, budgets, datetime.now(timezone.utc))
+        except Exception as e:  # noqa: BLE001 - a database not made yet, or away: no budget series this time
+            self.log.warning("Cannot read the GPU-hour budgets' use for the metrics: %s", e)
+            return None
 
     def make_app(self) -> web.Application:
         from .usage_page import usage_handlers  # it builds on this module's handlers

@@ -7,9 +7,12 @@ graph showing old numbers as current.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..usage.budgets import Standing
 from .model import DashboardView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -101,8 +104,38 @@ class _ViewCollector:
             yield stops
 
 
-def render_metrics(view: DashboardView) -> bytes:
-    """The Prometheus text exposition of ``view``."""
+#: A budget's series: whose (``kind`` user, group or each user of an every-user budget, and
+#: ``subject``), on which profile ('' for all GPU profiles), per week or term.
+_BUDGET = ["kind", "subject", "profile", "period"]
+
+
+class _BudgetCollector:
+    """Where each GPU-hour budget stands (``usage.budgets.budget_use``): its hours and those used."""
+
+    def __init__(self, budgets: Sequence[tuple[str, Standing]]):
+        self.budgets = budgets
+
+    def collect(self):
+        limit = GaugeMetricFamily(
+            "gpuspawner_budget_gpu_hours", "A GPU-hour budget's hours in its current period", labels=_BUDGET
+        )
+        used = GaugeMetricFamily(
+            "gpuspawner_budget_used_gpu_hours", "GPU-hours used of a budget in its current period", labels=_BUDGET
+        )
+        for subject, standing in self.budgets:
+            b = standing.budget
+            kind = "user" if b.user is not None else "group" if b.group is not None else "each_user"
+            labels = [kind, subject, b.profile or "", "week" if b.per() == "this week" else "term"]
+            limit.add_metric(labels, float(b.gpu_hours))
+            used.add_metric(labels, float(standing.used) / 3600)
+        yield from (limit, used)
+
+
+def render_metrics(view: DashboardView, budgets: Sequence[tuple[str, Standing]] | None = None) -> bytes:
+    """The Prometheus text exposition of ``view``, and of where the GPU-hour budgets stand (``budgets``;
+    None: not read, left out)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ViewCollector(view))
+    if budgets is not None:
+        registry.register(_BudgetCollector(budgets))
     return generate_latest(registry)

@@ -27,6 +27,7 @@ from markupsafe import Markup
 from tornado import web
 
 from ..services import MINE_SCOPE
+from ..usage.budgets import Budget, Standing, budget_use
 from ..usage.records import utc
 from ..usage.report import memory_text, utilisation_text
 from ..usage.store import UsageStore, UsageStoreError
@@ -364,6 +365,28 @@ class UsageSource:
                     raise
         return build_usage_view(uses, query, access, zone=self.zone, now=now, viewer=viewer, note=note)
 
+    def budget_use(self, budgets: list[Budget], now: datetime) -> list[tuple[str, Standing]]:
+        """Where each of ``budgets`` stands now (``usage.budgets.budget_use``), from the records of
+        their current periods. Raises what the database raises (the caller leaves the series out)."""
+        windows = [w for w in (b.window(now) for b in budgets) if w is not None]
+        if not windows:
+            return []
+        try:
+            uses = self._open().uses(since=min(w.start for w in windows))
+        except Exception:
+            with self._lock:  # opened again next time
+                self._store = None
+            raise
+        return budget_use(budgets, uses, now)
+
+
+def usage_source(dashboard) -> UsageSource:
+    """The dashboard's one reader of the hub's usage database (a ``GPUDashboard``'s, made at first need)."""
+    source = getattr(dashboard, "_usage_source", None)
+    if source is None:
+        source = dashboard._usage_source = UsageSource(dashboard.usage_db_url, dashboard.usage_zone)
+    return source
+
 
 def today_in(zone: tzinfo, now: datetime | None = None) -> date:
     return utc(now or datetime.now(timezone.utc)).astimezone(zone).date()
@@ -399,11 +422,7 @@ class _UsageHandler(_Handler):
         )
 
     def usage_source(self) -> UsageSource:
-        dashboard = self.dashboard
-        source = getattr(dashboard, "_usage_source", None)
-        if source is None:
-            source = dashboard._usage_source = UsageSource(dashboard.usage_db_url, dashboard.usage_zone)
-        return source
+        return usage_source(self.dashboard)
 
     async def usage_view(self, user: dict) -> tuple[UsageView | None, UsageQuery | dict, str, int]:
         """(the view, the form's values, an error sentence, the HTTP status)."""

@@ -234,6 +234,28 @@ def standings(
     return sorted((s for s in found if s is not None), key=lambda s: not s.spent)
 
 
+def budget_use(budgets: Iterable[Budget], records: Iterable[Use | Record], now: datetime) -> list[tuple[str, Standing]]:
+    """Where each budget stands now, for Prometheus: ``(subject, standing)`` with the subject the budget's
+    user or group, or each user with use in the period for a budget of every user. Budgets outside
+    their period (a term's dates) are left out."""
+    records = [r.use if isinstance(r, Record) else r for r in records]
+    found: list[tuple[str, Standing]] = []
+    for budget in budgets:
+        if budget.user is not None or budget.group is not None:
+            subjects = [budget.user if budget.user is not None else budget.group]
+        else:
+            window = budget.window(now)
+            if window is None:
+                continue
+            now_us, start_us, end_us = to_us(utc(now)), to_us(window.start), to_us(window.end)
+            subjects = sorted({r.user for r in records if r.held_us(now_us, start_us, end_us) > 0})
+        for subject in subjects:
+            found_one = standing(budget, records, now, subject or "")
+            if found_one is not None:
+                found.append((subject or "", found_one))
+    return found
+
+
 def refusal(budgets: Iterable[Budget], records: Iterable[Use | Record], now: datetime, **start) -> str | None:
     """Why a start (``user=, groups=, profile=, admin=``) is refused: the first spent budget's sentence."""
     spent = [s for s in standings(budgets, records, now, **start) if s.spent]
