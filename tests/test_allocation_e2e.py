@@ -267,6 +267,7 @@ def test_the_dashboards_map_says_what_docker_runs_whole_shared_mig_idle_and_free
     theme = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
     save(page, tmp_path, f"admin-dashboard-map{'-dark' if theme == 'dark' else ''}.png")
     page.click("#dark-theme-toggle")
+    page.wait_for_timeout(600)  # the navigation bar's colours fade into the other theme's
     theme = page.evaluate("document.documentElement.getAttribute('data-bs-theme')")
     save(page, tmp_path, f"admin-dashboard-map{'-dark' if theme == 'dark' else ''}.png")
     assert_accessible(page, f"the dashboard's map, for an admin, {theme}")
