@@ -10,8 +10,10 @@ with Debian's OpenSSH client:
 - **scp**: a file of ``--mb`` MB of random bytes into the home and back, with scp's SFTP
   protocol (OpenSSH's default) and its legacy one (``scp -O``); against ``docker cp`` (the
   Docker CLI, on the same engine and container) both ways; ``--copies`` each, median, in
-  MB/s, with the CPU seconds each copy cost the gateway, dockerd and the client (scp or the
-  Docker CLI). Every copy of each kind ends checked by its SHA-256.
+  MB/s, with the CPU seconds each copy cost the gateway, dockerd (with the tar helpers it
+  starts for ``docker cp``), the container's containerd-shim (which carries an exec's stdin
+  and stdout) with the sftp-server it reaps, and the client (scp or the Docker CLI). The
+  kinds take turns, one copy of each a round, and every copy is checked by its SHA-256.
 
     python benchmarks/ssh.py --rounds 10 --mb 100 --copies 3
 """
@@ -62,9 +64,15 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (its threads included)."""
+    """User and system CPU time of process ``pid`` so far: its threads, and the children it has
+    waited for (dockerd's tar helpers of ``docker cp``; the exec's sftp-server, which the
+    container's shim reaps)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def children_seconds() -> float:
@@ -160,17 +168,26 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
                     ["pgrep", "-f", f"gpuspawner.ssh .*--port={port}"], capture_output=True, text=True
                 ).stdout.split()[0]
             )
-            pids = {"gateway": gateway_pid, "dockerd": int((TESTBED / "docker.pid").read_text())}
-            for name, (command, command_env, inside) in kinds.items():
-                runs = [copied(command, command_env, pids) for _ in range(copies)]
-                seconds = [took for took, _ in runs]
-                cpu = {who: _lab.median([cost[who] for _, cost in runs]) for who in runs[0][1]}
-                if inside:
-                    got = hub.container(user).exec_run(["sha256sum", f"{home}/{inside}"]).output.decode().split()[0]
-                else:
-                    got = sha256(Path(command[-1]))
-                if got != digest:
-                    raise RuntimeError(f"{name}: the copy differs from the file (sha256 {got}, not {digest})")
+            pids = {
+                "gateway": gateway_pid,
+                "dockerd": int((TESTBED / "docker.pid").read_text()),
+                "shim": parent_pid(hub.container(user).attrs["State"]["Pid"]),  # the container's containerd-shim
+            }
+            # Round by round, each kind once a round: a change in the machine's load falls on every kind alike.
+            runs: dict[str, list] = {name: [] for name in kinds}
+            for _ in range(copies):
+                for name, (command, command_env, inside) in kinds.items():
+                    runs[name].append(copied(command, command_env, pids))
+                    if inside:
+                        got = hub.container(user).exec_run(["sha256sum", f"{home}/{inside}"]).output.decode()
+                        got = got.split()[0]
+                    else:
+                        got = sha256(Path(command[-1]))
+                    if got != digest:
+                        raise RuntimeError(f"{name}: the copy differs from the file (sha256 {got}, not {digest})")
+            for name, copies_of_kind in runs.items():
+                seconds = [took for took, _ in copies_of_kind]
+                cpu = {who: _lab.median([cost[who] for _, cost in copies_of_kind]) for who in copies_of_kind[0][1]}
                 median = _lab.median(seconds)
                 result["copy"][name] = {
                     "median_s": median,
@@ -196,6 +213,7 @@ def report(result: dict) -> str:
             "MB/s",
             "CPU s: gateway",
             "dockerd",
+            "shim + sftp-server",
             "client",
         ]
     )
@@ -205,7 +223,7 @@ def report(result: dict) -> str:
             name,
             _lab.fmt(figures["median_s"]),
             f"{figures['mb_per_s']:.0f}",
-            *(f"{cpu[who]:.2f}" for who in ("gateway", "dockerd", "client")),
+            *(f"{cpu[who]:.2f}" for who in ("gateway", "dockerd", "shim", "client")),
         )
     ratios = ", ".join(f"{d}: {result[f'scp_vs_docker_cp_{d}']:.2f}" for d in ("up", "down"))
     return f"{login.markdown()}\n\n{copy.markdown()}\n\ndocker cp's throughput / scp's (target ≤ 2): {ratios}"
