@@ -9,11 +9,13 @@ with Debian's OpenSSH client:
   password; and ``ssh HOST true`` (connect, log in, run, exit); ``--rounds`` each, median;
 - **scp**: a file of ``--mb`` MB of random bytes into the home and back, with scp's SFTP
   protocol (OpenSSH's default) and its legacy one (``scp -O``); against ``docker cp`` (the
-  Docker CLI, on the same engine and container) both ways; ``--copies`` each, median, in
-  MB/s, with the CPU seconds each copy cost the gateway, dockerd (with the tar helpers it
-  starts for ``docker cp``), the container's containerd-shim (which carries an exec's stdin
-  and stdout) with the sftp-server it reaps, and the client (scp or the Docker CLI). The
-  kinds take turns, one copy of each a round, and every copy is checked by its SHA-256.
+  Docker CLI, on the same engine and container) both ways, and against the gateway's own
+  path without SSH (``docker exec -i C sh -c 'cat > f' < file``, ``docker exec C cat f``);
+  ``--copies`` each, median, in MB/s, with the CPU seconds each copy cost the gateway,
+  dockerd (with the tar helpers it starts for ``docker cp``), the container's
+  containerd-shim (which carries an exec's stdin and stdout) with the sftp-server or cat it
+  reaps, and the client (scp or the Docker CLI). The kinds take turns, one copy of each a
+  round, and every copy is checked by its SHA-256.
 
     python benchmarks/ssh.py --rounds 10 --mb 100 --copies 3
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -143,24 +146,38 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
             home = "/home/jovyan"
             docker_env = {**os.environ, "DOCKER_HOST": _lab.docker_host()}
             scp = ["scp", *opts, "-P", str(port)]
+            exec_in = f"{docker} exec -i {container} sh -c 'cat > {home}/exec.bin' < {shlex.quote(str(data))}"
+            exec_out = f"{docker} exec {container} cat {home}/exec.bin > {shlex.quote(str(folder / 'down-exec.bin'))}"
+            # Each kind: its command, its environment, and the copy to check: in the home, or here.
             kinds = {
-                "scp (SFTP protocol), up": (scp + [str(data), f"{user}@127.0.0.1:up.bin"], env, "up.bin"),
-                "scp (SFTP protocol), down": (scp + [f"{user}@127.0.0.1:up.bin", str(folder / "down.bin")], env, ""),
+                "scp (SFTP protocol), up": (scp + [str(data), f"{user}@127.0.0.1:up.bin"], env, "up.bin", ""),
+                "scp (SFTP protocol), down": (
+                    scp + [f"{user}@127.0.0.1:up.bin", str(folder / "down.bin")],
+                    env,
+                    "",
+                    folder / "down.bin",
+                ),
                 "scp -O (legacy protocol), up": (
                     scp + ["-O", str(data), f"{user}@127.0.0.1:up-o.bin"],
                     env,
                     "up-o.bin",
+                    "",
                 ),
                 "scp -O (legacy protocol), down": (
                     scp + ["-O", f"{user}@127.0.0.1:up-o.bin", str(folder / "down-o.bin")],
                     env,
                     "",
+                    folder / "down-o.bin",
                 ),
-                "docker cp, up": ([docker, "cp", str(data), f"{container}:{home}/cp.bin"], docker_env, "cp.bin"),
+                # The gateway's own path without SSH: the Docker CLI's exec, its stdin or stdout the file.
+                "docker exec (cat), up": (["sh", "-c", exec_in], docker_env, "exec.bin", ""),
+                "docker exec (cat), down": (["sh", "-c", exec_out], docker_env, "", folder / "down-exec.bin"),
+                "docker cp, up": ([docker, "cp", str(data), f"{container}:{home}/cp.bin"], docker_env, "cp.bin", ""),
                 "docker cp, down": (
                     [docker, "cp", f"{container}:{home}/cp.bin", str(folder / "down-cp.bin")],
                     docker_env,
                     "",
+                    folder / "down-cp.bin",
                 ),
             }
             gateway_pid = int(
@@ -176,13 +193,13 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
             # Round by round, each kind once a round: a change in the machine's load falls on every kind alike.
             runs: dict[str, list] = {name: [] for name in kinds}
             for _ in range(copies):
-                for name, (command, command_env, inside) in kinds.items():
+                for name, (command, command_env, inside, outside) in kinds.items():
                     runs[name].append(copied(command, command_env, pids))
                     if inside:
                         got = hub.container(user).exec_run(["sha256sum", f"{home}/{inside}"]).output.decode()
                         got = got.split()[0]
                     else:
-                        got = sha256(Path(command[-1]))
+                        got = sha256(outside)
                     if got != digest:
                         raise RuntimeError(f"{name}: the copy differs from the file (sha256 {got}, not {digest})")
             for name, copies_of_kind in runs.items():
@@ -199,6 +216,8 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
     for direction in ("up", "down"):
         scp, cp = result["copy"][f"scp (SFTP protocol), {direction}"], result["copy"][f"docker cp, {direction}"]
         result[f"scp_vs_docker_cp_{direction}"] = cp["mb_per_s"] / scp["mb_per_s"]
+        exec_ = result["copy"][f"docker exec (cat), {direction}"]
+        result[f"docker_exec_vs_docker_cp_{direction}"] = cp["mb_per_s"] / exec_["mb_per_s"]
     return result
 
 
@@ -213,7 +232,7 @@ def report(result: dict) -> str:
             "MB/s",
             "CPU s: gateway",
             "dockerd",
-            "shim + sftp-server",
+            "shim + its exec",
             "client",
         ]
     )
@@ -226,7 +245,11 @@ def report(result: dict) -> str:
             *(f"{cpu[who]:.2f}" for who in ("gateway", "dockerd", "shim", "client")),
         )
     ratios = ", ".join(f"{d}: {result[f'scp_vs_docker_cp_{d}']:.2f}" for d in ("up", "down"))
-    return f"{login.markdown()}\n\n{copy.markdown()}\n\ndocker cp's throughput / scp's (target ≤ 2): {ratios}"
+    floor = ", ".join(f"{d}: {result[f'docker_exec_vs_docker_cp_{d}']:.2f}" for d in ("up", "down"))
+    return (
+        f"{login.markdown()}\n\n{copy.markdown()}\n\ndocker cp's throughput / scp's (target ≤ 2): {ratios}"
+        f"\ndocker cp's throughput / plain docker exec's (no SSH): {floor}"
+    )
 
 
 def main(argv=None) -> dict:
