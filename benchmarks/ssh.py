@@ -9,9 +9,13 @@ with Debian's OpenSSH client:
   password; and ``ssh HOST true`` (connect, log in, run, exit); ``--rounds`` each, median;
 - **scp**: a file of ``--mb`` MB of random bytes into the home and back, with scp's SFTP
   protocol (OpenSSH's default) and its legacy one (``scp -O``); against ``docker cp`` (the
-  Docker CLI, on the same engine and container) both ways; ``--copies`` each, median, in
-  MB/s, with the CPU seconds each copy cost the gateway, dockerd and the client (scp or the
-  Docker CLI). Every copy of each kind ends checked by its SHA-256.
+  Docker CLI, on the same engine and container) both ways, and against the gateway's own
+  path without SSH (``docker exec -i C sh -c 'cat > f' < file``, ``docker exec C cat f``);
+  ``--copies`` each, median, in MB/s, with the CPU seconds each copy cost the gateway,
+  dockerd (with the tar helpers it starts for ``docker cp``), the container's
+  containerd-shim (which carries an exec's stdin and stdout) with the sftp-server or cat it
+  reaps, and the client (scp or the Docker CLI). The kinds take turns, one copy of each a
+  round, and every copy is checked by its SHA-256.
 
     python benchmarks/ssh.py --rounds 10 --mb 100 --copies 3
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -62,9 +67,15 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (its threads included)."""
+    """User and system CPU time of process ``pid`` so far: its threads, and the children it has
+    waited for (dockerd's tar helpers of ``docker cp``; the exec's sftp-server, which the
+    container's shim reaps)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def children_seconds() -> float:
@@ -135,24 +146,38 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
             home = "/home/jovyan"
             docker_env = {**os.environ, "DOCKER_HOST": _lab.docker_host()}
             scp = ["scp", *opts, "-P", str(port)]
+            exec_in = f"{docker} exec -i {container} sh -c 'cat > {home}/exec.bin' < {shlex.quote(str(data))}"
+            exec_out = f"{docker} exec {container} cat {home}/exec.bin > {shlex.quote(str(folder / 'down-exec.bin'))}"
+            # Each kind: its command, its environment, and the copy to check: in the home, or here.
             kinds = {
-                "scp (SFTP protocol), up": (scp + [str(data), f"{user}@127.0.0.1:up.bin"], env, "up.bin"),
-                "scp (SFTP protocol), down": (scp + [f"{user}@127.0.0.1:up.bin", str(folder / "down.bin")], env, ""),
+                "scp (SFTP protocol), up": (scp + [str(data), f"{user}@127.0.0.1:up.bin"], env, "up.bin", ""),
+                "scp (SFTP protocol), down": (
+                    scp + [f"{user}@127.0.0.1:up.bin", str(folder / "down.bin")],
+                    env,
+                    "",
+                    folder / "down.bin",
+                ),
                 "scp -O (legacy protocol), up": (
                     scp + ["-O", str(data), f"{user}@127.0.0.1:up-o.bin"],
                     env,
                     "up-o.bin",
+                    "",
                 ),
                 "scp -O (legacy protocol), down": (
                     scp + ["-O", f"{user}@127.0.0.1:up-o.bin", str(folder / "down-o.bin")],
                     env,
                     "",
+                    folder / "down-o.bin",
                 ),
-                "docker cp, up": ([docker, "cp", str(data), f"{container}:{home}/cp.bin"], docker_env, "cp.bin"),
+                # The gateway's own path without SSH: the Docker CLI's exec, its stdin or stdout the file.
+                "docker exec (cat), up": (["sh", "-c", exec_in], docker_env, "exec.bin", ""),
+                "docker exec (cat), down": (["sh", "-c", exec_out], docker_env, "", folder / "down-exec.bin"),
+                "docker cp, up": ([docker, "cp", str(data), f"{container}:{home}/cp.bin"], docker_env, "cp.bin", ""),
                 "docker cp, down": (
                     [docker, "cp", f"{container}:{home}/cp.bin", str(folder / "down-cp.bin")],
                     docker_env,
                     "",
+                    folder / "down-cp.bin",
                 ),
             }
             gateway_pid = int(
@@ -160,17 +185,26 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
                     ["pgrep", "-f", f"gpuspawner.ssh .*--port={port}"], capture_output=True, text=True
                 ).stdout.split()[0]
             )
-            pids = {"gateway": gateway_pid, "dockerd": int((TESTBED / "docker.pid").read_text())}
-            for name, (command, command_env, inside) in kinds.items():
-                runs = [copied(command, command_env, pids) for _ in range(copies)]
-                seconds = [took for took, _ in runs]
-                cpu = {who: _lab.median([cost[who] for _, cost in runs]) for who in runs[0][1]}
-                if inside:
-                    got = hub.container(user).exec_run(["sha256sum", f"{home}/{inside}"]).output.decode().split()[0]
-                else:
-                    got = sha256(Path(command[-1]))
-                if got != digest:
-                    raise RuntimeError(f"{name}: the copy differs from the file (sha256 {got}, not {digest})")
+            pids = {
+                "gateway": gateway_pid,
+                "dockerd": int((TESTBED / "docker.pid").read_text()),
+                "shim": parent_pid(hub.container(user).attrs["State"]["Pid"]),  # the container's containerd-shim
+            }
+            # Round by round, each kind once a round: a change in the machine's load falls on every kind alike.
+            runs: dict[str, list] = {name: [] for name in kinds}
+            for _ in range(copies):
+                for name, (command, command_env, inside, outside) in kinds.items():
+                    runs[name].append(copied(command, command_env, pids))
+                    if inside:
+                        got = hub.container(user).exec_run(["sha256sum", f"{home}/{inside}"]).output.decode()
+                        got = got.split()[0]
+                    else:
+                        got = sha256(outside)
+                    if got != digest:
+                        raise RuntimeError(f"{name}: the copy differs from the file (sha256 {got}, not {digest})")
+            for name, copies_of_kind in runs.items():
+                seconds = [took for took, _ in copies_of_kind]
+                cpu = {who: _lab.median([cost[who] for _, cost in copies_of_kind]) for who in copies_of_kind[0][1]}
                 median = _lab.median(seconds)
                 result["copy"][name] = {
                     "median_s": median,
@@ -182,6 +216,8 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
     for direction in ("up", "down"):
         scp, cp = result["copy"][f"scp (SFTP protocol), {direction}"], result["copy"][f"docker cp, {direction}"]
         result[f"scp_vs_docker_cp_{direction}"] = cp["mb_per_s"] / scp["mb_per_s"]
+        exec_ = result["copy"][f"docker exec (cat), {direction}"]
+        result[f"docker_exec_vs_docker_cp_{direction}"] = cp["mb_per_s"] / exec_["mb_per_s"]
     return result
 
 
@@ -196,6 +232,7 @@ def report(result: dict) -> str:
             "MB/s",
             "CPU s: gateway",
             "dockerd",
+            "shim + its exec",
             "client",
         ]
     )
@@ -205,10 +242,14 @@ def report(result: dict) -> str:
             name,
             _lab.fmt(figures["median_s"]),
             f"{figures['mb_per_s']:.0f}",
-            *(f"{cpu[who]:.2f}" for who in ("gateway", "dockerd", "client")),
+            *(f"{cpu[who]:.2f}" for who in ("gateway", "dockerd", "shim", "client")),
         )
     ratios = ", ".join(f"{d}: {result[f'scp_vs_docker_cp_{d}']:.2f}" for d in ("up", "down"))
-    return f"{login.markdown()}\n\n{copy.markdown()}\n\ndocker cp's throughput / scp's (target ≤ 2): {ratios}"
+    floor = ", ".join(f"{d}: {result[f'docker_exec_vs_docker_cp_{d}']:.2f}" for d in ("up", "down"))
+    return (
+        f"{login.markdown()}\n\n{copy.markdown()}\n\ndocker cp's throughput / scp's (target ≤ 2): {ratios}"
+        f"\ndocker cp's throughput / plain docker exec's (no SSH): {floor}"
+    )
 
 
 def main(argv=None) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import socket
 import stat
@@ -16,13 +17,23 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from jupyterhub.scopes import scope_definitions
 from traitlets.config import Config
 
 from gpuspawner import services
 from gpuspawner.config import ConfigError
-from gpuspawner.ssh.app import SSHGateway, host_key
-from gpuspawner.ssh.engine import engine_address, server_container
+from gpuspawner.ssh.app import CIPHERS, SSHGateway, host_key
+from gpuspawner.ssh.engine import (
+    STDERR,
+    STDOUT,
+    EngineAddress,
+    EngineError,
+    Frames,
+    engine_address,
+    open_exec_stream,
+    server_container,
+)
 from gpuspawner.ssh.gateway import Audit, Connection, Gateway
 from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
 from gpuspawner.ssh.policy import (
@@ -46,6 +57,7 @@ from gpuspawner.ssh.policy import (
     refusal_message,
     session_command,
 )
+from gpuspawner.ssh.tuning import INPUT_SLICE, tune
 
 # --- login names and profiles
 
@@ -539,3 +551,175 @@ def test_image_check_knows_from_the_hubs_config_file_whether_it_runs_the_gateway
     path.write_text(path.read_text() + "services.add_ssh_gateway(c, __file__)\n")
     assert hub_context(load_hub_config(str(path))).ssh_gateway
     assert not services.runs_ssh_gateway(Config())
+
+
+# --- the exec stream: Docker's frames, the engine's connection, and asyncssh's connections tuned
+
+
+def frame(which: int, payload: bytes) -> bytes:
+    return bytes([which, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_docker_frames_are_parsed_from_reads_that_end_anywhere():
+    frames = [(1, b"out one "), (1, b"out two "), (2, b"err"), (1, b""), (1, os.urandom(70000)), (2, b"!")]
+    stream = b"".join(frame(which, payload) for which, payload in frames)
+    want = [(1, b"out one out two "), (2, b"err"), (1, frames[4][1]), (2, b"!")]
+    assert Frames().feed(stream) == want  # one read: each run of a stream's frames joined
+    for size in (1, 3, 7, 8, 9, 4096, 65536):
+        parser, got = Frames(), []
+        for start in range(0, len(stream), size):
+            for which, data in parser.feed(stream[start : start + size]):
+                if got and got[-1][0] == which:
+                    got[-1] = (which, got[-1][1] + bytes(data))
+                else:
+                    got.append((which, bytes(data)))
+        assert got == want, size
+
+
+async def fake_engine(path: Path, answer: bytes, seen: list):
+    """An engine on a Unix socket that takes one exec's start: ``answer``, then (for a 101)
+    an stderr frame, and each input echoed in a stdout frame until the input ends."""
+
+    async def handle(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        length = next(int(h.split(b":")[1]) for h in seen[-1].split(b"\r\n") if h.startswith(b"Content-Length"))
+        seen.append(await reader.readexactly(length))
+        writer.write(answer)
+        if answer.startswith(b"HTTP/1.1 101"):
+            writer.write(frame(2, b"started\n"))
+            while data := await reader.read(65536):
+                writer.write(frame(1, data))
+            writer.write(frame(1, b"bye"))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(handle, str(path))
+
+
+def test_an_exec_stream_reads_then_hands_output_on_and_half_closes(tmp_path):
+    async def main():
+        seen = []
+        server = await fake_engine(tmp_path / "engine.sock", b"HTTP/1.1 101 UPGRADED\r\n\r\n", seen)
+        address = EngineAddress(unix=str(tmp_path / "engine.sock"), api_version="1.41")
+        stream = await open_exec_stream(address, "abc123", tty=False)
+        assert seen[0].startswith(b"POST /v1.41/exec/abc123/start HTTP/1.1\r\n")
+        assert json.loads(seen[1]) == {"Detach": False, "Tty": False}
+        assert await stream.read() == (STDERR, b"started\n")
+        got = []
+        stream.attach(lambda which, data: got.append((which, data)), lambda full: None)
+        payload = os.urandom(300_000)
+        stream.write(payload)
+        stream.close_stdin()
+        await asyncio.wait_for(stream.ended, 10)
+        assert b"".join(bytes(data) for which, data in got if which == STDOUT) == payload + b"bye"
+        assert await stream.read() == (0, b"")
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_an_exec_the_engine_refuses_is_an_error_with_its_message(tmp_path):
+    async def main():
+        body = b'{"message":"No such exec instance: abc123"}'
+        answer = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        server = await fake_engine(tmp_path / "engine.sock", answer, [])
+        with pytest.raises(EngineError, match="the engine refused exec abc123: 404 No such exec instance: abc123"):
+            await open_exec_stream(EngineAddress(unix=str(tmp_path / "engine.sock")), "abc123", tty=False)
+        server.close()
+
+    asyncio.run(main())
+
+
+class Recorded:
+    """What asyncssh's connection is asked to send and given to read, before and after :func:`tune`."""
+
+    def __init__(self):
+        self.sent, self.received = [], []
+
+    def send_packet(self, pkttype, *args, handler=None):
+        self.sent.append((pkttype, args))
+
+    def data_received(self, data, datatype=None):
+        self.received.append(bytes(data))
+
+
+def test_tuned_connections_send_no_empty_ignore_and_read_in_slices():
+    conn = Recorded()
+    assert tune(conn)
+    conn.send_packet(MSG_IGNORE, b"\0\0\0\0")  # asyncssh's, before each packet it sends: dropped
+    conn.send_packet(MSG_IGNORE, b"\0\0\0\5hello")  # any other: sent
+    conn.send_packet(94, b"\0\0\0\1", b"data", handler=None)
+    assert conn.sent == [(MSG_IGNORE, (b"\0\0\0\5hello",)), (94, (b"\0\0\0\1", b"data"))]
+    big = os.urandom(3 * INPUT_SLICE + 5)
+    conn.data_received(b"small")
+    conn.data_received(big)
+    assert conn.received[0] == b"small"
+    assert [len(data) for data in conn.received[1:]] == [INPUT_SLICE] * 3 + [5]
+    assert b"".join(conn.received[1:]) == big
+    assert not tune(object())  # nothing to tune: left as it is
+
+
+def test_tuned_asyncssh_connections_carry_data_both_ways_with_no_empty_ignore(tmp_path):
+    """On the installed asyncssh: its connection still has what tune() changes, and works tuned."""
+    sent, read = [], []
+
+    class Echo(asyncssh.SSHServerSession):
+        def connection_made(self, chan):
+            self.chan = chan
+
+        def exec_requested(self, command):
+            return True
+
+        def data_received(self, data, datatype):
+            self.chan.write(data)
+
+        def eof_received(self):
+            self.chan.exit(0)
+
+    class Server(asyncssh.SSHServer):
+        def connection_made(self, conn):
+            send_packet, data_received = conn.send_packet, conn.data_received
+
+            def record_sent(pkttype, *args, **kwargs):
+                sent.append(pkttype)
+                return send_packet(pkttype, *args, **kwargs)
+
+            def record_read(data, *args):
+                read.append(len(data))
+                return data_received(data, *args)
+
+            conn.send_packet, conn.data_received = record_sent, record_read
+            assert tune(conn)
+
+        def begin_auth(self, username):
+            return False
+
+        def session_requested(self):
+            return Echo()
+
+    async def main():
+        server = await asyncssh.create_server(
+            Server, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")], encoding=None
+        )
+        port = server.sockets[0].getsockname()[1]
+        payload = os.urandom(2_000_000)
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x") as conn:
+            result = await conn.run("echo", input=payload, encoding=None)
+        server.close()
+        assert result.stdout == payload and result.exit_status == 0
+
+    asyncio.run(main())
+    assert MSG_IGNORE not in sent and sent.count(MSG_CHANNEL_DATA) >= 2_000_000 // 32768
+    assert max(read) <= INPUT_SLICE
+
+
+def test_only_counter_and_aead_ciphers_can_be_offered():
+    from asyncssh.encryption import get_default_encryption_algs
+
+    assert {name.encode() for name in CIPHERS} <= set(get_default_encryption_algs())
+    app = SSHGateway()
+    assert set(app.ciphers) <= set(CIPHERS)
+    app.ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    for bad in (["aes128-cbc"], ["arcfour"], [], ["aes128-gcm@openssh.com", "3des-cbc"]):
+        with pytest.raises(Exception, match="ciphers .*: one or more of chacha20-poly1305@openssh.com"):
+            app.ciphers = bad

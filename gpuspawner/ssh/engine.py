@@ -12,6 +12,7 @@ lost in a blocking client's buffer, and stdin can be closed on its own (half-clo
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -82,77 +83,232 @@ def engine_address(client: docker.APIClient) -> EngineAddress:
     )
 
 
-class ExecStream:
-    """One exec's stream: stdin in, stdout and stderr out (one stream with a TTY)."""
+class Frames:
+    """Docker's multiplexed exec stream (an exec without a TTY), parsed as it comes.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool):
-        self.reader, self.writer, self.tty = reader, writer, tty
+    Each frame is an 8-byte header (its stream, 1 for stdout or 2 for stderr, then its
+    payload's length in 4 big-endian bytes) and the payload; a read from the engine may
+    end anywhere, in a header too. ``feed`` gives what a read holds, each run of one
+    stream's frames joined into one piece: at most one copy of each byte, and one write
+    to the client for a read's worth of output rather than one per frame.
+    """
+
+    def __init__(self):
+        self._header = b""
+        self._which = STDOUT
+        self._left = 0  # bytes of the current frame's payload still to come
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes | memoryview]]:
+        """The output in ``data``: (STDOUT or STDERR, bytes) pieces, in order; a piece of one
+        frame is a memoryview of ``data``, not a copy."""
+        view = memoryview(data)
+        parts: list[tuple[int, list]] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._left:
+                take = min(self._left, end - pos)
+                if parts and parts[-1][0] == self._which:
+                    parts[-1][1].append(view[pos : pos + take])
+                else:
+                    parts.append((self._which, [view[pos : pos + take]]))
+                pos += take
+                self._left -= take
+                continue
+            if not self._header and end - pos >= 8:
+                header = data[pos : pos + 8]
+                pos += 8
+            else:
+                need = 8 - len(self._header)
+                self._header += data[pos : pos + need]
+                pos += min(need, end - pos)
+                if len(self._header) < 8:
+                    break
+                header, self._header = self._header, b""
+            self._which = STDERR if header[0] == 2 else STDOUT
+            self._left = int.from_bytes(header[4:8], "big")
+        return [(which, pieces[0] if len(pieces) == 1 else b"".join(pieces)) for which, pieces in parts]
+
+
+class ExecStream(asyncio.Protocol):
+    """One exec's stream: stdin in, stdout and stderr out (one stream with a TTY).
+
+    The engine's connection as an asyncio protocol, not a stream reader: output is parsed
+    as each read comes (:class:`Frames`) and handed on at once, to :meth:`read` before
+    :meth:`attach` and to the attached callbacks after, with no task switch per frame.
+    """
+
+    def __init__(self, tty: bool):
+        self.tty = tty
+        self.transport: asyncio.Transport | None = None
+        self._frames = None if tty else Frames()
+        loop = asyncio.get_running_loop()
+        self.answer: asyncio.Future = loop.create_future()  # (status code, header lines) of the engine's answer
+        self.ended: asyncio.Future = loop.create_future()  # the output's end (None)
+        self._head = bytearray()  # the answer, until its headers end; after an error, its body too
+        self._head_changed = asyncio.Event()
+        self._started = False
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._readable = asyncio.Event()
+        self._output: Callable[[int, bytes], None] | None = None
+        self._stdin_full: Callable[[bool], None] | None = None
+        self._stdin_is_full = False
+
+    # --- asyncio's side
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._started:
+            self._deliver(data)
+            return
+        self._head += data
+        self._head_changed.set()
+        if self.answer.done():
+            return  # an error's body
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > 65536:
+                self.answer.set_exception(EngineError("the engine's answer has no end"))
+            return
+        status_line, *headers = self._head[:end].decode("latin-1").split("\r\n")
+        parts = status_line.split(" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        self.answer.set_result((code, headers))
+        rest = bytes(self._head[end + 4 :])
+        if code in (101, 200):
+            self._started = True
+            self._head = bytearray()
+            if rest:
+                self._deliver(rest)
+        else:
+            self._head = bytearray(rest)
+
+    def _deliver(self, data: bytes) -> None:
+        parts = [(STDOUT, data)] if self._frames is None else self._frames.feed(data)
+        if self._output is not None:
+            for which, piece in parts:
+                self._output(which, piece)
+        else:
+            self._queue.extend(parts)
+            self._readable.set()
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False  # the process's output has ended: so has the exec
+
+    def connection_lost(self, exc) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        self._head_changed.set()
+        self._readable.set()
+        if not self.answer.done():
+            self.answer.set_exception(EngineError("the engine closed the connection"))
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._stdin_is_full = True
+        if self._stdin_full is not None:
+            self._stdin_full(True)
+
+    def resume_writing(self) -> None:
+        self._stdin_is_full = False
+        if self._stdin_full is not None:
+            self._stdin_full(False)
+
+    # --- the gateway's side
+
+    async def answer_body(self, length: int, wait: float = 5) -> bytes:
+        """The body of an error answer: ``length`` bytes, or what came within ``wait`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while len(self._head) < length and not self.ended.done() and loop.time() < deadline:
+            self._head_changed.clear()
+            try:
+                await asyncio.wait_for(self._head_changed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+        return bytes(self._head[:length])
 
     async def read(self) -> tuple[int, bytes]:
-        """The next output: (STDOUT or STDERR, bytes); (0, b'') at the end."""
-        if self.tty:
-            data = await self.reader.read(65536)
-            return (STDOUT, data) if data else (0, b"")
-        try:
-            header = await self.reader.readexactly(8)
-            data = await self.reader.readexactly(int.from_bytes(header[4:8], "big"))
-        except asyncio.IncompleteReadError:
-            return 0, b""
-        return (STDERR if header[0] == 2 else STDOUT), data
+        """The next output: (STDOUT or STDERR, bytes); (0, b'') at the end. Only before :meth:`attach`."""
+        while not self._queue:
+            if self.ended.done():
+                return 0, b""
+            self._readable.clear()
+            await self._readable.wait()
+        return self._queue.popleft()
+
+    def attach(self, output: Callable[[int, bytes], None], stdin_full: Callable[[bool], None]) -> None:
+        """From now on, hand each output to ``output(which, data)`` as it comes (what was not
+        read first), and say ``stdin_full(True)`` when the engine takes no more input for now,
+        ``stdin_full(False)`` when it does again. The output's end is :attr:`ended`."""
+        self._output, self._stdin_full = output, stdin_full
+        while self._queue:
+            output(*self._queue.popleft())
+        if self._stdin_is_full:
+            stdin_full(True)
+
+    def pause_output(self) -> None:
+        """Read no more of the process's output (the client is not taking it) until :meth:`resume_output`."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_output(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    @property
-    def buffered(self) -> int:
-        return self.writer.transport.get_write_buffer_size() if self.writer.transport else 0
+        """Input for the process."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def close_stdin(self) -> None:
         """End of input for the process (a half-close of the stream; not over TLS, which cannot)."""
-        if self.writer.can_write_eof() and not self.writer.is_closing():
+        transport = self.transport
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
             try:
-                self.writer.write_eof()
+                transport.write_eof()
             except OSError:
                 pass
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def open_exec_stream(address: EngineAddress, exec_id: str, tty: bool) -> ExecStream:
-    """Start the exec ``exec_id`` attached: the engine's upgraded connection, as a stream."""
+    """Start the exec ``exec_id`` attached: the engine's upgraded connection, as an :class:`ExecStream`."""
+    loop = asyncio.get_running_loop()
     if address.unix:
-        reader, writer = await asyncio.open_unix_connection(address.unix)
+        _, stream = await loop.create_unix_connection(lambda: ExecStream(tty), address.unix)
     else:
-        reader, writer = await asyncio.open_connection(address.host, address.port, ssl=address.ssl)
+        _, stream = await loop.create_connection(lambda: ExecStream(tty), address.host, address.port, ssl=address.ssl)
     body = json.dumps({"Detach": False, "Tty": tty}).encode()
     head = (
         f"POST /v{address.api_version}/exec/{exec_id}/start HTTP/1.1\r\n"
         "Host: docker\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    writer.write(head.encode() + body)
+    stream.transport.write(head.encode() + body)
     try:
-        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError) as e:
-        writer.close()
-        raise EngineError(f"the engine did not start exec {exec_id[:12]}: {type(e).__name__}") from None
-    status_line, *headers = answer.decode("latin-1").split("\r\n")
-    parts = status_line.split(" ", 2)
-    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        code, headers = await asyncio.wait_for(stream.answer, 30)
+    except (EngineError, asyncio.TimeoutError) as e:
+        stream.close()
+        why = str(e) if isinstance(e, EngineError) else "no answer within 30 s"
+        raise EngineError(f"the engine did not start exec {exec_id[:12]}: {why}") from None
     if code not in (101, 200):
         length = next((int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0)
-        detail = (await reader.read(length)).decode(errors="replace") if length else ""
-        writer.close()
+        detail = (await stream.answer_body(length)).decode(errors="replace") if length else ""
+        stream.close()
         try:
             detail = json.loads(detail).get("message", detail)
         except (ValueError, AttributeError):
             pass
         raise EngineError(f"the engine refused exec {exec_id[:12]}: {code} {detail}".strip())
-    return ExecStream(reader, writer, tty)
+    return stream
 
 
 def _environment(entries) -> dict[str, str]:
@@ -307,6 +463,7 @@ __all__ = [
     "EngineAddress",
     "EngineError",
     "ExecStream",
+    "Frames",
     "STDERR",
     "STDOUT",
     "ServerContainer",

@@ -37,6 +37,7 @@ from .policy import (
     refusal_message,
     session_command,
 )
+from .tuning import tune
 
 #: Exit statuses of sessions that never reached the server.
 REFUSED = 1  # the server could not be started (the hub's refusal), or is stopping
@@ -294,35 +295,25 @@ class Gateway:
 
 class _Pipe:
     """A channel and an exec stream joined, with flow control both ways: what the client sends
-    goes to the process's stdin, what the process writes goes back (``_outbound``)."""
-
-    HIGH_WATER = 1 << 20
+    goes to the process's stdin, and the channel stops taking it while the engine's socket is
+    full; what the process writes goes back as it comes, and the engine's socket is not read
+    while the channel's buffer is full."""
 
     gateway: Gateway
     stream: ExecStream | None = None
     chan = None
 
     def _start_pipe(self) -> None:
-        self.can_write = asyncio.Event()
-        self.can_write.set()
         self.pending: list[bytes] = []  # what came before the process started
         self.eof_pending = False
+        self.output_paused = False
+        self.stderr_too = True
 
     def data_received(self, data: bytes, datatype) -> None:
         if self.stream is None:
             self.pending.append(data)
-            return
-        self.stream.write(data)
-        if self.stream.buffered > self.HIGH_WATER:
-            self.chan.pause_reading()
-            asyncio.ensure_future(self._drained())
-
-    async def _drained(self) -> None:
-        try:
-            await self.stream.drain()
-        except OSError:
-            return
-        self.chan.resume_reading()
+        else:
+            self.stream.write(data)
 
     def eof_received(self) -> bool:
         if self.stream is None:
@@ -332,33 +323,42 @@ class _Pipe:
         return True  # half open: the process's output may still come
 
     def pause_writing(self) -> None:
-        self.can_write.clear()
+        self.output_paused = True
+        if self.stream is not None:
+            self.stream.pause_output()
 
     def resume_writing(self) -> None:
-        self.can_write.set()
+        self.output_paused = False
+        if self.stream is not None:
+            self.stream.resume_output()
 
-    def _joined(self, stream: ExecStream) -> None:
-        """The process runs: what the client sent meanwhile goes to it."""
-        self.stream = stream
+    def _joined(self, stream: ExecStream, stderr_too: bool) -> None:
+        """The process runs: what the client sent meanwhile goes to it, and its output (its
+        stderr dropped unless ``stderr_too``) to the client, until ``stream.ended``."""
+        self.stream, self.stderr_too = stream, stderr_too
         for data in self.pending:
             stream.write(data)
         self.pending = []
         if self.eof_pending:
             stream.close_stdin()
+        if self.output_paused:
+            stream.pause_output()
+        stream.attach(self._output, self._stdin_full)
 
-    async def _outbound(self, stderr_too: bool) -> None:
-        """The process's output to the client, until it ends (its stderr dropped unless ``stderr_too``)."""
-        while True:
-            which, data = await self.stream.read()
-            if not which:
-                return
-            if which == STDERR and not stderr_too:
-                continue
-            await self.can_write.wait()
-            if which == STDERR:
-                self.chan.write_stderr(data)
-            else:
+    def _output(self, which: int, data: bytes) -> None:
+        try:
+            if which != STDERR:
                 self.chan.write(data)
+            elif self.stderr_too:
+                self.chan.write_stderr(data)
+        except (OSError, asyncssh.Error):
+            self.stream.close()  # the channel is closing: the rest has nowhere to go
+
+    def _stdin_full(self, full: bool) -> None:
+        if full:
+            self.chan.pause_reading()
+        else:
+            self.chan.resume_reading()
 
 
 class Session(_Pipe, asyncssh.SSHServerSession):
@@ -466,18 +466,16 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         )
         if self.tty:
             await gateway.engine.resize(self.exec_id, *self.size)
-        self._joined(stream)
+        self._joined(stream, stderr_too=True)
         gateway.activity.opened(conn.user)
-        writing = asyncio.ensure_future(self._outbound(stderr_too=True))
         closed = asyncio.ensure_future(self.closed.wait())
         try:
-            await asyncio.wait({writing, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if writing.done() and writing.exception() is None:
+            await asyncio.wait({stream.ended, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if stream.ended.done() and not self.closed.is_set():
                 return await gateway.engine.exit_status(self.exec_id)
             await gateway.engine.hang_up(self.exec_id)  # the client went away: as sshd, hang up on the process
             return LOST
         finally:
-            writing.cancel()
             closed.cancel()
             stream.close()
             gateway.activity.closed(conn.user)
@@ -490,24 +488,22 @@ class Forward(_Pipe, asyncssh.SSHTCPSession):
         self.gateway, self.user, self.exec_id = gateway, user, exec_id
         self.task: asyncio.Task | None = None
         self._start_pipe()
-        self._joined(stream)
+        self.relay = stream
 
     def connection_made(self, chan) -> None:
         self.chan = chan
         self.gateway.activity.opened(self.user)
+        self._joined(self.relay, stderr_too=False)
         self.task = asyncio.ensure_future(self._relay())
 
     async def _relay(self) -> None:
-        try:
-            await self._outbound(stderr_too=False)
-        except (OSError, asyncssh.Error):
-            pass
+        await self.stream.ended
         self.chan.close()
 
     def connection_lost(self, exc) -> None:
         if self.task is not None:
             self.task.cancel()
-        self.stream.close()
+        self.relay.close()
         self.gateway.activity.closed(self.user)
         asyncio.ensure_future(self.gateway.engine.hang_up(self.exec_id))
 
@@ -536,6 +532,7 @@ class Connection(asyncssh.SSHServer):
     def connection_made(self, conn) -> None:
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.address, self.port = peer[0], peer[1]
+        tune(conn)
 
     def connection_lost(self, exc) -> None:
         self.gateway.login_ended(self)
