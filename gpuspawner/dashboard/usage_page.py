@@ -32,7 +32,7 @@ from ..usage.records import utc
 from ..usage.report import memory_text, utilisation_text
 from ..usage.store import UsageStore, UsageStoreError
 from .app import _Handler, page_csp
-from .page import HubLinks, _env, _Viewer, inline_script_hashes
+from .page import HubLinks, _env, hub_page_vars, inline_script_hashes
 from .usage_view import (
     BY_WORDS,
     QueryError,
@@ -307,21 +307,7 @@ def render_usage_page(
         day_words=day_words,
         by_words=BY_WORDS,
         style=Markup(STYLE),
-        user=_Viewer(user),
-        # What the hub's page.html reads (as the dashboard's page gives it).
-        base_url=hub.url(""),
-        prefix=hub.base_url,
-        static_url=hub.static_url,
-        version_hash="",
-        logo_url="",
-        login_url=hub.login_url,
-        logout_url=hub.url("logout"),
-        services=[{"name": name, "href": href} for name, href in hub.services],
-        parsed_scopes={s.partition("!")[0] for s in scopes},
-        admin_access=False,
-        no_spawner_check=True,
-        xsrf_token=xsrf_token,
-        announcement="",
+        **hub_page_vars(hub, user, scopes, xsrf_token),
     )
 
 
@@ -455,7 +441,7 @@ class UsagePageHandler(_UsageHandler):
             form=form,
             error=error,
             time_zone=getattr(self.dashboard.usage_zone, "key", "UTC"),
-            hub=self.dashboard.hub_links,
+            hub=await self.dashboard.links(),
             xsrf_token=self.xsrf_token.decode("ascii"),
             scopes=user.get("scopes") or (),
             dashboard_href=self.dashboard.service_prefix,
