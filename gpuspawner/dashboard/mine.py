@@ -35,7 +35,15 @@ from ..quantities import format_duration
 from ..reservations import when as moment
 from ..traits import format_bytes
 from .model import DashboardView, Holding, LabEvent, Reach, UnitView, Waiter, restrict
-from .page import SPARK_STYLE, UPDATES_SCRIPT, HubLinks, _environment, bar, hub_page_vars, hub_templates, sparkline
+from .page import (
+    SPARK_STYLE,
+    HubLinks,
+    _environment,
+    bar,
+    hub_page_vars,
+    hub_templates,
+    sparkline,
+)
 
 #: A clock this close to its stop is said first, and marked.
 SOON = 600
@@ -447,8 +455,7 @@ TEMPLATE = """{% extends "page.html" %}
 <main class="container my-gpu" id="my-gpu">
 <h1 class="h3">My GPU</h1>
 <p class="text-body-secondary">As of <time id="generated-at" datetime="{{ iso(mine.generated_at) }}">{{ clock(mine.generated_at) }}</time>
-{%- if refresh %} (updates every {{ refresh }} s<button type="button" id="pause-updates" class="btn btn-link btn-sm p-0 ms-1 align-baseline"
- aria-pressed="false" data-every="{{ refresh }}" hidden>Pause updates</button>){% endif %} &middot; <a href="mine" id="refresh-now">Refresh now</a>
+{{- updates(refresh, "mine") }}
  &middot; {{ user.name }} &middot; <a href="api/v1/mine">JSON</a></p>
 {% if mine.docker_error %}<div class="alert alert-danger py-2" role="alert" data-source="Docker">The lab cannot tell what your servers hold right now: Docker cannot be read ({{ mine.docker_error }}).</div>{% endif %}
 {% if mine.clocks_error %}<div class="alert alert-warning py-2" data-source="clocks">The GPU culler's clocks cannot be read ({{ mine.clocks_error }}): the rules are listed without them.</div>
@@ -503,7 +510,7 @@ TEMPLATE = """{% extends "page.html" %}
 {% if mine.servers %}<p class="small text-body-secondary mt-3">{% if mine.cull_every %}The lab checks its rules every {{ duration(mine.cull_every) }}, so a stop can come that much after the time shown.
 {% endif %}Times are the lab's ({{ zone_name }}). GPU utilisation is the share of time the GPU ran your kernels.</p>{% endif %}
 </main>
-{% if refresh %}<script id="updates">{{ updates_script }}</script>{% endif %}
+{{ updates_script(refresh) }}
 {% endblock main %}
 """
 
@@ -531,7 +538,6 @@ def render_mine(
     return _template.render(
         mine=mine,
         refresh=refresh,
-        updates_script=Markup(UPDATES_SCRIPT),
         style=Markup(STYLE + SPARK_STYLE),
         iso=_iso,
         clock=lambda when: at(when, now, zone) if when else "never",

@@ -108,6 +108,25 @@ UPDATES_SCRIPT = """
 """
 UPDATES_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(UPDATES_SCRIPT.encode()).digest()).decode() + "'"
 
+
+def updates_line(refresh: int, again: str) -> Markup:
+    """What a page says of its updates: every ``refresh`` s with the Pause button the script shows
+    (none for 0), and **Refresh now** (``again``), which works without JavaScript."""
+    every = Markup(
+        ' (updates every {0} s<button type="button" id="pause-updates" class="btn btn-link btn-sm p-0 ms-1'
+        ' align-baseline" aria-pressed="false" data-every="{0}" hidden>Pause updates</button>)'
+    ).format(refresh)
+    return (every if refresh else Markup("")) + Markup(
+        ' &middot; <a href="{}" id="refresh-now">Refresh now</a>'
+    ).format(again)
+
+
+def updates_script(refresh: int) -> Markup:
+    """The updates script's element (none for ``refresh`` 0): its text is ``UPDATES_SCRIPT``, whose hash
+    the page's CSP allows."""
+    return Markup('<script id="updates">{}</script>').format(Markup(UPDATES_SCRIPT)) if refresh else Markup("")
+
+
 TEMPLATE = (
     """{% extends "page.html" %}
 {% block title %}GPU dashboard{% if view.host %} - {{ view.host }}{% endif %}{% endblock title %}
@@ -117,8 +136,7 @@ TEMPLATE = (
 <h1 class="h3">GPU dashboard{% if view.host %} <small class="text-body-secondary">{{ view.host }}</small>{% endif %}</h1>
 <p class="text-body-secondary">As of <time id="generated-at" datetime="{{ iso(view.generated_at) }}">"""
     """{{ iso(view.generated_at) }}</time>
-{% if refresh %} (updates every {{ refresh }} s<button type="button" id="pause-updates" class="btn btn-link btn-sm p-0 ms-1 align-baseline"
- aria-pressed="false" data-every="{{ refresh }}" hidden>Pause updates</button>){% endif %} &middot; <a href="{{ view_href(shown) }}" id="refresh-now">Refresh now</a>
+{{ updates(refresh, view_href(shown)) }}
  &middot; user {{ user.name }} &middot; <a href="api/v1/gpus">JSON</a> &middot; <a href="metrics">metrics</a> &middot; <a href="usage" id="usage-link">GPU-hours</a></p>
 <ul class="nav nav-tabs mb-3" id="views">
 {% for name, words in [("overview", "Map and table"), ("map", "Map"), ("table", "Table")] %}
@@ -277,7 +295,7 @@ TEMPLATE = (
 {{ events("stops", view.stops) }}
 {% endif %}
 </div>
-{% if refresh %}<script id="updates">{{ updates_script }}</script>{% endif %}
+{{ updates_script(refresh) }}
 {% endblock main %}
 """
 )
@@ -315,7 +333,9 @@ def _environment(templates: str | None, pages: dict[str, str] | None = None) -> 
     """The service's pages (``pages``: name -> template) on the hub's ``page.html`` from ``templates``."""
     loaders: list[jinja2.BaseLoader] = [jinja2.DictLoader(pages or {"dashboard.html": TEMPLATE})]
     loaders.append(jinja2.FileSystemLoader(templates) if templates else jinja2.DictLoader({"page.html": FALLBACK_PAGE}))
-    return jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined)
+    env.globals.update(updates=updates_line, updates_script=updates_script)  # each page's updates, said alike
+    return env
 
 
 _env = _environment(hub_templates())
@@ -394,7 +414,6 @@ def render_page(
         can_put_back=can_put_back,
         xsrf_form_html=Markup(xsrf_form_html),  # tornado builds it escaped
         refresh=refresh,
-        updates_script=Markup(UPDATES_SCRIPT),
         shown=shown,
         view_href=lambda name: "./" if name == VIEWS[0] else f"?view={name}",
         style=Markup(STYLE),
