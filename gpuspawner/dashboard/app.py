@@ -412,6 +412,7 @@ class GPUDashboard(Application):
         self._shared: tuple[float, DashboardView] | None = None
         self._shared_lock = asyncio.Lock()
         self._menu: tuple[float, tuple[tuple[str, str], ...]] | None = None
+        self._budgets: list | None = None  # the hub's gpu_budgets, parsed at the first scrape
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         api_url = os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
         self.hub = HubAPI(api_url, token) if token else None
@@ -513,7 +514,9 @@ class GPUDashboard(Application):
         from .usage_page import usage_source
 
         try:
-            budgets = parse_budgets(entries)
+            if self._budgets is None:  # the hub's config, read once at the start: parsed once
+                self._budgets = parse_budgets(entries)
+            budgets = self._budgets
             return await asyncio.to_thread(usage_source(self).budget_use, budgets, datetime.now(timezone.utc))
         except Exception as e:  # noqa: BLE001 - a database not made yet, or away: no budget series this time
             self.log.warning("Cannot read the GPU-hour budgets' use for the metrics: %s", e)
