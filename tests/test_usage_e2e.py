@@ -31,7 +31,6 @@ import pytest
 import requests
 
 from gpuspawner.dashboard.usage_page import hours_text
-from gpuspawner.services import MINE_SCOPE
 from gpuspawner.usage import UsageBook, UsageStore
 
 from .axe import assert_accessible
@@ -93,15 +92,9 @@ def hub(tmp_path_factory):
     }}
     from gpuspawner import services
     services.add_culler(c, __file__, cull_every=1, args=[{f"--usage-file={usage}"!r}])
-    dashboard = services.add_dashboard(
+    # Students reach their own usage with the scope add_dashboard gives every user (custom:gpu-dashboard:mine).
+    services.add_dashboard(
         c, __file__, url="http://127.0.0.1:{free_port()}", teacher_groups=["ml101-teachers"], args=["--refresh=0"]
-    )
-    # A student's own usage: the scope every user gets (defined here until add_dashboard grants it).
-    c.JupyterHub.custom_scopes.setdefault({MINE_SCOPE!r}, {{"description": "See your own GPU use"}})
-    if {MINE_SCOPE!r} not in dashboard["oauth_client_allowed_scopes"]:
-        dashboard["oauth_client_allowed_scopes"].append({MINE_SCOPE!r})
-    c.JupyterHub.load_roles.append(
-        {{"name": "user", "scopes": ["self", {MINE_SCOPE!r}, "access:services!service=gpu-dashboard"]}}
     )
     """
     with running_hub(workdir, config, RUN) as h:
