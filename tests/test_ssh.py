@@ -23,6 +23,7 @@ from traitlets.config import Config
 
 from gpuspawner import services
 from gpuspawner.config import ConfigError
+from gpuspawner.ssh import direct
 from gpuspawner.ssh.app import CIPHERS, SSHGateway, host_key
 from gpuspawner.ssh.engine import (
     STDERR,
@@ -34,10 +35,12 @@ from gpuspawner.ssh.engine import (
     open_exec_stream,
     server_container,
 )
-from gpuspawner.ssh.gateway import Audit, Connection, Gateway
+from gpuspawner.ssh.gateway import Audit, Connection, Gateway, Session
 from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
 from gpuspawner.ssh.policy import (
     CONNECTED,
+    DIRECT_LINE,
+    DIRECT_STDIO,
     NO_SFTP,
     SFTP_SERVER_PATHS,
     ForwardRefused,
@@ -51,6 +54,7 @@ from gpuspawner.ssh.policy import (
     forward_target,
     hidden_variables,
     judge_token,
+    parse_direct_offer,
     parse_events,
     parse_login,
     progress_line,
@@ -265,6 +269,142 @@ def test_sftp_runs_the_first_sftp_server_found_else_says_there_is_none(tmp_path)
     assert (none.returncode, none.stderr.strip()) == (127, NO_SFTP)
 
 
+# --- the direct line (sftp's bytes on a connection of their own)
+
+
+def echo_server(folder: Path) -> Path:
+    """A stand-in for sftp-server: it copies its stdin to its stdout."""
+    fake = folder / "sftp-server"
+    fake.write_text("#!/bin/sh\nexec cat\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def direct_session(folder: Path, host: str) -> subprocess.Popen:
+    """An sftp session asked for the direct line on ``host``, run here as the container would run it."""
+    fake = echo_server(folder)
+    argv = [a.replace(" ".join(SFTP_SERVER_PATHS), str(fake)) for a in session_command("sftp", host=host)]
+    env = {"PATH": os.environ["PATH"], "HOME": str(folder)}
+    return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def read_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n and (piece := conn.recv(n - len(data))):
+        data += piece
+    return data
+
+
+def test_the_direct_line_takes_only_the_connection_with_the_secret_and_gives_it_to_sftp_server(tmp_path):
+    session = direct_session(tmp_path, "127.0.0.1")
+    try:
+        offer = parse_direct_offer(session.stderr.readline())
+        assert offer is not None
+        # A connection without the secret is closed, unanswered; the listener waits on.
+        with socket.create_connection(("127.0.0.1", offer.port), timeout=10) as stranger:
+            stranger.sendall(os.urandom(16))
+            assert stranger.recv(64) == b""
+        with socket.create_connection(("127.0.0.1", offer.port), timeout=10) as stranger:
+            stranger.sendall(offer.answer)  # the other secret, the one the gateway checks
+            assert stranger.recv(64) == b""
+        with socket.create_connection(("127.0.0.1", offer.port), timeout=10) as gateway:
+            gateway.sendall(offer.ask)
+            assert read_exactly(gateway, 16) == offer.answer
+            gateway.sendall(b"sftp packets " * 10000)
+            gateway.shutdown(socket.SHUT_WR)
+            assert read_exactly(gateway, 130000) == b"sftp packets " * 10000
+            assert gateway.recv(1) == b""  # sftp-server ended with its input
+            # Nothing listens any more.
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", offer.port), timeout=10)
+        assert session.wait(10) == 0
+        assert session.stdout.read() == b""  # not a byte through the exec's own stdout
+    finally:
+        session.kill()
+
+
+def test_the_direct_line_runs_sftp_server_on_stdin_and_stdout_when_the_gateway_says_so(tmp_path):
+    session = direct_session(tmp_path, "127.0.0.1")
+    assert parse_direct_offer(session.stderr.readline()) is not None
+    out, err = session.communicate(b"\nsftp packets", timeout=10)  # the line the gateway sends when it cannot connect
+    assert (session.returncode, out, err) == (0, b"sftp packets", b"")
+
+
+def test_an_address_the_server_cannot_listen_on_means_stdin_and_stdout(tmp_path):
+    session = direct_session(tmp_path, "198.51.100.7")  # not this machine's
+    out, err = session.communicate(b"sftp packets", timeout=10)
+    assert (session.returncode, out, err) == (0, b"sftp packets", DIRECT_STDIO)
+
+
+def test_a_listener_nobody_connects_to_ends(tmp_path):
+    argv = [sys.executable, "-I", "-c", DIRECT_LINE, "127.0.0.1", str(echo_server(tmp_path)), "0.5"]
+    listener = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert listener.wait(10) == 1
+        said = listener.stderr.read().splitlines()
+        assert parse_direct_offer(said[0]) is not None
+        assert said[1] == b"gpuspawner: the SSH gateway did not connect to the sftp server"
+    finally:
+        listener.kill()
+
+
+def test_the_gateways_side_of_the_direct_line(tmp_path):
+    session = direct_session(tmp_path, "127.0.0.1")
+    offer = parse_direct_offer(session.stderr.readline())
+
+    async def talk():
+        line = await direct.connect("127.0.0.1", offer)
+        heard = bytearray()
+        line.attach(lambda which, data: heard.extend(data), lambda full: None)
+        line.write(b"x" * 3_000_000)
+        line.close_stdin()
+        await asyncio.wait_for(line.ended, 10)
+        return bytes(heard)
+
+    assert asyncio.run(talk()) == b"x" * 3_000_000
+    assert session.wait(10) == 0
+
+
+def test_the_gateway_takes_no_line_from_a_listener_without_the_answer():
+    impostor = socket.create_server(("127.0.0.1", 0))
+    offer = parse_direct_offer(b"gpuspawner-direct %d %s %s" % (impostor.getsockname()[1], b"a" * 32, b"b" * 32))
+
+    def answer_wrong():
+        conn, _ = impostor.accept()
+        with conn:
+            read_exactly(conn, 16)
+            conn.sendall(b"c" * 16)
+            conn.recv(1)
+
+    threading.Thread(target=answer_wrong, daemon=True).start()
+    assert asyncio.run(direct.connect("127.0.0.1", offer)) is None
+    impostor.close()
+    # Nothing listening: no line, at once.
+    assert asyncio.run(direct.connect("127.0.0.1", offer, timeout=5)) is None
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        b"",
+        b"gpuspawner-stdio\n",
+        b"gpuspawner-direct 0 " + b"a" * 32 + b" " + b"b" * 32,
+        b"gpuspawner-direct 70000 " + b"a" * 32 + b" " + b"b" * 32,
+        b"gpuspawner-direct 22 " + b"a" * 30 + b" " + b"b" * 32,
+        b"gpuspawner-direct 22 " + b"x" * 32 + b" " + b"b" * 32,
+        b"gpuspawner-direct 22 " + b"a" * 32,
+        b"gpuspawner: this server's image has no sftp-server",
+    ],
+)
+def test_what_is_not_a_direct_lines_offer(said):
+    assert parse_direct_offer(said) is None
+
+
+def test_a_direct_lines_offer():
+    offer = parse_direct_offer(b"gpuspawner-direct 40123 " + b"0a" * 16 + b" " + b"ff" * 16 + b"\n")
+    assert (offer.port, offer.ask, offer.answer) == (40123, b"\n" * 16, b"\xff" * 16)
+
+
 def test_the_forward_relay_connects_and_copies_both_ways(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -449,6 +589,76 @@ def test_a_key_login_that_took_no_key_is_one_failure_when_the_connection_ends(tm
         "ssh login failed: user=alice method=publickey reason='no registered key'"
         f" offered={other.get_fingerprint('sha256')} source=10.0.0.2:5555"
     )
+
+
+# --- the session's side of the direct line
+
+
+class SaidFirst:
+    """An exec stream whose process said ``said`` on stderr first; what the gateway writes to its stdin is kept."""
+
+    def __init__(self, said: bytes, stdout: bytes = b""):
+        self.output = [(STDOUT, stdout)] if stdout else []
+        self.output += [(STDERR, said[:5]), (STDERR, said[5:])] if said else []
+        self.stdin = b""
+
+    async def read(self):
+        return self.output.pop(0) if self.output else (0, b"")
+
+    def write(self, data):
+        self.stdin += data
+
+
+class Channel:
+    def __init__(self):
+        self.stdout, self.stderr = b"", b""
+
+    def write(self, data):
+        self.stdout += data
+
+    def write_stderr(self, data):
+        self.stderr += data
+
+
+def direct_line_of(said: bytes, host="127.0.0.1", stdout=b""):
+    import logging
+
+    session = Session(Gateway(None, None, None, None, log=logging.getLogger("t"), audit=None), FakeConn())
+    session.chan, stream = Channel(), SaidFirst(said, stdout)
+
+    async def line():
+        taken = await session._direct_line(stream, host)
+        if taken is not None:
+            taken.close()
+        return taken
+
+    return asyncio.run(line()), stream, session.chan
+
+
+def test_a_session_takes_the_direct_line_its_listener_offers(tmp_path):
+    listener = direct_session(tmp_path, "127.0.0.1")
+    try:
+        said = listener.stderr.readline()
+        line, stream, chan = direct_line_of(said, stdout=b"early")
+        assert isinstance(line, direct.DirectLine)
+        assert (stream.stdin, chan.stdout, chan.stderr) == (b"", b"early", b"")
+    finally:
+        listener.kill()
+
+
+def test_a_session_with_no_way_to_its_listener_tells_it_to_use_the_exec(tmp_path):
+    nobody = socket.create_server(("127.0.0.1", 0))
+    port = nobody.getsockname()[1]
+    nobody.close()
+    line, stream, chan = direct_line_of(b"gpuspawner-direct %d %s %s\n" % (port, b"ab" * 16, b"cd" * 16))
+    assert (line, stream.stdin, chan.stderr) == (None, b"\n", b"")
+
+
+def test_a_session_whose_server_runs_sftp_on_the_exec_or_not_at_all(tmp_path):
+    line, stream, chan = direct_line_of(DIRECT_STDIO)  # no python3 in the image
+    assert (line, stream.stdin, chan.stderr) == (None, b"", b"")
+    line, stream, chan = direct_line_of(NO_SFTP.encode() + b"\n")  # then the exec ends: its status is 127
+    assert (line, stream.stdin, chan.stderr) == (None, b"", NO_SFTP.encode() + b"\n")
 
 
 # --- the engine's address, and a container as the gateway reads it

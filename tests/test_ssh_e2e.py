@@ -20,12 +20,15 @@ import re
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import textwrap
 import time
 
 import pytest
 import requests
+
+from gpuspawner.ssh.policy import HIDDEN_VARIABLES, parse_direct_offer, session_command
 
 from .realhub import free_port, read_testbed, running_hub, simulated_gpus, wait_for
 from .ssh_client import OpenSSH, answers, listens, new_key, set_size
@@ -200,6 +203,41 @@ def test_scp_round_trip_and_sftp_listing(gateway, tmp_path):
     assert re.search(r"\s10000000\s.*data\.bin", listing.stdout), listing.stdout
 
 
+def test_sftp_goes_by_its_direct_line_and_leaves_nothing_listening(gateway):
+    """The sftp-server of an open sftp session reads and writes a TCP connection (the direct
+    line), not the exec's pipes; the listener that took it is gone: only Jupyter listens in the
+    server (and the engine's own DNS resolver on 127.0.0.11)."""
+    opts, env = gateway.options(key=gateway.folder / "alice")
+    session = subprocess.Popen(
+        ["sftp", *opts, "-P", str(gateway.port), "-b", "-", f"{ALICE}@127.0.0.1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    # From the engine's host: sftp-server makes itself undumpable, so not even the container's root may look.
+    container = gateway.hub.container(ALICE)
+
+    def sftp_server() -> int:
+        top = container.top(ps_args="-eo pid,comm")
+        return next((int(pid) for pid, comm in top["Processes"] if comm == "sftp-server"), 0)
+
+    try:
+        pid = wait_for(sftp_server, 30, "the sftp session's server runs")
+        stdin, stdout = os.readlink(f"/proc/{pid}/fd/0"), os.readlink(f"/proc/{pid}/fd/1")
+        assert stdin == stdout and stdin.startswith("socket:["), (stdin, stdout)
+        listening = set()
+        for table in ("tcp", "tcp6"):
+            for row in open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                if state == "0A" and not local.startswith("0B00007F:"):
+                    listening.add(int(local.rsplit(":", 1)[1], 16))
+        assert listening == {8888}, listening
+    finally:
+        session.stdin.close()
+        assert session.wait(30) == 0
+
+
 def test_a_local_forward_reaches_the_servers_own_jupyter_port(gateway):
     local = free_port()
     opts, env = gateway.options(gateway.token(ALICE))
@@ -239,6 +277,48 @@ def test_forwards_to_another_server_or_the_hubs_host_are_refused(gateway):
     # Inside one's own server nothing listens there: a plain refusal from the relay in the server.
     closed = gateway.ssh(ALICE, extra=("-W", "localhost:1"), token=gateway.token(ALICE), timeout=60, log_level="INFO")
     assert closed.returncode == 255 and "Connection refused" in closed.stderr, closed.stderr
+
+
+def test_the_direct_lines_listener_answers_the_gateway_only(gateway):
+    """The listener an sftp session starts in the server, started as the gateway starts it:
+    another student's server cannot reach it, and a connection without its secret is closed."""
+    hub = gateway.hub
+    alice, carol = hub.container(ALICE), hub.container(CAROL)
+    alice_ip = alice.attrs["NetworkSettings"]["Networks"][hub.lab.name]["IPAddress"]
+    argv = session_command("sftp", HIDDEN_VARIABLES, host=alice_ip)
+    user_of = alice.attrs["Config"]["User"]
+    listener = subprocess.Popen(
+        ["docker", "exec", "-i", "-u", user_of, alice.id, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        offer = parse_direct_offer(listener.stderr.readline())
+        assert offer is not None
+        knock = f"import socket; socket.create_connection(({alice_ip!r}, {offer.port}), timeout=5); print('reached')"
+        from_carol = carol.exec_run(["python3", "-c", knock], user=carol.attrs["Config"]["User"])
+        assert from_carol.exit_code != 0 and b"reached" not in from_carol.output, from_carol.output
+        assert b"ConnectionRefusedError" in from_carol.output, from_carol.output  # the lab's reset
+        with socket.create_connection((alice_ip, offer.port), timeout=10) as stranger:
+            stranger.sendall(secrets.token_bytes(16))
+            assert stranger.recv(64) == b""
+        with socket.create_connection((alice_ip, offer.port), timeout=10) as line:
+            line.sendall(offer.ask)
+            answer = b""
+            while len(answer) < 16 and (piece := line.recv(16 - len(answer))):
+                answer += piece
+            assert answer == offer.answer
+            line.sendall(b"\0\0\0\5\1\0\0\0\3")  # SSH_FXP_INIT, version 3: the image's sftp-server answers
+            version = b""
+            while len(version) < 4 or len(version) < 4 + int.from_bytes(version[:4], "big"):
+                version += line.recv(65536) or pytest.fail(f"the line closed after {version!r}")
+            assert version[4:9] == b"\2\0\0\0\3", version  # SSH_FXP_VERSION 3
+            line.shutdown(socket.SHUT_WR)  # the end of its input: sftp-server ends
+            assert line.recv(1) == b""
+        assert listener.wait(30) == 0
+    finally:
+        listener.kill()
 
 
 def test_no_gpu_free_is_the_spawn_pages_sentence_and_a_nonzero_status(gateway):

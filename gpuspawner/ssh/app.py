@@ -124,6 +124,17 @@ class SSHGateway(Application):
         help="""Let a token whose scopes reach another user's server (an admin's, with access:servers)
         log into that server as its user. Off: every login is the user's own, whatever the token's scopes.""",
     ).tag(config=True)
+    sftp_direct = Bool(
+        True,
+        help="""Carry scp's and sftp's bytes on a TCP connection of their own into the server (the
+        "direct line"), not through the engine's exec stream.
+
+        The session's exec starts a listener in the server (the image's python3, as the image's user)
+        that hands the gateway's connection to sftp-server, once the gateway has shown a secret that
+        only it read from the exec. It takes the server's address on its network from the gateway's
+        host, as the hub's proxy does; where that cannot connect (or the image has no python3), the
+        session goes through the engine by itself. False: always through the engine.""",
+    ).tag(config=True)
     activity_interval = Float(
         60, min=1, help="Seconds between the reports of an open session's activity to the hub."
     ).tag(config=True)
@@ -168,6 +179,7 @@ class SSHGateway(Application):
     flags = {
         **Application.flags,
         "admin-access": ({"SSHGateway": {"admin_access": True}}, "Let admins' tokens log into users' servers."),
+        "no-sftp-direct": ({"SSHGateway": {"sftp_direct": False}}, "scp and sftp always through the engine."),
     }
 
     @default("log_level")
@@ -235,6 +247,7 @@ class SSHGateway(Application):
             activity_interval=self.activity_interval,
             profile_separator=self.profile_separator,
             admin_access=self.admin_access,
+            sftp_direct=self.sftp_direct,
         )
 
     def make_app(self) -> web.Application:

@@ -17,11 +17,14 @@ from collections.abc import Callable
 
 import asyncssh
 
+from . import direct
+from .direct import DirectLine
 from .engine import STDERR, Engine, EngineError, ExecStream, ServerContainer
 from .hub import HubAPI, HubError, NotPending
 from .keys import KeyStore
 from .policy import (
     CONNECTED,
+    DIRECT_STDIO,
     PROFILE_VARIABLE,
     ForwardRefused,
     Login,
@@ -32,6 +35,7 @@ from .policy import (
     forward_target,
     hidden_variables,
     judge_token,
+    parse_direct_offer,
     parse_login,
     progress_line,
     refusal_message,
@@ -112,12 +116,14 @@ class Gateway:
         activity_interval: float = 60,
         profile_separator: str = "+",
         admin_access: bool = False,
+        sftp_direct: bool = True,
     ):
         self.hub, self.engine, self.keys, self.limits = hub, engine, keys, limits
         self.log, self.audit = log, audit
         self.activity = Activity(hub, activity_interval, log)
         self.profile_separator = profile_separator
         self.admin_access = admin_access
+        self.sftp_direct = sftp_direct
 
     def connection(self) -> Connection:
         return Connection(self)
@@ -453,7 +459,8 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         environment = accepted_variables(sent)
         if self.tty:
             environment["TERM"] = self.term
-        argv = session_command(self.kind, hidden_variables(server.environment), command=self.command)
+        direct_to = _direct_address(server) if self.kind == "sftp" and gateway.sftp_direct else ""
+        argv = session_command(self.kind, hidden_variables(server.environment), command=self.command, host=direct_to)
         self.exec_id, stream = await gateway.engine.start(server, argv, tty=self.tty, environment=environment)
         gateway.audit(
             "session",
@@ -466,19 +473,57 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         )
         if self.tty:
             await gateway.engine.resize(self.exec_id, *self.size)
-        self._joined(stream, stderr_too=True)
+        line = await self._direct_line(stream, direct_to) if direct_to else None
+        if line is not None:
+            self._joined(line, stderr_too=True)
+            stream.attach(self._output, lambda full: None)  # sftp-server's stderr, if it says anything
+        else:
+            self._joined(stream, stderr_too=True)
+        output_ended = (line or stream).ended
         gateway.activity.opened(conn.user)
         closed = asyncio.ensure_future(self.closed.wait())
         try:
-            await asyncio.wait({stream.ended, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if stream.ended.done() and not self.closed.is_set():
+            await asyncio.wait({output_ended, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if output_ended.done() and not self.closed.is_set():
+                if line is not None:  # sftp-server closed its connection: the exec ends with it
+                    await asyncio.wait({stream.ended}, timeout=5)
                 return await gateway.engine.exit_status(self.exec_id)
             await gateway.engine.hang_up(self.exec_id)  # the client went away: as sshd, hang up on the process
             return LOST
         finally:
             closed.cancel()
             stream.close()
+            if line is not None:
+                line.close()
             gateway.activity.closed(conn.user)
+
+    async def _direct_line(self, stream: ExecStream, host: str) -> DirectLine | None:
+        """The sftp session's direct line (:mod:`.direct`), once the listener in the server has
+        announced itself on the exec's stderr; None when sftp-server runs on the exec's stdin
+        and stdout instead (no Python in the image, or no connection: then the listener is told
+        so), or did not start (what it said goes to the client)."""
+        said, early = b"", []
+        try:
+            while not said.endswith(b"\n") and len(said) < 4096:
+                which, data = await asyncio.wait_for(stream.read(), 20)
+                if not which:
+                    break
+                if which == STDERR:
+                    said += data
+                else:
+                    early.append(data)
+        except asyncio.TimeoutError:
+            said += b"gpuspawner: the sftp server did not start within 20 s\n"
+        offer = parse_direct_offer(said)
+        line = await direct.connect(host, offer) if offer else None
+        if offer and line is None:
+            self.gateway.log.warning("no direct line to %s:%s: sftp through the engine", host, offer.port)
+            stream.write(b"\n")  # the listener runs sftp-server on the exec's stdin and stdout
+        elif not offer and said != DIRECT_STDIO:
+            self.chan.write_stderr(said)
+        for data in early:
+            self.chan.write(data)
+        return line
 
 
 class Forward(_Pipe, asyncssh.SSHTCPSession):
@@ -583,6 +628,13 @@ class Connection(asyncssh.SSHServer):
 
     def unix_server_requested(self, listen_path: str) -> bool:
         return False
+
+
+def _direct_address(server: ServerContainer) -> str:
+    """The server's address an sftp session's direct line connects to: its first network's,
+    or '' (through the engine) for a server on the host's network or with no address."""
+    address = server.address
+    return "" if address.host_network or not address.addresses else address.addresses[0]
 
 
 def _text(value) -> str:

@@ -266,7 +266,14 @@ SESSION_SCRIPT = (
 cd "$HOME" 2>/dev/null || cd /
 case "$1" in
 sftp)
-    for p in SFTP_SERVER_PATHS; do [ -x "$p" ] && exec "$p"; done
+    for p in SFTP_SERVER_PATHS; do
+        [ -x "$p" ] || continue
+        if [ -n "$2" ]; then
+            command -v python3 >/dev/null 2>&1 && exec python3 -I -c "$3" "$2" "$p"
+            echo gpuspawner-stdio >&2
+        fi
+        exec "$p"
+    done
     echo "NO_SFTP" >&2
     exit 127 ;;
 forward)
@@ -286,6 +293,91 @@ exit 2
     .replace("NO_SFTP", NO_SFTP)
     .replace("NO_PYTHON", NO_PYTHON)
 )
+
+#: The direct line's listener (sftp's bytes on a TCP connection of their own, not through
+#: the engine), run by the server's Python as its user: it listens on argv[1] (the server's
+#: address the gateway connects to), says on stderr ``gpuspawner-direct PORT ASK ANSWER``,
+#: and takes the first connection that sends ASK, answers it ANSWER (so the gateway knows it
+#: reached this listener), and runs argv[2] (sftp-server) with the connection as its stdin
+#: and stdout. A line (or the end) on stdin instead says the gateway could not connect: then
+#: sftp-server runs on stdin and stdout as without the line. Nothing after 20 s (argv[3]): it exits.
+DIRECT_LINE = r"""
+import hmac, os, select, socket, sys, time
+address, server = sys.argv[1], sys.argv[2]
+conn = None
+try:
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((address, 0))
+    s.listen(4)
+except OSError:
+    os.write(2, b"gpuspawner-stdio\n")
+    os.execv(server, [server])
+ask, answer = os.urandom(16), os.urandom(16)
+os.write(2, ("gpuspawner-direct %d %s %s\n" % (s.getsockname()[1], ask.hex(), answer.hex())).encode())
+deadline = time.monotonic() + (float(sys.argv[3]) if len(sys.argv) > 3 else 20)
+while conn is None:
+    left = deadline - time.monotonic()
+    ready = select.select([s, 0], [], [], left)[0] if left > 0 else []
+    if not ready:
+        os.write(2, b"gpuspawner: the SSH gateway did not connect to the sftp server\n")
+        sys.exit(1)
+    if 0 in ready:
+        break
+    c = s.accept()[0]
+    c.settimeout(2)
+    got = b""
+    try:
+        while len(got) < len(ask):
+            piece = c.recv(len(ask) - len(got))
+            if not piece:
+                break
+            got += piece
+        if hmac.compare_digest(got, ask):
+            c.sendall(answer)
+            c.settimeout(None)
+            conn = c
+            break
+    except OSError:
+        pass
+    c.close()
+s.close()
+if conn is None:
+    while os.read(0, 1) not in (b"\n", b""):
+        pass
+else:
+    os.dup2(conn.fileno(), 0)
+    os.dup2(conn.fileno(), 1)
+    conn.close()
+os.execv(server, [server])
+"""
+#: What an sftp session asked for the direct line says on stderr when it runs on stdin and
+#: stdout after all (the image has no python3, or the address cannot be listened on).
+DIRECT_STDIO = b"gpuspawner-stdio\n"
+
+
+@dataclass(frozen=True)
+class DirectOffer:
+    """The direct line's listener, as it announced itself: its port and the two secrets."""
+
+    port: int
+    ask: bytes
+    answer: bytes
+
+
+def parse_direct_offer(line: bytes) -> DirectOffer | None:
+    """``gpuspawner-direct PORT ASK ANSWER`` (the listener's first line), or None for any other line."""
+    words = line.strip().split()
+    if len(words) != 4 or words[0] != b"gpuspawner-direct" or not words[1].isdigit():
+        return None
+    port = int(words[1])
+    try:
+        ask, answer = bytes.fromhex(words[2].decode("ascii")), bytes.fromhex(words[3].decode("ascii"))
+    except ValueError:
+        return None
+    if not 0 < port < 65536 or len(ask) != 16 or len(answer) != 16:
+        return None
+    return DirectOffer(port, ask, answer)
+
 
 #: The forward's relay, run in the server's network namespace by its Python: it connects to
 #: argv[1]:argv[2], says "connected" (or why not) on stderr, then copies stdin to the
@@ -330,6 +422,9 @@ CONNECTED = b"connected\n"
 def session_command(kind: str, hidden: Iterable[str] = (), command: str = "", host: str = "", port: int = 0):
     """The argv a session runs in the container: ``kind`` is shell, command, sftp or forward.
 
+    For sftp, ``host`` (the server's address the gateway connects to) asks for the direct
+    line (:data:`DIRECT_LINE`); without it, sftp-server runs on the exec's stdin and stdout.
+
     The hub's tokens (``hidden``) are removed from the environment first (``env -u``).
     """
     if kind not in ("shell", "command", "sftp", "forward"):
@@ -340,6 +435,8 @@ def session_command(kind: str, hidden: Iterable[str] = (), command: str = "", ho
         args.append(command)
     elif kind == "forward":
         args += [host, str(port), RELAY]
+    elif kind == "sftp" and host:
+        args += [host, DIRECT_LINE]
     return ["env", *unset, "/bin/sh", "-c", SESSION_SCRIPT, "gpuspawner-ssh", *args]
 
 
@@ -379,6 +476,9 @@ def refusal_message(status: int, body: str) -> str:
 __all__ = [
     "ACCEPTED_VARIABLES",
     "CONNECTED",
+    "DIRECT_LINE",
+    "DIRECT_STDIO",
+    "DirectOffer",
     "ForwardRefused",
     "HIDDEN_PREFIXES",
     "HIDDEN_VARIABLES",
@@ -398,6 +498,7 @@ __all__ = [
     "forward_target",
     "hidden_variables",
     "judge_token",
+    "parse_direct_offer",
     "parse_events",
     "parse_login",
     "progress_line",
