@@ -8,9 +8,10 @@ with Debian's OpenSSH client:
   process until the shell's prompt shows, with a registered key and with a token as the
   password; and ``ssh HOST true`` (connect, log in, run, exit); ``--rounds`` each, median;
 - **scp**: a file of ``--mb`` MB of random bytes into the home and back, with scp's SFTP
-  protocol (OpenSSH's default) and its legacy one (``scp -O``); against ``docker cp`` (the
-  Docker CLI, on the same engine and container) both ways, and against the gateway's own
-  path without SSH (``docker exec -i C sh -c 'cat > f' < file``, ``docker exec C cat f``);
+  protocol (OpenSSH's default, which takes the gateway's direct line into the server) and
+  its legacy one (``scp -O``, through the engine's exec stream); against ``docker cp`` (the
+  Docker CLI, on the same engine and container) both ways, and against an exec's path
+  without SSH (``docker exec -i C sh -c 'cat > f' < file``, ``docker exec C cat f``);
   ``--copies`` each, median, in MB/s, with the CPU seconds each copy cost the gateway,
   dockerd (with the tar helpers it starts for ``docker cp``), the container's
   containerd-shim (which carries an exec's stdin and stdout) with the sftp-server or cat it
@@ -169,7 +170,7 @@ def run(rounds: int, megabytes: int, copies: int, run_id: str) -> dict:
                     "",
                     folder / "down-o.bin",
                 ),
-                # The gateway's own path without SSH: the Docker CLI's exec, its stdin or stdout the file.
+                # An exec's path without SSH (scp -O's and commands'): the Docker CLI's exec, its stdin or stdout the file.
                 "docker exec (cat), up": (["sh", "-c", exec_in], docker_env, "exec.bin", ""),
                 "docker exec (cat), down": (["sh", "-c", exec_out], docker_env, "", folder / "down-exec.bin"),
                 "docker cp, up": ([docker, "cp", str(data), f"{container}:{home}/cp.bin"], docker_env, "cp.bin", ""),
