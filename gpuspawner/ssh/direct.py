@@ -20,31 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
 
-from .engine import STDOUT
+from .engine import STDOUT, ProcessStream
 from .policy import DirectOffer
 
 #: How long the gateway tries to connect before it falls back to the exec's stdin and stdout.
 CONNECT_TIMEOUT = 3.0
 
 
-class DirectLine(asyncio.Protocol):
-    """The connection to sftp-server, with the interface of :class:`~.engine.ExecStream` that
-    :class:`~.gateway._Pipe` uses: :meth:`write`, :meth:`close_stdin`, :meth:`attach`,
-    :meth:`pause_output`, :meth:`resume_output`, :meth:`close` and :attr:`ended`."""
+class DirectLine(ProcessStream):
+    """The connection to sftp-server, used by a session as an exec's stream is; what comes
+    before the listener's answer (the second secret) is the answer, not sftp-server's."""
 
     def __init__(self, answer: bytes):
+        super().__init__()
         loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
         self.answered: asyncio.Future = loop.create_future()  # True once the listener said the answer
         self.ended: asyncio.Future = loop.create_future()
         self._answer = answer
         self._heard = b""
-        self._early: list[bytes] = []  # sftp-server's output before attach
-        self._output: Callable[[int, bytes], None] | None = None
-        self._stdin_full: Callable[[bool], None] | None = None
-        self._stdin_is_full = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -55,16 +49,15 @@ class DirectLine(asyncio.Protocol):
             self._heard += data
             if len(self._heard) < len(self._answer):
                 return
-            heard, rest = self._heard[: len(self._answer)], self._heard[len(self._answer) :]
+            heard, data = self._heard[: len(self._answer)], self._heard[len(self._answer) :]
             self._heard = b""
             self.answered.set_result(hmac.compare_digest(heard, self._answer))
-            if not rest:
+            if not data:
                 return
-            data = rest
         if self._output is not None:
             self._output(STDOUT, data)
         else:
-            self._early.append(data)
+            self._queue.append((STDOUT, data))
 
     def eof_received(self) -> bool:
         self._end()
@@ -78,50 +71,6 @@ class DirectLine(asyncio.Protocol):
             self.answered.set_result(False)
         if not self.ended.done():
             self.ended.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._stdin_is_full = True
-        if self._stdin_full is not None:
-            self._stdin_full(True)
-
-    def resume_writing(self) -> None:
-        self._stdin_is_full = False
-        if self._stdin_full is not None:
-            self._stdin_full(False)
-
-    # --- the gateway's side, as an exec stream's
-
-    def attach(self, output: Callable[[int, bytes], None], stdin_full: Callable[[bool], None]) -> None:
-        self._output, self._stdin_full = output, stdin_full
-        for data in self._early:
-            output(STDOUT, data)
-        self._early = []
-        if self._stdin_is_full:
-            stdin_full(True)
-
-    def pause_output(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_output(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close_stdin(self) -> None:
-        transport = self.transport
-        if transport is not None and transport.can_write_eof() and not transport.is_closing():
-            try:
-                transport.write_eof()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def connect(host: str, offer: DirectOffer, timeout: float = CONNECT_TIMEOUT) -> DirectLine | None:

@@ -129,7 +129,67 @@ class Frames:
         return [(which, pieces[0] if len(pieces) == 1 else b"".join(pieces)) for which, pieces in parts]
 
 
-class ExecStream(asyncio.Protocol):
+class ProcessStream(asyncio.Protocol):
+    """A connection to a process in a server, as a session uses it: its stdin, and its output
+    handed on as it comes (queued in ``_queue`` until :meth:`attach`), with flow control both ways.
+    An exec's stream (:class:`ExecStream`), or an sftp session's direct line (:mod:`.direct`)."""
+
+    def __init__(self):
+        self.transport: asyncio.Transport | None = None
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._output: Callable[[int, bytes], None] | None = None
+        self._stdin_full: Callable[[bool], None] | None = None
+        self._stdin_is_full = False
+
+    def pause_writing(self) -> None:
+        self._stdin_is_full = True
+        if self._stdin_full is not None:
+            self._stdin_full(True)
+
+    def resume_writing(self) -> None:
+        self._stdin_is_full = False
+        if self._stdin_full is not None:
+            self._stdin_full(False)
+
+    def attach(self, output: Callable[[int, bytes], None], stdin_full: Callable[[bool], None]) -> None:
+        """From now on, hand each output to ``output(which, data)`` as it comes (what was not
+        read first), and say ``stdin_full(True)`` when the process takes no more input for now,
+        ``stdin_full(False)`` when it does again. The output's end is :attr:`ended`."""
+        self._output, self._stdin_full = output, stdin_full
+        while self._queue:
+            output(*self._queue.popleft())
+        if self._stdin_is_full:
+            stdin_full(True)
+
+    def pause_output(self) -> None:
+        """Read no more of the process's output (the client is not taking it) until :meth:`resume_output`."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_output(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        """Input for the process."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close_stdin(self) -> None:
+        """End of input for the process (a half-close of the stream; not over TLS, which cannot)."""
+        transport = self.transport
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
+            try:
+                transport.write_eof()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ExecStream(ProcessStream):
     """One exec's stream: stdin in, stdout and stderr out (one stream with a TTY).
 
     The engine's connection as an asyncio protocol, not a stream reader: output is parsed
@@ -138,8 +198,8 @@ class ExecStream(asyncio.Protocol):
     """
 
     def __init__(self, tty: bool):
+        super().__init__()
         self.tty = tty
-        self.transport: asyncio.Transport | None = None
         self._frames = None if tty else Frames()
         loop = asyncio.get_running_loop()
         self.answer: asyncio.Future = loop.create_future()  # (status code, header lines) of the engine's answer
@@ -147,11 +207,7 @@ class ExecStream(asyncio.Protocol):
         self._head = bytearray()  # the answer, until its headers end; after an error, its body too
         self._head_changed = asyncio.Event()
         self._started = False
-        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self._readable = asyncio.Event()
-        self._output: Callable[[int, bytes], None] | None = None
-        self._stdin_full: Callable[[bool], None] | None = None
-        self._stdin_is_full = False
 
     # --- asyncio's side
 
@@ -208,16 +264,6 @@ class ExecStream(asyncio.Protocol):
         if not self.ended.done():
             self.ended.set_result(None)
 
-    def pause_writing(self) -> None:
-        self._stdin_is_full = True
-        if self._stdin_full is not None:
-            self._stdin_full(True)
-
-    def resume_writing(self) -> None:
-        self._stdin_is_full = False
-        if self._stdin_full is not None:
-            self._stdin_full(False)
-
     # --- the gateway's side
 
     async def answer_body(self, length: int, wait: float = 5) -> bytes:
@@ -240,43 +286,6 @@ class ExecStream(asyncio.Protocol):
             self._readable.clear()
             await self._readable.wait()
         return self._queue.popleft()
-
-    def attach(self, output: Callable[[int, bytes], None], stdin_full: Callable[[bool], None]) -> None:
-        """From now on, hand each output to ``output(which, data)`` as it comes (what was not
-        read first), and say ``stdin_full(True)`` when the engine takes no more input for now,
-        ``stdin_full(False)`` when it does again. The output's end is :attr:`ended`."""
-        self._output, self._stdin_full = output, stdin_full
-        while self._queue:
-            output(*self._queue.popleft())
-        if self._stdin_is_full:
-            stdin_full(True)
-
-    def pause_output(self) -> None:
-        """Read no more of the process's output (the client is not taking it) until :meth:`resume_output`."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_output(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Input for the process."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close_stdin(self) -> None:
-        """End of input for the process (a half-close of the stream; not over TLS, which cannot)."""
-        transport = self.transport
-        if transport is not None and transport.can_write_eof() and not transport.is_closing():
-            try:
-                transport.write_eof()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def open_exec_stream(address: EngineAddress, exec_id: str, tty: bool) -> ExecStream:
