@@ -31,11 +31,12 @@ from gpuspawner.ssh.engine import (
     EngineAddress,
     EngineError,
     Frames,
+    ServerContainer,
     engine_address,
     open_exec_stream,
     server_container,
 )
-from gpuspawner.ssh.gateway import Audit, Connection, Gateway, Session
+from gpuspawner.ssh.gateway import Audit, Connection, Gateway, Session, _direct_address
 from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
 from gpuspawner.ssh.policy import (
     CONNECTED,
@@ -652,6 +653,15 @@ def test_a_session_with_no_way_to_its_listener_tells_it_to_use_the_exec(tmp_path
     nobody.close()
     line, stream, chan = direct_line_of(b"gpuspawner-direct %d %s %s\n" % (port, b"ab" * 16, b"cd" * 16))
     assert (line, stream.stdin, chan.stderr) == (None, b"\n", b"")
+
+
+def test_the_address_a_direct_line_connects_to():
+    def server(**address):
+        return ServerContainer("id", "jupyter-alice", "1000", (), ServerAddress(**address))
+
+    assert _direct_address(server(addresses=("10.213.0.5", "172.18.0.2"))) == "10.213.0.5"
+    assert _direct_address(server(addresses=())) == ""  # through the engine
+    assert _direct_address(server(addresses=(), host_network=True)) == ""
 
 
 def test_a_session_whose_server_runs_sftp_on_the_exec_or_not_at_all(tmp_path):
