@@ -36,7 +36,7 @@ from gpuspawner.ssh.engine import (
     open_exec_stream,
     server_container,
 )
-from gpuspawner.ssh.gateway import Audit, Connection, Gateway, Session, _direct_address
+from gpuspawner.ssh.gateway import NO_LINE_FOR, Audit, Connection, Gateway, Session
 from gpuspawner.ssh.keys import MAX_KEYS, KeyRefused, KeyStore, parse_key
 from gpuspawner.ssh.policy import (
     CONNECTED,
@@ -622,9 +622,7 @@ class Channel:
 
 
 def direct_line_of(said: bytes, host="127.0.0.1", stdout=b""):
-    import logging
-
-    session = Session(Gateway(None, None, None, None, log=logging.getLogger("t"), audit=None), FakeConn())
+    session = Session(lone_gateway(), FakeConn())
     session.chan, stream = Channel(), SaidFirst(said, stdout)
 
     async def line():
@@ -633,14 +631,14 @@ def direct_line_of(said: bytes, host="127.0.0.1", stdout=b""):
             taken.close()
         return taken
 
-    return asyncio.run(line()), stream, session.chan
+    return asyncio.run(line()), stream, session.chan, session.gateway
 
 
 def test_a_session_takes_the_direct_line_its_listener_offers(tmp_path):
     listener = direct_session(tmp_path, "127.0.0.1")
     try:
         said = listener.stderr.readline()
-        line, stream, chan = direct_line_of(said, stdout=b"early")
+        line, stream, chan, _ = direct_line_of(said, stdout=b"early")
         assert isinstance(line, direct.DirectLine)
         assert (stream.stdin, chan.stdout, chan.stderr) == (b"", b"early", b"")
     finally:
@@ -651,23 +649,43 @@ def test_a_session_with_no_way_to_its_listener_tells_it_to_use_the_exec(tmp_path
     nobody = socket.create_server(("127.0.0.1", 0))
     port = nobody.getsockname()[1]
     nobody.close()
-    line, stream, chan = direct_line_of(b"gpuspawner-direct %d %s %s\n" % (port, b"ab" * 16, b"cd" * 16))
+    line, stream, chan, gw = direct_line_of(b"gpuspawner-direct %d %s %s\n" % (port, b"ab" * 16, b"cd" * 16))
     assert (line, stream.stdin, chan.stderr) == (None, b"\n", b"")
+    assert gw.direct_line_to(server_at(addresses=("127.0.0.1",))) == ""  # not tried again for a while
+
+
+def lone_gateway(**kwargs):
+    import logging
+
+    return Gateway(None, None, None, None, log=logging.getLogger("t"), audit=None, **kwargs)
+
+
+def server_at(**address):
+    return ServerContainer("id", "jupyter-alice", "1000", (), ServerAddress(**address))
 
 
 def test_the_address_a_direct_line_connects_to():
-    def server(**address):
-        return ServerContainer("id", "jupyter-alice", "1000", (), ServerAddress(**address))
+    gw = lone_gateway()
+    assert gw.direct_line_to(server_at(addresses=("10.213.0.5", "172.18.0.2"))) == "10.213.0.5"
+    assert gw.direct_line_to(server_at(addresses=())) == ""  # through the engine
+    assert gw.direct_line_to(server_at(addresses=(), host_network=True)) == ""
+    assert lone_gateway(sftp_direct=False).direct_line_to(server_at(addresses=("10.213.0.5",))) == ""
 
-    assert _direct_address(server(addresses=("10.213.0.5", "172.18.0.2"))) == "10.213.0.5"
-    assert _direct_address(server(addresses=())) == ""  # through the engine
-    assert _direct_address(server(addresses=(), host_network=True)) == ""
+
+def test_a_failed_direct_line_sends_that_servers_sessions_through_the_engine_for_a_while():
+    gw, server = lone_gateway(), server_at(addresses=("10.213.0.5",))
+    gw.direct_line_failed("10.213.0.5", now=1000)
+    assert gw.direct_line_to(server, now=1000 + NO_LINE_FOR - 1) == ""
+    assert gw.direct_line_to(server_at(addresses=("10.213.0.6",)), now=1001) == "10.213.0.6"  # others still try
+    assert gw.direct_line_to(server, now=1000 + NO_LINE_FOR) == "10.213.0.5"
+    gw.direct_line_failed("10.213.0.6", now=5000)  # and forgets the old failures
+    assert list(gw._no_line) == ["10.213.0.6"]
 
 
 def test_a_session_whose_server_runs_sftp_on_the_exec_or_not_at_all(tmp_path):
-    line, stream, chan = direct_line_of(DIRECT_STDIO)  # no python3 in the image
+    line, stream, chan, _ = direct_line_of(DIRECT_STDIO)  # no python3 in the image
     assert (line, stream.stdin, chan.stderr) == (None, b"", b"")
-    line, stream, chan = direct_line_of(NO_SFTP.encode() + b"\n")  # then the exec ends: its status is 127
+    line, stream, chan, _ = direct_line_of(NO_SFTP.encode() + b"\n")  # then the exec ends: its status is 127
     assert (line, stream.stdin, chan.stderr) == (None, b"", NO_SFTP.encode() + b"\n")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -47,6 +48,8 @@ from .tuning import tune
 REFUSED = 1  # the server could not be started (the hub's refusal), or is stopping
 BAD_REQUEST = 2  # an unknown subsystem, two profiles asked
 LOST = 255  # the client went away, or the gateway failed
+#: Seconds after a failed direct line to a server's address during which its sftp sessions go through the engine.
+NO_LINE_FOR = 600
 
 _SIGNALS = {name: getattr(signal, f"SIG{name}") for name in ("INT", "TERM", "HUP", "QUIT", "KILL", "USR1", "USR2")}
 
@@ -124,6 +127,7 @@ class Gateway:
         self.profile_separator = profile_separator
         self.admin_access = admin_access
         self.sftp_direct = sftp_direct
+        self._no_line: dict[str, float] = {}  # server address -> when a direct line to it last failed
 
     def connection(self) -> Connection:
         return Connection(self)
@@ -189,6 +193,24 @@ class Gateway:
         self.audit(
             "login failed", user=user, method="publickey", reason="no registered key", offered=offered, **conn.where
         )
+
+    # --- the direct line of sftp sessions
+
+    def direct_line_to(self, server: ServerContainer, now: float | None = None) -> str:
+        """The address an sftp session's direct line connects to, or '' for the exec's stream: when
+        the line is off, the server has no address of its own, or a line to it failed in the last
+        :data:`NO_LINE_FOR` seconds (so that a network that drops the connection costs one
+        session the wait, not every session)."""
+        address = _direct_address(server) if self.sftp_direct else ""
+        failed = self._no_line.get(address)
+        if failed is not None and (time.monotonic() if now is None else now) - failed < NO_LINE_FOR:
+            return ""
+        return address
+
+    def direct_line_failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._no_line = {a: t for a, t in self._no_line.items() if now - t < NO_LINE_FOR}  # bounded
+        self._no_line[address] = now
 
     # --- the server
 
@@ -459,7 +481,7 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         environment = accepted_variables(sent)
         if self.tty:
             environment["TERM"] = self.term
-        direct_to = _direct_address(server) if self.kind == "sftp" and gateway.sftp_direct else ""
+        direct_to = gateway.direct_line_to(server) if self.kind == "sftp" else ""
         argv = session_command(self.kind, hidden_variables(server.environment), command=self.command, host=direct_to)
         self.exec_id, stream = await gateway.engine.start(server, argv, tty=self.tty, environment=environment)
         gateway.audit(
@@ -517,7 +539,10 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         offer = parse_direct_offer(said)
         line = await direct.connect(host, offer) if offer else None
         if offer and line is None:
-            self.gateway.log.warning("no direct line to %s:%s: sftp through the engine", host, offer.port)
+            self.gateway.log.warning(
+                "no direct line to %s:%s: sftp through the engine, for the next %d s", host, offer.port, NO_LINE_FOR
+            )
+            self.gateway.direct_line_failed(host)
             stream.write(b"\n")  # the listener runs sftp-server on the exec's stdin and stdout
         elif not offer and said != DIRECT_STDIO:
             self.chan.write_stderr(said)
