@@ -202,6 +202,18 @@ def test_scp_round_trip_and_sftp_listing(gateway, tmp_path):
     assert listing.returncode == 0, listing.stderr
     assert re.search(r"\s10000000\s.*data\.bin", listing.stdout), listing.stdout
 
+    # Three copies at once, each on a line of its own: none gets another's bytes.
+    files = {f"at-once-{i}.bin": os.urandom(3 * 1000**2) for i in range(3)}
+    opts, env = gateway.options(token)
+    copies = []
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        scp = ["scp", *opts, "-P", str(gateway.port), str(tmp_path / name), f"{ALICE}@127.0.0.1:{name}"]
+        copies.append(subprocess.Popen(scp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    assert [copy.wait(120) for copy in copies] == [0, 0, 0], [copy.stderr.read() for copy in copies]
+    sums = gateway.ssh(ALICE, "sha256sum " + " ".join(files), token=token).stdout.split()
+    assert dict(zip(sums[1::2], sums[0::2])) == {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
+
 
 def test_sftp_goes_by_its_direct_line_and_leaves_nothing_listening(gateway):
     """The sftp-server of an open sftp session reads and writes a TCP connection (the direct
