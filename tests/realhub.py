@@ -8,6 +8,7 @@ and runs the ``gpuspawner`` command against it, as an admin does.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -442,6 +443,21 @@ class RealHub:
         body = {"user_options": {"profile": profile}} if profile else {}
         return self.request("POST", f"/users/{user}/servers/{server}", data=json.dumps(body))
 
+    def start_servers(self, *starts: tuple) -> list[requests.Response]:
+        """Request several spawns at once, each ``(user, profile[, server])``; their REST responses, in order.
+
+        JupyterHub answers a spawn request when the spawn ends (or with 202 after its
+        ``slow_spawn_timeout``, 10 s): requests made one after the other start servers one after the other.
+        """
+        with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
+            return list(pool.map(lambda start: self.start_server(*start), starts))
+
+    def spawn_all(self, *starts: tuple) -> list[dict]:
+        """``spawn`` of several servers at once, each ``(user, profile[, server])``; their models, in order."""
+        for start, r in zip(starts, self.start_servers(*starts), strict=True):
+            assert r.status_code in (201, 202), f"{start}: {r.status_code} {r.text}\n{self.log_tail()}"
+        return [self.wait_ready(start[0], *start[2:]) for start in starts]
+
     def server_model(self, user: str, server: str = "") -> dict | None:
         r = self.request("GET", f"/users/{user}")
         r.raise_for_status()
@@ -481,6 +497,20 @@ class RealHub:
             f"server {user}/{server} stopped",
             details=self.log_tail,
         )
+
+    def stop_servers(self, *stops: tuple) -> None:
+        """``stop_server`` of several servers at once, each ``(user[, server])``: all asked, then each waited for."""
+
+        def ask(stop: tuple) -> requests.Response:
+            user, server = (*stop, "")[:2]
+            return self.request("DELETE", f"/users/{user}/servers/{server}")
+
+        with concurrent.futures.ThreadPoolExecutor(len(stops)) as pool:
+            answers = list(pool.map(ask, stops))
+        for stop, r in zip(stops, answers, strict=True):
+            assert r.status_code in (202, 204), f"{stop}: {r.text}"
+        for stop in stops:
+            self.wait_gone(*stop)
 
     def stop_all_servers(self) -> None:
         """Every server stopped through the hub: all asked at once, then each waited for."""

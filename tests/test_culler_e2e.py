@@ -90,8 +90,7 @@ def running_pid(hub, name: str, timeout: float = 120) -> int:
 def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     hub, usage, stops = lab
     alice, bob, carol, dave = (user(n) for n in ("alice", "bob", "carol", "dave"))
-    for name, profile in ((carol, "long"), (alice, "gpu"), (bob, "gpu")):
-        r = hub.start_server(name, profile)
+    for r in hub.start_servers((carol, "long"), (alice, "gpu"), (bob, "gpu")):  # all three start at once
         assert r.status_code in (201, 202), r.text
     # Usage as soon as the containers run (carol's time limit may come before this test sees her ready).
     pid = {name: running_pid(hub, name) for name in (carol, alice, bob)}
@@ -164,5 +163,4 @@ def test_idle_stopped_busy_kept_time_limit_enforced(lab):
     assert {u.id: [h.user for h in u.holders] for u in view.units} == {unit[alice]: [dave], unit[bob]: [bob], MIG: []}
     model = hub.server_model(bob)
     assert model and model["ready"], "a busy server was culled"
-    hub.stop_server(bob)
-    hub.stop_server(dave)
+    hub.stop_servers((bob,), (dave,))
