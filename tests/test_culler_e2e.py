@@ -32,7 +32,7 @@ GPUS = [f"GPU-c0110000-0000-4000-8000-00000000000{i}" for i in range(2)]
 MIG = "MIG-c0110000-0000-4000-8000-0000000000m0"
 UNITS = simulated_gpus(GPUS) + mig_instances([MIG], index=2, parent_uuid="GPU-c0110000-0000-4000-8000-000000000002")
 IDLE_TIMEOUT = 4  # seconds
-MAX_RUNTIME = 20  # from her start: time to see every server running first, even on a slow machine
+MAX_RUNTIME = 15  # from her start (all three start at once): time to see every server running, even on a slow machine
 
 
 def user(name: str) -> str:
