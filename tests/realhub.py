@@ -8,6 +8,7 @@ and runs the ``gpuspawner`` command against it, as an admin does.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -442,6 +443,21 @@ class RealHub:
         body = {"user_options": {"profile": profile}} if profile else {}
         return self.request("POST", f"/users/{user}/servers/{server}", data=json.dumps(body))
 
+    def start_servers(self, *starts: tuple) -> list[requests.Response]:
+        """Request several spawns at once, each ``(user, profile[, server])``; their REST responses, in order.
+
+        JupyterHub answers a spawn request when the spawn ends (or with 202 after its
+        ``slow_spawn_timeout``, 10 s): requests made one after the other start servers one after the other.
+        """
+        with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
+            return list(pool.map(lambda start: self.start_server(*start), starts))
+
+    def spawn_all(self, *starts: tuple) -> list[dict]:
+        """``spawn`` of several servers at once, each ``(user, profile[, server])``; their models, in order."""
+        for start, r in zip(starts, self.start_servers(*starts), strict=True):
+            assert r.status_code in (201, 202), f"{start}: {r.status_code} {r.text}\n{self.log_tail()}"
+        return [self.wait_ready(start[0], *start[2:]) for start in starts]
+
     def server_model(self, user: str, server: str = "") -> dict | None:
         r = self.request("GET", f"/users/{user}")
         r.raise_for_status()
@@ -482,14 +498,31 @@ class RealHub:
             details=self.log_tail,
         )
 
+    def stop_servers(self, *stops: tuple, gone_already: bool = False) -> None:
+        """``stop_server`` of several servers at once, each ``(user[, server])``: all asked, then each waited for.
+
+        JupyterHub answers a stop request when the stop ends (or after ``slow_stop_timeout``): the requests
+        go from threads, else each server would stop only after the one before. ``gone_already``: a server
+        stopped meanwhile (404: a culler, a crash) is no error.
+        """
+        if not stops:
+            return
+
+        def ask(stop: tuple) -> requests.Response:
+            user, server = (*stop, "")[:2]
+            return self.request("DELETE", f"/users/{user}/servers/{server}")
+
+        with concurrent.futures.ThreadPoolExecutor(len(stops)) as pool:
+            answers = list(pool.map(ask, stops))
+        for stop, r in zip(stops, answers, strict=True):
+            assert r.status_code in (202, 204) or (gone_already and r.status_code == 404), f"{stop}: {r.text}"
+        for stop in stops:
+            self.wait_gone(*stop)
+
     def stop_all_servers(self) -> None:
         """Every server stopped through the hub: all asked at once, then each waited for."""
         servers = [(m["name"], server) for m in self.request("GET", "/users").json() for server in m.get("servers", {})]
-        for user, server in servers:
-            r = self.request("DELETE", f"/users/{user}/servers/{server}")
-            assert r.status_code in (202, 204, 404), r.text  # 404: stopped meanwhile (a culler, a crash)
-        for user, server in servers:
-            self.wait_gone(user, server)
+        self.stop_servers(*servers, gone_already=True)
 
     def visible_devices(self, user: str, server: str = "") -> str:
         """NVIDIA_VISIBLE_DEVICES as the server's PID 1 sees it."""

@@ -203,8 +203,7 @@ def test_shared_slots_and_a_deleted_user_frees_theirs(hub: RealHub):
     freed = hub.visible_devices(holder)
     hub.stop_server(holder)
     a, b, c = user("ana"), user("ben"), user("cai")
-    hub.spawn(a, "shared")
-    hub.spawn(b, "shared")
+    hub.spawn_all((a, "shared"), (b, "shared"))  # the only GPU with room: both on it
     assert hub.visible_devices(a) == hub.visible_devices(b) == freed  # K = 2 on one GPU
     r = hub.start_server(c, "shared")
     assert r.status_code == 503 and "full or held whole" in r.json()["message"], r.text

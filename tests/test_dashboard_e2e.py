@@ -108,8 +108,7 @@ def rows_by_holder(page) -> dict:
 
 
 def test_admin_sees_the_holders_stops_a_server_and_the_gpu_is_free(hub, browser, tmp_path):
-    hub.spawn(STUDENT, "gpu")
-    hub.spawn(EVIL_USER, "gpu")
+    hub.spawn_all((STUDENT, "gpu"), (EVIL_USER, "gpu"))
     refused = hub.start_server(LATE, "gpu")  # no GPU left: recorded in the denials file
     assert refused.status_code == 503, refused.text
     # A REST loop of refusals: one record at once, the 30 that follow as one when the window closes.

@@ -105,8 +105,7 @@ def write(hub, user: str, mib: int) -> tuple[str, int]:
 
 
 def test_a_student_who_writes_past_the_quota_gets_a_disk_full_error_in_their_server(hub, homes_root):
-    hub.spawn(ANA, "cpu")
-    hub.spawn(BEN, "cpu")
+    hub.spawn_all((ANA, "cpu"), (BEN, "cpu"))
     home = home_volume(hub.container(ANA))
     options = engine().volumes.get(home).attrs["Options"]
     assert options == {"type": "none", "o": "bind", "device": str(homes_root / home)}

@@ -87,10 +87,7 @@ def next_stop(page) -> tuple[str, int] | None:
 
 def test_a_students_countdown_runs_down_to_the_stop_and_nobody_elses_server_shows(lab, browser):
     hub, usage = lab
-    for name, profile in ((STUDENT, "quick"), (OTHER, "ml101-gpu"), (TUTORIAL_STUDENT, "ml101-gpu")):
-        assert hub.start_server(name, profile).status_code in (201, 202)
-    for name in (STUDENT, OTHER, TUTORIAL_STUDENT):
-        hub.wait_ready(name)
+    hub.spawn_all((STUDENT, "quick"), (OTHER, "ml101-gpu"), (TUTORIAL_STUDENT, "ml101-gpu"))
     unit = {name: hub.visible_devices(name) for name in (STUDENT, OTHER, TUTORIAL_STUDENT)}
     write_usage(usage, idle=[unit[STUDENT]], busy=[unit[OTHER], unit[TUTORIAL_STUDENT]])
 

@@ -113,8 +113,7 @@ def hub(tmp_path_factory):
 
 def test_a_server_reaches_the_hubs_api_and_nothing_else_on_the_host_or_in_the_lab(hub):
     eve, bob = user("eve"), user("bob")
-    hub.spawn(eve, "cpu")  # ready through the proxy: started, reached the hub, answered
-    hub.spawn(bob, "cpu")
+    hub.spawn_all((eve, "cpu"), (bob, "cpu"))  # ready through the proxy: started, reached the hub, answered
     attacker, victim = hub.container(eve), hub.container(bob)
     # The victim's own listener, as a student opens one in a terminal.
     victim.exec_run(["python3", "-m", "http.server", "45678", "--bind", "0.0.0.0"], detach=True)
@@ -239,8 +238,7 @@ def outside(k: int):
 
 def test_only_an_internet_profile_reaches_outside_the_host(hub):
     closed, open_ = user("exam"), user("pip")
-    hub.spawn(closed, "cpu")
-    hub.spawn(open_, "pip")
+    hub.spawn_all((closed, "cpu"), (open_, "pip"))
     exam, pip = hub.container(closed), hub.container(open_)
     pip.reload()
     assert list(pip.attrs["NetworkSettings"]["Networks"]) == [hub.lab.internet_name]

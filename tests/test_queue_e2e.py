@@ -193,10 +193,25 @@ def test_the_waiting_page_shows_the_place_in_line_live(hub: RealHub, browser, tm
     assert waiting(hub) == []
 
 
+#: Seconds from writing the lab's hours to their start: two servers start before it (together, a few
+#: seconds), with room for a slow machine; then the test waits for the start.
+LAB_STARTS_IN = 15
+
+
+def granted(hub: RealHub, name: str, timeout: float = 30) -> str:
+    """The GPUs the spawner assigned to ``name``'s default server, from its "Starting" line in the hub's log."""
+
+    def assigned() -> str | None:
+        found = re.findall(rf"Starting {re.escape(name)}/: profile .*, GPUs (\S+)", hub.log_text())
+        return found[-1] if found else None
+
+    return wait_for(assigned, timeout, f"{name}'s GPUs assigned", details=hub.log_tail)
+
+
 def test_lab_hours_stop_a_non_member_at_their_start_and_the_waiting_member_gets_the_gpu(hub: RealHub):
     hub.stop_all_servers()
     out, late, mia = user("out"), user("late"), user("mia")
-    start = datetime.now(timezone.utc) + timedelta(seconds=25)
+    start = datetime.now(timezone.utc) + timedelta(seconds=LAB_STARTS_IN)
     fmt = "%Y-%m-%d %H:%M:%S"
     (hub.workdir / "reservations.yaml").write_text(
         json.dumps(  # YAML reads JSON
@@ -214,13 +229,19 @@ def test_lab_hours_stop_a_non_member_at_their_start_and_the_waiting_member_gets_
         )
     )
     # Before the window: the unit the lab takes is left while another is free ...
-    hub.spawn(out, "ml101")
+    assert hub.start_server(out, "ml101").status_code in (201, 202)
+    assert granted(hub, out) == GPUS[1]
+    # ... and taken when nothing else fits, by a server told it must end by the lab's start. (Each is
+    # started once the one before holds its GPU: the two servers start at once, well before the window.)
+    assert hub.start_server(late, "ml101").status_code in (201, 202)
+    assert granted(hub, late) == GPUS[0]
+    hub.wait_ready(out)
+    hub.wait_ready(late)
+    assert datetime.now(timezone.utc) < start, "the servers started after the lab's start: a longer LAB_STARTS_IN"
     assert hub.visible_devices(out) == GPUS[1]
-    # ... and taken when nothing else fits, by a server told it must end by the lab's start.
-    hub.spawn(late, "ml101")
     assert hub.visible_devices(late) == GPUS[0]
     assert re.search(rf"{late}/: this GPU is free until \d\d:\d\d, when ML101 lab starts", hub.log_text())
-    assert 0 < float(hub.container(late).labels["gpuspawner.max-runtime"]) <= 25
+    assert 0 < float(hub.container(late).labels["gpuspawner.max-runtime"]) <= LAB_STARTS_IN
     # The course's student waits; at the window's start the GPU culler stops the other, and she gets the GPU.
     assert hub.start_server(mia, "ml101").status_code == 202
     wait_for(lambda: waiting(hub) == [mia], 30, f"{mia} in line", details=hub.log_tail)

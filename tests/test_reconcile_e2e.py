@@ -14,6 +14,7 @@ a few seconds):
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import secrets
 import sqlite3
@@ -129,10 +130,7 @@ def test_a_server_that_exits_before_it_answers_fails_within_seconds_and_says_why
 def test_servers_the_hub_forgot_are_stopped_after_the_grace_and_their_gpus_freed(lab, tmp_path):
     hub, stops = lab
     alice, carol, bob, dora = (user(n) for n in ("alice", "carol", "bob", "dora"))
-    for name in (alice, carol):
-        assert hub.start_server(name, "gpu").status_code in (201, 202)
-    for name in (alice, carol):
-        hub.wait_ready(name)
+    hub.spawn_all((alice, "gpu"), (carol, "gpu"))
     homes = {name: write_home_file(hub, name) for name in (alice, carol)}
 
     # alice's server row goes while the hub is down; carol's poll fails as it starts, Docker being away.
@@ -167,8 +165,8 @@ def test_servers_the_hub_forgot_are_stopped_after_the_grace_and_their_gpus_freed
     assert {name: home_file(volume) for name, volume in homes.items()} == {alice: alice, carol: carol}
 
     # Both GPUs go to the next students (once the hub's ledger has checked Docker again: ledger_sync_interval).
-    for name in (bob, dora):
-        start_once_free(hub, name)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both start at once
+        list(pool.map(lambda name: start_once_free(hub, name), (bob, dora)))
     for name in (bob, dora):
         hub.wait_ready(name)
     assert sorted(hub.visible_devices(name) for name in (bob, dora)) == sorted(GPUS)

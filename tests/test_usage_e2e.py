@@ -145,15 +145,12 @@ def test_a_course_budget_refuses_then_stops_and_the_report_equals_the_database(h
 
     # A student of another course is not held to the course's budget; an admin of the course is exempt.
     ada = user("ada")
-    assert hub.start_server(ada, "gpu").status_code in (201, 202)
-    hub.spawn(cat, "gpu")
-    hub.wait_ready(ada)
+    hub.spawn_all((ada, "gpu"), (cat, "gpu"))
     wait_for(lambda: f"{ada} is an admin, exempt (admins_exempt)" in hub.log_text(), 30, "the culler exempts the admin")
     said = [line for line in hub.log_text().splitlines() if f"{ada}/: ML101's budget" in line]
     assert said and not any("stopped in" in line for line in said), said  # no warning window for her
     assert hub.server_model(ada)["ready"]
-    hub.stop_server(cat)
-    hub.stop_server(ada)
+    hub.stop_servers((cat,), (ada,))
 
     records = store(hub).records()
     assert {(r.user, r.stop_reason) for r in records} == {(ann, "budget"), (cat, "user"), (ada, "user")}

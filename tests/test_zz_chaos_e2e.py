@@ -97,10 +97,7 @@ def _hub(workdir: Path, state: Path, engine: ChaosEngine):
     write_command_config(command, simulated_gpus(GPUS), profiles)
     with running_hub(workdir, config, RUN, lab=False) as hub:
         names = [user("alice"), user("bob")]
-        for name in names:
-            assert hub.start_server(name, "gpu").status_code in (201, 202)
-        for name in names:
-            hub.wait_ready(name)
+        hub.spawn_all(*((name, "gpu") for name in names))
         homes = {name: write_home_file(hub, name) for name in names}
         yield hub, engine, state, command, homes
 
