@@ -105,7 +105,10 @@ class HubState:
             quarantine_file=spawner.quarantine_file,
             quarantine_after=spawner.quarantine_after,
             inventory_retry=spawner.inventory_retry,
-            queue_file=spawner.queue_file,
+            # Only the hub's own spawners (each of a user) keep the line and write its file: a spawner
+            # made from the hub's config by a service (the culler reads the lab hours) or a command
+            # would otherwise clear the file the hub keeps, as a new line does.
+            queue_file=spawner.queue_file if spawner.user is not None else "",
             usage_db_url=spawner.usage_db_url,
         )
 

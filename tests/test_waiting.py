@@ -88,6 +88,20 @@ async def test_five_students_on_two_gpus_wait_in_order_holding_nothing(engine, t
     assert {a.holder for a in ledger.assignments()} == {"s2/", "s4/"}
 
 
+def test_only_the_hubs_own_spawners_keep_the_lines_file(engine, tmp_path):
+    """A new hub clears the file a stopped hub left; a spawner made from the hub's config by the
+    culler (for the lab hours) or a command, with no user, leaves the hub's file as it is."""
+    queue_file = tmp_path / "queue.json"
+    hubs_line = json.dumps({"time": 1.0, "waiting": [{"user": "s2"}], "waiting_for": ["GPU-0000"]})
+    queue_file.write_text(hubs_line)
+    service = GPUSpawner(queue_file=str(queue_file), gpus=GPUS, profiles=PROFILES, usage_db_url="")
+    service.shared.line.serve(service.shared.ledger, changed=True)  # the lab hours' moves, as the culler's book
+    assert queue_file.read_text() == hubs_line
+    reset_hub_state()
+    waiting_spawner(engine, "s0", queue_file=str(queue_file)).shared  # the hub, started again
+    assert read_snapshot(str(queue_file))["waiting"] == []
+
+
 async def test_queue_timeout_runs_out_with_a_clear_message_holding_nothing(engine, tmp_path):
     denials = tmp_path / "denials.jsonl"
     profiles = [*PROFILES, {"slug": "line", "display_name": "ML101", "image": "lab:1", "gpus": 1, "queue_timeout": 1}]
