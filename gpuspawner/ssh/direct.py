@@ -34,14 +34,12 @@ class DirectLine(ProcessStream):
 
     def __init__(self, answer: bytes):
         super().__init__()
-        loop = asyncio.get_running_loop()
-        self.answered: asyncio.Future = loop.create_future()  # True once the listener said the answer
-        self.ended: asyncio.Future = loop.create_future()
+        self.answered: asyncio.Future = asyncio.get_running_loop().create_future()  # the right answer?
         self._answer = answer
         self._heard = b""
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        super().connection_made(transport)
         transport.set_write_buffer_limits(high=1 << 20)
 
     def data_received(self, data: bytes) -> None:
@@ -54,10 +52,7 @@ class DirectLine(ProcessStream):
             self.answered.set_result(hmac.compare_digest(heard, self._answer))
             if not data:
                 return
-        if self._output is not None:
-            self._output(STDOUT, data)
-        else:
-            self._queue.append((STDOUT, data))
+        self._hand_on([(STDOUT, data)])
 
     def eof_received(self) -> bool:
         self._end()

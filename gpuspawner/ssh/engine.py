@@ -136,10 +136,24 @@ class ProcessStream(asyncio.Protocol):
 
     def __init__(self):
         self.transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future = asyncio.get_running_loop().create_future()  # the output's end (None)
         self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._queued = asyncio.Event()  # set when output is queued, and at the end
         self._output: Callable[[int, bytes], None] | None = None
         self._stdin_full: Callable[[bool], None] | None = None
         self._stdin_is_full = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def _hand_on(self, parts) -> None:
+        """The process's output, (STDOUT or STDERR, bytes) pieces: to the attached callback, else queued."""
+        if self._output is not None:
+            for which, piece in parts:
+                self._output(which, piece)
+        else:
+            self._queue.extend(parts)
+            self._queued.set()
 
     def pause_writing(self) -> None:
         self._stdin_is_full = True
@@ -201,18 +215,12 @@ class ExecStream(ProcessStream):
         super().__init__()
         self.tty = tty
         self._frames = None if tty else Frames()
-        loop = asyncio.get_running_loop()
-        self.answer: asyncio.Future = loop.create_future()  # (status code, header lines) of the engine's answer
-        self.ended: asyncio.Future = loop.create_future()  # the output's end (None)
+        self.answer: asyncio.Future = asyncio.get_running_loop().create_future()  # (code, header lines)
         self._head = bytearray()  # the answer, until its headers end; after an error, its body too
         self._head_changed = asyncio.Event()
         self._started = False
-        self._readable = asyncio.Event()
 
     # --- asyncio's side
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         if self._started:
@@ -241,13 +249,7 @@ class ExecStream(ProcessStream):
             self._head = bytearray(rest)
 
     def _deliver(self, data: bytes) -> None:
-        parts = [(STDOUT, data)] if self._frames is None else self._frames.feed(data)
-        if self._output is not None:
-            for which, piece in parts:
-                self._output(which, piece)
-        else:
-            self._queue.extend(parts)
-            self._readable.set()
+        self._hand_on([(STDOUT, data)] if self._frames is None else self._frames.feed(data))
 
     def eof_received(self) -> bool:
         self._end()
@@ -258,7 +260,7 @@ class ExecStream(ProcessStream):
 
     def _end(self) -> None:
         self._head_changed.set()
-        self._readable.set()
+        self._queued.set()
         if not self.answer.done():
             self.answer.set_exception(EngineError("the engine closed the connection"))
         if not self.ended.done():
@@ -283,9 +285,29 @@ class ExecStream(ProcessStream):
         while not self._queue:
             if self.ended.done():
                 return 0, b""
-            self._readable.clear()
-            await self._readable.wait()
+            self._queued.clear()
+            await self._queued.wait()
         return self._queue.popleft()
+
+
+async def first_line(stream: ExecStream, wait: float = 20) -> tuple[bytes, list[bytes], bool]:
+    """What ``stream``'s process says first on stderr, up to its first newline (4 KiB at most, or
+    all it said if it ended), what it wrote to stdout meanwhile, and whether that came in
+    time (False: ``wait`` seconds passed with no output, and the line is unfinished).
+    Only before :meth:`ExecStream.attach`."""
+    said, stdout = b"", []
+    while not said.endswith(b"\n") and len(said) < 4096:
+        try:
+            which, data = await asyncio.wait_for(stream.read(), wait)
+        except asyncio.TimeoutError:
+            return said, stdout, False
+        if not which:
+            break
+        if which == STDERR:
+            said += data
+        else:
+            stdout.append(data)
+    return said, stdout, True
 
 
 async def open_exec_stream(address: EngineAddress, exec_id: str, tty: bool) -> ExecStream:
@@ -473,6 +495,7 @@ __all__ = [
     "EngineError",
     "ExecStream",
     "Frames",
+    "first_line",
     "STDERR",
     "STDOUT",
     "ServerContainer",

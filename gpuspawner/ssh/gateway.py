@@ -20,7 +20,7 @@ import asyncssh
 
 from . import direct
 from .direct import DirectLine
-from .engine import STDERR, Engine, EngineError, ExecStream, ServerContainer
+from .engine import STDERR, Engine, EngineError, ExecStream, ServerContainer, first_line
 from .hub import HubAPI, HubError, NotPending
 from .keys import KeyStore
 from .policy import (
@@ -303,14 +303,8 @@ class Gateway:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(e)) from None
         argv = session_command("forward", hidden_variables(server.environment), host=target, port=port)
         exec_id, stream = await self.engine.start(server, argv, tty=False)
-        said = b""
-        try:
-            while not said.endswith(b"\n") and len(said) < 4096:
-                which, data = await asyncio.wait_for(stream.read(), 20)
-                if not which:
-                    break
-                said += data if which == STDERR else b""
-        except asyncio.TimeoutError:
+        said, _, in_time = await first_line(stream)  # the relay writes nothing to stdout before it connects
+        if not in_time:
             said = b"no answer within 20 s\n"
         if said != CONNECTED:
             stream.close()
@@ -524,17 +518,8 @@ class Session(_Pipe, asyncssh.SSHServerSession):
         announced itself on the exec's stderr; None when sftp-server runs on the exec's stdin
         and stdout instead (no Python in the image, or no connection: then the listener is told
         so), or did not start (what it said goes to the client)."""
-        said, early = b"", []
-        try:
-            while not said.endswith(b"\n") and len(said) < 4096:
-                which, data = await asyncio.wait_for(stream.read(), 20)
-                if not which:
-                    break
-                if which == STDERR:
-                    said += data
-                else:
-                    early.append(data)
-        except asyncio.TimeoutError:
+        said, early, in_time = await first_line(stream)
+        if not in_time:
             said += b"gpuspawner: the sftp server did not start within 20 s\n"
         offer = parse_direct_offer(said)
         line = await direct.connect(host, offer) if offer else None
